@@ -1,0 +1,2 @@
+//! The `cvmem` command.
+fn main() {}

@@ -1,0 +1,209 @@
+//! Guest addresses, frame numbers and mapping levels.
+
+use core::fmt;
+
+/// log2 of the base page size (4 KiB).
+pub const PAGE_SHIFT: u32 = 12;
+/// The base page size in bytes.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// One past the largest gfn: a 64-bit GPA space holds 2^52 base pages.
+pub const GFN_END: u64 = 1 << (64 - PAGE_SHIFT);
+
+/// A guest physical address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gpa(pub u64);
+
+/// A guest frame number: a guest physical address divided by the 4 KiB page size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gfn(pub u64);
+
+impl Gpa {
+    /// The frame holding this address.
+    pub const fn gfn(self) -> Gfn {
+        Gfn(self.0 >> PAGE_SHIFT)
+    }
+    /// Whether the address is aligned to `level`.
+    pub const fn is_aligned(self, level: Level) -> bool {
+        self.0 & (level.size() - 1) == 0
+    }
+}
+
+impl Gfn {
+    /// The first byte of the frame.
+    pub const fn gpa(self) -> Gpa {
+        Gpa(self.0 << PAGE_SHIFT)
+    }
+}
+
+impl fmt::Display for Gpa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::Display for Gfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gfn {:#x}", self.0)
+    }
+}
+
+/// A mapping level: the size of one leaf in the second-level page tables.
+///
+/// Ordered by size, so `Level::G1 > Level::M2 > Level::K4`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// A 4 KiB page (PG_LEVEL_4K).
+    K4,
+    /// A 2 MiB page (PG_LEVEL_2M).
+    M2,
+    /// A 1 GiB page (PG_LEVEL_1G).
+    G1,
+}
+
+impl Level {
+    /// All levels, smallest first.
+    pub const ALL: [Level; 3] = [Level::K4, Level::M2, Level::G1];
+    /// The large levels tracked per memslot, smallest first.
+    pub const LARGE: [Level; 2] = [Level::M2, Level::G1];
+
+    /// log2 of the number of 4 KiB pages in one page of this level.
+    pub const fn page_shift(self) -> u32 {
+        match self {
+            Level::K4 => 0,
+            Level::M2 => 9,
+            Level::G1 => 18,
+        }
+    }
+    /// Number of 4 KiB pages in one page of this level.
+    pub const fn pages(self) -> u64 {
+        1 << self.page_shift()
+    }
+    /// Size in bytes of one page of this level.
+    pub const fn size(self) -> u64 {
+        PAGE_SIZE << self.page_shift()
+    }
+    /// Index of this level in [`Level::ALL`] (0 for 4K).
+    pub const fn index(self) -> usize {
+        match self {
+            Level::K4 => 0,
+            Level::M2 => 1,
+            Level::G1 => 2,
+        }
+    }
+    /// The next smaller level, if any.
+    pub const fn smaller(self) -> Option<Level> {
+        match self {
+            Level::K4 => None,
+            Level::M2 => Some(Level::K4),
+            Level::G1 => Some(Level::M2),
+        }
+    }
+    /// The next larger level, if any.
+    pub const fn larger(self) -> Option<Level> {
+        match self {
+            Level::K4 => Some(Level::M2),
+            Level::M2 => Some(Level::G1),
+            Level::G1 => None,
+        }
+    }
+    /// The first gfn of the page of this level that contains `gfn`.
+    pub const fn align_down(self, gfn: u64) -> u64 {
+        gfn & !(self.pages() - 1)
+    }
+    /// Whether `gfn` is the first gfn of a page of this level.
+    pub const fn is_aligned(self, gfn: u64) -> bool {
+        gfn & (self.pages() - 1) == 0
+    }
+    /// The name used by KVM and the op-log: `4K`, `2M` or `1G`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::K4 => "4K",
+            Level::M2 => "2M",
+            Level::G1 => "1G",
+        }
+    }
+    /// Parses `4K`, `2M` or `1G`.
+    pub fn from_name(s: &str) -> Option<Level> {
+        match s {
+            "4K" => Some(Level::K4),
+            "2M" => Some(Level::M2),
+            "1G" => Some(Level::G1),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A half-open range of gfns `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GfnRange {
+    /// First gfn of the range.
+    pub start: u64,
+    /// One past the last gfn.
+    pub end: u64,
+}
+
+impl GfnRange {
+    /// A range; `start <= end` is the caller's promise (empty ranges are allowed).
+    pub const fn new(start: u64, end: u64) -> Self {
+        GfnRange { start, end }
+    }
+    /// Number of gfns in the range.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    /// Whether the range holds no gfn.
+    pub const fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+    /// Whether `gfn` lies in the range.
+    pub const fn contains(&self, gfn: u64) -> bool {
+        self.start <= gfn && gfn < self.end
+    }
+    /// The overlap of two ranges, if any.
+    pub fn intersect(&self, other: &GfnRange) -> Option<GfnRange> {
+        let start = self.start.max(other.start);
+        let end = self.end.min(other.end);
+        (start < end).then_some(GfnRange { start, end })
+    }
+    /// Whether `other` lies wholly inside this range.
+    pub const fn covers(&self, other: &GfnRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+    /// The byte size of the range (saturating at `u64::MAX` for the whole space).
+    pub const fn bytes(&self) -> u64 {
+        self.len().saturating_mul(PAGE_SIZE)
+    }
+}
+
+/// Formats a byte count with a binary suffix (`4K`, `2M`, `1.5G`) for people.
+pub fn fmt_bytes(bytes: u64) -> SizeFmt {
+    SizeFmt(bytes)
+}
+
+/// Display adapter returned by [`fmt_bytes`].
+#[derive(Clone, Copy, Debug)]
+pub struct SizeFmt(pub u64);
+
+impl fmt::Display for SizeFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u32); 5] = [("T", 40), ("G", 30), ("M", 20), ("K", 10), ("", 0)];
+        let b = self.0;
+        for (suffix, shift) in UNITS {
+            let unit = 1u64 << shift;
+            if b >= unit || shift == 0 {
+                if b % unit == 0 {
+                    return f.pad(&alloc::format!("{}{}", b >> shift, suffix));
+                }
+                let tenths = (b as u128 * 10 / unit as u128) as u64;
+                return f.pad(&alloc::format!("{}.{}{}", tenths / 10, tenths % 10, suffix));
+            }
+        }
+        unreachable!("the loop ends with shift 0")
+    }
+}

@@ -1,0 +1,105 @@
+//! Decoding of the guest's KVM_HC_MAP_GPA_RANGE hypercall.
+
+use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+/// The hypercall number of KVM_HC_MAP_GPA_RANGE.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// Bit 4 of the attributes argument: make the range private (encrypted).
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+/// Bits 3:0 of the attributes argument: the page-size hint.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0xf;
+
+/// A validated KVM_HC_MAP_GPA_RANGE request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MapGpaRange {
+    /// First byte, page aligned.
+    pub gpa: u64,
+    /// Number of 4 KiB pages, at least 1.
+    pub npages: u64,
+    /// Make private (bit 4 set) or shared.
+    pub private: bool,
+    /// The guest's page-size hint: a hint only, it never changes the range.
+    pub hint: Level,
+}
+
+impl MapGpaRange {
+    /// Decodes the hypercall's three arguments: `a0` gpa, `a1` pages, `a2` attributes.
+    pub fn decode(gpa: u64, npages: u64, attrs: u64) -> Result<Self> {
+        let reserved = attrs & !(KVM_MAP_GPA_RANGE_ENCRYPTED | KVM_MAP_GPA_RANGE_PAGE_SZ_MASK);
+        if reserved != 0 {
+            return Err(Error::ReservedBits {
+                what: "map-gpa flags",
+                bits: reserved,
+            });
+        }
+        let hint = match attrs & KVM_MAP_GPA_RANGE_PAGE_SZ_MASK {
+            0 => Level::K4,
+            1 => Level::M2,
+            2 => Level::G1,
+            hint => return Err(Error::InvalidHint { hint }),
+        };
+        if gpa % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned {
+                what: "map-gpa gpa",
+                value: gpa,
+                align: PAGE_SIZE,
+            });
+        }
+        if npages == 0 {
+            return Err(Error::ZeroSize {
+                what: "map-gpa npages",
+            });
+        }
+        let overflow = Error::Overflow {
+            what: "map-gpa range",
+            start: gpa,
+            size: npages,
+        };
+        let size = npages.checked_mul(PAGE_SIZE).ok_or(overflow.clone())?;
+        gpa.checked_add(size).ok_or(overflow)?;
+        Ok(MapGpaRange {
+            gpa,
+            npages,
+            private: attrs & KVM_MAP_GPA_RANGE_ENCRYPTED != 0,
+            hint,
+        })
+    }
+
+    /// Size in bytes.
+    pub const fn size(&self) -> u64 {
+        self.npages * PAGE_SIZE
+    }
+
+    /// The gfns the request covers.
+    pub const fn range(&self) -> GfnRange {
+        GfnRange::new(
+            self.gpa >> PAGE_SHIFT,
+            (self.gpa >> PAGE_SHIFT) + self.npages,
+        )
+    }
+
+    /// The memory attributes the request asks for.
+    pub const fn attributes(&self) -> u64 {
+        if self.private {
+            KVM_MEMORY_ATTRIBUTE_PRIVATE
+        } else {
+            0
+        }
+    }
+
+    /// Encodes the request back into the hypercall's attributes argument.
+    pub const fn flags(&self) -> u64 {
+        let hint = match self.hint {
+            Level::K4 => 0,
+            Level::M2 => 1,
+            Level::G1 => 2,
+        };
+        hint | if self.private {
+            KVM_MAP_GPA_RANGE_ENCRYPTED
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! # cvmem — hugepage-aware private/shared tracking for confidential VMs
+//!
+//! Confidential guests (TDX, SEV-SNP, CCA, pKVM) flip their pages between *private* and
+//! *shared*. The hypervisor must record every flip and may map a 2M or 1G page only where the
+//! whole range has one state inside one memslot. This crate keeps that knowledge with the cost
+//! of *ranges*, not pages: attributes as maximal runs, memslots with KVM's rules, and per-slot
+//! large-page info updated incrementally, so the fault path answers "largest level?" with a few
+//! bit probes.
+//!
+//! `#![no_std]` + `alloc`, no unsafe code, no OS calls: embeddable in a hypervisor.
+//!
+//! ```
+//! use cvmem::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+//!
+//! let mut vm = Tracker::new();
+//! let guest_memfd = SlotFlags { guest_memfd: true, ..Default::default() };
+//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags: guest_memfd, ..Default::default() })?;
+//! vm.set_memory_attributes(0, 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // all private
+//! vm.set_memory_attributes(0x1000_0000, 4096, 0)?;                      // one page shared
+//! assert_eq!(vm.max_mapping_level(0x4000_0000, Access::Private), MaxLevel::Level(Level::G1));
+//! assert_eq!(vm.max_mapping_level(0x1000_1000, Access::Private), MaxLevel::Level(Level::K4));
+//! assert_eq!(vm.max_mapping_level(0x1020_0000, Access::Private), MaxLevel::Level(Level::M2));
+//! assert!(matches!(vm.max_mapping_level(0x1000_0000, Access::Private), MaxLevel::MemoryFault(_)));
+//! # Ok::<(), cvmem::Error>(())
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod attrs;
+mod bitmap;
+pub mod error;
+pub mod hypercall;
+mod lpage;
+pub mod memslot;
+pub mod tracker;
+
+pub use addr::{fmt_bytes, Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+pub use attrs::{AttrRun, AttrStore};
+pub use error::{Errno, Error, Result};
+pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
+pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};
+pub use tracker::{Access, MaxLevel, MemoryFault, SlotEligibility, Tracker};
+
+/// KVM_MEMORY_ATTRIBUTE_PRIVATE: the only attribute KVM defines.
+pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;

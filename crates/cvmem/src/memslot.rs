@@ -1,0 +1,184 @@
+//! Memslots as KVM_SET_USER_MEMORY_REGION2 defines them.
+
+use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::lpage::LpageInfo;
+
+/// The largest user memslot id on x86 KVM (KVM_USER_MEM_SLOTS - 1).
+pub const MAX_SLOT_ID: u32 = 32763;
+/// The largest memslot in pages on x86-64 (KVM_MEM_MAX_NR_PAGES).
+pub const MAX_SLOT_PAGES: u64 = (1 << 31) - 1;
+
+/// Flags of a memslot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotFlags {
+    /// KVM_MEM_GUEST_MEMFD: the slot can back private memory.
+    pub guest_memfd: bool,
+    /// KVM_MEM_LOG_DIRTY_PAGES: dirty logging forces 4K mappings.
+    pub dirty_log: bool,
+    /// KVM_MEM_READONLY.
+    pub readonly: bool,
+}
+
+/// A request to create, delete, move or re-flag a memslot (KVM_SET_USER_MEMORY_REGION2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemoryRegion {
+    /// Slot id, 0 ..= [`MAX_SLOT_ID`].
+    pub slot: u32,
+    /// Guest physical address of the first byte.
+    pub gpa: u64,
+    /// Size in bytes; 0 deletes the slot.
+    pub size: u64,
+    /// Flags.
+    pub flags: SlotFlags,
+    /// Host virtual address of the first byte; `None`: equal to `gpa` for a new slot, unchanged
+    /// for an existing one.
+    pub uaddr: Option<u64>,
+    /// The largest mapping the backing memory allows; `None`: 1G for a new slot, unchanged for
+    /// an existing one.
+    pub backing: Option<Level>,
+}
+
+/// What a [`MemoryRegion`] request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotChange {
+    /// A new slot.
+    Created,
+    /// The slot was deleted; its old range.
+    Deleted {
+        /// The range it covered.
+        old: GfnRange,
+    },
+    /// The slot moved (and maybe changed dirty logging).
+    Moved {
+        /// The range it covered before.
+        old: GfnRange,
+    },
+    /// Dirty logging was turned on or off.
+    DirtyLog {
+        /// The new state.
+        enabled: bool,
+    },
+    /// The request matched the slot as it is.
+    Unchanged,
+}
+
+/// One memslot and its large-page info.
+#[derive(Clone, Debug)]
+pub struct Memslot {
+    pub(crate) id: u32,
+    pub(crate) base_gfn: u64,
+    pub(crate) npages: u64,
+    pub(crate) flags: SlotFlags,
+    pub(crate) uaddr: u64,
+    pub(crate) backing: Level,
+    /// Large-page info for 2M (index 0) and 1G (index 1).
+    pub(crate) lpage: [LpageInfo; 2],
+}
+
+impl Memslot {
+    /// The slot id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// First gfn.
+    pub fn base_gfn(&self) -> u64 {
+        self.base_gfn
+    }
+    /// Size in pages.
+    pub fn npages(&self) -> u64 {
+        self.npages
+    }
+    /// The gfns the slot covers.
+    pub fn range(&self) -> GfnRange {
+        GfnRange::new(self.base_gfn, self.base_gfn + self.npages)
+    }
+    /// Guest physical address of the first byte.
+    pub fn gpa(&self) -> u64 {
+        self.base_gfn << PAGE_SHIFT
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.npages * PAGE_SIZE
+    }
+    /// Flags.
+    pub fn flags(&self) -> SlotFlags {
+        self.flags
+    }
+    /// Host virtual address of the first byte.
+    pub fn uaddr(&self) -> u64 {
+        self.uaddr
+    }
+    /// The largest mapping the backing allows.
+    pub fn backing(&self) -> Level {
+        self.backing
+    }
+    /// The largest level any fault in this slot may use: the backing, or 4K under dirty logging.
+    pub fn max_level(&self) -> Level {
+        if self.flags.dirty_log {
+            Level::K4
+        } else {
+            self.backing
+        }
+    }
+    /// Whether `level` is disallowed everywhere in the slot because the host address and the
+    /// GPA are not congruent modulo the level (KVM's whole-level disallow).
+    pub fn misaligned(&self, level: Level) -> bool {
+        (self.base_gfn ^ (self.uaddr >> PAGE_SHIFT)) & (level.pages() - 1) != 0
+    }
+    pub(crate) fn lpage(&self, level: Level) -> &LpageInfo {
+        &self.lpage[level.index() - 1]
+    }
+    pub(crate) fn lpage_mut(&mut self, level: Level) -> &mut LpageInfo {
+        &mut self.lpage[level.index() - 1]
+    }
+}
+
+/// Validates what KVM checks before looking at existing slots.
+pub(crate) fn validate(r: &MemoryRegion) -> Result<()> {
+    if r.slot > MAX_SLOT_ID {
+        return Err(Error::SlotIdOutOfRange {
+            slot: r.slot,
+            max: MAX_SLOT_ID,
+        });
+    }
+    if r.gpa % PAGE_SIZE != 0 {
+        return Err(Error::Unaligned {
+            what: "memslot gpa",
+            value: r.gpa,
+            align: PAGE_SIZE,
+        });
+    }
+    if r.size % PAGE_SIZE != 0 {
+        return Err(Error::Unaligned {
+            what: "memslot size",
+            value: r.size,
+            align: PAGE_SIZE,
+        });
+    }
+    if let Some(uaddr) = r.uaddr.filter(|u| u % PAGE_SIZE != 0) {
+        return Err(Error::Unaligned {
+            what: "memslot uaddr",
+            value: uaddr,
+            align: PAGE_SIZE,
+        });
+    }
+    if r.gpa.checked_add(r.size).is_none() {
+        return Err(Error::Overflow {
+            what: "memslot",
+            start: r.gpa,
+            size: r.size,
+        });
+    }
+    if r.size / PAGE_SIZE > MAX_SLOT_PAGES {
+        return Err(Error::SlotTooLarge {
+            pages: r.size / PAGE_SIZE,
+        });
+    }
+    if r.flags.guest_memfd && r.flags.dirty_log {
+        return Err(Error::InvalidFlags {
+            why: "guest-memfd cannot be combined with dirty-log",
+        });
+    }
+    Ok(())
+}

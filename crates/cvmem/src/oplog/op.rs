@@ -1,0 +1,279 @@
+//! The operations of the op-log v1 as typed values, and their canonical text.
+
+use core::fmt;
+
+use crate::addr::Level;
+
+/// The attribute word `private`: `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
+const ATTRIBUTE_PRIVATE: u64 = 1 << 3;
+
+/// The kind of a guest access: to private or to shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// An access to shared (unencrypted) memory.
+    Shared,
+    /// An access to private (encrypted) memory.
+    Private,
+}
+
+impl Access {
+    /// The op-log keyword: `shared` or `private`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Access::Shared => "shared",
+            Access::Private => "private",
+        }
+    }
+    /// Parses `shared` or `private` (lower case only).
+    pub fn from_name(s: &str) -> Option<Access> {
+        match s {
+            "shared" => Some(Access::Shared),
+            "private" => Some(Access::Private),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The page-table layout of the TDP MMU model (`mmu LAYOUT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// TDX-like: a private root and a shared root.
+    Split,
+    /// SNP-like: one root whose leaves are marked private or shared.
+    Unified,
+}
+
+impl Layout {
+    /// The op-log keyword: `split` or `unified`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Layout::Split => "split",
+            Layout::Unified => "unified",
+        }
+    }
+    /// Parses `split` or `unified`.
+    pub fn from_name(s: &str) -> Option<Layout> {
+        match s {
+            "split" => Some(Layout::Split),
+            "unified" => Some(Layout::Unified),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The hugepage recovery policy of the TDP MMU model (`recovery=POLICY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Recovery {
+    /// Leaves never become larger.
+    Off,
+    /// A fault replaces the small leaves of its level with one leaf.
+    OnFault,
+    /// After every operation, uniform fully mapped regions collapse into one leaf.
+    Eager,
+}
+
+impl Recovery {
+    /// The op-log keyword: `off`, `on-fault` or `eager`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Recovery::Off => "off",
+            Recovery::OnFault => "on-fault",
+            Recovery::Eager => "eager",
+        }
+    }
+    /// Parses `off`, `on-fault` or `eager`.
+    pub fn from_name(s: &str) -> Option<Recovery> {
+        match s {
+            "off" => Some(Recovery::Off),
+            "on-fault" => Some(Recovery::OnFault),
+            "eager" => Some(Recovery::Eager),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The boolean flags of a `memslot` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemslotFlags {
+    /// `guest-memfd`: the slot can back private memory (KVM_MEM_GUEST_MEMFD).
+    pub guest_memfd: bool,
+    /// `dirty-log`: dirty logging is on (KVM_MEM_LOG_DIRTY_PAGES).
+    pub dirty_log: bool,
+    /// `readonly`: the slot is read-only (KVM_MEM_READONLY).
+    pub readonly: bool,
+}
+
+/// One operation of an op-log, as written; the replay engine checks the rules of the spec.
+///
+/// Values are kept as written (for example a `memslot` SLOT beyond 32763 or an unaligned GPA), because
+/// the spec makes those *operation* errors (EINVAL), not parse errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `memslot SLOT GPA SIZE [FLAG…]`: KVM_SET_USER_MEMORY_REGION2.
+    Memslot {
+        /// The slot id (valid ids are 0 … 32763; the replay engine checks).
+        slot: u64,
+        /// Guest physical address of the slot's first byte.
+        gpa: u64,
+        /// Size in bytes; 0 deletes the slot.
+        size: u64,
+        /// `guest-memfd`, `dirty-log`, `readonly`.
+        flags: MemslotFlags,
+        /// `uaddr=ADDR`: host virtual address of the first byte (default: the GPA).
+        uaddr: Option<u64>,
+        /// `backing=4K|2M|1G`: largest host mapping of the backing memory (default: 1G).
+        backing: Option<Level>,
+    },
+    /// `attrs GPA SIZE ATTRIBUTES`: KVM_SET_MEMORY_ATTRIBUTES.
+    Attrs {
+        /// First byte of the range.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+        /// The attribute mask (`private` = 0x8, `shared` = 0).
+        attributes: u64,
+    },
+    /// `map-gpa GPA NPAGES FLAGS`: a guest's KVM_HC_MAP_GPA_RANGE.
+    MapGpa {
+        /// First byte of the range.
+        gpa: u64,
+        /// Number of 4 KiB pages.
+        npages: u64,
+        /// The hypercall's third argument (bit 4 private, bits 3:0 page-size hint).
+        flags: u64,
+    },
+    /// `query GPA private|shared`: the fault path's question for one access.
+    Query {
+        /// The address accessed.
+        gpa: u64,
+        /// The kind of access.
+        access: Access,
+    },
+    /// `fault GPA private|shared`: a guest access through the MMU model.
+    Fault {
+        /// The address accessed.
+        gpa: u64,
+        /// The kind of access.
+        access: Access,
+    },
+    /// `fault-range GPA SIZE private|shared`: a `fault` on every 4 KiB page of the range.
+    FaultRange {
+        /// First byte of the range.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+        /// The kind of access.
+        access: Access,
+    },
+    /// `mmu LAYOUT [recovery=POLICY]`: configures the MMU model (first operation only).
+    Mmu {
+        /// `split` or `unified`.
+        layout: Layout,
+        /// The recovery policy, if given (default `on-fault`).
+        recovery: Option<Recovery>,
+    },
+    /// `accept GPA 4K|2M|1G`: a TDX guest accepting a private page at a level.
+    Accept {
+        /// The page accepted.
+        gpa: u64,
+        /// The level accepted at.
+        level: Level,
+    },
+}
+
+impl Op {
+    /// The operation keyword: `memslot`, `attrs`, `map-gpa`, `query`, `fault`, `fault-range`, `mmu`
+    /// or `accept`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Op::Memslot { .. } => "memslot",
+            Op::Attrs { .. } => "attrs",
+            Op::MapGpa { .. } => "map-gpa",
+            Op::Query { .. } => "query",
+            Op::Fault { .. } => "fault",
+            Op::FaultRange { .. } => "fault-range",
+            Op::Mmu { .. } => "mmu",
+            Op::Accept { .. } => "accept",
+        }
+    }
+}
+
+/// Prints the operation in canonical op-log syntax: the keyword, the slot id in decimal, every other
+/// number in hexadecimal, attributes 0 and 0x8 as `shared` and `private`, flags in a fixed order.
+/// [`parse_line`](super::parse_line) reads the text back to the same `Op`.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match *self {
+            Op::Memslot {
+                slot,
+                gpa,
+                size,
+                flags,
+                uaddr,
+                backing,
+            } => {
+                write!(f, " {slot} {gpa:#x} {size:#x}")?;
+                if flags.guest_memfd {
+                    f.write_str(" guest-memfd")?;
+                }
+                if flags.dirty_log {
+                    f.write_str(" dirty-log")?;
+                }
+                if flags.readonly {
+                    f.write_str(" readonly")?;
+                }
+                if let Some(uaddr) = uaddr {
+                    write!(f, " uaddr={uaddr:#x}")?;
+                }
+                if let Some(backing) = backing {
+                    write!(f, " backing={backing}")?;
+                }
+                Ok(())
+            }
+            Op::Attrs {
+                gpa,
+                size,
+                attributes,
+            } => {
+                write!(f, " {gpa:#x} {size:#x} ")?;
+                match attributes {
+                    0 => f.write_str("shared"),
+                    ATTRIBUTE_PRIVATE => f.write_str("private"),
+                    other => write!(f, "{other:#x}"),
+                }
+            }
+            Op::MapGpa { gpa, npages, flags } => write!(f, " {gpa:#x} {npages:#x} {flags:#x}"),
+            Op::Query { gpa, access } | Op::Fault { gpa, access } => {
+                write!(f, " {gpa:#x} {access}")
+            }
+            Op::FaultRange { gpa, size, access } => write!(f, " {gpa:#x} {size:#x} {access}"),
+            Op::Mmu { layout, recovery } => {
+                write!(f, " {layout}")?;
+                match recovery {
+                    Some(recovery) => write!(f, " recovery={recovery}"),
+                    None => Ok(()),
+                }
+            }
+            Op::Accept { gpa, level } => write!(f, " {gpa:#x} {level}"),
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The tracker: attributes of every gfn, memslots, and per-slot large-page info, kept in step.
+
+use alloc::vec::Vec;
+use core::mem::size_of;
+
+use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+use crate::attrs::{AttrRun, AttrStore, Runs};
+use crate::error::{Error, Result};
+use crate::lpage::LpageInfo;
+use crate::memslot::{self, MemoryRegion, Memslot, SlotChange, SlotFlags};
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+/// The kind of a guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A shared (unencrypted) access.
+    Shared,
+    /// A private (encrypted) access.
+    Private,
+}
+
+impl Access {
+    /// Whether the access is private.
+    pub const fn is_private(self) -> bool {
+        matches!(self, Access::Private)
+    }
+    /// The access kind that matches `private`.
+    pub const fn from_private(private: bool) -> Self {
+        if private {
+            Access::Private
+        } else {
+            Access::Shared
+        }
+    }
+    /// `private` or `shared`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Access::Shared => "shared",
+            Access::Private => "private",
+        }
+    }
+}
+
+/// The payload of KVM_EXIT_MEMORY_FAULT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemoryFault {
+    /// Page-aligned guest physical address.
+    pub gpa: u64,
+    /// Size in bytes (one page).
+    pub size: u64,
+    /// KVM_MEMORY_EXIT_FLAG_PRIVATE: the access was private.
+    pub private: bool,
+}
+
+/// The fault path's answer for one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaxLevel {
+    /// The page may be mapped, at most at this level.
+    Level(Level),
+    /// No memslot contains the address.
+    NoSlot,
+    /// KVM would exit to userspace with KVM_EXIT_MEMORY_FAULT.
+    MemoryFault(MemoryFault),
+}
+
+/// Per-slot summary of large-page eligibility.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotEligibility {
+    /// Bytes that may be mapped with 1G pages.
+    pub bytes_1g: u64,
+    /// Bytes that may be mapped with 2M pages (and not 1G).
+    pub bytes_2m: u64,
+    /// Bytes that may only be mapped at 4K.
+    pub bytes_4k: u64,
+    /// Large pages wholly inside the slot whose pages differ in attributes, per level (2M, 1G).
+    pub mixed: [u64; 2],
+    /// Large pages with GUEST_INHIBIT, per level (2M, 1G).
+    pub inhibited: [u64; 2],
+}
+
+/// Private/shared state of a VM's memory, with hugepage eligibility per memslot.
+///
+/// Mirrors KVM's per-VM memory attributes and per-memslot `lpage_info`, with the costs of
+/// ranges rather than pages. See the crate docs for an example.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    supported: u64,
+    attrs: AttrStore,
+    /// Memslots sorted by base gfn (non-overlapping), for O(log S) gfn lookups.
+    slots: Vec<Memslot>,
+    /// (slot id, base gfn), sorted by id.
+    ids: Vec<(u32, u64)>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracker {
+    /// An empty VM: no memslots, every page shared; PRIVATE is the supported attribute.
+    pub const fn new() -> Self {
+        Self::with_supported_attributes(KVM_MEMORY_ATTRIBUTE_PRIVATE)
+    }
+
+    /// An empty VM whose KVM_CAP_MEMORY_ATTRIBUTES is `supported`.
+    pub const fn with_supported_attributes(supported: u64) -> Self {
+        Tracker {
+            supported,
+            attrs: AttrStore::new(),
+            slots: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// The supported attribute mask.
+    pub fn supported_attributes(&self) -> u64 {
+        self.supported
+    }
+
+    /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
+    pub fn validate_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<GfnRange> {
+        if attributes & !self.supported != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: self.supported,
+            });
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize { what: "size" });
+        }
+        if gpa % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned {
+                what: "address",
+                value: gpa,
+                align: PAGE_SIZE,
+            });
+        }
+        if size % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned {
+                what: "size",
+                value: size,
+                align: PAGE_SIZE,
+            });
+        }
+        let end = gpa.checked_add(size).ok_or(Error::Overflow {
+            what: "range",
+            start: gpa,
+            size,
+        })?;
+        let end_gfn = if end == 0 { GFN_END } else { end >> PAGE_SHIFT };
+        // `end == 0` cannot happen (size != 0, no wrap) but keeps the arithmetic total.
+        Ok(GfnRange::new(gpa >> PAGE_SHIFT, end_gfn))
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES: sets `[gpa, gpa + size)` to `attributes`, whether or not
+    /// memslots cover it, and updates the large-page info of every slot it touches.
+    /// Returns whether anything changed. On error nothing changed.
+    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
+        let range = self.validate_attributes(gpa, size, attributes)?;
+        self.set_range_attributes(range, attributes)
+    }
+
+    /// Sets the attributes of a gfn range already validated by
+    /// [`Tracker::validate_attributes`]. Returns whether anything changed.
+    pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        if range.is_empty() || range.end > GFN_END || attributes & !self.supported != 0 {
+            return Err(Error::Unsupported {
+                what: "attribute range outside the gfn space",
+            });
+        }
+        if !self.attrs.set(range, attributes)? {
+            return Ok(false);
+        }
+        let first = self
+            .slots
+            .partition_point(|s| s.base_gfn + s.npages <= range.start);
+        for slot in self.slots[first..]
+            .iter_mut()
+            .take_while(|s| s.base_gfn < range.end)
+        {
+            for level in Level::LARGE {
+                slot.lpage_mut(level).update(range, attributes, &self.attrs);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The attributes of `gfn`.
+    pub fn attributes(&self, gfn: u64) -> u64 {
+        self.attrs.get(gfn)
+    }
+
+    /// Whether `gfn` is private.
+    pub fn is_private(&self, gfn: u64) -> bool {
+        self.attrs.get(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
+    }
+
+    /// Whether every gfn of `range` has `attributes` under `mask`.
+    pub fn range_has_attributes(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
+        self.attrs.range_has(range, attributes, mask)
+    }
+
+    /// The attribute runs covering `range`, clipped to it, in address order.
+    pub fn runs(&self, range: GfnRange) -> Runs<'_> {
+        self.attrs.runs(range)
+    }
+
+    /// The maximal runs with non-zero attributes over the whole gfn space.
+    pub fn nonzero_runs(&self) -> impl Iterator<Item = AttrRun> + '_ {
+        self.attrs
+            .runs(GfnRange::new(0, GFN_END))
+            .filter(|r| r.attributes != 0)
+    }
+
+    /// The attribute store itself.
+    pub fn attribute_store(&self) -> &AttrStore {
+        &self.attrs
+    }
+
+    /// The memslot with this id.
+    pub fn memslot(&self, id: u32) -> Option<&Memslot> {
+        let i = self.ids.binary_search_by_key(&id, |&(id, _)| id).ok()?;
+        self.slot_index(self.ids[i].1).map(|i| &self.slots[i])
+    }
+
+    /// All memslots in address order.
+    pub fn memslots(&self) -> impl ExactSizeIterator<Item = &Memslot> + '_ {
+        self.slots.iter()
+    }
+
+    /// The memslot containing `gfn`, in O(log S).
+    #[inline]
+    pub fn slot_for_gfn(&self, gfn: u64) -> Option<&Memslot> {
+        let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
+        let slot = self.slots.get(i.checked_sub(1)?)?;
+        (gfn - slot.base_gfn < slot.npages).then_some(slot)
+    }
+
+    /// Records (or with `None` forgets) the base gfn of slot `id`; capacity was reserved.
+    fn set_id(&mut self, id: u32, base_gfn: Option<u64>) {
+        match (self.ids.binary_search_by_key(&id, |&(id, _)| id), base_gfn) {
+            (Ok(i), Some(base)) => self.ids[i].1 = base,
+            (Ok(i), None) => {
+                self.ids.remove(i);
+            }
+            (Err(i), Some(base)) => self.ids.insert(i, (id, base)),
+            (Err(_), None) => {}
+        }
+    }
+
+    fn slot_index(&self, base_gfn: u64) -> Option<usize> {
+        self.slots
+            .binary_search_by_key(&base_gfn, |s| s.base_gfn)
+            .ok()
+    }
+
+    /// The slot overlapping `range`, other than `except`.
+    fn overlapping(&self, range: GfnRange, except: Option<u32>) -> Option<u32> {
+        let first = self
+            .slots
+            .partition_point(|s| s.base_gfn + s.npages <= range.start);
+        self.slots[first..]
+            .iter()
+            .take_while(|s| s.base_gfn < range.end)
+            .find(|s| Some(s.id) != except)
+            .map(|s| s.id)
+    }
+
+    fn build_lpage(&self, range: GfnRange) -> Result<[LpageInfo; 2]> {
+        Ok([
+            LpageInfo::build(Level::M2, range, &self.attrs)?,
+            LpageInfo::build(Level::G1, range, &self.attrs)?,
+        ])
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 with KVM's rules: create, delete, move, or toggle dirty
+    /// logging. Large-page info is built in O(runs + large pages), never per page.
+    pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
+        memslot::validate(r)?;
+        let npages = r.size / PAGE_SIZE;
+        let base_gfn = r.gpa >> PAGE_SHIFT;
+        let new_range = GfnRange::new(base_gfn, base_gfn + npages);
+        let existing = self.memslot(r.slot).map(|s| s.base_gfn);
+        let Some(old_base) = existing else {
+            if npages == 0 {
+                return Err(Error::UnknownSlot { slot: r.slot });
+            }
+            if let Some(other) = self.overlapping(new_range, None) {
+                return Err(Error::SlotOverlap {
+                    slot: r.slot,
+                    other,
+                });
+            }
+            let lpage = self.build_lpage(new_range)?;
+            self.slots.try_reserve(1).map_err(|_| Error::NoMemory {
+                bytes: size_of::<Memslot>(),
+            })?;
+            self.ids
+                .try_reserve(1)
+                .map_err(|_| Error::NoMemory { bytes: 16 })?;
+            let slot = Memslot {
+                id: r.slot,
+                base_gfn,
+                npages,
+                flags: r.flags,
+                uaddr: r.uaddr.unwrap_or(r.gpa),
+                backing: r.backing.unwrap_or(Level::G1),
+                lpage,
+            };
+            let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
+            self.slots.insert(at, slot);
+            self.set_id(r.slot, Some(base_gfn));
+            return Ok(SlotChange::Created);
+        };
+        let idx = self.slot_index(old_base).expect("ids and slots agree");
+        let old = &self.slots[idx];
+        let old_range = old.range();
+        if npages == 0 {
+            self.slots.remove(idx);
+            self.set_id(r.slot, None);
+            return Ok(SlotChange::Deleted { old: old_range });
+        }
+        if old.flags.guest_memfd {
+            return Err(Error::SlotImmutable {
+                slot: r.slot,
+                what: "a guest-memfd slot",
+            });
+        }
+        let immutable = [
+            (npages != old.npages, "the size"),
+            (r.flags.readonly != old.flags.readonly, "readonly"),
+            (r.flags.guest_memfd, "guest-memfd"),
+            (r.uaddr.is_some_and(|u| u != old.uaddr), "uaddr"),
+            (r.backing.is_some_and(|b| b != old.backing), "backing"),
+        ];
+        if let Some((_, what)) = immutable.iter().find(|(changed, _)| *changed) {
+            return Err(Error::SlotImmutable { slot: r.slot, what });
+        }
+        let dirty_changed = r.flags.dirty_log != old.flags.dirty_log;
+        if base_gfn == old_base {
+            self.slots[idx].flags.dirty_log = r.flags.dirty_log;
+            return Ok(if dirty_changed {
+                SlotChange::DirtyLog {
+                    enabled: r.flags.dirty_log,
+                }
+            } else {
+                SlotChange::Unchanged
+            });
+        }
+        if let Some(other) = self.overlapping(new_range, Some(r.slot)) {
+            return Err(Error::SlotOverlap {
+                slot: r.slot,
+                other,
+            });
+        }
+        // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not follow).
+        let lpage = self.build_lpage(new_range)?;
+        let mut slot = self.slots.remove(idx);
+        slot.base_gfn = base_gfn;
+        slot.flags.dirty_log = r.flags.dirty_log;
+        slot.lpage = lpage;
+        let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
+        self.slots.insert(at, slot);
+        self.set_id(r.slot, Some(base_gfn));
+        Ok(SlotChange::Moved { old: old_range })
+    }
+
+    /// The fault path: the largest level at which the page at `gpa` may be mapped for an
+    /// access of kind `access`, or why it cannot be. No allocation; after the O(log S) slot
+    /// lookup, a few bit probes decide uniform large pages, and only a page inside a mixed
+    /// 2M page searches the runs (O(log R)).
+    #[inline]
+    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+        let gfn = gpa >> PAGE_SHIFT;
+        let Some(slot) = self.slot_for_gfn(gfn) else {
+            return MaxLevel::NoSlot;
+        };
+        let fault = MaxLevel::MemoryFault(MemoryFault {
+            gpa: gpa & !(PAGE_SIZE - 1),
+            size: PAGE_SIZE,
+            private: access.is_private(),
+        });
+        if access.is_private() && !slot.flags.guest_memfd {
+            return fault;
+        }
+        let private = match slot.lpage(Level::M2).uniform_private(gfn) {
+            Some(p) => p,
+            None => self.is_private(gfn),
+        };
+        if private != access.is_private() {
+            return fault;
+        }
+        MaxLevel::Level(Self::slot_level(slot, gfn))
+    }
+
+    /// The largest level the slot's state allows at `gfn`, ignoring the access kind.
+    #[inline]
+    fn slot_level(slot: &Memslot, gfn: u64) -> Level {
+        let max = slot.max_level();
+        for level in [Level::G1, Level::M2] {
+            if level <= max && !slot.misaligned(level) && slot.lpage(level).allows(gfn) {
+                return level;
+            }
+        }
+        Level::K4
+    }
+
+    /// The largest level the tracker allows at `gfn` for a page of its own kind, or `None`
+    /// outside memslots.
+    pub fn allowed_level(&self, gfn: u64) -> Option<Level> {
+        self.slot_for_gfn(gfn).map(|s| Self::slot_level(s, gfn))
+    }
+
+    /// Whether the large page of `level` holding `gfn` is mixed in its memslot (false when it is
+    /// not wholly inside one, as KVM never marks those).
+    pub fn is_mixed(&self, gfn: u64, level: Level) -> bool {
+        level != Level::K4
+            && self
+                .slot_for_gfn(gfn)
+                .is_some_and(|s| s.lpage(level).is_mixed(gfn))
+    }
+
+    /// Whether the large page of `level` holding `gfn` carries GUEST_INHIBIT.
+    pub fn is_guest_inhibited(&self, gfn: u64, level: Level) -> bool {
+        level != Level::K4
+            && self
+                .slot_for_gfn(gfn)
+                .is_some_and(|s| s.lpage(level).is_inhibited(gfn))
+    }
+
+    /// A TDX guest accepted `gfn` at `level`: every large page above `level` that holds it gets
+    /// GUEST_INHIBIT (one-way, as in the TDX huge page series). Returns whether any bit was newly
+    /// set. Outside memslots nothing happens.
+    pub fn set_guest_inhibit(&mut self, gfn: u64, level: Level) -> Result<bool> {
+        let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
+        let Some(slot) = i.checked_sub(1).and_then(|i| self.slots.get_mut(i)) else {
+            return Ok(false);
+        };
+        if gfn - slot.base_gfn >= slot.npages {
+            return Ok(false);
+        }
+        let above: Vec<Level> = Level::LARGE.into_iter().filter(|&l| l > level).collect();
+        for &l in &above {
+            if slot.lpage(l).inside(gfn) {
+                slot.lpage_mut(l).reserve_inhibit()?;
+            }
+        }
+        let mut changed = false;
+        for l in above {
+            changed |= slot.lpage_mut(l).set_inhibit(gfn);
+        }
+        Ok(changed)
+    }
+
+    /// Counts of mixed large pages of slot `id` at `level` (0 for 4K or an unknown slot).
+    pub fn mixed_count(&self, id: u32, level: Level) -> u64 {
+        match (self.memslot(id), level) {
+            (Some(s), Level::M2 | Level::G1) => s.lpage(level).mixed_count(),
+            _ => 0,
+        }
+    }
+
+    /// How much of slot `id` may be mapped at 1G, at 2M, and only at 4K, for an access of the
+    /// pages' own kind. O(large pages of the slot).
+    pub fn eligibility(&self, id: u32) -> Option<SlotEligibility> {
+        let slot = self.memslot(id)?;
+        let mut e = SlotEligibility::default();
+        let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
+        for (k, info) in [m2, g1].into_iter().enumerate() {
+            e.mixed[k] = info.mixed_count();
+            let level = Level::LARGE[k];
+            e.inhibited[k] = (0..info.len())
+                .filter(|i| info.is_inhibited((info.first() + i) << level.page_shift()))
+                .count() as u64;
+        }
+        let max = slot.max_level();
+        let ok = |level: Level, gfn: u64| {
+            level <= max && !slot.misaligned(level) && slot.lpage(level).allows(gfn)
+        };
+        let mut huge_pages_2m = 0u64;
+        let mut pages_1g = 0u64;
+        for i in 0..g1.len() {
+            if ok(Level::G1, (g1.first() + i) << Level::G1.page_shift()) {
+                pages_1g += 1;
+            }
+        }
+        for i in 0..m2.len() {
+            let gfn = (m2.first() + i) << Level::M2.page_shift();
+            if ok(Level::M2, gfn) && !ok(Level::G1, gfn) {
+                huge_pages_2m += 1;
+            }
+        }
+        e.bytes_1g = pages_1g * Level::G1.size();
+        e.bytes_2m = huge_pages_2m * Level::M2.size();
+        e.bytes_4k = slot.size() - e.bytes_1g - e.bytes_2m;
+        Some(e)
+    }
+
+    /// Heap bytes held by the tracker: runs, slot table, large-page info.
+    pub fn heap_bytes(&self) -> usize {
+        let lpage: usize = self
+            .slots
+            .iter()
+            .map(|s| s.lpage.iter().map(LpageInfo::heap_bytes).sum::<usize>())
+            .sum();
+        let ids = self.ids.capacity() * size_of::<(u32, u64)>();
+        self.attrs.heap_bytes() + self.slots.capacity() * size_of::<Memslot>() + ids + lpage
+    }
+
+    /// Slot flags of slot `id`.
+    pub fn slot_flags(&self, id: u32) -> Option<SlotFlags> {
+        self.memslot(id).map(|s| s.flags)
+    }
+}
