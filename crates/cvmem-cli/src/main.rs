@@ -1,2 +1,39 @@
-//! The `cvmem` command.
-fn main() {}
+//! The `cvmem` command: replay op-logs, run the demo, compare designs, draw memory maps.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod report;
+
+/// Hugepage-aware private/shared memory tracking for confidential VMs.
+#[derive(Parser, Debug)]
+#[command(name = "cvmem", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay an op-log scenario (spec: op-log v1).
+    Replay(cmd::replay::Args),
+    /// Replay a built-in 4 GiB TDX guest boot and show what its memory looks like.
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => cmd::replay::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cvmem: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -35,6 +35,10 @@ pub mod error;
 pub mod hypercall;
 mod lpage;
 pub mod memslot;
+pub mod oplog;
+#[cfg(any(test, feature = "oracle"))]
+pub mod oracle;
+pub mod replay;
 pub mod tracker;
 
 pub use addr::{fmt_bytes, Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};

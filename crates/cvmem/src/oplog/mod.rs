@@ -22,7 +22,8 @@
 //! `Op`, so generated workloads can be saved as op-logs.
 //!
 //! ```
-//! use cvmem::oplog::{parse, parse_line, Access, Op};
+//! use cvmem::oplog::{parse, parse_line, Op};
+//! use cvmem::Access;
 //!
 //! let log = parse("memslot 0 0 2G guest-memfd\n# comment\nquery 0x1000 private # inline\n")?;
 //! assert_eq!(log.len(), 2);
@@ -38,12 +39,14 @@
 //! # Ok::<(), cvmem::oplog::ParseError>(())
 //! ```
 
+mod error;
+mod number;
 mod op;
 mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use op::{Access, Layout, MemslotFlags, Op, Recovery};
-pub use parse::{
-    ops, parse, parse_line, parse_number, Line, NumberError, Ops, ParseError, ParseErrorKind,
-};
+pub use error::{NumberError, ParseError, ParseErrorKind};
+pub use number::parse_number;
+pub use op::{Layout, Op, Recovery};
+pub use parse::{ops, parse, parse_line, Line, Ops};

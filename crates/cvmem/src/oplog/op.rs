@@ -3,42 +3,9 @@
 use core::fmt;
 
 use crate::addr::Level;
-
-/// The attribute word `private`: `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
-const ATTRIBUTE_PRIVATE: u64 = 1 << 3;
-
-/// The kind of a guest access: to private or to shared memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Access {
-    /// An access to shared (unencrypted) memory.
-    Shared,
-    /// An access to private (encrypted) memory.
-    Private,
-}
-
-impl Access {
-    /// The op-log keyword: `shared` or `private`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Access::Shared => "shared",
-            Access::Private => "private",
-        }
-    }
-    /// Parses `shared` or `private` (lower case only).
-    pub fn from_name(s: &str) -> Option<Access> {
-        match s {
-            "shared" => Some(Access::Shared),
-            "private" => Some(Access::Private),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::memslot::SlotFlags;
+use crate::tracker::Access;
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// The page-table layout of the TDP MMU model (`mmu LAYOUT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,17 +77,6 @@ impl fmt::Display for Recovery {
     }
 }
 
-/// The boolean flags of a `memslot` line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MemslotFlags {
-    /// `guest-memfd`: the slot can back private memory (KVM_MEM_GUEST_MEMFD).
-    pub guest_memfd: bool,
-    /// `dirty-log`: dirty logging is on (KVM_MEM_LOG_DIRTY_PAGES).
-    pub dirty_log: bool,
-    /// `readonly`: the slot is read-only (KVM_MEM_READONLY).
-    pub readonly: bool,
-}
-
 /// One operation of an op-log, as written; the replay engine checks the rules of the spec.
 ///
 /// Values are kept as written (for example a `memslot` SLOT beyond 32763 or an unaligned GPA), because
@@ -136,7 +92,7 @@ pub enum Op {
         /// Size in bytes; 0 deletes the slot.
         size: u64,
         /// `guest-memfd`, `dirty-log`, `readonly`.
-        flags: MemslotFlags,
+        flags: SlotFlags,
         /// `uaddr=ADDR`: host virtual address of the first byte (default: the GPA).
         uaddr: Option<u64>,
         /// `backing=4K|2M|1G`: largest host mapping of the backing memory (default: 1G).
@@ -257,15 +213,17 @@ impl fmt::Display for Op {
                 write!(f, " {gpa:#x} {size:#x} ")?;
                 match attributes {
                     0 => f.write_str("shared"),
-                    ATTRIBUTE_PRIVATE => f.write_str("private"),
+                    KVM_MEMORY_ATTRIBUTE_PRIVATE => f.write_str("private"),
                     other => write!(f, "{other:#x}"),
                 }
             }
             Op::MapGpa { gpa, npages, flags } => write!(f, " {gpa:#x} {npages:#x} {flags:#x}"),
             Op::Query { gpa, access } | Op::Fault { gpa, access } => {
-                write!(f, " {gpa:#x} {access}")
+                write!(f, " {gpa:#x} {}", access.name())
             }
-            Op::FaultRange { gpa, size, access } => write!(f, " {gpa:#x} {size:#x} {access}"),
+            Op::FaultRange { gpa, size, access } => {
+                write!(f, " {gpa:#x} {size:#x} {}", access.name())
+            }
             Op::Mmu { layout, recovery } => {
                 write!(f, " {layout}")?;
                 match recovery {

@@ -1,0 +1,84 @@
+//! `cvmem replay FILE [--json]`: run an op-log v1 scenario.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cvmem::oplog;
+use cvmem::replay::Replayer;
+use serde_json::json;
+
+use crate::report;
+
+/// Arguments of `cvmem replay`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The op-log file (`-` for standard input).
+    file: PathBuf,
+    /// Print JSON Lines (one object per result, then a summary) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads the whole op-log; invalid UTF-8 is kept (lossily) so the parser reports the line.
+fn read(file: &PathBuf) -> Result<String, String> {
+    let bytes = if file.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+            .map_err(|e| format!("stdin: {e}"))?;
+        v
+    } else {
+        std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?
+    };
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
+    let text = read(&args.file)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let code = replay_text(&text, args.json, &mut out).map_err(|e| format!("write: {e}"))?;
+    out.flush().map_err(|e| format!("write: {e}"))?;
+    Ok(code)
+}
+
+/// Replays `text`, writing results to `out`. A parse error stops the replay with exit status 1.
+pub(crate) fn replay_text(
+    text: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> std::io::Result<ExitCode> {
+    let mut replayer = Replayer::new();
+    for line in oplog::ops(text.lines()) {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"line": e.line, "parse_error": e.kind.to_string()})
+                    )?;
+                }
+                out.flush()?;
+                eprintln!("cvmem replay: parse error at {e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let outcome = replayer.apply(&line.op);
+        if json {
+            if let Some(v) = report::outcome_json(line.number, &line.op, &outcome) {
+                writeln!(out, "{v}")?;
+            }
+        } else if let Some(t) = report::outcome_text(line.number, &line.op, &outcome) {
+            writeln!(out, "{t}")?;
+        }
+    }
+    let summary = replayer.summary();
+    if json {
+        writeln!(out, "{}", report::summary_json(&summary))?;
+    } else {
+        write!(out, "\n{}", report::summary_text(&summary))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,124 @@
+//! Turning replay outcomes and summaries into JSON Lines and into text for people.
+
+use cvmem::oplog::Op;
+use cvmem::replay::{Outcome, Summary};
+use cvmem::{fmt_bytes, MaxLevel};
+use serde_json::{json, Map, Value};
+
+/// The op-log name of a fault-path answer.
+pub(crate) fn max_level_name(m: &MaxLevel) -> &'static str {
+    match m {
+        MaxLevel::Level(l) => l.name(),
+        MaxLevel::NoSlot => "no-slot",
+        MaxLevel::MemoryFault(_) => "memory-fault",
+    }
+}
+
+/// The JSON object for one outcome, or `None` when the spec prints nothing for it.
+pub(crate) fn outcome_json(line: usize, op: &Op, outcome: &Outcome) -> Option<Value> {
+    let mut obj = Map::new();
+    obj.insert("line".into(), json!(line));
+    obj.insert("op".into(), json!(op.name()));
+    match outcome {
+        Outcome::Done => return None,
+        Outcome::Error(e) => {
+            obj.insert("error".into(), json!(e.errno().name()));
+            obj.insert("message".into(), json!(e.to_string()));
+        }
+        Outcome::Query(m) => {
+            if let Op::Query { gpa, access } = op {
+                obj.insert("gpa".into(), json!(gpa));
+                obj.insert("access".into(), json!(access.name()));
+            }
+            obj.insert("result".into(), json!(max_level_name(m)));
+            if let MaxLevel::MemoryFault(f) = m {
+                obj.insert(
+                    "exit".into(),
+                    json!({"gpa": f.gpa, "size": f.size, "private": f.private}),
+                );
+            }
+        }
+    }
+    Some(Value::Object(obj))
+}
+
+/// The one-line text form of an outcome for people, or `None` when there is nothing to say.
+pub(crate) fn outcome_text(line: usize, op: &Op, outcome: &Outcome) -> Option<String> {
+    let what = match op {
+        Op::Query { gpa, access } => format!("{gpa:#014x} {:<7}", access.name()),
+        _ => op.to_string(),
+    };
+    let result = match outcome {
+        Outcome::Done => return None,
+        Outcome::Error(e) => format!("{}: {e}", e.errno().name()),
+        Outcome::Query(m) => max_level_name(m).to_string(),
+    };
+    Some(format!("{line:>6}  {:<12} {what:<40} {result}", op.name()))
+}
+
+/// The summary object of the JSON output.
+pub(crate) fn summary_json(s: &Summary) -> Value {
+    let memslots: Vec<Value> = s
+        .memslots
+        .iter()
+        .map(|m| {
+            json!({
+                "slot": m.slot, "gpa": m.gpa, "size": m.size,
+                "mixed_2m": m.mixed_2m, "mixed_1g": m.mixed_1g,
+                "mappable": {"1G": m.eligibility.bytes_1g, "2M": m.eligibility.bytes_2m, "4K": m.eligibility.bytes_4k},
+                "guest_inhibit": {"2M": m.eligibility.inhibited[0], "1G": m.eligibility.inhibited[1]},
+            })
+        })
+        .collect();
+    json!({"summary": {
+        "attributes": s.attributes.iter().map(|&(g, z, a)| json!([g, z, a])).collect::<Vec<_>>(),
+        "memslots": memslots,
+        "tracking": {"heap_bytes": s.heap_bytes, "boundaries": s.boundaries},
+        "ops": s.ops,
+        "errors": s.errors,
+    }})
+}
+
+/// The summary as text for people.
+pub(crate) fn summary_text(s: &Summary) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("memslots ({}):\n", s.memslots.len()));
+    out.push_str(&format!(
+        "  {:>5}  {:>14}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}\n",
+        "slot", "gpa", "size", "1G", "2M", "4K only", "mixed2M", "mixed1G"
+    ));
+    for m in &s.memslots {
+        let e = &m.eligibility;
+        out.push_str(&format!(
+            "  {:>5}  {:>#14x}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}\n",
+            m.slot,
+            m.gpa,
+            fmt_bytes(m.size),
+            fmt_bytes(e.bytes_1g),
+            fmt_bytes(e.bytes_2m),
+            fmt_bytes(e.bytes_4k),
+            m.mixed_2m,
+            m.mixed_1g
+        ));
+    }
+    out.push_str(&format!(
+        "attribute runs (non-shared): {}\n",
+        s.attributes.len()
+    ));
+    for &(gpa, size, attrs) in s.attributes.iter().take(12) {
+        out.push_str(&format!(
+            "  {gpa:#014x} +{:<8} attrs {attrs:#x}\n",
+            fmt_bytes(size)
+        ));
+    }
+    if s.attributes.len() > 12 {
+        out.push_str(&format!("  … {} more\n", s.attributes.len() - 12));
+    }
+    out.push_str(&format!(
+        "tracking memory: {} ({} attribute boundaries)\n",
+        fmt_bytes(s.heap_bytes as u64),
+        s.boundaries
+    ));
+    out.push_str(&format!("operations: {} ({} rejected)\n", s.ops, s.errors));
+    out
+}

@@ -1,0 +1,126 @@
+//! Canonical Display text parses back to the same operation.
+
+use super::*;
+
+#[test]
+fn display_is_canonical() {
+    let cases: &[(Op, &str)] = &[
+        (memslot(0, 0, 2 * G), "memslot 0 0x0 0x80000000"),
+        (
+            Op::Memslot {
+                slot: 32763,
+                gpa: 1 << 32,
+                size: 4 * K,
+                flags: SlotFlags { guest_memfd: true, dirty_log: true, readonly: true },
+                uaddr: Some(0x7f00_0000_0000),
+                backing: Some(Level::M2),
+            },
+            "memslot 32763 0x100000000 0x1000 guest-memfd dirty-log readonly uaddr=0x7f0000000000 backing=2M",
+        ),
+        (Op::Attrs { gpa: 0, size: G, attributes: 8 }, "attrs 0x0 0x40000000 private"),
+        (Op::Attrs { gpa: 0x1000, size: 0x1000, attributes: 0 }, "attrs 0x1000 0x1000 shared"),
+        (Op::Attrs { gpa: 0, size: 0x1000, attributes: 9 }, "attrs 0x0 0x1000 0x9"),
+        (Op::MapGpa { gpa: 0x1000_0000, npages: 16384, flags: 0x11 }, "map-gpa 0x10000000 0x4000 0x11"),
+        (Op::Query { gpa: 0x7d9d_7000, access: Access::Shared }, "query 0x7d9d7000 shared"),
+        (Op::Fault { gpa: 0x1000, access: Access::Private }, "fault 0x1000 private"),
+        (Op::FaultRange { gpa: 0, size: 4 * M, access: Access::Private }, "fault-range 0x0 0x400000 private"),
+        (Op::Mmu { layout: Layout::Unified, recovery: None }, "mmu unified"),
+        (Op::Mmu { layout: Layout::Split, recovery: Some(Recovery::OnFault) }, "mmu split recovery=on-fault"),
+        (Op::Accept { gpa: 0x40_0000, level: Level::G1 }, "accept 0x400000 1G"),
+    ];
+    for (op, text) in cases {
+        assert_eq!(op.to_string(), *text);
+        assert_eq!(parse_line(text), Ok(Some(*op)), "{text}");
+    }
+}
+
+fn any_access() -> impl Strategy<Value = Access> {
+    prop_oneof![Just(Access::Shared), Just(Access::Private)]
+}
+
+fn any_level() -> impl Strategy<Value = Level> {
+    prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)]
+}
+
+fn any_op() -> impl Strategy<Value = Op> {
+    let flags = (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(guest_memfd, dirty_log, readonly)| SlotFlags {
+            guest_memfd,
+            dirty_log,
+            readonly,
+        },
+    );
+    let recovery = prop_oneof![
+        Just(Recovery::Off),
+        Just(Recovery::OnFault),
+        Just(Recovery::Eager)
+    ];
+    prop_oneof![
+        (
+            any_number(),
+            any_number(),
+            any_number(),
+            flags,
+            proptest::option::of(any_number()),
+            proptest::option::of(any_level())
+        )
+            .prop_map(|(slot, gpa, size, flags, uaddr, backing)| Op::Memslot {
+                slot,
+                gpa,
+                size,
+                flags,
+                uaddr,
+                backing
+            }),
+        (
+            any_number(),
+            any_number(),
+            prop_oneof![Just(0u64), Just(8), any_number()]
+        )
+            .prop_map(|(gpa, size, attributes)| Op::Attrs {
+                gpa,
+                size,
+                attributes
+            }),
+        (any_number(), any_number(), any_number()).prop_map(|(gpa, npages, flags)| Op::MapGpa {
+            gpa,
+            npages,
+            flags
+        }),
+        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Query { gpa, access }),
+        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Fault { gpa, access }),
+        (any_number(), any_number(), any_access()).prop_map(|(gpa, size, access)| Op::FaultRange {
+            gpa,
+            size,
+            access
+        }),
+        (
+            prop_oneof![Just(Layout::Split), Just(Layout::Unified)],
+            proptest::option::of(recovery)
+        )
+            .prop_map(|(layout, recovery)| Op::Mmu { layout, recovery }),
+        (any_number(), any_level()).prop_map(|(gpa, level)| Op::Accept { gpa, level }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn display_then_parse_is_identity(op in any_op(), comment in proptest::option::of("[ -~]{0,20}")) {
+        let mut text = op.to_string();
+        if let Some(comment) = comment {
+            text.push_str(" #");
+            text.push_str(&comment);
+        }
+        prop_assert_eq!(parse_line(&text), Ok(Some(op)));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(line in "[a-z0-9xKMGT=#\\- \t]{0,60}|\\PC{0,60}") {
+        // Whatever the line, the parser answers; an accepted line prints back to itself.
+        if let Ok(Some(op)) = parse_line(&line) {
+            prop_assert_eq!(parse_line(&op.to_string()), Ok(Some(op)));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! A deliberately simple dense model of the tracker, for tests and fuzzing only.
+//!
+//! One attribute per 4 KiB page in a fixed window, memslots in a plain list, and brute-force
+//! hugepage eligibility that looks at every page. Written straight from the op-log spec and
+//! KVM's documented rules, sharing no code with the real tracker, so that agreement between the
+//! two means something. Enabled by the `oracle` feature.
+
+use alloc::collections::BTreeSet;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::addr::{Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::error::Errno;
+use crate::tracker::{Access, MaxLevel, MemoryFault};
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+/// A memslot in the dense model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenseSlot {
+    /// Slot id.
+    pub id: u32,
+    /// First gfn.
+    pub base: u64,
+    /// Pages.
+    pub npages: u64,
+    /// KVM_MEM_GUEST_MEMFD.
+    pub guest_memfd: bool,
+    /// Dirty logging.
+    pub dirty_log: bool,
+    /// Read-only.
+    pub readonly: bool,
+    /// Host address.
+    pub uaddr: u64,
+    /// Backing size.
+    pub backing: Level,
+}
+
+/// The dense model: attributes of gfns `[0, window)`, memslots, GUEST_INHIBIT marks.
+#[derive(Clone, Debug)]
+pub struct DenseModel {
+    attrs: Vec<u64>,
+    supported: u64,
+    /// Memslots in creation order (no index, no sorting: brute force).
+    pub slots: Vec<DenseSlot>,
+    inhibit: BTreeSet<(u32, u64, u64)>,
+}
+
+impl DenseModel {
+    /// A model of the first `window` gfns, every page shared, PRIVATE supported.
+    pub fn new(window: u64) -> Self {
+        DenseModel {
+            attrs: vec![0; window as usize],
+            supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            slots: Vec::new(),
+            inhibit: BTreeSet::new(),
+        }
+    }
+
+    /// Number of gfns modelled.
+    pub fn window(&self) -> u64 {
+        self.attrs.len() as u64
+    }
+
+    /// The attributes of `gfn` (0 outside the window).
+    pub fn attributes(&self, gfn: u64) -> u64 {
+        self.attrs.get(gfn as usize).copied().unwrap_or(0)
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES. Pages beyond the window are validated but not stored.
+    pub fn set_memory_attributes(
+        &mut self,
+        gpa: u64,
+        size: u64,
+        attributes: u64,
+    ) -> Result<(), Errno> {
+        let bad = attributes & !self.supported != 0
+            || size == 0
+            || gpa % PAGE_SIZE != 0
+            || size % PAGE_SIZE != 0
+            || gpa.checked_add(size).is_none();
+        if bad {
+            return Err(Errno::EINVAL);
+        }
+        let start = gpa / PAGE_SIZE;
+        let end = start + size / PAGE_SIZE;
+        for gfn in start..end.min(self.window()) {
+            self.attrs[gfn as usize] = attributes;
+        }
+        Ok(())
+    }
+
+    /// KVM_HC_MAP_GPA_RANGE handled by the VMM.
+    pub fn map_gpa(&mut self, gpa: u64, npages: u64, flags: u64) -> Result<(), Errno> {
+        if flags >> 5 != 0 || flags & 0xf > 2 || npages == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let size = npages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+        let attrs = if flags & 0x10 != 0 {
+            KVM_MEMORY_ATTRIBUTE_PRIVATE
+        } else {
+            0
+        };
+        self.set_memory_attributes(gpa, size, attrs)
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 per the op-log rules.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_memslot(
+        &mut self,
+        id: u32,
+        gpa: u64,
+        size: u64,
+        guest_memfd: bool,
+        dirty_log: bool,
+        readonly: bool,
+        uaddr: Option<u64>,
+        backing: Option<Level>,
+    ) -> Result<(), Errno> {
+        let invalid = id > 32763
+            || gpa % PAGE_SIZE != 0
+            || size % PAGE_SIZE != 0
+            || gpa.checked_add(size).is_none()
+            || size / PAGE_SIZE > (1 << 31) - 1
+            || uaddr.is_some_and(|u| u % PAGE_SIZE != 0)
+            || (guest_memfd && dirty_log);
+        if invalid {
+            return Err(Errno::EINVAL);
+        }
+        let (base, npages) = (gpa / PAGE_SIZE, size / PAGE_SIZE);
+        let overlaps =
+            |s: &DenseSlot| s.id != id && base < s.base + s.npages && s.base < base + npages;
+        let Some(pos) = self.slots.iter().position(|s| s.id == id) else {
+            if size == 0 {
+                return Err(Errno::EINVAL);
+            }
+            if self.slots.iter().any(overlaps) {
+                return Err(Errno::EEXIST);
+            }
+            self.slots.push(DenseSlot {
+                id,
+                base,
+                npages,
+                guest_memfd,
+                dirty_log,
+                readonly,
+                uaddr: uaddr.unwrap_or(gpa),
+                backing: backing.unwrap_or(Level::G1),
+            });
+            return Ok(());
+        };
+        if size == 0 {
+            self.slots.remove(pos);
+            self.inhibit.retain(|&(s, _, _)| s != id);
+            return Ok(());
+        }
+        let old = self.slots[pos].clone();
+        if old.guest_memfd
+            || guest_memfd
+            || npages != old.npages
+            || readonly != old.readonly
+            || uaddr.is_some_and(|u| u != old.uaddr)
+            || backing.is_some_and(|b| b != old.backing)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if base != old.base {
+            if self.slots.iter().any(overlaps) {
+                return Err(Errno::EEXIST);
+            }
+            self.inhibit.retain(|&(s, _, _)| s != id);
+        }
+        self.slots[pos].base = base;
+        self.slots[pos].dirty_log = dirty_log;
+        Ok(())
+    }
+
+    /// The slot containing `gfn`, by linear search.
+    pub fn slot_for_gfn(&self, gfn: u64) -> Option<&DenseSlot> {
+        self.slots
+            .iter()
+            .find(|s| s.base <= gfn && gfn < s.base + s.npages)
+    }
+
+    fn uniform(&self, start: u64, end: u64) -> bool {
+        let first = self.attributes(start);
+        (start..end).all(|g| self.attributes(g) == first)
+    }
+
+    /// Marks GUEST_INHIBIT for the large pages above `level` holding `gfn`.
+    pub fn set_guest_inhibit(&mut self, gfn: u64, level: Level) {
+        let Some(slot) = self.slot_for_gfn(gfn).cloned() else {
+            return;
+        };
+        for l in Level::LARGE.into_iter().filter(|&l| l > level) {
+            let start = l.align_down(gfn);
+            if slot.base <= start && start + l.pages() <= slot.base + slot.npages {
+                self.inhibit.insert((slot.id, l.page_shift().into(), start));
+            }
+        }
+    }
+
+    /// Brute-force fault-path answer, straight from the spec's `query`.
+    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+        let gfn = gpa >> PAGE_SHIFT;
+        let Some(slot) = self.slot_for_gfn(gfn) else {
+            return MaxLevel::NoSlot;
+        };
+        let private = access == Access::Private;
+        let fault = MaxLevel::MemoryFault(MemoryFault {
+            gpa: gfn << PAGE_SHIFT,
+            size: PAGE_SIZE,
+            private,
+        });
+        if private && !slot.guest_memfd {
+            return fault;
+        }
+        if (self.attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) != private {
+            return fault;
+        }
+        let max = if slot.dirty_log {
+            Level::K4
+        } else {
+            slot.backing
+        };
+        for level in [Level::G1, Level::M2] {
+            let start = level.align_down(gfn);
+            let end = start + level.pages();
+            let ok = level <= max
+                && slot.base <= start
+                && end <= slot.base + slot.npages
+                && (slot.base ^ (slot.uaddr >> PAGE_SHIFT)) % level.pages() == 0
+                && !self
+                    .inhibit
+                    .contains(&(slot.id, level.page_shift().into(), start))
+                && self.uniform(start, end);
+            if ok {
+                return MaxLevel::Level(level);
+            }
+        }
+        MaxLevel::Level(Level::K4)
+    }
+
+    /// Large pages of `level` wholly inside slot `id` whose pages differ in attributes.
+    pub fn mixed_count(&self, id: u32, level: Level) -> u64 {
+        let Some(slot) = self.slots.iter().find(|s| s.id == id) else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut start = slot.base.div_ceil(level.pages()) * level.pages();
+        while start + level.pages() <= slot.base + slot.npages {
+            if !self.uniform(start, start + level.pages()) {
+                n += 1;
+            }
+            start += level.pages();
+        }
+        n
+    }
+
+    /// Maximal runs of non-zero attributes inside the window: `(start gfn, end gfn, attrs)`.
+    pub fn nonzero_runs(&self) -> Vec<(u64, u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        for (gfn, &a) in self.attrs.iter().enumerate() {
+            let gfn = gfn as u64;
+            match runs.last_mut() {
+                Some(r) if r.1 == gfn && r.2 == a => r.1 += 1,
+                _ if a != 0 => runs.push((gfn, gfn + 1, a)),
+                _ => {}
+            }
+        }
+        runs
+    }
+}
