@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod report;
+mod scenario;
 
 /// Hugepage-aware private/shared memory tracking for confidential VMs.
 #[derive(Parser, Debug)]

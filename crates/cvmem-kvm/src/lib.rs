@@ -1,1 +1,1 @@
-//! Placeholder.
+//! Linux KVM integration (in progress).
