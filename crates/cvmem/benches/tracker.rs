@@ -1,5 +1,6 @@
 //! The core's headline costs: set 1 TiB private, random 4K flips on a fragmented 1 TiB guest, the
 //! fault-path query, and the tracking memory of a realistic 1 TiB guest (printed).
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use cvmem::{Access, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
