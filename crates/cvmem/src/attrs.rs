@@ -8,7 +8,7 @@
 //! the next boundary the attributes are `attributes`"; gfns before the first boundary are 0
 //! (shared). The sequence is cut into chunks of at most [`CHUNK`] boundaries (a two-level B-tree
 //! with a flat, cache-friendly top index), so inserting never moves more than one chunk and the
-//! top index of R / 64 entries. Chunks never grow past their first allocation, and spare chunks
+//! top index of R / CHUNK entries. Chunks never grow past their first allocation, and spare chunks
 //! are allocated before a change begins: an update either fails with `NoMemory` before touching
 //! anything, or completes without allocating.
 
@@ -19,7 +19,7 @@ use crate::addr::{GfnRange, GFN_END};
 use crate::error::{Error, Result};
 
 /// Boundaries per chunk.
-const CHUNK: usize = 64;
+const CHUNK: usize = 128;
 /// An update inserts at most two boundaries, so it needs at most two fresh chunks.
 const SPARES: usize = 2;
 
