@@ -5,6 +5,28 @@ use cvmem::replay::{Outcome, Summary};
 use cvmem::{fmt_bytes, MaxLevel};
 use serde_json::{json, Map, Value};
 
+/// Writes `text` to standard output; a closed pipe (`cvmem demo | head`) is a normal end.
+pub(crate) fn emit(text: &str) -> Result<std::process::ExitCode, String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => io_error(e),
+    }
+}
+
+/// Maps an output error to the command's result: a closed pipe ends quietly.
+pub(crate) fn io_error(e: std::io::Error) -> Result<std::process::ExitCode, String> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        Err(format!("write: {e}"))
+    }
+}
+
 /// The op-log name of a fault-path answer.
 pub(crate) fn max_level_name(m: &MaxLevel) -> &'static str {
     match m {
@@ -120,5 +142,37 @@ pub(crate) fn summary_text(s: &Summary) -> String {
         s.boundaries
     ));
     out.push_str(&format!("operations: {} ({} rejected)\n", s.ops, s.errors));
+    out
+}
+
+/// One text line per memslot picturing its memory: `#` private, `.` shared, `:` both inside the
+/// cell, each cell a fixed share of the slot.
+pub(crate) fn slot_maps(t: &cvmem::Tracker, width: u64) -> String {
+    let mut out = String::new();
+    for slot in t.memslots() {
+        let range = slot.range();
+        let cell = range.len().div_ceil(width).max(1);
+        let mut line = String::new();
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + cell).min(range.end);
+            let c = match t
+                .attribute_store()
+                .uniform(cvmem::GfnRange::new(start, end))
+            {
+                Some(a) if a & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 => '#',
+                Some(_) => '.',
+                None => ':',
+            };
+            line.push(c);
+            start = end;
+        }
+        out.push_str(&format!(
+            "  slot {:>3} {:>#12x} {:>6} |{line}|\n",
+            slot.id(),
+            slot.gpa(),
+            fmt_bytes(slot.size()).to_string()
+        ));
+    }
     out
 }

@@ -441,8 +441,8 @@ impl Tracker {
         if gfn - slot.base_gfn >= slot.npages {
             return Ok(false);
         }
-        let above: Vec<Level> = Level::LARGE.into_iter().filter(|&l| l > level).collect();
-        for &l in &above {
+        let above = Level::LARGE.into_iter().filter(|&l| l > level);
+        for l in above.clone() {
             if slot.lpage(l).inside(gfn) {
                 slot.lpage_mut(l).reserve_inhibit()?;
             }
@@ -452,6 +452,18 @@ impl Tracker {
             changed |= slot.lpage_mut(l).set_inhibit(gfn);
         }
         Ok(changed)
+    }
+
+    /// Clears GUEST_INHIBIT on the large page of `level` that holds `gfn` (a policy that lifts
+    /// the inhibit once the guest has accepted the whole large page). Returns whether it was set.
+    pub fn clear_guest_inhibit(&mut self, gfn: u64, level: Level) -> bool {
+        let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
+        match i.checked_sub(1).and_then(|i| self.slots.get_mut(i)) {
+            Some(slot) if level != Level::K4 && gfn - slot.base_gfn < slot.npages => {
+                slot.lpage_mut(level).clear_inhibit(gfn)
+            }
+            _ => false,
+        }
     }
 
     /// Counts of mixed large pages of slot `id` at `level` (0 for 4K or an unknown slot).

@@ -53,29 +53,29 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     }
     let summary = replayer.summary();
     if args.json {
-        println!("{}", report::summary_json(&summary));
-        return Ok(ExitCode::SUCCESS);
+        return report::emit(&format!("{}\n", report::summary_json(&summary)));
     }
-    println!("cvmem demo: a 4 GiB, 8-vCPU TDX guest boots");
-    println!(
-        "  {} operations ({} 4K flips in gfn 0x7d3ff-0x7e7fe) replayed in {:.2} ms",
+    let mut out = String::new();
+    let ms = elapsed.as_secs_f64() * 1e3;
+    out += "cvmem demo: a 4 GiB, 8-vCPU TDX guest boots\n";
+    out += &format!(
+        "  {} operations ({} 4K flips in gfn 0x7d3ff-0x7e7fe) replayed in {ms:.2} ms\n\n",
         ops.len(),
-        args.flips,
-        elapsed.as_secs_f64() * 1e3
+        args.flips
     );
-    println!();
-    print!("{}", report::summary_text(&summary));
+    out += "memory map (# private, . shared, : both in the cell; 64 cells per slot):\n";
+    out += &report::slot_maps(replayer.tracker(), 64);
+    out += "\n";
+    out += &report::summary_text(&summary);
     let ram: u64 = summary.memslots.iter().map(|m| m.size).sum();
-    let linux_estimate = linux_bytes(&replayer);
-    println!();
-    println!(
-        "tracking memory: cvmem {} for {} of memslots; Linux as merged would hold ~{} \
-         (one xarray entry per private 4K page, 576-byte nodes, plus 4-byte lpage ints)",
+    out += &format!(
+        "\ntracking memory: cvmem {} for {} of memslots; Linux as merged would hold ~{} \
+         (one xarray entry per private 4K page, 576-byte nodes, plus 4-byte lpage ints)\n",
         fmt_bytes(summary.heap_bytes as u64),
         fmt_bytes(ram),
-        fmt_bytes(linux_estimate)
+        fmt_bytes(linux_bytes(&replayer))
     );
-    Ok(ExitCode::SUCCESS)
+    report::emit(&out)
 }
 
 /// Linux's metadata for the same state, from the kernel's layout: an xarray leaf node (576 bytes)

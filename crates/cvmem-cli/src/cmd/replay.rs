@@ -37,9 +37,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     let text = read(&args.file)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let code = replay_text(&text, args.json, &mut out).map_err(|e| format!("write: {e}"))?;
-    out.flush().map_err(|e| format!("write: {e}"))?;
-    Ok(code)
+    match replay_text(&text, args.json, &mut out).and_then(|code| out.flush().map(|_| code)) {
+        Ok(code) => Ok(code),
+        Err(e) => report::io_error(e),
+    }
 }
 
 /// Replays `text`, writing results to `out`. A parse error stops the replay with exit status 1.
