@@ -7,8 +7,9 @@
 //! Layout: a sorted sequence of boundaries `(start gfn, attributes)` meaning "from `start` up to
 //! the next boundary the attributes are `attributes`"; gfns before the first boundary are 0
 //! (shared). The sequence is cut into chunks of at most [`CHUNK`] boundaries (a two-level B-tree
-//! with a flat, cache-friendly top index), so inserting never moves more than one chunk and the
-//! top index of R / CHUNK entries. Chunks never grow past their first allocation, and spare chunks
+//! with a flat, cache-friendly top index), so inserting never moves more than one chunk and (when a
+//! chunk splits or empties) the top index of R / CHUNK entries: a memmove of 24 bytes per 128
+//! boundaries, which at 2·10^6 boundaries is most of the 1.7 µs a random 4K flip costs. Chunks never grow past their first allocation, and spare chunks
 //! are allocated before a change begins: an update either fails with `NoMemory` before touching
 //! anything, or completes without allocating.
 
