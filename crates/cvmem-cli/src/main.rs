@@ -22,6 +22,9 @@ enum Command {
     Replay(cmd::replay::Args),
     /// Replay a built-in 4 GiB TDX guest boot and show what its memory looks like.
     Demo(cmd::demo::Args),
+    /// Boot a small guest on /dev/kvm and drive conversions through real vCPU exits.
+    #[cfg(target_os = "linux")]
+    KvmRun(cmd::kvm_run::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay(args) => cmd::replay::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        #[cfg(target_os = "linux")]
+        Command::KvmRun(args) => cmd::kvm_run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,107 @@
-//! Linux KVM integration (in progress).
+//! # cvmem-kvm — drive the cvmem tracker from a real KVM guest
+//!
+//! KVM has no GET for memory attributes: a VMM must mirror the private/shared state of its
+//! confidential guest itself, handle the guest's conversion requests, update KVM, discard the
+//! old backing and tell DMA users what changed. This crate does that on kvm-ioctls:
+//!
+//! - [`CvmMemory`]: memslots backed by guest_memfd (in place or with separate shared memory) or
+//!   anonymous memory, registered in KVM and in the cvmem [`Tracker`](cvmem::Tracker) under the
+//!   same rules; [`CvmMemory::convert`] applies a conversion (tracker, KVM attributes where KVM
+//!   has them, discards, listeners) and undoes it on failure;
+//! - [`ConversionRequest`]: one typed request from `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE),
+//!   from this crate's port-I/O transport, or from `KVM_EXIT_MEMORY_FAULT`, validated as the
+//!   op-log's `map-gpa`;
+//! - [`ConversionListener`]s with exact ranges, and [`IommuListener`] to keep a VFIO-style IOMMU
+//!   domain mapping exactly the shared memory;
+//! - [`MemoryQuery`]: private/shared/mixed, runs, largest level, memory map — from any thread;
+//! - [`kvm_run`]: boots the small guest program in `guest/guest.S` and runs a conversion workload
+//!   with data checks (what `cvmem kvm-run` prints).
+//!
+//! Linux x86-64 only.
+//!
+//! ## Wiring into a rust-vmm vCPU loop
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cvmem::Level;
+//! use cvmem_kvm::{Backing, ConversionRequest, CvmMemory, SlotSpec};
+//! use kvm_ioctls::{Kvm, VcpuExit};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kvm = Kvm::new()?;
+//! let vm = Arc::new(kvm.create_vm()?);
+//! let memory = CvmMemory::new(Arc::clone(&vm));
+//! memory.add_slot(&SlotSpec {
+//!     slot: 0, gpa: 0, size: 2 << 30,
+//!     backing: Backing::GuestMemfdInPlace, max_level: Level::G1,
+//! })?;
+//! memory.set_attributes(0, 2 << 30, cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // boot private
+//! let query = memory.query(); // hand this to device threads
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! // ... set up registers and load the guest ...
+//! loop {
+//!     match vcpu.run()? {
+//!         VcpuExit::Hypercall(hc) => {
+//!             *hc.ret = match ConversionRequest::from_hypercall(hc.nr, &hc.args) {
+//!                 Ok(req) => cvmem_kvm::guest_status(&memory.convert(&req)),
+//!                 Err(e) => e.guest_status(),
+//!             };
+//!         }
+//!         VcpuExit::MemoryFault { flags, gpa, size } => {
+//!             // Implicit conversion: make the page the kind the access wanted, re-enter.
+//!             let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
+//!             memory.convert(&req)?;
+//!         }
+//!         VcpuExit::Hlt => break,
+//!         _ => { /* MMIO, port I/O, ... */ }
+//!     }
+//! }
+//! println!("{:?}", query.snapshot());
+//! # Ok(())
+//! # }
+//! ```
+#![cfg(target_os = "linux")]
+
+pub mod abi;
+mod backing;
+mod error;
+mod iommu;
+mod listener;
+mod memory;
+mod query;
+mod report;
+mod request;
+mod run;
+mod script;
+mod sys;
+mod vm;
+mod workload;
+
+pub use backing::{
+    Backing, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+};
+pub use error::{Error, Result};
+pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
+pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
+pub use memory::{Conversion, ConversionCost, CvmMemory, SlotSpec};
+pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
+pub use report::{ConversionStats, ExitKind, ExitStats, LineResult, Mismatch, Report, Summary};
+pub use request::{
+    ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
+    KVM_MEMORY_EXIT_FLAG_PRIVATE,
+};
+pub use run::{kvm_run, RunOptions, Workload};
+pub use vm::HostCaps;
+
+/// The status a guest gets for a conversion: 0, or a negative errno as a two's-complement u64
+/// (`hypercall.ret` / RAX): `-EINVAL` for a request KVM's rules reject, `-ENOMEM` when memory ran
+/// out, `-EFAULT` when the host could not apply it (KVM, discard or a listener failed).
+pub fn guest_status<T>(result: &Result<T>) -> u64 {
+    let errno = match result {
+        Ok(_) => return 0,
+        Err(Error::Request(e)) => return e.guest_status(),
+        Err(Error::Tracker(e)) => e.errno().code(),
+        Err(_) => libc::EFAULT,
+    };
+    (errno as u64).wrapping_neg()
+}

@@ -1,4 +1,6 @@
 //! One module per subcommand. Each has `Args` (clap) and `run(Args) -> Result<ExitCode, String>`.
 
 pub(crate) mod demo;
+#[cfg(target_os = "linux")]
+pub(crate) mod kvm_run;
 pub(crate) mod replay;

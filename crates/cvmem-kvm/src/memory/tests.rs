@@ -1,0 +1,212 @@
+//! Conversions on detached memory (anonymous slots, no KVM): exact ranges, discards,
+//! listeners, rollback.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::iommu::{IommuListener, RecordingIommu};
+use crate::listener::ListenerError;
+
+const P: u64 = KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+fn memory() -> CvmMemory {
+    let m = CvmMemory::detached();
+    for (slot, gpa) in [(0, 0), (1, 1 << 30)] {
+        m.add_slot(&SlotSpec {
+            slot,
+            gpa,
+            size: 4 << 20,
+            backing: Backing::Anonymous,
+            max_level: Level::G1,
+        })
+        .unwrap();
+    }
+    m
+}
+
+fn req(gpa: u64, npages: u64, private: bool) -> ConversionRequest {
+    ConversionRequest::from_map_gpa_range(
+        RequestSource::PortIo,
+        gpa,
+        npages,
+        if private { 0x10 } else { 0 },
+    )
+    .unwrap()
+}
+
+/// One recorded event: direction, cause, gfn ranges.
+type Recorded = (Access, Cause, Vec<(u64, u64)>);
+
+/// Records every event; fails the events whose number is in `fail`.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Recorded>>,
+    fail: Mutex<Vec<usize>>,
+}
+
+impl ConversionListener for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn notify(&self, e: &MemoryEvent<'_>) -> Result<(), ListenerError> {
+        let mut events = self.events.lock().unwrap();
+        if self.fail.lock().unwrap().contains(&events.len()) {
+            events.push((e.to, Cause::Rollback, vec![(u64::MAX, u64::MAX)]));
+            return Err(ListenerError {
+                listener: "recorder".into(),
+                message: "refused".into(),
+            });
+        }
+        events.push((
+            e.to,
+            e.cause,
+            e.ranges
+                .iter()
+                .map(|r| (r.range.start, r.range.end))
+                .collect(),
+        ));
+        Ok(())
+    }
+}
+
+#[test]
+fn listeners_get_exact_changed_ranges_clipped_to_slots() {
+    let m = memory();
+    let rec = Arc::new(Recorder::default());
+    m.add_listener(rec.clone()).unwrap();
+    // Registration replays the shared memory of both slots.
+    assert_eq!(
+        rec.events.lock().unwrap()[0].2,
+        vec![(0, 1024), (0x40000, 0x40400)]
+    );
+    m.convert(&req(0x1000, 4, true)).unwrap();
+    // Overlaps the private pages and runs past the end of slot 0 into no slot.
+    let c = m.convert(&req(0, 2048, true)).unwrap();
+    assert_eq!(c.changed_pages, 2048 - 4);
+    let events = rec.events.lock().unwrap().clone();
+    assert_eq!(
+        events[1],
+        (Access::Private, Cause::Conversion, vec![(1, 5)])
+    );
+    assert_eq!(
+        events[2],
+        (Access::Private, Cause::Conversion, vec![(0, 1), (5, 1024)])
+    );
+    // Nothing changes: no event.
+    assert_eq!(m.convert(&req(0x2000, 1, true)).unwrap().changed_pages, 0);
+    assert_eq!(rec.events.lock().unwrap().len(), 3);
+    let q = m.query();
+    assert_eq!(q.range_kind(0, 8 << 20).unwrap(), crate::RangeKind::Private);
+    assert_eq!(q.range_kind(0, 2 << 30).unwrap(), crate::RangeKind::Mixed);
+}
+
+#[test]
+fn anonymous_memory_is_dropped_when_it_becomes_private() {
+    let m = memory();
+    m.write_u64(0x3000, 0xabcd).unwrap();
+    m.write_u64(0x4000, 0x1234).unwrap();
+    let c = m.convert(&req(0x3000, 1, true)).unwrap();
+    assert_eq!(c.discarded_bytes, 4096);
+    assert_eq!(m.read_u64(0x3000).unwrap(), 0);
+    assert_eq!(m.read_u64(0x4000).unwrap(), 0x1234);
+    // Back to shared keeps (there is no private backing to punch).
+    m.write_u64(0x3000, 7).unwrap();
+    assert_eq!(
+        m.convert(&req(0x3000, 1, false)).unwrap().discarded_bytes,
+        0
+    );
+    assert_eq!(m.read_u64(0x3000).unwrap(), 7);
+}
+
+#[test]
+fn a_refused_conversion_is_rolled_back_everywhere() {
+    let m = memory();
+    let iommu = Arc::new(IommuListener::new("vfio", RecordingIommu::new()));
+    let rec = Arc::new(Recorder::default());
+    m.add_listener(iommu.clone()).unwrap();
+    m.add_listener(rec.clone()).unwrap();
+    m.convert(&req(0, 512, true)).unwrap();
+    let before = m.query().runs(0, 8 << 20).unwrap();
+    let mapped = iommu.with_dma(|d| d.mapped());
+
+    // To shared: the second listener refuses; the IOMMU is rolled back, and the tracker.
+    rec.fail.lock().unwrap().push(2);
+    let e = m.convert(&req(0x10000, 16, false)).unwrap_err();
+    assert!(matches!(e, Error::Listener(_)), "{e}");
+    assert_eq!(
+        guest_status_of(&Err::<(), _>(e)),
+        (libc::EFAULT as u64).wrapping_neg()
+    );
+    assert_eq!(m.query().runs(0, 8 << 20).unwrap(), before);
+    assert_eq!(iommu.with_dma(|d| d.mapped()), mapped);
+
+    // To private: the IOMMU refuses (a split's remap fails); nothing changes.
+    iommu.with_dma(|d| d.fail_map_in(1));
+    assert!(m.convert(&req(0x300000, 1, true)).is_err());
+    assert_eq!(m.query().runs(0, 8 << 20).unwrap(), before);
+    assert_eq!(iommu.with_dma(|d| d.mapped()), mapped);
+    assert!(iommu.with_dma(|d| d.violations().is_empty()));
+    // The recorder never saw the refused conversion.
+    assert_eq!(rec.events.lock().unwrap().len(), 3);
+
+    // And then it works.
+    m.convert(&req(0x300000, 1, true)).unwrap();
+    assert!(m.query().is_private(0x300000));
+}
+
+fn guest_status_of(r: &Result<()>) -> u64 {
+    crate::guest_status(r)
+}
+
+#[test]
+fn slots_come_and_go_through_listeners() {
+    let m = memory();
+    let iommu = Arc::new(IommuListener::new("vfio", RecordingIommu::new()));
+    m.add_listener(iommu.clone()).unwrap();
+    m.convert(&req(0x40000000, 16, true)).unwrap();
+    m.remove_slot(1).unwrap();
+    assert_eq!(iommu.with_dma(|d| d.mapped()), vec![(0, 4 << 20)]);
+    assert!(m.remove_slot(1).is_err());
+    // The private attributes outlive the slot (KVM's attributes are per VM).
+    assert!(m.query().is_private(0x40000000));
+    // Overlapping slots are refused by the tracker, and leave nothing behind.
+    let overlap = SlotSpec {
+        slot: 7,
+        gpa: 0x1000,
+        size: 4096,
+        backing: Backing::Anonymous,
+        max_level: Level::K4,
+    };
+    assert!(matches!(m.add_slot(&overlap), Err(Error::Tracker(_))));
+    // Re-adding an existing id is refused and leaves the slot alone.
+    let again = SlotSpec {
+        slot: 0,
+        gpa: 0x4000_0000,
+        size: 4096,
+        backing: Backing::Anonymous,
+        max_level: Level::K4,
+    };
+    assert!(m.add_slot(&again).is_err());
+    assert_eq!(m.query().snapshot().slots[0].size, 4 << 20);
+    assert_eq!(m.query().snapshot().slots.len(), 1);
+    assert!(iommu.with_dma(|d| d.violations().is_empty()));
+}
+
+#[test]
+fn vmm_attribute_changes_follow_kvm_rules() {
+    let m = memory();
+    assert!(matches!(m.set_attributes(0, 0, P), Err(Error::Tracker(_))));
+    assert!(matches!(
+        m.set_attributes(0x800, 4096, P),
+        Err(Error::Tracker(_))
+    ));
+    assert!(matches!(
+        m.set_attributes(0, 4096, 1),
+        Err(Error::Tracker(_))
+    ));
+    let c = m.set_attributes(0, 2 << 20, P).unwrap();
+    assert_eq!(c.changed_pages, 512);
+    let map = m.query().snapshot();
+    assert_eq!(map.private, vec![(0, 2 << 20)]);
+    assert_eq!(map.slots[0].private_bytes, 2 << 20);
+}

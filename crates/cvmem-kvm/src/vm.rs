@@ -1,0 +1,299 @@
+//! A minimal x86-64 VM for the guest program: capabilities, memslots, identity page tables,
+//! 64-bit mode at CPL 3 with IOPL 3, and one vCPU.
+
+use std::fmt;
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_dtable, kvm_enable_cap, kvm_regs, kvm_segment, KVM_CAP_EXIT_HYPERCALL,
+    KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
+
+use crate::abi::*;
+use crate::backing::{
+    Backing, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+};
+use crate::error::{Error, Result};
+use crate::memory::{CvmMemory, SlotSpec};
+
+/// The guest program, assembled by build.rs.
+#[cfg(not(cvmem_no_guest))]
+const GUEST_PROGRAM: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/guest.bin")));
+#[cfg(cvmem_no_guest)]
+const GUEST_PROGRAM: Option<&[u8]> = None;
+
+/// What this host's KVM offers for confidential-memory work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCaps {
+    /// KVM_CAP_USER_MEMORY2.
+    pub user_memory2: bool,
+    /// KVM_CAP_GUEST_MEMFD.
+    pub guest_memfd: bool,
+    /// KVM_CAP_GUEST_MEMFD_FLAGS (MMAP = 1, INIT_SHARED = 2).
+    pub guest_memfd_flags: u64,
+    /// KVM_CAP_MEMORY_ATTRIBUTES (PRIVATE = 8).
+    pub memory_attributes: u64,
+    /// KVM_CAP_EXIT_HYPERCALL: the hypercalls that can exit to userspace (bit 12 = MAP_GPA_RANGE).
+    pub exit_hypercall: u64,
+    /// KVM_CAP_SYNC_REGS.
+    pub sync_regs: bool,
+}
+
+impl HostCaps {
+    /// Reads the capabilities of `vm`.
+    pub fn of(vm: &VmFd) -> Self {
+        let int = |c: Cap| vm.check_extension_int(c).max(0) as u64;
+        HostCaps {
+            user_memory2: int(Cap::UserMemory2) != 0,
+            guest_memfd: int(Cap::GuestMemfd) != 0,
+            guest_memfd_flags: vm
+                .check_extension_raw(u64::from(KVM_CAP_GUEST_MEMFD_FLAGS))
+                .max(0) as u64,
+            memory_attributes: int(Cap::MemoryAttributes),
+            exit_hypercall: int(Cap::ExitHypercall),
+            sync_regs: int(Cap::SyncRegs) != 0,
+        }
+    }
+
+    /// The best guest_memfd backing the host supports: in place if guest_memfd can be mmap'd
+    /// and start shared, else guest_memfd with separate shared memory, else anonymous memory.
+    pub fn best_backing(&self) -> Backing {
+        let in_place = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
+        if self.guest_memfd && self.guest_memfd_flags & in_place == in_place {
+            Backing::GuestMemfdInPlace
+        } else if self.guest_memfd {
+            Backing::GuestMemfdSeparate
+        } else {
+            Backing::Anonymous
+        }
+    }
+}
+
+impl fmt::Display for HostCaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "user_memory2 {}, guest_memfd {} (flags {:#x}), memory_attributes {:#x}, exit_hypercall {:#x}, sync_regs {}",
+            self.user_memory2,
+            self.guest_memfd,
+            self.guest_memfd_flags,
+            self.memory_attributes,
+            self.exit_hypercall,
+            self.sync_regs
+        )
+    }
+}
+
+/// The VM that runs the guest program. Field order matters: the vCPU goes first, then the
+/// memory (which deletes its memslots), then the VM.
+pub(crate) struct GuestVm {
+    pub(crate) vcpu: VcpuFd,
+    pub(crate) memory: CvmMemory,
+    pub(crate) caps: HostCaps,
+    _vm: Arc<VmFd>,
+}
+
+const PTE_PRESENT: u64 = 1;
+const PTE_WRITE: u64 = 2;
+const PTE_USER: u64 = 4;
+const PTE_HUGE: u64 = 0x80;
+
+/// The boot slot's page tables, GDT and program as (offset, bytes).
+fn boot_image(program: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let table = |entries: &mut dyn Iterator<Item = u64>| -> Vec<u8> {
+        entries.flat_map(u64::to_le_bytes).collect()
+    };
+    let flags = PTE_PRESENT | PTE_WRITE | PTE_USER;
+    let pml4 = table(&mut std::iter::once((BOOT_GPA + PDPT_OFFSET) | flags));
+    let pdpt = table(&mut (0..PD_COUNT).map(|i| (BOOT_GPA + PD_OFFSET + i * 0x1000) | flags));
+    let pds = table(&mut (0..PD_COUNT * 512).map(|i| (i << 21) | flags | PTE_HUGE));
+    // null, kernel code, kernel data, user code (64-bit, DPL 3), user data (DPL 3), TSS (16 bytes)
+    let (tss_lo, tss_hi) = tss_descriptor(BOOT_GPA + TSS_OFFSET, TSS_LIMIT);
+    let gdt = table(
+        &mut [
+            0,
+            0x00af_9a00_0000_ffff,
+            0x00cf_9200_0000_ffff,
+            0x00af_fa00_0000_ffff,
+            0x00cf_f200_0000_ffff,
+            tss_lo,
+            tss_hi,
+        ]
+        .into_iter(),
+    );
+    // A TSS whose I/O bitmap (right after it) allows every port, closed by the 0xff byte.
+    let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
+    tss[0x66..0x68].copy_from_slice(&(TSS_IO_BITMAP as u16).to_le_bytes());
+    tss[TSS_LIMIT as usize] = 0xff;
+    vec![
+        (PML4_OFFSET, pml4),
+        (PDPT_OFFSET, pdpt),
+        (PD_OFFSET, pds),
+        (GDT_OFFSET, gdt),
+        (TSS_OFFSET, tss),
+        (CODE_OFFSET, program.to_vec()),
+    ]
+}
+
+/// Offset of the I/O bitmap in the TSS, and the TSS limit (bitmap of 65536 ports + 1 byte).
+const TSS_IO_BITMAP: u64 = 0x68;
+const TSS_LIMIT: u64 = TSS_IO_BITMAP + 65536 / 8;
+const GDT_ENTRIES: u16 = 7;
+const TSS_SELECTOR: u16 = 5 * 8;
+
+/// The two quadwords of an available 64-bit TSS descriptor.
+fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
+    let lo = (limit & 0xffff)
+        | (base & 0xff_ffff) << 16
+        | 0x89 << 40 // present, type 9 (64-bit TSS, available)
+        | (limit >> 16 & 0xf) << 48
+        | (base >> 24 & 0xff) << 56;
+    (lo, base >> 32)
+}
+
+fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: selector | 3,
+        type_,
+        present: 1,
+        dpl: 3,
+        db: u8::from(!long),
+        s: 1,
+        l: u8::from(long),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl GuestVm {
+    /// Opens /dev/kvm, creates the VM, its memory and the boot slot, loads the program and
+    /// puts the vCPU in 64-bit mode at CPL 3.
+    pub(crate) fn new() -> Result<Self> {
+        let program =
+            GUEST_PROGRAM.ok_or(Error::NoGuestProgram("no assembler, or not x86-64 Linux"))?;
+        let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
+        );
+        let caps = HostCaps::of(&vm);
+        if !caps.user_memory2 {
+            return Err(Error::MissingCapability("KVM_CAP_USER_MEMORY2"));
+        }
+        if caps.exit_hypercall & (1 << 12) != 0 {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_EXIT_HYPERCALL,
+                ..Default::default()
+            };
+            cap.args[0] = 1 << 12;
+            vm.enable_cap(&cap)
+                .map_err(|e| Error::kvm("KVM_ENABLE_CAP(EXIT_HYPERCALL)", e))?;
+        }
+        let memory = CvmMemory::new(Arc::clone(&vm));
+        memory.add_slot(&SlotSpec {
+            slot: BOOT_SLOT,
+            gpa: BOOT_GPA,
+            size: BOOT_SLOT_SIZE,
+            backing: Backing::Anonymous,
+            max_level: cvmem::Level::M2,
+        })?;
+        for (off, bytes) in boot_image(program) {
+            memory.write_bytes(BOOT_GPA + off, &bytes)?;
+        }
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| Error::kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = segment(0x18, 11, true);
+        let data = segment(0x20, 3, false);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.gdt = kvm_dtable {
+            base: BOOT_GPA + GDT_OFFSET,
+            limit: GDT_ENTRIES * 8 - 1,
+            padding: [0; 3],
+        };
+        sregs.tr = kvm_segment {
+            base: BOOT_GPA + TSS_OFFSET,
+            limit: TSS_LIMIT as u32,
+            selector: TSS_SELECTOR,
+            type_: 11, // busy 64-bit TSS, as after LTR
+            present: 1,
+            ..Default::default()
+        };
+        sregs.cr3 = BOOT_GPA + PML4_OFFSET;
+        sregs.cr4 = 1 << 5; // PAE
+        sregs.cr0 = 1 | 1 << 5 | 1 << 16 | 1 << 31; // PE, NE, WP, PG
+        sregs.efer = 1 << 8 | 1 << 10; // LME, LMA
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
+        let mut vm = GuestVm {
+            vcpu,
+            memory,
+            caps,
+            _vm: vm,
+        };
+        if caps.sync_regs {
+            vm.vcpu.set_sync_valid_reg(SyncReg::Register);
+        }
+        Ok(vm)
+    }
+
+    /// Writes a script batch into the boot slot and points the vCPU at the program's start.
+    pub(crate) fn load_script(&mut self, script: &[u8]) -> Result<()> {
+        if script.len() as u64 > SCRIPT_MAX {
+            return Err(Error::Workload(format!(
+                "script batch of {} bytes is too large",
+                script.len()
+            )));
+        }
+        self.memory.write_bytes(BOOT_GPA + SCRIPT_OFFSET, script)?;
+        let regs = kvm_regs {
+            rip: BOOT_GPA + CODE_OFFSET,
+            rdi: BOOT_GPA + SCRIPT_OFFSET,
+            rsp: BOOT_GPA + BOOT_SLOT_SIZE,
+            rflags: 2 | 3 << 12, // IOPL 3: port I/O from CPL 3
+            ..Default::default()
+        };
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(|e| Error::kvm("KVM_SET_REGS", e))
+    }
+
+    /// The general registers at an exit (from the synchronised block when KVM has it).
+    pub(crate) fn regs(&self) -> Result<kvm_regs> {
+        if self.caps.sync_regs {
+            Ok(self.vcpu.sync_regs().regs)
+        } else {
+            self.vcpu
+                .get_regs()
+                .map_err(|e| Error::kvm("KVM_GET_REGS", e))
+        }
+    }
+
+    /// Sets RAX for the guest's next instruction.
+    pub(crate) fn set_rax(&mut self, rax: u64) -> Result<()> {
+        if self.caps.sync_regs {
+            self.vcpu.sync_regs_mut().regs.rax = rax;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+            Ok(())
+        } else {
+            let mut regs = self.regs()?;
+            regs.rax = rax;
+            self.vcpu
+                .set_regs(&regs)
+                .map_err(|e| Error::kvm("KVM_SET_REGS", e))
+        }
+    }
+}
