@@ -35,6 +35,7 @@ pub mod error;
 pub mod hypercall;
 mod lpage;
 pub mod memslot;
+pub mod mmu;
 pub mod oplog;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;

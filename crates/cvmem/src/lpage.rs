@@ -129,6 +129,17 @@ impl LpageInfo {
         }
     }
 
+    /// Clears GUEST_INHIBIT on the large page holding `gfn`. Returns whether it was set.
+    pub(crate) fn clear_inhibit(&mut self, gfn: u64) -> bool {
+        match self.index(gfn) {
+            Some(i) if self.inhibited(i) => {
+                self.inhibit.set(i, false);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Updates MIXED / PRIVATE after the attributes of `changed` were set to `attributes`
     /// (already stored in `attrs`): large pages wholly inside the range become uniform, only
     /// the head and tail large pages are rescanned, through the runs.

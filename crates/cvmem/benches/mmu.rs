@@ -1,0 +1,223 @@
+//! The TDP MMU model's costs: faults per second for a 64 GiB guest faulted in at 4K, 2M and 1G;
+//! conversion cost with and without splits; and page-table memory and hugepage coverage against
+//! the optimum for a fragmenting workload under each recovery policy (printed).
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
+use criterion::{black_box, criterion_group, BatchSize, Criterion, Throughput};
+use cvmem::mmu::{Layout, Recovery, Vm};
+use cvmem::{Access, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
+
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+const GUEST: u64 = 64 * G1;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn gmem() -> SlotFlags {
+    SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    }
+}
+
+/// A 64 GiB TDX guest, all private, backed at most at `backing`, nothing mapped yet.
+fn guest(layout: Layout, recovery: Recovery, backing: Level) -> Vm {
+    let mut vm = Vm::new(layout, recovery);
+    vm.set_user_memory_region(&MemoryRegion {
+        slot: 0,
+        gpa: 0,
+        size: GUEST,
+        flags: gmem(),
+        uaddr: None,
+        backing: Some(backing),
+    })
+    .unwrap();
+    vm.set_memory_attributes(0, GUEST, PRIVATE).unwrap();
+    vm
+}
+
+fn faults(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mmu/fault-64G");
+    g.sample_size(10);
+    for level in [Level::K4, Level::M2, Level::G1] {
+        let n = GUEST / level.size();
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(level.name(), |b| {
+            b.iter_batched(
+                || guest(Layout::SPLIT, Recovery::OnFault, level),
+                |mut vm| {
+                    for gpa in (0..GUEST).step_by(level.size() as usize) {
+                        black_box(vm.fault(gpa, Access::Private).unwrap());
+                    }
+                    vm
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn conversions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mmu/convert-4K");
+    // A 64 GiB guest mapped by 64 1G leaves; one 4K page in the middle becomes shared.
+    let mapped = |layout| {
+        let mut vm = guest(layout, Recovery::OnFault, Level::G1);
+        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        vm
+    };
+    let split = mapped(Layout::SPLIT);
+    let unified = mapped(Layout::Unified);
+    let mut fragmented = mapped(Layout::SPLIT);
+    fragmented
+        .set_memory_attributes(32 * G1 + 4 * M2 + 8 * K4, K4, 0)
+        .unwrap();
+    for (name, base, gpa) in [
+        (
+            "split-1G-leaf (2 splits)",
+            &split,
+            32 * G1 + 4 * M2 + 7 * K4,
+        ),
+        (
+            "unified-1G-leaf (zap, no split)",
+            &unified,
+            32 * G1 + 4 * M2 + 7 * K4,
+        ),
+        (
+            "split-4K-leaf (no split)",
+            &fragmented,
+            32 * G1 + 4 * M2 + 7 * K4,
+        ),
+        (
+            "split-unmapped (no leaf)",
+            &fragmented,
+            32 * G1 + 4 * M2 + 8 * K4,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || base.clone(),
+                |mut vm| {
+                    // Shared then private again: the second half finds no old-kind leaf.
+                    let attrs = if vm.tracker().is_private(gpa / K4) {
+                        0
+                    } else {
+                        PRIVATE
+                    };
+                    black_box(vm.set_memory_attributes(gpa, K4, attrs).unwrap());
+                    vm
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// Boot, bounce pool, page-granular DMA buffers, churn and a cancelled migration (dirty log
+/// on then off on the shared device slot); then the guest touches everything.
+fn fragmenting_workload(recovery: Recovery) -> Vm {
+    let mut vm = guest(Layout::SPLIT, recovery, Level::G1);
+    vm.set_user_memory_region(&MemoryRegion {
+        slot: 1,
+        gpa: 128 * G1,
+        size: 4 * G1,
+        flags: SlotFlags::default(),
+        uaddr: None,
+        backing: None,
+    })
+    .unwrap();
+    let touch_all = |vm: &mut Vm| {
+        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        vm.fault_range(0, GUEST, Access::Shared).unwrap();
+        vm.fault_range(128 * G1, 4 * G1, Access::Shared).unwrap();
+    };
+    touch_all(&mut vm);
+    vm.set_memory_attributes(3 * G1, G1, 0).unwrap(); // SWIOTLB, 1 GiB
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..1024 {
+        let gpa = (rng.next() % GUEST) & !(K4 - 1);
+        vm.set_memory_attributes(gpa, K4, 0).unwrap(); // dma_alloc_coherent
+    }
+    touch_all(&mut vm);
+    for _ in 0..4096 {
+        // Transient conversions, back to private; the guest touches the page again.
+        let gpa = (rng.next() % GUEST) & !(K4 - 1);
+        if vm.tracker().is_private(gpa / K4) {
+            vm.set_memory_attributes(gpa, K4, 0).unwrap();
+            vm.fault(gpa, Access::Shared).unwrap();
+            vm.set_memory_attributes(gpa, K4, PRIVATE).unwrap();
+            vm.fault(gpa, Access::Private).unwrap();
+        }
+    }
+    let slot1 = |dirty_log| MemoryRegion {
+        slot: 1,
+        gpa: 128 * G1,
+        size: 4 * G1,
+        flags: SlotFlags {
+            dirty_log,
+            ..Default::default()
+        },
+        uaddr: None,
+        backing: None,
+    };
+    vm.set_user_memory_region(&slot1(true)).unwrap();
+    vm.fault_range(128 * G1, 4 * G1, Access::Shared).unwrap();
+    vm.set_user_memory_region(&slot1(false)).unwrap();
+    touch_all(&mut vm);
+    vm
+}
+
+fn report_memory() {
+    println!("page-table memory of a 64 GiB guest mapped whole (split layout, both roots):");
+    for level in [Level::K4, Level::M2, Level::G1] {
+        let mut vm = guest(Layout::SPLIT, Recovery::OnFault, level);
+        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        let c = vm.coverage();
+        println!(
+            "  backing {:>2}: {:>6} table pages = {:>9} bytes (optimum {} pages), {} leaves",
+            level.name(),
+            c.table_pages,
+            c.table_pages * K4,
+            c.optimum_table_pages,
+            vm.stats().leaves().total()
+        );
+    }
+    println!("fragmenting workload (64 GiB TDX guest + 4 GiB shared device slot):");
+    println!("  policy    4K leaves  2M leaves  1G leaves  coverage  table pages  optimum  collapses  replaced");
+    for recovery in [Recovery::Off, Recovery::OnFault, Recovery::Eager] {
+        let vm = fragmenting_workload(recovery);
+        let s = vm.stats();
+        let c = vm.coverage();
+        let l = s.leaves();
+        println!(
+            "  {:<8} {:>10} {:>10} {:>10} {:>9.4} {:>12} {:>8} {:>10} {:>9}",
+            recovery.name(),
+            l.k4,
+            l.m2,
+            l.g1,
+            c.ratio(),
+            c.table_pages,
+            c.optimum_table_pages,
+            s.collapses,
+            s.replaced
+        );
+    }
+}
+
+criterion_group!(benches, faults, conversions);
+
+fn main() {
+    report_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,133 @@
+//! Conversions: KVM_SET_MEMORY_ATTRIBUTES as KVM runs it, in two phases around an
+//! invalidation window.
+
+use crate::addr::{GfnRange, Level, GFN_END};
+use crate::error::Result;
+use crate::hypercall::MapGpaRange;
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+use super::tree::Kinds;
+use super::vm::{Vm, Window};
+
+/// A conversion begun by [`Vm::begin_conversion`]: its window stays open until it is passed to
+/// [`Vm::end_conversion`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a conversion must be ended"]
+pub struct Conversion {
+    range: GfnRange,
+    attributes: u64,
+    /// `None` when the range already had the attributes (KVM's early exit).
+    window: Option<u64>,
+}
+
+impl Conversion {
+    /// The gfns whose attributes change.
+    pub fn range(&self) -> GfnRange {
+        self.range
+    }
+    /// The new attributes.
+    pub fn attributes(&self) -> u64 {
+        self.attributes
+    }
+    /// Whether the conversion changes anything (else nothing was invalidated).
+    pub fn changes(&self) -> bool {
+        self.window.is_some()
+    }
+}
+
+/// The invalidation window of a changing range: the range widened to the 1G pages that hold
+/// its first and last gfn, so a fault on an unchanged gfn next to the range cannot install a
+/// huge page that straddles its head or tail (the 2025 KVM fix).
+pub(crate) fn window_of(range: GfnRange) -> GfnRange {
+    let g = Level::G1.pages();
+    let end = range.end.div_ceil(g).saturating_mul(g).min(GFN_END);
+    GfnRange::new(Level::G1.align_down(range.start), end)
+}
+
+impl Vm {
+    /// KVM_SET_MEMORY_ATTRIBUTES on the VM: [`Vm::begin_conversion`] then
+    /// [`Vm::end_conversion`]. Returns whether anything changed. On error nothing changed.
+    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
+        let conversion = self.begin_conversion(gpa, size, attributes)?;
+        self.end_conversion(conversion)
+    }
+
+    /// A guest's KVM_HC_MAP_GPA_RANGE, handled as the VMM would: a conversion of its range.
+    pub fn map_gpa_range(&mut self, request: &MapGpaRange) -> Result<bool> {
+        self.set_memory_attributes(request.gpa, request.size(), request.attributes())
+    }
+
+    /// Phase one of a conversion: validate, allocate, invalidate. Every leaf of the old kind
+    /// (the opposite of `attributes`) that intersects the range is removed; one that reaches
+    /// outside the range is first split into the 512 leaves of the next level, repeatedly, when
+    /// the layout is split and the leaf is private (TDX demotes private pages rather than drop
+    /// them), and otherwise removed whole. Leaves of the new kind are untouched. Until the
+    /// conversion is ended, a fault in the range or in the 1G pages holding its head and tail
+    /// returns [`super::FaultOutcome::Retry`]. The attributes themselves do not change yet.
+    ///
+    /// If the range already has `attributes`, nothing is invalidated (KVM's early exit). On
+    /// error nothing changed.
+    pub fn begin_conversion(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<Conversion> {
+        let range = self.tracker.validate_attributes(gpa, size, attributes)?;
+        if self
+            .tracker
+            .range_has_attributes(range, attributes, u64::MAX)
+        {
+            return Ok(Conversion {
+                range,
+                attributes,
+                window: None,
+            });
+        }
+        self.windows
+            .try_reserve(1)
+            .map_err(|_| crate::Error::NoMemory {
+                bytes: core::mem::size_of::<Window>(),
+            })?;
+        let split = self.layout.is_split();
+        if split {
+            // Two splits per edge of the range: 1G -> 2M -> 4K.
+            self.trees.tables.reserve(4)?;
+        }
+        let new_private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+        let count = self
+            .trees
+            .zap(range, Kinds::Only(!new_private), |private| split && private);
+        self.counters.zaps += count.zaps;
+        self.counters.splits += count.splits;
+        let id = self.next_window;
+        self.next_window += 1;
+        self.windows.push(Window {
+            id,
+            range: window_of(range),
+        });
+        Ok(Conversion {
+            range,
+            attributes,
+            window: Some(id),
+        })
+    }
+
+    /// Phase two: the attributes and large-page info are updated, the window closes, and under
+    /// [`super::Recovery::Eager`] the regions of the window that became collapsible collapse.
+    /// Returns whether anything changed. If storing the attributes fails (`NoMemory`), the
+    /// window is closed anyway and the attributes are unchanged; the leaves removed by phase
+    /// one simply fault in again.
+    pub fn end_conversion(&mut self, conversion: Conversion) -> Result<bool> {
+        let Some(id) = conversion.window else {
+            return Ok(false);
+        };
+        let Some(at) = self.windows.iter().position(|w| w.id == id) else {
+            return Err(crate::Error::Unsupported {
+                what: "ending a conversion of another VM",
+            });
+        };
+        let window = self.windows.swap_remove(at).range;
+        self.forget_accepts_of_changing(conversion.range, conversion.attributes);
+        let changed = self
+            .tracker
+            .set_range_attributes(conversion.range, conversion.attributes)?;
+        self.recover(window);
+        Ok(changed)
+    }
+}

@@ -1,0 +1,618 @@
+//! Unit tests of the MMU model: the spec's example, each split / zap / collapse case, accept,
+//! memslot changes, paging depth, coverage, and the two upstream regressions.
+
+extern crate std;
+use super::*;
+use crate::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+
+const PRIVATE: u64 = KVM_MEMORY_ATTRIBUTE_PRIVATE;
+const K4: u64 = 4 << 10;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+
+fn region(slot: u32, gpa: u64, size: u64, flags: SlotFlags) -> MemoryRegion {
+    MemoryRegion {
+        slot,
+        gpa,
+        size,
+        flags,
+        ..Default::default()
+    }
+}
+
+fn gmem() -> SlotFlags {
+    SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    }
+}
+
+fn dirty(on: bool) -> SlotFlags {
+    SlotFlags {
+        dirty_log: on,
+        ..Default::default()
+    }
+}
+
+/// A VM with one guest_memfd slot `[0, size)`, all private.
+fn private_vm(layout: Layout, recovery: Recovery, size: u64) -> Vm {
+    let mut vm = Vm::new(layout, recovery);
+    vm.set_user_memory_region(&region(0, 0, size, gmem()))
+        .unwrap();
+    vm.set_memory_attributes(0, size, PRIVATE).unwrap();
+    ok(&vm);
+    vm
+}
+
+fn ok(vm: &Vm) {
+    if let Err(e) = vm.check_invariants() {
+        panic!("invariant broken: {e}");
+    }
+}
+
+fn mapped(level: Level) -> FaultOutcome {
+    FaultOutcome::Mapped { level }
+}
+
+fn fault(vm: &mut Vm, gpa: u64, access: Access) -> FaultOutcome {
+    let out = vm.fault(gpa, access).unwrap();
+    ok(vm);
+    out
+}
+
+fn convert(vm: &mut Vm, gpa: u64, size: u64, attrs: u64) {
+    vm.set_memory_attributes(gpa, size, attrs).unwrap();
+    ok(vm);
+}
+
+fn counts(k4: u64, m2: u64, g1: u64) -> LevelCounts {
+    LevelCounts { k4, m2, g1 }
+}
+
+#[test]
+fn spec_example_mmu_oplog() {
+    // shared/spec/examples/mmu.oplog, operation by operation.
+    let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
+    vm.set_user_memory_region(&region(0, 0, G1, gmem()))
+        .unwrap();
+    convert(&mut vm, 0, G1, PRIVATE);
+    assert_eq!(fault(&mut vm, 0x1000, Access::Private), mapped(Level::G1));
+    convert(&mut vm, 0x200000, K4, 0);
+    assert_eq!(fault(&mut vm, 0x200000, Access::Shared), mapped(Level::K4));
+    assert_eq!(
+        fault(&mut vm, 0x201000, Access::Private),
+        FaultOutcome::Spurious
+    );
+    convert(&mut vm, 0x200000, K4, PRIVATE);
+    assert_eq!(fault(&mut vm, 0x200000, Access::Private), mapped(Level::G1));
+    assert_eq!(
+        vm.accept(0x400000, Level::K4).unwrap(),
+        AcceptOutcome::Accepted
+    );
+    ok(&vm);
+    let q = |vm: &Vm, gpa| vm.tracker().max_mapping_level(gpa, Access::Private);
+    assert_eq!(q(&vm, 0), MaxLevel::Level(Level::M2));
+    assert_eq!(q(&vm, 0x400000), MaxLevel::Level(Level::K4));
+    let r = vm.fault_range(0, 4 << 20, Access::Private).unwrap();
+    assert_eq!(
+        r,
+        FaultRangeCounts {
+            spurious: 1024,
+            ..Default::default()
+        }
+    );
+    let s = vm.stats();
+    assert_eq!(s.private, counts(512, 511, 0));
+    assert_eq!(s.shared, counts(0, 0, 0));
+    assert_eq!(s.table_pages, 5);
+    assert_eq!((s.splits, s.zaps, s.collapses), (4, 2, 0));
+    assert_eq!(s.table_pages_by_root, [4, 1]);
+    assert_eq!(s.paging_levels, 4);
+}
+
+#[test]
+fn table_pages_count_roots_and_every_level() {
+    let mut vm = private_vm(Layout::SPLIT, Recovery::OnFault, 4 * G1);
+    assert_eq!(vm.stats().table_pages, 2, "two empty roots");
+    vm.set_memory_attributes(0, M2, 0).unwrap();
+    vm.set_memory_attributes(0x1000, K4, PRIVATE).unwrap(); // 2M page 0 mixed
+    assert_eq!(fault(&mut vm, 0x1000, Access::Private), mapped(Level::K4));
+    // private root + PDPT + PD + PT, and the empty shared root.
+    assert_eq!(vm.stats().table_pages, 5);
+    assert_eq!(fault(&mut vm, 0, Access::Shared), mapped(Level::K4));
+    assert_eq!(vm.stats().table_pages, 8);
+    assert_eq!(fault(&mut vm, 2 * G1, Access::Private), mapped(Level::G1));
+    assert_eq!(
+        vm.stats().table_pages,
+        8,
+        "a 1G leaf lives in the existing PDPT"
+    );
+    let mut unified = private_vm(Layout::Unified, Recovery::OnFault, 4 * G1);
+    assert_eq!(unified.stats().table_pages, 1);
+    unified.set_memory_attributes(0, K4, 0).unwrap();
+    assert_eq!(fault(&mut unified, 0, Access::Shared), mapped(Level::K4));
+    assert_eq!(fault(&mut unified, K4, Access::Private), mapped(Level::K4));
+    assert_eq!(unified.stats().table_pages, 4, "one tree for both kinds");
+}
+
+/// A split-layout VM with a 1G private leaf over [0, 1G).
+fn one_gig_private(recovery: Recovery) -> Vm {
+    let mut vm = private_vm(Layout::SPLIT, recovery, 2 * G1);
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::G1));
+    vm
+}
+
+#[test]
+fn split_when_both_edges_lie_in_one_2m_page() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    convert(&mut vm, 0x40_3000, 3 * K4, 0);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (2, 3));
+    assert_eq!(s.private, counts(509, 511, 0));
+    assert_eq!(s.table_pages, 5);
+}
+
+#[test]
+fn split_once_when_the_range_is_2m_aligned() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    convert(&mut vm, 0x60_0000, 2 * M2, 0);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (1, 2));
+    assert_eq!(s.private, counts(0, 510, 0));
+    assert_eq!(s.table_pages, 4);
+}
+
+#[test]
+fn split_head_and_tail_2m_pages_of_an_unaligned_range() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    // [2M - 8K, 4M + 4K): 2 pages of the head 2M page, the 2M page at 2M, 1 page of the tail.
+    convert(&mut vm, M2 - 2 * K4, M2 + 2 * K4 + M2 + K4 - M2, 0);
+    let s = vm.stats();
+    assert_eq!(s.splits, 3, "1G, then the head and the tail 2M pages");
+    assert_eq!(s.zaps, 2 + 1 + 1);
+    assert_eq!(s.private, counts(510 + 511, 509, 0));
+    assert_eq!(s.table_pages, 1 + 1 + 1 + 2 + 1);
+}
+
+#[test]
+fn a_leaf_inside_the_range_is_zapped_without_split() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    convert(&mut vm, 0, 2 * G1, 0);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (0, 1));
+    assert_eq!(s.private.total(), 0);
+    assert_eq!(s.table_pages, 2, "the emptied PDPT was freed");
+}
+
+#[test]
+fn a_straddling_shared_leaf_is_zapped_whole_in_the_split_layout() {
+    let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
+    vm.set_user_memory_region(&region(0, 0, 2 * G1, gmem()))
+        .unwrap();
+    assert_eq!(fault(&mut vm, 0, Access::Shared), mapped(Level::G1));
+    convert(&mut vm, 0x1000, K4, PRIVATE);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (0, 1));
+    assert_eq!(s.shared.total(), 0);
+    assert_eq!(s.table_pages, 2);
+    // Refaulting the shared part maps 2M pages and 4K pages around the private one.
+    assert_eq!(fault(&mut vm, 0, Access::Shared), mapped(Level::K4));
+    assert_eq!(fault(&mut vm, M2, Access::Shared), mapped(Level::M2));
+}
+
+#[test]
+fn a_straddling_private_leaf_is_zapped_whole_in_the_unified_layout() {
+    let mut vm = private_vm(Layout::Unified, Recovery::OnFault, 2 * G1);
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::G1));
+    assert_eq!(fault(&mut vm, G1, Access::Private), mapped(Level::G1));
+    convert(&mut vm, 0x1000, K4, 0);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (0, 1));
+    assert_eq!(s.private, counts(0, 0, 1), "the other 1G leaf is untouched");
+    assert_eq!(fault(&mut vm, 0x1000, Access::Shared), mapped(Level::K4));
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::K4));
+    assert_eq!(fault(&mut vm, M2, Access::Private), mapped(Level::M2));
+}
+
+#[test]
+fn leaves_of_the_new_kind_are_untouched() {
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        let mut vm = one_gig_private_in(layout);
+        convert(&mut vm, 0, 2 * G1, PRIVATE); // already private: early exit
+        convert(&mut vm, G1, G1, 0);
+        convert(&mut vm, 0, 2 * G1, PRIVATE); // [0, 1G) stays mapped
+        let s = vm.stats();
+        assert_eq!(s.private, counts(0, 0, 1), "{layout}");
+        assert_eq!((s.splits, s.zaps), (0, 0));
+    }
+}
+
+fn one_gig_private_in(layout: Layout) -> Vm {
+    let mut vm = private_vm(layout, Recovery::OnFault, 2 * G1);
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::G1));
+    vm
+}
+
+#[test]
+fn on_fault_replaces_small_leaves_with_a_huge_leaf() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    convert(&mut vm, 0x40_0000, K4, 0);
+    convert(&mut vm, 0x40_0000, K4, PRIVATE);
+    assert_eq!(vm.stats().table_pages, 5);
+    assert_eq!(
+        fault(&mut vm, 0x40_0000, Access::Private),
+        mapped(Level::G1)
+    );
+    let s = vm.stats();
+    assert_eq!(s.replaced, 511 + 511);
+    assert_eq!(s.private, counts(0, 0, 1));
+    assert_eq!(s.table_pages, 3, "PD and PT freed");
+}
+
+#[test]
+fn off_never_makes_leaves_larger() {
+    let mut vm = one_gig_private(Recovery::Off);
+    convert(&mut vm, 0x40_0000, K4, 0);
+    convert(&mut vm, 0x40_0000, K4, PRIVATE);
+    // The 1G and 2M ranges around the hole still hold leaves: only 4K.
+    assert_eq!(
+        fault(&mut vm, 0x40_0000, Access::Private),
+        mapped(Level::K4)
+    );
+    let s = vm.stats();
+    assert_eq!((s.replaced, s.collapses), (0, 0));
+    assert_eq!(s.private, counts(512, 511, 0));
+    // An empty 1G range elsewhere is mapped at 1G.
+    assert_eq!(fault(&mut vm, G1, Access::Private), mapped(Level::G1));
+}
+
+#[test]
+fn off_lowers_to_the_largest_empty_range() {
+    let mut vm = private_vm(Layout::SPLIT, Recovery::Off, G1);
+    convert(&mut vm, 0, K4, 0);
+    assert_eq!(fault(&mut vm, K4, Access::Private), mapped(Level::K4));
+    convert(&mut vm, 0, K4, PRIVATE); // 1G uniform again
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::K4));
+    assert_eq!(fault(&mut vm, M2, Access::Private), mapped(Level::M2));
+}
+
+#[test]
+fn dirty_log_splits_every_huge_leaf_and_eager_collapses_after() {
+    for recovery in [Recovery::OnFault, Recovery::Eager] {
+        let mut vm = Vm::new(Layout::SPLIT, recovery);
+        vm.set_user_memory_region(&region(3, G1, G1 + 4 * M2, dirty(false)))
+            .unwrap();
+        let r = vm.fault_range(G1, G1 + 4 * M2, Access::Shared).unwrap();
+        assert_eq!(r.mapped, counts(0, 4, 1));
+        vm.set_user_memory_region(&region(3, G1, G1 + 4 * M2, dirty(true)))
+            .unwrap();
+        ok(&vm);
+        let s = vm.stats();
+        assert_eq!(s.splits, 1 + 512 + 4);
+        assert_eq!(s.shared, counts(516 * 512, 0, 0));
+        assert_eq!(s.table_pages, 2 + 1 + 2 + 516);
+        assert_eq!(fault(&mut vm, G1, Access::Shared), FaultOutcome::Spurious);
+        vm.set_user_memory_region(&region(3, G1, G1 + 4 * M2, dirty(false)))
+            .unwrap();
+        ok(&vm);
+        let s = vm.stats();
+        if recovery == Recovery::Eager {
+            assert_eq!(s.collapses, 516 + 1);
+            assert_eq!(s.shared, counts(0, 4, 1));
+            assert_eq!(s.table_pages, 2 + 1 + 1, "the 1G region's PD is gone");
+            assert!(vm.collapsible().is_empty());
+        } else {
+            assert_eq!(s.collapses, 0);
+            let c = vm.collapsible();
+            assert_eq!(c.iter().filter(|c| c.complete).count(), 516);
+            assert!(c.iter().any(|c| c.level == Level::G1 && !c.complete));
+        }
+    }
+}
+
+#[test]
+fn delete_and_move_zap_the_old_range() {
+    let mut vm = Vm::new(Layout::Unified, Recovery::OnFault);
+    vm.set_user_memory_region(&region(1, 0, 8 * M2, dirty(false)))
+        .unwrap();
+    vm.set_user_memory_region(&region(2, G1, 3 * M2, dirty(false)))
+        .unwrap();
+    vm.fault_range(0, 8 * M2, Access::Shared).unwrap();
+    vm.fault_range(G1, 3 * M2, Access::Shared).unwrap();
+    ok(&vm);
+    assert_eq!(vm.stats().shared, counts(0, 11, 0));
+    vm.set_user_memory_region(&region(1, 2 * G1, 8 * M2, dirty(false)))
+        .unwrap(); // move
+    ok(&vm);
+    assert_eq!(vm.stats().zaps, 8);
+    assert_eq!(vm.fault(0, Access::Shared).unwrap(), FaultOutcome::NoSlot);
+    vm.set_user_memory_region(&region(2, G1, 0, dirty(false)))
+        .unwrap(); // delete
+    ok(&vm);
+    let s = vm.stats();
+    assert_eq!((s.zaps, s.shared.total(), s.table_pages), (11, 0, 1));
+}
+
+#[test]
+fn paging_grows_to_five_levels_above_2_pow_48_and_back() {
+    let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
+    vm.set_user_memory_region(&region(0, 0, G1, dirty(false)))
+        .unwrap();
+    assert_eq!(fault(&mut vm, 0, Access::Shared), mapped(Level::G1));
+    assert_eq!(vm.stats().table_pages, 3);
+    vm.set_user_memory_region(&region(1, 1 << 48, G1, dirty(false)))
+        .unwrap();
+    ok(&vm);
+    assert_eq!(vm.paging_levels(), 5);
+    // A new top level above the shared root (which holds a leaf); the empty private root is
+    // relabelled.
+    assert_eq!(vm.stats().table_pages, 4);
+    assert_eq!(fault(&mut vm, 1 << 48, Access::Shared), mapped(Level::G1));
+    assert_eq!(vm.stats().table_pages, 6);
+    vm.set_user_memory_region(&region(1, 1 << 48, 0, dirty(false)))
+        .unwrap();
+    ok(&vm);
+    assert_eq!(vm.paging_levels(), 4);
+    assert_eq!(vm.stats().table_pages, 3);
+    assert_eq!(fault(&mut vm, 0, Access::Shared), FaultOutcome::Spurious);
+    // A slot beyond 5-level reach still maps (model-only sixth level).
+    vm.set_user_memory_region(&region(2, 1 << 60, G1, dirty(false)))
+        .unwrap();
+    assert_eq!(vm.paging_levels(), 6);
+    assert_eq!(fault(&mut vm, 1 << 60, Access::Shared), mapped(Level::G1));
+    ok(&vm);
+    let bit51 = Vm::new(
+        Layout::Split {
+            shared_bit: SharedBit::Bit51,
+        },
+        Recovery::OnFault,
+    );
+    assert_eq!(bit51.paging_levels(), 5);
+    assert_eq!(
+        bit51.decode_tdx_gpa((1 << 51) | 0x1000),
+        Some((0x1000, Access::Shared))
+    );
+}
+
+#[test]
+fn fault_range_counts_every_page_once() {
+    let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
+    vm.set_user_memory_region(&region(0, 0, 4 * M2, gmem()))
+        .unwrap();
+    vm.set_user_memory_region(&region(1, 6 * M2, M2, dirty(false)))
+        .unwrap();
+    vm.set_memory_attributes(0, 3 * M2 + K4, PRIVATE).unwrap();
+    let r = vm.fault_range(0, 8 * M2, Access::Private).unwrap();
+    assert_eq!(r.mapped, counts(1, 3, 0));
+    assert_eq!(r.spurious, 3 * 511);
+    assert_eq!(r.memory_fault, 511 + 512);
+    assert_eq!(r.no_slot, 3 * 512);
+    assert_eq!(
+        r.mapped.total() + r.spurious + r.memory_fault + r.no_slot,
+        8 * 512
+    );
+    ok(&vm);
+    assert!(vm.fault_range(0x1001, 4096, Access::Private).is_err());
+}
+
+#[test]
+fn accept_rules() {
+    let mut unified = private_vm(Layout::Unified, Recovery::OnFault, G1);
+    assert_eq!(
+        unified.accept(0, Level::K4).unwrap_err().errno(),
+        crate::Errno::EINVAL
+    );
+    let mut vm = private_vm(Layout::SPLIT, Recovery::OnFault, G1);
+    assert!(vm.accept(0x1000, Level::M2).is_err(), "unaligned");
+    assert_eq!(vm.accept(G1, Level::K4).unwrap(), AcceptOutcome::NoSlot);
+    vm.set_user_memory_region(&region(1, 2 * G1, M2, dirty(false)))
+        .unwrap();
+    vm.set_memory_attributes(2 * G1, M2, PRIVATE).unwrap();
+    assert!(matches!(
+        vm.accept(2 * G1, Level::K4).unwrap(),
+        AcceptOutcome::MemoryFault(_)
+    ));
+    vm.set_memory_attributes(0x10_0000, K4, 0).unwrap();
+    assert!(matches!(
+        vm.accept(0x10_0000, Level::K4).unwrap(),
+        AcceptOutcome::MemoryFault(_)
+    ));
+    // Unmapped page accepted at 2M: faulted in at 2M although 1G was allowed before.
+    assert_eq!(
+        vm.accept(M2 * 8, Level::M2).unwrap(),
+        AcceptOutcome::Accepted
+    );
+    ok(&vm);
+    assert_eq!(vm.lookup(M2 * 8, Access::Private).unwrap().level, Level::M2);
+    // 4K accept in another 2M page: inhibited at 2M, mapped at 4K.
+    assert_eq!(
+        vm.accept(M2 * 9, Level::K4).unwrap(),
+        AcceptOutcome::Accepted
+    );
+    ok(&vm);
+    assert_eq!(vm.lookup(M2 * 9, Access::Private).unwrap().level, Level::K4);
+    assert!(vm.tracker().is_guest_inhibited((M2 * 9) >> 12, Level::M2));
+    assert_eq!(
+        fault(&mut vm, M2 * 9 + K4, Access::Private),
+        mapped(Level::K4)
+    );
+    // Accepting an already mapped page at 1G changes nothing.
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::K4));
+    let before = vm.stats();
+    assert_eq!(vm.accept(0, Level::G1).unwrap(), AcceptOutcome::Accepted);
+    assert_eq!(vm.stats(), before);
+}
+
+#[test]
+fn accept_splits_only_down_to_the_accepted_level() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    assert_eq!(vm.accept(M2, Level::M2).unwrap(), AcceptOutcome::Accepted);
+    ok(&vm);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.private), (1, counts(0, 512, 0)));
+}
+
+#[test]
+fn regression_2024_small_slot_head_equals_tail() {
+    // Slots smaller than a large page, where the head and tail large pages are the same one.
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        let mut vm = Vm::new(layout, Recovery::Eager);
+        let base = G1 + M2 + 3 * K4;
+        vm.set_user_memory_region(&region(0, base, 16 * K4, gmem()))
+            .unwrap();
+        vm.set_user_memory_region(&region(1, 3 * G1 + 5 * M2, 3 * M2, gmem()))
+            .unwrap();
+        convert(&mut vm, base + K4, 4 * K4, PRIVATE);
+        convert(&mut vm, G1, G1, PRIVATE);
+        convert(&mut vm, base + 2 * K4, K4, 0);
+        convert(&mut vm, 3 * G1 + 5 * M2 + K4, K4, PRIVATE);
+        let r = vm.fault_range(base, 16 * K4, Access::Private).unwrap();
+        assert_eq!(r.mapped, counts(15, 0, 0), "{layout}");
+        assert_eq!(r.memory_fault, 1);
+        let r = vm.fault_range(3 * G1, G1, Access::Shared).unwrap();
+        assert_eq!(r.mapped, counts(511, 2, 0), "{layout}");
+        ok(&vm);
+        assert_eq!(vm.tracker().mixed_count(1, Level::M2), 1);
+        assert_eq!(vm.tracker().mixed_count(1, Level::G1), 0);
+    }
+}
+
+#[test]
+fn regression_2025_no_hugepage_straddles_a_changing_range() {
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        let mut vm = private_vm(layout, Recovery::OnFault, 2 * G1);
+        let c = vm.begin_conversion(G1 + M2 + K4, K4, 0).unwrap();
+        ok(&vm);
+        // Unchanged gfns in the head's 2M and 1G pages: a hugepage there would straddle.
+        for gpa in [G1 + M2, G1 + M2 + 2 * K4, G1, 2 * G1 - K4] {
+            assert_eq!(
+                vm.fault(gpa, Access::Private).unwrap(),
+                FaultOutcome::Retry,
+                "{layout} {gpa:#x}"
+            );
+        }
+        assert_eq!(
+            vm.fault(0, Access::Private).unwrap(),
+            mapped(Level::G1),
+            "outside the window"
+        );
+        let r = vm.fault_range(G1 - M2, 2 * M2, Access::Private).unwrap();
+        assert_eq!((r.spurious, r.retry), (512, 512));
+        assert!(vm.tracker().max_mapping_level(G1, Access::Private) == MaxLevel::Level(Level::G1));
+        assert!(vm.end_conversion(c).unwrap());
+        ok(&vm);
+        assert_eq!(fault(&mut vm, G1, Access::Private), mapped(Level::M2));
+        assert_eq!(fault(&mut vm, G1 + M2, Access::Private), mapped(Level::K4));
+        assert_eq!(
+            fault(&mut vm, G1 + M2 + K4, Access::Shared),
+            mapped(Level::K4)
+        );
+        assert_eq!(vm.stats().retries, 4 + 512);
+    }
+}
+
+#[test]
+fn a_begun_conversion_splits_an_existing_huge_leaf_at_once() {
+    let mut vm = one_gig_private(Recovery::OnFault);
+    let c = vm.begin_conversion(M2, K4, 0).unwrap();
+    assert!(c.changes());
+    ok(&vm);
+    let s = vm.stats();
+    assert_eq!((s.splits, s.zaps), (2, 1));
+    // The pages outside the range stay mapped during the window.
+    assert!(vm.lookup(0, Access::Private).is_some());
+    assert_eq!(vm.fault(0, Access::Private).unwrap(), FaultOutcome::Retry);
+    assert!(vm.end_conversion(c).unwrap());
+    ok(&vm);
+    let noop = vm.begin_conversion(M2, K4, 0).unwrap();
+    assert!(!noop.changes());
+    assert!(!vm.end_conversion(noop).unwrap());
+}
+
+#[test]
+fn eager_reaches_the_optimum_at_quiescence() {
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        let mut vm = Vm::new(layout, Recovery::Eager);
+        vm.set_user_memory_region(&region(0, 0, 2 * G1, gmem()))
+            .unwrap();
+        vm.set_user_memory_region(&region(1, 2 * G1 + 4 * K4, 5 * M2, dirty(false)))
+            .unwrap();
+        convert(&mut vm, 0, 2 * G1, PRIVATE);
+        convert(&mut vm, 0x1234_5000, 3 * M2, 0);
+        convert(&mut vm, G1 + 7 * M2, K4, 0);
+        for gpa in [0, G1, 0x1234_5000, G1 + 7 * M2] {
+            vm.fault(gpa, Access::Private).unwrap();
+        }
+        vm.fault_range(0, 2 * G1, Access::Private).unwrap();
+        vm.fault_range(0, 2 * G1, Access::Shared).unwrap();
+        vm.fault_range(2 * G1, G1, Access::Shared).unwrap();
+        ok(&vm);
+        let c = vm.coverage();
+        assert_eq!(c.huge_bytes, c.optimum_huge_bytes, "{layout}");
+        assert_eq!(c.mapped_bytes, c.mappable_bytes);
+        assert_eq!(c.table_pages, c.optimum_table_pages);
+        assert_eq!(c.ratio(), 1.0);
+        let leaves = vm.stats().leaves();
+        assert_eq!(leaves, c.optimum_leaves);
+        assert_eq!(vm.leaves().count() as u64, leaves.total());
+    }
+}
+
+/// The 4 GiB TD boot of FACTS.md, accept-wise: firmware accepts two 2M pages at 4K (gfn
+/// 0x800-0x9ff, 0x7e800-0x7e9ff), Linux accepts the rest lazily in 2M units, a 64 MiB bounce
+/// pool is shared; then the guest touches everything.
+fn td_boot(policy: AcceptPolicy) -> (MmuStats, Coverage) {
+    let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager).with_accept_policy(policy);
+    vm.set_user_memory_region(&region(0, 0, 2 * G1, gmem()))
+        .unwrap();
+    vm.set_user_memory_region(&region(1, 4 * G1, 2 * G1, gmem()))
+        .unwrap();
+    vm.set_memory_attributes(0, 2 * G1, PRIVATE).unwrap();
+    vm.set_memory_attributes(4 * G1, 2 * G1, PRIVATE).unwrap();
+    for gfn in (0x800..0xa00).chain(0x7e800..0x7ea00) {
+        assert_eq!(
+            vm.accept(gfn * K4, Level::K4).unwrap(),
+            AcceptOutcome::Accepted
+        );
+    }
+    for base in [0, 4 * G1] {
+        for gpa in (base..base + 2 * G1).step_by(M2 as usize) {
+            if vm.accept(gpa, Level::M2).unwrap() != AcceptOutcome::Accepted {
+                panic!("accept {gpa:#x}");
+            }
+        }
+    }
+    vm.set_memory_attributes(0x1000_0000, 64 << 20, 0).unwrap();
+    vm.fault_range(0, 2 * G1, Access::Private).unwrap();
+    vm.fault_range(0, 2 * G1, Access::Shared).unwrap();
+    vm.fault_range(4 * G1, 2 * G1, Access::Private).unwrap();
+    ok(&vm);
+    (vm.stats(), vm.coverage())
+}
+
+#[test]
+fn accept_policy_clear_when_accepted_restores_huge_pages() {
+    let (one_way, one_way_cov) = td_boot(AcceptPolicy::OneWay);
+    let (clear, clear_cov) = td_boot(AcceptPolicy::ClearWhenAccepted);
+    // One-way: every 1G page was accepted in 2M units, so none is ever mapped at 1G, and the two
+    // firmware 2M pages stay at 4K.
+    assert_eq!(one_way.private, counts(1024, 2048 - 32 - 2, 0));
+    assert_eq!(one_way.shared, counts(0, 32, 0));
+    // Roots, PDPTs, a PD per 1G page, a PT per firmware 2M page; the shared PD.
+    assert_eq!(one_way.table_pages, 2 + 2 + 4 + 2 + 1);
+    assert_eq!((one_way.splits, one_way.collapses), (0, 0));
+    // Cleared once accepted: the 1G pages come back, the bounce pool's 1G page aside.
+    assert_eq!(clear.private, counts(0, 512 - 32, 3));
+    assert_eq!(clear.shared, counts(0, 32, 0));
+    // Roots, PDPTs, the PD of the bounce pool's 1G page in each root.
+    assert_eq!(clear.table_pages, 2 + 2 + 2);
+    // The two firmware 2M pages (PROMOTE of 512 accepted 4K pages), then four 1G pages once
+    // all their 2M units were accepted; the bounce pool split one 1G leaf again.
+    assert_eq!((clear.splits, clear.collapses), (1, 6));
+    assert_eq!(one_way_cov.huge_bytes + 2 * M2, clear_cov.huge_bytes);
+    // Both reach their optimum; the optimum itself differs by the inhibits.
+    assert_eq!(one_way_cov.ratio(), 1.0);
+    assert_eq!(clear_cov.ratio(), 1.0);
+    let tlb = |s: &MmuStats| s.leaves().total();
+    assert_eq!((tlb(&one_way), tlb(&clear)), (3070, 515));
+}

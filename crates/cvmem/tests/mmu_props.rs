@@ -1,0 +1,468 @@
+//! Property test of the TDP MMU model: random operation sequences on every layout, recovery
+//! policy and accept policy, with the model's invariants and per-operation oracles checked after
+//! every operation, and the optimum reached at quiescence under eager recovery.
+
+use cvmem::mmu::{
+    AcceptOutcome, AcceptPolicy, FaultOutcome, Layout, Leaf, Recovery, SharedBit, Vm,
+};
+use cvmem::{
+    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+};
+use proptest::prelude::*;
+
+const K4: u64 = 4 << 10;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+
+/// Points where things happen: slot edges, large-page edges, the movable slot's places.
+const ANCHORS: [u64; 10] = [
+    0,
+    M2,
+    G1 - M2,
+    G1,
+    G1 + 4 * M2,
+    2 * G1,
+    2 * G1 + 3 * M2 + K4,
+    3 * G1 - M2,
+    3 * G1 + 5 * M2,
+    4 * G1 - 4 * K4,
+];
+
+/// Where slot 2 may move (unaligned places included).
+const SLOT2_PLACES: [u64; 4] = [2 * G1, 2 * G1 + 3 * M2 + K4, 3 * G1 - M2, G1 + 16 * M2];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Fault {
+        gpa: u64,
+        private: bool,
+    },
+    FaultRange {
+        gpa: u64,
+        size: u64,
+        private: bool,
+    },
+    Convert {
+        gpa: u64,
+        size: u64,
+        private: bool,
+    },
+    /// A conversion in two phases with a probing fault inside the window.
+    TwoPhase {
+        gpa: u64,
+        size: u64,
+        private: bool,
+        probe: u64,
+    },
+    Accept {
+        gpa: u64,
+        level: Level,
+    },
+    /// Every 4K page of a 2M page accepted at 4K (firmware style), or every 2M unit of a 1G
+    /// page accepted at 2M (Linux's lazy accept).
+    AcceptAll {
+        gpa: u64,
+        level: Level,
+    },
+    MoveSlot2 {
+        place: usize,
+        dirty: bool,
+    },
+    /// Dirty logging of slot 2 on or off where it is.
+    DirtyLog {
+        on: bool,
+    },
+    DeleteSlot {
+        slot: u32,
+    },
+    RecreateSlots,
+}
+
+fn gpa() -> impl Strategy<Value = u64> {
+    (0..ANCHORS.len(), -600i64..600).prop_map(|(a, pages)| {
+        let g = ANCHORS[a] as i64 + pages * K4 as i64;
+        g.clamp(0, (4 * G1 - K4) as i64) as u64
+    })
+}
+
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        (1u64..4).prop_map(|n| n * K4),
+        (1u64..3).prop_map(|n| n * M2),
+        Just(G1),
+        (1u64..1500).prop_map(|n| n * K4),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (gpa(), any::<bool>()).prop_map(|(gpa, private)| Op::Fault { gpa, private }),
+        2 => (gpa(), (1u64..9).prop_map(|n| n * M2), any::<bool>())
+            .prop_map(|(gpa, size, private)| Op::FaultRange { gpa, size, private }),
+        4 => (gpa(), size(), any::<bool>())
+            .prop_map(|(gpa, size, private)| Op::Convert { gpa, size, private }),
+        1 => (gpa(), size(), any::<bool>(), gpa())
+            .prop_map(|(gpa, size, private, probe)| Op::TwoPhase { gpa, size, private, probe }),
+        2 => (gpa(), prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)])
+            .prop_map(|(gpa, level)| Op::Accept { gpa: gpa & !(level.size() - 1), level }),
+        1 => (gpa(), prop_oneof![Just(Level::K4), Just(Level::M2)])
+            .prop_map(|(gpa, level)| Op::AcceptAll { gpa, level }),
+        1 => (0..SLOT2_PLACES.len(), any::<bool>())
+            .prop_map(|(place, dirty)| Op::MoveSlot2 { place, dirty }),
+        2 => any::<bool>().prop_map(|on| Op::DirtyLog { on }),
+        1 => (0u32..4).prop_map(|slot| Op::DeleteSlot { slot }),
+        1 => Just(Op::RecreateSlots),
+    ]
+}
+
+fn regions() -> [MemoryRegion; 4] {
+    let gmem = SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    };
+    [
+        MemoryRegion {
+            slot: 0,
+            gpa: 0,
+            size: G1,
+            flags: gmem,
+            ..Default::default()
+        },
+        MemoryRegion {
+            slot: 1,
+            gpa: G1,
+            size: 8 * M2,
+            flags: gmem,
+            backing: Some(Level::M2),
+            ..Default::default()
+        },
+        MemoryRegion {
+            slot: 2,
+            gpa: 2 * G1,
+            size: 3 * M2 + 3 * K4,
+            ..Default::default()
+        },
+        MemoryRegion {
+            slot: 3,
+            gpa: 3 * G1 + 5 * M2 + 8 * K4,
+            size: 4 * K4,
+            ..Default::default()
+        },
+    ]
+}
+
+fn kind(private: bool) -> Access {
+    Access::from_private(private)
+}
+
+/// Merged gfn ranges mapped by leaves of one kind.
+fn mapped(vm: &Vm, private: bool) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut leaves: Vec<Leaf> = vm.leaves().filter(|l| l.private == private).collect();
+    leaves.sort_by_key(|l| l.gfn);
+    for l in leaves {
+        let r = l.range();
+        match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        }
+    }
+    out
+}
+
+fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let i = ranges.partition_point(|r| r.1 <= start);
+    ranges.get(i).is_some_and(|r| r.0 <= start && end <= r.1)
+}
+
+fn expect_fault(vm: &Vm, gpa: u64, access: Access) -> FaultOutcome {
+    match vm.tracker().max_mapping_level(gpa, access) {
+        MaxLevel::NoSlot => FaultOutcome::NoSlot,
+        MaxLevel::MemoryFault(m) => FaultOutcome::MemoryFault(m),
+        MaxLevel::Level(l) if vm.lookup(gpa, access).is_none() => FaultOutcome::Mapped { level: l },
+        MaxLevel::Level(_) => FaultOutcome::Spurious,
+    }
+}
+
+/// Leaves that a conversion of `range` to `private` must leave mapped: outside the range, or
+/// of the new kind, or private ones reaching outside in the split layout (their outside part).
+fn check_conversion_keeps(
+    vm: &Vm,
+    before: &[Leaf],
+    range: GfnRange,
+    private: bool,
+) -> Result<(), TestCaseError> {
+    let after = [mapped(vm, false), mapped(vm, true)];
+    for l in before {
+        let r = l.range();
+        let keep: Vec<(u64, u64)> = if l.private == private || r.intersect(&range).is_none() {
+            vec![(r.start, r.end)]
+        } else if vm.layout().is_split() && l.private {
+            let mut parts = Vec::new();
+            if r.start < range.start {
+                parts.push((r.start, range.start));
+            }
+            if range.end < r.end {
+                parts.push((range.end, r.end));
+            }
+            parts
+        } else {
+            Vec::new()
+        };
+        for (s, e) in keep {
+            prop_assert!(
+                covered(&after[l.private as usize], s, e),
+                "conversion of {range:?} to private={private} lost {l:?} part {s:#x}..{e:#x}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
+    match *op {
+        Op::Fault { gpa, private } => {
+            let access = kind(private);
+            let want = expect_fault(vm, gpa, access);
+            let got = vm.fault(gpa, access).unwrap();
+            match (want, got) {
+                (FaultOutcome::Mapped { level: max }, FaultOutcome::Mapped { level }) => {
+                    if vm.recovery() == Recovery::Off {
+                        prop_assert!(level <= max);
+                    } else {
+                        prop_assert_eq!(level, max);
+                    }
+                    let leaf = vm.lookup(gpa, access);
+                    prop_assert!(leaf.is_some_and(|l| l.level >= level));
+                }
+                (want, got) => prop_assert_eq!(want, got),
+            }
+        }
+        Op::FaultRange { gpa, size, private } => {
+            let r = vm.fault_range(gpa, size, kind(private)).unwrap();
+            prop_assert_eq!(
+                r.mapped.total() + r.spurious + r.memory_fault + r.no_slot + r.retry,
+                size / K4
+            );
+            prop_assert_eq!(r.retry, 0);
+        }
+        Op::Convert { gpa, size, private } => {
+            let before: Vec<Leaf> = vm.leaves().collect();
+            let attrs = if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            };
+            vm.set_memory_attributes(gpa, size, attrs).unwrap();
+            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
+            check_conversion_keeps(vm, &before, range, private)?;
+        }
+        Op::TwoPhase {
+            gpa,
+            size,
+            private,
+            probe,
+        } => {
+            let attrs = if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            };
+            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let c = vm.begin_conversion(gpa, size, attrs).unwrap();
+            vm.check_invariants().map_err(TestCaseError::fail)?;
+            let out = vm.fault(probe, Access::Private).unwrap();
+            let g = probe / K4;
+            let window = GfnRange::new(
+                Level::G1.align_down(range.start),
+                range.end.div_ceil(Level::G1.pages()) * Level::G1.pages(),
+            );
+            let in_slot = vm.tracker().slot_for_gfn(g).is_some();
+            prop_assert_eq!(
+                out == FaultOutcome::Retry,
+                c.changes() && in_slot && window.contains(g),
+                "probe {:#x} -> {:?}",
+                probe,
+                out
+            );
+            vm.check_invariants().map_err(TestCaseError::fail)?;
+            vm.end_conversion(c).unwrap();
+            prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
+        }
+        Op::Accept { gpa, level } => match (vm.is_accepted(gpa, level), vm.accept(gpa, level)) {
+            (_, Err(e)) => prop_assert!(!vm.layout().is_split(), "{e}"),
+            (already, Ok(AcceptOutcome::Accepted)) => {
+                let leaf = vm.lookup(gpa, Access::Private);
+                // A page accepted before may stay mapped above the level (no re-inhibit).
+                let above_ok = already == Some(true);
+                prop_assert!(
+                    leaf.is_some_and(|l| l.level <= level || above_ok),
+                    "{leaf:?}"
+                );
+                prop_assert!(vm.tracker().is_private(gpa / K4));
+            }
+            (_, Ok(AcceptOutcome::NoSlot)) => {
+                prop_assert!(vm.tracker().slot_for_gfn(gpa / K4).is_none())
+            }
+            (_, Ok(AcceptOutcome::MemoryFault(_))) => {
+                let gmem = vm
+                    .tracker()
+                    .slot_for_gfn(gpa / K4)
+                    .is_some_and(|s| s.flags().guest_memfd);
+                prop_assert!(!gmem || !vm.tracker().is_private(gpa / K4));
+            }
+            (_, Ok(AcceptOutcome::Retry)) => prop_assert!(false, "no window is open"),
+        },
+        Op::AcceptAll { gpa, level } => {
+            let large = level.larger().expect("4K or 2M");
+            let start = gpa & !(large.size() - 1);
+            for a in (start..start + large.size()).step_by(level.size() as usize) {
+                if vm.accept(a, level).is_err() {
+                    prop_assert!(!vm.layout().is_split());
+                    break;
+                }
+            }
+            if vm.layout().is_split() && vm.accept_policy() == AcceptPolicy::ClearWhenAccepted {
+                let whole = vm
+                    .tracker()
+                    .runs(GfnRange::new(start / K4, (start + large.size()) / K4))
+                    .count()
+                    == 1;
+                let gmem = vm
+                    .tracker()
+                    .slot_for_gfn(start / K4)
+                    .is_some_and(|s| s.flags().guest_memfd);
+                if whole && gmem && vm.tracker().is_private(start / K4) {
+                    prop_assert!(!vm.tracker().is_guest_inhibited(start / K4, large));
+                }
+            }
+        }
+        Op::DirtyLog { on } => {
+            if let Some(s) = vm.tracker().memslot(2) {
+                let mut r = regions()[2];
+                r.gpa = s.gpa();
+                r.flags.dirty_log = on;
+                vm.set_user_memory_region(&r).unwrap();
+            }
+        }
+        Op::MoveSlot2 { place, dirty } => {
+            let mut r = regions()[2];
+            r.gpa = SLOT2_PLACES[place];
+            r.flags.dirty_log = dirty;
+            let before = vm.tracker().memslot(2).map(|s| s.range());
+            let result = vm.set_user_memory_region(&r);
+            if let Ok(cvmem::SlotChange::Moved { old }) = result {
+                prop_assert_eq!(Some(old), before);
+                let shared = mapped(vm, false);
+                let private = mapped(vm, true);
+                let hit = |v: &[(u64, u64)]| v.iter().any(|&(s, e)| s < old.end && old.start < e);
+                prop_assert!(
+                    !hit(&shared) && !hit(&private),
+                    "leaves left in a moved slot"
+                );
+            }
+            if dirty && result.is_ok() {
+                let slot = vm.tracker().memslot(2).unwrap().range();
+                prop_assert!(vm
+                    .leaves()
+                    .all(|l| l.level == Level::K4 || l.range().intersect(&slot).is_none()));
+            }
+        }
+        Op::DeleteSlot { slot } => {
+            let mut r = regions()[slot as usize];
+            r.size = 0;
+            let _ = vm.set_user_memory_region(&r);
+        }
+        Op::RecreateSlots => {
+            for r in regions() {
+                let _ = vm.set_user_memory_region(&r);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Faults in every mappable page with the access of its own kind.
+fn quiesce(vm: &mut Vm) {
+    let slots: Vec<GfnRange> = vm.tracker().memslots().map(|s| s.range()).collect();
+    for slot in slots {
+        let runs: Vec<_> = vm.tracker().runs(slot).collect();
+        for run in runs {
+            let private = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+            vm.fault_range(run.start * K4, (run.end - run.start) * K4, kind(private))
+                .unwrap();
+        }
+    }
+}
+
+fn layouts() -> impl Strategy<Value = Layout> {
+    prop_oneof![
+        Just(Layout::SPLIT),
+        Just(Layout::Split {
+            shared_bit: SharedBit::Bit51
+        }),
+        Just(Layout::Unified),
+    ]
+}
+
+fn recoveries() -> impl Strategy<Value = Recovery> {
+    prop_oneof![
+        Just(Recovery::Off),
+        Just(Recovery::OnFault),
+        Just(Recovery::Eager)
+    ]
+}
+
+fn policies() -> impl Strategy<Value = AcceptPolicy> {
+    prop_oneof![
+        Just(AcceptPolicy::OneWay),
+        Just(AcceptPolicy::ClearWhenAccepted)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_keep_the_page_tables_consistent(
+        layout in layouts(),
+        recovery in recoveries(),
+        policy in policies(),
+        private_start in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..24),
+    ) {
+        let mut vm = Vm::new(layout, recovery).with_accept_policy(policy);
+        for r in regions() {
+            vm.set_user_memory_region(&r).unwrap();
+        }
+        if private_start {
+            vm.set_memory_attributes(0, G1 + 8 * M2, KVM_MEMORY_ATTRIBUTE_PRIVATE).unwrap();
+        }
+        for op in &ops {
+            apply(&mut vm, op)?;
+            if let Err(e) = vm.check_invariants() {
+                return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
+            }
+        }
+        quiesce(&mut vm);
+        vm.check_invariants().map_err(TestCaseError::fail)?;
+        let c = vm.coverage();
+        prop_assert_eq!(c.mapped_bytes, c.mappable_bytes);
+        prop_assert!(c.huge_bytes <= c.optimum_huge_bytes);
+        if recovery == Recovery::Eager {
+            prop_assert_eq!(c.huge_bytes, c.optimum_huge_bytes);
+            prop_assert_eq!(vm.stats().leaves(), c.optimum_leaves);
+            prop_assert_eq!(c.table_pages, c.optimum_table_pages);
+        }
+        // Deleting every slot leaves only the roots.
+        for mut r in regions() {
+            r.size = 0;
+            let _ = vm.set_user_memory_region(&r);
+        }
+        vm.check_invariants().map_err(TestCaseError::fail)?;
+        let s = vm.stats();
+        prop_assert_eq!(s.leaves().total(), 0);
+        prop_assert_eq!(s.table_pages, if layout.is_split() { 2 } else { 1 });
+    }
+}
