@@ -1,5 +1,6 @@
 //! Turning replay outcomes and summaries into JSON Lines and into text for people.
 
+use cvmem::mmu::{FaultOutcome, LevelCounts, MmuStats};
 use cvmem::oplog::Op;
 use cvmem::replay::{Outcome, Summary};
 use cvmem::{fmt_bytes, MaxLevel};
@@ -47,6 +48,30 @@ pub(crate) fn outcome_json(line: usize, op: &Op, outcome: &Outcome) -> Option<Va
             obj.insert("error".into(), json!(e.errno().name()));
             obj.insert("message".into(), json!(e.to_string()));
         }
+        Outcome::Fault(f) => {
+            if let Op::Fault { gpa, access } = op {
+                obj.insert("gpa".into(), json!(gpa));
+                obj.insert("access".into(), json!(access.name()));
+            }
+            obj.insert("result".into(), json!(f.name()));
+            if let FaultOutcome::Mapped { level } = f {
+                obj.insert("level".into(), json!(level.name()));
+            }
+        }
+        Outcome::FaultRange(r) => {
+            obj.insert("mapped".into(), levels_json(&r.mapped));
+            obj.insert("spurious".into(), json!(r.spurious));
+            obj.insert("memory-fault".into(), json!(r.memory_fault));
+            obj.insert("no-slot".into(), json!(r.no_slot));
+            obj.insert("retry".into(), json!(r.retry));
+        }
+        Outcome::Accept(a) => {
+            if let Op::Accept { gpa, level } = op {
+                obj.insert("gpa".into(), json!(gpa));
+                obj.insert("level".into(), json!(level.name()));
+            }
+            obj.insert("result".into(), json!(a.name()));
+        }
         Outcome::Query(m) => {
             if let Op::Query { gpa, access } = op {
                 obj.insert("gpa".into(), json!(gpa));
@@ -67,15 +92,54 @@ pub(crate) fn outcome_json(line: usize, op: &Op, outcome: &Outcome) -> Option<Va
 /// The one-line text form of an outcome for people, or `None` when there is nothing to say.
 pub(crate) fn outcome_text(line: usize, op: &Op, outcome: &Outcome) -> Option<String> {
     let what = match op {
-        Op::Query { gpa, access } => format!("{gpa:#014x} {:<7}", access.name()),
+        Op::Query { gpa, access } | Op::Fault { gpa, access } => {
+            format!("{gpa:#014x} {:<7}", access.name())
+        }
         _ => op.to_string(),
     };
     let result = match outcome {
         Outcome::Done => return None,
         Outcome::Error(e) => format!("{}: {e}", e.errno().name()),
         Outcome::Query(m) => max_level_name(m).to_string(),
+        Outcome::Fault(FaultOutcome::Mapped { level }) => format!("mapped {level}"),
+        Outcome::Fault(f) => f.name().to_string(),
+        Outcome::Accept(a) => a.name().to_string(),
+        Outcome::FaultRange(r) => format!(
+            "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
+            r.mapped.k4, r.mapped.m2, r.mapped.g1, r.spurious, r.memory_fault, r.no_slot
+        ),
     };
     Some(format!("{line:>6}  {:<12} {what:<40} {result}", op.name()))
+}
+
+fn levels_json(c: &LevelCounts) -> Value {
+    json!({"4K": c.k4, "2M": c.m2, "1G": c.g1})
+}
+
+/// The `mmu` object of the summary: the spec's keys first, then coverage and events.
+fn mmu_json(m: &MmuStats, c: &cvmem::mmu::Coverage) -> Value {
+    json!({
+        "layout": m.layout.to_string(),
+        "leaves": {"private": levels_json(&m.private), "shared": levels_json(&m.shared)},
+        "table_pages": m.table_pages,
+        "splits": m.splits,
+        "zaps": m.zaps,
+        "collapses": m.collapses,
+        "replaced": m.replaced,
+        "retries": m.retries,
+        "faults": m.faults,
+        "recovery": m.recovery.name(),
+        "paging_levels": m.paging_levels,
+        "coverage": {
+            "ratio": c.ratio(),
+            "huge_bytes": c.huge_bytes,
+            "optimum_huge_bytes": c.optimum_huge_bytes,
+            "mapped_bytes": c.mapped_bytes,
+            "mappable_bytes": c.mappable_bytes,
+            "optimum_leaves": levels_json(&c.optimum_leaves),
+            "optimum_table_pages": c.optimum_table_pages,
+        },
+    })
 }
 
 /// The summary object of the JSON output.
@@ -95,6 +159,7 @@ pub(crate) fn summary_json(s: &Summary) -> Value {
     json!({"summary": {
         "attributes": s.attributes.iter().map(|&(g, z, a)| json!([g, z, a])).collect::<Vec<_>>(),
         "memslots": memslots,
+        "mmu": mmu_json(&s.mmu, &s.coverage),
         "tracking": {"heap_bytes": s.heap_bytes, "boundaries": s.boundaries},
         "ops": s.ops,
         "errors": s.errors,
@@ -141,6 +206,7 @@ pub(crate) fn summary_text(s: &Summary) -> String {
         fmt_bytes(s.heap_bytes as u64),
         s.boundaries
     ));
+    out.push_str(&mmu_text(&s.mmu, &s.coverage));
     out.push_str(&format!("operations: {} ({} rejected)\n", s.ops, s.errors));
     out
 }
@@ -174,5 +240,39 @@ pub(crate) fn slot_maps(t: &cvmem::Tracker, width: u64) -> String {
             fmt_bytes(slot.size()).to_string()
         ));
     }
+    out
+}
+
+/// The page tables' state for people.
+pub(crate) fn mmu_text(m: &MmuStats, c: &cvmem::mmu::Coverage) -> String {
+    let mut out = format!(
+        "page tables ({} layout, recovery {}, {}-level paging):\n",
+        m.layout, m.recovery, m.paging_levels
+    );
+    out += &format!(
+        "  {:>8}  {:>10}  {:>10}  {:>10}\n",
+        "leaves", "4K", "2M", "1G"
+    );
+    for (kind, l) in [("private", &m.private), ("shared", &m.shared)] {
+        out += &format!("  {kind:>8}  {:>10}  {:>10}  {:>10}\n", l.k4, l.m2, l.g1);
+    }
+    out += &format!(
+        "  table pages {} ({}; optimum {}), splits {}, zaps {}, collapses {}, replaced {}, retries {}\n",
+        m.table_pages,
+        fmt_bytes(m.table_pages * 4096),
+        c.optimum_table_pages,
+        m.splits,
+        m.zaps,
+        m.collapses,
+        m.replaced,
+        m.retries
+    );
+    out += &format!(
+        "  hugepage coverage {:.1}% ({} mapped huge of {} possible; {} mapped in all)\n",
+        c.ratio() * 100.0,
+        fmt_bytes(c.huge_bytes),
+        fmt_bytes(c.optimum_huge_bytes),
+        fmt_bytes(c.mapped_bytes)
+    );
     out
 }

@@ -1,8 +1,9 @@
 //! The demo's scenario: a 4 GiB TDX guest booting, as published (FACTS.md) — QEMU's memslots, all
 //! memory private, the firmware's MMIO window, the guest's SWIOTLB and DMA pools made shared, per-vCPU
-//! and virtio pages, 4K accepts where 2M was possible, and thousands of 4K flips in a hot range.
+//! and virtio pages, 4K accepts where 2M was possible, transient SWIOTLB buffers, and thousands of
+//! 4K flips in a hot range.
 
-use cvmem::oplog::Op;
+use cvmem::oplog::{Layout, Op, Recovery};
 use cvmem::{Access, Level, SlotFlags};
 
 const K4: u64 = 4096;
@@ -40,9 +41,18 @@ fn map_gpa(gpa: u64, size: u64, private: bool) -> Op {
     }
 }
 
-/// The boot of a 4 GiB, 8-vCPU TD, `flips` 4K conversions in the hot range included.
-pub(crate) fn tdx_boot_4g(flips: usize, with_mmu: bool) -> Vec<Op> {
+/// The boot of a 4 GiB, 8-vCPU TD, `flips` 4K conversions in the hot range included. With a
+/// recovery policy the page tables are modelled too (TDX layout): the guest accepts and touches its
+/// memory before the conversions, so they split and zap, and touches all of it again at the end.
+pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     let mut ops = Vec::new();
+    let with_mmu = mmu.is_some();
+    if let Some(recovery) = mmu {
+        ops.push(Op::Mmu {
+            layout: Layout::Split,
+            recovery: Some(recovery),
+        });
+    }
     let gmem = SlotFlags {
         guest_memfd: true,
         ..SlotFlags::default()
@@ -93,6 +103,14 @@ pub(crate) fn tdx_boot_4g(flips: usize, with_mmu: bool) -> Vec<Op> {
                 level: Level::K4,
             });
         }
+        // The kernel touches its memory (private) before it sets up its shared pools.
+        for (gpa, size) in [(0, 2 * G1), (4 * G1, 2 * G1)] {
+            ops.push(Op::FaultRange {
+                gpa,
+                size,
+                access: Access::Private,
+            });
+        }
     }
     // SWIOTLB: 6% of RAM, clamped to [64 MiB, 1 GiB], just below the hot range.
     let swiotlb = ((4 * G1 * 6 / 100).clamp(64 * M1, G1)) & !(K4 - 1);
@@ -111,6 +129,21 @@ pub(crate) fn tdx_boot_4g(flips: usize, with_mmu: bool) -> Vec<Op> {
         let pages = 1 + rng.below(8);
         let gpa = (0x0400_0000 + rng.below(0x1000_0000 / K4) * K4) & !(K4 - 1);
         ops.push(map_gpa(gpa, pages * K4, false));
+    }
+    if with_mmu {
+        // Dynamic SWIOTLB churn once the kernel runs: transient shared buffers of 64-256 KiB in
+        // high memory, used for DMA (faulted shared) and converted back to private on unmap.
+        for _ in 0..256 {
+            let size = (16 + rng.below(49)) * K4;
+            let gpa = 4 * G1 + rng.below((2 * G1 - size) / K4) * K4;
+            ops.push(map_gpa(gpa, size, false));
+            ops.push(Op::FaultRange {
+                gpa,
+                size,
+                access: Access::Shared,
+            });
+            ops.push(map_gpa(gpa, size, true));
+        }
     }
     // The hot range: repeated private/shared flips across gfn 0x7d3ff-0x7e7fe; one gfn is the
     // favourite (the published trace flips one 974 times).

@@ -115,9 +115,6 @@ fn shared_examples_when_present() {
         return;
     }
     for name in examples(&dir) {
-        if name == "mmu" {
-            continue; // checked once the MMU model is wired into replay (issue 3)
-        }
         check(&dir, &name);
     }
 }

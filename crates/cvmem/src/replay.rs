@@ -1,4 +1,5 @@
-//! The op-log replay engine: applies parsed operations to a VM and reports what each one did.
+//! The op-log replay engine: applies parsed operations to a VM (tracker and TDP MMU model) and
+//! reports what each one did.
 //!
 //! Operation errors are returned as outcomes and replay goes on; parse errors are the parser's
 //! business. Output formatting (JSON Lines, tables) is the caller's: this module only produces
@@ -10,6 +11,9 @@ use crate::addr::{Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::hypercall::MapGpaRange;
 use crate::memslot::{MemoryRegion, MAX_SLOT_ID};
+use crate::mmu::{
+    AcceptOutcome, Coverage, FaultOutcome, FaultRangeCounts, Layout, MmuStats, Recovery, Vm,
+};
 use crate::oplog::Op;
 use crate::tracker::{MaxLevel, SlotEligibility, Tracker};
 
@@ -20,6 +24,12 @@ pub enum Outcome {
     Done,
     /// The answer to a `query`.
     Query(MaxLevel),
+    /// What a `fault` did.
+    Fault(FaultOutcome),
+    /// What a `fault-range` did, page by page.
+    FaultRange(FaultRangeCounts),
+    /// What an `accept` did.
+    Accept(AcceptOutcome),
     /// The operation was rejected (state unchanged).
     Error(Error),
 }
@@ -56,24 +66,44 @@ pub struct Summary {
     pub ops: u64,
     /// Rejected operations.
     pub errors: u64,
+    /// The page tables: leaves, table pages, events.
+    pub mmu: MmuStats,
+    /// Hugepage coverage and table memory against the optimum.
+    pub coverage: Coverage,
 }
 
-/// Replays op-log operations against a [`Tracker`].
-#[derive(Clone, Debug, Default)]
+/// Replays op-log operations against a [`Vm`]: the tracker and the TDP MMU model.
+#[derive(Clone, Debug)]
 pub struct Replayer {
-    vm: Tracker,
+    vm: Vm,
     ops: u64,
     errors: u64,
 }
 
+impl Default for Replayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Replayer {
-    /// A fresh VM: no memslots, everything shared.
+    /// A fresh VM (no memslots, everything shared) with the spec's default MMU:
+    /// `mmu split recovery=on-fault`.
     pub fn new() -> Self {
-        Self::default()
+        Replayer {
+            vm: Vm::new(Layout::SPLIT, Recovery::OnFault),
+            ops: 0,
+            errors: 0,
+        }
     }
 
     /// The VM's tracker.
     pub fn tracker(&self) -> &Tracker {
+        self.vm.tracker()
+    }
+
+    /// The VM: tracker and page tables.
+    pub fn vm(&self) -> &Vm {
         &self.vm
     }
 
@@ -127,23 +157,33 @@ impl Replayer {
             }
             Op::MapGpa { gpa, npages, flags } => {
                 let req = MapGpaRange::decode(gpa, npages, flags)?;
-                self.vm
-                    .set_memory_attributes(req.gpa, req.size(), req.attributes())?;
+                self.vm.map_gpa_range(&req)?;
                 Ok(Outcome::Done)
             }
-            Op::Query { gpa, access } => Ok(Outcome::Query(self.vm.max_mapping_level(gpa, access))),
-            Op::Fault { .. } | Op::FaultRange { .. } | Op::Accept { .. } | Op::Mmu { .. } => {
-                Err(Error::Unsupported {
-                    what: "the TDP MMU model is not built into this replayer yet",
-                })
+            Op::Query { gpa, access } => Ok(Outcome::Query(
+                self.vm.tracker().max_mapping_level(gpa, access),
+            )),
+            Op::Fault { gpa, access } => Ok(Outcome::Fault(self.vm.fault(gpa, access)?)),
+            Op::FaultRange { gpa, size, access } => {
+                Ok(Outcome::FaultRange(self.vm.fault_range(gpa, size, access)?))
+            }
+            Op::Accept { gpa, level } => Ok(Outcome::Accept(self.vm.accept(gpa, level)?)),
+            Op::Mmu { layout, recovery } => {
+                if self.ops != 0 {
+                    return Err(Error::Unsupported {
+                        what: "`mmu` is only allowed as the first operation",
+                    });
+                }
+                self.vm = Vm::new(layout.into(), recovery.unwrap_or(Recovery::OnFault));
+                Ok(Outcome::Done)
             }
         }
     }
 
     /// The end-of-replay summary.
     pub fn summary(&self) -> Summary {
-        let attributes = self
-            .vm
+        let t = self.vm.tracker();
+        let attributes = t
             .nonzero_runs()
             .map(|r| {
                 (
@@ -153,26 +193,27 @@ impl Replayer {
                 )
             })
             .collect();
-        let mut memslots: Vec<SlotSummary> = self
-            .vm
+        let mut memslots: Vec<SlotSummary> = t
             .memslots()
             .map(|s| SlotSummary {
                 slot: s.id(),
                 gpa: s.gpa(),
                 size: s.size(),
-                mixed_2m: self.vm.mixed_count(s.id(), Level::M2),
-                mixed_1g: self.vm.mixed_count(s.id(), Level::G1),
-                eligibility: self.vm.eligibility(s.id()).unwrap_or_default(),
+                mixed_2m: t.mixed_count(s.id(), Level::M2),
+                mixed_1g: t.mixed_count(s.id(), Level::G1),
+                eligibility: t.eligibility(s.id()).unwrap_or_default(),
             })
             .collect();
         memslots.sort_by_key(|s| s.slot);
         Summary {
             attributes,
             memslots,
-            boundaries: self.vm.attribute_store().boundaries(),
-            heap_bytes: self.vm.heap_bytes(),
+            boundaries: t.attribute_store().boundaries(),
+            heap_bytes: t.heap_bytes(),
             ops: self.ops,
             errors: self.errors,
+            mmu: self.vm.stats(),
+            coverage: self.vm.coverage(),
         }
     }
 }

@@ -106,21 +106,20 @@ impl Recovery {
             Recovery::Eager => "eager",
         }
     }
+    /// Parses `off`, `on-fault` or `eager`.
+    pub fn from_name(s: &str) -> Option<Recovery> {
+        match s {
+            "off" => Some(Recovery::Off),
+            "on-fault" => Some(Recovery::OnFault),
+            "eager" => Some(Recovery::Eager),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl From<crate::oplog::Recovery> for Recovery {
-    fn from(r: crate::oplog::Recovery) -> Self {
-        match r {
-            crate::oplog::Recovery::Off => Recovery::Off,
-            crate::oplog::Recovery::OnFault => Recovery::OnFault,
-            crate::oplog::Recovery::Eager => Recovery::Eager,
-        }
     }
 }
 

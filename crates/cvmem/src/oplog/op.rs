@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::addr::Level;
 use crate::memslot::SlotFlags;
+pub use crate::mmu::Recovery;
 use crate::tracker::Access;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
@@ -35,43 +36,6 @@ impl Layout {
 }
 
 impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The hugepage recovery policy of the TDP MMU model (`recovery=POLICY`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Recovery {
-    /// Leaves never become larger.
-    Off,
-    /// A fault replaces the small leaves of its level with one leaf.
-    OnFault,
-    /// After every operation, uniform fully mapped regions collapse into one leaf.
-    Eager,
-}
-
-impl Recovery {
-    /// The op-log keyword: `off`, `on-fault` or `eager`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Recovery::Off => "off",
-            Recovery::OnFault => "on-fault",
-            Recovery::Eager => "eager",
-        }
-    }
-    /// Parses `off`, `on-fault` or `eager`.
-    pub fn from_name(s: &str) -> Option<Recovery> {
-        match s {
-            "off" => Some(Recovery::Off),
-            "on-fault" => Some(Recovery::OnFault),
-            "eager" => Some(Recovery::Eager),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
