@@ -142,37 +142,72 @@ impl AttrStore {
     /// Returns `false`, having done nothing, when the range already had them.
     /// On `NoMemory` nothing changed.
     pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        Ok(self.set_run(range, attributes)?.is_some())
+    }
+
+    /// As [`AttrStore::set`], returning the maximal run that now holds `range` (merged with
+    /// equal neighbours), or `None` when nothing changed. The run tells a caller which large
+    /// pages around the range are uniform without searching again.
+    pub fn set_run(&mut self, range: GfnRange, attributes: u64) -> Result<Option<AttrRun>> {
         debug_assert!(range.start < range.end && range.end <= GFN_END);
-        if self.uniform(range) == Some(attributes) {
-            return Ok(false);
+        // One search finds the run holding `start`; the rest is local to it.
+        let p = self.upper_bound(range.start);
+        let holder = self.prev(p);
+        let current = holder.map_or(0, |q| self.at(q).attributes);
+        let next_start = self.start_at(p);
+        if current == attributes && next_start >= range.end {
+            return Ok(None);
         }
         self.reserve()?;
         // From here on nothing allocates and nothing can fail.
-        let before = if range.start == 0 {
-            0
+        // `lo`: first boundary to remove; `before`: the run before the range and its start.
+        let (lo, before, before_start) = match holder {
+            Some(q) if self.at(q).start == range.start => {
+                let r = self.prev(q).map(|r| self.at(r));
+                (q, r.map_or(0, |r| r.attributes), r.map_or(0, |r| r.start))
+            }
+            _ => (p, current, holder.map_or(0, |q| self.at(q).start)),
+        };
+        let (hi, after) = if range.end >= GFN_END {
+            (self.end(), None)
+        } else if next_start > range.end {
+            (p, Some(current))
         } else {
-            self.get(range.start - 1)
+            let hi = self.upper_bound(range.end);
+            (hi, Some(self.prev(hi).map_or(0, |q| self.at(q).attributes)))
         };
-        let after = (range.end < GFN_END).then(|| self.get(range.end));
-        let lo = self.lower_bound(range.start);
-        let hi = match after {
-            Some(_) => self.upper_bound(range.end),
-            None => self.end(),
+        let run = AttrRun {
+            start: if attributes == before {
+                before_start
+            } else {
+                range.start
+            },
+            end: match after {
+                Some(a) if a != attributes => range.end,
+                _ => self.start_at(hi),
+            },
+            attributes,
         };
-        self.remove(lo, hi);
+        let mut at = self.remove(lo, hi);
         if attributes != before {
-            self.insert(Boundary {
-                start: range.start,
-                attributes,
-            });
+            at = self.insert_at(
+                at,
+                Boundary {
+                    start: range.start,
+                    attributes,
+                },
+            );
         }
         if let Some(after) = after.filter(|&a| a != attributes) {
-            self.insert(Boundary {
-                start: range.end,
-                attributes: after,
-            });
+            self.insert_at(
+                at,
+                Boundary {
+                    start: range.end,
+                    attributes: after,
+                },
+            );
         }
-        Ok(true)
+        Ok(Some(run))
     }
 
     /// Bytes of heap memory held, exactly as allocated.
@@ -228,6 +263,15 @@ impl AttrStore {
         self.chunks[p.chunk][p.off]
     }
 
+    /// The start of the boundary at `p`, or the end of the gfn space at the end.
+    fn start_at(&self, p: Pos) -> u64 {
+        if p.chunk < self.chunks.len() {
+            self.at(p).start
+        } else {
+            GFN_END
+        }
+    }
+
     fn end(&self) -> Pos {
         Pos {
             chunk: self.chunks.len(),
@@ -280,11 +324,6 @@ impl AttrStore {
         }
     }
 
-    /// The first boundary at or after `gfn`.
-    fn lower_bound(&self, gfn: u64) -> Pos {
-        self.search(|s| s < gfn)
-    }
-
     /// The first boundary after `gfn`.
     #[inline]
     fn upper_bound(&self, gfn: u64) -> Pos {
@@ -313,14 +352,14 @@ impl AttrStore {
         Ok(())
     }
 
-    /// Removes the boundaries in `[lo, hi)`.
-    fn remove(&mut self, lo: Pos, hi: Pos) {
+    /// Removes the boundaries in `[lo, hi)`; returns where boundaries between the removed
+    /// neighbours are to be inserted.
+    fn remove(&mut self, lo: Pos, hi: Pos) -> Pos {
         if lo >= hi {
-            return;
+            return lo;
         }
-        let removed;
         if lo.chunk == hi.chunk {
-            removed = hi.off - lo.off;
+            self.boundaries -= hi.off - lo.off;
             self.chunks[lo.chunk].drain(lo.off..hi.off);
         } else {
             let mut n = self.chunks[lo.chunk].len() - lo.off;
@@ -332,7 +371,7 @@ impl AttrStore {
                 n += hi.off;
                 self.chunks[hi.chunk].drain(..hi.off);
             }
-            removed = n;
+            self.boundaries -= n;
             for mut chunk in self.chunks.drain(lo.chunk + 1..hi.chunk) {
                 if self.spare.len() < SPARES {
                     chunk.clear();
@@ -342,14 +381,21 @@ impl AttrStore {
             self.firsts.drain(lo.chunk + 1..hi.chunk);
             self.refresh(lo.chunk + 1);
         }
-        self.boundaries -= removed;
-        self.refresh(lo.chunk);
+        if self.refresh(lo.chunk) {
+            Pos {
+                chunk: lo.chunk,
+                off: 0,
+            }
+        } else {
+            lo
+        }
     }
 
-    /// Drops chunk `c` if it became empty, else brings its top-index entry up to date.
-    fn refresh(&mut self, c: usize) {
+    /// Drops chunk `c` if it became empty (returning true), else brings its top-index entry up
+    /// to date.
+    fn refresh(&mut self, c: usize) -> bool {
         if c >= self.chunks.len() {
-            return;
+            return false;
         }
         if self.chunks[c].is_empty() {
             let chunk = self.chunks.remove(c);
@@ -357,26 +403,29 @@ impl AttrStore {
             if self.spare.len() < SPARES {
                 self.spare.push(chunk);
             }
+            true
         } else {
             self.firsts[c] = self.chunks[c][0].start;
+            false
         }
     }
 
-    /// Inserts a boundary whose start is not yet present. Needs a spare chunk in reserve.
-    fn insert(&mut self, b: Boundary) {
+    /// Inserts `b` at `at` (a position whose neighbours order around it; `(c, len)` appends
+    /// to chunk `c`) and returns the position just after it. Needs a spare chunk in reserve.
+    fn insert_at(&mut self, at: Pos, b: Boundary) -> Pos {
         self.boundaries += 1;
         if self.chunks.is_empty() {
             let mut chunk = self.spare.pop().expect("reserve() keeps spare chunks");
             chunk.push(b);
             self.chunks.push(chunk);
             self.firsts.push(b.start);
-            return;
+            return Pos { chunk: 0, off: 1 };
         }
-        let p = self.lower_bound(b.start);
-        let (mut c, mut off) = if p.chunk == self.chunks.len() {
-            (p.chunk - 1, self.chunks[p.chunk - 1].len())
+        let (mut c, mut off) = if at.chunk >= self.chunks.len() {
+            let last = self.chunks.len() - 1;
+            (last, self.chunks[last].len())
         } else {
-            (p.chunk, p.off)
+            (at.chunk, at.off)
         };
         if self.chunks[c].len() == CHUNK {
             let mut upper = self.spare.pop().expect("reserve() keeps spare chunks");
@@ -390,6 +439,10 @@ impl AttrStore {
         }
         self.chunks[c].insert(off, b);
         self.firsts[c] = self.chunks[c][0].start;
+        Pos {
+            chunk: c,
+            off: off + 1,
+        }
     }
 }
 

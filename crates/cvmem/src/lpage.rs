@@ -10,7 +10,7 @@
 //! Memory: 2 bits per 2M page, ~64 KiB per TiB, where Linux spends 4 bytes (2 MiB per TiB).
 
 use crate::addr::{GfnRange, Level};
-use crate::attrs::AttrStore;
+use crate::attrs::{AttrRun, AttrStore};
 use crate::bitmap::Bitmap;
 use crate::error::Result;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -140,48 +140,32 @@ impl LpageInfo {
         }
     }
 
-    /// Updates MIXED / PRIVATE after the attributes of `changed` were set to `attributes`
-    /// (already stored in `attrs`): large pages wholly inside the range become uniform, only
-    /// the head and tail large pages are rescanned, through the runs.
-    pub(crate) fn update(&mut self, changed: GfnRange, attributes: u64, attrs: &AttrStore) {
-        let level = self.level;
-        let shift = level.page_shift();
+    /// Updates MIXED / PRIVATE after the attributes of `changed` were set, `run` being the
+    /// maximal run that now holds it: large pages wholly inside the range become uniform, and
+    /// the head and tail large pages are uniform exactly when they lie inside `run` (a large
+    /// page holding part of the range meets `run`; it is uniform iff it lies in one run). No
+    /// search at all.
+    pub(crate) fn update(&mut self, changed: GfnRange, run: &AttrRun) {
         let count = self.mixed.len();
         if count == 0 {
             return;
         }
-        let private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        let lo = changed.start.div_ceil(level.pages()).max(self.first);
+        let shift = self.level.page_shift();
+        let private = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+        let lo = changed.start.div_ceil(self.level.pages()).max(self.first);
         let hi = (changed.end >> shift).min(self.first + count);
         if lo < hi {
             self.mixed.fill(lo - self.first, hi - self.first, false);
             self.private.fill(lo - self.first, hi - self.first, private);
         }
-        let head = changed.start >> shift;
-        let tail = (changed.end - 1) >> shift;
-        self.rescan(head, attrs);
-        if tail != head {
-            self.rescan(tail, attrs);
-        }
-    }
-
-    /// Recomputes one large page (by absolute index) from the runs, if it is wholly inside.
-    fn rescan(&mut self, page: u64, attrs: &AttrStore) {
-        let i = page.wrapping_sub(self.first);
-        if i >= self.mixed.len() {
-            return;
-        }
-        let shift = self.level.page_shift();
-        let range = GfnRange::new(page << shift, (page + 1) << shift);
-        match attrs.uniform(range) {
-            Some(a) => {
-                self.mixed.set(i, false);
-                self.private.set(i, a & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0);
+        for page in [changed.start >> shift, (changed.end - 1) >> shift] {
+            let i = page.wrapping_sub(self.first);
+            if i >= count {
+                continue;
             }
-            None => {
-                self.mixed.set(i, true);
-                self.private.set(i, false);
-            }
+            let uniform = run.start <= page << shift && (page + 1) << shift <= run.end;
+            self.mixed.set(i, !uniform);
+            self.private.set(i, uniform && private);
         }
     }
 

@@ -170,9 +170,9 @@ impl Tracker {
                 what: "attribute range outside the gfn space",
             });
         }
-        if !self.attrs.set(range, attributes)? {
+        let Some(run) = self.attrs.set_run(range, attributes)? else {
             return Ok(false);
-        }
+        };
         let first = self
             .slots
             .partition_point(|s| s.base_gfn + s.npages <= range.start);
@@ -181,7 +181,7 @@ impl Tracker {
             .take_while(|s| s.base_gfn < range.end)
         {
             for level in Level::LARGE {
-                slot.lpage_mut(level).update(range, attributes, &self.attrs);
+                slot.lpage_mut(level).update(range, &run);
             }
         }
         Ok(true)
