@@ -8,6 +8,10 @@ mod cmd;
 mod report;
 mod scenario;
 
+/// Counts allocations, so that `compare` can check the designs' byte counts.
+#[global_allocator]
+static ALLOC: cvmem_designs::meter::CountingAlloc = cvmem_designs::meter::CountingAlloc;
+
 /// Hugepage-aware private/shared memory tracking for confidential VMs.
 #[derive(Parser, Debug)]
 #[command(name = "cvmem", version, about)]
@@ -22,6 +26,12 @@ enum Command {
     Replay(cmd::replay::Args),
     /// Replay a built-in 4 GiB TDX guest boot and show what its memory looks like.
     Demo(cmd::demo::Args),
+    /// Compare the tracking designs (linux, options A-C, bitmap, rangemap, cvmem) on a workload.
+    Compare(cmd::compare::Args),
+    /// Draw a guest's memory (GPA space in 2M cells) as SVG and PNG.
+    Map(cmd::map::Args),
+    /// The headline ratios of every design against linux, in one process.
+    Bench(cmd::bench::Args),
     /// Boot a small guest on /dev/kvm and drive conversions through real vCPU exits.
     #[cfg(target_os = "linux")]
     KvmRun(cmd::kvm_run::Args),
@@ -32,6 +42,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay(args) => cmd::replay::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
+        Command::Map(args) => cmd::map::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         #[cfg(target_os = "linux")]
         Command::KvmRun(args) => cmd::kvm_run::run(args),
     };

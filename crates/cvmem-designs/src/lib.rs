@@ -1,1 +1,74 @@
-//! Placeholder.
+//! # cvmem-designs — the design space, measured
+//!
+//! Which way of tracking private/shared memory per page size is best? This crate puts the
+//! candidates behind one trait, [`Design`], feeds them the same workloads (generated from
+//! published facts about how confidential guests convert memory, see [`workloads`]), checks that
+//! they give the same answer to every fault-path query, and measures them ([`eval`]).
+//!
+//! | name | what |
+//! |---|---|
+//! | `linux` | Option D as merged: xarray with one entry per 4 KiB gfn + per-slot `disallow_lpage` ints ([`linux`]) |
+//! | `option-a` | per-memslot arrays: 1 bit per 4K page, 2 bits per 2M and 1G page ([`option_a`]) |
+//! | `option-b` | a spare SPTE bit MIXED; every page mapped in its tree (TDX-like split tables) ([`option_b`]) |
+//! | `option-c` | a SHARED bit in leaf SPTEs + a 512-bit mixed bitmap per table (one tree) ([`option_c`]) |
+//! | `bitmap` | 1 bit per 4K page per slot, eligibility by scanning ([`flat_bitmap`]) |
+//! | `rangemap` | the `rangemap` crate + naive eligibility ([`range_map`]) |
+//! | `cvmem` | the core crate's [`cvmem::Tracker`] ([`core_tracker`]) |
+//!
+//! Measurement only: the designs are faithful in algorithm and memory accounting, not hardened.
+//!
+//! ```
+//! use cvmem::{oplog::Op, Access, Level, MaxLevel, SlotFlags};
+//! use cvmem_designs::{make_design, Vm};
+//!
+//! let mut vm = Vm::new(make_design("linux").unwrap());
+//! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
+//! vm.apply(&Op::Memslot { slot: 0, gpa: 0, size: 4 << 30, flags, uaddr: None, backing: None })?;
+//! vm.apply(&Op::Attrs { gpa: 0, size: 4 << 30, attributes: 8 })?;
+//! let q = Op::Query { gpa: 1 << 30, access: Access::Private };
+//! assert_eq!(vm.apply(&q)?, Some(MaxLevel::Level(Level::G1)));
+//! # Ok::<(), cvmem::Error>(())
+//! ```
+
+#![deny(unsafe_code)]
+
+pub mod bits;
+pub mod core_tracker;
+pub mod dense;
+pub mod design;
+pub mod eval;
+pub mod flat_bitmap;
+pub mod linux;
+pub mod map;
+pub mod mapped;
+pub mod meter;
+pub mod option_a;
+pub mod option_b;
+pub mod option_c;
+pub mod outside;
+pub mod range_map;
+pub mod slots;
+pub mod vm;
+pub mod workloads;
+
+pub use design::{answer, answer_code, answer_name, Design, Slot};
+pub use vm::{Action, Rules, Vm};
+
+/// The names of the designs [`make_design`] knows, in the order reports list them.
+pub const DESIGNS: &[&str] = &[
+    "linux", "option-a", "option-b", "option-c", "bitmap", "rangemap", "cvmem",
+];
+
+/// A fresh, empty design by name.
+pub fn make_design(name: &str) -> Option<Box<dyn Design>> {
+    Some(match name {
+        "linux" => Box::new(linux::Linux::new()),
+        "option-a" => Box::new(option_a::OptionA::new()),
+        "option-b" => Box::new(option_b::OptionB::new()),
+        "option-c" => Box::new(option_c::OptionC::new()),
+        "bitmap" => Box::new(flat_bitmap::FlatBitmap::new()),
+        "rangemap" => Box::new(range_map::RangeMapDesign::new()),
+        "cvmem" => Box::new(core_tracker::CvmemDesign::new()),
+        _ => return None,
+    })
+}

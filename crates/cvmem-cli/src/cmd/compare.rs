@@ -1,0 +1,181 @@
+//! `cvmem compare`: designs × a workload × guest sizes, as a table, JSON and SVG charts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cvmem::oplog::parse_number;
+use cvmem_designs::eval::compare::{compare, Config, Event, RowResult};
+use cvmem_designs::eval::sweep::conversion_sweep;
+use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
+use cvmem_designs::workloads::{generate, Params, WORKLOADS};
+use cvmem_designs::DESIGNS;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::emit;
+
+/// Arguments of `cvmem compare`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Designs, comma separated (linux, option-a, option-b, option-c, bitmap, rangemap, cvmem).
+    #[arg(long, value_delimiter = ',', default_values_t = DESIGNS.iter().map(|s| s.to_string()))]
+    designs: Vec<String>,
+    /// Workload generator (see --list).
+    #[arg(long, default_value = "boot")]
+    workload: String,
+    /// Guest sizes, comma separated (4G … 64T).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4G,16G,64G,256G,1T,4T,16T,64T"
+    )]
+    sizes: Vec<String>,
+    /// vCPUs of the guest.
+    #[arg(long, default_value_t = 8)]
+    vcpus: u32,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Conversions of the flip-style workloads.
+    #[arg(long, default_value_t = 10_000)]
+    flips: u64,
+    /// Most queries of the final sweep.
+    #[arg(long, default_value_t = 65_536)]
+    queries: u64,
+    /// Time budget per design and size, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    budget: f64,
+    /// Memory budget per design and size (bytes this process may hold).
+    #[arg(long, default_value = "8G")]
+    memory_budget: String,
+    /// Print the report as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write memory.svg, query.svg and conversion.svg (runs the conversion-size sweep) here.
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+    /// Guest size of the conversion-size sweep.
+    #[arg(long, default_value = "64G")]
+    sweep_size: String,
+    /// Write the workload at the first size as an op-log to this file.
+    #[arg(long)]
+    oplog_out: Option<PathBuf>,
+    /// List the workloads and designs, and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// Parses a size such as `4G` or `0x100000000`.
+pub(crate) fn size(s: &str) -> Result<u64, String> {
+    parse_number(s.trim()).map_err(|e| format!("bad size `{s}`: {e}"))
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
+    if args.list {
+        let mut out = String::from("workloads:\n");
+        for (name, what) in WORKLOADS {
+            out.push_str(&format!("  {name:<14} {what}\n"));
+        }
+        out.push_str(&format!("designs: {}\n", DESIGNS.join(", ")));
+        return emit(&out);
+    }
+    let sizes = args
+        .sizes
+        .iter()
+        .map(|s| size(s))
+        .collect::<Result<Vec<u64>, String>>()?;
+    let cfg = Config {
+        designs: args.designs.clone(),
+        workload: args.workload.clone(),
+        sizes: sizes.clone(),
+        vcpus: args.vcpus,
+        seed: args.seed,
+        flips: args.flips,
+        queries: args.queries,
+        budget_secs: args.budget,
+        memory_budget: size(&args.memory_budget)?,
+    };
+    if let Some(path) = &args.oplog_out {
+        let first = *sizes.iter().min().ok_or("no size given")?;
+        let params = Params {
+            guest_bytes: first,
+            vcpus: args.vcpus,
+            seed: args.seed,
+            flips: args.flips,
+            queries: args.queries,
+        };
+        let w = generate(&args.workload, &params).map_err(|e| e.to_string())?;
+        let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        w.write_oplog(&mut f)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let bar = ProgressBar::new((sizes.len() * args.designs.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let report = compare(&cfg, &mut |e| match e {
+        Event::Generating { guest_bytes } => bar.set_message(format!(
+            "generating {} at {}",
+            cfg.workload,
+            cvmem::fmt_bytes(guest_bytes)
+        )),
+        Event::Running {
+            design,
+            guest_bytes,
+            step,
+            ..
+        } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("{design} at {}", cvmem::fmt_bytes(guest_bytes)));
+        }
+        Event::Finished { row } => {
+            if let RowResult::Skipped { reason } = &row.result {
+                bar.println(format!(
+                    "{} at {}: {reason}",
+                    row.design,
+                    cvmem::fmt_bytes(row.guest_bytes)
+                ));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| e.to_string())?;
+    let mut sweep = None;
+    if let Some(dir) = &args.svg_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let s = conversion_sweep(
+            &args.designs,
+            size(&args.sweep_size)?,
+            Duration::from_secs_f64(args.budget),
+        );
+        let charts = [
+            ("memory.svg", memory_chart(&report).to_svg()),
+            ("query.svg", query_chart(&report).to_svg()),
+            (
+                "conversion.svg",
+                conversion_chart(&s, &args.designs).to_svg(),
+            ),
+        ];
+        for (name, svg) in charts {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        sweep = Some(s);
+    }
+    let out = if args.json {
+        let value = serde_json::json!({ "report": report, "conversion_sweep": sweep });
+        serde_json::to_string_pretty(&value).map_err(|e| e.to_string())? + "\n"
+    } else {
+        let mut out = table(&report);
+        if let Some(dir) = &args.svg_dir {
+            out.push_str(&format!(
+                "charts: {}/{{memory,query,conversion}}.svg\n",
+                dir.display()
+            ));
+        }
+        out
+    };
+    emit(&out)
+}

@@ -1,0 +1,168 @@
+//! `cvmem map`: a picture of a guest's memory (SVG and PNG) for a workload or an op-log.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cvmem::oplog::{ops, Op};
+use cvmem::replay::Replayer;
+use cvmem_designs::map::{build, MapOptions};
+use cvmem_designs::workloads::{generate, Params};
+
+use super::compare::size;
+use crate::report::emit;
+
+/// Arguments of `cvmem map`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Draw this workload generator's guest (see `cvmem compare --list`).
+    #[arg(long, conflicts_with = "oplog")]
+    workload: Option<String>,
+    /// Draw the guest an op-log file leaves behind.
+    #[arg(long)]
+    oplog: Option<PathBuf>,
+    /// Guest size of the workload.
+    #[arg(long, default_value = "4G")]
+    size: String,
+    /// vCPUs of the workload.
+    #[arg(long, default_value_t = 8)]
+    vcpus: u32,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Conversions of flip-style workloads.
+    #[arg(long, default_value_t = 10_000)]
+    flips: u64,
+    /// Replay only the first N operations.
+    #[arg(long)]
+    at: Option<usize>,
+    /// First GPA to draw.
+    #[arg(long)]
+    from: Option<String>,
+    /// End GPA to draw.
+    #[arg(long)]
+    to: Option<String>,
+    /// Cell size (power of two, >= 4K; default 2M or larger to fit).
+    #[arg(long)]
+    cell: Option<String>,
+    /// Cells per row.
+    #[arg(long, default_value_t = 512)]
+    cols: usize,
+    /// SVG output path.
+    #[arg(short, long, default_value = "cvmem-map.svg")]
+    out: PathBuf,
+    /// PNG output path (default: the SVG path with .png).
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Do not write a PNG.
+    #[arg(long)]
+    no_png: bool,
+    /// Write the generated workload as an op-log.
+    #[arg(long)]
+    oplog_out: Option<PathBuf>,
+    /// Print the map's cells and memslots as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_oplog(path: &PathBuf) -> Result<Vec<Op>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ops(text.lines())
+        .map(|l| {
+            l.map(|l| l.op)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
+    let (title, ops) = match (&args.workload, &args.oplog) {
+        (Some(name), None) => {
+            let params = Params {
+                guest_bytes: size(&args.size)?,
+                vcpus: args.vcpus,
+                seed: args.seed,
+                flips: args.flips,
+                ..Params::default()
+            };
+            let w = generate(name, &params).map_err(|e| e.to_string())?;
+            if let Some(path) = &args.oplog_out {
+                let mut f =
+                    std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                w.write_oplog(&mut f)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            (
+                format!(
+                    "workload {name}: {} guest, {} vCPUs, seed {}",
+                    cvmem::fmt_bytes(params.guest_bytes),
+                    params.vcpus,
+                    params.seed
+                ),
+                w.ops,
+            )
+        }
+        (None, Some(path)) => (format!("op-log {}", path.display()), read_oplog(path)?),
+        _ => return Err("give --workload NAME or --oplog FILE".into()),
+    };
+    let n = args.at.unwrap_or(ops.len()).min(ops.len());
+    let mut vm = Replayer::new();
+    for op in &ops[..n] {
+        vm.apply(op);
+    }
+    let opts = MapOptions {
+        from: args.from.as_deref().map(size).transpose()?,
+        to: args.to.as_deref().map(size).transpose()?,
+        cell_bytes: args.cell.as_deref().map(size).transpose()?,
+        cols: args.cols,
+        ..MapOptions::default()
+    };
+    let map = build(vm.tracker(), &opts).map_err(|e| e.to_string())?;
+    let title = format!("{title} · after {n} of {} operations", ops.len());
+    std::fs::write(&args.out, map.to_svg(&title))
+        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let mut written = vec![args.out.display().to_string()];
+    if !args.no_png {
+        let path = args
+            .png
+            .clone()
+            .unwrap_or_else(|| args.out.with_extension("png"));
+        let (w, h, pixels) = map.to_rgb();
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()
+            .and_then(|mut wr| wr.write_image_data(&pixels))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    let mut out = String::new();
+    if args.json {
+        out = serde_json::to_string_pretty(&map).map_err(|e| e.to_string())? + "\n";
+    } else {
+        out.push_str(&format!(
+            "{} · cell {} · {} rows · cells {} private, {} shared, {} mixed, {} split\n",
+            title,
+            cvmem::fmt_bytes(map.cell_bytes),
+            map.rows.len(),
+            map.counts[0],
+            map.counts[1],
+            map.counts[2],
+            map.counts[3]
+        ));
+        for s in &map.slots {
+            out.push_str(&format!(
+                "  slot {:<5} {:#14x} +{:<7} mixed 2M {:<6} 1G-mappable {:<7} 2M {:<7} 4K-only {}\n",
+                s.id,
+                s.gpa,
+                cvmem::fmt_bytes(s.size).to_string(),
+                s.mixed_2m,
+                cvmem::fmt_bytes(s.eligible[0]).to_string(),
+                cvmem::fmt_bytes(s.eligible[1]).to_string(),
+                cvmem::fmt_bytes(s.eligible[2])
+            ));
+        }
+        out.push_str(&format!("wrote {}\n", written.join(", ")));
+    }
+    emit(&out)
+}

@@ -1,0 +1,165 @@
+//! The common ground of Options B and C: per-page state kept in the page tables themselves, on
+//! the core's TDP MMU model ([`cvmem::mmu::Vm`]).
+//!
+//! Both designs record a page's kind in its mapping (B: which tree maps it; C: a SHARED bit in
+//! the leaf) and hugepage eligibility next to the mappings (B: a spare MIXED bit in non-leaf
+//! SPTEs; C: a 512-bit "mixed" bitmap per page table and one at the root). Either way the state
+//! exists only where mappings exist, so the designs must keep every page of every memslot
+//! mapped at all times: after every memslot change and conversion the affected pages are
+//! faulted in again, at the largest level allowed (the model's eager recovery collapses what
+//! becomes uniform). Their memory is the page-table pages this forces to exist.
+//!
+//! In the model, the level a fault may use is decided by the model's own tracker; it stands in
+//! for the MIXED bits B and C would keep in their tables (same answers, and the cost that
+//! dominates — the tables — is the model's real count). The fault path here reads only the page
+//! tables: the leaf of the access's kind gives the level; no leaf means the page has the other
+//! kind (or cannot be mapped), a memory fault.
+
+use cvmem::mmu::{Layout, Recovery, Vm};
+use cvmem::{Access, Error, GfnRange, MaxLevel, MemoryFault, MemoryRegion, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::design::Slot;
+
+/// A VM whose memslots are always wholly mapped.
+#[derive(Clone, Debug)]
+pub struct FullyMapped {
+    vm: Vm,
+}
+
+fn region(slot: &Slot, size: u64) -> MemoryRegion {
+    MemoryRegion {
+        slot: slot.id,
+        gpa: slot.base_gfn << PAGE_SHIFT,
+        size,
+        flags: slot.flags,
+        uaddr: (size != 0).then_some(slot.uaddr),
+        backing: (size != 0).then_some(slot.backing),
+    }
+}
+
+impl FullyMapped {
+    /// An empty VM with page tables of `layout`.
+    pub fn new(layout: Layout) -> Self {
+        FullyMapped {
+            vm: Vm::new(layout, Recovery::Eager),
+        }
+    }
+
+    /// The model.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Faults every page of `range` that a memslot covers, each with the kind it has.
+    fn map(&mut self, range: GfnRange) -> Result<(), Error> {
+        let runs: Vec<(GfnRange, bool)> = {
+            let t = self.vm.tracker();
+            let mut out = Vec::new();
+            for s in t.memslots() {
+                let Some(r) = s.range().intersect(&range) else {
+                    continue;
+                };
+                for run in t.runs(r) {
+                    let private = run.attributes & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+                    if private && !s.flags().guest_memfd {
+                        continue; // cannot be mapped at all
+                    }
+                    out.push((run.range(), private));
+                }
+            }
+            out
+        };
+        for (r, private) in runs {
+            self.vm.fault_range(
+                r.start * PAGE_SIZE,
+                r.len() * PAGE_SIZE,
+                Access::from_private(private),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A conversion, then the pages it unmapped faulted in again: the range itself, and what
+    /// is left of a leaf of the old kind that straddled either end (split or removed).
+    pub fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
+        let straddling = |vm: &Vm, gfn: u64| -> Option<GfnRange> {
+            let t = vm.tracker();
+            t.slot_for_gfn(gfn)?;
+            let access = Access::from_private(t.is_private(gfn));
+            let leaf = vm.lookup(gfn << PAGE_SHIFT, access)?;
+            let r = leaf.range();
+            (r.intersect(&range).is_some()).then_some(r)
+        };
+        let before: Vec<GfnRange> = [range.start.checked_sub(1), Some(range.end)]
+            .into_iter()
+            .flatten()
+            .filter_map(|g| straddling(&self.vm, g))
+            .collect();
+        self.vm.set_memory_attributes(
+            range.start * PAGE_SIZE,
+            range.len() * PAGE_SIZE,
+            attributes,
+        )?;
+        self.map(range)?;
+        for leaf in before {
+            if leaf.start < range.start {
+                self.map(GfnRange::new(leaf.start, range.start))?;
+            }
+            if leaf.end > range.end {
+                self.map(GfnRange::new(range.end, leaf.end))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new memslot, wholly mapped.
+    pub fn create_slot(&mut self, slot: &Slot) -> Result<(), Error> {
+        self.vm.set_user_memory_region(&region(slot, slot.size()))?;
+        self.map(slot.range())
+    }
+
+    /// Deletes a memslot (its leaves are zapped).
+    pub fn delete_slot(&mut self, slot: &Slot) -> Result<(), Error> {
+        self.vm.set_user_memory_region(&region(slot, 0)).map(|_| ())
+    }
+
+    /// Moves a memslot (and maybe changes dirty logging), then maps it at its new place.
+    pub fn move_slot(&mut self, new: &Slot) -> Result<(), Error> {
+        self.vm.set_user_memory_region(&region(new, new.size()))?;
+        self.map(new.range())
+    }
+
+    /// Turns dirty logging on (leaves split to 4K) or off (regions collapse again).
+    pub fn set_dirty_log(&mut self, new: &Slot) -> Result<(), Error> {
+        self.vm.set_user_memory_region(&region(new, new.size()))?;
+        self.map(new.range())
+    }
+
+    /// The fault path, from the page tables.
+    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+        let gfn = gpa >> PAGE_SHIFT;
+        let Some(slot) = self.vm.tracker().slot_for_gfn(gfn) else {
+            return MaxLevel::NoSlot;
+        };
+        if access.is_private() && !slot.flags().guest_memfd {
+            return fault(gfn, access);
+        }
+        match self.vm.lookup(gpa, access) {
+            Some(leaf) => MaxLevel::Level(leaf.level),
+            None => fault(gfn, access),
+        }
+    }
+
+    /// Page-table pages reachable from the roots.
+    pub fn table_pages(&self) -> u64 {
+        self.vm.stats().table_pages
+    }
+}
+
+fn fault(gfn: u64, access: Access) -> MaxLevel {
+    MaxLevel::MemoryFault(MemoryFault {
+        gpa: gfn << PAGE_SHIFT,
+        size: PAGE_SIZE,
+        private: access.is_private(),
+    })
+}

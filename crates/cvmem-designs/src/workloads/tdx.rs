@@ -1,0 +1,69 @@
+//! TDX-specific workloads: the published 4 GiB TD boot profile, and the firmware MMIO storm.
+
+use cvmem::oplog::Op;
+use cvmem::{Access, PAGE_SIZE};
+
+use super::builder::{Builder, Via};
+use super::guest::{boot_guest, LinuxGuest};
+use super::Params;
+
+const G: u64 = 1 << 30;
+
+/// gfn ranges where the published TD accepted ~2,700 pages at 4K although 2M was possible.
+pub const ACCEPT_4K_GFNS: [(u64, u64); 2] = [(0x806, 0xa00), (0x7e800, 0x7ea00)];
+/// The gfn range of repeated private/shared flips in the published TD.
+pub const FLIP_GFNS: (u64, u64) = (0x7d3ff, 0x7e7ff);
+/// How often the hottest gfn flipped.
+pub const HOT_FLIPS: u64 = 974;
+
+/// `tdx-4g`: start-up, firmware and Linux boot conversions, ~2,700 4K private faults in the
+/// published ranges, `flips` single-page flips across the hot range (one gfn flipped 974 times),
+/// ~1,144 faults at login, the final sweep. Made for 4 GiB; larger guests keep the same
+/// low-memory events.
+pub fn profile_4g(p: &Params) -> Vec<Op> {
+    let mut b = Builder::new(p);
+    b.startup();
+    let guest = LinuxGuest::plan(&b.layout, p.vcpus, &mut b.rng);
+    boot_guest(&mut b, &guest, true);
+    let mut accepts: Vec<u64> = ACCEPT_4K_GFNS.iter().flat_map(|&(s, e)| s..e).collect();
+    while accepts.len() < 2700 {
+        let i = b.rng.below(accepts.len() as u64) as usize;
+        accepts.push(accepts[i]);
+    }
+    for gfn in accepts {
+        b.access(gfn * PAGE_SIZE, Access::Private);
+    }
+    let (lo, hi) = FLIP_GFNS;
+    let hot = b.rng.range(lo, hi);
+    let hot_every = (p.flips / HOT_FLIPS).max(1);
+    for i in 0..p.flips {
+        let gfn = if i % hot_every == 0 && i / hot_every < HOT_FLIPS {
+            hot
+        } else {
+            b.rng.range(lo, hi)
+        };
+        let gpa = gfn * PAGE_SIZE;
+        let private = !b.is_private(gpa);
+        b.convert(gpa, PAGE_SIZE, private, Via::TdxMapGpa);
+        b.fault(gpa);
+    }
+    for _ in 0..1144 {
+        let gpa = b.random_ram_page();
+        b.fault(gpa);
+    }
+    b.sweep();
+    b.finish()
+}
+
+/// `mmio-storm`: start-up, then the firmware makes a 64-bit MMIO aperture above RAM (as large as
+/// RAM, 64 GiB … 2 TiB) shared with one MapGPA that KVM splits into 2 MiB exits — up to a million
+/// of them; the final sweep.
+pub fn mmio_storm(p: &Params) -> Vec<Op> {
+    let mut b = Builder::new(p);
+    b.startup();
+    let base = b.layout.ram_end().next_multiple_of(G);
+    let size = p.guest_bytes.clamp(64 * G, 2 << 40);
+    b.convert(base, size, false, Via::TdxMapGpa);
+    b.sweep();
+    b.finish()
+}

@@ -1,0 +1,108 @@
+//! The evaluator's outputs at small sizes: the bench's ratios and its plainly marked
+//! extrapolation, the conversion sweep and the charts, the memory map of a workload.
+
+use std::time::Duration;
+
+use cvmem::replay::Replayer;
+use cvmem_designs::eval::bench::{bench, bench_table, BenchConfig};
+use cvmem_designs::eval::compare::{compare, Config};
+use cvmem_designs::eval::sweep::conversion_sweep;
+use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
+use cvmem_designs::map::{build, MapOptions};
+use cvmem_designs::workloads::{generate, Params};
+
+#[test]
+fn bench_marks_extrapolated_linux_figures() {
+    let cfg = BenchConfig {
+        designs: vec!["cvmem".into(), "bitmap".into()],
+        guest_bytes: 8 << 30,
+        linux_bytes: 4 << 30,
+        flips: 2000,
+        queries: 2000,
+        seed: 5,
+        flip_budget_secs: 30.0,
+    };
+    let r = bench(&cfg, &mut |_, _| {}).unwrap();
+    assert_eq!(r.rows.len(), 4 * 3, "4 cases x (linux + 2 designs)");
+    for row in &r.rows {
+        let linux = row.design == "linux";
+        let scaled = row.case == "make-private" || row.case == "memory";
+        assert_eq!(row.extrapolated, linux && scaled, "{row:?}");
+        assert!(row.value > 0.0 && row.vs_linux.is_some(), "{row:?}");
+        assert_eq!(row.flips_done, 2000);
+    }
+    let memory = |d: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.case == "memory" && x.design == d)
+            .unwrap()
+            .value
+    };
+    assert!(
+        memory("linux") > 100.0 * memory("cvmem"),
+        "linux spends a node per 64 pages"
+    );
+    assert!(bench_table(&r).contains("extrapolated per page to 8G"));
+    assert!(r.linux_per_page_bytes > 8.0 && r.linux_per_page_bytes < 10.0);
+}
+
+#[test]
+fn budget_skips_are_reported_not_hidden() {
+    let cfg = Config {
+        designs: vec!["linux".into(), "cvmem".into()],
+        workload: "startup".into(),
+        sizes: vec![4 << 30, 1 << 40],
+        vcpus: 2,
+        seed: 1,
+        flips: 10,
+        queries: 500,
+        budget_secs: 0.5,
+        memory_budget: 1 << 30,
+    };
+    let report = compare(&cfg, &mut |_| {}).unwrap();
+    let text = table(&report);
+    assert!(text.contains("linux     skipped: would exceed"), "{text}");
+    assert_eq!(report.rows.len(), 4);
+    let svg = memory_chart(&report).to_svg();
+    assert!(svg.contains("<polyline") && svg.contains("linux: not run at 1T"));
+    assert!(query_chart(&report).to_svg().contains("cvmem"));
+}
+
+#[test]
+fn sweep_and_conversion_chart() {
+    let designs = vec!["linux".to_string(), "cvmem".to_string()];
+    let s = conversion_sweep(&designs, 8 << 30, Duration::from_secs(20));
+    let linux: Vec<_> = s.points.iter().filter(|p| p.design == "linux").collect();
+    assert!(linux.len() >= 5, "4K … 1G measured: {:?}", s.points);
+    assert!(
+        linux.last().unwrap().ns > linux[0].ns * 100.0,
+        "linux grows with the range"
+    );
+    let svg = conversion_chart(&s, &designs).to_svg();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+}
+
+#[test]
+fn map_of_a_booted_guest() {
+    let w = generate(
+        "boot",
+        &Params {
+            guest_bytes: 8 << 30,
+            ..Params::default()
+        },
+    )
+    .unwrap();
+    let mut vm = Replayer::new();
+    for op in &w.ops {
+        vm.apply(op);
+    }
+    let m = build(vm.tracker(), &MapOptions::default()).unwrap();
+    assert_eq!(m.cell_bytes, 2 << 20);
+    assert!(
+        m.counts[1] > 0 && m.counts[2] > 0,
+        "shared and mixed cells: {:?}",
+        m.counts
+    );
+    assert_eq!(m.slots.len(), 3);
+    assert!(m.to_svg("boot").contains("slot 1"));
+}
