@@ -56,8 +56,10 @@ pub const REPORT_BAD_OP: u64 = 3;
 pub const COMMAND_SIZE: u64 = 64;
 
 /// Guest-physical address of the boot memslot (anonymous memory holding page tables, GDT, the
-/// program and its script), 4 MiB below 4 GiB where firmware lives on a PC.
-pub const BOOT_GPA: u64 = 0xffc0_0000;
+/// program and its script): the last 2 MiB of the identity map, out of the way of the places
+/// workloads and op-logs put guest RAM and firmware (0 - 4 GiB and 4 GiB up). The slot is
+/// KVM's only: the tracker and the MMU model do not know it.
+pub const BOOT_GPA: u64 = 0xf_ffe0_0000;
 /// Slot id of the boot memslot (the last x86 user memslot, out of the way of op-log slots).
 pub const BOOT_SLOT: u32 = 32763;
 /// Size of the boot memslot.

@@ -3,8 +3,10 @@
 
 use std::fs::File;
 
-use cvmem::{Access, GfnRange, PAGE_SIZE};
-use kvm_bindings::{kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD};
+use cvmem::{Access, GfnRange, SlotFlags, PAGE_SIZE};
+use kvm_bindings::{
+    kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
@@ -71,7 +73,10 @@ impl Backing {
 #[derive(Debug)]
 pub(crate) struct SlotMemory {
     pub(crate) backing: Backing,
+    /// Where the slot is now (a move changes it; the memory stays).
     pub(crate) gpa: u64,
+    /// `dirty_log` and `readonly` as KVM has them (`guest_memfd` follows the backing).
+    pub(crate) flags: SlotFlags,
     /// The memory KVM uses for shared accesses (`userspace_addr`).
     pub(crate) shared: Mapping,
     /// The guest_memfd, if any.
@@ -79,13 +84,15 @@ pub(crate) struct SlotMemory {
 }
 
 impl SlotMemory {
-    /// Allocates the memory of a slot of `size` bytes at `gpa`, aligned so that KVM may map up
-    /// to `align` bytes at once.
+    /// Allocates the memory of a slot of `size` bytes at `gpa`, at a host address congruent to
+    /// `congruent_to` modulo `align` (pass `gpa` so that KVM may map up to `align` bytes at
+    /// once).
     pub(crate) fn new(
         vm: Option<&VmFd>,
         backing: Backing,
         gpa: u64,
         size: u64,
+        congruent_to: u64,
         align: u64,
     ) -> Result<Self> {
         let len = usize::try_from(size)
@@ -111,11 +118,15 @@ impl SlotMemory {
             Backing::GuestMemfdInPlace => gmem.as_ref(),
             _ => None,
         };
-        let shared =
-            Mapping::new(len, fd, gpa, align).map_err(|e| Error::os("mmap guest memory", e))?;
+        let shared = Mapping::new(len, fd, congruent_to, align)
+            .map_err(|e| Error::os("mmap guest memory", e))?;
         Ok(SlotMemory {
             backing,
             gpa,
+            flags: SlotFlags {
+                guest_memfd: backing.has_guest_memfd(),
+                ..SlotFlags::default()
+            },
             shared,
             gmem,
         })
@@ -123,13 +134,12 @@ impl SlotMemory {
 
     /// The `KVM_SET_USER_MEMORY_REGION2` payload of this memory as slot `slot`.
     pub(crate) fn region(&self, slot: u32) -> kvm_userspace_memory_region2 {
+        let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         kvm_userspace_memory_region2 {
             slot,
-            flags: if self.gmem.is_some() {
-                KVM_MEM_GUEST_MEMFD
-            } else {
-                0
-            },
+            flags: flag(self.gmem.is_some(), KVM_MEM_GUEST_MEMFD)
+                | flag(self.flags.dirty_log, KVM_MEM_LOG_DIRTY_PAGES)
+                | flag(self.flags.readonly, KVM_MEM_READONLY),
             guest_phys_addr: self.gpa,
             memory_size: self.shared.len() as u64,
             userspace_addr: self.shared.addr(),

@@ -5,9 +5,19 @@
 //! old backing and tell DMA users what changed. This crate does that on kvm-ioctls:
 //!
 //! - [`CvmMemory`]: memslots backed by guest_memfd (in place or with separate shared memory) or
-//!   anonymous memory, registered in KVM and in the cvmem [`Tracker`](cvmem::Tracker) under the
-//!   same rules; [`CvmMemory::convert`] applies a conversion (tracker, KVM attributes where KVM
-//!   has them, discards, listeners) and undoes it on failure;
+//!   anonymous memory, registered in KVM and in the cvmem MMU model ([`cvmem::mmu::Vm`]: the
+//!   [`Tracker`](cvmem::Tracker) plus the TDP page tables KVM would build, split layout by
+//!   default, see [`MmuConfig`]) under the same rules, checked before any memory is allocated;
+//!   slots are created, deleted, moved (contents kept) and have dirty logging toggled;
+//!   [`CvmMemory::convert`] applies a conversion (the model's invalidation — zaps and splits —
+//!   then discards, KVM attributes where KVM has them, the model's attribute update, listeners)
+//!   and undoes it on failure;
+//! - guest accesses through the model: [`CvmMemory::fault`], [`CvmMemory::touch`],
+//!   [`CvmMemory::accept`]. KVM's own faults never reach userspace, so the page tables are a
+//!   model fed with the accesses the VMM learns of (memory-fault exits, a guest's reports);
+//!   they give what KVM does not: leaves per level, splits, zaps, hugepage coverage against the
+//!   optimum ([`MemoryQuery::mmu_snapshot`]). [`CvmMemory::tracking_time`] is the time spent
+//!   in the tracker and the model, to hold it against the cost of an exit;
 //! - [`ConversionRequest`]: one typed request from `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE),
 //!   from this crate's port-I/O transport, or from `KVM_EXIT_MEMORY_FAULT`, validated as the
 //!   op-log's `map-gpa`;
@@ -15,7 +25,8 @@
 //!   domain mapping exactly the shared memory;
 //! - [`MemoryQuery`]: private/shared/mixed, runs, largest level, memory map — from any thread;
 //! - [`kvm_run`]: boots the small guest program in `guest/guest.S` and runs a conversion workload
-//!   with data checks (what `cvmem kvm-run` prints).
+//!   with data checks, the guest's reads and writes modelled as faults (what `cvmem kvm-run`
+//!   prints).
 //!
 //! Linux x86-64 only.
 //!
@@ -48,15 +59,17 @@
 //!             };
 //!         }
 //!         VcpuExit::MemoryFault { flags, gpa, size } => {
-//!             // Implicit conversion: make the page the kind the access wanted, re-enter.
+//!             // Implicit conversion: make the page the kind the access wanted, re-enter
+//!             // (and tell the model the access now maps).
 //!             let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
 //!             memory.convert(&req)?;
+//!             memory.fault(gpa, req.to)?;
 //!         }
 //!         VcpuExit::Hlt => break,
 //!         _ => { /* MMIO, port I/O, ... */ }
 //!     }
 //! }
-//! println!("{:?}", query.snapshot());
+//! println!("{:?}\n{}", query.snapshot(), query.mmu_snapshot());
 //! # Ok(())
 //! # }
 //! ```
@@ -83,8 +96,8 @@ pub use backing::{
 pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
-pub use memory::{Conversion, ConversionCost, CvmMemory, SlotSpec};
-pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
+pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
+pub use query::{MemoryMap, MemoryQuery, MmuSnapshot, RangeKind, SlotSnapshot};
 pub use report::{ConversionStats, ExitKind, ExitStats, LineResult, Mismatch, Report, Summary};
 pub use request::{
     ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,

@@ -1,14 +1,14 @@
-//! [`CvmMemory`]: a VM's convertible memory — memslots with their host memory, the cvmem
-//! tracker, KVM's memory attributes, discards and listeners — kept consistent.
+//! [`CvmMemory`]: a VM's convertible memory — memslots with their host memory, the cvmem MMU
+//! model (the tracker and the TDP page tables that follow it), KVM's memory attributes, discards
+//! and listeners — kept consistent.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use cvmem::{
-    Access, GfnRange, Level, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE,
-    PAGE_SIZE,
-};
+use cvmem::mmu::{Layout, Recovery, Vm};
+use cvmem::{Access, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::VmFd;
 
@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::listener::{self, Cause, ConversionListener, MemoryEvent, SlotRange};
 use crate::query::MemoryQuery;
 use crate::request::{ConversionRequest, RequestSource};
-use crate::sys;
+
+pub(crate) mod access;
+mod slots;
 
 /// A memslot to create.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,25 +37,49 @@ pub struct SlotSpec {
     pub max_level: Level,
 }
 
+/// The TDP MMU model a [`CvmMemory`] keeps: its page-table layout and hugepage recovery policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmuConfig {
+    /// `split` (TDX-like: a private and a shared root) or `unified` (SNP-like: one root).
+    pub layout: Layout,
+    /// When huge mappings come back after a region became uniform again.
+    pub recovery: Recovery,
+}
+
+impl Default for MmuConfig {
+    /// The op-log's default: `mmu split recovery=on-fault` (TDX-like, shared bit 47).
+    fn default() -> Self {
+        MmuConfig {
+            layout: Layout::SPLIT,
+            recovery: Recovery::OnFault,
+        }
+    }
+}
+
 /// What the memory state of one slot is, for queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SlotInfo {
     pub(crate) backing: Backing,
+    /// Host address of the slot's first byte in its shared mapping (what listeners get).
     pub(crate) hva: u64,
 }
 
-/// The state readers see: tracker plus per-slot facts.
+/// The state readers see: the MMU model (which owns the tracker) plus per-slot facts.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) tracker: Tracker,
+    pub(crate) vm: Vm,
     pub(crate) slots: BTreeMap<u32, SlotInfo>,
 }
 
 /// Time spent in each step of one conversion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConversionCost {
-    /// Reading the current runs and updating the tracker (the cost of tracking itself).
+    /// The tracker and the MMU model, write lock included: reading the runs that change,
+    /// invalidating (the model's begin phase: zaps and splits), and storing the attributes and
+    /// large-page info (its end phase, with eager recovery). The cost of tracking itself.
     pub tracking: Duration,
+    /// Of `tracking`: the MMU model's invalidation alone (zaps and splits).
+    pub invalidate: Duration,
     /// KVM_SET_MEMORY_ATTRIBUTES (zero where KVM lacks it).
     pub kvm: Duration,
     /// Discarding old contents (fallocate / madvise).
@@ -75,11 +101,12 @@ pub struct Conversion {
     pub cost: ConversionCost,
 }
 
-/// A VM's convertible memory: memslots and their host memory, the private/shared state (the
-/// cvmem [`Tracker`]), KVM's attributes, and listeners, updated together.
+/// A VM's convertible memory: memslots and their host memory, the private/shared state and
+/// the page tables KVM would build for it (the cvmem [`Vm`] model, which owns the
+/// [`Tracker`](cvmem::Tracker)), KVM's attributes, and listeners, updated together.
 ///
-/// `CvmMemory` is `Sync`: vCPU threads convert through `&self` (conversions are serialised),
-/// and [`MemoryQuery`] handles read the state from any thread.
+/// `CvmMemory` is `Sync`: vCPU threads convert and fault through `&self` (conversions and slot
+/// changes are serialised), and [`MemoryQuery`] handles read the state from any thread.
 pub struct CvmMemory {
     state: Arc<RwLock<State>>,
     /// Host memory per slot; its lock also serialises conversions and slot changes.
@@ -88,6 +115,8 @@ pub struct CvmMemory {
     vm: Option<Arc<VmFd>>,
     kvm_attributes: bool,
     notes: Mutex<Vec<String>>,
+    /// Nanoseconds spent in the tracker and the MMU model (locks included), ever.
+    tracking_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for CvmMemory {
@@ -99,21 +128,31 @@ impl std::fmt::Debug for CvmMemory {
     }
 }
 
-fn read(state: &RwLock<State>) -> RwLockReadGuard<'_, State> {
+pub(crate) fn read(state: &RwLock<State>) -> RwLockReadGuard<'_, State> {
     state.read().unwrap_or_else(PoisonError::into_inner)
 }
 fn write(state: &RwLock<State>) -> RwLockWriteGuard<'_, State> {
     state.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl CvmMemory {
-    /// Memory of the VM `vm`. `KVM_SET_MEMORY_ATTRIBUTES` is used only if the VM reports
-    /// `KVM_CAP_MEMORY_ATTRIBUTES` with the PRIVATE bit; otherwise this object's state is the
-    /// only record of which memory is private, and a note says so once.
+    /// Memory of the VM `vm`, modelled as a TDX-like guest (split layout, on-fault recovery).
+    /// `KVM_SET_MEMORY_ATTRIBUTES` is used only if the VM reports `KVM_CAP_MEMORY_ATTRIBUTES`
+    /// with the PRIVATE bit; otherwise this object's state is the only record of which memory is
+    /// private, and a note says so once.
     pub fn new(vm: Arc<VmFd>) -> Self {
+        Self::with_mmu(vm, MmuConfig::default())
+    }
+
+    /// As [`CvmMemory::new`], with the MMU model's layout and recovery policy chosen.
+    pub fn with_mmu(vm: Arc<VmFd>, mmu: MmuConfig) -> Self {
         let caps = vm.check_extension_int(kvm_ioctls::Cap::MemoryAttributes) as u64;
         let kvm_attributes = caps & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        let mem = Self::build(Some(vm), kvm_attributes);
+        let mem = Self::build(Some(vm), kvm_attributes, mmu);
         if !kvm_attributes {
             mem.note(format!(
                 "KVM_CAP_MEMORY_ATTRIBUTES is {caps:#x} (no PRIVATE): KVM keeps no attributes, \
@@ -125,13 +164,18 @@ impl CvmMemory {
 
     /// Memory without a VM: anonymous slots only, no KVM calls (for tests and tools).
     pub fn detached() -> Self {
-        Self::build(None, false)
+        Self::detached_with_mmu(MmuConfig::default())
     }
 
-    fn build(vm: Option<Arc<VmFd>>, kvm_attributes: bool) -> Self {
+    /// As [`CvmMemory::detached`], with the MMU model's layout and recovery policy chosen.
+    pub fn detached_with_mmu(mmu: MmuConfig) -> Self {
+        Self::build(None, false, mmu)
+    }
+
+    fn build(vm: Option<Arc<VmFd>>, kvm_attributes: bool, mmu: MmuConfig) -> Self {
         CvmMemory {
             state: Arc::new(RwLock::new(State {
-                tracker: Tracker::new(),
+                vm: Vm::new(mmu.layout, mmu.recovery),
                 slots: BTreeMap::new(),
             })),
             memory: Mutex::new(BTreeMap::new()),
@@ -139,6 +183,7 @@ impl CvmMemory {
             vm,
             kvm_attributes,
             notes: Mutex::new(Vec::new()),
+            tracking_ns: AtomicU64::new(0),
         }
     }
 
@@ -162,9 +207,43 @@ impl CvmMemory {
         self.kvm_attributes
     }
 
+    /// The MMU model's layout and recovery policy.
+    pub fn mmu_config(&self) -> MmuConfig {
+        let state = read(&self.state);
+        MmuConfig {
+            layout: state.vm.layout(),
+            recovery: state.vm.recovery(),
+        }
+    }
+
     /// A handle for reading the memory state from any thread.
     pub fn query(&self) -> MemoryQuery {
         MemoryQuery::new(Arc::clone(&self.state))
+    }
+
+    /// Total time this object has spent in the tracker and the MMU model (conversions, faults,
+    /// slot changes; the state lock included): the cost of tracking. Reading it before and
+    /// after a vCPU exit gives that exit's tracking time.
+    pub fn tracking_time(&self) -> Duration {
+        Duration::from_nanos(self.tracking_ns.load(Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the state under the write lock; the time, lock included, is tracking time.
+    fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> (R, Duration) {
+        let t = Instant::now();
+        let r = f(&mut write(&self.state));
+        let d = t.elapsed();
+        self.tracking_ns.fetch_add(nanos(d), Ordering::Relaxed);
+        (r, d)
+    }
+
+    /// Runs `f` on the state under the read lock; the time, lock included, is tracking time.
+    fn inspect<R>(&self, f: impl FnOnce(&State) -> R) -> (R, Duration) {
+        let t = Instant::now();
+        let r = f(&read(&self.state));
+        let d = t.elapsed();
+        self.tracking_ns.fetch_add(nanos(d), Ordering::Relaxed);
+        (r, d)
     }
 
     fn lock_memory(&self) -> MutexGuard<'_, BTreeMap<u32, SlotMemory>> {
@@ -178,117 +257,15 @@ impl CvmMemory {
             .clone()
     }
 
-    /// Creates a memslot: host memory, the tracker's slot (KVM's rules), then KVM's slot; its
-    /// shared memory is announced to listeners. On error nothing is left behind.
-    pub fn add_slot(&self, spec: &SlotSpec) -> Result<()> {
-        let mut memory = self.lock_memory();
-        if memory.contains_key(&spec.slot) {
-            // Moving or re-flagging a slot would need its memory kept: not supported here.
-            return Err(cvmem::Error::Unsupported {
-                what: "changing an existing memslot through CvmMemory::add_slot",
-            }
-            .into());
-        }
-        let backing = spec.backing;
-        let mem = SlotMemory::new(
-            self.vm.as_deref(),
-            backing,
-            spec.gpa,
-            spec.size,
-            spec.max_level.size(),
-        )?;
-        let region = MemoryRegion {
-            slot: spec.slot,
-            gpa: spec.gpa,
-            size: spec.size,
-            flags: SlotFlags {
-                guest_memfd: backing.has_guest_memfd(),
-                ..Default::default()
-            },
-            uaddr: Some(mem.shared().addr()),
-            backing: Some(spec.max_level),
-        };
-        write(&self.state).tracker.set_user_memory_region(&region)?;
-        let undo_tracker = |state: &RwLock<State>| {
-            let _ = write(state).tracker.set_user_memory_region(&MemoryRegion {
-                slot: spec.slot,
-                size: 0,
-                ..region
-            });
-        };
-        if let Some(vm) = &self.vm {
-            if let Err(e) = sys::set_user_memory_region2(vm, mem.region(spec.slot)) {
-                undo_tracker(&self.state);
-                return Err(Error::kvm("KVM_SET_USER_MEMORY_REGION2", e));
-            }
-        }
-        let hva = mem.shared().addr();
-        write(&self.state)
-            .slots
-            .insert(spec.slot, SlotInfo { backing, hva });
-        memory.insert(spec.slot, mem);
-        let shared = self.slot_runs(spec.slot, Access::Shared);
-        let event = MemoryEvent {
-            to: Access::Shared,
-            cause: Cause::SlotAdded,
-            ranges: &shared,
-        };
-        if let Err(e) = listener::notify_all(&self.listeners(), &event) {
-            let mem = memory.remove(&spec.slot);
-            self.delete_slot_locked(spec.slot, mem);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Removes a memslot: listeners hear its shared memory go, then KVM and the tracker drop
-    /// the slot, then its host memory is freed.
-    pub fn remove_slot(&self, slot: u32) -> Result<()> {
-        let mut memory = self.lock_memory();
-        if !memory.contains_key(&slot) {
-            return Err(cvmem::Error::UnknownSlot { slot }.into());
-        }
-        let shared = self.slot_runs(slot, Access::Shared);
-        listener::notify_all(
-            &self.listeners(),
-            &MemoryEvent {
-                to: Access::Private,
-                cause: Cause::SlotRemoved,
-                ranges: &shared,
-            },
-        )?;
-        let mem = memory.remove(&slot);
-        self.delete_slot_locked(slot, mem);
-        Ok(())
-    }
-
-    fn delete_slot_locked(&self, slot: u32, mem: Option<SlotMemory>) {
-        if let (Some(vm), Some(m)) = (&self.vm, &mem) {
-            let mut region = m.region(slot);
-            region.memory_size = 0;
-            // Deleting an existing slot cannot fail for a valid id; the memory is freed after.
-            let _ = sys::set_user_memory_region2(vm, region);
-        }
-        let mut state = write(&self.state);
-        let _ = state.tracker.set_user_memory_region(&MemoryRegion {
-            slot,
-            size: 0,
-            ..Default::default()
-        });
-        state.slots.remove(&slot);
-        drop(state);
-        drop(mem);
-    }
-
     /// The ranges of `slot` that are of kind `kind` now.
     fn slot_runs(&self, slot: u32, kind: Access) -> Vec<SlotRange> {
         let state = read(&self.state);
-        let (Some(s), Some(info)) = (state.tracker.memslot(slot), state.slots.get(&slot)) else {
+        let tracker = state.vm.tracker();
+        let (Some(s), Some(info)) = (tracker.memslot(slot), state.slots.get(&slot)) else {
             return Vec::new();
         };
         let base = s.base_gfn();
-        state
-            .tracker
+        tracker
             .runs(s.range())
             .filter(|r| (r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) == kind.is_private())
             .map(|r| SlotRange {
@@ -327,7 +304,8 @@ impl CvmMemory {
     /// guest request. Only 0 (shared) and PRIVATE are accepted.
     pub fn set_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<Conversion> {
         let range = read(&self.state)
-            .tracker
+            .vm
+            .tracker()
             .validate_attributes(gpa, size, attributes)?;
         self.convert(&ConversionRequest {
             range,
@@ -340,36 +318,48 @@ impl CvmMemory {
     /// Applies a conversion request: the pages of `req.range` that are not yet of kind `req.to`
     /// change kind. The steps, in order:
     ///
-    /// 1. to private: listeners hear the shared slot ranges go (no DMA into private memory);
+    /// 1. the MMU model invalidates the range ([`Vm::begin_conversion`]): mappings of the old
+    ///    kind are zapped, a straddling private huge leaf is split (split layout), and faults
+    ///    around the range retry until step 4;
+    /// 2. to private: listeners hear the shared slot ranges go (no DMA into private memory);
     ///    to shared: the old private contents are discarded (guest_memfd hole punch);
-    /// 2. KVM_SET_MEMORY_ATTRIBUTES, where KVM has it;
-    /// 3. the tracker;
-    /// 4. to private: separately backed shared memory is discarded (`MADV_DONTNEED`);
+    /// 3. KVM_SET_MEMORY_ATTRIBUTES, where KVM has it;
+    /// 4. the model stores the attributes and large-page info ([`Vm::end_conversion`]);
+    /// 5. to private: separately backed shared memory is discarded (`MADV_DONTNEED`);
     ///    to shared: listeners hear the new shared slot ranges.
     ///
-    /// If a step fails, the earlier ones are undone (tracker, KVM, listeners agree again) and
-    /// the error is returned; contents already discarded stay discarded — the guest gave them
-    /// up by asking. [`Error::Inconsistent`] reports the rare case where undoing failed too.
+    /// If a step fails, the earlier ones are undone (tracker, KVM, listeners agree again; zapped
+    /// mappings simply fault in again) and the error is returned; contents already discarded
+    /// stay discarded — the guest gave them up by asking. [`Error::Inconsistent`] reports the
+    /// rare case where undoing failed too.
     pub fn convert(&self, req: &ConversionRequest) -> Result<Conversion> {
         let memory = self.lock_memory();
         let mut out = Conversion::default();
         let target = req.attributes();
-        let t = Instant::now();
-        let (changed, slot_ranges) = {
-            let state = read(&self.state);
+        let (gpa, size) = (req.gpa(), req.npages() * PAGE_SIZE);
+
+        // 1.
+        let (begun, took) = self.update(|state| -> Result<_> {
             let changed: Vec<(GfnRange, u64)> = state
-                .tracker
+                .vm
+                .tracker()
                 .runs(req.range)
                 .filter(|r| r.attributes != target)
                 .map(|r| (r.range(), r.attributes))
                 .collect();
-            let slot_ranges = clip_to_slots(&state, changed.iter().map(|c| c.0));
-            (changed, slot_ranges)
-        };
-        out.cost.tracking += t.elapsed();
-        if changed.is_empty() {
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            let slot_ranges = clip_to_slots(state, changed.iter().map(|c| c.0));
+            let t = Instant::now();
+            let pending = state.vm.begin_conversion(gpa, size, target)?;
+            Ok(Some((changed, slot_ranges, pending, t.elapsed())))
+        });
+        out.cost.tracking += took;
+        let Some((changed, slot_ranges, pending, invalidate)) = begun? else {
             return Ok(out);
-        }
+        };
+        out.cost.invalidate = invalidate;
         out.changed_pages = changed.iter().map(|c| c.0.len()).sum();
         let listeners = self.listeners();
         let event = MemoryEvent {
@@ -377,20 +367,6 @@ impl CvmMemory {
             cause: Cause::Conversion,
             ranges: &slot_ranges,
         };
-
-        // 1.
-        match req.to {
-            Access::Private => {
-                let t = Instant::now();
-                listener::notify_all(&listeners, &event)?;
-                out.cost.listeners += t.elapsed();
-            }
-            Access::Shared => {
-                let t = Instant::now();
-                out.discarded_bytes = discard(&memory, &slot_ranges, Access::Shared)?;
-                out.cost.discard += t.elapsed();
-            }
-        }
         let undo_listeners = |cause: Error| -> Error {
             if req.to == Access::Private {
                 if let Err(why) = listener::undo(&listeners, &event) {
@@ -404,12 +380,32 @@ impl CvmMemory {
         };
 
         // 2.
+        let step = match req.to {
+            Access::Private => {
+                let t = Instant::now();
+                let r = listener::notify_all(&listeners, &event);
+                out.cost.listeners += t.elapsed();
+                r
+            }
+            Access::Shared => {
+                let t = Instant::now();
+                let r = discard(&memory, &slot_ranges, Access::Shared);
+                out.cost.discard += t.elapsed();
+                r.map(|bytes| out.discarded_bytes = bytes)
+            }
+        };
+        if let Err(e) = step {
+            // notify_all has undone its own partial notifications.
+            return Err(self.cancel(pending, &changed, e));
+        }
+
+        // 3.
         if self.kvm_attributes {
             let t = Instant::now();
             let r = self.set_kvm_attributes(req.range, target);
             out.cost.kvm += t.elapsed();
             if let Err(e) = r {
-                return Err(undo_listeners(e));
+                return Err(self.cancel(pending, &changed, undo_listeners(e)));
             }
         }
         let undo_kvm = |cause: Error| -> Error {
@@ -426,46 +422,63 @@ impl CvmMemory {
             undo_listeners(cause)
         };
 
-        // 3.
-        let t = Instant::now();
-        let r = write(&self.state)
-            .tracker
-            .set_range_attributes(req.range, target);
-        out.cost.tracking += t.elapsed();
+        // 4.
+        let (r, took) = self.update(|state| state.vm.end_conversion(pending));
+        out.cost.tracking += took;
         if let Err(e) = r {
+            // The window is closed and the attributes are unchanged.
             return Err(undo_kvm(e.into()));
         }
-        let undo_tracker = |cause: Error| -> Error {
-            let mut state = write(&self.state);
-            for &(range, old) in &changed {
-                if let Err(e) = state.tracker.set_range_attributes(range, old) {
-                    return Error::Inconsistent {
-                        cause: cause.to_string(),
-                        why: e.to_string(),
-                    };
-                }
+        let undo_model = |cause: Error| -> Error {
+            let (r, _) = self.update(|state| restore(&mut state.vm, &changed));
+            match r {
+                Ok(()) => undo_kvm(cause),
+                Err(e) => Error::Inconsistent {
+                    cause: cause.to_string(),
+                    why: e.to_string(),
+                },
             }
-            drop(state);
-            undo_kvm(cause)
         };
 
-        // 4.
+        // 5.
         match req.to {
             Access::Private => {
                 let t = Instant::now();
                 let r = discard(&memory, &slot_ranges, Access::Private);
                 out.cost.discard += t.elapsed();
-                out.discarded_bytes = r.map_err(undo_tracker)?;
+                out.discarded_bytes = r.map_err(undo_model)?;
             }
             Access::Shared => {
                 let t = Instant::now();
                 let r = listener::notify_all(&listeners, &event);
                 out.cost.listeners += t.elapsed();
-                r.map_err(undo_tracker)?;
+                r.map_err(undo_model)?;
             }
         }
         out.slot_ranges = slot_ranges;
         Ok(out)
+    }
+
+    /// Abandons a begun conversion after a failure: the model has no way to cancel one, so
+    /// the window is closed (storing the new attributes) and the old ones are stored back.
+    fn cancel(
+        &self,
+        pending: cvmem::mmu::Conversion,
+        changed: &[(GfnRange, u64)],
+        cause: Error,
+    ) -> Error {
+        let (r, _) = self.update(|state| match state.vm.end_conversion(pending) {
+            Ok(_) => restore(&mut state.vm, changed),
+            // Storing failed: the window is closed and nothing changed.
+            Err(_) => Ok(()),
+        });
+        match r {
+            Ok(()) => cause,
+            Err(e) => Error::Inconsistent {
+                cause: cause.to_string(),
+                why: e.to_string(),
+            },
+        }
     }
 
     fn set_kvm_attributes(&self, range: GfnRange, attributes: u64) -> Result<()> {
@@ -478,67 +491,14 @@ impl CvmMemory {
         })
         .map_err(|e| Error::kvm("KVM_SET_MEMORY_ATTRIBUTES", e))
     }
+}
 
-    /// Reads the quadword at `gpa` through the host's shared mapping of its slot.
-    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
-        let memory = self.lock_memory();
-        let (mem, off) = locate(&memory, gpa, 8)?;
-        mem.shared()
-            .read_u64(off)
-            .ok_or(Error::NotInSlot { gpa, size: 8 })
+/// Stores the old attributes of every changed run back (a conversion each, as KVM would).
+fn restore(vm: &mut Vm, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
+    for &(range, old) in changed {
+        vm.set_memory_attributes(range.start * PAGE_SIZE, range.len() * PAGE_SIZE, old)?;
     }
-
-    /// Writes the quadword at `gpa` through the host's shared mapping of its slot.
-    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<()> {
-        let memory = self.lock_memory();
-        let (mem, off) = locate(&memory, gpa, 8)?;
-        if mem.shared().write_u64(off, value) {
-            Ok(())
-        } else {
-            Err(Error::NotInSlot { gpa, size: 8 })
-        }
-    }
-
-    /// Copies `bytes` to `gpa` through the host's shared mapping (one slot only).
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) -> Result<()> {
-        let memory = self.lock_memory();
-        let size = bytes.len() as u64;
-        let (mem, off) = locate(&memory, gpa, size)?;
-        if mem.shared().write_bytes(off, bytes) {
-            Ok(())
-        } else {
-            Err(Error::NotInSlot { gpa, size })
-        }
-    }
-
-    /// Writes `f(gpa)` to every quadword of `[gpa, gpa + size)` through the host mapping.
-    pub fn write_with(&self, gpa: u64, size: u64, f: impl Fn(u64) -> u64) -> Result<()> {
-        let memory = self.lock_memory();
-        let (mem, off) = locate(&memory, gpa, size)?;
-        for i in (0..size).step_by(8) {
-            if !mem.shared().write_u64(off + i as usize, f(gpa + i)) {
-                return Err(Error::NotInSlot { gpa, size });
-            }
-        }
-        Ok(())
-    }
-
-    /// Calls `f(gpa, value)` with every quadword of `[gpa, gpa + size)` read through the host
-    /// mapping, stopping early when `f` returns false.
-    pub fn scan_u64(&self, gpa: u64, size: u64, mut f: impl FnMut(u64, u64) -> bool) -> Result<()> {
-        let memory = self.lock_memory();
-        let (mem, off) = locate(&memory, gpa, size)?;
-        for i in (0..size).step_by(8) {
-            let v = mem
-                .shared()
-                .read_u64(off + i as usize)
-                .ok_or(Error::NotInSlot { gpa, size })?;
-            if !f(gpa + i, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl Drop for CvmMemory {
@@ -551,24 +511,12 @@ impl Drop for CvmMemory {
     }
 }
 
-fn locate(memory: &BTreeMap<u32, SlotMemory>, gpa: u64, size: u64) -> Result<(&SlotMemory, usize)> {
-    memory
-        .values()
-        .find(|m| {
-            gpa >= m.gpa
-                && gpa
-                    .checked_add(size)
-                    .is_some_and(|end| end <= m.gpa + m.size())
-        })
-        .map(|m| (m, (gpa - m.gpa) as usize))
-        .ok_or(Error::NotInSlot { gpa, size })
-}
-
 /// The parts of `ranges` (in address order) inside memslots.
 fn clip_to_slots(state: &State, ranges: impl Iterator<Item = GfnRange>) -> Vec<SlotRange> {
     let mut out = Vec::new();
+    let tracker = state.vm.tracker();
     for range in ranges {
-        for s in state.tracker.memslots() {
+        for s in tracker.memslots() {
             if s.range().start >= range.end {
                 break;
             }
@@ -596,5 +544,7 @@ fn discard(memory: &BTreeMap<u32, SlotMemory>, ranges: &[SlotRange], to: Access)
     Ok(bytes)
 }
 
+#[cfg(test)]
+mod mmu_tests;
 #[cfg(test)]
 mod tests;

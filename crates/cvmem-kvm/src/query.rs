@@ -2,11 +2,14 @@
 //! device-emulation threads while vCPU threads convert.
 //!
 //! For now a [`MemoryQuery`] takes a read lock for each question; conversions hold the write
-//! lock only while the tracker updates.
+//! lock only while the tracker and the MMU model update.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use cvmem::{Access, AttrRun, GfnRange, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
+use cvmem::{
+    Access, AttrRun, GfnRange, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+};
 
 use crate::backing::Backing;
 use crate::memory::State;
@@ -44,6 +47,8 @@ pub struct SlotSnapshot {
     pub size: u64,
     /// Host memory behind it.
     pub backing: Backing,
+    /// Its flags (`guest_memfd`, `dirty_log`, `readonly`).
+    pub flags: SlotFlags,
     /// Private bytes in the slot.
     pub private_bytes: u64,
     /// 2M pages wholly inside the slot with pages of both kinds.
@@ -69,6 +74,21 @@ pub struct MemoryMap {
     pub tracker_heap_bytes: usize,
 }
 
+/// The MMU model's state: page tables, events, and hugepage coverage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MmuSnapshot {
+    /// Leaves per level and kind, table pages, splits, zaps, collapses, faults...
+    pub stats: MmuStats,
+    /// Hugepage coverage and table memory now, against the optimum the attributes, memslots
+    /// and backing allow.
+    pub coverage: Coverage,
+    /// Regions mapped by smaller leaves than the tracker allows (what recovery could gain).
+    pub collapsible: Vec<CollapsibleRegion>,
+    /// Coverage if the guest now touched every page of every memslot (each as its kind): the
+    /// hugepage coverage this layout and recovery policy reach for the final attributes.
+    pub touched_all: Coverage,
+}
+
 /// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state.
 #[derive(Clone, Debug)]
 pub struct MemoryQuery {
@@ -88,11 +108,12 @@ impl MemoryQuery {
     /// KVM_SET_MEMORY_ATTRIBUTES checks its own.
     pub fn range_kind(&self, gpa: u64, size: u64) -> Result<RangeKind, cvmem::Error> {
         let state = self.read();
-        let range = state.tracker.validate_attributes(gpa, size, 0)?;
+        let tracker = state.vm.tracker();
+        let range = tracker.validate_attributes(gpa, size, 0)?;
         let p = KVM_MEMORY_ATTRIBUTE_PRIVATE;
-        Ok(if state.tracker.range_has_attributes(range, p, p) {
+        Ok(if tracker.range_has_attributes(range, p, p) {
             RangeKind::Private
-        } else if state.tracker.range_has_attributes(range, 0, p) {
+        } else if tracker.range_has_attributes(range, 0, p) {
             RangeKind::Shared
         } else {
             RangeKind::Mixed
@@ -101,32 +122,80 @@ impl MemoryQuery {
 
     /// Whether the page at `gpa` is private.
     pub fn is_private(&self, gpa: u64) -> bool {
-        self.read().tracker.is_private(gpa / PAGE_SIZE)
+        self.read().vm.tracker().is_private(gpa / PAGE_SIZE)
     }
 
     /// The attribute runs covering `[gpa, gpa + size)`, clipped to it.
     pub fn runs(&self, gpa: u64, size: u64) -> Result<Vec<AttrRun>, cvmem::Error> {
         let state = self.read();
-        let range = state.tracker.validate_attributes(gpa, size, 0)?;
-        Ok(state.tracker.runs(range).collect())
+        let tracker = state.vm.tracker();
+        let range = tracker.validate_attributes(gpa, size, 0)?;
+        Ok(tracker.runs(range).collect())
     }
 
     /// The fault path's answer for an access of kind `access` at `gpa`: the largest level it may
     /// be mapped at, no slot, or a memory fault (the access kind differs from the page's).
     pub fn max_level(&self, gpa: u64, access: Access) -> MaxLevel {
-        self.read().tracker.max_mapping_level(gpa, access)
+        self.read().vm.tracker().max_mapping_level(gpa, access)
     }
 
     /// The largest level the page at `gpa` may be mapped at for an access of its own kind, or
     /// `None` outside memslots.
     pub fn allowed_level(&self, gpa: u64) -> Option<Level> {
-        self.read().tracker.allowed_level(gpa / PAGE_SIZE)
+        self.read().vm.tracker().allowed_level(gpa / PAGE_SIZE)
+    }
+
+    /// Whether memslot `slot` exists.
+    pub fn has_slot(&self, slot: u32) -> bool {
+        self.read().vm.tracker().memslot(slot).is_some()
+    }
+
+    /// The leaf of kind `access` that maps `gpa` in the MMU model, if any.
+    pub fn leaf(&self, gpa: u64, access: Access) -> Option<Leaf> {
+        self.read().vm.lookup(gpa, access)
+    }
+
+    /// The MMU model's counters and leaves (cheap).
+    pub fn mmu_stats(&self) -> MmuStats {
+        self.read().vm.stats()
+    }
+
+    /// The MMU model's state with its coverage, collapsible regions, and the coverage a guest
+    /// touching all its memory now would reach (computed on a copy of the model: O(large pages
+    /// of the memslots + page tables)).
+    pub fn mmu_snapshot(&self) -> MmuSnapshot {
+        let mut all = self.read().vm.clone();
+        let stats = all.stats();
+        let coverage = all.coverage();
+        let collapsible = all.collapsible();
+        let runs: Vec<(u64, u64, Access)> = all
+            .tracker()
+            .memslots()
+            .flat_map(|s| all.tracker().runs(s.range()))
+            .map(|r| {
+                (
+                    r.start * PAGE_SIZE,
+                    (r.end - r.start) * PAGE_SIZE,
+                    Access::from_private(r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
+                )
+            })
+            .collect();
+        for (gpa, size, access) in runs {
+            // Only NoMemory can fail: the figure is then what could be mapped.
+            let _ = all.fault_range(gpa, size, access);
+        }
+        MmuSnapshot {
+            stats,
+            coverage,
+            collapsible,
+            touched_all: all.coverage(),
+        }
     }
 
     /// A snapshot of every memslot and every private range.
     pub fn snapshot(&self) -> MemoryMap {
         let state = self.read();
-        let t = &state.tracker;
+        let t = state.vm.tracker();
         let slots = t
             .memslots()
             .map(|s| {
@@ -144,6 +213,7 @@ impl MemoryQuery {
                         .slots
                         .get(&s.id())
                         .map_or(Backing::Anonymous, |i| i.backing),
+                    flags: s.flags(),
                     private_bytes: private_pages * PAGE_SIZE,
                     mixed_2m: e.mixed[0],
                     mixed_1g: e.mixed[1],

@@ -5,9 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use cvmem::fmt_bytes;
+use cvmem::mmu::{Coverage, FaultRangeCounts, LevelCounts};
 
 use crate::iommu::IommuStats;
-use crate::query::MemoryMap;
+use crate::query::{MemoryMap, MmuSnapshot};
 use crate::vm::HostCaps;
 
 /// Count, total and maximum of a set of durations.
@@ -77,6 +78,10 @@ impl ExitKind {
 pub struct ExitStats {
     /// Time in the host's handler.
     pub handler: Summary,
+    /// Of the handler's time: the tracker and the MMU model (conversions, the guest's accesses
+    /// since the previous exit and fault probes modelled as faults, slot changes), locks
+    /// included. Discards, listeners, KVM calls and data checks are not tracking.
+    pub tracking: Summary,
     /// Total exit time: from KVM_RUN returning this exit to it returning the next one (handler,
     /// re-entry, the guest's few instructions to its next exit, and the exit itself).
     pub total: Summary,
@@ -95,8 +100,11 @@ pub struct ConversionStats {
     pub changed_pages: u64,
     /// Bytes discarded.
     pub discarded_bytes: u64,
-    /// Tracker time per request (decode not included; reading runs and updating).
+    /// Tracking time per request: the tracker and the MMU model (decode not included; reading
+    /// runs, invalidating, storing).
     pub tracking: Summary,
+    /// Of `tracking`: the MMU model's invalidation (zaps and splits) per request.
+    pub invalidate: Summary,
     /// KVM_SET_MEMORY_ATTRIBUTES time per request.
     pub kvm: Summary,
     /// Discard time per request.
@@ -156,6 +164,13 @@ pub struct Report {
     pub conversions: ConversionStats,
     /// Quadwords of pages the guest checked, and the host checked.
     pub checked_pages: (u64, u64),
+    /// The guest's reads and writes of memory (its `fill` and `check` commands), modelled as
+    /// faults through the MMU model, one outcome per 4K page.
+    pub accesses: FaultRangeCounts,
+    /// Outcomes of the guest's fault probes (after any implicit conversion) by name.
+    pub probes: BTreeMap<&'static str, u64>,
+    /// The MMU model at the end.
+    pub mmu: Option<MmuSnapshot>,
     /// Every mismatch found (data, statuses, tracker vs expected state, IOMMU vs tracker).
     pub mismatches: Vec<Mismatch>,
     /// Op-log lines with results or errors.
@@ -176,17 +191,94 @@ impl Report {
 }
 
 impl Report {
-    /// Mean tracking time of a conversion and the mean cost of a conversion exit, in ns: the
+    /// Mean tracking time of a conversion exit and the mean cost of such an exit, in ns: the
     /// KVM round trip of an empty exit (calibration pings) plus the mean handler time of the
-    /// transport's exits. `None` without both kinds of exits.
+    /// transport's exits; tracking is the tracker and the MMU model during those exits (the
+    /// conversion, and the guest's accesses since the previous exit). `None` without both
+    /// kinds of exits.
     pub fn tracking_share(&self) -> Option<(f64, f64)> {
         let ping = self.exits.get(&ExitKind::Ping)?.total;
-        let map = self.exits.get(&ExitKind::MapGpa)?.handler;
-        if ping.count == 0 || map.count == 0 {
+        let map = self.exits.get(&ExitKind::MapGpa)?;
+        if ping.count == 0 || map.handler.count == 0 {
             return None;
         }
-        let exit = (ping.mean_ns() + map.mean_ns()) as f64;
-        Some((self.conversions.tracking.mean_ns() as f64, exit))
+        let exit = (ping.mean_ns() + map.handler.mean_ns()) as f64;
+        Some((map.tracking.mean_ns() as f64, exit))
+    }
+
+    /// Over every exit: tracking time and total exit time, in ns. The last exit of each batch
+    /// has no next exit to end its total time: its handler time stands in.
+    pub fn tracking_total(&self) -> (u64, u64) {
+        self.exits.values().fold((0, 0), |(t, e), s| {
+            let unended = s.handler.count.saturating_sub(s.total.count);
+            (
+                t + s.tracking.total_ns,
+                e + s.total.total_ns + unended * s.handler.mean_ns(),
+            )
+        })
+    }
+}
+
+fn levels(c: &LevelCounts) -> String {
+    format!("4K {} 2M {} 1G {}", c.k4, c.m2, c.g1)
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn coverage(c: &Coverage) -> String {
+    format!(
+        "huge {} of optimum {} ({:.1}%), mapped {} of mappable {}, table pages {} (optimum {})",
+        fmt_bytes(c.huge_bytes),
+        fmt_bytes(c.optimum_huge_bytes),
+        c.ratio() * 100.0,
+        fmt_bytes(c.mapped_bytes),
+        fmt_bytes(c.mappable_bytes),
+        c.table_pages,
+        c.optimum_table_pages,
+    )
+}
+
+impl fmt::Display for MmuSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        writeln!(
+            f,
+            "mmu model: {} layout, recovery {}, {}-level paging",
+            s.layout, s.recovery, s.paging_levels
+        )?;
+        writeln!(
+            f,
+            "  leaves: private {}, shared {}; table pages {} ({}); TLB reach {} per leaf",
+            levels(&s.private),
+            levels(&s.shared),
+            s.table_pages,
+            fmt_bytes(s.table_bytes()),
+            fmt_bytes(s.tlb_reach_per_entry()),
+        )?;
+        writeln!(
+            f,
+            "  events: {} faults, {} splits, {} zaps, {} collapses, {} replaced, {} retries",
+            s.faults, s.splits, s.zaps, s.collapses, s.replaced, s.retries
+        )?;
+        let complete = self.collapsible.iter().filter(|c| c.complete).count();
+        writeln!(
+            f,
+            "  coverage now: {}; {} collapsible regions ({} wholly mapped)",
+            coverage(&self.coverage),
+            self.collapsible.len(),
+            complete
+        )?;
+        writeln!(
+            f,
+            "  if the guest touched every page now: {}",
+            coverage(&self.touched_all)
+        )
     }
 }
 
@@ -205,19 +297,34 @@ impl fmt::Display for Report {
         writeln!(f, "guest run: {:.1} ms", self.elapsed.as_secs_f64() * 1e3)?;
         writeln!(
             f,
-            "exits                   count   handler mean   exit time mean (max)"
+            "exits                   count   handler mean   tracking mean   exit time mean (max)   tracking share"
         )?;
         for (k, s) in &self.exits {
+            // The last exit of a batch has no exit time (nothing follows it).
+            let share = match s.total.count {
+                0 => "-".to_string(),
+                _ => format!("{:.2}%", percent(s.tracking.mean_ns(), s.total.mean_ns())),
+            };
             writeln!(
                 f,
-                "  {:<20} {:>7}   {:>9.1} us   {:>9.1} us ({:.1} us)",
+                "  {:<20} {:>7}   {:>9.2} us   {:>10.2} us   {:>9.1} us ({:>6.1} us)   {:>7}",
                 k.name(),
                 s.handler.count,
                 s.handler.mean_ns() as f64 / 1e3,
+                s.tracking.mean_ns() as f64 / 1e3,
                 s.total.mean_ns() as f64 / 1e3,
-                s.total.max_ns as f64 / 1e3
+                s.total.max_ns as f64 / 1e3,
+                share,
             )?;
         }
+        let (tracking, total) = self.tracking_total();
+        writeln!(
+            f,
+            "  all exits: tracking (tracker + MMU model) {:.2} ms of {:.2} ms exit time ({:.2}%)",
+            tracking as f64 / 1e6,
+            total as f64 / 1e6,
+            percent(tracking, total)
+        )?;
         let c = &self.conversions;
         let reqs: Vec<String> = c.requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(
@@ -232,9 +339,10 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  per conversion: tracking {:.2} us (max {:.1}), discard {:.1} us, listeners {:.1} us, kvm {:.1} us",
+            "  per conversion: tracking {:.2} us (max {:.1}; MMU invalidation {:.2} us of it), discard {:.1} us, listeners {:.1} us, kvm {:.1} us",
             c.tracking.mean_ns() as f64 / 1e3,
             c.tracking.max_ns as f64 / 1e3,
+            c.invalidate.mean_ns() as f64 / 1e3,
             c.discard.mean_ns() as f64 / 1e3,
             c.listeners.mean_ns() as f64 / 1e3,
             c.kvm.mean_ns() as f64 / 1e3,
@@ -242,7 +350,7 @@ impl fmt::Display for Report {
         if let Some((tracking, exit)) = self.tracking_share() {
             writeln!(
                 f,
-                "  tracking is {:.2}% of a conversion exit ({:.2} us of {:.1} us = KVM round trip {:.1} us + handler {:.1} us)",
+                "  tracking is {:.2}% of a conversion exit ({:.2} us of {:.1} us = KVM round trip {:.1} us + handler {:.2} us)",
                 tracking * 100.0 / exit,
                 tracking / 1e3,
                 exit / 1e3,
@@ -255,6 +363,22 @@ impl fmt::Display for Report {
             "data checks: {} pages by the guest, {} by the host",
             self.checked_pages.0, self.checked_pages.1
         )?;
+        let a = &self.accesses;
+        if a.mapped.total() + a.spurious + a.memory_fault + a.no_slot + a.retry != 0 {
+            writeln!(
+                f,
+                "guest accesses modelled as faults (pages): {}",
+                crate::run::fault_range_result(a)
+            )?;
+        }
+        if !self.probes.is_empty() {
+            let p: Vec<String> = self
+                .probes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(f, "fault probes: {}", p.join(", "))?;
+        }
         let (io, violations, splits) = &self.iommu;
         writeln!(
             f,
@@ -281,7 +405,12 @@ impl fmt::Display for Report {
                 s.slot,
                 s.gpa,
                 fmt_bytes(s.size).to_string(),
-                s.backing.name(),
+                format!(
+                    "{}{}{}",
+                    s.backing.name(),
+                    if s.flags.dirty_log { ", dirty-log" } else { "" },
+                    if s.flags.readonly { ", readonly" } else { "" }
+                ),
                 fmt_bytes(s.private_bytes).to_string(),
                 s.mixed_2m,
                 s.mixed_1g,
@@ -293,6 +422,9 @@ impl fmt::Display for Report {
         writeln!(f, "  {} private runs", self.final_state.private.len())?;
         for (gpa, size) in self.final_state.private.iter().take(12) {
             writeln!(f, "    {gpa:#14x} +{}", fmt_bytes(*size))?;
+        }
+        if let Some(mmu) = &self.mmu {
+            write!(f, "{mmu}")?;
         }
         for l in &self.lines {
             writeln!(f, "line {:>5} {:<8} {}", l.line, l.op, l.result)?;

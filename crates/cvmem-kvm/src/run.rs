@@ -4,25 +4,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cvmem::{Access, MaxLevel, PAGE_SIZE};
+use cvmem::mmu::{FaultOutcome, FaultRangeCounts};
+use cvmem::{Access, MaxLevel, SlotChange, PAGE_SIZE};
+use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuExit;
 
 use crate::abi::*;
 use crate::error::{Error, Result};
 use crate::iommu::{IommuListener, RecordingIommu};
-use crate::memory::Conversion;
+use crate::memory::{access::add_counts, Conversion, MmuConfig};
 use crate::report::{ExitKind, LineResult, Mismatch, Report};
 use crate::request::{ConversionRequest, RequestSource, TransportRegs};
 use crate::script::{Command, HostStep, Script};
 use crate::vm::GuestVm;
-use crate::workload::{self, Plan};
+use crate::workload::{self, Plan, Source};
 
 /// Which workload [`kvm_run`] drives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Workload {
     /// KVM's private_mem_conversions_test, in spirit: fill, convert, check what was kept and
     /// what was discarded, host writes seen by the guest, holes in private ranges, implicit
-    /// conversions, malformed requests — on each backing the host supports.
+    /// conversions, malformed requests — on each backing the host supports; then a memslot
+    /// that moves and has dirty logging toggled while the guest uses it.
+    #[default]
     Selftest,
     /// A TDX-like boot of a 4 GiB guest: everything private, the MMIO window, a SWIOTLB bounce
     /// pool, DMA pools and per-vCPU pages shared, then churn of 4K flips.
@@ -30,8 +34,9 @@ pub enum Workload {
         /// Number of single-page shared/private flip pairs (the churn).
         flips: u64,
     },
-    /// An op-log: `memslot`, `attrs` and `query` lines on the host, `map-gpa` lines issued by
-    /// the guest through the transport; MMU lines are listed as skipped.
+    /// An op-log: `map-gpa` lines issued by the guest through the transport; `memslot`
+    /// (create, delete, move, dirty-log), `attrs` and `query` on the host; `fault`,
+    /// `fault-range` and `accept` through the MMU model; a first `mmu` line chooses the model.
     Oplog(PathBuf),
 }
 
@@ -47,19 +52,26 @@ impl Workload {
 }
 
 /// Options of [`kvm_run`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOptions {
     /// The workload.
     pub workload: Workload,
+    /// The MMU model's layout and recovery policy. `None`: an op-log's first `mmu` line, else
+    /// `split` with `on-fault` recovery (TDX-like). When both are given, this one wins and the
+    /// op-log's line says it was overridden.
+    pub mmu: Option<MmuConfig>,
 }
 
 /// Boots the guest program on /dev/kvm, runs the workload, and reports the tracker's final
-/// state, the cost of every kind of exit (tracking time against total exit time), and every
-/// mismatch. Errors mean the run could not happen (no KVM, no guest program, a guest crash);
-/// failed checks are in [`Report::mismatches`].
+/// state, the MMU model's page tables and coverage, the cost of every kind of exit (tracking
+/// time — tracker and MMU model — against total exit time), and every mismatch. Errors mean the
+/// run could not happen (no KVM, no guest program, a guest crash, an unreadable op-log); failed
+/// checks are in [`Report::mismatches`].
 pub fn kvm_run(opts: &RunOptions) -> Result<Report> {
-    let vm = GuestVm::new()?;
-    let plan = workload::build(&opts.workload, &vm.caps, vm.memory.kvm_attributes())?;
+    let source = Source::load(&opts.workload)?;
+    let mmu = opts.mmu.or(source.mmu()).unwrap_or_default();
+    let vm = GuestVm::new(mmu)?;
+    let plan = workload::build(&source, &vm.caps, vm.memory.kvm_attributes(), mmu);
     let mut runner = Runner::new(vm, &plan)?;
     let start = Instant::now();
     runner.run(&plan.script)?;
@@ -71,14 +83,116 @@ struct Runner {
     vm: GuestVm,
     iommu: Arc<IommuListener<RecordingIommu>>,
     report: Report,
+    /// Commands of the current batch whose memory accesses have been modelled.
+    touched: usize,
 }
 
 fn errno_name(e: &Error) -> &'static str {
-    match e {
-        Error::Tracker(e) => e.errno().name(),
-        Error::Request(_) => "EINVAL",
+    let code = match e {
+        Error::Tracker(e) => return e.errno().name(),
+        Error::Request(_) => return "EINVAL",
+        Error::Kvm { source, .. } => source.errno(),
+        Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EFAULT),
+        _ => libc::EFAULT,
+    };
+    match code {
+        libc::EINVAL => "EINVAL",
+        libc::EEXIST => "EEXIST",
+        libc::ENOENT => "ENOENT",
+        libc::ENOMEM => "ENOMEM",
+        libc::E2BIG => "E2BIG",
+        libc::EBUSY => "EBUSY",
+        libc::EPERM => "EPERM",
+        libc::ENOTTY => "ENOTTY",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
         _ => "EFAULT",
     }
+}
+
+/// An `out` instruction's exit: the port and up to 8 bytes of data (`len` is the real size).
+struct PortOut {
+    port: u16,
+    data: [u8; 8],
+    len: usize,
+}
+
+impl PortOut {
+    fn data(&self) -> &[u8] {
+        &self.data[..self.len.min(8)]
+    }
+}
+
+/// A vCPU exit, copied out of `kvm_run` so that the handler may use the vCPU.
+enum Exit {
+    Port(PortOut),
+    Hypercall { nr: u64, args: [u64; 6] },
+    MemoryFault { flags: u64, gpa: u64, size: u64 },
+    Other(String),
+}
+
+impl From<VcpuExit<'_>> for Exit {
+    fn from(e: VcpuExit<'_>) -> Self {
+        match e {
+            VcpuExit::IoOut(port, data) => {
+                let mut buf = [0u8; 8];
+                let n = data.len().min(8);
+                buf[..n].copy_from_slice(&data[..n]);
+                Exit::Port(PortOut {
+                    port,
+                    data: buf,
+                    len: data.len(),
+                })
+            }
+            VcpuExit::Hypercall(hc) => Exit::Hypercall {
+                nr: hc.nr,
+                args: hc.args,
+            },
+            VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault { flags, gpa, size },
+            other => Exit::Other(format!("{other:?}")),
+        }
+    }
+}
+
+fn port_kind(port: u16) -> Option<ExitKind> {
+    Some(match u64::from(port) {
+        PORT_MAP_GPA => ExitKind::MapGpa,
+        PORT_SYNC => ExitKind::Sync,
+        PORT_FAULT => ExitKind::FaultProbe,
+        PORT_REPORT => ExitKind::Report,
+        PORT_DONE => ExitKind::Done,
+        PORT_PING => ExitKind::Ping,
+        _ => return None,
+    })
+}
+
+/// Sets `hypercall.ret` in the vCPU's `kvm_run` after a `KVM_EXIT_HYPERCALL`, once the exit's
+/// borrow of the vCPU has ended (the handler needs the vCPU's registers first). Call it only
+/// right after such an exit: `hypercall` is then the exit union's active member, which KVM
+/// reads `ret` from on the next KVM_RUN.
+fn set_hypercall_ret(vcpu: &mut kvm_ioctls::VcpuFd, ret: u64) {
+    let run = vcpu.get_kvm_run();
+    debug_assert_eq!(run.exit_reason, kvm_bindings::KVM_EXIT_HYPERCALL);
+    run.__bindgen_anon_1.hypercall.ret = ret;
+}
+
+/// `mapped 2M`, `spurious`, `memory-fault`...
+fn fault_result(o: &FaultOutcome) -> String {
+    match o {
+        FaultOutcome::Mapped { level } => format!("mapped {}", level.name()),
+        other => other.name().to_string(),
+    }
+}
+
+/// `mapped 4K 1 2M 0 1G 0, spurious 1023, ...`
+pub(crate) fn fault_range_result(c: &FaultRangeCounts) -> String {
+    let mut s = format!(
+        "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
+        c.mapped.k4, c.mapped.m2, c.mapped.g1, c.spurious, c.memory_fault, c.no_slot
+    );
+    if c.retry != 0 {
+        s += &format!(", retry {}", c.retry);
+    }
+    s
 }
 
 impl Runner {
@@ -94,7 +208,12 @@ impl Runner {
             lines: plan.lines.clone(),
             ..Default::default()
         };
-        Ok(Runner { vm, iommu, report })
+        Ok(Runner {
+            vm,
+            iommu,
+            report,
+            touched: 0,
+        })
     }
 
     fn run(&mut self, script: &Script) -> Result<()> {
@@ -125,12 +244,31 @@ impl Runner {
                 c.changed_pages += conv.changed_pages;
                 c.discarded_bytes += conv.discarded_bytes;
                 c.tracking.add(conv.cost.tracking);
+                c.invalidate.add(conv.cost.invalidate);
                 c.kvm.add(conv.cost.kvm);
                 c.discard.add(conv.cost.discard);
                 c.listeners.add(conv.cost.listeners);
             }
             Err(_) => c.failed += 1,
         }
+    }
+
+    /// Models the guest's reads and writes of memory (`fill` and `check` commands) that ran
+    /// since the last exit, up to command `upto` of the batch (the guest's R14), as guest
+    /// accesses through the MMU model: each page accessed as the kind it has.
+    fn model_touches(&mut self, cmds: &[Command], upto: u64) -> Result<()> {
+        let upto = usize::try_from(upto).unwrap_or(usize::MAX).min(cmds.len());
+        for c in cmds.get(self.touched..upto).unwrap_or(&[]) {
+            if (c.op == OP_FILL || c.op == OP_CHECK) && c.npages != 0 {
+                let counts = self
+                    .vm
+                    .memory
+                    .touch(c.gpa, c.npages.saturating_mul(PAGE_SIZE))?;
+                add_counts(&mut self.report.accesses, &counts);
+            }
+        }
+        self.touched = self.touched.max(upto);
+        Ok(())
     }
 
     fn run_batch(&mut self, script: &Script, base: usize, cmds: &[Command]) -> Result<()> {
@@ -146,9 +284,13 @@ impl Runner {
             .encode(),
         );
         self.vm.load_script(&bytes)?;
+        self.touched = 0;
         let mut prev: Option<(ExitKind, Instant)> = None;
         loop {
-            let exit = self.vm.vcpu.run();
+            let exit = match self.vm.vcpu.run() {
+                Ok(e) => Exit::from(e),
+                Err(e) => return Err(Error::kvm("KVM_RUN", e)),
+            };
             let returned = Instant::now();
             if let Some((kind, t)) = prev.take() {
                 self.report
@@ -158,59 +300,45 @@ impl Runner {
                     .total
                     .add(returned - t);
             }
-            let mut port_out = None;
-            let kind = match exit {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    let mut buf = [0u8; 8];
-                    let n = data.len().min(8);
-                    buf[..n].copy_from_slice(&data[..n]);
-                    port_out = Some((port, buf, data.len()));
-                    match u64::from(port) {
-                        PORT_MAP_GPA => ExitKind::MapGpa,
-                        PORT_SYNC => ExitKind::Sync,
-                        PORT_FAULT => ExitKind::FaultProbe,
-                        PORT_REPORT => ExitKind::Report,
-                        PORT_DONE => ExitKind::Done,
-                        PORT_PING => ExitKind::Ping,
-                        _ => return Err(Error::Guest(format!("write to unknown port {port:#x}"))),
-                    }
+            let tracked = self.vm.memory.tracking_time();
+            let regs = self.vm.regs()?;
+            self.model_touches(cmds, regs.r14)?;
+            let (kind, done) = match exit {
+                Exit::Port(out) => {
+                    let kind = port_kind(out.port).ok_or_else(|| {
+                        Error::Guest(format!("write to unknown port {:#x}", out.port))
+                    })?;
+                    (kind, self.port_exit(script, base, cmds.len(), &out, &regs)?)
                 }
-                Ok(VcpuExit::Hypercall(hc)) => {
-                    let result = ConversionRequest::from_hypercall(hc.nr, &hc.args)
+                Exit::Hypercall { nr, args } => {
+                    let result = ConversionRequest::from_hypercall(nr, &args)
                         .map_err(Error::from)
                         .and_then(|req| self.vm.memory.convert(&req));
-                    *hc.ret = crate::guest_status(&result);
+                    set_hypercall_ret(&mut self.vm.vcpu, crate::guest_status(&result));
                     self.record(RequestSource::Hypercall, &result);
-                    ExitKind::Hypercall
+                    (ExitKind::Hypercall, false)
                 }
-                Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+                Exit::MemoryFault { flags, gpa, size } => {
                     let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
                     let result = self.vm.memory.convert(&req);
                     self.record(RequestSource::MemoryFault, &result);
                     result?;
-                    ExitKind::MemoryFault
+                    // The vCPU re-enters and faults again, now of the right kind.
+                    let outcome = self.vm.memory.fault(gpa, req.to)?;
+                    *self.report.probes.entry(outcome.name()).or_default() += 1;
+                    (ExitKind::MemoryFault, false)
                 }
-                Ok(other) => {
-                    let what = format!("{other:?}");
-                    let rip = self.vm.regs().map(|r| r.rip).unwrap_or(0);
+                Exit::Other(what) => {
                     return Err(Error::Guest(format!(
-                        "unexpected exit {what} at rip {rip:#x}"
+                        "unexpected exit {what} at rip {:#x}",
+                        regs.rip
                     )));
                 }
-                Err(e) => return Err(Error::kvm("KVM_RUN", e)),
             };
-            let done = match port_out {
-                Some((port, buf, len)) => {
-                    self.port_exit(script, base, cmds.len(), port, &buf[..len.min(8)], len)?
-                }
-                None => false,
-            };
-            self.report
-                .exits
-                .entry(kind)
-                .or_default()
-                .handler
-                .add(returned.elapsed());
+            let tracking = self.vm.memory.tracking_time().saturating_sub(tracked);
+            let stats = self.report.exits.entry(kind).or_default();
+            stats.handler.add(returned.elapsed());
+            stats.tracking.add(tracking);
             if done {
                 return Ok(());
             }
@@ -224,12 +352,10 @@ impl Runner {
         script: &Script,
         base: usize,
         len: usize,
-        port: u16,
-        data: &[u8],
-        n: usize,
+        out: &PortOut,
+        regs: &kvm_regs,
     ) -> Result<bool> {
-        let regs = self.vm.regs()?;
-        match u64::from(port) {
+        match u64::from(out.port) {
             PORT_MAP_GPA => {
                 let t = TransportRegs {
                     rax: regs.rax,
@@ -237,7 +363,7 @@ impl Runner {
                     rcx: regs.rcx,
                     rdx: regs.rdx,
                 };
-                let result = ConversionRequest::from_port_io(port, &data[..n.min(data.len())], &t)
+                let result = ConversionRequest::from_port_io(out.port, out.data(), &t)
                     .map_err(Error::from)
                     .and_then(|req| self.vm.memory.convert(&req));
                 self.vm.set_rax(crate::guest_status(&result))?;
@@ -250,16 +376,20 @@ impl Runner {
                 }
             }
             PORT_FAULT => {
-                let access = Access::from_private(regs.rcx != 0);
-                if let MaxLevel::MemoryFault(f) = self.vm.memory.query().max_level(regs.rbx, access)
-                {
-                    // What KVM would do: exit with KVM_EXIT_MEMORY_FAULT; the VMM converts.
+                // A guest access through the MMU model, as KVM's fault path would take it.
+                let (gpa, access) = (regs.rbx, Access::from_private(regs.rcx != 0));
+                let mut outcome = self.vm.memory.fault(gpa, access)?;
+                if let FaultOutcome::MemoryFault(f) = outcome {
+                    // KVM would exit with KVM_EXIT_MEMORY_FAULT: the VMM converts the page
+                    // to the kind the access wanted, the vCPU re-enters and faults again.
                     let result = ConversionRequest::from_fault(&f)
                         .map_err(Error::from)
                         .and_then(|req| self.vm.memory.convert(&req));
                     self.record(RequestSource::MemoryFault, &result);
                     result?;
+                    outcome = self.vm.memory.fault(gpa, access)?;
                 }
+                *self.report.probes.entry(outcome.name()).or_default() += 1;
             }
             PORT_REPORT => {
                 let what = match regs.rax & 0xffff_ffff {
@@ -345,15 +475,36 @@ impl Runner {
                     }
                 }
             }
-            HostStep::AddSlot { spec, line } => {
-                if let Err(e) = mem.add_slot(&spec) {
-                    self.line(line, "memslot", format!("{}: {e}", errno_name(&e)));
-                }
+            HostStep::MoveSlot { slot, gpa } => {
+                mem.move_slot(slot, gpa)
+                    .map_err(|e| Error::Workload(format!("moving slot {slot} to {gpa:#x}: {e}")))?;
             }
-            HostStep::RemoveSlot { slot, line } => {
-                if let Err(e) = mem.remove_slot(slot) {
-                    self.line(line, "memslot", format!("{}: {e}", errno_name(&e)));
+            HostStep::DirtyLog { slot, enabled } => {
+                mem.set_dirty_log(slot, enabled).map_err(|e| {
+                    Error::Workload(format!("dirty logging {enabled} on slot {slot}: {e}"))
+                })?;
+            }
+            HostStep::Memslot {
+                mut region,
+                backing,
+                line,
+            } => {
+                // The op-log's default `uaddr` for a new slot is its gpa.
+                if region.size != 0 && region.uaddr.is_none() && !mem.query().has_slot(region.slot)
+                {
+                    region.uaddr = Some(region.gpa);
                 }
+                let result = match mem.set_user_memory_region(&region, backing) {
+                    Ok(SlotChange::Moved { old }) => {
+                        format!("moved from {:#x} (contents kept)", old.start * PAGE_SIZE)
+                    }
+                    Ok(SlotChange::DirtyLog { enabled }) => {
+                        format!("dirty-log {}", if enabled { "on" } else { "off" })
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(e) => format!("{}: {e}", errno_name(&e)),
+                };
+                self.line(line, "memslot", result);
             }
             HostStep::Query { gpa, access, line } => {
                 let result = match mem.query().max_level(gpa, access) {
@@ -367,7 +518,40 @@ impl Runner {
                     format!("{gpa:#x} {} -> {result}", access.name()),
                 );
             }
-            HostStep::Skip { line, op, why } => self.line(line, op, format!("skipped: {why}")),
+            HostStep::Fault { gpa, access, line } => {
+                let result = match mem.fault(gpa, access) {
+                    Ok(o) => fault_result(&o),
+                    Err(e) => format!("{}: {e}", errno_name(&e)),
+                };
+                self.line(
+                    line,
+                    "fault",
+                    format!("{gpa:#x} {} -> {result}", access.name()),
+                );
+            }
+            HostStep::FaultRange {
+                gpa,
+                size,
+                access,
+                line,
+            } => {
+                let result = match mem.fault_range(gpa, size, access) {
+                    Ok(c) => fault_range_result(&c),
+                    Err(e) => format!("{}: {e}", errno_name(&e)),
+                };
+                self.line(
+                    line,
+                    "fault-range",
+                    format!("{gpa:#x} +{size:#x} {} -> {result}", access.name()),
+                );
+            }
+            HostStep::Accept { gpa, level, line } => {
+                let result = match mem.accept(gpa, level) {
+                    Ok(o) => o.name().to_string(),
+                    Err(e) => format!("{}: {e}", errno_name(&e)),
+                };
+                self.line(line, "accept", format!("{gpa:#x} {level} -> {result}"));
+            }
         }
         Ok(())
     }
@@ -461,6 +645,7 @@ impl Runner {
             .with_dma(|d| (d.stats(), d.violations().to_vec()));
         self.report.iommu = (stats, violations, self.iommu.splits());
         self.report.notes = self.vm.memory.notes();
+        self.report.mmu = Some(query.mmu_snapshot());
         self.report.lines.sort_by_key(|l| l.line);
         self.report.final_state = map;
         Ok(self.report)

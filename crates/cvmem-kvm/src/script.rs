@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cvmem::{Access, PAGE_SIZE};
+use cvmem::{Access, Level, MemoryRegion, PAGE_SIZE};
 
 use crate::abi::*;
 use crate::backing::Backing;
@@ -49,25 +49,38 @@ pub(crate) enum HostStep {
         attributes: u64,
         line: Option<usize>,
     },
-    /// Create a memslot (op-log `memslot`).
-    AddSlot {
-        spec: crate::memory::SlotSpec,
+    /// Move a memslot (its contents go with it).
+    MoveSlot { slot: u32, gpa: u64 },
+    /// Turn dirty logging of a memslot on or off.
+    DirtyLog { slot: u32, enabled: bool },
+    /// An op-log `memslot` line: create (host memory of kind `backing`), delete, move, or
+    /// toggle dirty logging, by KVM's rules.
+    Memslot {
+        region: MemoryRegion,
+        backing: crate::backing::Backing,
         line: usize,
     },
-    /// Delete a memslot (op-log `memslot SLOT GPA 0`).
-    RemoveSlot { slot: u32, line: usize },
     /// Ask the fault path (op-log `query`).
     Query {
         gpa: u64,
         access: Access,
         line: usize,
     },
-    /// Record that an op-log line was not driven on KVM, and why.
-    Skip {
+    /// A guest access through the MMU model (op-log `fault`).
+    Fault {
+        gpa: u64,
+        access: Access,
         line: usize,
-        op: &'static str,
-        why: &'static str,
     },
+    /// Guest accesses to every page of a range through the MMU model (op-log `fault-range`).
+    FaultRange {
+        gpa: u64,
+        size: u64,
+        access: Access,
+        line: usize,
+    },
+    /// A TDX guest accept through the MMU model (op-log `accept`).
+    Accept { gpa: u64, level: Level, line: usize },
 }
 
 /// Shadow of one memslot: kind and contents of every page.
@@ -151,6 +164,37 @@ impl Script {
             Some((s, i)) => s.content.get(&i).copied().unwrap_or(0),
             None => 0,
         }
+    }
+
+    /// Moves the shadow slot at `from` to `to`, with its contents. Attributes are per gfn, and
+    /// the shadow keeps them per slot: only a slot whose pages are all shared may move, to
+    /// gfns that are all shared (the workloads move anonymous slots they never convert).
+    ///
+    /// The bytes stay what they were: `pattern ^ old address`. Both addresses must be aligned
+    /// to a power of two at least the slot's size, so that `old ^ new` is the same for every
+    /// byte and the page's pattern becomes `pattern ^ from ^ to`.
+    pub(crate) fn shadow_move(&mut self, from: u64, to: u64) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.gpa == from) {
+            let align = (s.npages * PAGE_SIZE).next_power_of_two();
+            debug_assert!(from % align == 0 && to % align == 0, "aligned moves only");
+            debug_assert!(s.private.iter().all(|&w| w == 0), "only shared slots move");
+            for p in s.content.values_mut() {
+                *p ^= from ^ to;
+            }
+            s.content.retain(|_, p| *p != 0);
+            s.gpa = to;
+        }
+    }
+
+    /// Host: move the slot at `from` to `to` (expected to succeed).
+    pub(crate) fn move_slot(&mut self, slot: u32, from: u64, to: u64) {
+        self.host_step(HostStep::MoveSlot { slot, gpa: to });
+        self.shadow_move(from, to);
+    }
+
+    /// Host: turn dirty logging of `slot` on or off (expected to succeed).
+    pub(crate) fn dirty_log(&mut self, slot: u32, enabled: bool) {
+        self.host_step(HostStep::DirtyLog { slot, enabled });
     }
 
     /// Applies a successful conversion of `[gpa, gpa + npages pages)` to the shadow.

@@ -20,10 +20,10 @@ pub(crate) struct Mapping {
 
 impl Mapping {
     /// Maps `len` bytes — anonymous private memory when `fd` is `None`, else a shared mapping of
-    /// `fd` from offset 0 — at a host address congruent to `gpa` modulo `align` (a power of two),
-    /// so that KVM may map the memory with pages up to `align` (its `uaddr` and `gpa` must agree
-    /// modulo the page size).
-    pub(crate) fn new(len: usize, fd: Option<&File>, gpa: u64, align: usize) -> io::Result<Self> {
+    /// `fd` from offset 0 — at a host address congruent to `to` modulo `align` (a power of two).
+    /// With `to` = the slot's gpa, KVM may map the memory with pages up to `align` (its `uaddr`
+    /// and `gpa` must agree modulo the page size).
+    pub(crate) fn new(len: usize, fd: Option<&File>, to: u64, align: usize) -> io::Result<Self> {
         if len == 0 || !align.is_power_of_two() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -46,7 +46,7 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let base = base as usize;
-        let addr = base + ((gpa as usize).wrapping_sub(base) & (align - 1));
+        let addr = base + ((to as usize).wrapping_sub(base) & (align - 1));
         let (flags, raw_fd) = match fd {
             Some(f) => (libc::MAP_SHARED | libc::MAP_FIXED, f.as_raw_fd()),
             None => (

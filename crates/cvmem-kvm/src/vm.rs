@@ -12,10 +12,12 @@ use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 
 use crate::abi::*;
 use crate::backing::{
-    Backing, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    Backing, SlotMemory, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
+    KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 use crate::error::{Error, Result};
-use crate::memory::{CvmMemory, SlotSpec};
+use crate::memory::{CvmMemory, MmuConfig};
+use crate::sys;
 
 /// The guest program, assembled by build.rs.
 #[cfg(not(cvmem_no_guest))]
@@ -86,12 +88,57 @@ impl fmt::Display for HostCaps {
 }
 
 /// The VM that runs the guest program. Field order matters: the vCPU goes first, then the
-/// memory (which deletes its memslots), then the VM.
+/// memory (which deletes its memslots), then the boot slot, then the VM.
 pub(crate) struct GuestVm {
     pub(crate) vcpu: VcpuFd,
     pub(crate) memory: CvmMemory,
+    boot: BootSlot,
     pub(crate) caps: HostCaps,
     _vm: Arc<VmFd>,
+}
+
+/// The memslot holding the guest program, its page tables and its script. It is the harness's
+/// memory, not guest RAM: KVM has it, the tracker and the MMU model do not (conversions of its
+/// range change nothing in it, and it adds nothing to the model's figures).
+struct BootSlot {
+    vm: Arc<VmFd>,
+    mem: SlotMemory,
+}
+
+impl BootSlot {
+    fn new(vm: &Arc<VmFd>) -> Result<Self> {
+        let mem = SlotMemory::new(
+            Some(vm),
+            Backing::Anonymous,
+            BOOT_GPA,
+            BOOT_SLOT_SIZE,
+            BOOT_GPA,
+            BOOT_SLOT_SIZE,
+        )?;
+        sys::set_user_memory_region2(vm, mem.region(BOOT_SLOT))
+            .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2 (boot slot)", e))?;
+        Ok(BootSlot {
+            vm: Arc::clone(vm),
+            mem,
+        })
+    }
+
+    fn write(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        let ok = usize::try_from(off).is_ok_and(|off| self.mem.shared().write_bytes(off, bytes));
+        ok.then_some(()).ok_or(Error::NotInSlot {
+            gpa: BOOT_GPA + off,
+            size: bytes.len() as u64,
+        })
+    }
+}
+
+impl Drop for BootSlot {
+    fn drop(&mut self) {
+        // Delete the slot before its memory is unmapped; cannot fail for an existing slot.
+        let mut region = self.mem.region(BOOT_SLOT);
+        region.memory_size = 0;
+        let _ = sys::set_user_memory_region2(&self.vm, region);
+    }
 }
 
 const PTE_PRESENT: u64 = 1;
@@ -171,9 +218,9 @@ fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
 }
 
 impl GuestVm {
-    /// Opens /dev/kvm, creates the VM, its memory and the boot slot, loads the program and
-    /// puts the vCPU in 64-bit mode at CPL 3.
-    pub(crate) fn new() -> Result<Self> {
+    /// Opens /dev/kvm, creates the VM, its memory (with the MMU model `mmu`) and the boot slot,
+    /// loads the program and puts the vCPU in 64-bit mode at CPL 3.
+    pub(crate) fn new(mmu: MmuConfig) -> Result<Self> {
         let program =
             GUEST_PROGRAM.ok_or(Error::NoGuestProgram("no assembler, or not x86-64 Linux"))?;
         let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
@@ -194,16 +241,10 @@ impl GuestVm {
             vm.enable_cap(&cap)
                 .map_err(|e| Error::kvm("KVM_ENABLE_CAP(EXIT_HYPERCALL)", e))?;
         }
-        let memory = CvmMemory::new(Arc::clone(&vm));
-        memory.add_slot(&SlotSpec {
-            slot: BOOT_SLOT,
-            gpa: BOOT_GPA,
-            size: BOOT_SLOT_SIZE,
-            backing: Backing::Anonymous,
-            max_level: cvmem::Level::M2,
-        })?;
+        let memory = CvmMemory::with_mmu(Arc::clone(&vm), mmu);
+        let boot = BootSlot::new(&vm)?;
         for (off, bytes) in boot_image(program) {
-            memory.write_bytes(BOOT_GPA + off, &bytes)?;
+            boot.write(off, &bytes)?;
         }
         let vcpu = vm
             .create_vcpu(0)
@@ -241,6 +282,7 @@ impl GuestVm {
         let mut vm = GuestVm {
             vcpu,
             memory,
+            boot,
             caps,
             _vm: vm,
         };
@@ -258,7 +300,7 @@ impl GuestVm {
                 script.len()
             )));
         }
-        self.memory.write_bytes(BOOT_GPA + SCRIPT_OFFSET, script)?;
+        self.boot.write(SCRIPT_OFFSET, script)?;
         let regs = kvm_regs {
             rip: BOOT_GPA + CODE_OFFSET,
             rdi: BOOT_GPA + SCRIPT_OFFSET,

@@ -1,13 +1,12 @@
 //! The workloads [`crate::kvm_run`] drives: scripts for the guest plus the memslots they need.
 
-use std::path::Path;
+use cvmem::oplog::{self, Line, Op};
+use cvmem::{Level, MapGpaRange, MemoryRegion, PAGE_SIZE};
 
-use cvmem::oplog::{self, Op};
-use cvmem::{Level, MapGpaRange, PAGE_SIZE};
-
+use crate::abi::BOOT_SLOT;
 use crate::backing::Backing;
 use crate::error::{Error, Result};
-use crate::memory::SlotSpec;
+use crate::memory::{MmuConfig, SlotSpec};
 use crate::report::LineResult;
 use crate::run::Workload;
 use crate::script::{HostStep, Script};
@@ -32,11 +31,63 @@ pub(crate) struct Plan {
     pub(crate) lines: Vec<LineResult>,
 }
 
-pub(crate) fn build(w: &Workload, caps: &HostCaps, attributes_in_kvm: bool) -> Result<Plan> {
-    match w {
-        Workload::Selftest => Ok(selftest(caps, attributes_in_kvm)),
-        Workload::Boot { flips } => Ok(boot(caps, attributes_in_kvm, *flips)),
-        Workload::Oplog(path) => oplog(path, caps, attributes_in_kvm),
+/// A workload's input, read before the VM exists (an op-log's `mmu` line chooses the model).
+#[derive(Debug)]
+pub(crate) enum Source {
+    Selftest,
+    Boot { flips: u64 },
+    Oplog { name: String, lines: Vec<Line> },
+}
+
+impl Source {
+    /// Reads and parses the workload's input.
+    pub(crate) fn load(w: &Workload) -> Result<Self> {
+        Ok(match w {
+            Workload::Selftest => Source::Selftest,
+            Workload::Boot { flips } => Source::Boot { flips: *flips },
+            Workload::Oplog(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Error::os("read op-log", e))?;
+                let lines = oplog::parse(&text)
+                    .map_err(|e| Error::Workload(format!("{}: {e}", path.display())))?;
+                Source::Oplog {
+                    name: path.display().to_string(),
+                    lines,
+                }
+            }
+        })
+    }
+
+    /// The MMU model the input asks for: an op-log whose first operation is `mmu`.
+    pub(crate) fn mmu(&self) -> Option<MmuConfig> {
+        match self {
+            Source::Oplog { lines, .. } => lines.first().and_then(|l| mmu_of(&l.op)),
+            _ => None,
+        }
+    }
+}
+
+fn mmu_of(op: &Op) -> Option<MmuConfig> {
+    match *op {
+        Op::Mmu { layout, recovery } => Some(MmuConfig {
+            layout: layout.into(),
+            recovery: recovery.unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
+/// The plan of a workload, for a VM whose MMU model is `mmu`.
+pub(crate) fn build(
+    src: &Source,
+    caps: &HostCaps,
+    attributes_in_kvm: bool,
+    mmu: MmuConfig,
+) -> Plan {
+    match src {
+        Source::Selftest => selftest(caps, attributes_in_kvm),
+        Source::Boot { flips } => boot(caps, attributes_in_kvm, *flips),
+        Source::Oplog { name, lines } => oplog(name, lines, caps, attributes_in_kvm, mmu),
     }
 }
 
@@ -149,6 +200,7 @@ fn selftest(caps: &HostCaps, attributes_in_kvm: bool) -> Plan {
             s.check(imp, 16);
         }
     }
+    slot_changes(&mut s, &mut slots);
     Plan {
         name: "selftest".into(),
         slots,
@@ -156,6 +208,29 @@ fn selftest(caps: &HostCaps, attributes_in_kvm: bool) -> Plan {
         check_state: true,
         lines: Vec::new(),
     }
+}
+
+/// A memslot that moves and has dirty logging turned on and off while the guest uses it (KVM
+/// lets anonymous slots do both; guest_memfd slots are immutable): the guest's bytes must
+/// follow the slot to its new address, and the model's mappings must be zapped by the move and
+/// split to 4K by dirty logging.
+fn slot_changes(s: &mut Script, slots: &mut Vec<SlotSpec>) {
+    let (id, from, to, npages) = (10, 12 * G1, 13 * G1 + 4 * M2, 4 * M2 / K4);
+    slots.push(slot(id, from, npages * K4, Backing::Anonymous));
+    s.shadow_slot(from, npages * K4, Backing::Anonymous);
+    s.fill(from, npages, 0x5107_0000_0000_0001);
+    s.host_check(from, npages);
+    s.move_slot(id, from, to);
+    s.check(to, npages);
+    s.fill(to + M2, 8, 0x5107_0000_0000_0002);
+    s.host_check(to, npages);
+    s.dirty_log(id, true);
+    s.fill(to, 8, 0x5107_0000_0000_0003);
+    s.check(to, npages);
+    s.dirty_log(id, false);
+    s.fill(to + 3 * M2, 1, 0x5107_0000_0000_0004);
+    s.check(to, npages);
+    s.host_check(to, npages);
 }
 
 fn boot(caps: &HostCaps, attributes_in_kvm: bool, flips: u64) -> Plan {
@@ -235,16 +310,39 @@ fn boot(caps: &HostCaps, attributes_in_kvm: bool, flips: u64) -> Plan {
     }
 }
 
-fn oplog(path: &Path, caps: &HostCaps, attributes_in_kvm: bool) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::os("read op-log", e))?;
-    let lines =
-        oplog::parse(&text).map_err(|e| Error::Workload(format!("{}: {e}", path.display())))?;
+fn oplog(
+    name: &str,
+    lines: &[Line],
+    caps: &HostCaps,
+    attributes_in_kvm: bool,
+    mmu: MmuConfig,
+) -> Plan {
     let mut s = Script::new(attributes_in_kvm);
     let mut results = Vec::new();
-    for l in lines {
+    for (i, l) in lines.iter().enumerate() {
         let line = l.number;
         match l.op {
-            Op::Memslot { .. } => s.host_step(memslot_step(&l.op, line, caps)),
+            Op::Mmu { .. } if i != 0 => results.push(LineResult {
+                line,
+                op: "mmu",
+                result: "EINVAL: `mmu` is only allowed as the first operation".into(),
+            }),
+            Op::Mmu { .. } => {
+                if mmu_of(&l.op) != Some(mmu) {
+                    results.push(LineResult {
+                        line,
+                        op: "mmu",
+                        result: format!(
+                            "overridden: the model runs {} recovery={}",
+                            mmu.layout, mmu.recovery
+                        ),
+                    });
+                }
+            }
+            Op::Memslot { .. } => match memslot_step(&l.op, line, caps) {
+                Ok(step) => s.host_step(step),
+                Err(r) => results.push(r),
+            },
             Op::Attrs {
                 gpa,
                 size,
@@ -270,61 +368,65 @@ fn oplog(path: &Path, caps: &HostCaps, attributes_in_kvm: bool) -> Result<Plan> 
                 s.map(gpa, npages, flags, expect);
             }
             Op::Query { gpa, access } => s.host_step(HostStep::Query { gpa, access, line }),
-            ref other => s.host_step(HostStep::Skip {
+            Op::Fault { gpa, access } => s.host_step(HostStep::Fault { gpa, access, line }),
+            Op::FaultRange { gpa, size, access } => s.host_step(HostStep::FaultRange {
+                gpa,
+                size,
+                access,
                 line,
-                op: other.name(),
-                why: "MMU-model operation, not driven on KVM",
             }),
+            Op::Accept { gpa, level } => s.host_step(HostStep::Accept { gpa, level, line }),
         }
     }
-    Ok(Plan {
-        name: format!("oplog {}", path.display()),
+    Plan {
+        name: format!("oplog {name}"),
         slots: Vec::new(),
         script: s,
         check_state: false,
         lines: results,
-    })
+    }
 }
 
-fn memslot_step(op: &Op, line: usize, caps: &HostCaps) -> HostStep {
+/// The host step of a `memslot` line, or its result when it cannot run here.
+fn memslot_step(op: &Op, line: usize, caps: &HostCaps) -> Result<HostStep, LineResult> {
     let Op::Memslot {
         slot,
         gpa,
         size,
         flags,
-        ..
+        uaddr,
+        backing,
     } = *op
     else {
-        return HostStep::Skip {
+        return Err(LineResult {
             line,
             op: op.name(),
-            why: "not a memslot line",
-        };
+            result: "not a memslot line".into(),
+        });
     };
-    // Ids beyond u32 are out of range: the tracker refuses u32::MAX as it would 32764.
+    // Ids beyond u32 are out of range: the core refuses u32::MAX as it would 32764.
     let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-    if size == 0 {
-        return HostStep::RemoveSlot { slot, line };
+    if slot == BOOT_SLOT {
+        return Err(LineResult {
+            line,
+            op: "memslot",
+            result: format!("EBUSY: slot {BOOT_SLOT} holds kvm-run's guest program"),
+        });
     }
-    let backing = if flags.guest_memfd {
-        caps.best_backing()
-    } else {
-        Backing::Anonymous
-    };
-    let max_level = match op {
-        Op::Memslot {
-            backing: Some(l), ..
-        } => *l,
-        _ => Level::G1,
-    };
-    HostStep::AddSlot {
-        spec: SlotSpec {
+    Ok(HostStep::Memslot {
+        region: MemoryRegion {
             slot,
             gpa,
             size,
+            flags,
+            uaddr,
             backing,
-            max_level,
+        },
+        backing: if flags.guest_memfd {
+            caps.best_backing()
+        } else {
+            Backing::Anonymous
         },
         line,
-    }
+    })
 }

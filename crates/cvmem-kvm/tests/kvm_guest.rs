@@ -1,28 +1,68 @@
 //! Runs the guest program on /dev/kvm. Each test skips, saying why, where /dev/kvm or a
-//! capability is missing.
+//! capability is missing. `CVMEM_KVM_DEVICE=/nonexistent cargo test` exercises the skip path
+//! on a host that has KVM (the variable names the device the tests expect; default /dev/kvm).
 
 #![cfg(target_os = "linux")]
 
-use cvmem_kvm::{kvm_run, Backing, Error, Report, RunOptions, Workload};
+use std::path::{Path, PathBuf};
+
+use cvmem::mmu::{FaultOutcome, FaultRangeCounts};
+use cvmem::oplog::{self, Op};
+use cvmem::replay::{Outcome, Replayer};
+use cvmem::MaxLevel;
+use cvmem_kvm::{kvm_run, Backing, Error, ExitKind, Report, RunOptions, Workload};
+
+/// Why a run that failed with `e` is a skip (the host lacks something), or `None` for a real
+/// failure.
+fn skip_reason(e: &Error) -> Option<String> {
+    match e {
+        Error::MissingCapability(_) | Error::NoGuestProgram(_) => Some(e.to_string()),
+        Error::Kvm { what, source } if *what == "open /dev/kvm" || *what == "KVM_CREATE_VM" => {
+            Some(format!("{what}: {source}"))
+        }
+        _ => None,
+    }
+}
 
 /// Runs a workload, or returns `None` (after printing why) where the host cannot.
 fn run(workload: Workload) -> Option<Report> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: /dev/kvm does not exist");
+    let device =
+        std::env::var_os("CVMEM_KVM_DEVICE").map_or_else(|| "/dev/kvm".into(), PathBuf::from);
+    if !device.exists() {
+        eprintln!("skipped: {} does not exist", device.display());
         return None;
     }
-    match kvm_run(&RunOptions { workload }) {
+    match kvm_run(&RunOptions {
+        workload,
+        mmu: None,
+    }) {
         Ok(r) => Some(r),
-        Err(e @ (Error::MissingCapability(_) | Error::NoGuestProgram(_))) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-        Err(Error::Kvm { what, source }) if what == "open /dev/kvm" || what == "KVM_CREATE_VM" => {
-            eprintln!("skipped: {what}: {source}");
-            None
-        }
-        Err(e) => panic!("kvm run failed: {e}"),
+        Err(e) => match skip_reason(&e) {
+            Some(why) => {
+                eprintln!("skipped: {why}");
+                None
+            }
+            None => panic!("kvm run failed: {e}"),
+        },
     }
+}
+
+#[test]
+fn the_skip_path_names_what_is_missing() {
+    let no_kvm = Error::Kvm {
+        what: "open /dev/kvm",
+        source: kvm_ioctls::Error::new(libc::ENOENT),
+    };
+    assert!(skip_reason(&no_kvm).is_some_and(|w| w.contains("open /dev/kvm")));
+    assert!(skip_reason(&Error::MissingCapability("KVM_CAP_USER_MEMORY2")).is_some());
+    assert!(skip_reason(&Error::NoGuestProgram("no assembler")).is_some());
+    // Anything else is a failure, not a skip.
+    assert!(skip_reason(&Error::Guest("triple fault".into())).is_none());
+    let other_ioctl = Error::Kvm {
+        what: "KVM_RUN",
+        source: kvm_ioctls::Error::new(libc::EFAULT),
+    };
+    assert!(skip_reason(&other_ioctl).is_none());
 }
 
 #[test]
@@ -34,27 +74,54 @@ fn selftest_passes_every_data_check() {
     assert!(r.passed(), "{r}");
     // Conversions went through the port transport and the memory-fault path (16 private
     // accesses, then 4 shared ones, on the guest_memfd slot), and the 5 malformed requests per
-    // slot were refused.
+    // converting slot were refused.
     assert!(r.conversions.requests["port-io"] > 100);
     let gmem_slots = r
         .final_state
         .slots
         .iter()
         .filter(|s| s.backing.has_guest_memfd())
-        .count();
+        .count() as u64;
     assert_eq!(
         r.conversions
             .requests
             .get("memory-fault")
             .copied()
             .unwrap_or(0),
-        20 * gmem_slots as u64
+        20 * gmem_slots
     );
-    assert_eq!(
-        r.conversions.failed,
-        5 * (r.final_state.slots.len() as u64 - 1)
-    );
+    // Two converting slots (the best backing and anonymous, or anonymous alone) and the
+    // moving slot, which never converts.
+    let converting = r.final_state.slots.len() as u64 - 1;
+    assert_eq!(r.conversions.failed, 5 * converting);
     assert!(r.checked_pages.0 > 1000 && r.checked_pages.1 > 500);
+    // The slot that moved is at its new address, with dirty logging off again.
+    let moved = r.final_state.slots.iter().find(|s| s.slot == 10).unwrap();
+    assert_eq!(
+        (moved.gpa, moved.flags.dirty_log),
+        (13 << 30 | 8 << 20, false)
+    );
+    // Every probe mapped after its implicit conversion; guest accesses were faulted in.
+    assert_eq!(
+        r.probes.get("mapped").copied().unwrap_or(0)
+            + r.probes.get("spurious").copied().unwrap_or(0),
+        20 * gmem_slots
+    );
+    assert!(r.accesses.mapped.total() > 0 && r.accesses.spurious > 0);
+    // Conversions went through the model: shared leaves zapped, and where private memory is
+    // mapped (guest_memfd), straddling private huge leaves split rather than dropped.
+    let mmu = r.mmu.as_ref().unwrap();
+    assert!(mmu.stats.zaps > 0);
+    if gmem_slots > 0 {
+        assert!(
+            mmu.stats.splits > 0 && mmu.stats.private.total() > 0,
+            "{mmu}"
+        );
+    }
+    // Every conversion exit did tracking work, and less of it than the exit took.
+    let map = r.exits[&ExitKind::MapGpa];
+    assert_eq!(map.tracking.count, map.handler.count);
+    assert!(map.tracking.total_ns > 0 && map.tracking.total_ns < map.handler.total_ns);
 }
 
 #[test]
@@ -64,13 +131,8 @@ fn boot_workload_tracks_a_tdx_like_boot() {
     };
     println!("{r}");
     assert!(r.passed(), "{r}");
-    let ram: Vec<_> = r
-        .final_state
-        .slots
-        .iter()
-        .filter(|s| s.slot != cvmem_kvm::abi::BOOT_SLOT)
-        .collect();
-    assert_eq!(ram.len(), 2);
+    let ram = &r.final_state.slots;
+    assert_eq!(ram.len(), 2, "the boot slot is not guest RAM");
     if ram[0].backing != Backing::Anonymous {
         // Low RAM: private except the SWIOTLB pool, DMA pools and per-vCPU pages; the churn
         // leaves everything as it was, so no 1G page of low RAM is uniform except the top one.
@@ -78,13 +140,21 @@ fn boot_workload_tracks_a_tdx_like_boot() {
         assert_eq!(ram[1].private_bytes, ram[1].size);
         assert_eq!(ram[1].bytes_1g, ram[1].size);
         assert!(ram[0].mixed_2m >= 8);
+        let mmu = r.mmu.as_ref().unwrap();
+        // The churn's pages were touched private and shared at 4K (their 2M pages are mixed).
+        assert!(mmu.stats.private.k4 > 0 && mmu.stats.shared.k4 > 0, "{mmu}");
+        assert!(mmu.touched_all.huge_bytes <= mmu.touched_all.optimum_huge_bytes);
+        assert!(mmu.touched_all.ratio() > 0.99, "{mmu}");
     }
+}
+
+fn oplog_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
 #[test]
 fn oplog_map_gpa_lines_go_through_the_guest() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/spec/examples/basic.oplog");
+    let path = oplog_path("../../../shared/spec/examples/basic.oplog");
     if !path.exists() {
         eprintln!("skipped: {} not found", path.display());
         return;
@@ -113,4 +183,112 @@ fn oplog_map_gpa_lines_go_through_the_guest() {
     assert!(result(17).ends_with("-> no-slot"), "{}", result(17));
     assert!(result(18).starts_with("EINVAL"), "{}", result(18));
     assert!(result(19).starts_with("EEXIST"), "{}", result(19));
+}
+
+/// What `cvmem replay` says a line did, in kvm-run's words (`None`: nothing to report).
+fn replay_result(op: &Op, outcome: &Outcome) -> Option<String> {
+    let fault = |o: &FaultOutcome| match o {
+        FaultOutcome::Mapped { level } => format!("mapped {level}"),
+        other => other.name().to_string(),
+    };
+    let range = |c: &FaultRangeCounts| {
+        format!(
+            "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
+            c.mapped.k4, c.mapped.m2, c.mapped.g1, c.spurious, c.memory_fault, c.no_slot
+        )
+    };
+    Some(match (op, outcome) {
+        (_, Outcome::Error(e)) => e.errno().name().to_string(),
+        (Op::Query { gpa, access }, Outcome::Query(m)) => {
+            let l = match m {
+                MaxLevel::Level(l) => l.to_string(),
+                MaxLevel::NoSlot => "no-slot".into(),
+                MaxLevel::MemoryFault(_) => "memory-fault".into(),
+            };
+            format!("{gpa:#x} {} -> {l}", access.name())
+        }
+        (Op::Fault { gpa, access }, Outcome::Fault(o)) => {
+            format!("{gpa:#x} {} -> {}", access.name(), fault(o))
+        }
+        (Op::FaultRange { gpa, size, access }, Outcome::FaultRange(c)) => {
+            format!("{gpa:#x} +{size:#x} {} -> {}", access.name(), range(c))
+        }
+        (Op::Accept { gpa, level }, Outcome::Accept(a)) => {
+            format!("{gpa:#x} {level} -> {}", a.name())
+        }
+        _ => return None,
+    })
+}
+
+/// Runs an op-log through kvm-run and through the core's replay engine: every line with a
+/// result must agree (errors by errno), and so must the final attributes and page tables.
+fn same_as_replay(path: &Path) -> Option<Report> {
+    let r = run(Workload::Oplog(path.to_path_buf()))?;
+    println!("{r}");
+    assert!(r.passed(), "{r}");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut replay = Replayer::new();
+    for line in oplog::parse(&text).unwrap() {
+        let outcome = replay.apply(&line.op);
+        let ours = r.lines.iter().find(|l| l.line == line.number);
+        match (replay_result(&line.op, &outcome), ours) {
+            (Some(want), Some(got)) if matches!(outcome, Outcome::Error(_)) => {
+                assert!(
+                    got.result.starts_with(&format!("{want}:")),
+                    "line {}: replay {want}, kvm-run {}",
+                    line.number,
+                    got.result
+                );
+            }
+            (Some(want), Some(got)) => assert_eq!(got.result, want, "line {}", line.number),
+            (Some(want), None) => panic!("line {}: replay {want}, kvm-run nothing", line.number),
+            // Slot moves and dirty-log toggles are reported by kvm-run only.
+            (None, Some(got)) => assert!(
+                got.op == "memslot" && !got.result.starts_with('E'),
+                "line {}: kvm-run {}",
+                line.number,
+                got.result
+            ),
+            (None, None) => {}
+        }
+    }
+    let summary = replay.summary();
+    let attributes: Vec<(u64, u64)> = summary.attributes.iter().map(|&(g, s, _)| (g, s)).collect();
+    assert_eq!(r.final_state.private, attributes);
+    let ours = r.mmu.as_ref().unwrap().stats;
+    assert_eq!(ours, summary.mmu, "kvm-run's model against replay's");
+    Some(r)
+}
+
+#[test]
+fn oplog_mmu_lines_match_replay() {
+    let path = oplog_path("../../../shared/spec/examples/mmu.oplog");
+    if !path.exists() {
+        eprintln!("skipped: {} not found", path.display());
+        return;
+    }
+    same_as_replay(&path);
+}
+
+#[test]
+fn oplog_slot_moves_and_dirty_logging_match_replay() {
+    let Some(r) = same_as_replay(&oplog_path("tests/fixtures/slots.oplog")) else {
+        return;
+    };
+    let result = |line: usize| {
+        r.lines
+            .iter()
+            .find(|l| l.line == line)
+            .map_or("", |l| l.result.as_str())
+    };
+    // The too-large slot is refused by the rules (EINVAL), not by mmap.
+    assert!(result(6).starts_with("EINVAL: tracker:"), "{}", result(6));
+    assert!(result(13).starts_with("dirty-log on"), "{}", result(13));
+    assert!(
+        result(18).starts_with("moved from 0x40000000"),
+        "{}",
+        result(18)
+    );
+    let s = r.mmu.as_ref().unwrap().stats;
+    assert!(s.splits > 0 && s.zaps > 0 && s.collapses > 0, "{s:?}");
 }

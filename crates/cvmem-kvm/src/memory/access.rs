@@ -1,0 +1,144 @@
+//! Guest memory seen from the host (reads and writes through the shared mapping), and guest
+//! accesses through the MMU model (faults, accepts, touches).
+
+use std::collections::BTreeMap;
+
+use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts};
+use cvmem::{Access, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+
+use super::CvmMemory;
+use crate::backing::SlotMemory;
+use crate::error::{Error, Result};
+
+impl CvmMemory {
+    /// A guest access of kind `access` to `gpa` through the MMU model: what KVM's fault path
+    /// would do — map the page at the level the tracker allows (replacing smaller mappings),
+    /// or answer spurious, retry (a conversion is changing the pages around it), no slot, or a
+    /// memory fault (the access kind differs from the page's: KVM_EXIT_MEMORY_FAULT).
+    pub fn fault(&self, gpa: u64, access: Access) -> Result<FaultOutcome> {
+        Ok(self.update(|s| s.vm.fault(gpa, access)).0?)
+    }
+
+    /// [`CvmMemory::fault`] on every 4K page of `[gpa, gpa + size)` in address order, counted
+    /// (the op-log's `fault-range`; checked as `attrs` checks its range).
+    pub fn fault_range(&self, gpa: u64, size: u64, access: Access) -> Result<FaultRangeCounts> {
+        Ok(self.update(|s| s.vm.fault_range(gpa, size, access)).0?)
+    }
+
+    /// A guest that follows the protocol touching every page of `[gpa, gpa + size)`: each page
+    /// is accessed as the kind it has now (a TDX guest uses the private or the shared alias, an
+    /// SNP guest the C-bit, as it converted them), and faulted through the MMU model. What a
+    /// workload reports of the guest's reads and writes of memory.
+    pub fn touch(&self, gpa: u64, size: u64) -> Result<FaultRangeCounts> {
+        let (r, _) = self.update(|s| -> cvmem::Result<FaultRangeCounts> {
+            let range = s.vm.tracker().validate_attributes(gpa, size, 0)?;
+            let runs: Vec<(GfnRange, bool)> =
+                s.vm.tracker()
+                    .runs(range)
+                    .map(|r| (r.range(), r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0))
+                    .collect();
+            let mut total = FaultRangeCounts::default();
+            for (run, private) in runs {
+                let c = s.vm.fault_range(
+                    run.start * PAGE_SIZE,
+                    run.len() * PAGE_SIZE,
+                    Access::from_private(private),
+                )?;
+                add_counts(&mut total, &c);
+            }
+            Ok(total)
+        });
+        Ok(r?)
+    }
+
+    /// A TDX guest accepting the private page at `gpa` at `level` (the op-log's `accept`; the
+    /// split layout only).
+    pub fn accept(&self, gpa: u64, level: Level) -> Result<AcceptOutcome> {
+        Ok(self.update(|s| s.vm.accept(gpa, level)).0?)
+    }
+
+    /// Reads the quadword at `gpa` through the host's shared mapping of its slot.
+    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
+        let memory = self.lock_memory();
+        let (mem, off) = locate(&memory, gpa, 8)?;
+        mem.shared()
+            .read_u64(off)
+            .ok_or(Error::NotInSlot { gpa, size: 8 })
+    }
+
+    /// Writes the quadword at `gpa` through the host's shared mapping of its slot.
+    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<()> {
+        let memory = self.lock_memory();
+        let (mem, off) = locate(&memory, gpa, 8)?;
+        if mem.shared().write_u64(off, value) {
+            Ok(())
+        } else {
+            Err(Error::NotInSlot { gpa, size: 8 })
+        }
+    }
+
+    /// Copies `bytes` to `gpa` through the host's shared mapping (one slot only).
+    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) -> Result<()> {
+        let memory = self.lock_memory();
+        let size = bytes.len() as u64;
+        let (mem, off) = locate(&memory, gpa, size)?;
+        if mem.shared().write_bytes(off, bytes) {
+            Ok(())
+        } else {
+            Err(Error::NotInSlot { gpa, size })
+        }
+    }
+
+    /// Writes `f(gpa)` to every quadword of `[gpa, gpa + size)` through the host mapping.
+    pub fn write_with(&self, gpa: u64, size: u64, f: impl Fn(u64) -> u64) -> Result<()> {
+        let memory = self.lock_memory();
+        let (mem, off) = locate(&memory, gpa, size)?;
+        for i in (0..size).step_by(8) {
+            if !mem.shared().write_u64(off + i as usize, f(gpa + i)) {
+                return Err(Error::NotInSlot { gpa, size });
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(gpa, value)` with every quadword of `[gpa, gpa + size)` read through the host
+    /// mapping, stopping early when `f` returns false.
+    pub fn scan_u64(&self, gpa: u64, size: u64, mut f: impl FnMut(u64, u64) -> bool) -> Result<()> {
+        let memory = self.lock_memory();
+        let (mem, off) = locate(&memory, gpa, size)?;
+        for i in (0..size).step_by(8) {
+            let v = mem
+                .shared()
+                .read_u64(off + i as usize)
+                .ok_or(Error::NotInSlot { gpa, size })?;
+            if !f(gpa + i, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds the counts of `b` to `a`.
+pub(crate) fn add_counts(a: &mut FaultRangeCounts, b: &FaultRangeCounts) {
+    for level in [Level::K4, Level::M2, Level::G1] {
+        a.mapped.add(level, b.mapped.get(level));
+    }
+    a.spurious += b.spurious;
+    a.memory_fault += b.memory_fault;
+    a.no_slot += b.no_slot;
+    a.retry += b.retry;
+}
+
+fn locate(memory: &BTreeMap<u32, SlotMemory>, gpa: u64, size: u64) -> Result<(&SlotMemory, usize)> {
+    memory
+        .values()
+        .find(|m| {
+            gpa >= m.gpa
+                && gpa
+                    .checked_add(size)
+                    .is_some_and(|end| end <= m.gpa + m.size())
+        })
+        .map(|m| (m, (gpa - m.gpa) as usize))
+        .ok_or(Error::NotInSlot { gpa, size })
+}

@@ -1,0 +1,324 @@
+//! Memslot changes on a [`CvmMemory`]: create, delete, move and dirty-log toggles, each checked
+//! with the core's rules before any memory is allocated, any ioctl is made or any listener hears
+//! of it.
+
+use std::collections::BTreeMap;
+
+use cvmem::{Access, Level, MemoryRegion, SlotChange, SlotFlags};
+
+use super::{CvmMemory, SlotInfo, SlotSpec};
+use crate::backing::{Backing, SlotMemory};
+use crate::error::{Error, Result};
+use crate::listener::{self, Cause, MemoryEvent};
+use crate::sys;
+
+type Slots = BTreeMap<u32, SlotMemory>;
+
+impl CvmMemory {
+    /// Creates a memslot: checked with KVM's rules (the core's), then host memory, KVM's slot,
+    /// the MMU model's slot; its shared memory is announced to listeners. On error nothing is
+    /// left behind. An existing id is refused (see [`CvmMemory::set_user_memory_region`] to
+    /// move or re-flag a slot).
+    pub fn add_slot(&self, spec: &SlotSpec) -> Result<()> {
+        let mut memory = self.lock_memory();
+        if memory.contains_key(&spec.slot) {
+            return Err(cvmem::Error::Unsupported {
+                what: "creating a memslot whose id exists",
+            }
+            .into());
+        }
+        let region = MemoryRegion {
+            slot: spec.slot,
+            gpa: spec.gpa,
+            size: spec.size,
+            flags: SlotFlags {
+                guest_memfd: spec.backing.has_guest_memfd(),
+                ..SlotFlags::default()
+            },
+            uaddr: None,
+            backing: Some(spec.max_level),
+        };
+        self.apply_locked(&mut memory, &region, spec.backing)
+            .map(drop)
+    }
+
+    /// Removes a memslot: listeners hear its shared memory go, then KVM and the MMU model drop
+    /// the slot (zapping its mappings), then its host memory is freed.
+    pub fn remove_slot(&self, slot: u32) -> Result<()> {
+        let mut memory = self.lock_memory();
+        if !memory.contains_key(&slot) {
+            return Err(cvmem::Error::UnknownSlot { slot }.into());
+        }
+        self.remove_locked(&mut memory, slot)
+    }
+
+    /// Moves memslot `slot` to `gpa`, keeping its host memory and so its contents (KVM moves a
+    /// slot in one KVM_SET_USER_MEMORY_REGION2: internally a delete and a re-create at the new
+    /// address with the same `userspace_addr`). Attributes stay per gfn: the memory arriving at
+    /// `gpa` takes the attributes of those gfns. Listeners hear the slot's shared ranges go from
+    /// the old place and appear at the new one; the model zaps the old range. KVM's rules: a
+    /// guest_memfd slot cannot move (EINVAL), overlap is EEXIST.
+    pub fn move_slot(&self, slot: u32, gpa: u64) -> Result<SlotChange> {
+        let mut memory = self.lock_memory();
+        let mut region = self.current_region(slot)?;
+        region.gpa = gpa;
+        self.apply_locked(&mut memory, &region, Backing::Anonymous)
+    }
+
+    /// Turns dirty logging of memslot `slot` on or off (KVM_MEM_LOG_DIRTY_PAGES): on, the model
+    /// splits the slot's huge mappings down to 4K; off, they may grow back. Not for guest_memfd
+    /// slots (EINVAL, as KVM).
+    pub fn set_dirty_log(&self, slot: u32, enabled: bool) -> Result<SlotChange> {
+        let mut memory = self.lock_memory();
+        let mut region = self.current_region(slot)?;
+        region.flags.dirty_log = enabled;
+        self.apply_locked(&mut memory, &region, Backing::Anonymous)
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 for the VMM, as the op-log's `memslot` line: size 0 deletes,
+    /// a new id creates (host memory of kind `backing`, which must agree with
+    /// `region.flags.guest_memfd`), an existing id moves and/or toggles dirty logging (and
+    /// `backing` is ignored). The request is checked with the core's rules first, so a request
+    /// KVM would refuse (a too-large slot, an overlap, a changed size or uaddr...) fails with
+    /// the core's error before anything is allocated or changed.
+    ///
+    /// `region.uaddr` is what KVM's rules see as the slot's host address: for a new slot, the
+    /// mapping is placed congruent to it modulo `region.backing` (or to `gpa` when `None`), and
+    /// the model records it (or the mapping's real address when `None`); for an existing slot,
+    /// `None` keeps it and anything else must equal it.
+    pub fn set_user_memory_region(
+        &self,
+        region: &MemoryRegion,
+        backing: Backing,
+    ) -> Result<SlotChange> {
+        let mut memory = self.lock_memory();
+        self.apply_locked(&mut memory, region, backing)
+    }
+
+    /// The slot as a request that changes nothing.
+    fn current_region(&self, slot: u32) -> Result<MemoryRegion> {
+        let state = super::read(&self.state);
+        let s = state
+            .vm
+            .tracker()
+            .memslot(slot)
+            .ok_or(cvmem::Error::UnknownSlot { slot })?;
+        Ok(MemoryRegion {
+            slot,
+            gpa: s.gpa(),
+            size: s.size(),
+            flags: s.flags(),
+            uaddr: None,
+            backing: None,
+        })
+    }
+
+    fn apply_locked(
+        &self,
+        memory: &mut Slots,
+        region: &MemoryRegion,
+        backing: Backing,
+    ) -> Result<SlotChange> {
+        // The core's rules on a copy of the tracker (a few KiB): what the request would do.
+        let (probe, _) = self.inspect(|s| s.vm.tracker().clone().set_user_memory_region(region));
+        let change = probe?;
+        match change {
+            SlotChange::Created => self.create_locked(memory, region, backing),
+            SlotChange::Deleted { .. } => self.remove_locked(memory, region.slot).map(|()| change),
+            SlotChange::Moved { .. } | SlotChange::DirtyLog { .. } => {
+                self.change_locked(memory, region, change)
+            }
+            SlotChange::Unchanged => Ok(change),
+        }
+    }
+
+    fn create_locked(
+        &self,
+        memory: &mut Slots,
+        region: &MemoryRegion,
+        backing: Backing,
+    ) -> Result<SlotChange> {
+        if backing.has_guest_memfd() != region.flags.guest_memfd {
+            return Err(cvmem::Error::InvalidFlags {
+                why: "the guest-memfd flag and the slot's backing disagree",
+            }
+            .into());
+        }
+        let slot = region.slot;
+        let max_level = region.backing.unwrap_or(Level::G1);
+        let mut mem = SlotMemory::new(
+            self.vm.as_deref(),
+            backing,
+            region.gpa,
+            region.size,
+            region.uaddr.unwrap_or(region.gpa),
+            max_level.size(),
+        )?;
+        mem.flags = region.flags;
+        self.kvm_set(slot, &mem)?;
+        let hva = mem.shared().addr();
+        let model = MemoryRegion {
+            uaddr: Some(region.uaddr.unwrap_or(hva)),
+            backing: Some(max_level),
+            ..*region
+        };
+        let (r, _) = self.update(|s| {
+            let r = s.vm.set_user_memory_region(&model);
+            if r.is_ok() {
+                s.slots.insert(slot, SlotInfo { backing, hva });
+            }
+            r
+        });
+        if let Err(e) = r {
+            self.kvm_delete(slot, &mem);
+            return Err(e.into());
+        }
+        memory.insert(slot, mem);
+        let shared = self.slot_runs(slot, Access::Shared);
+        let event = MemoryEvent {
+            to: Access::Shared,
+            cause: Cause::SlotAdded,
+            ranges: &shared,
+        };
+        if let Err(e) = listener::notify_all(&self.listeners(), &event) {
+            let mem = memory.remove(&slot);
+            self.delete_slot_locked(slot, mem);
+            return Err(e);
+        }
+        Ok(SlotChange::Created)
+    }
+
+    fn remove_locked(&self, memory: &mut Slots, slot: u32) -> Result<()> {
+        let shared = self.slot_runs(slot, Access::Shared);
+        listener::notify_all(
+            &self.listeners(),
+            &MemoryEvent {
+                to: Access::Private,
+                cause: Cause::SlotRemoved,
+                ranges: &shared,
+            },
+        )?;
+        let mem = memory.remove(&slot);
+        self.delete_slot_locked(slot, mem);
+        Ok(())
+    }
+
+    /// Deletes a slot from KVM (before its memory goes) and from the model; cannot fail for
+    /// an existing slot.
+    pub(super) fn delete_slot_locked(&self, slot: u32, mem: Option<SlotMemory>) {
+        if let Some(m) = &mem {
+            self.kvm_delete(slot, m);
+        }
+        self.update(|s| {
+            // Deleting an existing slot cannot fail.
+            let _ = s.vm.set_user_memory_region(&MemoryRegion {
+                slot,
+                size: 0,
+                ..MemoryRegion::default()
+            });
+            s.slots.remove(&slot);
+        });
+        drop(mem);
+    }
+
+    /// A move and/or dirty-log toggle of an existing slot.
+    fn change_locked(
+        &self,
+        memory: &mut Slots,
+        region: &MemoryRegion,
+        change: SlotChange,
+    ) -> Result<SlotChange> {
+        let slot = region.slot;
+        let moving = matches!(change, SlotChange::Moved { .. });
+        let listeners = self.listeners();
+        let old_shared = if moving {
+            self.slot_runs(slot, Access::Shared)
+        } else {
+            Vec::new()
+        };
+        let gone = MemoryEvent {
+            to: Access::Private,
+            cause: Cause::SlotRemoved,
+            ranges: &old_shared,
+        };
+        listener::notify_all(&listeners, &gone)?;
+        let undo_gone = |cause: Error| -> Error {
+            match listener::undo(&listeners, &gone) {
+                Ok(()) => cause,
+                Err(why) => Error::Inconsistent {
+                    cause: cause.to_string(),
+                    why,
+                },
+            }
+        };
+        let Some(mem) = memory.get_mut(&slot) else {
+            return Err(undo_gone(cvmem::Error::UnknownSlot { slot }.into()));
+        };
+        let (old_gpa, old_flags) = (mem.gpa, mem.flags);
+        mem.gpa = region.gpa;
+        mem.flags.dirty_log = region.flags.dirty_log;
+        if let Err(e) = self.kvm_set(slot, mem) {
+            (mem.gpa, mem.flags) = (old_gpa, old_flags);
+            return Err(undo_gone(e));
+        }
+        // Puts KVM's slot back as it was.
+        let undo_kvm = |mem: &mut SlotMemory, cause: Error| -> Error {
+            (mem.gpa, mem.flags) = (old_gpa, old_flags);
+            match self.kvm_set(slot, mem) {
+                Ok(()) => undo_gone(cause),
+                Err(e) => Error::Inconsistent {
+                    cause: cause.to_string(),
+                    why: e.to_string(),
+                },
+            }
+        };
+        let (r, _) = self.update(|s| s.vm.set_user_memory_region(region));
+        if let Err(e) = r {
+            return Err(undo_kvm(mem, e.into()));
+        }
+        if moving {
+            let new_shared = self.slot_runs(slot, Access::Shared);
+            let arrived = MemoryEvent {
+                to: Access::Shared,
+                cause: Cause::SlotAdded,
+                ranges: &new_shared,
+            };
+            if let Err(e) = listener::notify_all(&listeners, &arrived) {
+                let back = MemoryRegion {
+                    gpa: old_gpa,
+                    flags: old_flags,
+                    uaddr: None,
+                    backing: None,
+                    ..*region
+                };
+                let (r, _) = self.update(|s| s.vm.set_user_memory_region(&back));
+                return Err(match r {
+                    Ok(_) => undo_kvm(mem, e),
+                    Err(why) => Error::Inconsistent {
+                        cause: e.to_string(),
+                        why: why.to_string(),
+                    },
+                });
+            }
+        }
+        Ok(change)
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 with `mem` as slot `slot` (nothing without a VM).
+    fn kvm_set(&self, slot: u32, mem: &SlotMemory) -> Result<()> {
+        match &self.vm {
+            Some(vm) => sys::set_user_memory_region2(vm, mem.region(slot))
+                .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes slot `slot` from KVM; cannot fail for a slot KVM has (the memory is freed after).
+    fn kvm_delete(&self, slot: u32, mem: &SlotMemory) {
+        if let Some(vm) = &self.vm {
+            let mut region = mem.region(slot);
+            region.memory_size = 0;
+            let _ = sys::set_user_memory_region2(vm, region);
+        }
+    }
+}
