@@ -278,12 +278,67 @@ impl Tracker {
     /// KVM_SET_USER_MEMORY_REGION2 with KVM's rules: create, delete, move, or toggle dirty
     /// logging. Large-page info is built in O(runs + large pages), never per page.
     pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
+        let change = self.check_user_memory_region(r)?;
+        let base_gfn = r.gpa >> PAGE_SHIFT;
+        let new_range = GfnRange::new(base_gfn, base_gfn + r.size / PAGE_SIZE);
+        let idx = self
+            .memslot(r.slot)
+            .map(|s| self.slot_index(s.base_gfn).expect("ids and slots agree"));
+        match (change, idx) {
+            (SlotChange::Created, _) => {
+                let lpage = self.build_lpage(new_range)?;
+                let oom = |bytes| Error::NoMemory { bytes };
+                self.slots
+                    .try_reserve(1)
+                    .map_err(|_| oom(size_of::<Memslot>()))?;
+                self.ids
+                    .try_reserve(1)
+                    .map_err(|_| oom(size_of::<(u32, u64)>()))?;
+                let slot = Memslot {
+                    id: r.slot,
+                    base_gfn,
+                    npages: new_range.len(),
+                    flags: r.flags,
+                    uaddr: r.uaddr.unwrap_or(r.gpa),
+                    backing: r.backing.unwrap_or(Level::G1),
+                    lpage,
+                };
+                let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
+                self.slots.insert(at, slot);
+                self.set_id(r.slot, Some(base_gfn));
+            }
+            (SlotChange::Deleted { .. }, Some(idx)) => {
+                self.slots.remove(idx);
+                self.set_id(r.slot, None);
+            }
+            (SlotChange::Moved { .. }, Some(idx)) => {
+                // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not follow).
+                let lpage = self.build_lpage(new_range)?;
+                let mut slot = self.slots.remove(idx);
+                slot.base_gfn = base_gfn;
+                slot.flags.dirty_log = r.flags.dirty_log;
+                slot.lpage = lpage;
+                let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
+                self.slots.insert(at, slot);
+                self.set_id(r.slot, Some(base_gfn));
+            }
+            (SlotChange::DirtyLog { enabled }, Some(idx)) => {
+                self.slots[idx].flags.dirty_log = enabled
+            }
+            _ => {}
+        }
+        Ok(change)
+    }
+
+    /// What [`Tracker::set_user_memory_region`] would do with `r`, or why KVM would refuse it,
+    /// without changing anything: a VMM checks a request with this before it allocates memory or
+    /// calls into KVM. Only running out of memory can still make the real call fail.
+    pub fn check_user_memory_region(&self, r: &MemoryRegion) -> Result<SlotChange> {
         memslot::validate(r)?;
         let npages = r.size / PAGE_SIZE;
         let base_gfn = r.gpa >> PAGE_SHIFT;
         let new_range = GfnRange::new(base_gfn, base_gfn + npages);
-        let existing = self.memslot(r.slot).map(|s| s.base_gfn);
-        let Some(old_base) = existing else {
+        let Some(old) = self.memslot(r.slot) else {
             if npages == 0 {
                 return Err(Error::UnknownSlot { slot: r.slot });
             }
@@ -293,34 +348,10 @@ impl Tracker {
                     other,
                 });
             }
-            let lpage = self.build_lpage(new_range)?;
-            self.slots.try_reserve(1).map_err(|_| Error::NoMemory {
-                bytes: size_of::<Memslot>(),
-            })?;
-            self.ids
-                .try_reserve(1)
-                .map_err(|_| Error::NoMemory { bytes: 16 })?;
-            let slot = Memslot {
-                id: r.slot,
-                base_gfn,
-                npages,
-                flags: r.flags,
-                uaddr: r.uaddr.unwrap_or(r.gpa),
-                backing: r.backing.unwrap_or(Level::G1),
-                lpage,
-            };
-            let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
-            self.slots.insert(at, slot);
-            self.set_id(r.slot, Some(base_gfn));
             return Ok(SlotChange::Created);
         };
-        let idx = self.slot_index(old_base).expect("ids and slots agree");
-        let old = &self.slots[idx];
-        let old_range = old.range();
         if npages == 0 {
-            self.slots.remove(idx);
-            self.set_id(r.slot, None);
-            return Ok(SlotChange::Deleted { old: old_range });
+            return Ok(SlotChange::Deleted { old: old.range() });
         }
         if old.flags.guest_memfd {
             return Err(Error::SlotImmutable {
@@ -338,10 +369,8 @@ impl Tracker {
         if let Some((_, what)) = immutable.iter().find(|(changed, _)| *changed) {
             return Err(Error::SlotImmutable { slot: r.slot, what });
         }
-        let dirty_changed = r.flags.dirty_log != old.flags.dirty_log;
-        if base_gfn == old_base {
-            self.slots[idx].flags.dirty_log = r.flags.dirty_log;
-            return Ok(if dirty_changed {
+        if base_gfn == old.base_gfn {
+            return Ok(if r.flags.dirty_log != old.flags.dirty_log {
                 SlotChange::DirtyLog {
                     enabled: r.flags.dirty_log,
                 }
@@ -355,16 +384,7 @@ impl Tracker {
                 other,
             });
         }
-        // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not follow).
-        let lpage = self.build_lpage(new_range)?;
-        let mut slot = self.slots.remove(idx);
-        slot.base_gfn = base_gfn;
-        slot.flags.dirty_log = r.flags.dirty_log;
-        slot.lpage = lpage;
-        let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
-        self.slots.insert(at, slot);
-        self.set_id(r.slot, Some(base_gfn));
-        Ok(SlotChange::Moved { old: old_range })
+        Ok(SlotChange::Moved { old: old.range() })
     }
 
     /// The fault path: the largest level at which the page at `gpa` may be mapped for an

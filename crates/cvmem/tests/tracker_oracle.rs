@@ -144,7 +144,10 @@ fn apply(
                 uaddr,
                 backing,
             };
-            let a = t.set_user_memory_region(&r).err().map(|e| e.errno());
+            let checked = t.check_user_memory_region(&r);
+            let done = t.set_user_memory_region(&r);
+            assert_eq!(checked, done, "the dry run predicts the call");
+            let a = done.err().map(|e| e.errno());
             let b = o
                 .set_memslot(
                     id,
