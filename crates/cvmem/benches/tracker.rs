@@ -86,6 +86,20 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The fault path on the fragmented guest: most 2M pages are mixed, so the runs are searched.
+    let frag_gpas: Vec<u64> = (0..4096).map(|_| (rng.next() % (T1 / K4)) * K4).collect();
+    let frag_access: Vec<Access> = frag_gpas
+        .iter()
+        .map(|&g| Access::from_private(fragmented.is_private(g / K4)))
+        .collect();
+    let mut j = 0;
+    c.bench_function("max_mapping_level, 1 TiB after 10^6 random flips", |b| {
+        b.iter(|| {
+            j = (j + 1) & 4095;
+            black_box(fragmented.max_mapping_level(black_box(frag_gpas[j]), frag_access[j]))
+        })
+    });
+
     let t = realistic_1t();
     eprintln!(
         "1 TiB private + 1 GiB bounce pool + 2,000 shared 4K pages: tracker heap {} bytes \
