@@ -155,7 +155,7 @@ impl GfnRange {
     }
     /// Number of gfns in the range.
     pub const fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
     /// Whether the range holds no gfn.
     pub const fn is_empty(&self) -> bool {

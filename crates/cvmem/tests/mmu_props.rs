@@ -1,6 +1,7 @@
 //! Property test of the TDP MMU model: random operation sequences on every layout, recovery
 //! policy and accept policy, with the model's invariants and per-operation oracles checked after
-//! every operation, and the optimum reached at quiescence under eager recovery.
+//! every operation, and the optimum reached at quiescence under eager recovery. Two-phase
+//! conversions run another operation inside their window and end or abort.
 
 use cvmem::mmu::{
     AcceptOutcome, AcceptPolicy, FaultOutcome, Layout, Leaf, Recovery, SharedBit, Vm,
@@ -47,12 +48,15 @@ enum Op {
         size: u64,
         private: bool,
     },
-    /// A conversion in two phases with a probing fault inside the window.
+    /// A conversion in two phases: a probing fault and maybe another operation while the
+    /// window is open, then the end, or an abort.
     TwoPhase {
         gpa: u64,
         size: u64,
         private: bool,
         probe: u64,
+        inner: Option<Box<Op>>,
+        abort: bool,
     },
     Accept {
         gpa: u64,
@@ -68,9 +72,11 @@ enum Op {
         place: usize,
         dirty: bool,
     },
-    /// Dirty logging of slot 2 on or off where it is.
+    /// Dirty logging of slot 2 on or off where it is; then, with `touch`, every page of the
+    /// slot is faulted in (shared), as a migration's first pass would.
     DirtyLog {
         on: bool,
+        touch: bool,
     },
     DeleteSlot {
         slot: u32,
@@ -94,25 +100,47 @@ fn size() -> impl Strategy<Value = u64> {
     ]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// Every operation but `TwoPhase`.
+fn simple_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (gpa(), any::<bool>()).prop_map(|(gpa, private)| Op::Fault { gpa, private }),
         2 => (gpa(), (1u64..9).prop_map(|n| n * M2), any::<bool>())
             .prop_map(|(gpa, size, private)| Op::FaultRange { gpa, size, private }),
         4 => (gpa(), size(), any::<bool>())
             .prop_map(|(gpa, size, private)| Op::Convert { gpa, size, private }),
-        1 => (gpa(), size(), any::<bool>(), gpa())
-            .prop_map(|(gpa, size, private, probe)| Op::TwoPhase { gpa, size, private, probe }),
         2 => (gpa(), prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)])
             .prop_map(|(gpa, level)| Op::Accept { gpa: gpa & !(level.size() - 1), level }),
         1 => (gpa(), prop_oneof![Just(Level::K4), Just(Level::M2)])
             .prop_map(|(gpa, level)| Op::AcceptAll { gpa, level }),
         1 => (0..SLOT2_PLACES.len(), any::<bool>())
             .prop_map(|(place, dirty)| Op::MoveSlot2 { place, dirty }),
-        2 => any::<bool>().prop_map(|on| Op::DirtyLog { on }),
+        2 => dirty_log(),
         1 => (0u32..4).prop_map(|slot| Op::DeleteSlot { slot }),
         1 => Just(Op::RecreateSlots),
     ]
+}
+
+fn dirty_log() -> impl Strategy<Value = Op> {
+    (any::<bool>(), any::<bool>()).prop_map(|(on, touch)| Op::DirtyLog { on, touch })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Inside a window, dirty logging turned off is what makes a held region collapsible.
+    let inner = prop_oneof![2 => simple_op(), 1 => dirty_log()];
+    let two_phase = (
+        (gpa(), size(), any::<bool>(), gpa()),
+        proptest::option::of(inner),
+        any::<bool>(),
+    )
+        .prop_map(|((gpa, size, private, probe), inner, abort)| Op::TwoPhase {
+            gpa,
+            size,
+            private,
+            probe,
+            inner: inner.map(Box::new),
+            abort,
+        });
+    prop_oneof![10 => simple_op(), 2 => two_phase]
 }
 
 fn regions() -> [MemoryRegion; 4] {
@@ -175,7 +203,24 @@ fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     ranges.get(i).is_some_and(|r| r.0 <= start && end <= r.1)
 }
 
-fn expect_fault(vm: &Vm, gpa: u64, access: Access) -> FaultOutcome {
+/// Whether a fault at `gpa` must return `Retry`: it lies in a slot and in the open window.
+fn retries(vm: &Vm, window: Option<GfnRange>, gpa: u64) -> bool {
+    let g = gpa / K4;
+    window.is_some_and(|w| w.contains(g)) && vm.tracker().slot_for_gfn(g).is_some()
+}
+
+/// The window of a conversion of `range`: widened to the 1G pages of its head and tail.
+fn window_of(range: GfnRange) -> GfnRange {
+    GfnRange::new(
+        Level::G1.align_down(range.start),
+        range.end.div_ceil(Level::G1.pages()) * Level::G1.pages(),
+    )
+}
+
+fn expect_fault(vm: &Vm, window: Option<GfnRange>, gpa: u64, access: Access) -> FaultOutcome {
+    if retries(vm, window, gpa) {
+        return FaultOutcome::Retry;
+    }
     match vm.tracker().max_mapping_level(gpa, access) {
         MaxLevel::NoSlot => FaultOutcome::NoSlot,
         MaxLevel::MemoryFault(m) => FaultOutcome::MemoryFault(m),
@@ -219,11 +264,12 @@ fn check_conversion_keeps(
     Ok(())
 }
 
-fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
+/// Applies `op`, with `window` the invalidation window open meanwhile, if any.
+fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseError> {
     match *op {
         Op::Fault { gpa, private } => {
             let access = kind(private);
-            let want = expect_fault(vm, gpa, access);
+            let want = expect_fault(vm, window, gpa, access);
             let got = vm.fault(gpa, access).unwrap();
             match (want, got) {
                 (FaultOutcome::Mapped { level: max }, FaultOutcome::Mapped { level }) => {
@@ -244,7 +290,15 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
                 r.mapped.total() + r.spurious + r.memory_fault + r.no_slot + r.retry,
                 size / K4
             );
-            prop_assert_eq!(r.retry, 0);
+            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let in_window = window.and_then(|w| w.intersect(&range));
+            let retry: u64 = vm
+                .tracker()
+                .memslots()
+                .filter_map(|s| in_window.and_then(|w| w.intersect(&s.range())))
+                .map(|r| r.end - r.start)
+                .sum();
+            prop_assert_eq!(r.retry, retry);
         }
         Op::Convert { gpa, size, private } => {
             let before: Vec<Leaf> = vm.leaves().collect();
@@ -263,6 +317,8 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
             size,
             private,
             probe,
+            ref inner,
+            abort,
         } => {
             let attrs = if private {
                 KVM_MEMORY_ATTRIBUTE_PRIVATE
@@ -270,27 +326,45 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
                 0
             };
             let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let attrs_before: Vec<_> = vm.tracker().runs(range).collect();
             let c = vm.begin_conversion(gpa, size, attrs).unwrap();
             vm.check_invariants().map_err(TestCaseError::fail)?;
+            let window = c.changes().then(|| window_of(range));
             let out = vm.fault(probe, Access::Private).unwrap();
-            let g = probe / K4;
-            let window = GfnRange::new(
-                Level::G1.align_down(range.start),
-                range.end.div_ceil(Level::G1.pages()) * Level::G1.pages(),
-            );
-            let in_slot = vm.tracker().slot_for_gfn(g).is_some();
             prop_assert_eq!(
                 out == FaultOutcome::Retry,
-                c.changes() && in_slot && window.contains(g),
+                retries(vm, window, probe),
                 "probe {:#x} -> {:?}",
                 probe,
                 out
             );
             vm.check_invariants().map_err(TestCaseError::fail)?;
-            vm.end_conversion(c).unwrap();
-            prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
+            if let Some(inner) = inner {
+                apply(vm, inner, window)?;
+                vm.check_invariants()
+                    .map_err(|e| TestCaseError::fail(format!("inside the window: {e}")))?;
+            }
+            let (leaves, stats) = (vm.leaves().collect::<Vec<_>>(), vm.stats());
+            if abort {
+                vm.abort_conversion(c).unwrap();
+                if inner.is_none() {
+                    // Nothing but the window changes: no attribute, no leaf, no counter.
+                    prop_assert_eq!(vm.tracker().runs(range).collect::<Vec<_>>(), attrs_before);
+                    prop_assert_eq!(vm.leaves().collect::<Vec<_>>(), leaves);
+                    prop_assert_eq!(vm.stats(), stats);
+                }
+            } else {
+                let changes = c.changes();
+                vm.end_conversion(c).unwrap();
+                // (An inner conversion may have changed a range that needed no change.)
+                if changes || inner.is_none() {
+                    prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
+                }
+            }
         }
         Op::Accept { gpa, level } => match (vm.is_accepted(gpa, level), vm.accept(gpa, level)) {
+            (_, Ok(AcceptOutcome::Retry)) => prop_assert!(retries(vm, window, gpa)),
+            (_, Ok(_)) if retries(vm, window, gpa) => prop_assert!(false, "no retry in the window"),
             (_, Err(e)) => prop_assert!(!vm.layout().is_split(), "{e}"),
             (already, Ok(AcceptOutcome::Accepted)) => {
                 let leaf = vm.lookup(gpa, Access::Private);
@@ -312,7 +386,6 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
                     .is_some_and(|s| s.flags().guest_memfd);
                 prop_assert!(!gmem || !vm.tracker().is_private(gpa / K4));
             }
-            (_, Ok(AcceptOutcome::Retry)) => prop_assert!(false, "no window is open"),
         },
         Op::AcceptAll { gpa, level } => {
             let large = level.larger().expect("4K or 2M");
@@ -323,7 +396,11 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
                     break;
                 }
             }
-            if vm.layout().is_split() && vm.accept_policy() == AcceptPolicy::ClearWhenAccepted {
+            let held = retries(vm, window, start);
+            if vm.layout().is_split()
+                && vm.accept_policy() == AcceptPolicy::ClearWhenAccepted
+                && !held
+            {
                 let whole = vm
                     .tracker()
                     .runs(GfnRange::new(start / K4, (start + large.size()) / K4))
@@ -338,12 +415,15 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
                 }
             }
         }
-        Op::DirtyLog { on } => {
+        Op::DirtyLog { on, touch } => {
             if let Some(s) = vm.tracker().memslot(2) {
                 let mut r = regions()[2];
                 r.gpa = s.gpa();
                 r.flags.dirty_log = on;
                 vm.set_user_memory_region(&r).unwrap();
+                if touch {
+                    vm.fault_range(r.gpa, r.size, Access::Shared).unwrap();
+                }
             }
         }
         Op::MoveSlot2 { place, dirty } => {
@@ -440,7 +520,7 @@ proptest! {
             vm.set_memory_attributes(0, G1 + 8 * M2, KVM_MEMORY_ATTRIBUTE_PRIVATE).unwrap();
         }
         for op in &ops {
-            apply(&mut vm, op)?;
+            apply(&mut vm, op, None)?;
             if let Err(e) = vm.check_invariants() {
                 return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
             }

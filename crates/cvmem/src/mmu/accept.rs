@@ -211,7 +211,7 @@ impl Vm {
             if self.trees.lookup(gfn, true).is_none() {
                 self.fault_capped(gfn, Access::Private, level)?;
             }
-            self.recover_around(gfn);
+            self.recover_accepted(gfn, level);
             return Ok(AcceptOutcome::Accepted);
         }
         self.tracker.set_guest_inhibit(gfn, level)?;
@@ -226,15 +226,16 @@ impl Vm {
             }
         }
         // A fault-in capped below the allowed level, or a cleared inhibit, may have made the
-        // 1G region collapsible.
-        self.recover_around(gfn);
+        // accepted page's 2M pages or its 1G page collapsible.
+        self.recover_accepted(gfn, level);
         Ok(AcceptOutcome::Accepted)
     }
 
-    /// Eager recovery of the 1G region holding `gfn`.
-    fn recover_around(&mut self, gfn: u64) {
-        let start = Level::G1.align_down(gfn);
-        self.recover(GfnRange::new(start, start + Level::G1.pages()));
+    /// Eager recovery after an accept of `gfn` at `level`: the 2M pages of the accepted page
+    /// (a capped fault-in, a cleared 2M inhibit; all 512 of them when a 1G accept clears
+    /// theirs) and the 1G page holding it.
+    fn recover_accepted(&mut self, gfn: u64, level: Level) {
+        self.recover(GfnRange::new(gfn, gfn + level.pages()));
     }
 
     /// Whether the private page of `level` at `gpa` has been wholly accepted since it last

@@ -10,9 +10,9 @@ use super::tree::Kinds;
 use super::vm::{Vm, Window};
 
 /// A conversion begun by [`Vm::begin_conversion`]: its window stays open until it is passed to
-/// [`Vm::end_conversion`].
+/// [`Vm::end_conversion`] (the attributes change) or [`Vm::abort_conversion`] (they do not).
 #[derive(Debug, PartialEq, Eq)]
-#[must_use = "a conversion must be ended"]
+#[must_use = "a conversion must be ended or aborted"]
 pub struct Conversion {
     range: GfnRange,
     attributes: u64,
@@ -62,8 +62,10 @@ impl Vm {
     /// outside the range is first split into the 512 leaves of the next level, repeatedly, when
     /// the layout is split and the leaf is private (TDX demotes private pages rather than drop
     /// them), and otherwise removed whole. Leaves of the new kind are untouched. Until the
-    /// conversion is ended, a fault in the range or in the 1G pages holding its head and tail
-    /// returns [`super::FaultOutcome::Retry`]. The attributes themselves do not change yet.
+    /// conversion is ended or aborted, a fault in the range or in the 1G pages holding its head
+    /// and tail returns [`super::FaultOutcome::Retry`]. The attributes themselves do not change
+    /// yet: [`Vm::end_conversion`] stores them, [`Vm::abort_conversion`] leaves them as they
+    /// were.
     ///
     /// If the range already has `attributes`, nothing is invalidated (KVM's early exit). On
     /// error nothing changed.
@@ -100,6 +102,7 @@ impl Vm {
         self.windows.push(Window {
             id,
             range: window_of(range),
+            deferred: false,
         });
         Ok(Conversion {
             range,
@@ -109,25 +112,44 @@ impl Vm {
     }
 
     /// Phase two: the attributes and large-page info are updated, the window closes, and under
-    /// [`super::Recovery::Eager`] the regions of the window that became collapsible collapse.
-    /// Returns whether anything changed. If storing the attributes fails (`NoMemory`), the
-    /// window is closed anyway and the attributes are unchanged; the leaves removed by phase
-    /// one simply fault in again.
+    /// [`super::Recovery::Eager`] the regions the conversion made collapsible collapse (the 2M
+    /// pages of its range and the 1G pages holding them). Returns whether anything changed. If
+    /// storing the attributes fails (`NoMemory`), the window is closed anyway and the
+    /// attributes are unchanged, as after [`Vm::abort_conversion`].
     pub fn end_conversion(&mut self, conversion: Conversion) -> Result<bool> {
-        let Some(id) = conversion.window else {
+        let Some(window) = self.take_window(&conversion)? else {
             return Ok(false);
+        };
+        self.forget_accepts_of_changing(conversion.range, conversion.attributes);
+        let stored = self
+            .tracker
+            .set_range_attributes(conversion.range, conversion.attributes);
+        self.close_window(window, conversion.range);
+        stored
+    }
+
+    /// Undoes phase one instead of ending the conversion, for a VMM whose conversion failed
+    /// part-way (a KVM ioctl error, say): the window closes and the attributes stay as they
+    /// were. The leaves phase one zapped simply fault in again, and those it split stay split
+    /// (a fault replaces them under [`super::Recovery::OnFault`] and `Eager`); nothing else
+    /// changes, the accept record included.
+    pub fn abort_conversion(&mut self, conversion: Conversion) -> Result<()> {
+        if let Some(window) = self.take_window(&conversion)? {
+            self.close_window(window, conversion.range);
+        }
+        Ok(())
+    }
+
+    /// Removes the open window of `conversion`; `None` if it opened none (nothing changes).
+    fn take_window(&mut self, conversion: &Conversion) -> Result<Option<Window>> {
+        let Some(id) = conversion.window else {
+            return Ok(None);
         };
         let Some(at) = self.windows.iter().position(|w| w.id == id) else {
             return Err(crate::Error::Unsupported {
-                what: "ending a conversion of another VM",
+                what: "closing a conversion of another VM",
             });
         };
-        let window = self.windows.swap_remove(at).range;
-        self.forget_accepts_of_changing(conversion.range, conversion.attributes);
-        let changed = self
-            .tracker
-            .set_range_attributes(conversion.range, conversion.attributes)?;
-        self.recover(window);
-        Ok(changed)
+        Ok(Some(self.windows.swap_remove(at)))
     }
 }

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use crate::addr::{GfnRange, Level};
 
 use super::table::{entry_pages, TableId, ENTRIES};
-use super::vm::{Recovery, Vm};
+use super::vm::{Recovery, Vm, Window};
 
 /// A region that the tracker allows at a larger level than the leaves that map it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +27,13 @@ impl Vm {
     /// Under [`Recovery::Eager`], collapses every 2M and then 1G region intersecting `range`
     /// that the tracker allows at that level for its kind and whose every page is mapped by
     /// smaller leaves of that kind, outside open invalidation windows. Never allocates.
+    ///
+    /// Callers pass only what their operation could have made collapsible: a region becomes
+    /// collapsible when its attributes, its GUEST_INHIBIT or its slot's dirty logging change,
+    /// or when leaves inside it change, and every operation changes those only in the 2M pages
+    /// of its range (and the 1G pages holding them, which the walk at 1G visits anyway). A
+    /// complete region skipped because an open window holds it marks that window `deferred`;
+    /// [`Vm::close_window`] then recovers the whole window.
     pub(crate) fn recover(&mut self, range: GfnRange) {
         if self.recovery != Recovery::Eager || range.is_empty() {
             return;
@@ -38,9 +45,17 @@ impl Vm {
                 windows,
                 ..
             } = self;
+            // Called only for a region whose table holds 512 leaves of one kind.
             let allowed = |gfn: u64, private: bool| {
                 let region = GfnRange::new(gfn, gfn + level.pages());
-                !windows.iter().any(|w| w.range.intersect(&region).is_some())
+                let mut blocked = false;
+                for w in windows.iter_mut() {
+                    if w.range.intersect(&region).is_some() {
+                        w.deferred = true;
+                        blocked = true;
+                    }
+                }
+                !blocked
                     && matches!(
                         tracker.max_mapping_level(gfn << crate::PAGE_SHIFT, crate::Access::from_private(private)),
                         crate::MaxLevel::Level(l) if l >= level
@@ -48,6 +63,17 @@ impl Vm {
             };
             self.counters.collapses += trees.collapse(range, level, allowed);
         }
+    }
+
+    /// Closes the invalidation window `window` (already removed from the open ones) after an
+    /// operation on `changed`: eager recovery of `changed`, or of the whole window if recovery
+    /// of a region inside it was deferred while it was open.
+    pub(crate) fn close_window(&mut self, window: Window, changed: GfnRange) {
+        self.recover(if window.deferred {
+            window.range
+        } else {
+            changed
+        });
     }
 
     /// Every region the tracker allows at 2M or 1G that is mapped only by smaller leaves of

@@ -616,3 +616,194 @@ fn accept_policy_clear_when_accepted_restores_huge_pages() {
     let tlb = |s: &MmuStats| s.leaves().total();
     assert_eq!((tlb(&one_way), tlb(&clear)), (3070, 515));
 }
+
+fn all_runs(vm: &Vm) -> std::vec::Vec<crate::AttrRun> {
+    vm.tracker()
+        .runs(crate::GfnRange::new(0, crate::addr::GFN_END))
+        .collect()
+}
+
+#[test]
+fn abort_conversion_closes_the_window_and_keeps_the_attributes() {
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        for recovery in [Recovery::Off, Recovery::OnFault, Recovery::Eager] {
+            let mut vm = one_gig_private_in_with(layout, recovery);
+            let attrs = all_runs(&vm);
+            let c = vm.begin_conversion(M2 + K4, 3 * K4, 0).unwrap();
+            assert!(c.changes());
+            ok(&vm);
+            let leaves: std::vec::Vec<Leaf> = vm.leaves().collect();
+            let begun = vm.stats();
+            assert_eq!(vm.fault(0, Access::Private).unwrap(), FaultOutcome::Retry);
+            vm.abort_conversion(c).unwrap();
+            ok(&vm);
+            // Nothing but the window changed: attributes, large-page info, leaves, counters.
+            assert_eq!(all_runs(&vm), attrs, "{layout} {recovery}");
+            assert_eq!(vm.tracker().mixed_count(0, Level::M2), 0);
+            assert_eq!(vm.tracker().mixed_count(0, Level::G1), 0);
+            assert_eq!(vm.leaves().collect::<std::vec::Vec<_>>(), leaves);
+            let mut aborted = vm.stats();
+            aborted.retries -= 1;
+            aborted.faults -= 1;
+            assert_eq!(aborted, begun, "{layout} {recovery}");
+            // The zapped pages fault in again, as private pages: at 1G, replacing the split
+            // leaves (unified: the straddling leaf was zapped whole), except under `off` in
+            // the split layout, whose 2M and 1G ranges around the page still hold leaves.
+            let want = match (layout, recovery) {
+                (Layout::Split { .. }, Recovery::Off) => Level::K4,
+                _ => Level::G1,
+            };
+            assert_eq!(fault(&mut vm, M2 + K4, Access::Private), mapped(want));
+            assert!(matches!(
+                fault(&mut vm, M2 + K4, Access::Shared),
+                FaultOutcome::MemoryFault(_)
+            ));
+        }
+    }
+}
+
+fn one_gig_private_in_with(layout: Layout, recovery: Recovery) -> Vm {
+    let mut vm = private_vm(layout, recovery, 2 * G1);
+    assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::G1));
+    vm
+}
+
+#[test]
+fn abort_conversion_of_nothing_or_of_another_vm() {
+    let mut vm = one_gig_private(Recovery::Eager);
+    let noop = vm.begin_conversion(0, G1, PRIVATE).unwrap();
+    assert!(!noop.changes());
+    let before = vm.stats();
+    vm.abort_conversion(noop).unwrap();
+    assert_eq!(vm.stats(), before);
+    // A conversion whose window this VM never opened is refused, and changes nothing.
+    let mut other = one_gig_private(Recovery::Eager);
+    let _first = other.begin_conversion(0, K4, 0).unwrap();
+    let foreign = other.begin_conversion(M2, K4, 0).unwrap();
+    assert!(vm.abort_conversion(foreign).is_err());
+    assert_eq!(vm.stats(), before);
+    ok(&vm);
+}
+
+#[test]
+fn abort_keeps_the_accept_record_end_forgets_it() {
+    for end in [false, true] {
+        let mut vm = private_vm(Layout::SPLIT, Recovery::Eager, G1)
+            .with_accept_policy(AcceptPolicy::ClearWhenAccepted);
+        assert_eq!(vm.accept(M2, Level::K4).unwrap(), AcceptOutcome::Accepted);
+        assert_eq!(vm.is_accepted(M2, Level::K4), Some(true));
+        let c = vm.begin_conversion(M2, K4, 0).unwrap();
+        if end {
+            assert!(vm.end_conversion(c).unwrap());
+        } else {
+            vm.abort_conversion(c).unwrap();
+        }
+        ok(&vm);
+        assert_eq!(vm.is_accepted(M2, Level::K4), Some(!end));
+        assert_eq!(vm.tracker().is_private(M2 >> 12), !end);
+    }
+}
+
+#[test]
+fn faults_retry_in_the_range_and_the_1g_pages_of_its_head_and_tail() {
+    for layout in [Layout::SPLIT, Layout::Unified] {
+        let mut vm = private_vm(layout, Recovery::OnFault, 4 * G1);
+        // [1G - 2M + 4K, 2G + 2M + 8K): head in the first 1G page, tail in the third.
+        let (start, end) = (G1 - M2 + K4, 2 * G1 + M2 + 2 * K4);
+        let c = vm.begin_conversion(start, end - start, 0).unwrap();
+        ok(&vm);
+        let retry = [
+            0,
+            G1 - M2,
+            start - K4,
+            start,
+            2 * G1,
+            end - K4,
+            end,
+            3 * G1 - K4,
+        ];
+        for gpa in retry {
+            assert_eq!(
+                vm.fault(gpa, Access::Private).unwrap(),
+                FaultOutcome::Retry,
+                "{layout} {gpa:#x}"
+            );
+            assert_eq!(
+                vm.fault(gpa, Access::Shared).unwrap(),
+                FaultOutcome::Retry,
+                "{layout} {gpa:#x}: whatever the access"
+            );
+        }
+        if layout.is_split() {
+            assert_eq!(vm.accept(G1 - M2, Level::M2).unwrap(), AcceptOutcome::Retry);
+        }
+        assert_eq!(
+            vm.fault(3 * G1, Access::Private).unwrap(),
+            mapped(Level::G1),
+            "the 1G page after the tail's"
+        );
+        assert_eq!(
+            vm.fault(4 * G1, Access::Private).unwrap(),
+            FaultOutcome::NoSlot,
+            "no slot comes before the window"
+        );
+        let r = vm.fault_range(0, 4 * G1, Access::Private).unwrap();
+        assert_eq!((r.retry, r.spurious), (3 * G1 / K4, G1 / K4));
+        // A second window on the 4th 1G page; ending the first leaves the second open.
+        let second = vm.begin_conversion(3 * G1 + M2, K4, 0).unwrap();
+        assert!(vm.end_conversion(c).unwrap());
+        ok(&vm);
+        assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::M2));
+        assert_eq!(fault(&mut vm, G1 - M2, Access::Private), mapped(Level::K4));
+        assert_eq!(fault(&mut vm, start, Access::Shared), mapped(Level::K4));
+        assert_eq!(fault(&mut vm, G1, Access::Shared), mapped(Level::G1));
+        assert_eq!(
+            vm.fault(3 * G1, Access::Private).unwrap(),
+            FaultOutcome::Retry
+        );
+        vm.abort_conversion(second).unwrap();
+        assert_eq!(
+            fault(&mut vm, 3 * G1 + M2, Access::Private),
+            mapped(Level::G1),
+            "{layout}"
+        );
+        let s = vm.stats();
+        assert_eq!(
+            s.retries,
+            2 * retry.len() as u64 + u64::from(layout.is_split()) + 3 * G1 / K4 + 1
+        );
+    }
+}
+
+/// Eager recovery of a region that another operation made collapsible while a window held it
+/// happens when that window closes, ended or aborted.
+#[test]
+fn eager_recovery_deferred_by_an_open_window_runs_when_it_closes() {
+    for end in [false, true] {
+        let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
+        vm.set_user_memory_region(&region(0, 0, 8 * M2, dirty(true)))
+            .unwrap();
+        let r = vm.fault_range(0, 8 * M2, Access::Shared).unwrap();
+        assert_eq!(r.mapped, counts(4096, 0, 0));
+        // A conversion of one page of the last 2M page opens a window on the whole 1G page.
+        let c = vm.begin_conversion(7 * M2, K4, PRIVATE).unwrap();
+        vm.set_user_memory_region(&region(0, 0, 8 * M2, dirty(false)))
+            .unwrap();
+        ok(&vm);
+        assert_eq!(vm.stats().collapses, 0, "held by the window");
+        assert_eq!(
+            vm.collapsible().len(),
+            0,
+            "regions in a window are not reported"
+        );
+        if end {
+            assert!(vm.end_conversion(c).unwrap());
+        } else {
+            vm.abort_conversion(c).unwrap();
+        }
+        ok(&vm); // no complete collapsible region is left
+        let s = vm.stats();
+        assert_eq!(s.collapses, 7);
+        assert_eq!(s.shared, counts(511, 7, 0));
+    }
+}

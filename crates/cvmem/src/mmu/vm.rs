@@ -140,6 +140,9 @@ pub(crate) struct Window {
     pub(crate) id: u64,
     /// The changing range widened to the 1G pages that hold its head and tail.
     pub(crate) range: GfnRange,
+    /// Eager recovery skipped a complete region inside the window while it was open (another
+    /// operation made it collapsible): the whole window is recovered when it closes.
+    pub(crate) deferred: bool,
 }
 
 /// A confidential VM's memory: attributes, memslots and large-page info (the [`Tracker`]) and
