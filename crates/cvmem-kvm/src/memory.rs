@@ -396,7 +396,7 @@ impl CvmMemory {
         };
         if let Err(e) = step {
             // notify_all has undone its own partial notifications.
-            return Err(self.cancel(pending, &changed, e));
+            return Err(self.cancel(pending, e));
         }
 
         // 3.
@@ -405,7 +405,7 @@ impl CvmMemory {
             let r = self.set_kvm_attributes(req.range, target);
             out.cost.kvm += t.elapsed();
             if let Err(e) = r {
-                return Err(self.cancel(pending, &changed, undo_listeners(e)));
+                return Err(self.cancel(pending, undo_listeners(e)));
             }
         }
         let undo_kvm = |cause: Error| -> Error {
@@ -461,17 +461,9 @@ impl CvmMemory {
 
     /// Abandons a begun conversion after a failure: the model has no way to cancel one, so
     /// the window is closed (storing the new attributes) and the old ones are stored back.
-    fn cancel(
-        &self,
-        pending: cvmem::mmu::Conversion,
-        changed: &[(GfnRange, u64)],
-        cause: Error,
-    ) -> Error {
-        let (r, _) = self.update(|state| match state.vm.end_conversion(pending) {
-            Ok(_) => restore(&mut state.vm, changed),
-            // Storing failed: the window is closed and nothing changed.
-            Err(_) => Ok(()),
-        });
+    fn cancel(&self, pending: cvmem::mmu::Conversion, cause: Error) -> Error {
+        // The attributes were never stored: closing the window is the whole undo.
+        let (r, _) = self.update(|state| state.vm.abort_conversion(pending));
         match r {
             Ok(()) => cause,
             Err(e) => Error::Inconsistent {
