@@ -459,10 +459,9 @@ impl CvmMemory {
         Ok(out)
     }
 
-    /// Abandons a begun conversion after a failure: the model has no way to cancel one, so
-    /// the window is closed (storing the new attributes) and the old ones are stored back.
+    /// Abandons a begun conversion after a failure: the attributes were never stored, so
+    /// closing the model's invalidation window is the whole undo (zapped pages fault in again).
     fn cancel(&self, pending: cvmem::mmu::Conversion, cause: Error) -> Error {
-        // The attributes were never stored: closing the window is the whole undo.
         let (r, _) = self.update(|state| state.vm.abort_conversion(pending));
         match r {
             Ok(()) => cause,
