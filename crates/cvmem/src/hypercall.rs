@@ -1,6 +1,6 @@
 //! Decoding of the guest's KVM_HC_MAP_GPA_RANGE hypercall.
 
-use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
