@@ -67,17 +67,16 @@ impl MapGpaRange {
         })
     }
 
-    /// Size in bytes.
+    /// Size in bytes (saturating: a value built by hand rather than by `decode` may be absurd).
     pub const fn size(&self) -> u64 {
-        self.npages * PAGE_SIZE
+        self.npages.saturating_mul(PAGE_SIZE)
     }
 
-    /// The gfns the request covers.
+    /// The gfns the request covers (clipped to the gfn space for a hand-built value).
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(
-            self.gpa >> PAGE_SHIFT,
-            (self.gpa >> PAGE_SHIFT) + self.npages,
-        )
+        let start = self.gpa >> PAGE_SHIFT;
+        let end = start.saturating_add(self.npages);
+        GfnRange::new(start, if end > GFN_END { GFN_END } else { end })
     }
 
     /// The memory attributes the request asks for.
