@@ -1,0 +1,225 @@
+//! Fault-path read latency through the concurrent front, without and with a writer converting
+//! 4K pages in a loop on another thread, against the core tracker read directly; and the cost
+//! of a write (two applications) against the core's, and of the clone an RCU-style design
+//! would need per write.
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use cvmem::{Access, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
+use cvmem_sync::{ConcurrentTracker, FaultAnswer};
+
+const K4: u64 = 4096;
+const T1: u64 = 1 << 40;
+/// Shared 4K pages sprinkled over the private guest: 2 boundaries each, ~4,000 runs.
+const SHARED_PAGES: usize = 2000;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn page(&mut self) -> u64 {
+        (self.next() % (T1 / K4)) * K4
+    }
+}
+
+/// A 1 TiB guest_memfd guest, private, with `SHARED_PAGES` random shared 4K pages.
+fn fragmented_guest() -> Tracker {
+    let mut t = Tracker::new();
+    t.set_user_memory_region(&MemoryRegion {
+        slot: 0,
+        gpa: 0,
+        size: T1,
+        flags: SlotFlags {
+            guest_memfd: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    t.set_memory_attributes(0, T1, PRIVATE).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..SHARED_PAGES {
+        t.set_memory_attributes(rng.page(), K4, 0).unwrap();
+    }
+    t
+}
+
+/// Random probe addresses, precomputed so the loop measures the lookup only.
+fn probes() -> Vec<u64> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    (0..1 << 16).map(|_| rng.page()).collect()
+}
+
+/// Runs `f` while a thread flips 4K pages between private and shared, one every `pace`
+/// (busy-waiting in between), or as fast as it can. The pages come from a fixed pool of
+/// `SHARED_PAGES` and each flip is undone by the next one on the same page, so the number of
+/// runs stays near its starting value. Returns `f`'s result and the number of
+/// conversions done meanwhile.
+fn with_writer<R>(
+    vm: &ConcurrentTracker,
+    pace: Option<Duration>,
+    f: impl FnOnce() -> R,
+) -> (R, u64) {
+    let stop = AtomicBool::new(false);
+    let writes = AtomicU64::new(0);
+    let r = thread::scope(|s| {
+        s.spawn(|| {
+            let mut rng = Rng(0xdead_beef_cafe_f00d);
+            let pool: Vec<u64> = (0..SHARED_PAGES).map(|_| rng.page()).collect();
+            let mut due = Instant::now();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(pace) = pace {
+                    due += pace;
+                    while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                }
+                let attrs = if (n / SHARED_PAGES) % 2 == 0 {
+                    0
+                } else {
+                    PRIVATE
+                };
+                vm.set_memory_attributes(pool[n % SHARED_PAGES], K4, attrs)
+                    .unwrap();
+                n += 1;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let r = f();
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    (r, writes.into_inner())
+}
+
+/// CPU time consumed by the calling thread: what a read costs, whether or not the thread was
+/// preempted (the 2-core machine runs other builds; a writer thread takes a core).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the OS defines.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Benchmarks `f` by the CPU time of the benchmarking thread.
+fn bench_cpu<R>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut f: impl FnMut() -> R) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                black_box(f());
+            }
+            thread_cpu_time() - start
+        })
+    });
+}
+
+fn reads(c: &mut Criterion) {
+    let tracker = fragmented_guest();
+    let probes = probes();
+    let vm = ConcurrentTracker::new(tracker.clone());
+    let mut g = c.benchmark_group("read");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    let mut i = 0usize;
+    let mut next = move || {
+        i = (i + 1) & (probes.len() - 1);
+        probes[i]
+    };
+    bench_cpu(&mut g, "core Tracker::max_mapping_level", || {
+        tracker.max_mapping_level(next(), Access::Private)
+    });
+    bench_cpu(&mut g, "max_mapping_level, no writer", || {
+        vm.max_mapping_level(next(), Access::Private)
+    });
+    bench_cpu(&mut g, "fault, no writer", || {
+        vm.fault(next(), Access::Private)
+    });
+    for (name, pace) in [
+        (
+            "writer at 100k conversions/s",
+            Some(Duration::from_micros(10)),
+        ),
+        ("writer converting flat out", None),
+    ] {
+        let (_, writes) = with_writer(&vm, pace, || {
+            bench_cpu(&mut g, &format!("max_mapping_level, {name}"), || {
+                vm.max_mapping_level(next(), Access::Private)
+            });
+        });
+        eprintln!("  (writer: {writes} conversions during that benchmark)");
+        let (mut faults, mut retries) = (0u64, 0u64);
+        let (_, writes) = with_writer(&vm, pace, || {
+            bench_cpu(&mut g, &format!("fault, {name}"), || {
+                let a = vm.fault(next(), Access::Private);
+                faults += 1;
+                retries += u64::from(a == FaultAnswer::Retry);
+                a
+            });
+        });
+        eprintln!(
+            "  (writer: {writes} conversions; {retries} of {faults} faults answered Retry, {:.2}%)",
+            retries as f64 * 100.0 / faults as f64
+        );
+    }
+    // Wall-clock time, preemption included, for comparison.
+    g.bench_function("wall clock: max_mapping_level, no writer", |b| {
+        b.iter(|| vm.max_mapping_level(black_box(next()), Access::Private))
+    });
+    with_writer(&vm, None, || {
+        g.bench_function("wall clock: max_mapping_level, writer flat out", |b| {
+            b.iter(|| vm.max_mapping_level(black_box(next()), Access::Private))
+        });
+    });
+    g.finish();
+}
+
+fn writes(c: &mut Criterion) {
+    let mut tracker = fragmented_guest();
+    let vm = ConcurrentTracker::new(tracker.clone());
+    let mut g = c.benchmark_group("write");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut flip = 0u64;
+    let mut next = move || {
+        flip ^= PRIVATE;
+        (rng.page(), flip)
+    };
+    g.bench_function("core set_memory_attributes 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            tracker.set_memory_attributes(gpa, K4, attrs)
+        })
+    });
+    g.bench_function("concurrent set_memory_attributes 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            vm.set_memory_attributes(gpa, K4, attrs)
+        })
+    });
+    let snapshot = fragmented_guest();
+    g.bench_function("Tracker::clone (RCU-style write, 1 TiB, ~4k runs)", |b| {
+        b.iter(|| snapshot.clone())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, reads, writes);
+criterion_main!(benches);

@@ -1,0 +1,277 @@
+//! [`ConcurrentTracker`]: the core [`Tracker`] behind left-right publication and KVM's
+//! invalidation protocol.
+
+use cvmem::{
+    Access, AttrRun, GfnRange, Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange,
+    Tracker, GFN_END, PAGE_SHIFT, PAGE_SIZE,
+};
+
+use crate::fault::{FaultAnswer, FaultTicket};
+use crate::invalidate::InvalidateSeq;
+use crate::left_right::{Apply, LeftRight};
+
+/// One committed state: the tracker and how many changes led to it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    tracker: Tracker,
+    generation: u64,
+}
+
+impl Snapshot {
+    /// The tracker in this state.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The number of committed changes (conversions, memslot changes, inhibits) before this
+    /// state; 0 for the state the [`ConcurrentTracker`] was made from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// A [`Tracker`] shared by any number of reading threads and serialised writers.
+///
+/// Readers (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
+/// never block and always see one committed state. Writers apply each change twice, once per
+/// copy, at the core's cost (O(log R + runs touched) for a conversion). Every change runs
+/// inside an invalidation of the gfns it affects, so a fault racing with it is told to retry
+/// rather than map across them. See the crate docs for the design.
+#[derive(Debug)]
+pub struct ConcurrentTracker {
+    state: LeftRight<Snapshot>,
+    invalidate: InvalidateSeq,
+}
+
+impl Default for ConcurrentTracker {
+    fn default() -> Self {
+        Self::new(Tracker::new())
+    }
+}
+
+impl ConcurrentTracker {
+    /// Shares `tracker` (cloned once: the second copy).
+    pub fn new(tracker: Tracker) -> Self {
+        ConcurrentTracker {
+            state: LeftRight::new(Snapshot {
+                tracker,
+                generation: 0,
+            }),
+            invalidate: InvalidateSeq::default(),
+        }
+    }
+
+    /// Runs `f` on the current committed state. Never blocks; a long `f` only delays the next
+    /// writer. `f` must not change the tracker through `self` (the change would wait for `f`).
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        self.state.read(f)
+    }
+
+    /// The number of committed changes so far.
+    pub fn generation(&self) -> u64 {
+        self.read(Snapshot::generation)
+    }
+
+    /// A clone of the current tracker (O(R)).
+    pub fn to_tracker(&self) -> Tracker {
+        self.read(|s| s.tracker.clone())
+    }
+
+    /// The attributes of `gfn`.
+    pub fn attributes(&self, gfn: u64) -> u64 {
+        self.read(|s| s.tracker.attributes(gfn))
+    }
+
+    /// Whether every gfn of `range` has `attributes` under `mask`, in one state.
+    pub fn range_has_attributes(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
+        self.read(|s| s.tracker.range_has_attributes(range, attributes, mask))
+    }
+
+    /// The attribute runs covering `range`, clipped to it, all from one state; at most `limit`
+    /// runs (the first ones), so a reader bounds the time it holds a copy.
+    pub fn runs(&self, range: GfnRange, limit: usize) -> Vec<AttrRun> {
+        self.read(|s| s.tracker.runs(range).take(limit).collect())
+    }
+
+    /// The core's fault-path answer on the current state. Use [`fault`](Self::fault) when a
+    /// mapping will be installed from the answer.
+    #[inline]
+    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+        self.read(|s| s.tracker.max_mapping_level(gpa, access))
+    }
+
+    /// The fault path with KVM's retry protocol: records the invalidation sequence, reads the
+    /// answer from the current state, and answers [`FaultAnswer::Retry`] if a change covering
+    /// any gfn the answer would map is in progress, or if any change began or completed
+    /// meanwhile. Before
+    /// installing a mapping, the caller checks [`is_stale`](Self::is_stale) under the lock
+    /// that its zap callbacks take (KVM's `mmu_lock`).
+    pub fn fault(&self, gpa: u64, access: Access) -> FaultAnswer {
+        let seq = self.invalidate.snapshot();
+        let (answer, generation) =
+            self.read(|s| (s.tracker.max_mapping_level(gpa, access), s.generation));
+        let ticket = FaultTicket {
+            gpa,
+            access,
+            answer,
+            generation,
+            seq,
+        };
+        if self.invalidate.retry(seq, ticket.range()) {
+            FaultAnswer::Retry
+        } else {
+            FaultAnswer::Ready(ticket)
+        }
+    }
+
+    /// KVM's `mmu_invalidate_retry_gfn()` over the whole range a mapping from `ticket` would
+    /// cover: true if any change began or completed since the ticket was issued (as KVM, on any
+    /// move of the sequence), or if the change in progress then covers part of the range.
+    /// Call it under the lock that serialises installing mappings with the zap callbacks; if it
+    /// returns false, a mapping of `ticket.range()` agrees with the current attributes and
+    /// memslots, and any later change will zap it.
+    pub fn is_stale(&self, ticket: &FaultTicket) -> bool {
+        self.invalidate.retry(ticket.seq, ticket.range())
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES (see [`Tracker::set_memory_attributes`]).
+    pub fn set_memory_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
+        self.set_memory_attributes_with(gpa, size, attributes, |_| {})
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES in KVM's order: validate; return `Ok(false)` at once if the
+    /// range already has the attributes; otherwise begin invalidating the range, call
+    /// `zap(range)` (remove the mappings of the range, under the MMU lock), store the new
+    /// attributes and large-page info, publish, end the invalidation.
+    pub fn set_memory_attributes_with(
+        &self,
+        gpa: u64,
+        size: u64,
+        attributes: u64,
+        zap: impl FnOnce(GfnRange),
+    ) -> Result<bool> {
+        let mut writer = self.state.writer();
+        let (range, unchanged) = writer.read(|s| {
+            let range = s.tracker.validate_attributes(gpa, size, attributes)?;
+            Ok::<_, cvmem::Error>((
+                range,
+                s.tracker.range_has_attributes(range, attributes, u64::MAX),
+            ))
+        })?;
+        if unchanged {
+            return Ok(false);
+        }
+        let _invalidation = self.invalidate.begin(range);
+        zap(range);
+        writer.apply(|s| {
+            let result = s.tracker.set_range_attributes(range, attributes);
+            commit(s, result)
+        })
+    }
+
+    /// A guest's KVM_HC_MAP_GPA_RANGE, already decoded: the attribute change it asks for.
+    pub fn map_gpa_range(&self, req: &MapGpaRange, zap: impl FnOnce(GfnRange)) -> Result<bool> {
+        self.set_memory_attributes_with(req.gpa, req.size(), req.attributes(), zap)
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 (see [`Tracker::set_user_memory_region`]).
+    pub fn set_user_memory_region(&self, r: &MemoryRegion) -> Result<SlotChange> {
+        self.set_user_memory_region_with(r, |_| {})
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2, inside an invalidation of the slot's old and new ranges
+    /// (their hull), with `zap` called on that range before the change.
+    pub fn set_user_memory_region_with(
+        &self,
+        r: &MemoryRegion,
+        zap: impl FnOnce(GfnRange),
+    ) -> Result<SlotChange> {
+        let mut writer = self.state.writer();
+        let old = writer.read(|s| s.tracker.memslot(r.slot).map(|m| m.range()));
+        let range = slot_change_range(old, r);
+        let _invalidation = self.invalidate.begin(range);
+        zap(range);
+        writer.apply(|s| match s.tracker.set_user_memory_region(r) {
+            Ok(SlotChange::Unchanged) => Apply::Unchanged(Ok(SlotChange::Unchanged)),
+            Ok(change) => {
+                s.generation += 1;
+                Apply::Changed(Ok(change))
+            }
+            Err(e) => Apply::Unchanged(Err(e)),
+        })
+    }
+
+    /// A TDX guest accepted `gfn` at `level` (see [`Tracker::set_guest_inhibit`]).
+    pub fn set_guest_inhibit(&self, gfn: u64, level: Level) -> Result<bool> {
+        self.set_guest_inhibit_with(gfn, level, |_| {})
+    }
+
+    /// [`set_guest_inhibit`](Self::set_guest_inhibit) inside an invalidation of the 1G page
+    /// holding `gfn` (the largest range whose level can drop), with `zap` called on it first
+    /// (split or remove the mappings above `level` there).
+    pub fn set_guest_inhibit_with(
+        &self,
+        gfn: u64,
+        level: Level,
+        zap: impl FnOnce(GfnRange),
+    ) -> Result<bool> {
+        let mut writer = self.state.writer();
+        let start = Level::G1.align_down(gfn.min(GFN_END - 1));
+        let range = GfnRange::new(start, start + Level::G1.pages());
+        let _invalidation = self.invalidate.begin(range);
+        zap(range);
+        writer.apply(|s| {
+            let result = s.tracker.set_guest_inhibit(gfn, level);
+            commit(s, result)
+        })
+    }
+
+    /// Any other change to the tracker, for core operations this front does not wrap yet.
+    /// `change` must be deterministic (it runs once on each copy) and may only change answers
+    /// for gfns inside `range`, which is invalidated (and passed to `zap`) around it. It
+    /// returns whether it changed anything, and a value returned to the caller.
+    pub fn update<R>(
+        &self,
+        range: GfnRange,
+        zap: impl FnOnce(GfnRange),
+        mut change: impl FnMut(&mut Tracker) -> (bool, R),
+    ) -> R {
+        let mut writer = self.state.writer();
+        let _invalidation = self.invalidate.begin(range);
+        zap(range);
+        writer.apply(|s| match change(&mut s.tracker) {
+            (true, r) => {
+                s.generation += 1;
+                Apply::Changed(r)
+            }
+            (false, r) => Apply::Unchanged(r),
+        })
+    }
+}
+
+/// Turns the core's "changed?" result into a left-right application, counting generations.
+fn commit(s: &mut Snapshot, result: Result<bool>) -> Apply<Result<bool>> {
+    match result {
+        Ok(true) => {
+            s.generation += 1;
+            Apply::Changed(Ok(true))
+        }
+        other => Apply::Unchanged(other),
+    }
+}
+
+/// The gfns a memslot request can change: the hull of the slot's current range and the range
+/// asked for; the whole gfn space when the request does not describe a range (it will fail).
+fn slot_change_range(old: Option<GfnRange>, r: &MemoryRegion) -> GfnRange {
+    let new = r
+        .gpa
+        .checked_add(r.size)
+        .filter(|_| r.size != 0)
+        .map(|end| GfnRange::new(r.gpa >> PAGE_SHIFT, end.div_ceil(PAGE_SIZE).min(GFN_END)));
+    match (old, new) {
+        (Some(a), Some(b)) => GfnRange::new(a.start.min(b.start), a.end.max(b.end)),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => GfnRange::new(0, GFN_END),
+    }
+}

@@ -1,0 +1,165 @@
+//! Left-right publication: two copies of a value, readers on the published one, the writer on
+//! the other, every change applied twice.
+//!
+//! Readers never block and never wait for one another: a read loads the index of the published
+//! copy, *tries* to read-lock it, and checks that it is still the published one; any failure
+//! means a writer has published since the index was loaded, and the read starts again. The
+//! writer (one at a time) applies a change to the copy no reader is sent to, publishes it, waits
+//! for the readers still on the old copy to leave, and applies the same change there.
+//!
+//! A read returns the state of the copy that was published at its final check, so reads are
+//! linearizable: a thread never sees an older state after a newer one, and never a state that
+//! is not yet published.
+
+use crate::sync::{
+    clear_poison, retry_hint, wait_hint, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError,
+    RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
+
+/// What one application of a change did to a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Apply<R> {
+    /// The copy changed: publish it, then apply the change to the other copy.
+    Changed(R),
+    /// The copy is as it was (nothing to do, or the change was refused): nothing is published.
+    Unchanged(R),
+}
+
+impl<R> Apply<R> {
+    /// The value either way.
+    pub fn value(self) -> R {
+        match self {
+            Apply::Changed(r) | Apply::Unchanged(r) => r,
+        }
+    }
+}
+
+/// A value shared by non-blocking readers and serialised writers; see the module docs.
+#[derive(Debug)]
+pub struct LeftRight<T> {
+    copies: [RwLock<T>; 2],
+    /// Index of the copy readers are sent to.
+    published: AtomicUsize,
+    /// Serialises writers. `true` while the unpublished copy may differ from the published one
+    /// (a change is half done, or a writer panicked): the next writer copies it over first.
+    writer: Mutex<bool>,
+}
+
+impl<T: Clone> LeftRight<T> {
+    /// Shares `value` (cloned once for the second copy).
+    pub fn new(value: T) -> Self {
+        LeftRight {
+            copies: [RwLock::new(value.clone()), RwLock::new(value)],
+            published: AtomicUsize::new(0),
+            writer: Mutex::new(false),
+        }
+    }
+
+    /// Runs `f` on the published value. Never blocks: if a writer gets in the way, the read
+    /// starts again on the copy it published (each retry means a writer published meanwhile).
+    /// A long `f` delays the next writer, never another reader.
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.read_guard())
+    }
+
+    fn read_guard(&self) -> RwLockReadGuard<'_, T> {
+        loop {
+            let i = self.published.load(Ordering::Acquire);
+            let guard = match self.copies[i].try_read() {
+                Ok(guard) => guard,
+                // A writer holds or waits for this copy, or panicked in it: it has published
+                // the other one.
+                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                    retry_hint();
+                    continue;
+                }
+            };
+            // The copy may have been filled but not yet published, or be about to be replaced:
+            // only the published copy may be read.
+            if self.published.load(Ordering::Acquire) == i {
+                return guard;
+            }
+            drop(guard);
+            retry_hint();
+        }
+    }
+
+    /// Takes the writer's lock (blocking other writers only). Not from inside [`read`](Self::read)
+    /// on the same value, nor twice in one thread: the writer would wait for itself.
+    pub fn writer(&self) -> Writer<'_, T> {
+        let mut needs_sync = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if *needs_sync {
+            let published = self.published.load(Ordering::Relaxed);
+            let mut stale = self.write_copy(1 - published);
+            *stale = self.read_guard().clone();
+            drop(stale);
+            clear_poison(&self.copies[1 - published]);
+            *needs_sync = false;
+        }
+        Writer {
+            lr: self,
+            needs_sync,
+        }
+    }
+
+    /// Write-locks copy `i`, waiting for the readers still on it. The writer polls rather than
+    /// sleeps in the lock: a sleeping writer would make the last reader out pay a wake-up
+    /// system call, about a microsecond, on the fault path.
+    fn write_copy(&self, i: usize) -> RwLockWriteGuard<'_, T> {
+        let mut polls = 0u32;
+        loop {
+            match self.copies[i].try_write() {
+                Ok(guard) => return guard,
+                // The flag in `writer` says whether the data needs repairing.
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    polls = polls.saturating_add(1);
+                    wait_hint(polls);
+                }
+            }
+        }
+    }
+}
+
+/// The writer's lock on a [`LeftRight`]: while it lives, no other writer runs.
+#[derive(Debug)]
+pub struct Writer<'a, T> {
+    lr: &'a LeftRight<T>,
+    needs_sync: MutexGuard<'a, bool>,
+}
+
+impl<T: Clone> Writer<'_, T> {
+    /// Runs `f` on the current value (the published one; no change is in flight).
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        self.lr.read(f)
+    }
+
+    /// Applies `change` to the unpublished copy; if it reports [`Apply::Changed`], publishes
+    /// that copy, waits for the readers of the other one to leave, and applies `change` to it
+    /// too. `change` must do the same to equal copies; if the second application reports
+    /// `Unchanged` (an allocation failed), the copy is replaced by a clone of the first.
+    /// Returns what the first application returned.
+    pub fn apply<R>(&mut self, mut change: impl FnMut(&mut T) -> Apply<R>) -> R {
+        let lr = self.lr;
+        let next = 1 - lr.published.load(Ordering::Relaxed);
+        let mut copy = lr.write_copy(next);
+        *self.needs_sync = true;
+        let result = match change(&mut copy) {
+            Apply::Unchanged(r) => {
+                *self.needs_sync = false;
+                return r;
+            }
+            Apply::Changed(r) => r,
+        };
+        drop(copy);
+        lr.published.store(next, Ordering::Release);
+        let mut old = lr.write_copy(1 - next);
+        if let Apply::Unchanged(_) = change(&mut old) {
+            *old = lr.read_guard().clone();
+        }
+        drop(old);
+        *self.needs_sync = false;
+        result
+    }
+}

@@ -1,0 +1,126 @@
+//! # cvmem-sync — the cvmem tracker under concurrency
+//!
+//! In a VMM, device-emulation and vCPU threads read the private/shared state while other vCPUs
+//! convert memory; in a hypervisor the fault path reads it on every EPT violation.
+//! [`ConcurrentTracker`] wraps the core [`cvmem::Tracker`] so that:
+//!
+//! - readers (`attributes`, `range_has_attributes`, `runs`, `max_mapping_level`, any closure
+//!   through [`ConcurrentTracker::read`]) never block, and every answer comes from one committed
+//!   state — never from a half-applied conversion;
+//! - writers are serialised and cost what the core costs, twice: O(log R + runs touched) for a
+//!   conversion;
+//! - a fault racing with a conversion gets the old state's answer, the new state's, or
+//!   [`FaultAnswer::Retry`] — and a ticket that, checked under the MMU lock before installing,
+//!   never lets a huge page be mapped across a range being changed (KVM's
+//!   `mmu_invalidate_seq` protocol, with the 2025 fix: the whole huge range is checked, not
+//!   only the faulting gfn).
+//!
+//! ```
+//! use cvmem::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+//! use cvmem_sync::{ConcurrentTracker, FaultAnswer};
+//!
+//! let vm = ConcurrentTracker::new(Tracker::new());
+//! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
+//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags, ..Default::default() })?;
+//! vm.set_memory_attributes(0, 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
+//! std::thread::scope(|s| {
+//!     s.spawn(|| vm.set_memory_attributes(0x1000_0000, 4096, 0)); // a vCPU converts a page
+//!     s.spawn(|| match vm.fault(0x1000_0000, Access::Private) {    // another one faults on it
+//!         FaultAnswer::Ready(ticket) => assert!(matches!(
+//!             ticket.answer,
+//!             MaxLevel::Level(Level::G1) | MaxLevel::MemoryFault(_)  // before, or after
+//!         )),
+//!         FaultAnswer::Retry => {}                                    // during
+//!     });
+//! });
+//! assert_eq!(vm.max_mapping_level(0x1000_1000, Access::Private), MaxLevel::Level(Level::K4));
+//! # Ok::<(), cvmem::Error>(())
+//! ```
+//!
+//! ## Design: left-right copies with try-lock readers, and a seqcount for invalidations
+//!
+//! **Publication** ([`LeftRight`]). Two copies of the tracker, each behind an `RwLock`, and an
+//! atomic index of the published one. A reader loads the index, *try*-read-locks that copy and
+//! re-checks the index; if either fails, a writer has published the other copy meanwhile, and
+//! the reader starts again there. So a reader never waits for a writer or for another reader
+//! (lock-free: every retry means a writer made progress), reads only a published, complete
+//! state, and reads are linearizable. The writer applies a change to the unpublished copy,
+//! publishes it, waits for the readers still on the old copy, and applies the same change to
+//! it: two runs of the core's update, each O(log R + runs touched), no clone, no allocation
+//! beyond the core's. Memory: two trackers (the core is compact: ~1 KiB plus 2 bits per 2M
+//! page for a typical guest).
+//!
+//! Alternatives considered:
+//! - *RCU-style snapshots* (swap an `Arc<Tracker>`): a write must produce a new tracker. Cloning
+//!   it is O(R + large pages / 64) per write; measured below for R = 4,000 runs on a 1 TiB
+//!   guest. Structural sharing would need the core to hold its attribute chunks
+//!   (`AttrStore::chunks`, 128 boundaries each) and the words of its large-page bitmaps in
+//!   blocks behind `Arc`s, copied on write (`Arc::make_mut`), so that a clone copies
+//!   R / 128 + large pages / 4096 pointers and a write copies the 2-3 blocks it touches; and
+//!   readers would need `arc-swap`-style deferred reclamation to stay off a shared reference
+//!   count.
+//! - *A seqlock* with readers retrying over the live data: readers would read memory a writer
+//!   is changing, which safe Rust forbids for `Vec`-based data (the core is `forbid(unsafe)`),
+//!   and a reader could loop on a pointer being rewritten.
+//! - *Epochs* (crossbeam-epoch): needs a persistent (path-copying) tree in the core, and
+//!   unsafe reclamation code.
+//!
+//! Left-right keeps the core untouched and this crate free of `unsafe`. Its costs: a reader
+//! does two atomic read-modify-writes on the copy's lock word (shared by all readers of the
+//! copy), and a long reader delays the next writer (never a reader). Per-reader counters
+//! (as in the `left-right` crate) would remove reader-to-reader cache-line traffic at the
+//! price of unsafe code; on the 2-core machine measured here it would not show.
+//!
+//! **Invalidations** (`mmu_invalidate_seq`). Every change runs between `begin(range)` and
+//! `end`: one counter, odd while a change of the stored range is in progress, incremented
+//! again at the end. [`ConcurrentTracker::fault`] records the counter before reading the
+//! state and answers `Retry` if the counter moved or the change in progress overlaps the range
+//! the answer would map; [`ConcurrentTracker::is_stale`] repeats that check where the caller
+//! installs the mapping, under the lock its zap callback takes (KVM's `mmu_lock`). Writers
+//! call the zap callback after `begin` and before storing the new attributes, as KVM does.
+//!
+//! **Why `std`.** Writers need a blocking mutex and must wait for readers to leave a copy;
+//! without `std` that means spinning on a hand-written lock (or the `spin` crate). The core
+//! stays `no_std`; a hypervisor without `std` can reuse the same protocol with its own locks.
+//!
+//! ## Measured (`cargo bench -p cvmem-sync --bench read_latency`)
+//!
+//! Fault-path lookups on a 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000
+//! runs), at random 4K addresses; CPU time of the reading thread per lookup (criterion mean;
+//! the 2-core machine also ran other builds, and a writer thread takes the other core), on
+//! 2026-11-25. The writer flips 4K pages of a fixed pool (the run count stays put).
+//!
+//! | reader | no writer | writer at 100k conversions/s | writer flat out (~1.8M/s) |
+//! |---|---|---|---|
+//! | core `Tracker::max_mapping_level` (unsynchronised) | 8.2 ns | — | — |
+//! | `ConcurrentTracker::max_mapping_level` | 14.2 ns | 14.4 ns | 15.1 ns (wall clock 21 ns) |
+//! | `ConcurrentTracker::fault` | 17.0 ns | 18.4 ns (0.06% `Retry`) | 19.0 ns (0.31% `Retry`) |
+//!
+//! A read costs the core's lookup plus ~6 ns (two atomic read-modify-writes on the copy's lock
+//! word and two loads of the index); `fault` adds the sequence checks. A writer at any rate
+//! leaves it nearly unchanged: readers do not wait for it, and a retry happens only when a
+//! publication lands between the index load and the check. (Before the writer polled for the
+//! old copy instead of sleeping on its lock, the last reader out paid a futex wake-up: ~800 ns
+//! per read under the flat-out writer.)
+//!
+//! Writes (same guest, a random 4K conversion): core 0.83 µs, `ConcurrentTracker` 1.95 µs (two
+//! applications, the invalidation and the publication). Cloning the tracker, the per-write cost
+//! of an RCU-style design without structural sharing: 5.2 µs here, growing with R and with the
+//! guest size (the large-page bitmaps: 2 bits per 2M page, 128 KiB per TiB).
+//!
+//! ## Testing
+//! `tests/stress.rs` runs reader threads against a writer and checks every answer against the
+//! recorded state of the generation it reports, and every mapping a fault installs against the
+//! live state. `tests/loom.rs` model-checks the publication and invalidation protocols:
+//! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`; without loom the
+//! same scenarios run a few hundred times on real threads.
+
+mod concurrent;
+mod fault;
+mod invalidate;
+pub mod left_right;
+mod sync;
+
+pub use concurrent::{ConcurrentTracker, Snapshot};
+pub use fault::{FaultAnswer, FaultTicket};
+pub use left_right::{Apply, LeftRight, Writer};

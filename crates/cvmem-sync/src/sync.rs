@@ -1,0 +1,50 @@
+//! The few synchronisation primitives the crate uses: std's, or loom's under `--cfg loom` so the
+//! model tests check the real code.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicU64, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub(crate) use std::sync::atomic::Ordering;
+pub(crate) use std::sync::{PoisonError, TryLockError};
+
+/// Called by a reader before it tries again: a CPU hint under std, a scheduling point under
+/// loom (which must see every retry loop yield).
+#[inline]
+pub(crate) fn retry_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+/// Called by a writer waiting for readers to leave a copy, for the `polls`-th time: spins a
+/// little, then yields the CPU (readers hold a copy for the length of one lookup).
+#[inline]
+pub(crate) fn wait_hint(polls: u32) {
+    #[cfg(loom)]
+    {
+        let _ = polls;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    if polls < 100 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Forgets that a writer panicked while holding `lock` (the caller has repaired the data).
+/// loom's locks do not poison.
+pub(crate) fn clear_poison<T>(lock: &RwLock<T>) {
+    #[cfg(not(loom))]
+    lock.clear_poison();
+    #[cfg(loom)]
+    let _ = lock;
+}

@@ -1,0 +1,182 @@
+//! Model tests of the publication and invalidation protocols.
+//!
+//! With loom, every interleaving (up to a preemption bound) of the threads is explored, on the
+//! crate's real code (its locks and atomics become loom's):
+//! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`.
+//! Without loom (plain `cargo test`), the same scenarios run a few hundred times on std threads.
+
+#[cfg(loom)]
+use loom::{
+    sync::atomic::{AtomicU64, Ordering},
+    sync::{Arc, Mutex},
+    thread,
+};
+#[cfg(not(loom))]
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use cvmem::{
+    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+};
+use cvmem_sync::{Apply, ConcurrentTracker, FaultAnswer, LeftRight};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    #[cfg(loom)]
+    {
+        use std::sync::atomic::AtomicUsize;
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&runs);
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            f()
+        });
+        eprintln!(
+            "loom explored {} interleavings",
+            runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    #[cfg(not(loom))]
+    for _ in 0..300 {
+        f();
+    }
+}
+
+/// Two writes of a two-word value, each applied once per copy; two readers. Every read sees
+/// both words equal (no torn state), never an older value after a newer one, and never an
+/// older value than a write that has returned.
+#[test]
+fn publication_is_atomic_monotonic_and_applied_once_per_copy() {
+    model(|| {
+        let lr = Arc::new(LeftRight::new([0u64; 2]));
+        let committed = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (lr, committed) = (Arc::clone(&lr), Arc::clone(&committed));
+            thread::spawn(move || {
+                for k in 1..=2 {
+                    lr.writer().apply(|v| {
+                        v[0] += 1;
+                        v[1] += 1;
+                        Apply::Changed(())
+                    });
+                    committed.store(k, Ordering::Release);
+                }
+            })
+        };
+        let reader = {
+            let (lr, committed) = (Arc::clone(&lr), Arc::clone(&committed));
+            thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..2 {
+                    let done = committed.load(Ordering::Acquire);
+                    let v = lr.read(|v| *v);
+                    assert_eq!(v[0], v[1], "torn state");
+                    assert!(v[0] >= last, "went back in time");
+                    assert!(v[0] >= done, "missed a committed write");
+                    last = v[0];
+                }
+            })
+        };
+        let v = lr.read(|v| *v);
+        assert_eq!(v[0], v[1]);
+        writer.join().unwrap();
+        reader.join().unwrap();
+        // Both copies hold exactly two increments: the next change sees [2, 2] on each.
+        lr.writer().apply(|v| {
+            assert_eq!(*v, [2, 2]);
+            Apply::Unchanged(())
+        });
+        lr.writer().apply(|v| {
+            assert_eq!(*v, [2, 2]);
+            v[0] = 3;
+            v[1] = 3;
+            Apply::Changed(())
+        });
+        assert_eq!(lr.read(|v| *v), [3, 3]);
+    });
+}
+
+/// A 4 MiB guest_memfd slot, all private (2M pages allowed).
+fn small_guest() -> ConcurrentTracker {
+    let mut t = Tracker::new();
+    t.set_user_memory_region(&MemoryRegion {
+        slot: 0,
+        gpa: 0,
+        size: 4 << 20,
+        flags: SlotFlags {
+            guest_memfd: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    t.set_memory_attributes(0, 4 << 20, PRIVATE).unwrap();
+    ConcurrentTracker::new(t)
+}
+
+/// A vCPU faults on gfn 1 (unchanged) while another makes gfn 0 shared; both 2M pages' worth of
+/// mappings go through a mock `mmu_lock`. Whatever the interleaving, no 2M leaf over gfn 0
+/// survives: the fault retries, or its stale ticket is caught under the lock, or the zap removes
+/// what it installed first. A fault in the other 2M page is never wrong either.
+#[test]
+fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
+    model(|| {
+        let vm = Arc::new(small_guest());
+        let leaves: Arc<Mutex<Vec<(u64, Level)>>> = Arc::new(Mutex::new(Vec::new()));
+        let converter = {
+            let (vm, leaves) = (Arc::clone(&vm), Arc::clone(&leaves));
+            thread::spawn(move || {
+                let zap = |r: GfnRange| {
+                    leaves.lock().unwrap().retain(|&(start, level)| {
+                        start + level.pages() <= r.start || r.end <= start
+                    })
+                };
+                assert!(vm.set_memory_attributes_with(0, 4096, 0, zap).unwrap());
+            })
+        };
+        let vcpus: Vec<_> = [0x1000u64, (2 << 20) + 0x1000]
+            .into_iter()
+            .map(|gpa| {
+                let (vm, leaves) = (Arc::clone(&vm), Arc::clone(&leaves));
+                thread::spawn(move || {
+                    let FaultAnswer::Ready(ticket) = vm.fault(gpa, Access::Private) else {
+                        return;
+                    };
+                    assert_eq!(ticket.answer, expected(gpa, ticket.generation));
+                    if let MaxLevel::Level(level) = ticket.answer {
+                        let mut leaves = leaves.lock().unwrap();
+                        if !vm.is_stale(&ticket) {
+                            leaves.push((ticket.range().start, level));
+                        }
+                    }
+                })
+            })
+            .collect();
+        converter.join().unwrap();
+        for v in vcpus {
+            v.join().unwrap();
+        }
+        for &(start, level) in leaves.lock().unwrap().iter() {
+            let now = vm.max_mapping_level(start << 12, Access::Private);
+            assert!(
+                matches!(now, MaxLevel::Level(l) if l >= level),
+                "leaf {start:#x} {level} outlived the conversion ({now:?})"
+            );
+        }
+    });
+}
+
+/// The answer at generation 0 (all private: 2M everywhere) or 1 (gfn 0 shared: 4K in the first
+/// 2M page, still 2M in the second).
+fn expected(gpa: u64, generation: u64) -> MaxLevel {
+    if generation == 0 || gpa >= 2 << 20 {
+        MaxLevel::Level(Level::M2)
+    } else {
+        MaxLevel::Level(Level::K4)
+    }
+}

@@ -1,0 +1,254 @@
+//! The publication and invalidation protocols step by step, from inside a writer's zap callback
+//! (where a conversion is in progress but not yet stored) and around it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use cvmem::{
+    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+};
+use cvmem_sync::{ConcurrentTracker, FaultAnswer, FaultTicket};
+
+const G1: u64 = 1 << 30;
+const M2: u64 = 2 << 20;
+const K4: u64 = 4096;
+
+/// 4 GiB guest_memfd slot at 0, all private.
+fn private_guest() -> ConcurrentTracker {
+    let vm = ConcurrentTracker::new(Tracker::new());
+    let flags = SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    };
+    vm.set_user_memory_region(&MemoryRegion {
+        slot: 0,
+        gpa: 0,
+        size: 4 * G1,
+        flags,
+        ..Default::default()
+    })
+    .unwrap();
+    vm.set_memory_attributes(0, 4 * G1, PRIVATE).unwrap();
+    vm
+}
+
+fn ready(answer: FaultAnswer) -> FaultTicket {
+    match answer {
+        FaultAnswer::Ready(t) => t,
+        FaultAnswer::Retry => panic!("expected an answer, got Retry"),
+    }
+}
+
+#[test]
+fn a_fault_during_a_conversion_never_gets_a_huge_page_across_it() {
+    let vm = private_guest();
+    let converted = 0x1000_0000; // one 4K page made shared
+    let before = ready(vm.fault(converted + K4, Access::Private));
+    assert_eq!(before.answer, MaxLevel::Level(Level::G1));
+    let generation = vm.generation();
+    vm.set_memory_attributes_with(converted, K4, 0, |range| {
+        assert_eq!(range, GfnRange::new(converted / K4, converted / K4 + 1));
+        // Not stored yet: readers see the old state, and nothing blocks them.
+        assert_eq!(vm.attributes(converted / K4), PRIVATE);
+        assert_eq!(vm.generation(), generation);
+        // The converted gfn itself: retry.
+        assert_eq!(vm.fault(converted, Access::Private), FaultAnswer::Retry);
+        // An unchanged gfn whose 1G (and 2M) page straddles the range: the old state would
+        // allow 1G; mapping it would cover the page being converted (the 2025 KVM bug).
+        assert_eq!(
+            vm.fault(converted + K4, Access::Private),
+            FaultAnswer::Retry
+        );
+        assert_eq!(
+            vm.fault(converted - K4, Access::Private),
+            FaultAnswer::Retry
+        );
+        // Another 1G page is not affected.
+        let elsewhere = ready(vm.fault(2 * G1, Access::Private));
+        assert_eq!(elsewhere.answer, MaxLevel::Level(Level::G1));
+        assert!(!vm.is_stale(&elsewhere));
+        // A ticket issued before the conversion began is stale.
+        assert!(vm.is_stale(&before));
+    })
+    .unwrap();
+    assert_eq!(vm.generation(), generation + 1);
+    assert!(vm.is_stale(&before));
+    // After the conversion: the new state, at the level it allows.
+    let after = ready(vm.fault(converted + K4, Access::Private));
+    assert_eq!(after.answer, MaxLevel::Level(Level::K4));
+    assert_eq!(after.generation, generation + 1);
+    assert!(!vm.is_stale(&after));
+    let neighbour = ready(vm.fault(converted + M2, Access::Private));
+    assert_eq!(neighbour.answer, MaxLevel::Level(Level::M2));
+    assert!(matches!(
+        ready(vm.fault(converted, Access::Private)).answer,
+        MaxLevel::MemoryFault(_)
+    ));
+}
+
+#[test]
+fn a_ticket_outside_the_range_holds_until_the_change_ends() {
+    let vm = private_guest();
+    vm.set_memory_attributes_with(0, M2, 0, |_| {
+        let t = ready(vm.fault(3 * G1, Access::Private));
+        assert!(!vm.is_stale(&t), "same invalidation, disjoint range");
+        // KVM also retries when the sequence moved, whatever the range.
+    })
+    .unwrap();
+    let t = ready(vm.fault(3 * G1, Access::Private));
+    assert!(!vm.is_stale(&t));
+    vm.set_memory_attributes(G1, K4, 0).unwrap();
+    assert!(vm.is_stale(&t), "the sequence moved");
+}
+
+#[test]
+fn an_unchanged_request_neither_invalidates_nor_counts() {
+    let vm = private_guest();
+    let t = ready(vm.fault(0, Access::Private));
+    let generation = vm.generation();
+    let mut zapped = false;
+    let changed = vm
+        .set_memory_attributes_with(0, G1, PRIVATE, |_| zapped = true)
+        .unwrap();
+    assert!(!changed && !zapped);
+    assert_eq!(vm.generation(), generation);
+    assert!(!vm.is_stale(&t), "KVM's early exit: no invalidation");
+    // A rejected request neither.
+    let err = vm.set_memory_attributes(1, K4, 0).unwrap_err();
+    assert_eq!(err.errno(), cvmem::Errno::EINVAL);
+    assert!(!vm.is_stale(&t));
+    assert_eq!(vm.generation(), generation);
+}
+
+#[test]
+fn memslot_changes_invalidate_old_and_new_ranges() {
+    let vm = ConcurrentTracker::default();
+    let slot = |gpa, size, dirty_log| MemoryRegion {
+        slot: 1,
+        gpa,
+        size,
+        flags: SlotFlags {
+            dirty_log,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    vm.set_user_memory_region_with(&slot(G1, G1, false), |r| seen.push(r))
+        .unwrap();
+    vm.set_user_memory_region_with(&slot(3 * G1, G1, false), |r| seen.push(r))
+        .unwrap();
+    vm.set_user_memory_region_with(&slot(3 * G1, G1, true), |r| seen.push(r))
+        .unwrap();
+    vm.set_user_memory_region_with(&slot(3 * G1, 0, false), |r| seen.push(r))
+        .unwrap();
+    let gfns = |a: u64, b: u64| GfnRange::new(a / K4, b / K4);
+    assert_eq!(
+        seen,
+        [
+            gfns(G1, 2 * G1),
+            gfns(G1, 4 * G1),
+            gfns(3 * G1, 4 * G1),
+            gfns(3 * G1, 4 * G1)
+        ]
+    );
+    assert_eq!(vm.generation(), 4);
+    assert_eq!(
+        vm.max_mapping_level(3 * G1, Access::Shared),
+        MaxLevel::NoSlot
+    );
+}
+
+#[test]
+fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns() {
+    let vm = private_guest();
+    let generation = vm.generation();
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        // A slow reader holds the published copy.
+        let vm = &vm;
+        s.spawn(move || {
+            vm.read(|snap| {
+                held_tx.send(snap.generation()).unwrap();
+                release_rx.recv().unwrap();
+            })
+        });
+        assert_eq!(held_rx.recv().unwrap(), generation);
+        // The writer applies to the other copy, publishes it, then waits for the slow reader.
+        let writer = s.spawn(|| vm.set_memory_attributes(0, K4, 0).unwrap());
+        // Other readers are not blocked and see the new state while the writer waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while vm.generation() == generation {
+            assert!(std::time::Instant::now() < deadline, "reader starved");
+            thread::yield_now();
+        }
+        assert_eq!(vm.attributes(0), 0);
+        assert!(
+            !writer.is_finished(),
+            "the writer waits for the slow reader"
+        );
+        release_tx.send(()).unwrap();
+        assert!(writer.join().unwrap());
+    });
+    // Both copies now hold the change: the next writes and reads agree.
+    vm.set_memory_attributes(K4, K4, 0).unwrap();
+    for _ in 0..4 {
+        assert_eq!(vm.attributes(0), 0);
+        assert_eq!(vm.attributes(1), 0);
+    }
+}
+
+#[test]
+fn a_writer_that_panics_leaves_a_consistent_state() {
+    let vm = private_guest();
+    let generation = vm.generation();
+    let range = GfnRange::new(0, 1);
+    // Panics half-way through the first copy: nothing published.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        vm.update(
+            range,
+            |_| {},
+            |t| -> (bool, ()) {
+                t.set_memory_attributes(0, K4, 0).unwrap();
+                panic!("injected");
+            },
+        )
+    }));
+    assert!(r.is_err());
+    assert_eq!(vm.generation(), generation);
+    assert_eq!(vm.attributes(0), PRIVATE);
+    assert!(matches!(
+        vm.fault(0, Access::Private),
+        FaultAnswer::Ready(_)
+    ));
+    // Panics on the second copy, after publishing the first.
+    let mut calls = 0;
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        vm.update(
+            range,
+            |_| {},
+            |t| {
+                calls += 1;
+                t.set_memory_attributes(0, K4, 0).unwrap();
+                assert!(calls < 2, "injected");
+                (true, ())
+            },
+        )
+    }));
+    assert!(r.is_err());
+    assert_eq!(vm.generation(), generation + 1);
+    assert_eq!(vm.attributes(0), 0);
+    // The next writers repair the stale copy: every later state is the same on both copies.
+    for k in 1..5u64 {
+        vm.set_memory_attributes(k * K4, K4, 0).unwrap();
+        for _ in 0..3 {
+            assert!(vm.range_has_attributes(GfnRange::new(0, k + 1), 0, PRIVATE));
+            assert_eq!(vm.attributes(k + 1), PRIVATE);
+        }
+    }
+    assert!(matches!(vm.fault(0, Access::Shared), FaultAnswer::Ready(_)));
+}
