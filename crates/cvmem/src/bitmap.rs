@@ -71,6 +71,27 @@ impl Bitmap {
         }
     }
 
+    /// Number of bits in `[start, end)` set in this bitmap or in `other` (which may be empty),
+    /// a word at a time.
+    pub(crate) fn count_either(&self, other: &Bitmap, start: u64, end: u64) -> u64 {
+        let mut n = 0;
+        let mut i = start;
+        while i < end {
+            let word = (i / 64) as usize;
+            let lo = i % 64;
+            let hi = (end - (i - lo)).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            let other_word = other.words.get(word).copied().unwrap_or(0);
+            n += u64::from(((self.words[word] | other_word) & mask).count_ones());
+            i += hi - lo;
+        }
+        n
+    }
+
     /// Number of set bits.
     pub(crate) fn count_ones(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
@@ -107,6 +128,10 @@ mod tests {
                 );
             }
             assert_eq!(a.count_ones(), end - start);
+            let empty = Bitmap::default();
+            assert_eq!(a.count_either(&empty, 0, 200), end - start);
+            assert_eq!(a.count_either(&empty, start, end), end - start);
+            assert_eq!(a.count_either(&empty, 0, start), 0);
             a.fill(start, end, false);
             assert_eq!(a.count_ones(), 0);
         }

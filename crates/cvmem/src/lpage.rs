@@ -30,6 +30,13 @@ pub(crate) struct LpageInfo {
 }
 
 impl LpageInfo {
+    /// Heap bytes [`LpageInfo::build`] allocates for a slot covering `slot`.
+    pub(crate) fn bytes_for(level: Level, slot: GfnRange) -> usize {
+        let first = slot.start.div_ceil(level.pages());
+        let count = (slot.end >> level.page_shift()).saturating_sub(first);
+        usize::try_from(count.div_ceil(64) * 8 * 2).unwrap_or(usize::MAX)
+    }
+
     /// Builds the info of a slot covering `slot` from the attribute runs, in
     /// O(runs in the slot + large pages / 64): never per 4K page.
     pub(crate) fn build(level: Level, slot: GfnRange, attrs: &AttrStore) -> Result<Self> {
@@ -167,6 +174,25 @@ impl LpageInfo {
             self.mixed.set(i, !uniform);
             self.private.set(i, uniform && private);
         }
+    }
+
+    /// How many large pages with absolute indices `[start, end)` (wholly inside the slot) are
+    /// neither mixed nor inhibited: a popcount, a word at a time.
+    pub(crate) fn allowed_count(&self, start: u64, end: u64) -> u64 {
+        let (lo, hi) = (
+            start.max(self.first) - self.first,
+            end.min(self.first + self.len()),
+        );
+        let hi = hi.saturating_sub(self.first);
+        if lo >= hi {
+            return 0;
+        }
+        (hi - lo) - self.mixed.count_either(&self.inhibit, lo, hi)
+    }
+
+    /// Number of large pages with GUEST_INHIBIT.
+    pub(crate) fn inhibited_count(&self) -> u64 {
+        self.inhibit.count_ones()
     }
 
     /// Number of mixed large pages.

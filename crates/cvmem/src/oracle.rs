@@ -217,6 +217,17 @@ impl DenseModel {
         if (self.attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) != private {
             return fault;
         }
+        MaxLevel::Level(self.slot_level(slot, gfn))
+    }
+
+    /// The largest level the slot's state allows at `gfn` for a page of its own kind, by brute
+    /// force; `None` outside memslots.
+    pub fn allowed_level(&self, gfn: u64) -> Option<Level> {
+        self.slot_for_gfn(gfn)
+            .map(|slot| self.slot_level(slot, gfn))
+    }
+
+    fn slot_level(&self, slot: &DenseSlot, gfn: u64) -> Level {
         let max = if slot.dirty_log {
             Level::K4
         } else {
@@ -234,10 +245,26 @@ impl DenseModel {
                     .contains(&(slot.id, level.page_shift().into(), start))
                 && self.uniform(start, end);
             if ok {
-                return MaxLevel::Level(level);
+                return level;
             }
         }
-        MaxLevel::Level(Level::K4)
+        Level::K4
+    }
+
+    /// Bytes of slot `id` mappable at 1G, at 2M (not 1G), and only at 4K, by brute force.
+    pub fn eligibility(&self, id: u32) -> Option<[u64; 3]> {
+        let slot = self.slots.iter().find(|s| s.id == id)?;
+        let (mut g1, mut m2) = (0, 0);
+        let mut gfn = Level::M2.align_down(slot.base);
+        while gfn < slot.base + slot.npages {
+            match self.slot_level(slot, gfn.max(slot.base)) {
+                Level::G1 => g1 += Level::M2.size(),
+                Level::M2 => m2 += Level::M2.size(),
+                Level::K4 => {}
+            }
+            gfn += Level::M2.pages();
+        }
+        Some([g1, m2, slot.npages * PAGE_SIZE - g1 - m2])
     }
 
     /// Large pages of `level` wholly inside slot `id` whose pages differ in attributes.

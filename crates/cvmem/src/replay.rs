@@ -17,6 +17,10 @@ use crate::mmu::{
 use crate::oplog::Op;
 use crate::tracker::{MaxLevel, SlotEligibility, Tracker};
 
+/// Most bytes of large-page info a replay may hold: 2 bits per 2M page, so 1 GiB covers
+/// 4 PiB of memslots — far beyond any real guest, far below what a hostile file could ask for.
+pub const METADATA_LIMIT: usize = 1 << 30;
+
 /// What one operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -91,10 +95,18 @@ impl Replayer {
     /// `mmu split recovery=on-fault`.
     pub fn new() -> Self {
         Replayer {
-            vm: Vm::new(Layout::SPLIT, Recovery::OnFault),
+            vm: Self::vm_for(Layout::SPLIT, Recovery::OnFault),
             ops: 0,
             errors: 0,
         }
+    }
+
+    /// A VM whose large-page info may hold at most [`METADATA_LIMIT`] bytes: a scenario file is
+    /// untrusted input.
+    fn vm_for(layout: Layout, recovery: Recovery) -> Vm {
+        let mut vm = Vm::new(layout, recovery);
+        vm.set_metadata_limit(Some(METADATA_LIMIT));
+        vm
     }
 
     /// The VM's tracker.
@@ -174,7 +186,7 @@ impl Replayer {
                         what: "`mmu` is only allowed as the first operation",
                     });
                 }
-                self.vm = Vm::new(layout.into(), recovery.unwrap_or(Recovery::OnFault));
+                self.vm = Self::vm_for(layout.into(), recovery.unwrap_or(Recovery::OnFault));
                 Ok(Outcome::Done)
             }
         }

@@ -90,6 +90,8 @@ pub struct Tracker {
     slots: Vec<Memslot>,
     /// (slot id, base gfn), sorted by id.
     ids: Vec<(u32, u64)>,
+    /// Most heap bytes the large-page info of all slots may hold (`None`: no limit).
+    metadata_limit: Option<usize>,
 }
 
 impl Default for Tracker {
@@ -111,6 +113,7 @@ impl Tracker {
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
+            metadata_limit: None,
         }
     }
 
@@ -268,7 +271,30 @@ impl Tracker {
             .map(|s| s.id)
     }
 
+    /// Caps the heap bytes of large-page info (2 bits per large page wholly inside a slot): a
+    /// memslot request that would go beyond fails with ENOMEM, as KVM's own allocation of
+    /// `lpage_info` would. A VMM replaying untrusted scenarios sets this so that a file of
+    /// 32,764 slots of 8 TiB cannot make it allocate tens of GiB.
+    pub fn set_metadata_limit(&mut self, limit: Option<usize>) {
+        self.metadata_limit = limit;
+    }
+
     fn build_lpage(&self, range: GfnRange) -> Result<[LpageInfo; 2]> {
+        if let Some(limit) = self.metadata_limit {
+            let needed = Level::LARGE
+                .iter()
+                .map(|&l| LpageInfo::bytes_for(l, range))
+                .sum::<usize>();
+            let held: usize = self
+                .slots
+                .iter()
+                .flat_map(|s| s.lpage.iter())
+                .map(LpageInfo::heap_bytes)
+                .sum();
+            if held.saturating_add(needed) > limit {
+                return Err(Error::MetadataLimit { needed, limit });
+            }
+        }
         Ok([
             LpageInfo::build(Level::M2, range, &self.attrs)?,
             LpageInfo::build(Level::G1, range, &self.attrs)?,
@@ -502,26 +528,22 @@ impl Tracker {
         let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
         for (k, info) in [m2, g1].into_iter().enumerate() {
             e.mixed[k] = info.mixed_count();
-            let level = Level::LARGE[k];
-            e.inhibited[k] = (0..info.len())
-                .filter(|i| info.is_inhibited((info.first() + i) << level.page_shift()))
-                .count() as u64;
+            e.inhibited[k] = info.inhibited_count();
         }
         let max = slot.max_level();
-        let ok = |level: Level, gfn: u64| {
-            level <= max && !slot.misaligned(level) && slot.lpage(level).allows(gfn)
-        };
-        let mut huge_pages_2m = 0u64;
-        let mut pages_1g = 0u64;
-        for i in 0..g1.len() {
-            if ok(Level::G1, (g1.first() + i) << Level::G1.page_shift()) {
-                pages_1g += 1;
-            }
+        let level_ok = |level: Level| level <= max && !slot.misaligned(level);
+        // Word-wise popcounts: O(large pages / 64 + 1G pages), not a loop over every 2M page.
+        let (mut pages_1g, mut huge_pages_2m) = (0u64, 0u64);
+        if level_ok(Level::M2) {
+            huge_pages_2m = m2.allowed_count(m2.first(), m2.first() + m2.len());
         }
-        for i in 0..m2.len() {
-            let gfn = (m2.first() + i) << Level::M2.page_shift();
-            if ok(Level::M2, gfn) && !ok(Level::G1, gfn) {
-                huge_pages_2m += 1;
+        if level_ok(Level::G1) {
+            for i in g1.first()..g1.first() + g1.len() {
+                if g1.allowed_count(i, i + 1) == 1 {
+                    pages_1g += 1;
+                    // Its 2M pages are counted as 1G, not 2M.
+                    huge_pages_2m -= m2.allowed_count(i << 9, (i + 1) << 9);
+                }
             }
         }
         e.bytes_1g = pages_1g * Level::G1.size();

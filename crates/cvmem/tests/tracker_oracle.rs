@@ -222,6 +222,7 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) -> Result<(), TestCaseErro
             );
         }
         prop_assert_eq!(t.attributes(gfn), o.attributes(gfn));
+        prop_assert_eq!(t.allowed_level(gfn), o.allowed_level(gfn));
         let r = GfnRange::new(gfn, (gfn + 700).min(WINDOW_PAGES));
         let uniform = (r.start..r.end).all(|g| o.attributes(g) & 8 == 8);
         prop_assert_eq!(t.range_has_attributes(r, 8, 8), uniform);
@@ -250,6 +251,16 @@ proptest! {
                 prop_assert_eq!(before, (t.nonzero_runs().count(), t.memslots().len()), "failed op changed state");
             }
             check(&t, &o, &probes)?;
+        }
+        // Eligibility, once per sequence: the oracle checks every page of every large page.
+        for s in &o.slots {
+            let e = t.eligibility(s.id).unwrap();
+            prop_assert_eq!(
+                [e.bytes_1g, e.bytes_2m, e.bytes_4k],
+                o.eligibility(s.id).unwrap(),
+                "eligibility of slot {}",
+                s.id
+            );
         }
         // The runs, compared once per sequence: the oracle's brute-force scan is the slow part.
         let runs: Vec<_> = t.nonzero_runs().map(|r| (r.start, r.end, r.attributes)).collect();

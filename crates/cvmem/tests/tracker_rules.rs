@@ -418,3 +418,22 @@ fn guest_inhibit_is_one_way_and_dropped_by_a_move() {
     assert_eq!(t.eligibility(0).unwrap().bytes_1g, 2 * G1);
     let _ = PAGE_SIZE;
 }
+
+#[test]
+fn metadata_limit_refuses_slots_with_enomem_and_changes_nothing() {
+    let mut t = Tracker::new();
+    // An 8 TiB slot (2^31 - 1 pages) needs 2 bits per 2M page: 1 MiB, plus its 1G pages.
+    t.set_metadata_limit(Some(3 << 20));
+    let huge = |slot: u32| region(slot, u64::from(slot) << 43, ((1 << 31) - 1) * K4, gmem());
+    t.set_user_memory_region(&huge(0)).unwrap();
+    t.set_user_memory_region(&huge(1)).unwrap();
+    rejects(&mut t, Errno::ENOMEM, |t| {
+        t.set_user_memory_region(&huge(2)).map(drop)
+    });
+    // Deleting a slot frees its share of the limit.
+    t.set_user_memory_region(&region(0, 0, 0, gmem())).unwrap();
+    t.set_user_memory_region(&huge(2)).unwrap();
+    t.set_metadata_limit(None);
+    t.set_user_memory_region(&huge(3)).unwrap();
+    assert_eq!(t.memslots().len(), 3);
+}
