@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use cvmem::oplog::Op;
 use cvmem::{
-    Access, Error, GfnRange, Level, MapGpaRange, MaxLevel, Tracker, MAX_SLOT_ID, MAX_SLOT_PAGES,
-    PAGE_SHIFT, PAGE_SIZE,
+    Access, Error, GfnRange, Level, MapGpaRange, MaxLevel, Tracker, MAX_SLOT_PAGES, PAGE_SHIFT,
+    PAGE_SIZE,
 };
 
 use crate::design::{Design, Slot};
@@ -78,23 +78,13 @@ impl Rules {
     /// Validates `op` against the current state; changes nothing.
     pub fn check(&self, op: &Op) -> Result<Action, Error> {
         match *op {
-            Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            } => {
-                let id = u32::try_from(slot)
-                    .ok()
-                    .filter(|&s| s <= MAX_SLOT_ID)
-                    .ok_or(Error::SlotIdOutOfRange {
-                        slot: slot.min(u64::from(u32::MAX)) as u32,
-                        max: MAX_SLOT_ID,
-                    })?;
-                self.check_memslot(id, gpa, size, flags, uaddr, backing)
-            }
+            Op::Memslot { .. } => match op.memory_region() {
+                Some(region) => {
+                    let r = region?;
+                    self.check_memslot(r.slot, r.gpa, r.size, r.flags, r.uaddr, r.backing)
+                }
+                None => unreachable!("a memslot line is a memory region"),
+            },
             Op::Attrs {
                 gpa,
                 size,

@@ -10,7 +10,6 @@ use alloc::vec::Vec;
 use crate::addr::{Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::hypercall::MapGpaRange;
-use crate::memslot::{MemoryRegion, MAX_SLOT_ID};
 use crate::mmu::{
     AcceptOutcome, Coverage, FaultOutcome, FaultRangeCounts, Layout, MmuStats, Recovery, Vm,
 };
@@ -134,29 +133,10 @@ impl Replayer {
 
     fn try_apply(&mut self, op: &Op) -> Result<Outcome> {
         match *op {
-            Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            } => {
-                let slot = u32::try_from(slot)
-                    .ok()
-                    .filter(|&s| s <= MAX_SLOT_ID)
-                    .ok_or(Error::SlotIdOutOfRange {
-                        slot: slot.min(u32::MAX.into()) as u32,
-                        max: MAX_SLOT_ID,
-                    })?;
-                self.vm.set_user_memory_region(&MemoryRegion {
-                    slot,
-                    gpa,
-                    size,
-                    flags,
-                    uaddr,
-                    backing,
-                })?;
+            Op::Memslot { .. } => {
+                if let Some(region) = op.memory_region() {
+                    self.vm.set_user_memory_region(&region?)?;
+                }
                 Ok(Outcome::Done)
             }
             Op::Attrs {

@@ -3,7 +3,8 @@
 use core::fmt;
 
 use crate::addr::Level;
-use crate::memslot::SlotFlags;
+use crate::error::Error;
+use crate::memslot::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
 pub use crate::mmu::Recovery;
 use crate::tracker::Access;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -120,6 +121,38 @@ pub enum Op {
 }
 
 impl Op {
+    /// For a `memslot` line, the KVM_SET_USER_MEMORY_REGION2 request it makes (or EINVAL for a
+    /// slot id beyond the user memslots, which the grammar lets through); `None` for any other
+    /// operation. The one place a `memslot` line becomes a typed request.
+    pub fn memory_region(&self) -> Option<Result<MemoryRegion, Error>> {
+        let Op::Memslot {
+            slot,
+            gpa,
+            size,
+            flags,
+            uaddr,
+            backing,
+        } = *self
+        else {
+            return None;
+        };
+        let id = u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID);
+        Some(match id {
+            Some(slot) => Ok(MemoryRegion {
+                slot,
+                gpa,
+                size,
+                flags,
+                uaddr,
+                backing,
+            }),
+            None => Err(Error::SlotIdOutOfRange {
+                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                max: MAX_SLOT_ID,
+            }),
+        })
+    }
+
     /// The operation keyword: `memslot`, `attrs`, `map-gpa`, `query`, `fault`, `fault-range`, `mmu`
     /// or `accept`.
     pub const fn name(&self) -> &'static str {
