@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use cvmem::oplog::Op;
 use cvmem::{
-    Access, Error, GfnRange, Level, MapGpaRange, MaxLevel, Tracker, MAX_SLOT_PAGES, PAGE_SHIFT,
-    PAGE_SIZE,
+    Access, Error, GfnRange, Level, MapGpaRange, MaxLevel, Tracker, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::design::{Design, Slot};
@@ -79,10 +78,7 @@ impl Rules {
     pub fn check(&self, op: &Op) -> Result<Action, Error> {
         match *op {
             Op::Memslot { .. } => match op.memory_region() {
-                Some(region) => {
-                    let r = region?;
-                    self.check_memslot(r.slot, r.gpa, r.size, r.flags, r.uaddr, r.backing)
-                }
+                Some(region) => self.check_memslot(&region?),
                 None => unreachable!("a memslot line is a memory region"),
             },
             Op::Attrs {
@@ -125,52 +121,17 @@ impl Rules {
             .map(|s| s.id)
     }
 
-    fn check_memslot(
-        &self,
-        id: u32,
-        gpa: u64,
-        size: u64,
-        flags: cvmem::SlotFlags,
-        uaddr: Option<u64>,
-        backing: Option<Level>,
-    ) -> Result<Action, Error> {
-        if gpa % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned {
-                what: "memslot gpa",
-                value: gpa,
-                align: PAGE_SIZE,
-            });
-        }
-        if size % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned {
-                what: "memslot size",
-                value: size,
-                align: PAGE_SIZE,
-            });
-        }
-        if let Some(u) = uaddr.filter(|u| u % PAGE_SIZE != 0) {
-            return Err(Error::Unaligned {
-                what: "memslot uaddr",
-                value: u,
-                align: PAGE_SIZE,
-            });
-        }
-        if gpa.checked_add(size).is_none() {
-            return Err(Error::Overflow {
-                what: "memslot",
-                start: gpa,
-                size,
-            });
-        }
+    fn check_memslot(&self, region: &cvmem::MemoryRegion) -> Result<Action, Error> {
+        cvmem::memslot::validate(region)?;
+        let cvmem::MemoryRegion {
+            slot: id,
+            gpa,
+            size,
+            flags,
+            uaddr,
+            backing,
+        } = *region;
         let npages = size / PAGE_SIZE;
-        if npages > MAX_SLOT_PAGES {
-            return Err(Error::SlotTooLarge { pages: npages });
-        }
-        if flags.guest_memfd && flags.dirty_log {
-            return Err(Error::InvalidFlags {
-                why: "guest-memfd cannot be combined with dirty-log",
-            });
-        }
         let base_gfn = gpa >> PAGE_SHIFT;
         let Some(old) = self.slot(id).copied() else {
             if npages == 0 {

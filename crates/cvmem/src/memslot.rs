@@ -134,8 +134,9 @@ impl Memslot {
     }
 }
 
-/// Validates what KVM checks before looking at existing slots.
-pub(crate) fn validate(r: &MemoryRegion) -> Result<()> {
+/// The checks KVM makes on a KVM_SET_USER_MEMORY_REGION2 request before it looks at the
+/// existing slots: id, alignment, overflow, size limit, flag combinations.
+pub fn validate(r: &MemoryRegion) -> Result<()> {
     if r.slot > MAX_SLOT_ID {
         return Err(Error::SlotIdOutOfRange {
             slot: r.slot,
