@@ -1,7 +1,7 @@
 //! The workloads [`crate::kvm_run`] drives: scripts for the guest plus the memslots they need.
 
 use cvmem::oplog::{self, Line, Op};
-use cvmem::{Level, MapGpaRange, MemoryRegion, PAGE_SIZE};
+use cvmem::{Level, MapGpaRange, PAGE_SIZE};
 
 use crate::abi::BOOT_SLOT;
 use crate::backing::Backing;
@@ -389,23 +389,24 @@ fn oplog(
 
 /// The host step of a `memslot` line, or its result when it cannot run here.
 fn memslot_step(op: &Op, line: usize, caps: &HostCaps) -> Result<HostStep, LineResult> {
-    let Op::Memslot {
-        slot,
-        gpa,
-        size,
-        flags,
-        uaddr,
-        backing,
-    } = *op
-    else {
-        return Err(LineResult {
-            line,
-            op: op.name(),
-            result: "not a memslot line".into(),
-        });
+    let region = match op.memory_region() {
+        Some(Ok(region)) => region,
+        Some(Err(e)) => {
+            return Err(LineResult {
+                line,
+                op: "memslot",
+                result: format!("{}: {e}", e.errno().name()),
+            })
+        }
+        None => {
+            return Err(LineResult {
+                line,
+                op: op.name(),
+                result: "not a memslot line".into(),
+            })
+        }
     };
-    // Ids beyond u32 are out of range: the core refuses u32::MAX as it would 32764.
-    let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+    let slot = region.slot;
     if slot == BOOT_SLOT {
         return Err(LineResult {
             line,
@@ -414,15 +415,8 @@ fn memslot_step(op: &Op, line: usize, caps: &HostCaps) -> Result<HostStep, LineR
         });
     }
     Ok(HostStep::Memslot {
-        region: MemoryRegion {
-            slot,
-            gpa,
-            size,
-            flags,
-            uaddr,
-            backing,
-        },
-        backing: if flags.guest_memfd {
+        region,
+        backing: if region.flags.guest_memfd {
             caps.best_backing()
         } else {
             Backing::Anonymous
