@@ -18,7 +18,7 @@
 use cvmem::mmu::{Layout, Recovery, Vm};
 use cvmem::{Access, Error, GfnRange, MaxLevel, MemoryFault, MemoryRegion, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::design::Slot;
+use crate::design::{Design, Slot};
 
 /// A VM whose memslots are always wholly mapped.
 #[derive(Clone, Debug)]
@@ -162,4 +162,86 @@ fn fault(gfn: u64, access: Access) -> MaxLevel {
         size: PAGE_SIZE,
         private: access.is_private(),
     })
+}
+
+/// What distinguishes the designs built on [`FullyMapped`]: their name, their tree layout, and
+/// the bytes they keep beside the page tables.
+pub trait SpteScheme {
+    /// The design's name.
+    const NAME: &'static str;
+    /// One tree or two.
+    const LAYOUT: Layout;
+    /// Bytes kept beside `table_pages` page-table pages.
+    fn side_bytes(table_pages: u64) -> usize;
+}
+
+/// A design whose per-page state lives in the page tables (Options B and C).
+#[derive(Clone, Debug)]
+pub struct OnTables<S> {
+    inner: FullyMapped,
+    scheme: core::marker::PhantomData<S>,
+}
+
+impl<S: SpteScheme> Default for OnTables<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: SpteScheme> OnTables<S> {
+    /// An empty VM.
+    pub fn new() -> Self {
+        OnTables {
+            inner: FullyMapped::new(S::LAYOUT),
+            scheme: core::marker::PhantomData,
+        }
+    }
+
+    /// The page tables (the core's MMU model).
+    pub fn mapped(&self) -> &FullyMapped {
+        &self.inner
+    }
+}
+
+impl<S: SpteScheme> Design for OnTables<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
+        self.inner.set_attributes(range, attributes)
+    }
+
+    fn create_slot(&mut self, slot: &Slot) -> Result<(), Error> {
+        self.inner.create_slot(slot)
+    }
+
+    fn delete_slot(&mut self, slot: &Slot) {
+        // Validated at the edge: deleting an existing slot cannot fail.
+        let _ = self.inner.delete_slot(slot);
+    }
+
+    fn move_slot(&mut self, _old: &Slot, new: &Slot) -> Result<(), Error> {
+        self.inner.move_slot(new)
+    }
+
+    fn set_dirty_log(&mut self, _old: &Slot, new: &Slot) {
+        let _ = self.inner.set_dirty_log(new);
+    }
+
+    fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+        self.inner.max_mapping_level(gpa, access)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        S::side_bytes(self.inner.table_pages())
+    }
+
+    fn table_bytes(&self) -> usize {
+        (self.inner.table_pages() * PAGE_SIZE) as usize
+    }
+
+    fn host_bytes(&self) -> usize {
+        self.inner.vm().heap_bytes()
+    }
 }

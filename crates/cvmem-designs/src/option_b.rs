@@ -5,76 +5,21 @@
 //! (see [`crate::mapped`]); it keeps nothing else (the bit is spare).
 
 use cvmem::mmu::Layout;
-use cvmem::{Access, Error, GfnRange, MaxLevel, PAGE_SIZE};
 
-use crate::design::{Design, Slot};
-use crate::mapped::FullyMapped;
+use crate::mapped::{OnTables, SpteScheme};
 
 /// Option B.
-#[derive(Clone, Debug)]
-pub struct OptionB {
-    inner: FullyMapped,
-}
+pub type OptionB = OnTables<MixedBit>;
 
-impl Default for OptionB {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The SPTE scheme of Option B.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MixedBit;
 
-impl OptionB {
-    /// An empty VM.
-    pub fn new() -> Self {
-        OptionB {
-            inner: FullyMapped::new(Layout::SPLIT),
-        }
-    }
-
-    /// The page tables (the core's MMU model).
-    pub fn mapped(&self) -> &FullyMapped {
-        &self.inner
-    }
-}
-
-impl Design for OptionB {
-    fn name(&self) -> &'static str {
-        "option-b"
-    }
-
-    fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
-        self.inner.set_attributes(range, attributes)
-    }
-
-    fn create_slot(&mut self, slot: &Slot) -> Result<(), Error> {
-        self.inner.create_slot(slot)
-    }
-
-    fn delete_slot(&mut self, slot: &Slot) {
-        // Validated at the edge: deleting an existing slot cannot fail.
-        let _ = self.inner.delete_slot(slot);
-    }
-
-    fn move_slot(&mut self, _old: &Slot, new: &Slot) -> Result<(), Error> {
-        self.inner.move_slot(new)
-    }
-
-    fn set_dirty_log(&mut self, _old: &Slot, new: &Slot) {
-        let _ = self.inner.set_dirty_log(new);
-    }
-
-    fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
-        self.inner.max_mapping_level(gpa, access)
-    }
-
-    fn heap_bytes(&self) -> usize {
+impl SpteScheme for MixedBit {
+    const NAME: &'static str = "option-b";
+    const LAYOUT: Layout = Layout::SPLIT;
+    fn side_bytes(table_pages: u64) -> usize {
+        let _ = table_pages;
         0
-    }
-
-    fn table_bytes(&self) -> usize {
-        (self.inner.table_pages() * PAGE_SIZE) as usize
-    }
-
-    fn host_bytes(&self) -> usize {
-        self.inner.vm().heap_bytes()
     }
 }

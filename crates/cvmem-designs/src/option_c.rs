@@ -5,76 +5,20 @@
 //! bound: leaf tables need none).
 
 use cvmem::mmu::Layout;
-use cvmem::{Access, Error, GfnRange, MaxLevel, PAGE_SIZE};
 
-use crate::design::{Design, Slot};
-use crate::mapped::FullyMapped;
+use crate::mapped::{OnTables, SpteScheme};
 
 /// Option C.
-#[derive(Clone, Debug)]
-pub struct OptionC {
-    inner: FullyMapped,
-}
+pub type OptionC = OnTables<SharedBit>;
 
-impl Default for OptionC {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The SPTE scheme of Option C.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SharedBit;
 
-impl OptionC {
-    /// An empty VM.
-    pub fn new() -> Self {
-        OptionC {
-            inner: FullyMapped::new(Layout::Unified),
-        }
-    }
-
-    /// The page tables (the core's MMU model).
-    pub fn mapped(&self) -> &FullyMapped {
-        &self.inner
-    }
-}
-
-impl Design for OptionC {
-    fn name(&self) -> &'static str {
-        "option-c"
-    }
-
-    fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
-        self.inner.set_attributes(range, attributes)
-    }
-
-    fn create_slot(&mut self, slot: &Slot) -> Result<(), Error> {
-        self.inner.create_slot(slot)
-    }
-
-    fn delete_slot(&mut self, slot: &Slot) {
-        // Validated at the edge: deleting an existing slot cannot fail.
-        let _ = self.inner.delete_slot(slot);
-    }
-
-    fn move_slot(&mut self, _old: &Slot, new: &Slot) -> Result<(), Error> {
-        self.inner.move_slot(new)
-    }
-
-    fn set_dirty_log(&mut self, _old: &Slot, new: &Slot) {
-        let _ = self.inner.set_dirty_log(new);
-    }
-
-    fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
-        self.inner.max_mapping_level(gpa, access)
-    }
-
-    fn heap_bytes(&self) -> usize {
-        (self.inner.table_pages() * 64) as usize
-    }
-
-    fn table_bytes(&self) -> usize {
-        (self.inner.table_pages() * PAGE_SIZE) as usize
-    }
-
-    fn host_bytes(&self) -> usize {
-        self.inner.vm().heap_bytes()
+impl SpteScheme for SharedBit {
+    const NAME: &'static str = "option-c";
+    const LAYOUT: Layout = Layout::Unified;
+    fn side_bytes(table_pages: u64) -> usize {
+        (table_pages * 64) as usize
     }
 }
