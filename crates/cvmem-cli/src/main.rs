@@ -26,7 +26,7 @@ enum Command {
     Replay(cmd::replay::Args),
     /// Replay a built-in 4 GiB TDX guest boot and show what its memory looks like.
     Demo(cmd::demo::Args),
-    /// Compare the tracking designs (linux, options A-C, bitmap, rangemap, cvmem) on a workload.
+    /// Compare the tracking designs (linux, options A-C, bitmap, rangemap, roaring, cvmem) on a workload.
     Compare(cmd::compare::Args),
     /// Draw a guest's memory (GPA space in 2M cells) as SVG and PNG.
     Map(cmd::map::Args),

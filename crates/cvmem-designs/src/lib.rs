@@ -13,7 +13,8 @@
 //! | `option-c` | a SHARED bit in leaf SPTEs + a 512-bit mixed bitmap per table (one tree) ([`option_c`]) |
 //! | `bitmap` | 1 bit per 4K page per slot, eligibility by scanning ([`flat_bitmap`]) |
 //! | `rangemap` | the `rangemap` crate + naive eligibility ([`range_map`]) |
-//! | `cvmem` | the core crate's [`cvmem::Tracker`] ([`core_tracker`]) |
+//! | `roaring` | the `roaring` crate's compressed bitmap of private gfns + the same check ([`roaring_set`]) |
+//! | `cvmem` | the core crate's [`cvmem::Tracker`]: adaptive attribute store, no per-slot arrays ([`core_tracker`]) |
 //!
 //! Measurement only: the designs are faithful in algorithm and memory accounting, not hardened.
 //!
@@ -47,6 +48,7 @@ pub mod option_b;
 pub mod option_c;
 pub mod outside;
 pub mod range_map;
+pub mod roaring_set;
 pub mod slots;
 pub mod vm;
 pub mod workloads;
@@ -56,7 +58,7 @@ pub use vm::{Action, Rules, Vm};
 
 /// The names of the designs [`make_design`] knows, in the order reports list them.
 pub const DESIGNS: &[&str] = &[
-    "linux", "option-a", "option-b", "option-c", "bitmap", "rangemap", "cvmem",
+    "linux", "option-a", "option-b", "option-c", "bitmap", "rangemap", "roaring", "cvmem",
 ];
 
 /// A fresh, empty design by name.
@@ -68,6 +70,7 @@ pub fn make_design(name: &str) -> Option<Box<dyn Design>> {
         "option-c" => Box::new(option_c::OptionC::new()),
         "bitmap" => Box::new(flat_bitmap::FlatBitmap::new()),
         "rangemap" => Box::new(range_map::RangeMapDesign::new()),
+        "roaring" => Box::new(roaring_set::RoaringDesign::new()),
         "cvmem" => Box::new(core_tracker::CvmemDesign::new()),
         _ => return None,
     })

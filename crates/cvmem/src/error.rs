@@ -133,13 +133,6 @@ pub enum Error {
         /// What and why.
         what: &'static str,
     },
-    /// The tracker's metadata would exceed the limit set with `Tracker::set_metadata_limit`.
-    MetadataLimit {
-        /// Bytes the request needs.
-        needed: usize,
-        /// The limit.
-        limit: usize,
-    },
     /// An allocation failed before anything changed.
     NoMemory {
         /// Bytes that could not be allocated.
@@ -152,7 +145,7 @@ impl Error {
     pub const fn errno(&self) -> Errno {
         match self {
             Error::SlotOverlap { .. } => Errno::EEXIST,
-            Error::NoMemory { .. } | Error::MetadataLimit { .. } => Errno::ENOMEM,
+            Error::NoMemory { .. } => Errno::ENOMEM,
             _ => Errno::EINVAL,
         }
     }
@@ -203,10 +196,6 @@ impl fmt::Display for Error {
             }
             Error::InvalidFlags { why } => write!(f, "invalid flags: {why}"),
             Error::Unsupported { what } => write!(f, "unsupported: {what}"),
-            Error::MetadataLimit { needed, limit } => write!(
-                f,
-                "large-page info would need {needed} more bytes, beyond the tracker's limit of {limit}"
-            ),
             Error::NoMemory { bytes } => write!(f, "could not allocate {bytes} bytes"),
         }
     }

@@ -43,7 +43,7 @@ pub mod replay;
 pub mod tracker;
 
 pub use addr::{fmt_bytes, Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
-pub use attrs::{AttrRun, AttrStore};
+pub use attrs::{AttrRun, AttrStore, Probe, StoreShape, WORST_BYTES_PER_GIB};
 pub use error::{Errno, Error, Result};
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};

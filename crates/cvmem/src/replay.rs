@@ -16,10 +16,6 @@ use crate::mmu::{
 use crate::oplog::Op;
 use crate::tracker::{MaxLevel, SlotEligibility, Tracker};
 
-/// Most bytes of large-page info a replay may hold: 2 bits per 2M page, so 1 GiB covers
-/// 4 PiB of memslots — far beyond any real guest, far below what a hostile file could ask for.
-pub const METADATA_LIMIT: usize = 1 << 30;
-
 /// What one operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -100,12 +96,11 @@ impl Replayer {
         }
     }
 
-    /// A VM whose large-page info may hold at most [`METADATA_LIMIT`] bytes: a scenario file is
-    /// untrusted input.
+    /// A VM for a scenario file. The file is untrusted input, but needs no limit of its own:
+    /// memslots cost a fixed size whatever their size, and each line can add at most a few
+    /// regions to the attribute store (bounded per GiB, see [`crate::attrs`]).
     fn vm_for(layout: Layout, recovery: Recovery) -> Vm {
-        let mut vm = Vm::new(layout, recovery);
-        vm.set_metadata_limit(Some(METADATA_LIMIT));
-        vm
+        Vm::new(layout, recovery)
     }
 
     /// The VM's tracker.

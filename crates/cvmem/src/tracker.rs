@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
-use crate::attrs::{AttrRun, AttrStore, Runs};
+use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
 use crate::error::{Error, Result};
 use crate::lpage::LpageInfo;
 use crate::memslot::{self, MemoryRegion, Memslot, SlotChange, SlotFlags};
@@ -90,8 +90,6 @@ pub struct Tracker {
     slots: Vec<Memslot>,
     /// (slot id, base gfn), sorted by id.
     ids: Vec<(u32, u64)>,
-    /// Most heap bytes the large-page info of all slots may hold (`None`: no limit).
-    metadata_limit: Option<usize>,
 }
 
 impl Default for Tracker {
@@ -106,14 +104,14 @@ impl Tracker {
         Self::with_supported_attributes(KVM_MEMORY_ATTRIBUTE_PRIVATE)
     }
 
-    /// An empty VM whose KVM_CAP_MEMORY_ATTRIBUTES is `supported`.
+    /// An empty VM whose KVM_CAP_MEMORY_ATTRIBUTES is `supported`, as far as cvmem can store
+    /// it: KVM defines one attribute, PRIVATE, and only that bit is kept (others are refused).
     pub const fn with_supported_attributes(supported: u64) -> Self {
         Tracker {
-            supported,
+            supported: supported & KVM_MEMORY_ATTRIBUTE_PRIVATE,
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
-            metadata_limit: None,
         }
     }
 
@@ -167,27 +165,15 @@ impl Tracker {
 
     /// Sets the attributes of a gfn range already validated by
     /// [`Tracker::validate_attributes`]. Returns whether anything changed.
+    ///
+    /// Large-page info needs no update: MIXED is read from the attribute store itself.
     pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
         if range.is_empty() || range.end > GFN_END || attributes & !self.supported != 0 {
             return Err(Error::Unsupported {
                 what: "attribute range outside the gfn space",
             });
         }
-        let Some(run) = self.attrs.set_run(range, attributes)? else {
-            return Ok(false);
-        };
-        let first = self
-            .slots
-            .partition_point(|s| s.base_gfn + s.npages <= range.start);
-        for slot in self.slots[first..]
-            .iter_mut()
-            .take_while(|s| s.base_gfn < range.end)
-        {
-            for level in Level::LARGE {
-                slot.lpage_mut(level).update(range, &run);
-            }
-        }
-        Ok(true)
+        self.attrs.set(range, attributes)
     }
 
     /// The attributes of `gfn`.
@@ -197,7 +183,7 @@ impl Tracker {
 
     /// Whether `gfn` is private.
     pub fn is_private(&self, gfn: u64) -> bool {
-        self.attrs.get(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
+        self.attrs.is_private(gfn)
     }
 
     /// Whether every gfn of `range` has `attributes` under `mask`.
@@ -271,38 +257,17 @@ impl Tracker {
             .map(|s| s.id)
     }
 
-    /// Caps the heap bytes of large-page info (2 bits per large page wholly inside a slot): a
-    /// memslot request that would go beyond fails with ENOMEM, as KVM's own allocation of
-    /// `lpage_info` would. A VMM replaying untrusted scenarios sets this so that a file of
-    /// 32,764 slots of 8 TiB cannot make it allocate tens of GiB.
-    pub fn set_metadata_limit(&mut self, limit: Option<usize>) {
-        self.metadata_limit = limit;
-    }
-
-    fn build_lpage(&self, range: GfnRange) -> Result<[LpageInfo; 2]> {
-        if let Some(limit) = self.metadata_limit {
-            let needed = Level::LARGE
-                .iter()
-                .map(|&l| LpageInfo::bytes_for(l, range))
-                .sum::<usize>();
-            let held: usize = self
-                .slots
-                .iter()
-                .flat_map(|s| s.lpage.iter())
-                .map(LpageInfo::heap_bytes)
-                .sum();
-            if held.saturating_add(needed) > limit {
-                return Err(Error::MetadataLimit { needed, limit });
-            }
-        }
-        Ok([
-            LpageInfo::build(Level::M2, range, &self.attrs)?,
-            LpageInfo::build(Level::G1, range, &self.attrs)?,
-        ])
+    /// Large-page info of a new slot: geometry only, no allocation (MIXED comes from the
+    /// attribute store, GUEST_INHIBIT is allocated when a guest first accepts).
+    fn new_lpage(range: GfnRange) -> [LpageInfo; 2] {
+        [
+            LpageInfo::new(Level::M2, range),
+            LpageInfo::new(Level::G1, range),
+        ]
     }
 
     /// KVM_SET_USER_MEMORY_REGION2 with KVM's rules: create, delete, move, or toggle dirty
-    /// logging. Large-page info is built in O(runs + large pages), never per page.
+    /// logging. A slot costs a fixed few dozen bytes, whatever its size.
     pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
         let change = self.check_user_memory_region(r)?;
         let base_gfn = r.gpa >> PAGE_SHIFT;
@@ -312,7 +277,7 @@ impl Tracker {
             .map(|s| self.slot_index(s.base_gfn).expect("ids and slots agree"));
         match (change, idx) {
             (SlotChange::Created, _) => {
-                let lpage = self.build_lpage(new_range)?;
+                let lpage = Self::new_lpage(new_range);
                 let oom = |bytes| Error::NoMemory { bytes };
                 self.slots
                     .try_reserve(1)
@@ -339,7 +304,7 @@ impl Tracker {
             }
             (SlotChange::Moved { .. }, Some(idx)) => {
                 // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not follow).
-                let lpage = self.build_lpage(new_range)?;
+                let lpage = Self::new_lpage(new_range);
                 let mut slot = self.slots.remove(idx);
                 slot.base_gfn = base_gfn;
                 slot.flags.dirty_log = r.flags.dirty_log;
@@ -415,8 +380,8 @@ impl Tracker {
 
     /// The fault path: the largest level at which the page at `gpa` may be mapped for an
     /// access of kind `access`, or why it cannot be. No allocation; after the O(log S) slot
-    /// lookup, a few bit probes decide uniform large pages, and only a page inside a mixed
-    /// 2M page searches the runs (O(log R)).
+    /// lookup, one descent of the attribute store gives the gfn's kind and the largest uniform
+    /// page around it ([`AttrStore::probe`]), then the slot's geometry and GUEST_INHIBIT.
     #[inline]
     pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
         let gfn = gpa >> PAGE_SHIFT;
@@ -431,22 +396,23 @@ impl Tracker {
         if access.is_private() && !slot.flags.guest_memfd {
             return fault;
         }
-        let private = match slot.lpage(Level::M2).uniform_private(gfn) {
-            Some(p) => p,
-            None => self.is_private(gfn),
-        };
-        if private != access.is_private() {
+        let probe = self.attrs.probe(gfn);
+        if probe.private != access.is_private() {
             return fault;
         }
-        MaxLevel::Level(Self::slot_level(slot, gfn))
+        MaxLevel::Level(Self::slot_level(slot, gfn, probe))
     }
 
     /// The largest level the slot's state allows at `gfn`, ignoring the access kind.
     #[inline]
-    fn slot_level(slot: &Memslot, gfn: u64) -> Level {
-        let max = slot.max_level();
+    fn slot_level(slot: &Memslot, gfn: u64, probe: Probe) -> Level {
+        let max = slot.max_level().min(probe.uniform);
         for level in [Level::G1, Level::M2] {
-            if level <= max && !slot.misaligned(level) && slot.lpage(level).allows(gfn) {
+            if level <= max
+                && !slot.misaligned(level)
+                && slot.lpage(level).inside(gfn)
+                && !slot.lpage(level).is_inhibited(gfn)
+            {
                 return level;
             }
         }
@@ -456,7 +422,8 @@ impl Tracker {
     /// The largest level the tracker allows at `gfn` for a page of its own kind, or `None`
     /// outside memslots.
     pub fn allowed_level(&self, gfn: u64) -> Option<Level> {
-        self.slot_for_gfn(gfn).map(|s| Self::slot_level(s, gfn))
+        self.slot_for_gfn(gfn)
+            .map(|s| Self::slot_level(s, gfn, self.attrs.probe(gfn)))
     }
 
     /// Whether the large page of `level` holding `gfn` is mixed in its memslot (false when it is
@@ -465,7 +432,8 @@ impl Tracker {
         level != Level::K4
             && self
                 .slot_for_gfn(gfn)
-                .is_some_and(|s| s.lpage(level).is_mixed(gfn))
+                .is_some_and(|s| s.lpage(level).inside(gfn))
+            && self.attrs.probe(gfn).uniform < level
     }
 
     /// Whether the large page of `level` holding `gfn` carries GUEST_INHIBIT.
@@ -515,34 +483,55 @@ impl Tracker {
     /// Counts of mixed large pages of slot `id` at `level` (0 for 4K or an unknown slot).
     pub fn mixed_count(&self, id: u32, level: Level) -> u64 {
         match (self.memslot(id), level) {
-            (Some(s), Level::M2 | Level::G1) => s.lpage(level).mixed_count(),
+            (Some(s), Level::M2 | Level::G1) => self.attrs.mixed_pages(s.range(), level),
             _ => 0,
         }
     }
 
     /// How much of slot `id` may be mapped at 1G, at 2M, and only at 4K, for an access of the
-    /// pages' own kind. O(large pages of the slot).
+    /// pages' own kind. O(1G pages of the slot) probes and popcounts, never per 4K page (per 2M
+    /// page only where a guest has set GUEST_INHIBIT).
     pub fn eligibility(&self, id: u32) -> Option<SlotEligibility> {
         let slot = self.memslot(id)?;
-        let mut e = SlotEligibility::default();
+        let range = slot.range();
         let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
-        for (k, info) in [m2, g1].into_iter().enumerate() {
-            e.mixed[k] = info.mixed_count();
-            e.inhibited[k] = info.inhibited_count();
-        }
+        let mut e = SlotEligibility {
+            mixed: [
+                self.attrs.mixed_pages(range, Level::M2),
+                self.attrs.mixed_pages(range, Level::G1),
+            ],
+            inhibited: [m2.inhibited_count(), g1.inhibited_count()],
+            ..Default::default()
+        };
         let max = slot.max_level();
         let level_ok = |level: Level| level <= max && !slot.misaligned(level);
-        // Word-wise popcounts: O(large pages / 64 + 1G pages), not a loop over every 2M page.
+        // 2M pages inside both mixed and inhibited, so that each is subtracted once.
+        let inhibited_2m = |lo: u64, hi: u64| (lo..hi).filter(|&i| m2.is_inhibited(i << 9));
+        let both = if m2.any_inhibited() {
+            inhibited_2m(m2.first(), m2.first() + m2.len())
+                .filter(|&i| self.attrs.is_mixed_2m(i << 9))
+                .count() as u64
+        } else {
+            0
+        };
         let (mut pages_1g, mut huge_pages_2m) = (0u64, 0u64);
         if level_ok(Level::M2) {
-            huge_pages_2m = m2.allowed_count(m2.first(), m2.first() + m2.len());
+            huge_pages_2m = m2.len() - (e.mixed[0] + e.inhibited[0] - both);
         }
         if level_ok(Level::G1) {
             for i in g1.first()..g1.first() + g1.len() {
-                if g1.allowed_count(i, i + 1) == 1 {
+                let gfn = i << 18;
+                if self.attrs.probe(gfn).uniform == Level::G1 && !g1.is_inhibited(gfn) {
                     pages_1g += 1;
                     // Its 2M pages are counted as 1G, not 2M.
-                    huge_pages_2m -= m2.allowed_count(i << 9, (i + 1) << 9);
+                    if level_ok(Level::M2) {
+                        let inhibited = if m2.any_inhibited() {
+                            inhibited_2m(i << 9, (i + 1) << 9).count() as u64
+                        } else {
+                            0
+                        };
+                        huge_pages_2m -= 512 - inhibited;
+                    }
                 }
             }
         }

@@ -420,20 +420,22 @@ fn guest_inhibit_is_one_way_and_dropped_by_a_move() {
 }
 
 #[test]
-fn metadata_limit_refuses_slots_with_enomem_and_changes_nothing() {
+fn memslots_cost_no_memory_per_page_so_no_limit_is_needed() {
+    // What a hostile scenario file could once ask for: thousands of 8 TiB slots. Large-page
+    // info is now geometry plus the attribute store, so each slot costs a fixed few bytes.
     let mut t = Tracker::new();
-    // An 8 TiB slot (2^31 - 1 pages) needs 2 bits per 2M page: 1 MiB, plus its 1G pages.
-    t.set_metadata_limit(Some(3 << 20));
     let huge = |slot: u32| region(slot, u64::from(slot) << 43, ((1 << 31) - 1) * K4, gmem());
-    t.set_user_memory_region(&huge(0)).unwrap();
-    t.set_user_memory_region(&huge(1)).unwrap();
-    rejects(&mut t, Errno::ENOMEM, |t| {
-        t.set_user_memory_region(&huge(2)).map(drop)
-    });
-    // Deleting a slot frees its share of the limit.
-    t.set_user_memory_region(&region(0, 0, 0, gmem())).unwrap();
-    t.set_user_memory_region(&huge(2)).unwrap();
-    t.set_metadata_limit(None);
-    t.set_user_memory_region(&huge(3)).unwrap();
-    assert_eq!(t.memslots().len(), 3);
+    for slot in 0..2000 {
+        t.set_user_memory_region(&huge(slot)).unwrap();
+    }
+    assert!(t.heap_bytes() < 2000 * 256, "{} bytes", t.heap_bytes());
+    // Making all of it private costs one run of 512G units plus the two partial edges.
+    t.set_memory_attributes(0, 2000 << 43, PRIVATE).unwrap();
+    let e = t.eligibility(7).unwrap();
+    assert_eq!(e.bytes_1g, 8191 * G1);
+    assert!(
+        t.heap_bytes() < 2000 * 256 + 4096,
+        "{} bytes",
+        t.heap_bytes()
+    );
 }

@@ -17,7 +17,7 @@ use crate::report::emit;
 /// Arguments of `cvmem compare`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Designs, comma separated (linux, option-a, option-b, option-c, bitmap, rangemap, cvmem).
+    /// Designs, comma separated (linux, option-a, option-b, option-c, bitmap, rangemap, roaring, cvmem).
     #[arg(long, value_delimiter = ',', default_values_t = DESIGNS.iter().map(|s| s.to_string()))]
     designs: Vec<String>,
     /// Workload generator (see --list).

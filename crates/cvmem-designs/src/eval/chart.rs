@@ -40,6 +40,7 @@ pub fn color(name: &str) -> &'static str {
         "option-c" => "#e377c2",
         "bitmap" => "#9467bd",
         "rangemap" => "#2ca02c",
+        "roaring" => "#17becf",
         "cvmem" => "#1f77b4",
         _ => "#7f7f7f",
     }

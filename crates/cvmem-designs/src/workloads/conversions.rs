@@ -98,6 +98,54 @@ pub fn checkerboard(p: &Params) -> Vec<Op> {
     b.finish()
 }
 
+/// `checkerboard-all`: every other 4K page of all of RAM made shared, one MapGPA each — the
+/// most boundaries a guest can make — then the sweep.
+pub fn checkerboard_all(p: &Params) -> Vec<Op> {
+    let mut b = Builder::new(p);
+    b.startup();
+    for s in b.layout.ram.clone() {
+        for page in (0..s.size / PAGE_SIZE).step_by(2) {
+            b.convert(s.gpa + page * PAGE_SIZE, PAGE_SIZE, false, Via::MapGpa(0));
+        }
+    }
+    b.sweep();
+    b.finish()
+}
+
+/// `hostile`: a guest that drives every design to its largest state, each step a legal MapGPA.
+/// First every other 4K page of RAM shared (most boundaries: the worst for run lists and for
+/// per-page entries); then each 2M page recut into alternating runs of `k` pages, k = 2 … 8
+/// cycling from one 2M page to the next, written private-run first so that every page passes
+/// through states with more boundaries than it ends with. Every 2M page ends mixed with at
+/// least 64 boundaries, beyond any inline form.
+pub fn hostile(p: &Params) -> Vec<Op> {
+    let mut b = Builder::new(p);
+    b.startup();
+    let ram = b.layout.ram.clone();
+    for s in &ram {
+        for page in (0..s.size / PAGE_SIZE).step_by(2) {
+            b.convert(s.gpa + page * PAGE_SIZE, PAGE_SIZE, false, Via::MapGpa(0));
+        }
+    }
+    for s in &ram {
+        for (i, m2) in (s.gpa..s.end()).step_by(M2 as usize).enumerate() {
+            let k = 2 + (i as u64 % 7);
+            let run = k * PAGE_SIZE;
+            let mut at = m2;
+            while at < (m2 + M2).min(s.end()) {
+                let end = (m2 + M2).min(s.end());
+                b.convert(at, run.min(end - at), true, Via::MapGpa(0));
+                if at + run < end {
+                    b.convert(at + run, run.min(end - at - run), false, Via::MapGpa(0));
+                }
+                at += 2 * run;
+            }
+        }
+    }
+    b.sweep();
+    b.finish()
+}
+
 /// `random-flips`: `flips` random RAM pages each flipped to the other kind by a one-page MapGPA
 /// and faulted; the sweep.
 pub fn random_flips(p: &Params) -> Vec<Op> {

@@ -151,6 +151,14 @@ pub const WORKLOADS: &[(&str, &str)] = &[
         "worst case: every other 4K page of a 1 GiB window shared",
     ),
     (
+        "checkerboard-all",
+        "worst case: every other 4K page of all of RAM shared",
+    ),
+    (
+        "hostile",
+        "a guest maximising every design's memory: alternating pages, then runs of 2 … 8 per 2M page",
+    ),
+    (
         "random-flips",
         "random 4K private/shared flips over all of RAM",
     ),
@@ -208,6 +216,8 @@ pub fn generate(name: &str, params: &Params) -> Result<Workload, WorkloadError> 
         "mmio-storm" => ("mmio-storm", tdx::mmio_storm(params)),
         "selftest" => ("selftest", conversions::selftest(params)),
         "checkerboard" => ("checkerboard", conversions::checkerboard(params)),
+        "checkerboard-all" => ("checkerboard-all", conversions::checkerboard_all(params)),
+        "hostile" => ("hostile", conversions::hostile(params)),
         "random-flips" => ("random-flips", conversions::random_flips(params)),
         other => return Err(WorkloadError::Unknown(other.to_string())),
     };

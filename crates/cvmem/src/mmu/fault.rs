@@ -193,7 +193,10 @@ impl Vm {
                 let end = if no_gmem {
                     slot_end
                 } else {
-                    self.tracker.attribute_store().run_at(gfn).end.min(slot_end)
+                    self.tracker
+                        .attribute_store()
+                        .next_change(gfn)
+                        .min(slot_end)
                 };
                 end.min(next_window)
             }

@@ -214,11 +214,6 @@ impl Vm {
         &self.tracker
     }
 
-    /// Caps the tracker's large-page info; see [`Tracker::set_metadata_limit`].
-    pub fn set_metadata_limit(&mut self, limit: Option<usize>) {
-        self.tracker.set_metadata_limit(limit);
-    }
-
     /// The layout.
     pub fn layout(&self) -> Layout {
         self.layout

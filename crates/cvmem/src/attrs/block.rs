@@ -1,0 +1,223 @@
+//! One 2M page's attributes as 512 bits, and the 8-byte inline form of a page with few
+//! boundaries.
+//!
+//! Every change inside a 2M page is made on a decoded [`Block`] (8 words), whatever the page is
+//! stored as, so there is one place where bits are filled, compared and counted.
+
+/// The attributes of the 512 gfns of one 2M page, bit `i` = gfn `i` is private.
+pub(super) type Block = [u64; 8];
+
+/// Gfns per 2M page.
+pub(super) const PAGE_GFNS: u32 = 512;
+
+/// Most boundaries an inline code holds: six 9-bit offsets and a 3-bit count fit in 57 bits.
+pub(super) const INLINE_MAX: u32 = 6;
+/// A page stored as a block goes back inline only at this many boundaries or fewer, so that a
+/// flip storm on one page does not move it between the two forms on every flip.
+pub(super) const INLINE_BACK: u32 = 3;
+
+const COUNT_SHIFT: u32 = 54;
+/// Bit 63 of a slot marks a block reference (the low bits are the block's index).
+pub(super) const BLOCK_REF: u64 = 1 << 63;
+
+/// A block whose bits are all `v`.
+#[inline]
+pub(super) const fn filled(v: bool) -> Block {
+    [if v { u64::MAX } else { 0 }; 8]
+}
+
+/// Bit `i` of `b`.
+#[inline]
+pub(super) fn get(b: &Block, i: u32) -> bool {
+    (b[(i / 64) as usize] >> (i % 64)) & 1 != 0
+}
+
+/// Sets bits `[lo, hi)` of `b` to `v`, a word at a time.
+pub(super) fn fill(b: &mut Block, lo: u32, hi: u32, v: bool) {
+    debug_assert!(lo <= hi && hi <= PAGE_GFNS);
+    let mut i = lo;
+    while i < hi {
+        let (w, bit) = ((i / 64) as usize, i % 64);
+        let n = (hi - i).min(64 - bit);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        if v {
+            b[w] |= mask;
+        } else {
+            b[w] &= !mask;
+        }
+        i += n;
+    }
+}
+
+/// `Some(v)` when every bit of `b` is `v`.
+#[inline]
+pub(super) fn uniform(b: &Block) -> Option<bool> {
+    if b.iter().all(|&w| w == 0) {
+        Some(false)
+    } else if b.iter().all(|&w| w == u64::MAX) {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// The word of "bit i differs from bit i-1" for word `w` (bit 0 of the page never differs).
+#[inline]
+fn changes(b: &Block, w: usize) -> u64 {
+    let carry = if w == 0 { b[0] & 1 } else { b[w - 1] >> 63 };
+    b[w] ^ ((b[w] << 1) | carry)
+}
+
+/// Number of boundaries: offsets `i` in 1..512 whose bit differs from bit `i - 1`.
+pub(super) fn boundaries(b: &Block) -> u32 {
+    (0..8).map(|w| changes(b, w).count_ones()).sum()
+}
+
+/// The first offset at or after `from` whose bit is not `v`.
+pub(super) fn find(b: &Block, from: u32, v: bool) -> Option<u32> {
+    let flip = if v { u64::MAX } else { 0 };
+    let mut w = (from / 64) as usize;
+    let mut word = (b[w] ^ flip) & (u64::MAX << (from % 64));
+    loop {
+        if word != 0 {
+            return Some(w as u32 * 64 + word.trailing_zeros());
+        }
+        w += 1;
+        if w == 8 {
+            return None;
+        }
+        word = b[w] ^ flip;
+    }
+}
+
+/// The inline code of a mixed page with at most [`INLINE_MAX`] boundaries: their offsets
+/// (ascending, 9 bits each) and their count. The page's first bit is kept by the caller.
+pub(super) fn encode(b: &Block) -> Option<u64> {
+    let mut code = 0u64;
+    let mut n = 0u32;
+    for w in 0..8 {
+        let mut c = changes(b, w);
+        while c != 0 {
+            if n == INLINE_MAX {
+                return None;
+            }
+            let off = w as u64 * 64 + u64::from(c.trailing_zeros());
+            code |= off << (9 * n);
+            n += 1;
+            c &= c - 1;
+        }
+    }
+    Some(code | u64::from(n) << COUNT_SHIFT)
+}
+
+/// Number of boundaries in an inline code.
+#[inline]
+pub(super) const fn inline_count(code: u64) -> u32 {
+    ((code >> COUNT_SHIFT) & 7) as u32
+}
+
+/// Boundary `k` of an inline code.
+#[inline]
+const fn inline_at(code: u64, k: u32) -> u32 {
+    ((code >> (9 * k)) & 511) as u32
+}
+
+/// The bit at `off` of an inline page that starts with `first`: flipped once per boundary at or
+/// before `off`. At most six comparisons.
+#[inline]
+pub(super) fn inline_get(code: u64, first: bool, off: u32) -> bool {
+    let n = inline_count(code);
+    let mut v = first;
+    for k in 0..n {
+        v ^= inline_at(code, k) <= off;
+    }
+    v
+}
+
+/// The block an inline code stands for.
+pub(super) fn decode(code: u64, first: bool) -> Block {
+    let mut b = filled(first);
+    let n = inline_count(code);
+    let mut v = first;
+    for k in 0..n {
+        let start = inline_at(code, k);
+        let end = if k + 1 < n {
+            inline_at(code, k + 1)
+        } else {
+            PAGE_GFNS
+        };
+        v = !v;
+        fill(&mut b, start, end, v);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(b: &Block) -> u32 {
+        (1..PAGE_GFNS)
+            .filter(|&i| get(b, i) != get(b, i - 1))
+            .count() as u32
+    }
+
+    #[test]
+    fn fill_find_count_and_inline_agree_with_bit_by_bit() {
+        let cases: [(u32, u32); 9] = [
+            (0, 1),
+            (5, 6),
+            (63, 65),
+            (0, 512),
+            (1, 511),
+            (100, 300),
+            (64, 128),
+            (511, 512),
+            (200, 201),
+        ];
+        for first in [false, true] {
+            for &(lo, hi) in &cases {
+                for &(lo2, hi2) in &cases {
+                    let mut b = filled(first);
+                    fill(&mut b, lo, hi, !first);
+                    fill(&mut b, lo2, hi2, first);
+                    for i in 0..PAGE_GFNS {
+                        let want = if (lo2..hi2).contains(&i) {
+                            first
+                        } else {
+                            (lo..hi).contains(&i) != first
+                        };
+                        assert_eq!(get(&b, i), want);
+                    }
+                    assert_eq!(boundaries(&b), naive(&b));
+                    for from in [0, 1, 63, 64, 200, 511] {
+                        for v in [false, true] {
+                            let want = (from..PAGE_GFNS).find(|&i| get(&b, i) != v);
+                            assert_eq!(find(&b, from, v), want);
+                        }
+                    }
+                    match encode(&b) {
+                        Some(code) => {
+                            assert_eq!(inline_count(code), naive(&b));
+                            assert_eq!(decode(code, get(&b, 0)), b);
+                            for i in 0..PAGE_GFNS {
+                                assert_eq!(inline_get(code, get(&b, 0), i), get(&b, i));
+                            }
+                        }
+                        None => assert!(naive(&b) > INLINE_MAX),
+                    }
+                }
+            }
+        }
+        let mut alternating = filled(false);
+        for i in (0..PAGE_GFNS).step_by(2) {
+            fill(&mut alternating, i, i + 1, true);
+        }
+        assert_eq!(boundaries(&alternating), 511);
+        assert!(encode(&alternating).is_none());
+    }
+}

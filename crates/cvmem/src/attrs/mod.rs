@@ -1,0 +1,579 @@
+//! The attribute store: which gfns are private, over the whole gfn space, with the cost of what
+//! is *not* uniform.
+//!
+//! Linux keeps one xarray entry per 4 KiB gfn; a flat bitmap one bit per gfn; a run list one
+//! entry per boundary, which a guest alternating its pages turns into 16+ bytes per page. Here
+//! the space is cut like the page tables it feeds, and each piece costs only what its contents
+//! need (the roaring idea, with the containers aligned to mapping levels):
+//!
+//! - **512G units** that are all shared cost nothing; runs of all-private units are one
+//!   `(start, end)` pair; any other unit is a [`node::Node`] (a kind bit per 1G entry);
+//! - **1G entries** of a node are a bit, or a [`region::Region`] when mixed (a kind bit and a
+//!   mixed bit per 2M page);
+//! - **mixed 2M pages** of a region are an 8-byte slot with up to six boundaries inline, a
+//!   64-byte block of bits, or — once that is cheaper for the region — part of a dense 32 KiB
+//!   array, never more than a flat bitmap spends on that GiB.
+//!
+//! So the fault path learns a gfn's kind *and* the largest uniform page around it in one
+//! descent of fixed depth ([`AttrStore::probe`]), and "is this 2M or 1G page mixed?" needs no
+//! per-memslot state at all. An update allocates, fallibly, everything it may need before it
+//! changes anything: on `NoMemory` nothing changed.
+//!
+//! Worst case (every 2M page mixed, [`WORST_BYTES_PER_GIB`]): 32 KiB of bits per GiB plus a
+//! region header and a share of its node, under 1.05× a flat bitmap.
+
+mod block;
+mod node;
+mod region;
+
+use alloc::vec::Vec;
+use core::mem::size_of;
+
+use crate::addr::{GfnRange, Level, GFN_END};
+use crate::error::{Error, Result};
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use node::{Node, NODE_GFNS};
+use region::{Region, DENSE_BYTES};
+
+/// Regions and nodes kept for reuse, so that a page flipping between uniform and mixed does not
+/// allocate and free on every flip, and so that an update finds what it needs ready.
+const SPARE: usize = 2;
+/// 512G units in the gfn space.
+const UNITS: u64 = GFN_END / NODE_GFNS;
+
+/// The most heap bytes the store holds per GiB of guest address space whose attributes were
+/// set, whatever the pattern: a dense region (32 KiB of bits) and its share of a node (a region
+/// header, a vector slot and 1/512 of the node), rounded up. A flat bitmap holds 32,768.
+pub const WORST_BYTES_PER_GIB: usize =
+    DENSE_BYTES + size_of::<Region>() + size_of::<Node>().div_ceil(512) + 64;
+
+/// A maximal run of gfns with equal attributes, `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttrRun {
+    /// First gfn of the run.
+    pub start: u64,
+    /// One past the last gfn of the run.
+    pub end: u64,
+    /// The attributes of every gfn in the run.
+    pub attributes: u64,
+}
+
+impl AttrRun {
+    /// The run as a gfn range.
+    pub const fn range(&self) -> GfnRange {
+        GfnRange::new(self.start, self.end)
+    }
+}
+
+/// What the fault path needs to know about one gfn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    /// The gfn is private.
+    pub private: bool,
+    /// The largest level whose aligned page around the gfn has one kind throughout.
+    pub uniform: Level,
+}
+
+/// How the store holds its memory, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreShape {
+    /// 512G units with a node.
+    pub nodes: usize,
+    /// 1G regions (mixed 1G pages).
+    pub regions: usize,
+    /// Regions in the dense form.
+    pub dense_regions: usize,
+    /// Runs of all-private 512G units.
+    pub private_runs: usize,
+}
+
+/// Attributes of every gfn (KVM defines one, PRIVATE), stored by what is not uniform.
+#[derive(Clone, Debug, Default)]
+pub struct AttrStore {
+    /// Units (gfn / 512G) with a node, ascending; `nodes[i]` belongs to `keys[i]`.
+    keys: Vec<u64>,
+    nodes: Vec<Node>,
+    /// All-private units as disjoint, non-adjacent `[start, end)` ranges, ascending.
+    private: Vec<(u64, u64)>,
+    spare_regions: Vec<Region>,
+    spare_nodes: Vec<Node>,
+}
+
+/// The first and last kind of a stretch of gfns and the boundaries inside it.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    first: bool,
+    last: bool,
+    count: u64,
+}
+
+impl Summary {
+    const fn uniform(v: bool) -> Self {
+        Summary {
+            first: v,
+            last: v,
+            count: 0,
+        }
+    }
+    /// `self` followed by `next`.
+    const fn then(self, next: Summary) -> Summary {
+        Summary {
+            first: self.first,
+            last: next.last,
+            count: self.count + next.count + (self.last != next.first) as u64,
+        }
+    }
+}
+
+/// Makes room for `extra` more elements, growing by an eighth (not doubling) so that slack
+/// stays small, and never past `max`.
+fn grow<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
+    if v.capacity() - v.len() >= extra {
+        return Ok(());
+    }
+    let add = (v.len() / 8).min(max.saturating_sub(v.len())).max(extra);
+    v.try_reserve_exact(add).map_err(|_| Error::NoMemory {
+        bytes: add * size_of::<T>(),
+    })
+}
+
+/// The pieces of size `piece` that `[lo, hi)` covers only partly: `(index, lo, hi)` with
+/// offsets inside the piece. At most two.
+fn edges(lo: u64, hi: u64, piece: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let (first, last) = (lo / piece, (hi - 1) / piece);
+    let clip = move |i: u64| {
+        let base = i * piece;
+        let (a, b) = (lo.max(base) - base, hi.min(base + piece) - base);
+        (a != 0 || b != piece).then_some((i, a, b))
+    };
+    let second = (last != first).then(|| clip(last)).flatten();
+    clip(first).into_iter().chain(second)
+}
+
+/// Keeps `item` for reuse if `spare` has room without allocating.
+fn recycle<T>(spare: &mut Vec<T>, item: T) {
+    if spare.len() < spare.capacity().min(SPARE) {
+        spare.push(item);
+    }
+}
+
+const fn attr(private: bool) -> u64 {
+    if private {
+        KVM_MEMORY_ATTRIBUTE_PRIVATE
+    } else {
+        0
+    }
+}
+
+fn runs_contain(runs: &[(u64, u64)], k: u64) -> bool {
+    let i = runs.partition_point(|r| r.0 <= k);
+    i > 0 && k < runs[i - 1].1
+}
+
+/// Sets units `[a, b)` in the run list to private (`v`) or not; at most one more entry.
+fn runs_set(runs: &mut Vec<(u64, u64)>, a: u64, b: u64, v: bool) {
+    // Runs that touch or overlap [a, b) (touching ones merge when v).
+    let lo = runs.partition_point(|r| r.1 < a);
+    let hi = runs.partition_point(|r| r.0 <= b);
+    let (mut start, mut end) = (a, b);
+    let mut keep_left = None;
+    let mut keep_right = None;
+    if lo < hi {
+        let (first, last) = (runs[lo], runs[hi - 1]);
+        if v {
+            start = start.min(first.0);
+            end = end.max(last.1);
+        } else {
+            keep_left = (first.0 < a).then_some((first.0, a));
+            keep_right = (last.1 > b).then_some((b, last.1));
+        }
+    }
+    let new = [keep_left, v.then_some((start, end)), keep_right];
+    runs.splice(lo..hi, new.into_iter().flatten());
+}
+
+impl AttrStore {
+    /// A store where every gfn is shared (attributes 0).
+    pub const fn new() -> Self {
+        AttrStore {
+            keys: Vec::new(),
+            nodes: Vec::new(),
+            private: Vec::new(),
+            spare_regions: Vec::new(),
+            spare_nodes: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn node(&self, unit: u64) -> Option<&Node> {
+        // Real guests have one or two units: a binary search of one or two keys.
+        let i = self.keys.partition_point(|&k| k < unit);
+        (self.keys.get(i) == Some(&unit)).then(|| &self.nodes[i])
+    }
+
+    /// The kind of `gfn` and the largest level whose aligned page around it is uniform: one
+    /// descent of at most three fixed levels, then a bit probe or an inline slot. No search in
+    /// runs of pages, no allocation.
+    #[inline]
+    pub fn probe(&self, gfn: u64) -> Probe {
+        let unit = gfn / NODE_GFNS;
+        let (private, uniform) = match self.node(unit) {
+            Some(n) => n.probe(gfn % NODE_GFNS),
+            None => (runs_contain(&self.private, unit), Level::G1),
+        };
+        Probe { private, uniform }
+    }
+
+    /// Whether `gfn` is private.
+    #[inline]
+    pub fn is_private(&self, gfn: u64) -> bool {
+        self.probe(gfn).private
+    }
+
+    /// The attributes of `gfn`.
+    #[inline]
+    pub fn get(&self, gfn: u64) -> u64 {
+        attr(self.is_private(gfn))
+    }
+
+    /// The first gfn at or after `gfn` whose kind is not `private`, if any.
+    fn find(&self, gfn: u64, private: bool) -> Option<u64> {
+        let unit = gfn / NODE_GFNS;
+        match self.node(unit) {
+            Some(n) => {
+                if let Some(o) = n.find(gfn % NODE_GFNS, private) {
+                    return Some(unit * NODE_GFNS + o);
+                }
+            }
+            None if runs_contain(&self.private, unit) != private => return Some(gfn),
+            None => {}
+        }
+        let mut next = unit + 1;
+        loop {
+            if next >= UNITS {
+                return None;
+            }
+            let r = self.private.partition_point(|r| r.1 <= next);
+            let run = self.private.get(r).copied();
+            if private {
+                // Skip all-private units; the unit after a run is never in another run.
+                if let Some((s, e)) = run.filter(|&(s, _)| s <= next) {
+                    debug_assert!(s <= next);
+                    next = e;
+                    continue;
+                }
+                return Some(match self.node(next) {
+                    Some(n) => next * NODE_GFNS + n.find(0, true).unwrap_or(0),
+                    None => next * NODE_GFNS,
+                });
+            }
+            // Looking for private: the next node or all-private run, whichever comes first.
+            let k = self.keys.partition_point(|&k| k < next);
+            let node_at = self.keys.get(k).copied();
+            let run_at = run.map(|(s, _)| s.max(next));
+            return match (node_at, run_at) {
+                (Some(n), r) if r.is_none_or(|r| n < r) => {
+                    Some(n * NODE_GFNS + self.nodes[k].find(0, false).unwrap_or(0))
+                }
+                (_, Some(r)) => Some(r * NODE_GFNS),
+                _ => None,
+            };
+        }
+    }
+
+    /// One past the last gfn of the run holding `gfn`: the next gfn of the other kind.
+    pub fn next_change(&self, gfn: u64) -> u64 {
+        self.find(gfn, self.is_private(gfn)).unwrap_or(GFN_END)
+    }
+
+    /// The run from `gfn` to the next change of kind.
+    pub fn run_from(&self, gfn: u64) -> AttrRun {
+        AttrRun {
+            start: gfn,
+            end: self.next_change(gfn),
+            attributes: self.get(gfn),
+        }
+    }
+
+    /// Whether every gfn in `range` has `attributes` under `mask` (bits outside `mask` ignored),
+    /// as `kvm_range_has_memory_attributes`. An empty range has any attributes.
+    pub fn range_has(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        let want = attributes & mask;
+        if want & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return false;
+        }
+        mask & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 || self.uniform(range) == Some(want)
+    }
+
+    /// The attributes if every gfn of `range` has the same ones, else `None`.
+    pub fn uniform(&self, range: GfnRange) -> Option<u64> {
+        let v = self.is_private(range.start);
+        let end = self.find(range.start, v).unwrap_or(GFN_END);
+        (end >= range.end).then_some(attr(v))
+    }
+
+    /// The runs covering `range`, clipped to it, in address order (shared runs included).
+    pub fn runs(&self, range: GfnRange) -> Runs<'_> {
+        Runs {
+            store: self,
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// Number of large pages of `level` wholly inside `range` that are mixed.
+    pub fn mixed_pages(&self, range: GfnRange, level: Level) -> u64 {
+        let mut mixed = 0;
+        let mut g = range.start;
+        while g < range.end {
+            let unit = g / NODE_GFNS;
+            let end = range.end.min((unit + 1) * NODE_GFNS);
+            let base = unit * NODE_GFNS;
+            if let Some(n) = self.node(unit) {
+                match level {
+                    Level::K4 => {}
+                    Level::M2 => mixed += n.large_pages(g - base, end - base).0,
+                    Level::G1 => {
+                        let g1 = Level::G1.pages();
+                        let (lo, hi) = (g.div_ceil(g1) * g1, end / g1 * g1);
+                        if lo < hi {
+                            mixed += (hi - lo) / g1 - n.large_pages(lo - base, hi - base).1;
+                        }
+                    }
+                }
+            }
+            g = end;
+        }
+        mixed
+    }
+
+    /// Whether the 2M page holding `gfn` is mixed.
+    pub fn is_mixed_2m(&self, gfn: u64) -> bool {
+        self.node(gfn / NODE_GFNS)
+            .is_some_and(|n| n.is_mixed_2m(gfn % NODE_GFNS))
+    }
+
+    /// Sets every gfn of `range` to `attributes` (a range inside the gfn space; only PRIVATE
+    /// can be stored). Returns `false`, having done nothing, when the range already had them.
+    /// On `NoMemory` nothing changed.
+    pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            });
+        }
+        if range.is_empty() || range.end > GFN_END {
+            return Err(Error::Unsupported {
+                what: "attribute range outside the gfn space",
+            });
+        }
+        let v = attributes != 0;
+        if self.uniform(range) == Some(attributes) {
+            return Ok(false);
+        }
+        self.reserve(range, v)?;
+        // From here on nothing allocates and nothing can fail.
+        self.commit(range, v);
+        Ok(true)
+    }
+
+    /// Allocates everything `commit(range, v)` may need.
+    fn reserve(&mut self, range: GfnRange, v: bool) -> Result<()> {
+        let (mut fresh_nodes, mut fresh_regions) = (0, 0);
+        for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
+            let i = self.keys.partition_point(|&k| k < unit);
+            if self.keys.get(i) == Some(&unit) {
+                fresh_regions += self.nodes[i].reserve(lo, hi, v)?;
+            } else if runs_contain(&self.private, unit) != v {
+                fresh_nodes += 1;
+                fresh_regions += edges(lo, hi, 1 << 18).count();
+            }
+        }
+        grow(&mut self.keys, fresh_nodes, usize::MAX)?;
+        grow(&mut self.nodes, fresh_nodes, usize::MAX)?;
+        grow(&mut self.private, 3, usize::MAX)?;
+        grow(&mut self.spare_nodes, fresh_nodes, SPARE)?;
+        grow(&mut self.spare_regions, fresh_regions, SPARE)?;
+        while self.spare_nodes.len() < fresh_nodes {
+            self.spare_nodes.push(Node::new());
+        }
+        while self.spare_regions.len() < fresh_regions {
+            self.spare_regions.push(Region::new());
+        }
+        for n in &mut self.spare_nodes[..fresh_nodes] {
+            n.reserve_regions()?;
+        }
+        for r in &mut self.spare_regions[..fresh_regions] {
+            r.reserve()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, range: GfnRange, v: bool) {
+        let (a, b) = (range.start.div_ceil(NODE_GFNS), range.end / NODE_GFNS);
+        if a < b {
+            let (i0, i1) = (
+                self.keys.partition_point(|&k| k < a),
+                self.keys.partition_point(|&k| k < b),
+            );
+            self.keys.drain(i0..i1);
+            for n in self.nodes.drain(i0..i1) {
+                recycle(&mut self.spare_nodes, n);
+            }
+            runs_set(&mut self.private, a, b, v);
+        }
+        for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
+            let i = self.keys.partition_point(|&k| k < unit);
+            if self.keys.get(i) == Some(&unit) {
+                let node = &mut self.nodes[i];
+                node.set(lo, hi, v, &mut self.spare_regions);
+                if let Some(u) = node.uniform() {
+                    self.keys.remove(i);
+                    recycle(&mut self.spare_nodes, self.nodes.remove(i));
+                    if u {
+                        runs_set(&mut self.private, unit, unit + 1, true);
+                    }
+                }
+            } else {
+                let u = runs_contain(&self.private, unit);
+                if u != v {
+                    let mut node = self.spare_nodes.pop().unwrap_or_else(Node::new);
+                    node.reset(u);
+                    node.set(lo, hi, v, &mut self.spare_regions);
+                    self.keys.insert(i, unit);
+                    self.nodes.insert(i, node);
+                    if u {
+                        runs_set(&mut self.private, unit, unit + 1, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of places where the attributes change (counting gfn 0 when it is private), as a
+    /// list of runs would store them. O(regions × 512), no per-gfn work.
+    pub fn boundaries(&self) -> usize {
+        let mut acc = Summary::uniform(false);
+        let mut at = 0u64; // next unit not yet summarised
+        let mut runs = self.private.iter().peekable();
+        let mut nodes = self.keys.iter().zip(&self.nodes).peekable();
+        loop {
+            let next_run = runs.peek().map(|r| r.0);
+            let next_node = nodes.peek().map(|(k, _)| **k);
+            let (start, s, end) = match (next_run, next_node) {
+                (Some(r), n) if n.is_none_or(|n| r < n) => {
+                    let (s, e) = *runs.next().expect("peeked");
+                    (s, Summary::uniform(true), e)
+                }
+                (_, Some(k)) => {
+                    let (_, n) = nodes.next().expect("peeked");
+                    (k, n.summary(), k + 1)
+                }
+                _ => break,
+            };
+            if start > at {
+                acc = acc.then(Summary::uniform(false));
+            }
+            acc = acc.then(s);
+            at = end;
+        }
+        if at < UNITS {
+            acc = acc.then(Summary::uniform(false));
+        }
+        acc.count as usize
+    }
+
+    /// How the store holds its memory.
+    pub fn shape(&self) -> StoreShape {
+        StoreShape {
+            nodes: self.nodes.len(),
+            regions: self.nodes.iter().map(|n| n.region_count()).sum(),
+            dense_regions: self.nodes.iter().map(Node::dense_regions).sum(),
+            private_runs: self.private.len(),
+        }
+    }
+
+    /// Bytes of heap memory held, exactly as allocated (spares included).
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * size_of::<u64>()
+            + self.nodes.capacity() * size_of::<Node>()
+            + self.private.capacity() * size_of::<(u64, u64)>()
+            + self.spare_regions.capacity() * size_of::<Region>()
+            + self.spare_nodes.capacity() * size_of::<Node>()
+            + self.nodes.iter().map(Node::heap_bytes).sum::<usize>()
+            + self.spare_nodes.iter().map(Node::heap_bytes).sum::<usize>()
+            + self
+                .spare_regions
+                .iter()
+                .map(Region::heap_bytes)
+                .sum::<usize>()
+    }
+
+    /// Checks the invariants (canonical form: nothing uniform is stored as mixed, runs maximal,
+    /// every index up to date). For tests and fuzzing.
+    pub fn check_invariants(&self) -> core::result::Result<(), &'static str> {
+        if self.keys.len() != self.nodes.len() {
+            return Err("node keys and nodes differ in number");
+        }
+        if self.keys.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("node keys not ascending");
+        }
+        if self.keys.last().is_some_and(|&k| k >= UNITS) {
+            return Err("node beyond the gfn space");
+        }
+        for w in self.private.windows(2) {
+            if w[0].1 >= w[1].0 {
+                return Err("private unit runs overlap, touch or are unsorted");
+            }
+        }
+        for &(s, e) in &self.private {
+            if s >= e || e > UNITS {
+                return Err("empty or out-of-space private unit run");
+            }
+        }
+        for (&k, n) in self.keys.iter().zip(&self.nodes) {
+            if runs_contain(&self.private, k) {
+                return Err("a unit is both a node and a private run");
+            }
+            if n.uniform().is_some() {
+                return Err("a uniform 512G node was kept");
+            }
+            n.check()?;
+        }
+        Ok(())
+    }
+}
+
+/// Iterator over the runs of a range; see [`AttrStore::runs`].
+#[derive(Clone, Debug)]
+pub struct Runs<'a> {
+    store: &'a AttrStore,
+    start: u64,
+    end: u64,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = AttrRun;
+
+    fn next(&mut self) -> Option<AttrRun> {
+        if self.start >= self.end {
+            return None;
+        }
+        let private = self.store.is_private(self.start);
+        let end = self
+            .store
+            .find(self.start, private)
+            .map_or(self.end, |g| g.min(self.end));
+        let run = AttrRun {
+            start: self.start,
+            end,
+            attributes: attr(private),
+        };
+        self.start = end;
+        Some(run)
+    }
+}

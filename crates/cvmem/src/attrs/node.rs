@@ -1,0 +1,260 @@
+//! A 512G unit whose gfns are not all of one kind: per 1G entry a kind bit, or a [`Region`].
+//!
+//! Regions live in one vector in no order; `index` maps a 1G entry to its region, so finding
+//! one is a load, adding one is a push and dropping one a swap-remove (the moved region knows
+//! its entry). 1G eligibility therefore needs no state of its own: a 1G page is uniform exactly
+//! when its entry has no region.
+
+use alloc::vec::Vec;
+use core::mem::size_of;
+
+use super::block::{self, Block};
+use super::region::{Region, REGION_GFNS};
+use super::{edges, grow, recycle, Summary};
+use crate::addr::Level;
+use crate::error::Result;
+
+/// Gfns per node (512G).
+pub(super) const NODE_GFNS: u64 = 1 << 27;
+/// 1G entries per node.
+const ENTRIES: u32 = 512;
+const ENTRY_GFNS: u64 = REGION_GFNS as u64;
+
+#[derive(Clone, Debug)]
+pub(super) struct Node {
+    /// Entries with a region.
+    present: Block,
+    /// Per entry without a region: its kind.
+    private: Block,
+    /// Entry → index in `regions` (meaningful where `present`).
+    index: [u16; 512],
+    regions: Vec<Region>,
+}
+
+impl Node {
+    /// An all-shared node with no heap memory.
+    pub(super) const fn new() -> Self {
+        Node {
+            present: [0; 8],
+            private: [0; 8],
+            index: [0; 512],
+            regions: Vec::new(),
+        }
+    }
+
+    /// Makes the node all `v`, keeping its region vector's capacity.
+    pub(super) fn reset(&mut self, v: bool) {
+        self.present = [0; 8];
+        self.private = block::filled(v);
+        self.regions.clear();
+    }
+
+    #[inline]
+    fn present(&self, e: u32) -> bool {
+        block::get(&self.present, e)
+    }
+
+    #[inline]
+    fn region(&self, e: u32) -> Option<&Region> {
+        self.present(e)
+            .then(|| &self.regions[self.index[e as usize] as usize])
+    }
+
+    /// Room for two new regions (a set changes at most two partial 1G entries).
+    pub(super) fn reserve_regions(&mut self) -> Result<()> {
+        grow(&mut self.regions, 2, ENTRIES as usize)
+    }
+
+    /// Makes sure [`Node::set`] of `[lo, hi)` to `v` completes without allocating; returns how
+    /// many fresh regions it will take from the spares.
+    pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Result<usize> {
+        self.reserve_regions()?;
+        let mut fresh = 0;
+        for (e, _, _) in edges(lo, hi, ENTRY_GFNS) {
+            let e = e as u32;
+            if self.present(e) {
+                let i = self.index[e as usize] as usize;
+                self.regions[i].reserve()?;
+            } else if block::get(&self.private, e) != v {
+                fresh += 1;
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// The kind of the gfn at offset `off` and the largest level whose page around it is
+    /// uniform.
+    #[inline]
+    pub(super) fn probe(&self, off: u64) -> (bool, Level) {
+        let e = (off / ENTRY_GFNS) as u32;
+        match self.region(e) {
+            Some(r) => match r.probe((off % ENTRY_GFNS) as u32) {
+                (v, true) => (v, Level::M2),
+                (v, false) => (v, Level::K4),
+            },
+            None => (block::get(&self.private, e), Level::G1),
+        }
+    }
+
+    /// Mixed 2M pages wholly inside `[lo, hi)` (offsets), and whether the 1G page of each
+    /// entry wholly inside is uniform: `(mixed 2M pages, uniform 1G pages)`.
+    pub(super) fn large_pages(&self, lo: u64, hi: u64) -> (u64, u64) {
+        let (mut mixed, mut uniform) = (0, 0);
+        let mut e = lo / ENTRY_GFNS;
+        while e * ENTRY_GFNS < hi {
+            let base = e * ENTRY_GFNS;
+            let (a, b) = (lo.max(base) - base, hi.min(base + ENTRY_GFNS) - base);
+            let full = a == 0 && b == ENTRY_GFNS;
+            match self.region(e as u32) {
+                Some(r) => {
+                    let pages = (a.div_ceil(512) as u32, (b / 512) as u32);
+                    if pages.0 < pages.1 {
+                        mixed += u64::from(r.mixed_count(pages.0, pages.1));
+                    }
+                }
+                None => uniform += u64::from(full),
+            }
+            e += 1;
+        }
+        (mixed, uniform)
+    }
+
+    /// Whether the 2M page holding offset `off` is mixed.
+    pub(super) fn is_mixed_2m(&self, off: u64) -> bool {
+        self.region((off / ENTRY_GFNS) as u32)
+            .is_some_and(|r| r.is_mixed(((off % ENTRY_GFNS) / 512) as u32))
+    }
+
+    /// `Some(v)` when every gfn of the node is `v`.
+    pub(super) fn uniform(&self) -> Option<bool> {
+        if self.present != [0; 8] {
+            return None;
+        }
+        block::uniform(&self.private)
+    }
+
+    /// Sets offsets `[lo, hi)` to `v`, taking fresh regions from `spare` and returning dropped
+    /// ones there. Needs [`Node::reserve`] (and enough spares) first; never allocates.
+    pub(super) fn set(&mut self, lo: u64, hi: u64, v: bool, spare: &mut Vec<Region>) {
+        let (a, b) = (lo.div_ceil(ENTRY_GFNS) as u32, (hi / ENTRY_GFNS) as u32);
+        if a < b {
+            for e in a..b {
+                if self.present(e) {
+                    self.remove(e, spare);
+                }
+            }
+            block::fill(&mut self.private, a, b, v);
+        }
+        for (e, sub_lo, sub_hi) in edges(lo, hi, ENTRY_GFNS) {
+            let (e, sub_lo, sub_hi) = (e as u32, sub_lo as u32, sub_hi as u32);
+            if self.present(e) {
+                let i = self.index[e as usize] as usize;
+                let region = &mut self.regions[i];
+                region.set(sub_lo, sub_hi, v);
+                match region.uniform() {
+                    Some(u) => {
+                        self.remove(e, spare);
+                        block::fill(&mut self.private, e, e + 1, u);
+                    }
+                    None => region.adapt(),
+                }
+            } else {
+                let u = block::get(&self.private, e);
+                if u != v {
+                    let mut region = spare.pop().unwrap_or_else(Region::new);
+                    region.reset(e as u16, u);
+                    region.set(sub_lo, sub_hi, v);
+                    self.index[e as usize] = self.regions.len() as u16;
+                    self.regions.push(region);
+                    block::fill(&mut self.present, e, e + 1, true);
+                }
+            }
+        }
+    }
+
+    /// Drops the region of entry `e` (its kind bit is the caller's to set).
+    fn remove(&mut self, e: u32, spare: &mut Vec<Region>) {
+        let i = self.index[e as usize] as usize;
+        let region = self.regions.swap_remove(i);
+        if let Some(moved) = self.regions.get(i) {
+            self.index[moved.entry as usize] = i as u16;
+        }
+        block::fill(&mut self.present, e, e + 1, false);
+        if !region.is_dense() {
+            recycle(spare, region);
+        }
+    }
+
+    /// The first offset at or after `from` whose gfn is not `v`.
+    pub(super) fn find(&self, from: u64, v: bool) -> Option<u64> {
+        let e = (from / ENTRY_GFNS) as u32;
+        match self.region(e) {
+            Some(r) => {
+                if let Some(o) = r.find((from % ENTRY_GFNS) as u32, v) {
+                    return Some(u64::from(e) * ENTRY_GFNS + u64::from(o));
+                }
+            }
+            None if block::get(&self.private, e) != v => return Some(from),
+            None => {}
+        }
+        if e + 1 >= ENTRIES {
+            return None;
+        }
+        let mut candidates = self.private;
+        for (c, p) in candidates.iter_mut().zip(self.present) {
+            *c = (*c ^ if v { u64::MAX } else { 0 }) | p;
+        }
+        let q = block::find(&candidates, e + 1, false)?;
+        let within = self.region(q).map_or(0, |r| r.find(0, v).unwrap_or(0));
+        Some(u64::from(q) * ENTRY_GFNS + u64::from(within))
+    }
+
+    /// First and last kind and the number of boundaries inside the node.
+    pub(super) fn summary(&self) -> Summary {
+        let mut acc: Option<Summary> = None;
+        for e in 0..ENTRIES {
+            let s = match self.region(e) {
+                Some(r) => r.summary(),
+                None => Summary::uniform(block::get(&self.private, e)),
+            };
+            acc = Some(acc.map_or(s, |a| a.then(s)));
+        }
+        acc.unwrap_or(Summary::uniform(false))
+    }
+
+    /// Heap bytes held, as allocated.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.regions.capacity() * size_of::<Region>()
+            + self.regions.iter().map(Region::heap_bytes).sum::<usize>()
+    }
+
+    /// Number of regions.
+    pub(super) fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Number of regions in the dense form.
+    pub(super) fn dense_regions(&self) -> usize {
+        self.regions.iter().filter(|r| r.is_dense()).count()
+    }
+
+    /// Checks the node's invariants.
+    pub(super) fn check(&self) -> core::result::Result<(), &'static str> {
+        let present: u32 = self.present.iter().map(|w| w.count_ones()).sum();
+        if present as usize != self.regions.len() {
+            return Err("node regions differ from its present entries");
+        }
+        for e in 0..ENTRIES {
+            if let Some(r) = self.region(e) {
+                if u32::from(r.entry) != e {
+                    return Err("node index names the wrong region");
+                }
+                if r.uniform().is_some() {
+                    return Err("a uniform 1G region was kept");
+                }
+                r.check()?;
+            }
+        }
+        Ok(())
+    }
+}

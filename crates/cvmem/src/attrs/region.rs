@@ -1,0 +1,472 @@
+//! A 1G region whose gfns are not all of one kind.
+//!
+//! Per 2M page two mask bits say whether the page is mixed and, if not, which kind it is, so the
+//! fault path decides a uniform 2M page with one probe. A mixed page is stored in one of two
+//! forms, chosen per region like roaring's containers:
+//! - **sparse**: an 8-byte slot per mixed page, in page order (found by a rank over the mixed
+//!   mask): its boundaries inline when it has at most six, else the index of a 64-byte block;
+//! - **dense**: 512 blocks, one per page, once the sparse form would be bigger than that
+//!   (32 KiB, what a flat bitmap spends on 1 GiB); back to sparse below 64 mixed pages.
+//!
+//! A region never holds more than the dense form plus its masks, whatever a guest does.
+
+use alloc::vec::Vec;
+use core::mem::size_of;
+
+use super::block::{self, Block, BLOCK_REF, INLINE_BACK, INLINE_MAX, PAGE_GFNS};
+use super::{grow, Summary};
+use crate::error::Result;
+
+/// Gfns per region (1G).
+pub(super) const REGION_GFNS: u32 = 1 << 18;
+/// 2M pages per region.
+const PAGES: u32 = 512;
+/// Heap bytes of the dense form.
+pub(super) const DENSE_BYTES: usize = PAGES as usize * size_of::<Block>();
+/// A dense region goes back to the sparse form below this many mixed pages (hysteresis: it
+/// became dense only when its sparse form outgrew [`DENSE_BYTES`]).
+const SPARSE_BELOW: u32 = 64;
+
+#[derive(Clone, Debug)]
+pub(super) struct Region {
+    /// 2M pages whose gfns are not all of one kind.
+    mixed: Block,
+    /// Per 2M page: its kind if uniform, the kind of its first gfn if mixed.
+    first: Block,
+    /// Mixed pages before each word of `mixed`: the rank index of the sparse slots.
+    rank: [u16; 8],
+    /// Which 1G entry of its node the region is.
+    pub(super) entry: u16,
+    leaves: Leaves,
+}
+
+#[derive(Clone, Debug)]
+enum Leaves {
+    /// One slot per mixed page, in page order; blocks in no order.
+    Sparse { slots: Vec<u64>, blocks: Vec<Block> },
+    /// A block per page, uniform pages filled.
+    Dense(Vec<Block>),
+}
+
+impl Region {
+    /// An all-shared region with no heap memory (it gets some from [`Region::reserve`]).
+    pub(super) const fn new() -> Self {
+        Region {
+            mixed: [0; 8],
+            first: [0; 8],
+            rank: [0; 8],
+            entry: 0,
+            leaves: Leaves::Sparse {
+                slots: Vec::new(),
+                blocks: Vec::new(),
+            },
+        }
+    }
+
+    /// Makes the region all `v` as entry `entry`, keeping small allocations for reuse.
+    pub(super) fn reset(&mut self, entry: u16, v: bool) {
+        self.mixed = [0; 8];
+        self.first = block::filled(v);
+        self.rank = [0; 8];
+        self.entry = entry;
+        match &mut self.leaves {
+            Leaves::Sparse { slots, blocks } if slots.capacity() <= 64 => {
+                slots.clear();
+                *blocks = Vec::new();
+            }
+            _ => {
+                self.leaves = Leaves::Sparse {
+                    slots: Vec::new(),
+                    blocks: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Makes sure one [`Region::set`] can complete without allocating: room for two more
+    /// mixed pages and two more blocks (a set changes at most its two edge pages).
+    pub(super) fn reserve(&mut self) -> Result<()> {
+        if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
+            grow(slots, 2, PAGES as usize)?;
+            grow(blocks, 2, PAGES as usize)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn rank_of(&self, page: u32) -> usize {
+        if page >= PAGES {
+            return self.rank[7] as usize + self.mixed[7].count_ones() as usize;
+        }
+        let w = (page / 64) as usize;
+        let below = self.mixed[w] & ((1u64 << (page % 64)) - 1);
+        self.rank[w] as usize + below.count_ones() as usize
+    }
+
+    fn update_rank(&mut self) {
+        let mut n = 0u16;
+        for w in 0..8 {
+            self.rank[w] = n;
+            n += self.mixed[w].count_ones() as u16;
+        }
+    }
+
+    /// Whether 2M page `page` is mixed.
+    #[inline]
+    pub(super) fn is_mixed(&self, page: u32) -> bool {
+        block::get(&self.mixed, page)
+    }
+
+    /// Mixed 2M pages among `[lo, hi)`.
+    pub(super) fn mixed_count(&self, lo: u32, hi: u32) -> u32 {
+        let mut m = self.mixed;
+        block::fill(&mut m, 0, lo, false);
+        block::fill(&mut m, hi, PAGES, false);
+        m.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// The kind of the gfn at offset `off`, and whether its 2M page is uniform. A bit probe in
+    /// the masks, then for a mixed page one rank and a slot (sparse) or a bit probe (dense).
+    #[inline]
+    pub(super) fn probe(&self, off: u32) -> (bool, bool) {
+        let page = off / PAGE_GFNS;
+        let first = block::get(&self.first, page);
+        if !self.is_mixed(page) {
+            return (first, true);
+        }
+        let bit = off % PAGE_GFNS;
+        let v = match &self.leaves {
+            Leaves::Dense(blocks) => block::get(&blocks[page as usize], bit),
+            Leaves::Sparse { slots, blocks } => {
+                let slot = slots[self.rank_of(page)];
+                if slot & BLOCK_REF != 0 {
+                    block::get(&blocks[(slot & !BLOCK_REF) as usize], bit)
+                } else {
+                    block::inline_get(slot, first, bit)
+                }
+            }
+        };
+        (v, false)
+    }
+
+    /// The bits of 2M page `page`, whatever form it is stored in.
+    fn page(&self, page: u32) -> Block {
+        let first = block::get(&self.first, page);
+        if !self.is_mixed(page) {
+            return block::filled(first);
+        }
+        match &self.leaves {
+            Leaves::Dense(blocks) => blocks[page as usize],
+            Leaves::Sparse { slots, blocks } => {
+                let slot = slots[self.rank_of(page)];
+                if slot & BLOCK_REF != 0 {
+                    blocks[(slot & !BLOCK_REF) as usize]
+                } else {
+                    block::decode(slot, first)
+                }
+            }
+        }
+    }
+
+    /// `Some(v)` when every gfn of the region is `v`.
+    pub(super) fn uniform(&self) -> Option<bool> {
+        if self.mixed != [0; 8] {
+            return None;
+        }
+        block::uniform(&self.first)
+    }
+
+    /// Sets gfns `[lo, hi)` (offsets in the region) to `v`. Needs [`Region::reserve`] first;
+    /// never allocates.
+    pub(super) fn set(&mut self, lo: u32, hi: u32, v: bool) {
+        debug_assert!(lo < hi && hi <= REGION_GFNS);
+        let (full_lo, full_hi) = (lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS);
+        if full_lo < full_hi {
+            self.set_pages(full_lo, full_hi, v);
+        }
+        let (p0, p1) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
+        let edges = [Some(p0), (p1 != p0).then_some(p1)];
+        for p in edges.into_iter().flatten() {
+            if (full_lo..full_hi).contains(&p) {
+                continue;
+            }
+            let base = p * PAGE_GFNS;
+            let mut bits = self.page(p);
+            block::fill(
+                &mut bits,
+                lo.max(base) - base,
+                hi.min(base + PAGE_GFNS) - base,
+                v,
+            );
+            self.store(p, &bits);
+        }
+    }
+
+    /// Makes whole 2M pages `[a, b)` all `v`.
+    fn set_pages(&mut self, a: u32, b: u32, v: bool) {
+        let (r0, r1) = (self.rank_of(a), self.rank_of(b));
+        match &mut self.leaves {
+            Leaves::Dense(blocks) => {
+                for blk in &mut blocks[a as usize..b as usize] {
+                    *blk = block::filled(v);
+                }
+            }
+            Leaves::Sparse { slots, blocks } => {
+                let mut freed = false;
+                for &slot in &slots[r0..r1] {
+                    if slot & BLOCK_REF != 0 {
+                        // A stored block is never uniform: all-zero marks it free.
+                        blocks[(slot & !BLOCK_REF) as usize] = [0; 8];
+                        freed = true;
+                    }
+                }
+                slots.drain(r0..r1);
+                if freed {
+                    compact(slots, blocks);
+                }
+            }
+        }
+        block::fill(&mut self.mixed, a, b, false);
+        block::fill(&mut self.first, a, b, v);
+        self.update_rank();
+    }
+
+    /// Stores new bits for 2M page `p`: uniform pages leave the sparse slots, a mixed page is
+    /// inline when it has few boundaries and a block otherwise.
+    fn store(&mut self, p: u32, bits: &Block) {
+        let was_mixed = self.is_mixed(p);
+        let uniform = block::uniform(bits);
+        let r = self.rank_of(p);
+        match &mut self.leaves {
+            Leaves::Dense(blocks) => blocks[p as usize] = *bits,
+            Leaves::Sparse { slots, blocks } => match uniform {
+                Some(_) => {
+                    if was_mixed {
+                        let slot = slots.remove(r);
+                        if slot & BLOCK_REF != 0 {
+                            free_block(slots, blocks, (slot & !BLOCK_REF) as usize);
+                        }
+                    }
+                }
+                None => {
+                    let old_block = was_mixed
+                        .then(|| slots[r])
+                        .filter(|s| s & BLOCK_REF != 0)
+                        .map(|s| (s & !BLOCK_REF) as usize);
+                    let inline = match old_block {
+                        Some(_) if block::boundaries(bits) > INLINE_BACK => None,
+                        _ => block::encode(bits),
+                    };
+                    let slot = match (inline, old_block) {
+                        (Some(code), Some(idx)) => {
+                            free_block(slots, blocks, idx);
+                            code
+                        }
+                        (Some(code), None) => code,
+                        (None, Some(idx)) => {
+                            blocks[idx] = *bits;
+                            BLOCK_REF | idx as u64
+                        }
+                        (None, None) => {
+                            blocks.push(*bits);
+                            BLOCK_REF | (blocks.len() - 1) as u64
+                        }
+                    };
+                    if was_mixed {
+                        slots[r] = slot;
+                    } else {
+                        slots.insert(r, slot);
+                    }
+                }
+            },
+        }
+        let first = uniform.unwrap_or(bits[0] & 1 != 0);
+        block::fill(&mut self.first, p, p + 1, first);
+        if was_mixed == uniform.is_some() {
+            block::fill(&mut self.mixed, p, p + 1, uniform.is_none());
+            self.update_rank();
+        }
+    }
+
+    /// Changes the form when the other one fits better (see the module docs). Optional work:
+    /// when memory is short the region simply stays as it is.
+    pub(super) fn adapt(&mut self) {
+        let mixed: u32 = self.mixed.iter().map(|w| w.count_ones()).sum();
+        match &self.leaves {
+            Leaves::Sparse { .. } if self.heap_bytes() > DENSE_BYTES => {
+                let mut dense = Vec::new();
+                if dense.try_reserve_exact(PAGES as usize).is_ok() {
+                    dense.extend((0..PAGES).map(|p| self.page(p)));
+                    self.leaves = Leaves::Dense(dense);
+                }
+            }
+            Leaves::Dense(blocks) if mixed < SPARSE_BELOW => {
+                let mixed_pages = (0..PAGES).filter(|&p| self.is_mixed(p));
+                let codes = mixed_pages
+                    .clone()
+                    .map(|p| block::encode(&blocks[p as usize]));
+                let nblocks = codes.clone().filter(Option::is_none).count();
+                let (mut slots, mut sparse_blocks) = (Vec::new(), Vec::new());
+                if slots.try_reserve_exact(mixed as usize).is_err()
+                    || sparse_blocks.try_reserve_exact(nblocks).is_err()
+                {
+                    return;
+                }
+                for (p, code) in mixed_pages.zip(codes) {
+                    slots.push(code.unwrap_or_else(|| {
+                        sparse_blocks.push(blocks[p as usize]);
+                        BLOCK_REF | (sparse_blocks.len() - 1) as u64
+                    }));
+                }
+                self.leaves = Leaves::Sparse {
+                    slots,
+                    blocks: sparse_blocks,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the region is in the dense form.
+    pub(super) fn is_dense(&self) -> bool {
+        matches!(self.leaves, Leaves::Dense(_))
+    }
+
+    /// The first offset at or after `from` whose gfn is not `v`.
+    pub(super) fn find(&self, from: u32, v: bool) -> Option<u32> {
+        let p = from / PAGE_GFNS;
+        if self.is_mixed(p) {
+            if let Some(o) = block::find(&self.page(p), from % PAGE_GFNS, v) {
+                return Some(p * PAGE_GFNS + o);
+            }
+        } else if block::get(&self.first, p) != v {
+            return Some(from);
+        }
+        if p + 1 >= PAGES {
+            return None;
+        }
+        // Pages that are mixed or of the other kind.
+        let mut candidates = self.first;
+        for (c, m) in candidates.iter_mut().zip(self.mixed) {
+            *c = (*c ^ if v { u64::MAX } else { 0 }) | m;
+        }
+        let q = block::find(&candidates, p + 1, false)?;
+        let within = if self.is_mixed(q) {
+            block::find(&self.page(q), 0, v).unwrap_or(0)
+        } else {
+            0
+        };
+        Some(q * PAGE_GFNS + within)
+    }
+
+    /// First and last kind and the number of boundaries inside the region.
+    pub(super) fn summary(&self) -> Summary {
+        let mut acc: Option<Summary> = None;
+        for p in 0..PAGES {
+            let first = block::get(&self.first, p);
+            let s = if !self.is_mixed(p) {
+                Summary::uniform(first)
+            } else {
+                let bits = self.page(p);
+                Summary {
+                    first,
+                    last: block::get(&bits, PAGE_GFNS - 1),
+                    count: u64::from(block::boundaries(&bits)),
+                }
+            };
+            acc = Some(acc.map_or(s, |a| a.then(s)));
+        }
+        acc.unwrap_or(Summary::uniform(false))
+    }
+
+    /// Heap bytes held, as allocated.
+    pub(super) fn heap_bytes(&self) -> usize {
+        match &self.leaves {
+            Leaves::Sparse { slots, blocks } => {
+                slots.capacity() * size_of::<u64>() + blocks.capacity() * size_of::<Block>()
+            }
+            Leaves::Dense(blocks) => blocks.capacity() * size_of::<Block>(),
+        }
+    }
+
+    /// Checks the region's invariants (not that it is non-uniform: its node does).
+    pub(super) fn check(&self) -> core::result::Result<(), &'static str> {
+        let mut rank = [0u16; 8];
+        for w in 1..8 {
+            rank[w] = rank[w - 1] + self.mixed[w - 1].count_ones() as u16;
+        }
+        if rank != self.rank {
+            return Err("region rank index out of date");
+        }
+        for p in 0..PAGES {
+            let bits = self.page(p);
+            let first = block::get(&self.first, p);
+            match (self.is_mixed(p), block::uniform(&bits)) {
+                (false, Some(v)) if v == first => {}
+                (true, None) if block::get(&bits, 0) == first => {}
+                _ => return Err("2M page masks disagree with its bits"),
+            }
+        }
+        match &self.leaves {
+            Leaves::Dense(blocks) => {
+                if blocks.len() != PAGES as usize {
+                    return Err("dense region without a block per page");
+                }
+            }
+            Leaves::Sparse { slots, blocks } => {
+                if slots.len() != self.rank_of(PAGES) {
+                    return Err("sparse slots differ from the mixed pages");
+                }
+                let mut refs = 0;
+                for &slot in slots {
+                    if slot & BLOCK_REF != 0 {
+                        let idx = (slot & !BLOCK_REF) as usize;
+                        if idx >= blocks.len() {
+                            return Err("slot names a missing block");
+                        }
+                        if block::boundaries(&blocks[idx]) <= INLINE_BACK {
+                            return Err("a block with few boundaries was not made inline");
+                        }
+                        refs += 1;
+                    } else if !(1..=INLINE_MAX).contains(&block::inline_count(slot)) {
+                        return Err("inline slot with a bad boundary count");
+                    }
+                }
+                if refs != blocks.len() {
+                    return Err("blocks not referenced exactly once");
+                }
+                let mut seen = Vec::new();
+                for &slot in slots.iter().filter(|&&s| s & BLOCK_REF != 0) {
+                    if seen.contains(&slot) {
+                        return Err("two slots share a block");
+                    }
+                    seen.push(slot);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops block `idx` by moving the last block into its place (fixing the slot that named it).
+fn free_block(slots: &mut [u64], blocks: &mut Vec<Block>, idx: usize) {
+    let last = blocks.len() - 1;
+    blocks.swap_remove(idx);
+    if idx != last {
+        if let Some(s) = slots.iter_mut().find(|s| **s == BLOCK_REF | last as u64) {
+            *s = BLOCK_REF | idx as u64;
+        }
+    }
+}
+
+/// Removes the blocks marked free (all zero), moving live ones down and renaming their slots.
+fn compact(slots: &mut [u64], blocks: &mut Vec<Block>) {
+    let mut i = 0;
+    while i < blocks.len() {
+        if blocks[i] == [0; 8] {
+            free_block(slots, blocks, i);
+        } else {
+            i += 1;
+        }
+    }
+}
