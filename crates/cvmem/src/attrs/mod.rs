@@ -372,7 +372,19 @@ impl AttrStore {
             });
         }
         let v = attributes != 0;
-        if self.uniform(range) == Some(attributes) {
+        if range.len() == 1 {
+            // A 4K flip, the common conversion: inside an existing region it needs no memory.
+            if self.is_private(range.start) == v {
+                return Ok(false);
+            }
+            let unit = range.start / NODE_GFNS;
+            let i = self.keys.partition_point(|&k| k < unit);
+            if self.keys.get(i) == Some(&unit)
+                && self.nodes[i].try_set_one(range.start % NODE_GFNS, v)
+            {
+                return Ok(true);
+            }
+        } else if self.uniform(range) == Some(attributes) {
             return Ok(false);
         }
         self.reserve(range, v)?;
