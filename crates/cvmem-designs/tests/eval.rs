@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cvmem::replay::Replayer;
 use cvmem_designs::eval::bench::{bench, bench_table, BenchConfig};
-use cvmem_designs::eval::compare::{compare, Config};
+use cvmem_designs::eval::compare::{compare, Config, RowResult};
 use cvmem_designs::eval::sweep::conversion_sweep;
 use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
 use cvmem_designs::map::{build, MapOptions};
@@ -21,6 +21,7 @@ fn bench_marks_extrapolated_linux_figures() {
         queries: 2000,
         seed: 5,
         flip_budget_secs: 30.0,
+        repeat: 2,
     };
     let r = bench(&cfg, &mut |_, _| {}).unwrap();
     assert_eq!(r.rows.len(), 4 * 3, "4 cases x (linux + 2 designs)");
@@ -29,6 +30,7 @@ fn bench_marks_extrapolated_linux_figures() {
         let scaled = row.case == "make-private" || row.case == "memory";
         assert_eq!(row.extrapolated, linux && scaled, "{row:?}");
         assert!(row.value > 0.0 && row.vs_linux.is_some(), "{row:?}");
+        assert!(row.min <= row.value && row.value <= row.max, "{row:?}");
         assert_eq!(row.flips_done, 2000);
     }
     let memory = |d: &str| {
@@ -42,7 +44,12 @@ fn bench_marks_extrapolated_linux_figures() {
         memory("linux") > 100.0 * memory("cvmem"),
         "linux spends a node per 64 pages"
     );
-    assert!(bench_table(&r).contains("extrapolated per page to 8G"));
+    let text = bench_table(&r);
+    assert!(text.contains("extrapolated per page to 8G"), "{text}");
+    assert!(
+        text.contains("min-max of 2") && text.contains("flip-4k: cvmem"),
+        "{text}"
+    );
     assert!(r.linux_per_page_bytes > 8.0 && r.linux_per_page_bytes < 10.0);
 }
 
@@ -58,14 +65,32 @@ fn budget_skips_are_reported_not_hidden() {
         queries: 500,
         budget_secs: 0.5,
         memory_budget: 1 << 30,
+        repeat: 3,
     };
     let report = compare(&cfg, &mut |_| {}).unwrap();
     let text = table(&report);
     assert!(text.contains("linux     skipped: would exceed"), "{text}");
     assert_eq!(report.rows.len(), 4);
+    // Every time figure over three runs: median in the row, min-max under it, min <= max.
+    assert!(text.contains("min-max of 3 runs:"), "{text}");
+    assert!(
+        text.contains("cvmem at 4G vs the best other design: conv total"),
+        "{text}"
+    );
+    for row in &report.rows {
+        if let RowResult::Done { spread, .. } = &row.result {
+            assert_eq!(spread.runs, 3);
+            let q = spread.query_p50_ns;
+            assert!(q.min <= q.median && q.median <= q.max, "{q:?}");
+        }
+    }
     let svg = memory_chart(&report).to_svg();
     assert!(svg.contains("<polyline") && svg.contains("linux: not run at 1T"));
-    assert!(query_chart(&report).to_svg().contains("cvmem"));
+    let query = query_chart(&report).to_svg();
+    assert!(
+        query.contains("cvmem") && query.contains("<path d=\"M"),
+        "error bars drawn"
+    );
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn every_design_agrees_on_every_workload() {
             queries: 2000,
             budget_secs: 60.0,
             memory_budget: 4 << 30,
+            repeat: 1,
         };
         let report = compare(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
         for row in &report.rows {

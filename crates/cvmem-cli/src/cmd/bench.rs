@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// Most seconds one design may spend on flips (slower designs do fewer, and say so).
     #[arg(long, default_value_t = 10.0)]
     flip_budget: f64,
+    /// Rounds (every design once per round); figures are min / median / max.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// Designs compared with linux, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = DESIGNS.iter().filter(|d| **d != "linux").map(|s| s.to_string()))]
     designs: Vec<String>,
@@ -47,6 +50,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         queries: args.queries,
         seed: args.seed,
         flip_budget_secs: args.flip_budget,
+        repeat: args.repeat,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     let report = bench(&cfg, &mut |design, at| {

@@ -45,6 +45,9 @@ pub(crate) struct Args {
     /// Time budget per design and size, in seconds.
     #[arg(long, default_value_t = 30.0)]
     budget: f64,
+    /// Runs per design and size; times are reported as min / median / max.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// Memory budget per design and size (bytes this process may hold).
     #[arg(long, default_value = "8G")]
     memory_budget: String,
@@ -94,6 +97,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         queries: args.queries,
         budget_secs: args.budget,
         memory_budget: size(&args.memory_budget)?,
+        repeat: args.repeat,
     };
     if let Some(path) = &args.oplog_out {
         let first = *sizes.iter().min().ok_or("no size given")?;

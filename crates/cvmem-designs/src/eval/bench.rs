@@ -13,6 +13,7 @@ use std::time::Instant;
 use cvmem::{Access, GfnRange, PAGE_SHIFT, PAGE_SIZE};
 use serde::Serialize;
 
+use super::compare::MinMedMax;
 use crate::design::{answer_code, Design};
 use crate::make_design;
 use crate::vm::{apply, Rules};
@@ -36,6 +37,9 @@ pub struct BenchConfig {
     /// Most seconds a design may spend on flips; a design that would need longer does fewer
     /// (the row says how many) and its queries run on that state.
     pub flip_budget_secs: f64,
+    /// Rounds: every design is measured once per round, rounds one after the other, so that a
+    /// slow phase of the machine hits every design alike. Figures are min / median / max.
+    pub repeat: u32,
 }
 
 /// One measured figure.
@@ -45,8 +49,12 @@ pub struct BenchRow {
     pub case: String,
     /// Design.
     pub design: String,
-    /// The value, for the full guest size.
+    /// The value (median over the rounds), for the full guest size.
     pub value: f64,
+    /// Smallest value of a round.
+    pub min: f64,
+    /// Largest value of a round.
+    pub max: f64,
     /// `ns` (per operation; for `make-private` the whole conversion) or `bytes`.
     pub unit: String,
     /// The guest size it was measured at.
@@ -227,37 +235,50 @@ pub fn bench(
     let linux_at = cfg.linux_bytes.min(full);
     let mut designs: Vec<String> = vec!["linux".to_string()];
     designs.extend(cfg.designs.iter().filter(|d| *d != "linux").cloned());
-    let mut measured: Vec<(String, u64, Measured)> = Vec::new();
+    let mut measured: Vec<(String, u64, Vec<Measured>)> = designs
+        .iter()
+        .map(|d| {
+            (
+                d.clone(),
+                if d == "linux" { linux_at } else { full },
+                Vec::new(),
+            )
+        })
+        .collect();
     // cvmem's answers per (size, flips done), the reference every design is checked against.
     let mut reference: Vec<((u64, u64), u64)> = Vec::new();
-    for d in &designs {
-        let at = if d == "linux" { linux_at } else { full };
-        progress(d, at);
-        let m = measure(d, at, cfg, None).ok_or_else(|| BenchError::UnknownDesign(d.clone()))?;
-        let key = (at, m.flips_done);
-        let want = match reference.iter().find(|(k, _)| *k == key) {
-            Some(&(_, a)) => a,
-            None => {
-                progress("cvmem (reference answers)", at);
-                let r = measure("cvmem", at, cfg, Some(m.flips_done))
-                    .ok_or_else(|| BenchError::UnknownDesign("cvmem".into()))?;
-                reference.push((key, r.answers));
-                r.answers
+    for _ in 0..cfg.repeat.max(1) {
+        for (d, at, rounds) in &mut measured {
+            progress(d, *at);
+            let m =
+                measure(d, *at, cfg, None).ok_or_else(|| BenchError::UnknownDesign(d.clone()))?;
+            let key = (*at, m.flips_done);
+            let want = match reference.iter().find(|(k, _)| *k == key) {
+                Some(&(_, a)) => a,
+                None => {
+                    progress("cvmem (reference answers)", *at);
+                    let r = measure("cvmem", *at, cfg, Some(m.flips_done))
+                        .ok_or_else(|| BenchError::UnknownDesign("cvmem".into()))?;
+                    reference.push((key, r.answers));
+                    r.answers
+                }
+            };
+            if want != m.answers {
+                return Err(BenchError::Divergence {
+                    design: d.clone(),
+                    guest_bytes: *at,
+                });
             }
-        };
-        if want != m.answers {
-            return Err(BenchError::Divergence {
-                design: d.clone(),
-                guest_bytes: at,
-            });
+            rounds.push(m);
         }
-        measured.push((d.clone(), at, m));
     }
     let full_pages =
         Layout::new(full).ram_bytes() / PAGE_SIZE + Layout::new(full).firmware.size / PAGE_SIZE;
-    let linux = &measured[0].2;
-    let linux_per_page_ns = linux.make_private_ns / linux.pages as f64;
-    let linux_per_page_bytes = linux.bytes / linux.pages as f64;
+    let linux_rounds = &measured[0].2;
+    let linux_pages = linux_rounds[0].pages as f64;
+    let linux_per_page_ns =
+        MinMedMax::of(linux_rounds.iter().map(|m| m.make_private_ns)).median / linux_pages;
+    let linux_per_page_bytes = linux_rounds[0].bytes / linux_pages;
     let mut rows = Vec::new();
     let cases: [(&str, &str); 4] = [
         ("make-private", "ns"),
@@ -275,18 +296,24 @@ pub fn bench(
                 _ => (m.bytes * scale, at != full),
             }
         };
-        let (linux_value, _) = value_of(linux, measured[0].1);
-        for (d, at, m) in &measured {
-            let (value, extrapolated) = value_of(m, *at);
+        let over_rounds = |rounds: &[Measured], at: u64| {
+            let values = rounds.iter().map(|m| value_of(m, at).0);
+            (MinMedMax::of(values), value_of(&rounds[0], at).1)
+        };
+        let (linux_value, _) = over_rounds(&measured[0].2, measured[0].1);
+        for (d, at, rounds) in &measured {
+            let (v, extrapolated) = over_rounds(rounds, *at);
             rows.push(BenchRow {
                 case: case.to_string(),
                 design: d.clone(),
-                value,
+                value: v.median,
+                min: v.min,
+                max: v.max,
                 unit: unit.to_string(),
                 measured_at: *at,
                 extrapolated,
-                vs_linux: (value > 0.0).then(|| linux_value / value),
-                flips_done: m.flips_done,
+                vs_linux: (v.median > 0.0).then(|| linux_value.median / v.median),
+                flips_done: rounds.iter().map(|m| m.flips_done).min().unwrap_or(0),
             });
         }
     }
@@ -310,15 +337,23 @@ pub fn bench_table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<13} {:<9} {:>14} {:>12}  measured",
-        "case", "design", "value", "vs linux"
+        "{:<13} {:<9} {:>12} {:>21} {:>12}  measured",
+        "case",
+        "design",
+        "median",
+        format!("min-max of {}", r.config.repeat.max(1)),
+        "vs linux"
     );
-    for row in &r.rows {
-        let value = if row.unit == "bytes" {
-            cvmem::fmt_bytes(row.value as u64).to_string()
+    let show = |unit: &str, v: f64| {
+        if unit == "bytes" {
+            cvmem::fmt_bytes(v as u64).to_string()
         } else {
-            super::chart::label(row.value, super::chart::Unit::Nanos)
-        };
+            super::chart::label(v, super::chart::Unit::Nanos)
+        }
+    };
+    for row in &r.rows {
+        let value = show(&row.unit, row.value);
+        let spread = format!("{}-{}", show(&row.unit, row.min), show(&row.unit, row.max));
         let ratio = row.vs_linux.map_or_else(
             || "-".to_string(),
             |x| {
@@ -349,9 +384,28 @@ pub fn bench_table(r: &BenchReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:<9} {:>14} {:>12}  {}",
-            row.case, row.design, value, ratio, how
+            "{:<13} {:<9} {:>12} {:>21} {:>12}  {}",
+            row.case, row.design, value, spread, ratio, how
         );
+    }
+    out.push('\n');
+    for case in ["make-private", "flip-4k", "query", "memory"] {
+        let of = |d: &str| r.rows.iter().find(|x| x.case == case && x.design == d);
+        let best = r
+            .rows
+            .iter()
+            .filter(|x| x.case == case && x.design != "cvmem" && x.design != "linux")
+            .min_by(|a, b| a.value.total_cmp(&b.value));
+        if let (Some(c), Some(b)) = (of("cvmem"), best) {
+            let _ = writeln!(
+                out,
+                "{case}: cvmem {} vs best other {} {} = {:.2}x",
+                show(&c.unit, c.value),
+                b.design,
+                show(&b.unit, b.value),
+                c.value / b.value
+            );
+        }
     }
     let _ = writeln!(
         out,

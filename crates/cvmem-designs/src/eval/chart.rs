@@ -29,6 +29,8 @@ pub struct Chart {
     pub series: Vec<(String, Vec<(f64, f64)>)>,
     /// Notes printed under the chart.
     pub notes: Vec<String>,
+    /// (name, (x, low, high)) per series: the spread of repeated runs, drawn as error bars.
+    pub bars: Vec<(String, Vec<(f64, f64, f64)>)>,
 }
 
 /// A fixed colour per design name, so charts agree with each other.
@@ -103,6 +105,11 @@ impl Chart {
             .series
             .iter()
             .flat_map(|(_, p)| p.iter().copied())
+            .chain(
+                self.bars
+                    .iter()
+                    .flat_map(|(_, b)| b.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)])),
+            )
             .filter(|&(x, y)| x > 0.0 && y > 0.0)
             .collect();
         let mut out = String::new();
@@ -261,6 +268,23 @@ impl Chart {
                 ly + 4.0,
                 escape(name)
             );
+        }
+        for (name, bars) in &self.bars {
+            let c = color(name);
+            for &(x, lo, hi) in bars.iter().filter(|b| b.0 > 0.0 && b.1 > 0.0) {
+                let (xx, y_lo, y_hi) = (px(x), py(lo), py(hi));
+                let _ = writeln!(
+                    out,
+                    r#"<path d="M{:.1},{y_lo:.1}V{y_hi:.1}M{:.1},{y_lo:.1}h8M{:.1},{y_hi:.1}h8" stroke="{c}" stroke-width="1.5" fill="none"><title>{}: {} to {} at {}</title></path>"#,
+                    xx,
+                    xx - 4.0,
+                    xx - 4.0,
+                    escape(name),
+                    label(lo, self.y_unit),
+                    label(hi, self.y_unit),
+                    label(x, self.x_unit)
+                );
+            }
         }
         for (i, note) in self.notes.iter().enumerate() {
             let _ = writeln!(

@@ -39,6 +39,8 @@ pub struct Config {
     pub budget_secs: f64,
     /// Memory budget per design and size (bytes this process may hold for it).
     pub memory_budget: u64,
+    /// Runs per design and size (at least 1): times are reported as min / median / max.
+    pub repeat: u32,
 }
 
 /// One design at one size.
@@ -59,16 +61,77 @@ pub struct Row {
 pub enum RowResult {
     /// It ran.
     Done {
-        /// The measurements.
+        /// The measurements of the median run (by total conversion time).
         run: Box<Run>,
         /// Tracking bytes plus forced page-table bytes per GiB of guest RAM.
         bytes_per_gib: f64,
+        /// The time figures over all runs.
+        spread: Spread,
     },
     /// It did not run, or was stopped.
     Skipped {
         /// Why, in words.
         reason: String,
     },
+}
+
+/// Smallest, median and largest of one figure over repeated runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MinMedMax {
+    /// Smallest.
+    pub min: f64,
+    /// Median (the lower middle for an even count).
+    pub median: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl MinMedMax {
+    /// Of `values` (none: all zero).
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return MinMedMax::default();
+        }
+        MinMedMax {
+            min: v[0],
+            median: v[(v.len() - 1) / 2],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// The time figures of one design at one size over its repeated runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Spread {
+    /// Runs measured.
+    pub runs: u32,
+    /// Total conversion time.
+    pub conversion_total_ns: MinMedMax,
+    /// Median conversion.
+    pub conversion_p50_ns: MinMedMax,
+    /// 99th-percentile conversion.
+    pub conversion_p99_ns: MinMedMax,
+    /// Median query.
+    pub query_p50_ns: MinMedMax,
+    /// 99th-percentile query.
+    pub query_p99_ns: MinMedMax,
+}
+
+impl Spread {
+    /// Of `runs`.
+    pub fn of(runs: &[Run]) -> Self {
+        let f = |g: fn(&Run) -> f64| MinMedMax::of(runs.iter().map(g));
+        Spread {
+            runs: runs.len() as u32,
+            conversion_total_ns: f(|r| r.conversion.total_ns),
+            conversion_p50_ns: f(|r| r.conversion.p50_ns),
+            conversion_p99_ns: f(|r| r.conversion.p99_ns),
+            query_p50_ns: f(|r| r.query.p50_ns),
+            query_p99_ns: f(|r| r.query.p99_ns),
+        }
+    }
 }
 
 /// The workload at one size.
@@ -342,15 +405,34 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                 }
             } else {
                 let make = || make_design(design).expect("checked above");
-                match run_design(&make, &w.ops, budget) {
-                    Err(s) => RowResult::Skipped {
+                let mut runs = Vec::new();
+                let mut stopped = None;
+                for _ in 0..cfg.repeat.max(1) {
+                    match run_design(&make, &w.ops, budget) {
+                        Err(s) => {
+                            stopped = Some(s);
+                            break;
+                        }
+                        Ok(mut run) => {
+                            check_agreement(&w, design, &run.answers, &mut reference)?;
+                            run.answers = Vec::new();
+                            runs.push(run);
+                        }
+                    }
+                }
+                match stopped {
+                    Some(s) => RowResult::Skipped {
                         reason: format!(
                             "stopped: exceeded budget after {} of {} ops ({:.1} s)",
                             s.after_ops, s.of_ops, s.seconds
                         ),
                     },
-                    Ok(run) => {
-                        check_agreement(&w, design, &run.answers, &mut reference)?;
+                    None => {
+                        let spread = Spread::of(&runs);
+                        runs.sort_by(|a, b| {
+                            a.conversion.total_ns.total_cmp(&b.conversion.total_ns)
+                        });
+                        let run = runs.swap_remove((runs.len() - 1) / 2);
                         let held = run
                             .host_bytes
                             .max(run.measured_peak_bytes.unwrap_or(0))
@@ -359,10 +441,7 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                             design.clone(),
                             Previous {
                                 guest_bytes: size,
-                                run: Run {
-                                    answers: Vec::new(),
-                                    ..run.clone()
-                                },
+                                run: run.clone(),
                                 bytes_per_page: held as f64 / work as f64,
                             },
                         );
@@ -371,6 +450,7 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                         RowResult::Done {
                             run: Box::new(run),
                             bytes_per_gib,
+                            spread,
                         }
                     }
                 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use cvmem::fmt_bytes;
 
 use super::chart::{label, Chart, Unit};
-use super::compare::{Report, RowResult};
+use super::compare::{MinMedMax, Report, RowResult, Spread};
 use super::sweep::Sweep;
 
 fn ns(v: f64) -> String {
@@ -60,7 +60,11 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(out, "{header}");
         }
         match &row.result {
-            RowResult::Done { run, bytes_per_gib } => {
+            RowResult::Done {
+                run,
+                bytes_per_gib,
+                spread,
+            } => {
                 let _ = writeln!(
                     out,
                     "{:>6}  {:<9} {:>10} {:>10} {:>10} {:>9.0} {:>9} {:>9} {:>10} {:>8} {:>8} {:>10}",
@@ -70,14 +74,29 @@ pub fn table(report: &Report) -> String {
                     fmt_bytes(run.peak_heap_bytes).to_string(),
                     fmt_bytes(run.table_bytes).to_string(),
                     bytes_per_gib,
-                    ns(run.conversion.p50_ns),
-                    ns(run.conversion.p99_ns),
-                    ns(run.conversion.total_ns),
-                    ns(run.query.p50_ns),
-                    ns(run.query.p99_ns),
+                    ns(spread.conversion_p50_ns.median),
+                    ns(spread.conversion_p99_ns.median),
+                    ns(spread.conversion_total_ns.median),
+                    ns(spread.query_p50_ns.median),
+                    ns(spread.query_p99_ns.median),
                     run.measured_bytes
                         .map_or_else(|| "-".to_string(), |b| fmt_bytes(b).to_string()),
                 );
+                if spread.runs > 1 {
+                    let r = |m: MinMedMax| format!("{}-{}", short_ns(m.min), short_ns(m.max));
+                    let _ = writeln!(
+                        out,
+                        "{:>6}  {:<9} {:>43} {:>9} {:>9} {:>10} {:>8} {:>8}",
+                        "",
+                        "",
+                        format!("min-max of {} runs:", spread.runs),
+                        r(spread.conversion_p50_ns),
+                        r(spread.conversion_p99_ns),
+                        r(spread.conversion_total_ns),
+                        r(spread.query_p50_ns),
+                        r(spread.query_p99_ns),
+                    );
+                }
             }
             RowResult::Skipped { reason } => {
                 let _ = writeln!(
@@ -90,6 +109,10 @@ pub fn table(report: &Report) -> String {
             }
         }
     }
+    for line in verdict(report, "cvmem") {
+        out.push_str(&line);
+        out.push('\n');
+    }
     out.push_str(
         "\ntracking: the design's bytes (linux: as the kernel allocates, 576-byte xarray nodes); \
          peak: most held at once; tables: page tables the design forces to exist; \
@@ -97,6 +120,98 @@ pub fn table(report: &Report) -> String {
          Every design answered every query identically.\n",
     );
     out
+}
+
+/// A time without its unit's space, for the narrow min-max cells.
+fn short_ns(v: f64) -> String {
+    ns(v).replace(' ', "")
+}
+
+/// How `design` stands against the best *other* design at each size, as ratios of medians
+/// (below 1: better): total conversion time, query p50 and p99, tracking memory.
+pub fn verdict(report: &Report, design: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for w in &report.workloads {
+        let size = w.guest_bytes;
+        let done = |r: &&super::compare::Row| r.guest_bytes == size && r.design != design;
+        let Some(RowResult::Done {
+            run: mine,
+            spread: my,
+            ..
+        }) = report.row(design, size).map(|r| &r.result)
+        else {
+            continue;
+        };
+        let others: Vec<_> = report
+            .rows
+            .iter()
+            .filter(done)
+            .filter_map(|r| match &r.result {
+                RowResult::Done { run, spread, .. } => Some((r.design.as_str(), run, spread)),
+                RowResult::Skipped { .. } => None,
+            })
+            .collect();
+        if others.is_empty() {
+            continue;
+        }
+        let best = |f: &dyn Fn(&super::run::Run, &Spread) -> f64| {
+            others
+                .iter()
+                .map(|(d, r, s)| (*d, f(r, s)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("not empty")
+        };
+        let mut cells = Vec::new();
+        let figures: [(&str, &dyn Fn(&super::run::Run, &Spread) -> f64); 4] = [
+            ("conv total", &|_, s| s.conversion_total_ns.median),
+            ("query p50", &|_, s| s.query_p50_ns.median),
+            ("query p99", &|_, s| s.query_p99_ns.median),
+            ("memory", &|r, _| (r.heap_bytes + r.table_bytes) as f64),
+        ];
+        for (name, f) in figures {
+            let (who, theirs) = best(f);
+            let ours = f(mine, my);
+            if theirs > 0.0 {
+                cells.push(format!("{name} {:.2}x ({who})", ours / theirs));
+            }
+        }
+        lines.push(format!(
+            "{design} at {} vs the best other design: {}",
+            fmt_bytes(size),
+            cells.join(", ")
+        ));
+    }
+    if !lines.is_empty() {
+        lines.insert(0, String::new());
+    }
+    lines
+}
+
+/// The min-max spread of a time figure per design, for error bars.
+fn spread_bars(
+    report: &Report,
+    f: impl Fn(&Spread) -> MinMedMax,
+) -> Vec<(String, Vec<(f64, f64, f64)>)> {
+    report
+        .config
+        .designs
+        .iter()
+        .map(|d| {
+            let bars = report
+                .rows
+                .iter()
+                .filter(|r| &r.design == d)
+                .filter_map(|r| match &r.result {
+                    RowResult::Done { spread, .. } if spread.runs > 1 => {
+                        let m = f(spread);
+                        Some((r.guest_bytes as f64, m.min.max(0.5), m.max.max(0.5)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (d.clone(), bars)
+        })
+        .collect()
 }
 
 fn done_series(
@@ -114,6 +229,29 @@ fn done_series(
                 .filter(|r| &r.design == d)
                 .filter_map(|r| match &r.result {
                     RowResult::Done { run, .. } => Some((r.guest_bytes as f64, f(run))),
+                    RowResult::Skipped { .. } => None,
+                })
+                .collect();
+            (d.clone(), pts)
+        })
+        .collect()
+}
+
+fn done_series_spread(
+    report: &Report,
+    f: impl Fn(&Spread) -> f64,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    report
+        .config
+        .designs
+        .iter()
+        .map(|d| {
+            let pts = report
+                .rows
+                .iter()
+                .filter(|r| &r.design == d)
+                .filter_map(|r| match &r.result {
+                    RowResult::Done { spread, .. } => Some((r.guest_bytes as f64, f(spread))),
                     RowResult::Skipped { .. } => None,
                 })
                 .collect();
@@ -148,6 +286,7 @@ pub fn memory_chart(report: &Report) -> Chart {
         y_unit: Unit::Bytes,
         series: done_series(report, |r| (r.heap_bytes + r.table_bytes) as f64),
         notes: skipped_notes(report),
+        bars: Vec::new(),
     }
 }
 
@@ -159,8 +298,13 @@ pub fn query_chart(report: &Report) -> Chart {
         y_label: "time per query".into(),
         x_unit: Unit::Bytes,
         y_unit: Unit::Nanos,
-        series: done_series(report, |r| r.query.p50_ns.max(0.5)),
-        notes: skipped_notes(report),
+        series: done_series_spread(report, |s| s.query_p50_ns.median.max(0.5)),
+        notes: {
+            let mut n = skipped_notes(report);
+            n.push("bars: min to max over the repeated runs; points: median".into());
+            n
+        },
+        bars: spread_bars(report, |s| s.query_p50_ns),
     }
 }
 
@@ -192,5 +336,6 @@ pub fn conversion_chart(sweep: &Sweep, designs: &[String]) -> Chart {
             .iter()
             .map(|(d, size, why)| format!("{d}: from {} on, {why}", fmt_bytes(*size)))
             .collect(),
+        bars: Vec::new(),
     }
 }
