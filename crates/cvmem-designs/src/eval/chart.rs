@@ -30,8 +30,11 @@ pub struct Chart {
     /// Notes printed under the chart.
     pub notes: Vec<String>,
     /// (name, (x, low, high)) per series: the spread of repeated runs, drawn as error bars.
-    pub bars: Vec<(String, Vec<(f64, f64, f64)>)>,
+    pub bars: Vec<(String, Vec<Bar>)>,
 }
+
+/// An error bar: x, low, high.
+pub type Bar = (f64, f64, f64);
 
 /// A fixed colour per design name, so charts agree with each other.
 pub fn color(name: &str) -> &'static str {

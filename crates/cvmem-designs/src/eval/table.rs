@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use cvmem::fmt_bytes;
 
-use super::chart::{label, Chart, Unit};
+use super::chart::{label, Bar, Chart, Unit};
 use super::compare::{MinMedMax, Report, RowResult, Spread};
 use super::sweep::Sweep;
 
@@ -154,7 +154,7 @@ pub fn verdict(report: &Report, design: &str) -> Vec<String> {
         if others.is_empty() {
             continue;
         }
-        let best = |f: &dyn Fn(&super::run::Run, &Spread) -> f64| {
+        let best = |f: &Figure| {
             others
                 .iter()
                 .map(|(d, r, s)| (*d, f(r, s)))
@@ -162,7 +162,7 @@ pub fn verdict(report: &Report, design: &str) -> Vec<String> {
                 .expect("not empty")
         };
         let mut cells = Vec::new();
-        let figures: [(&str, &dyn Fn(&super::run::Run, &Spread) -> f64); 4] = [
+        let figures: [(&str, &Figure); 4] = [
             ("conv total", &|_, s| s.conversion_total_ns.median),
             ("query p50", &|_, s| s.query_p50_ns.median),
             ("query p99", &|_, s| s.query_p99_ns.median),
@@ -187,11 +187,11 @@ pub fn verdict(report: &Report, design: &str) -> Vec<String> {
     lines
 }
 
+/// One figure of a design's row.
+type Figure = dyn Fn(&super::run::Run, &Spread) -> f64;
+
 /// The min-max spread of a time figure per design, for error bars.
-fn spread_bars(
-    report: &Report,
-    f: impl Fn(&Spread) -> MinMedMax,
-) -> Vec<(String, Vec<(f64, f64, f64)>)> {
+fn spread_bars(report: &Report, f: impl Fn(&Spread) -> MinMedMax) -> Vec<(String, Vec<Bar>)> {
     report
         .config
         .designs
