@@ -372,19 +372,21 @@ impl AttrStore {
             });
         }
         let v = attributes != 0;
-        if range.len() == 1 {
-            // A 4K flip, the common conversion: inside an existing region it needs no memory.
-            if self.is_private(range.start) == v {
-                return Ok(false);
-            }
+        if range.start / 512 == (range.end - 1) / 512 {
+            // Inside one 2M page, the common conversion: inside an existing region it needs no
+            // memory and no second look.
             let unit = range.start / NODE_GFNS;
             let i = self.keys.partition_point(|&k| k < unit);
-            if self.keys.get(i) == Some(&unit)
-                && self.nodes[i].try_set_one(range.start % NODE_GFNS, v)
-            {
-                return Ok(true);
+            if self.keys.get(i) == Some(&unit) {
+                let base = unit * NODE_GFNS;
+                let node = &mut self.nodes[i];
+                if let Some(changed) = node.try_set_in_page(range.start - base, range.end - base, v)
+                {
+                    return Ok(changed);
+                }
             }
-        } else if self.uniform(range) == Some(attributes) {
+        }
+        if self.uniform(range) == Some(attributes) {
             return Ok(false);
         }
         self.reserve(range, v)?;

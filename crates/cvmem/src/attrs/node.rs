@@ -1,8 +1,10 @@
 //! A 512G unit whose gfns are not all of one kind: per 1G entry a kind bit, or a [`Region`].
 //!
-//! Regions live in one vector in entry order, found by a rank over the `present` mask (a
-//! popcount and a prefix count), so a node costs ~170 bytes plus its regions. 1G eligibility
-//! needs no state of its own: a 1G page is uniform exactly when its entry has no region.
+//! Regions live in one vector in no order; `index` maps a 1G entry to its region, so finding
+//! one is a load, adding one a push and dropping one a swap-remove (the moved region knows its
+//! entry): no region ever moves more than once per change, however many a node holds. 1G
+//! eligibility needs no state of its own: a 1G page is uniform exactly when its entry has no
+//! region.
 
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -25,9 +27,9 @@ pub(super) struct Node {
     present: Block,
     /// Per entry without a region: its kind.
     private: Block,
-    /// Regions before each word of `present`.
-    rank: [u16; 8],
-    /// One per present entry, in entry order.
+    /// Entry → index in `regions` (meaningful where `present`).
+    index: [u16; 512],
+    /// One per present entry, in no order.
     regions: Vec<Region>,
 }
 
@@ -37,7 +39,7 @@ impl Node {
         Node {
             present: [0; 8],
             private: [0; 8],
-            rank: [0; 8],
+            index: [0; 512],
             regions: Vec::new(),
         }
     }
@@ -46,7 +48,6 @@ impl Node {
     pub(super) fn reset(&mut self, v: bool) {
         self.present = [0; 8];
         self.private = block::filled(v);
-        self.rank = [0; 8];
         self.regions.clear();
     }
 
@@ -56,26 +57,13 @@ impl Node {
     }
 
     #[inline]
-    fn rank_of(&self, e: u32) -> usize {
-        if e >= ENTRIES {
-            return self.regions.len();
-        }
-        let w = (e / 64) as usize;
-        let below = self.present[w] & ((1u64 << (e % 64)) - 1);
-        self.rank[w] as usize + below.count_ones() as usize
-    }
-
-    fn update_rank(&mut self) {
-        let mut n = 0u16;
-        for w in 0..8 {
-            self.rank[w] = n;
-            n += self.present[w].count_ones() as u16;
-        }
+    fn slot(&self, e: u32) -> usize {
+        self.index[e as usize] as usize
     }
 
     #[inline]
     fn region(&self, e: u32) -> Option<&Region> {
-        self.present(e).then(|| &self.regions[self.rank_of(e)])
+        self.present(e).then(|| &self.regions[self.slot(e)])
     }
 
     /// Room for two new regions (a set changes at most two partial 1G entries).
@@ -91,7 +79,7 @@ impl Node {
         for (e, _, _) in edges(lo, hi, ENTRY_GFNS) {
             let e = e as u32;
             if self.present(e) {
-                let i = self.rank_of(e);
+                let i = self.slot(e);
                 self.regions[i].reserve()?;
             } else if block::get(&self.private, e) != v {
                 fresh += 1;
@@ -156,20 +144,18 @@ impl Node {
     pub(super) fn set(&mut self, lo: u64, hi: u64, v: bool, spare: &mut Vec<Region>) {
         let (a, b) = (lo.div_ceil(ENTRY_GFNS) as u32, (hi / ENTRY_GFNS) as u32);
         if a < b {
-            let (r0, r1) = (self.rank_of(a), self.rank_of(b));
-            for region in self.regions.drain(r0..r1) {
-                if !region.is_dense() {
-                    recycle(spare, region);
-                }
+            // Only the present entries: a word scan, then one swap-remove each.
+            let mut e = a;
+            while let Some(p) = block::find(&self.present, e, false).filter(|&p| p < b) {
+                self.remove(p, spare);
+                e = p + 1;
             }
-            block::fill(&mut self.present, a, b, false);
             block::fill(&mut self.private, a, b, v);
-            self.update_rank();
         }
         for (e, sub_lo, sub_hi) in edges(lo, hi, ENTRY_GFNS) {
             let (e, sub_lo, sub_hi) = (e as u32, sub_lo as u32, sub_hi as u32);
             if self.present(e) {
-                let i = self.rank_of(e);
+                let i = self.slot(e);
                 let region = &mut self.regions[i];
                 region.set(sub_lo, sub_hi, v);
                 match region.uniform() {
@@ -183,31 +169,35 @@ impl Node {
                 let u = block::get(&self.private, e);
                 if u != v {
                     let mut region = spare.pop().unwrap_or_else(Region::new);
-                    region.reset(u);
+                    region.reset(e as u16, u);
                     region.set(sub_lo, sub_hi, v);
-                    self.regions.insert(self.rank_of(e), region);
+                    self.index[e as usize] = self.regions.len() as u16;
+                    self.regions.push(region);
                     block::fill(&mut self.present, e, e + 1, true);
-                    self.update_rank();
                 }
             }
         }
     }
 
-    /// [`Region::try_set_one`] on the region holding `off`, if there is one.
-    pub(super) fn try_set_one(&mut self, off: u64, v: bool) -> bool {
-        let e = (off / ENTRY_GFNS) as u32;
+    /// [`Region::try_set_in_page`] on the region holding `[lo, hi)` (inside one 2M page).
+    pub(super) fn try_set_in_page(&mut self, lo: u64, hi: u64, v: bool) -> Option<bool> {
+        let e = (lo / ENTRY_GFNS) as u32;
         if !self.present(e) {
-            return false;
+            return None;
         }
-        let i = self.rank_of(e);
-        self.regions[i].try_set_one((off % ENTRY_GFNS) as u32, v)
+        let i = self.slot(e);
+        let base = u64::from(e) * ENTRY_GFNS;
+        self.regions[i].try_set_in_page((lo - base) as u32, (hi - base) as u32, v)
     }
 
     /// Drops the region of entry `e` (its kind bit is the caller's to set).
     fn remove(&mut self, e: u32, spare: &mut Vec<Region>) {
-        let region = self.regions.remove(self.rank_of(e));
+        let i = self.slot(e);
+        let region = self.regions.swap_remove(i);
+        if let Some(moved) = self.regions.get(i) {
+            self.index[moved.entry as usize] = i as u16;
+        }
         block::fill(&mut self.present, e, e + 1, false);
-        self.update_rank();
         if !region.is_dense() {
             recycle(spare, region);
         }
@@ -272,13 +262,11 @@ impl Node {
         if present as usize != self.regions.len() {
             return Err("node regions differ from its present entries");
         }
-        let mut copy = self.clone();
-        copy.update_rank();
-        if copy.rank != self.rank {
-            return Err("node rank index out of date");
-        }
         for e in 0..ENTRIES {
             if let Some(r) = self.region(e) {
+                if u32::from(r.entry) != e {
+                    return Err("node index names the wrong region");
+                }
                 if r.uniform().is_some() {
                     return Err("a uniform 1G region was kept");
                 }

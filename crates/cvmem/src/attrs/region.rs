@@ -35,6 +35,8 @@ pub(super) struct Region {
     first: Block,
     /// Mixed pages before each word of `mixed`: the rank index of the sparse slots.
     rank: [u16; 8],
+    /// Which 1G entry of its node the region is.
+    pub(super) entry: u16,
     leaves: Leaves,
 }
 
@@ -53,6 +55,7 @@ impl Region {
             mixed: [0; 8],
             first: [0; 8],
             rank: [0; 8],
+            entry: 0,
             leaves: Leaves::Sparse {
                 slots: Vec::new(),
                 blocks: Vec::new(),
@@ -60,15 +63,18 @@ impl Region {
         }
     }
 
-    /// Makes the region all `v`, keeping small allocations for reuse.
-    pub(super) fn reset(&mut self, v: bool) {
+    /// Makes the region all `v` as entry `entry`, keeping small allocations for reuse.
+    pub(super) fn reset(&mut self, entry: u16, v: bool) {
         self.mixed = [0; 8];
         self.first = block::filled(v);
         self.rank = [0; 8];
+        self.entry = entry;
         match &mut self.leaves {
-            Leaves::Sparse { slots, blocks } if slots.capacity() <= 64 => {
+            Leaves::Sparse { slots, blocks }
+                if slots.capacity() <= 64 && blocks.capacity() <= 8 =>
+            {
                 slots.clear();
-                *blocks = Vec::new();
+                blocks.clear();
             }
             _ => {
                 self.leaves = Leaves::Sparse {
@@ -198,28 +204,34 @@ impl Region {
         }
     }
 
-    /// Sets the gfn at `off` to `v` if that needs no memory and cannot leave the region
-    /// uniform: the 4K flip of the fault path's neighbour, a bit write plus a uniformity check.
-    /// Returns whether it did; otherwise nothing changed.
-    pub(super) fn try_set_one(&mut self, off: u32, v: bool) -> bool {
-        let p = off / PAGE_GFNS;
+    /// Sets offsets `[lo, hi)`, inside one 2M page, to `v` if that needs no memory and cannot
+    /// leave the region uniform: a small conversion is one decode, a fill and a store, a 4K flip
+    /// inside a mixed page a bit write plus a uniformity check. `Some(changed)` when done,
+    /// `None` (nothing changed) when the caller must take the general path.
+    pub(super) fn try_set_in_page(&mut self, lo: u32, hi: u32, v: bool) -> Option<bool> {
+        let p = lo / PAGE_GFNS;
+        debug_assert!(lo < hi && (hi - 1) / PAGE_GFNS == p);
+        let mut bits = self.page(p);
+        let old = bits;
+        block::fill(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v);
+        if bits == old {
+            return Some(false);
+        }
         if let Leaves::Sparse { slots, blocks } = &self.leaves {
             let full = |len: usize, cap: usize| len == cap;
             if (!self.is_mixed(p) && full(slots.len(), slots.capacity()))
                 || full(blocks.len(), blocks.capacity())
             {
-                return false;
+                return None;
             }
         }
-        let mut bits = self.page(p);
-        block::fill(&mut bits, off % PAGE_GFNS, off % PAGE_GFNS + 1, v);
-        if block::uniform(&bits).is_some() && self.mixed_count(0, PAGES) == 1 {
+        if block::uniform(&bits).is_some() && self.mixed_count(0, PAGES) <= 1 {
             // Its last mixed page turning uniform may make the whole region uniform.
-            return false;
+            return None;
         }
         self.store(p, &bits);
         self.adapt();
-        true
+        Some(true)
     }
 
     /// Makes whole 2M pages `[a, b)` all `v`.
