@@ -46,17 +46,16 @@
 //! (lock-free: every retry means a writer made progress), reads only a published, complete
 //! state, and reads are linearizable. The writer applies a change to the unpublished copy,
 //! publishes it, waits for the readers still on the old copy, and applies the same change to
-//! it: two runs of the core's update, each O(log R + runs touched), no clone, no allocation
-//! beyond the core's. Memory: two trackers (the core is compact: ~1 KiB plus 2 bits per 2M
-//! page for a typical guest).
+//! it: two runs of the core's update, no clone, no allocation beyond the core's. Memory: two
+//! trackers, so twice the core's bound — at most 2 × `cvmem::WORST_BYTES_PER_GIB` (~64.5 KiB)
+//! per GiB of guest whatever the guest does, a few KiB for a typical guest.
 //!
 //! Alternatives considered:
 //! - *RCU-style snapshots* (swap an `Arc<Tracker>`): a write must produce a new tracker. Cloning
 //!   it is O(R + large pages / 64) per write; measured below for R = 4,000 runs on a 1 TiB
-//!   guest. Structural sharing would need the core to hold its attribute chunks
-//!   (`AttrStore::chunks`, 128 boundaries each) and the words of its large-page bitmaps in
-//!   blocks behind `Arc`s, copied on write (`Arc::make_mut`), so that a clone copies
-//!   R / 128 + large pages / 4096 pointers and a write copies the 2-3 blocks it touches; and
+//!   guest. Structural sharing would need the core to hold its attribute store's nodes and
+//!   regions behind `Arc`s, copied on write (`Arc::make_mut`), so that a clone copies a
+//!   pointer per node and a write copies the 1-2 regions it touches; and
 //!   readers would need `arc-swap`-style deferred reclamation to stay off a shared reference
 //!   count.
 //! - *A seqlock* with readers retrying over the live data: readers would read memory a writer
@@ -105,8 +104,8 @@
 //!
 //! Writes (same guest, a random 4K conversion): core 0.83 µs, `ConcurrentTracker` 1.95 µs (two
 //! applications, the invalidation and the publication). Cloning the tracker, the per-write cost
-//! of an RCU-style design without structural sharing: 5.2 µs here, growing with R and with the
-//! guest size (the large-page bitmaps: 2 bits per 2M page, 128 KiB per TiB).
+//! of an RCU-style design without structural sharing: 5.2 µs here, growing with the store's size
+//! (figures measured with the earlier run-list store; the write path is two core updates).
 //!
 //! ## Testing
 //! `tests/stress.rs` runs reader threads against a writer and checks every answer against the

@@ -128,3 +128,72 @@ fn other_attribute_bits_are_refused_and_change_nothing() {
     assert!(store.set(GfnRange::new(0, 8), 1).is_err());
     assert_eq!(store.boundaries(), 0);
 }
+
+/// A hostile guest's conversions over `[0, pages)` of the window: alternating pages, runs of
+/// `k`, in rising, falling or interleaved order, mixed with large ranges that collapse regions.
+fn hostile_ops() -> impl Strategy<Value = Vec<(u64, u64, bool)>> {
+    let pattern = (1u64..10, 0u64..SPACE, 512u64..(1 << 19), 0u8..3);
+    prop::collection::vec(pattern, 1..6).prop_map(|patterns| {
+        let mut ops = Vec::new();
+        for (i, (k, start, len, order)) in patterns.into_iter().enumerate() {
+            let end = (start + len).min(SPACE);
+            let mut runs: Vec<u64> = (start..end).step_by(2 * k as usize).collect();
+            match order {
+                1 => runs.reverse(),
+                2 => runs.sort_by_key(|&r| (r / (2 * k)) % 7),
+                _ => {}
+            }
+            for r in runs {
+                ops.push((r, k.min(end - r), i % 2 == 0));
+            }
+            if i % 3 == 2 {
+                ops.push((start, end - start, false));
+            }
+        }
+        ops
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The documented bound holds after every operation of every sequence: never more than
+    /// `AttrStore::bound_for` the span touched (about `WORST_BYTES_PER_GIB` per GiB).
+    #[test]
+    fn no_operation_sequence_exceeds_the_bound(ops in hostile_ops()) {
+        let mut store = AttrStore::new();
+        let bound = AttrStore::bound_for(GfnRange::new(BASE, BASE + SPACE));
+        let mut most = 0;
+        for &(start, len, v) in &ops {
+            let range = GfnRange::new(BASE + start, BASE + start + len);
+            store.set(range, if v { P } else { 0 }).unwrap();
+            most = most.max(store.heap_bytes());
+            prop_assert!(store.heap_bytes() <= bound, "{} > {} bytes", store.heap_bytes(), bound);
+        }
+        store.check_invariants().map_err(TestCaseError::fail)?;
+        // The bound is within a small constant of a flat bitmap of the span (3 GiB + edges).
+        prop_assert!(bound <= 4 * 32768 * 105 / 100 + 16384, "bound {bound}");
+        prop_assert!(most <= bound);
+    }
+}
+
+#[test]
+fn every_page_mixed_costs_about_a_flat_bitmap() {
+    // Every other page of 4 GiB shared: every 2M page mixed, every region dense.
+    let mut store = AttrStore::new();
+    let gib = 1u64 << 18;
+    store.set(GfnRange::new(0, 4 * gib), P).unwrap();
+    for g in (0..4 * gib).step_by(2) {
+        store.set(GfnRange::new(g, g + 1), 0).unwrap();
+    }
+    store.check_invariants().unwrap();
+    assert!(store.heap_bytes() <= AttrStore::bound_for(GfnRange::new(0, 4 * gib)));
+    // Asymptotically WORST_BYTES_PER_GIB; at 4 GiB the node and spares still show.
+    assert!(WORST_BYTES_PER_GIB <= 32768 * 101 / 100);
+    let per_gib = store.heap_bytes() / 4;
+    assert!(
+        per_gib <= 32768 * 105 / 100,
+        "{per_gib} bytes per GiB vs a bitmap's 32768"
+    );
+    assert_eq!(store.shape().dense_regions, 4);
+}

@@ -79,6 +79,9 @@ pub(super) fn boundaries(b: &Block) -> u32 {
 
 /// The first offset at or after `from` whose bit is not `v`.
 pub(super) fn find(b: &Block, from: u32, v: bool) -> Option<u32> {
+    if from >= PAGE_GFNS {
+        return None;
+    }
     let flip = if v { u64::MAX } else { 0 };
     let mut w = (from / 64) as usize;
     let mut word = (b[w] ^ flip) & (u64::MAX << (from % 64));
@@ -194,6 +197,7 @@ mod tests {
                         assert_eq!(get(&b, i), want);
                     }
                     assert_eq!(boundaries(&b), naive(&b));
+                    assert_eq!(find(&b, PAGE_GFNS, false), None);
                     for from in [0, 1, 63, 64, 200, 511] {
                         for v in [false, true] {
                             let want = (from..PAGE_GFNS).find(|&i| get(&b, i) != v);

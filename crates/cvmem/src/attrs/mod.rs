@@ -41,11 +41,20 @@ const SPARE: usize = 2;
 /// 512G units in the gfn space.
 const UNITS: u64 = GFN_END / NODE_GFNS;
 
-/// The most heap bytes the store holds per GiB of guest address space whose attributes were
-/// set, whatever the pattern: a dense region (32 KiB of bits) and its share of a node (a region
-/// header, a vector slot and 1/512 of the node), rounded up. A flat bitmap holds 32,768.
-pub const WORST_BYTES_PER_GIB: usize =
-    DENSE_BYTES + size_of::<Region>() + size_of::<Node>().div_ceil(512) + 64;
+/// Most bytes one 1G region can hold: the dense form (or a sparse form no bigger, else it
+/// would have turned dense), its header in its node's vector with that vector's growth slack
+/// (an eighth), and its node's 1/512 share of a node.
+const REGION_WORST: usize = DENSE_BYTES + size_of::<Region>() * 9 / 8 + NODE_WORST.div_ceil(512);
+/// Most bytes one node costs besides its regions: itself and its key, with growth slack.
+const NODE_WORST: usize = (size_of::<Node>() + size_of::<u64>()) * 9 / 8;
+/// What the store holds whatever its contents: spare regions and nodes and small vectors.
+const FIXED_WORST: usize =
+    SPARE * (size_of::<Region>() + 64 * 8 + 8 * 64) + SPARE * NODE_WORST + 3 * 64;
+
+/// The most heap bytes the store holds per GiB of guest address space, whatever a guest does
+/// there (every 2M page mixed, in any order): 32 KiB of bits plus about 300 bytes of headers.
+/// A flat bitmap holds 32,768 per GiB.
+pub const WORST_BYTES_PER_GIB: usize = REGION_WORST;
 
 /// A maximal run of gfns with equal attributes, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -466,6 +475,22 @@ impl AttrStore {
                 }
             }
         }
+    }
+
+    /// The most heap bytes a store can hold when every gfn outside `span` is shared (or the
+    /// whole `span` is one run): one worst-case region per 1G page and one node per 512G unit
+    /// that `span` touches, two runs of units per unit, and the fixed spares. Tested against
+    /// hostile operation sequences in `tests/attr_store.rs`.
+    pub fn bound_for(span: GfnRange) -> usize {
+        if span.is_empty() {
+            return FIXED_WORST;
+        }
+        let g1 = 1u64 << 18;
+        let regions = (span.end.div_ceil(g1) - span.start / g1) as usize;
+        let units = (span.end.div_ceil(NODE_GFNS) - span.start / NODE_GFNS) as usize;
+        regions.saturating_mul(REGION_WORST)
+            + units.saturating_mul(NODE_WORST + 2 * size_of::<(u64, u64)>())
+            + FIXED_WORST
     }
 
     /// Number of places where the attributes change (counting gfn 0 when it is private), as a
