@@ -1,5 +1,6 @@
-//! `cvmem`: the core crate's [`cvmem::Tracker`] — attribute runs, per-slot 2-bit large-page
-//! info updated incrementally, a fault path of a few bit probes.
+//! `cvmem`: the core crate's [`cvmem::Tracker`] — the adaptive attribute store (nothing for
+//! uniform memory, inline boundaries, bit blocks or dense regions where mixed), no per-slot
+//! per-page state, a fault path of one fixed-depth descent.
 
 use cvmem::{Access, Error, GfnRange, MaxLevel, MemoryRegion, Tracker, PAGE_SHIFT};
 

@@ -3,9 +3,10 @@
 //! Confidential guests (TDX, SEV-SNP, CCA, pKVM) flip their pages between *private* and
 //! *shared*. The hypervisor must record every flip and may map a 2M or 1G page only where the
 //! whole range has one state inside one memslot. This crate keeps that knowledge with the cost
-//! of *ranges*, not pages: attributes as maximal runs, memslots with KVM's rules, and per-slot
-//! large-page info updated incrementally, so the fault path answers "largest level?" with a few
-//! bit probes.
+//! of what is *not* uniform: an attribute store that adapts per region ([`attrs`]: nothing for
+//! uniform memory, inline boundaries or bit blocks for mixed 2M pages, never more than a flat
+//! bitmap), memslots with KVM's rules and no per-page state, so the fault path answers "largest
+//! level?" with one descent of fixed depth and a few bit probes.
 //!
 //! `#![no_std]` + `alloc`, no unsafe code, no OS calls: embeddable in a hypervisor.
 //!

@@ -541,7 +541,7 @@ impl Tracker {
         Some(e)
     }
 
-    /// Heap bytes held by the tracker: runs, slot table, large-page info.
+    /// Heap bytes held by the tracker: the attribute store, the slot table, GUEST_INHIBIT bits.
     pub fn heap_bytes(&self) -> usize {
         let lpage: usize = self
             .slots

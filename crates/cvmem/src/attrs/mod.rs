@@ -105,7 +105,9 @@ pub struct AttrStore {
     /// All-private units as disjoint, non-adjacent `[start, end)` ranges, ascending.
     private: Vec<(u64, u64)>,
     spare_regions: Vec<Region>,
-    spare_nodes: Vec<Node>,
+    /// Region vectors for new nodes (a node itself is built on the stack, its vector is the
+    /// only allocation it needs).
+    spare_vecs: Vec<Vec<Region>>,
 }
 
 /// The first and last kind of a stretch of gfns and the boundaries inside it.
@@ -209,7 +211,7 @@ impl AttrStore {
             nodes: Vec::new(),
             private: Vec::new(),
             spare_regions: Vec::new(),
-            spare_nodes: Vec::new(),
+            spare_vecs: Vec::new(),
         }
     }
 
@@ -419,19 +421,19 @@ impl AttrStore {
         grow(&mut self.keys, fresh_nodes, usize::MAX)?;
         grow(&mut self.nodes, fresh_nodes, usize::MAX)?;
         grow(&mut self.private, 3, usize::MAX)?;
-        grow(&mut self.spare_nodes, fresh_nodes, SPARE)?;
+        grow(&mut self.spare_vecs, fresh_nodes, SPARE)?;
         grow(&mut self.spare_regions, fresh_regions, SPARE)?;
-        while self.spare_nodes.len() < fresh_nodes {
-            self.spare_nodes.push(Node::new());
+        while self.spare_vecs.len() < fresh_nodes {
+            self.spare_vecs.push(Vec::new());
         }
         while self.spare_regions.len() < fresh_regions {
             self.spare_regions.push(Region::new());
         }
-        for n in &mut self.spare_nodes[..fresh_nodes] {
-            n.reserve_regions()?;
+        for v in &mut self.spare_vecs[..fresh_nodes] {
+            grow(v, 2, 512)?;
         }
         for r in &mut self.spare_regions[..fresh_regions] {
-            r.reserve()?;
+            r.reserve_fresh()?;
         }
         Ok(())
     }
@@ -445,7 +447,7 @@ impl AttrStore {
             );
             self.keys.drain(i0..i1);
             for n in self.nodes.drain(i0..i1) {
-                recycle(&mut self.spare_nodes, n);
+                recycle(&mut self.spare_vecs, n.into_regions());
             }
             runs_set(&mut self.private, a, b, v);
         }
@@ -456,7 +458,7 @@ impl AttrStore {
                 node.set(lo, hi, v, &mut self.spare_regions);
                 if let Some(u) = node.uniform() {
                     self.keys.remove(i);
-                    recycle(&mut self.spare_nodes, self.nodes.remove(i));
+                    recycle(&mut self.spare_vecs, self.nodes.remove(i).into_regions());
                     if u {
                         runs_set(&mut self.private, unit, unit + 1, true);
                     }
@@ -464,8 +466,7 @@ impl AttrStore {
             } else {
                 let u = runs_contain(&self.private, unit);
                 if u != v {
-                    let mut node = self.spare_nodes.pop().unwrap_or_else(Node::new);
-                    node.reset(u);
+                    let mut node = Node::with_regions(self.spare_vecs.pop().unwrap_or_default(), u);
                     node.set(lo, hi, v, &mut self.spare_regions);
                     self.keys.insert(i, unit);
                     self.nodes.insert(i, node);
@@ -542,9 +543,13 @@ impl AttrStore {
             + self.nodes.capacity() * size_of::<Node>()
             + self.private.capacity() * size_of::<(u64, u64)>()
             + self.spare_regions.capacity() * size_of::<Region>()
-            + self.spare_nodes.capacity() * size_of::<Node>()
+            + self.spare_vecs.capacity() * size_of::<Vec<Region>>()
             + self.nodes.iter().map(Node::heap_bytes).sum::<usize>()
-            + self.spare_nodes.iter().map(Node::heap_bytes).sum::<usize>()
+            + self
+                .spare_vecs
+                .iter()
+                .map(|v| v.capacity() * size_of::<Region>())
+                .sum::<usize>()
             + self
                 .spare_regions
                 .iter()

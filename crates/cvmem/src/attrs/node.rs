@@ -34,21 +34,24 @@ pub(super) struct Node {
 }
 
 impl Node {
-    /// An all-shared node with no heap memory.
-    pub(super) const fn new() -> Self {
+    /// An all-`v` node holding its regions in `regions` (emptied; its capacity is kept).
+    pub(super) fn with_regions(mut regions: Vec<Region>, v: bool) -> Self {
+        regions.clear();
         Node {
             present: [0; 8],
-            private: [0; 8],
+            private: block::filled(v),
             index: [0; 512],
-            regions: Vec::new(),
+            regions,
         }
     }
 
-    /// Makes the node all `v`, keeping its region vector's capacity.
-    pub(super) fn reset(&mut self, v: bool) {
-        self.present = [0; 8];
-        self.private = block::filled(v);
+    /// The node's region vector, emptied, for reuse (only a small one is worth keeping).
+    pub(super) fn into_regions(mut self) -> Vec<Region> {
+        if self.regions.capacity() > 8 {
+            return Vec::new();
+        }
         self.regions.clear();
+        self.regions
     }
 
     #[inline]
@@ -66,25 +69,20 @@ impl Node {
         self.present(e).then(|| &self.regions[self.slot(e)])
     }
 
-    /// Room for two new regions (a set changes at most two partial 1G entries).
-    pub(super) fn reserve_regions(&mut self) -> Result<()> {
-        grow(&mut self.regions, 2, ENTRIES as usize)
-    }
-
     /// Makes sure [`Node::set`] of `[lo, hi)` to `v` completes without allocating; returns how
     /// many fresh regions it will take from the spares.
     pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Result<usize> {
-        self.reserve_regions()?;
         let mut fresh = 0;
-        for (e, _, _) in edges(lo, hi, ENTRY_GFNS) {
+        for (e, a, b) in edges(lo, hi, ENTRY_GFNS) {
             let e = e as u32;
             if self.present(e) {
                 let i = self.slot(e);
-                self.regions[i].reserve()?;
+                self.regions[i].reserve(a as u32, b as u32, v)?;
             } else if block::get(&self.private, e) != v {
                 fresh += 1;
             }
         }
+        grow(&mut self.regions, fresh, ENTRIES as usize)?;
         Ok(fresh)
     }
 

@@ -85,12 +85,34 @@ impl Region {
         }
     }
 
-    /// Makes sure one [`Region::set`] can complete without allocating: room for two more
-    /// mixed pages and two more blocks (a set changes at most its two edge pages).
-    pub(super) fn reserve(&mut self) -> Result<()> {
-        if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
+    /// Room for the two slots a fresh region gets when a range is set inside it (its edge
+    /// pages, with at most two boundaries each: inline, never blocks).
+    pub(super) fn reserve_fresh(&mut self) -> Result<()> {
+        if let Leaves::Sparse { slots, .. } = &mut self.leaves {
             grow(slots, 2, PAGES as usize)?;
-            grow(blocks, 2, PAGES as usize)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure [`Region::set`] of `[lo, hi)` to `v` completes without allocating: exactly
+    /// the slots and blocks its (at most two) partly covered 2M pages will need, so that no
+    /// region carries room for blocks it never holds.
+    pub(super) fn reserve(&mut self, lo: u32, hi: u32, v: bool) -> Result<()> {
+        let (mut new_slots, mut new_blocks) = (0, 0);
+        for (p, a, b) in super::edges(u64::from(lo), u64::from(hi), u64::from(PAGE_GFNS)) {
+            let p = p as u32;
+            let mut bits = self.page(p);
+            block::fill(&mut bits, a as u32, b as u32, v);
+            if block::uniform(&bits).is_none() {
+                new_slots += usize::from(!self.is_mixed(p));
+                if block::boundaries(&bits) > INLINE_MAX {
+                    new_blocks += 1;
+                }
+            }
+        }
+        if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
+            grow(slots, new_slots, PAGES as usize)?;
+            grow(blocks, new_blocks, PAGES as usize)?;
         }
         Ok(())
     }
