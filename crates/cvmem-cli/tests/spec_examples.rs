@@ -1,7 +1,6 @@
 //! `cvmem replay --json` on the spec's example op-logs must print their expected results.
 //!
-//! The examples are kept in `tests/fixtures` (copied from the spec); any newer ones under
-//! `../shared/spec/examples` are checked too when that folder exists.
+//! The examples are kept in `tests/fixtures` (copied from the spec), so a plain clone checks them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,18 +97,6 @@ fn fixture_examples() {
     let names = examples(&dir);
     assert_eq!(names, ["basic", "mmu"]);
     for name in names {
-        check(&dir, &name);
-    }
-}
-
-#[test]
-fn shared_examples_when_present() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/examples");
-    if !dir.exists() {
-        eprintln!("skipped: {} is not there", dir.display());
-        return;
-    }
-    for name in examples(&dir) {
         check(&dir, &name);
     }
 }

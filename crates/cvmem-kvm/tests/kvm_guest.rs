@@ -154,11 +154,12 @@ fn oplog_path(name: &str) -> PathBuf {
 
 #[test]
 fn oplog_map_gpa_lines_go_through_the_guest() {
-    let path = oplog_path("../../../shared/spec/examples/basic.oplog");
-    if !path.exists() {
-        eprintln!("skipped: {} not found", path.display());
-        return;
-    }
+    let path = oplog_path("../cvmem-cli/tests/fixtures/basic.oplog");
+    assert!(
+        path.exists(),
+        "{} is part of the repository",
+        path.display()
+    );
     let Some(r) = run(Workload::Oplog(path)) else {
         return;
     };
@@ -262,11 +263,12 @@ fn same_as_replay(path: &Path) -> Option<Report> {
 
 #[test]
 fn oplog_mmu_lines_match_replay() {
-    let path = oplog_path("../../../shared/spec/examples/mmu.oplog");
-    if !path.exists() {
-        eprintln!("skipped: {} not found", path.display());
-        return;
-    }
+    let path = oplog_path("../cvmem-cli/tests/fixtures/mmu.oplog");
+    assert!(
+        path.exists(),
+        "{} is part of the repository",
+        path.display()
+    );
     same_as_replay(&path);
 }
 

@@ -111,10 +111,25 @@ impl Region {
             }
         }
         if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
-            grow(slots, new_slots, PAGES as usize)?;
-            grow(blocks, new_blocks, PAGES as usize)?;
+            // A few spare slots (8 bytes each) keep later flips on the fast path.
+            if new_slots > 0 {
+                grow(slots, new_slots.max(4), PAGES as usize)?;
+            }
+            if new_blocks > 0 {
+                grow(blocks, new_blocks.max(2), PAGES as usize)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether 2M page `p` is stored as a block (sparse form).
+    fn is_block(&self, p: u32) -> bool {
+        match &self.leaves {
+            Leaves::Sparse { slots, .. } if self.is_mixed(p) => {
+                slots[self.rank_of(p)] & BLOCK_REF != 0
+            }
+            _ => false,
+        }
     }
 
     #[inline]
@@ -239,15 +254,19 @@ impl Region {
         if bits == old {
             return Some(false);
         }
+        let uniform = block::uniform(&bits).is_some();
         if let Leaves::Sparse { slots, blocks } = &self.leaves {
-            let full = |len: usize, cap: usize| len == cap;
-            if (!self.is_mixed(p) && full(slots.len(), slots.capacity()))
-                || full(blocks.len(), blocks.capacity())
+            // Room for what this store adds: a slot for a newly mixed page, a block for a page
+            // going past the inline form.
+            let new_slot = !uniform && !self.is_mixed(p);
+            let new_block = !uniform && !self.is_block(p) && block::boundaries(&bits) > INLINE_MAX;
+            if (new_slot && slots.len() == slots.capacity())
+                || (new_block && blocks.len() == blocks.capacity())
             {
                 return None;
             }
         }
-        if block::uniform(&bits).is_some() && self.mixed_count(0, PAGES) <= 1 {
+        if uniform && self.mixed_count(0, PAGES) <= 1 {
             // Its last mixed page turning uniform may make the whole region uniform.
             return None;
         }

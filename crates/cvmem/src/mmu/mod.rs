@@ -4,7 +4,7 @@
 //! tables, 4- or 5-level, with leaves at 4K, 2M and 1G, every table page counted. Two layouts:
 //! [`Layout::Split`] (TDX: a private root and a shared root) and [`Layout::Unified`] (SNP: one
 //! root whose leaves record their kind). Operations follow the op-log's "MMU operations"
-//! (`shared/spec/oplog.md`):
+//! (`docs/oplog-v1.md`):
 //!
 //! - [`Vm::fault`] / [`Vm::fault_range`]: map at the level the tracker allows, replacing smaller
 //!   leaves (lowered under [`Recovery::Off`] so nothing is replaced);

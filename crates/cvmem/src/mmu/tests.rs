@@ -71,7 +71,7 @@ fn counts(k4: u64, m2: u64, g1: u64) -> LevelCounts {
 
 #[test]
 fn spec_example_mmu_oplog() {
-    // shared/spec/examples/mmu.oplog, operation by operation.
+    // the spec example `mmu.oplog` (crates/cvmem-cli/tests/fixtures), operation by operation.
     let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
     vm.set_user_memory_region(&region(0, 0, G1, gmem()))
         .unwrap();

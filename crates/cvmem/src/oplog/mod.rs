@@ -1,7 +1,7 @@
 //! The op-log v1: cvmem's plain-text scenario format, one VMM operation per line.
 //!
 //! This module turns text into typed [`Op`]s and back; it does not apply them (the replay engine
-//! does). The grammar is the spec's (`shared/spec/oplog.md`):
+//! does). The grammar is the spec's (`docs/oplog-v1.md`):
 //!
 //! - one operation per line; blank lines and everything after `#` are ignored; tokens are separated
 //!   by white space; keywords are lower case;

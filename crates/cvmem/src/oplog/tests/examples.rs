@@ -2,18 +2,18 @@
 
 use super::*;
 
-/// Reads `shared/spec/examples/NAME` beside the repository, if it is there.
+/// The spec's examples, as checked into the repository (`crates/cvmem-cli/tests/fixtures`).
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cvmem-cli/tests/fixtures")
+}
+
+/// Reads the example `NAME`; it is part of the repository, so a missing file is a failure.
 fn example(name: &str) -> Option<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/spec/examples")
-        .join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) => {
-            std::println!("skipping: cannot read {}: {e}", path.display());
-            None
-        }
-    }
+    let path = fixtures().join(name);
+    Some(
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())),
+    )
 }
 
 /// Checks that every result line of an expected `.jsonl` names the operation on that line.
@@ -145,12 +145,9 @@ fn example_mmu_parses() {
 
 #[test]
 fn every_example_oplog_parses_and_round_trips() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/examples");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        std::println!("skipping: cannot read {}", dir.display());
-        return;
-    };
+    let dir = fixtures();
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     let mut parsed = 0;
     for entry in entries {
         let path = entry.unwrap().path();
