@@ -141,6 +141,57 @@ pub(super) fn inline_get(code: u64, first: bool, off: u32) -> bool {
     v
 }
 
+/// The inline code of a page that starts with `first` after gfn `off` flips, or `None` when the
+/// page becomes uniform or needs more than [`INLINE_MAX`] boundaries. A flip changes only the
+/// boundaries at `off` and `off + 1` (and the first kind when `off` is 0): a merge of two short
+/// sorted lists, no decoding. Returns the new code and first kind.
+pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool)> {
+    let n = inline_count(code);
+    let toggles = [off, off + 1];
+    let (mut out, mut m) = (0u64, 0u32);
+    let (mut i, mut t) = (0u32, 0usize);
+    let mut push = |b: u32| -> Option<()> {
+        if m == INLINE_MAX {
+            return None;
+        }
+        out |= u64::from(b) << (9 * m);
+        m += 1;
+        Some(())
+    };
+    loop {
+        // Toggles outside 1..512 are not boundaries.
+        while t < 2 && !(1..PAGE_GFNS).contains(&toggles[t]) {
+            t += 1;
+        }
+        match (i < n, t < 2) {
+            (false, false) => break,
+            (true, false) => {
+                push(inline_at(code, i))?;
+                i += 1;
+            }
+            (false, true) => {
+                push(toggles[t])?;
+                t += 1;
+            }
+            (true, true) => {
+                let (b, x) = (inline_at(code, i), toggles[t]);
+                if b < x {
+                    push(b)?;
+                    i += 1;
+                } else if x < b {
+                    push(x)?;
+                    t += 1;
+                } else {
+                    // In both: the boundary disappears.
+                    i += 1;
+                    t += 1;
+                }
+            }
+        }
+    }
+    (m > 0).then_some((out | u64::from(m) << COUNT_SHIFT, first ^ (off == 0)))
+}
+
 /// The block an inline code stands for.
 pub(super) fn decode(code: u64, first: bool) -> Block {
     let mut b = filled(first);
@@ -202,6 +253,16 @@ mod tests {
                         for v in [false, true] {
                             let want = (from..PAGE_GFNS).find(|&i| get(&b, i) != v);
                             assert_eq!(find(&b, from, v), want);
+                        }
+                    }
+                    if let Some(code) = encode(&b) {
+                        for off in [0, 1, 63, 64, 200, 510, 511] {
+                            let mut flipped = b;
+                            fill(&mut flipped, off, off + 1, !get(&b, off));
+                            let want = encode(&flipped)
+                                .filter(|_| uniform(&flipped).is_none())
+                                .map(|c| (c, get(&flipped, 0)));
+                            assert_eq!(inline_flip(code, get(&b, 0), off), want, "flip {off}");
                         }
                     }
                     match encode(&b) {

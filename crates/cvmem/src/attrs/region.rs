@@ -248,6 +248,11 @@ impl Region {
     pub(super) fn try_set_in_page(&mut self, lo: u32, hi: u32, v: bool) -> Option<bool> {
         let p = lo / PAGE_GFNS;
         debug_assert!(lo < hi && (hi - 1) / PAGE_GFNS == p);
+        if hi == lo + 1 && self.is_mixed(p) {
+            if let Some(done) = self.try_flip(p, lo % PAGE_GFNS, v) {
+                return Some(done);
+            }
+        }
         let mut bits = self.page(p);
         let old = bits;
         block::fill(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v);
@@ -272,6 +277,50 @@ impl Region {
         }
         self.store(p, &bits);
         self.adapt();
+        Some(true)
+    }
+
+    /// Sets gfn `off` of mixed page `p` to `v` without decoding the page, when it stays mixed in
+    /// the same form: an inline code edited in place, or one bit of a block. `None` (nothing
+    /// changed) when the page changes form.
+    fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<bool> {
+        let r = self.rank_of(p);
+        let first = block::get(&self.first, p);
+        let dense = self.is_dense();
+        let bits = match &mut self.leaves {
+            Leaves::Dense(blocks) => &mut blocks[p as usize],
+            Leaves::Sparse { slots, blocks } => {
+                let slot = slots[r];
+                if slot & BLOCK_REF != 0 {
+                    &mut blocks[(slot & !BLOCK_REF) as usize]
+                } else {
+                    if block::inline_get(slot, first, off) == v {
+                        return Some(false);
+                    }
+                    let (code, first) = block::inline_flip(slot, first, off)?;
+                    slots[r] = code;
+                    block::fill(&mut self.first, p, p + 1, first);
+                    return Some(true);
+                }
+            }
+        };
+        if block::get(bits, off) == v {
+            return Some(false);
+        }
+        block::fill(bits, off, off + 1, v);
+        // A block keeps its form while it has more than INLINE_BACK boundaries; a dense page
+        // while it is mixed.
+        let keeps = match block::uniform(bits) {
+            Some(_) => false,
+            None => dense || block::boundaries(bits) > INLINE_BACK,
+        };
+        if !keeps {
+            block::fill(bits, off, off + 1, !v);
+            return None;
+        }
+        if off == 0 {
+            block::fill(&mut self.first, p, p + 1, v);
+        }
         Some(true)
     }
 
