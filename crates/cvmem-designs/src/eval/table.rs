@@ -214,10 +214,8 @@ fn spread_bars(report: &Report, f: impl Fn(&Spread) -> MinMedMax) -> Vec<(String
         .collect()
 }
 
-fn done_series(
-    report: &Report,
-    f: impl Fn(&super::run::Run) -> f64,
-) -> Vec<(String, Vec<(f64, f64)>)> {
+/// One point per size where `design` ran, of the figure `f` (of the median run and the spread).
+fn done_series(report: &Report, f: &Figure) -> Vec<(String, Vec<(f64, f64)>)> {
     report
         .config
         .designs
@@ -228,30 +226,9 @@ fn done_series(
                 .iter()
                 .filter(|r| &r.design == d)
                 .filter_map(|r| match &r.result {
-                    RowResult::Done { run, .. } => Some((r.guest_bytes as f64, f(run))),
-                    RowResult::Skipped { .. } => None,
-                })
-                .collect();
-            (d.clone(), pts)
-        })
-        .collect()
-}
-
-fn done_series_spread(
-    report: &Report,
-    f: impl Fn(&Spread) -> f64,
-) -> Vec<(String, Vec<(f64, f64)>)> {
-    report
-        .config
-        .designs
-        .iter()
-        .map(|d| {
-            let pts = report
-                .rows
-                .iter()
-                .filter(|r| &r.design == d)
-                .filter_map(|r| match &r.result {
-                    RowResult::Done { spread, .. } => Some((r.guest_bytes as f64, f(spread))),
+                    RowResult::Done { run, spread, .. } => {
+                        Some((r.guest_bytes as f64, f(run, spread)))
+                    }
                     RowResult::Skipped { .. } => None,
                 })
                 .collect();
@@ -284,7 +261,7 @@ pub fn memory_chart(report: &Report) -> Chart {
         y_label: "tracking + forced page-table bytes".into(),
         x_unit: Unit::Bytes,
         y_unit: Unit::Bytes,
-        series: done_series(report, |r| (r.heap_bytes + r.table_bytes) as f64),
+        series: done_series(report, &|r, _| (r.heap_bytes + r.table_bytes) as f64),
         notes: skipped_notes(report),
         bars: Vec::new(),
     }
@@ -298,7 +275,7 @@ pub fn query_chart(report: &Report) -> Chart {
         y_label: "time per query".into(),
         x_unit: Unit::Bytes,
         y_unit: Unit::Nanos,
-        series: done_series_spread(report, |s| s.query_p50_ns.median.max(0.5)),
+        series: done_series(report, &|_, s| s.query_p50_ns.median.max(0.5)),
         notes: {
             let mut n = skipped_notes(report);
             n.push("bars: min to max over the repeated runs; points: median".into());
