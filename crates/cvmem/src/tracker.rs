@@ -507,7 +507,9 @@ impl Tracker {
         let level_ok = |level: Level| level <= max && !slot.misaligned(level);
         // 2M pages inside both mixed and inhibited, so that each is subtracted once.
         let inhibited_2m = |lo: u64, hi: u64| (lo..hi).filter(|&i| m2.is_inhibited(i << 9));
-        let both = if m2.any_inhibited() {
+        // Decided once: `any_inhibited` scans the whole bitmap.
+        let any_inhibited_2m = m2.any_inhibited();
+        let both = if any_inhibited_2m {
             inhibited_2m(m2.first(), m2.first() + m2.len())
                 .filter(|&i| self.attrs.is_mixed_2m(i << 9))
                 .count() as u64
@@ -525,7 +527,7 @@ impl Tracker {
                     pages_1g += 1;
                     // Its 2M pages are counted as 1G, not 2M.
                     if level_ok(Level::M2) {
-                        let inhibited = if m2.any_inhibited() {
+                        let inhibited = if any_inhibited_2m {
                             inhibited_2m(i << 9, (i + 1) << 9).count() as u64
                         } else {
                             0

@@ -190,51 +190,39 @@ pub fn verdict(report: &Report, design: &str) -> Vec<String> {
 /// One figure of a design's row.
 type Figure = dyn Fn(&super::run::Run, &Spread) -> f64;
 
-/// The min-max spread of a time figure per design, for error bars.
-fn spread_bars(report: &Report, f: impl Fn(&Spread) -> MinMedMax) -> Vec<(String, Vec<Bar>)> {
+/// Per design, in the report's order: `f` of each of its rows that gives something.
+fn per_design<T>(
+    report: &Report,
+    f: impl Fn(&super::compare::Row) -> Option<T>,
+) -> Vec<(String, Vec<T>)> {
     report
         .config
         .designs
         .iter()
         .map(|d| {
-            let bars = report
-                .rows
-                .iter()
-                .filter(|r| &r.design == d)
-                .filter_map(|r| match &r.result {
-                    RowResult::Done { spread, .. } if spread.runs > 1 => {
-                        let m = f(spread);
-                        Some((r.guest_bytes as f64, m.min.max(0.5), m.max.max(0.5)))
-                    }
-                    _ => None,
-                })
-                .collect();
-            (d.clone(), bars)
+            let items = report.rows.iter().filter(|r| &r.design == d);
+            (d.clone(), items.filter_map(&f).collect())
         })
         .collect()
 }
 
-/// One point per size where `design` ran, of the figure `f` (of the median run and the spread).
+/// The min-max spread of a time figure per design, for error bars.
+fn spread_bars(report: &Report, f: impl Fn(&Spread) -> MinMedMax) -> Vec<(String, Vec<Bar>)> {
+    per_design(report, |r| match &r.result {
+        RowResult::Done { spread, .. } if spread.runs > 1 => {
+            let m = f(spread);
+            Some((r.guest_bytes as f64, m.min.max(0.5), m.max.max(0.5)))
+        }
+        _ => None,
+    })
+}
+
+/// One point per size where a design ran, of the figure `f` (of the median run and the spread).
 fn done_series(report: &Report, f: &Figure) -> Vec<(String, Vec<(f64, f64)>)> {
-    report
-        .config
-        .designs
-        .iter()
-        .map(|d| {
-            let pts = report
-                .rows
-                .iter()
-                .filter(|r| &r.design == d)
-                .filter_map(|r| match &r.result {
-                    RowResult::Done { run, spread, .. } => {
-                        Some((r.guest_bytes as f64, f(run, spread)))
-                    }
-                    RowResult::Skipped { .. } => None,
-                })
-                .collect();
-            (d.clone(), pts)
-        })
-        .collect()
+    per_design(report, |r| match &r.result {
+        RowResult::Done { run, spread, .. } => Some((r.guest_bytes as f64, f(run, spread))),
+        RowResult::Skipped { .. } => None,
+    })
 }
 
 fn skipped_notes(report: &Report) -> Vec<String> {

@@ -268,8 +268,7 @@ impl AttrStore {
             let run = self.private.get(r).copied();
             if private {
                 // Skip all-private units; the unit after a run is never in another run.
-                if let Some((s, e)) = run.filter(|&(s, _)| s <= next) {
-                    debug_assert!(s <= next);
+                if let Some((_, e)) = run.filter(|&(s, _)| s <= next) {
                     next = e;
                     continue;
                 }

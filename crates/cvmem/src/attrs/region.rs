@@ -540,12 +540,17 @@ impl Region {
                     return Err("sparse slots differ from the mixed pages");
                 }
                 let mut refs = 0;
+                let mut named: Block = [0; 8];
                 for &slot in slots {
                     if slot & BLOCK_REF != 0 {
                         let idx = (slot & !BLOCK_REF) as usize;
                         if idx >= blocks.len() {
                             return Err("slot names a missing block");
                         }
+                        if block::get(&named, idx as u32) {
+                            return Err("two slots share a block");
+                        }
+                        block::fill(&mut named, idx as u32, idx as u32 + 1, true);
                         if block::boundaries(&blocks[idx]) <= INLINE_BACK {
                             return Err("a block with few boundaries was not made inline");
                         }
@@ -556,13 +561,6 @@ impl Region {
                 }
                 if refs != blocks.len() {
                     return Err("blocks not referenced exactly once");
-                }
-                let mut seen = Vec::new();
-                for &slot in slots.iter().filter(|&&s| s & BLOCK_REF != 0) {
-                    if seen.contains(&slot) {
-                        return Err("two slots share a block");
-                    }
-                    seen.push(slot);
                 }
             }
         }
