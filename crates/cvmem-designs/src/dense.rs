@@ -1,8 +1,8 @@
-//! `dense`: the core's deliberately simple per-page oracle ([`cvmem::oracle::DenseModel`]) as a
+//! `dense`: the core's deliberately simple per-page oracle ([`cvmem_testkit::DenseModel`]) as a
 //! design, for tests: one attribute per 4 KiB page in a fixed window, brute-force eligibility.
 
-use cvmem::oracle::DenseModel;
 use cvmem::{Access, Error, GfnRange, MaxLevel, PAGE_SHIFT, PAGE_SIZE};
+use cvmem_testkit::DenseModel;
 
 use crate::design::{Design, Slot};
 

@@ -38,8 +38,6 @@ mod lpage;
 pub mod memslot;
 pub mod mmu;
 pub mod oplog;
-#[cfg(any(test, feature = "oracle"))]
-pub mod oracle;
 pub mod replay;
 pub mod tracker;
 

@@ -1,8 +1,8 @@
 //! The tracker against the dense per-page oracle: random operation sequences, and after every
 //! operation every query, mixed count and attribute run must agree.
 
-use cvmem::oracle::DenseModel;
 use cvmem::{Access, GfnRange, Level, MapGpaRange, MemoryRegion, SlotFlags, Tracker, PAGE_SIZE};
+use cvmem_testkit::DenseModel;
 use proptest::prelude::*;
 
 /// The modelled window: 6 GiB, beyond every address the strategies produce (< 5.1 GiB), so that

@@ -1,11 +1,11 @@
 //! KVM's rules as the op-log spec states them: every error case leaves the state unchanged, and the
 //! layouts of KVM's private_mem_conversions_test give the levels KVM would give.
 
-use cvmem::oracle::DenseModel;
 use cvmem::{
     Access, Errno, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE,
 };
+use cvmem_testkit::DenseModel;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;

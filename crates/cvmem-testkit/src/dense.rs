@@ -3,16 +3,14 @@
 //! One attribute per 4 KiB page in a fixed window, memslots in a plain list, and brute-force
 //! hugepage eligibility that looks at every page. Written straight from the op-log spec and
 //! KVM's documented rules, sharing no code with the real tracker, so that agreement between the
-//! two means something. Enabled by the `oracle` feature.
+//! two means something.
 
-use alloc::collections::BTreeSet;
-use alloc::vec;
-use alloc::vec::Vec;
+use std::collections::BTreeSet;
 
-use crate::addr::{Level, PAGE_SHIFT, PAGE_SIZE};
-use crate::error::Errno;
-use crate::tracker::{Access, MaxLevel, MemoryFault};
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::Errno;
+use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::{Access, MaxLevel, MemoryFault};
+use cvmem::{Level, PAGE_SHIFT, PAGE_SIZE};
 
 /// A memslot in the dense model.
 #[derive(Clone, Debug, PartialEq, Eq)]
