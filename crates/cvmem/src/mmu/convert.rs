@@ -16,6 +16,8 @@ use super::vm::{Vm, Window};
 pub struct Conversion {
     range: GfnRange,
     attributes: u64,
+    /// The VM that began it ([`Vm`]'s brand).
+    vm: u64,
     /// `None` when the range already had the attributes (KVM's early exit).
     window: Option<u64>,
 }
@@ -78,6 +80,7 @@ impl Vm {
             return Ok(Conversion {
                 range,
                 attributes,
+                vm: self.brand,
                 window: None,
             });
         }
@@ -107,6 +110,7 @@ impl Vm {
         Ok(Conversion {
             range,
             attributes,
+            vm: self.brand,
             window: Some(id),
         })
     }
@@ -141,15 +145,19 @@ impl Vm {
     }
 
     /// Removes the open window of `conversion`; `None` if it opened none (nothing changes).
+    /// A conversion begun by another VM is refused, whatever its window id.
     fn take_window(&mut self, conversion: &Conversion) -> Result<Option<Window>> {
+        let foreign = crate::Error::Unsupported {
+            what: "closing a conversion of another VM",
+        };
+        if conversion.vm != self.brand {
+            return Err(foreign);
+        }
         let Some(id) = conversion.window else {
             return Ok(None);
         };
-        let Some(at) = self.windows.iter().position(|w| w.id == id) else {
-            return Err(crate::Error::Unsupported {
-                what: "closing a conversion of another VM",
-            });
-        };
-        Ok(Some(self.windows.swap_remove(at)))
+        let at = self.windows.iter().position(|w| w.id == id);
+        // Each conversion is moved in once, so its own window is always still open.
+        Ok(Some(self.windows.swap_remove(at.ok_or(foreign)?)))
     }
 }

@@ -676,12 +676,21 @@ fn abort_conversion_of_nothing_or_of_another_vm() {
     let before = vm.stats();
     vm.abort_conversion(noop).unwrap();
     assert_eq!(vm.stats(), before);
-    // A conversion whose window this VM never opened is refused, and changes nothing.
+    // A conversion another VM began is refused and changes nothing, even when its window id
+    // is that of a window open here (both VMs count windows from 0).
     let mut other = one_gig_private(Recovery::Eager);
-    let _first = other.begin_conversion(0, K4, 0).unwrap();
+    let own = vm.begin_conversion(0, K4, 0).unwrap();
     let foreign = other.begin_conversion(M2, K4, 0).unwrap();
+    let open = vm.stats();
     assert!(vm.abort_conversion(foreign).is_err());
-    assert_eq!(vm.stats(), before);
+    let foreign = other.begin_conversion(M2 + K4, K4, 0).unwrap();
+    assert!(vm.end_conversion(foreign).is_err());
+    let foreign_noop = other.begin_conversion(G1 - K4, K4, PRIVATE).unwrap();
+    assert!(vm.end_conversion(foreign_noop).is_err());
+    assert_eq!(vm.stats(), open);
+    assert!(vm.tracker().is_private(M2 >> 12), "the foreign range is not stored");
+    vm.abort_conversion(own).unwrap();
+    assert!(vm.tracker().is_private(0));
     ok(&vm);
 }
 

@@ -178,8 +178,15 @@ pub struct Vm {
     pub(crate) accepted: AcceptLog,
     pub(crate) windows: Vec<Window>,
     pub(crate) next_window: u64,
+    /// Unique among the VMs of this process: a [`super::Conversion`] carries it, so a token of
+    /// one VM can never close a window of another (window ids alone are per-VM counters). A
+    /// clone keeps it: it is a fork of the same VM, with the same open windows.
+    pub(crate) brand: u64,
     pub(crate) counters: Counters,
 }
+
+/// The next VM's brand. Relaxed is enough: only uniqueness matters, not order.
+static NEXT_BRAND: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 impl Vm {
     /// An empty VM (no memslots, every page shared) with this layout and recovery policy, and
@@ -198,6 +205,7 @@ impl Vm {
             accepted: AcceptLog::default(),
             windows: Vec::new(),
             next_window: 0,
+            brand: NEXT_BRAND.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             counters: Counters::default(),
         }
     }
