@@ -1,10 +1,9 @@
 //! Turning replay outcomes and summaries into JSON Lines and into text for people.
 
-use cvmem::mmu::{FaultOutcome, LevelCounts, MmuStats};
-use cvmem::oplog::Op;
-use cvmem::replay::{Outcome, Summary};
-use cvmem::{fmt_bytes, MaxLevel};
-use serde_json::{json, Map, Value};
+use cvmem::mmu::{LevelCounts, MmuStats};
+use cvmem_oplog::fmt_bytes;
+use cvmem_oplog::Summary;
+use serde_json::{json, Value};
 
 /// Writes `text` to standard output; a closed pipe (`cvmem demo | head`) is a normal end.
 pub(crate) fn emit(text: &str) -> Result<std::process::ExitCode, String> {
@@ -26,90 +25,6 @@ pub(crate) fn io_error(e: std::io::Error) -> Result<std::process::ExitCode, Stri
     } else {
         Err(format!("write: {e}"))
     }
-}
-
-/// The op-log name of a fault-path answer.
-pub(crate) fn max_level_name(m: &MaxLevel) -> &'static str {
-    match m {
-        MaxLevel::Level(l) => l.name(),
-        MaxLevel::NoSlot => "no-slot",
-        MaxLevel::MemoryFault(_) => "memory-fault",
-    }
-}
-
-/// The JSON object for one outcome, or `None` when the spec prints nothing for it.
-pub(crate) fn outcome_json(line: usize, op: &Op, outcome: &Outcome) -> Option<Value> {
-    let mut obj = Map::new();
-    obj.insert("line".into(), json!(line));
-    obj.insert("op".into(), json!(op.name()));
-    match outcome {
-        Outcome::Done => return None,
-        Outcome::Error(e) => {
-            obj.insert("error".into(), json!(e.errno().name()));
-            obj.insert("message".into(), json!(e.to_string()));
-        }
-        Outcome::Fault(f) => {
-            if let Op::Fault { gpa, access } = op {
-                obj.insert("gpa".into(), json!(gpa));
-                obj.insert("access".into(), json!(access.name()));
-            }
-            obj.insert("result".into(), json!(f.name()));
-            if let FaultOutcome::Mapped { level } = f {
-                obj.insert("level".into(), json!(level.name()));
-            }
-        }
-        Outcome::FaultRange(r) => {
-            obj.insert("mapped".into(), levels_json(&r.mapped));
-            obj.insert("spurious".into(), json!(r.spurious));
-            obj.insert("memory-fault".into(), json!(r.memory_fault));
-            obj.insert("no-slot".into(), json!(r.no_slot));
-            obj.insert("retry".into(), json!(r.retry));
-        }
-        Outcome::Accept(a) => {
-            if let Op::Accept { gpa, level } = op {
-                obj.insert("gpa".into(), json!(gpa));
-                obj.insert("level".into(), json!(level.name()));
-            }
-            obj.insert("result".into(), json!(a.name()));
-        }
-        Outcome::Query(m) => {
-            if let Op::Query { gpa, access } = op {
-                obj.insert("gpa".into(), json!(gpa));
-                obj.insert("access".into(), json!(access.name()));
-            }
-            obj.insert("result".into(), json!(max_level_name(m)));
-            if let MaxLevel::MemoryFault(f) = m {
-                obj.insert(
-                    "exit".into(),
-                    json!({"gpa": f.gpa, "size": f.size, "private": f.private}),
-                );
-            }
-        }
-    }
-    Some(Value::Object(obj))
-}
-
-/// The one-line text form of an outcome for people, or `None` when there is nothing to say.
-pub(crate) fn outcome_text(line: usize, op: &Op, outcome: &Outcome) -> Option<String> {
-    let what = match op {
-        Op::Query { gpa, access } | Op::Fault { gpa, access } => {
-            format!("{gpa:#014x} {:<7}", access.name())
-        }
-        _ => op.to_string(),
-    };
-    let result = match outcome {
-        Outcome::Done => return None,
-        Outcome::Error(e) => format!("{}: {e}", e.errno().name()),
-        Outcome::Query(m) => max_level_name(m).to_string(),
-        Outcome::Fault(FaultOutcome::Mapped { level }) => format!("mapped {level}"),
-        Outcome::Fault(f) => f.name().to_string(),
-        Outcome::Accept(a) => a.name().to_string(),
-        Outcome::FaultRange(r) => format!(
-            "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
-            r.mapped.k4, r.mapped.m2, r.mapped.g1, r.spurious, r.memory_fault, r.no_slot
-        ),
-    };
-    Some(format!("{line:>6}  {:<12} {what:<40} {result}", op.name()))
 }
 
 fn levels_json(c: &LevelCounts) -> Value {

@@ -3,8 +3,8 @@
 //! and virtio pages, 4K accepts where 2M was possible, transient SWIOTLB buffers, and thousands of
 //! 4K flips in a hot range.
 
-use cvmem::oplog::{Layout, Op, Recovery};
 use cvmem::{Access, Level, SlotFlags};
+use cvmem_oplog::{Layout, Op, Recovery};
 
 const K4: u64 = 4096;
 const M1: u64 = 1 << 20;

@@ -8,21 +8,16 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use cvmem::{Access, GfnRange, PAGE_SHIFT, PAGE_SIZE};
-use cvmem_designs::vm::{apply, Rules};
 use cvmem_designs::workloads::{Layout, Rng};
+use cvmem_designs::Vm;
 use cvmem_designs::{make_design, Design, DESIGNS};
 
 /// A design with the memslots of a guest of `bytes`, not yet private.
 fn with_slots(name: &str, bytes: u64) -> (Box<dyn Design>, Layout) {
-    let mut d = make_design(name).expect("known design");
     let layout = Layout::new(bytes);
-    let mut rules = Rules::new();
-    for op in layout.memslot_ops() {
-        let a = rules.check(&op).expect("valid layout");
-        apply(d.as_mut(), &a).expect("slot created");
-        rules.commit(&a);
-    }
-    (d, layout)
+    let mut vm = Vm::new(make_design(name).expect("known design"));
+    vm.run(&layout.memslot_ops()).expect("valid layout");
+    (vm.into_design(), layout)
 }
 
 fn make_private(d: &mut dyn Design, layout: &Layout) {

@@ -9,7 +9,8 @@ use cvmem::{
     Access, Error, GfnRange, Level, MaxLevel, MemoryFault, SlotFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 
-/// A valid memslot as a design sees it.
+/// A valid memslot as a design sees it: the core's memslot without its large-page info (the
+/// geometry rules are the core's, [`cvmem::memslot`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Slot {
     /// Slot id (0 ..= 32763).
@@ -24,6 +25,19 @@ pub struct Slot {
     pub uaddr: u64,
     /// The largest mapping the backing memory allows.
     pub backing: Level,
+}
+
+impl From<&cvmem::Memslot> for Slot {
+    fn from(s: &cvmem::Memslot) -> Self {
+        Slot {
+            id: s.id(),
+            base_gfn: s.base_gfn(),
+            npages: s.npages(),
+            flags: s.flags(),
+            uaddr: s.uaddr(),
+            backing: s.backing(),
+        }
+    }
 }
 
 impl Slot {
@@ -41,16 +55,12 @@ impl Slot {
     }
     /// The largest level any fault in the slot may use: the backing, or 4K under dirty logging.
     pub const fn max_level(&self) -> Level {
-        if self.flags.dirty_log {
-            Level::K4
-        } else {
-            self.backing
-        }
+        self.flags.max_level(self.backing)
     }
     /// Whether host and guest addresses are not congruent modulo `level` (KVM disallows the
     /// whole level in the slot).
     pub const fn misaligned(&self, level: Level) -> bool {
-        (self.base_gfn ^ (self.uaddr >> PAGE_SHIFT)) & (level.pages() - 1) != 0
+        cvmem::memslot::misaligned(self.base_gfn, self.uaddr, level)
     }
     /// The large page of `level` around `gfn`, if it lies wholly inside the slot.
     pub const fn large_page(&self, gfn: u64, level: Level) -> Option<GfnRange> {

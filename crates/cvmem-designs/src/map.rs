@@ -8,7 +8,8 @@
 
 use std::fmt::Write;
 
-use cvmem::{fmt_bytes, GfnRange, Level, Tracker, PAGE_SHIFT};
+use cvmem::{GfnRange, Level, Tracker, PAGE_SHIFT};
+use cvmem_oplog::fmt_bytes;
 use serde::Serialize;
 
 /// The class of one cell.

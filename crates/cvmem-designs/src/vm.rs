@@ -1,17 +1,17 @@
-//! The edge: op-log operations validated once with KVM's rules, turned into typed actions that a
-//! [`Design`] applies. Every design therefore sees exactly the same valid requests, and rejected
-//! requests are rejected identically (with the core's [`Error`] and errno).
+//! The edge: requests checked once with the core's own KVM rules, turned into typed actions that
+//! a [`Design`] applies. Every design therefore sees exactly the same valid requests, and refused
+//! requests are refused identically (with the core's [`Error`] and errno). [`Vm`] runs op-logs
+//! through [`cvmem_oplog::Driver`] like every other executor.
 
-use std::collections::{BTreeMap, HashMap};
-
-use cvmem::oplog::Op;
 use cvmem::{
-    Access, Error, GfnRange, Level, MapGpaRange, MaxLevel, Tracker, PAGE_SHIFT, PAGE_SIZE,
+    Access, Errno, Error, GfnRange, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, Tracker,
+    PAGE_SHIFT, PAGE_SIZE,
 };
+use cvmem_oplog::{Driver, Executor, Op, Outcome};
 
 use crate::design::{Design, Slot};
 
-/// A validated request.
+/// A checked request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Set the attributes of a range (KVM_SET_MEMORY_ATTRIBUTES or KVM_HC_MAP_GPA_RANGE).
@@ -39,23 +39,16 @@ pub enum Action {
         /// The slot as it will be.
         new: Slot,
     },
-    /// A memslot line that changes nothing.
+    /// A memslot request that changes nothing.
     Nothing,
-    /// The fault path's question.
-    Query {
-        /// The address accessed.
-        gpa: u64,
-        /// The kind of access.
-        access: Access,
-    },
 }
 
-/// KVM's rules for memslots and attributes, with the memslot table they need.
+/// KVM's rules for memslots and attributes: the core's [`Tracker`] holding the memslots only
+/// (a slot costs a fixed few dozen bytes there; attributes are the design's business and are
+/// never stored here).
 #[derive(Clone, Debug, Default)]
 pub struct Rules {
-    by_base: BTreeMap<u64, Slot>,
-    by_id: HashMap<u32, u64>,
-    attrs: Tracker,
+    slots: Tracker,
 }
 
 impl Rules {
@@ -65,149 +58,65 @@ impl Rules {
     }
 
     /// The memslot with id `id`.
-    pub fn slot(&self, id: u32) -> Option<&Slot> {
-        self.by_id.get(&id).and_then(|b| self.by_base.get(b))
+    pub fn slot(&self, id: u32) -> Option<Slot> {
+        self.slots.memslot(id).map(Slot::from)
     }
 
     /// All memslots in address order.
-    pub fn slots(&self) -> impl Iterator<Item = &Slot> + '_ {
-        self.by_base.values()
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.slots.memslots().map(Slot::from)
     }
 
-    /// Validates `op` against the current state; changes nothing.
-    pub fn check(&self, op: &Op) -> Result<Action, Error> {
-        match *op {
-            Op::Memslot { .. } => match op.memory_region() {
-                Some(region) => self.check_memslot(&region?),
-                None => unreachable!("a memslot line is a memory region"),
+    /// Checks KVM_SET_MEMORY_ATTRIBUTES; changes nothing.
+    pub fn attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<Action, Error> {
+        let range = self.slots.validate_attributes(gpa, size, attributes)?;
+        Ok(Action::Attributes { range, attributes })
+    }
+
+    /// Checks KVM_SET_USER_MEMORY_REGION2 with the core's rules; changes nothing.
+    pub fn memslot(&self, region: &MemoryRegion) -> Result<Action, Error> {
+        let change = self.slots.check_user_memory_region(region)?;
+        let old = self.slot(region.slot);
+        let moved = |old: Slot| Slot {
+            base_gfn: region.gpa >> PAGE_SHIFT,
+            flags: cvmem::SlotFlags {
+                dirty_log: region.flags.dirty_log,
+                ..old.flags
             },
-            Op::Attrs {
-                gpa,
-                size,
-                attributes,
-            } => {
-                let range = self.attrs.validate_attributes(gpa, size, attributes)?;
-                Ok(Action::Attributes { range, attributes })
-            }
-            Op::MapGpa { gpa, npages, flags } => {
-                let req = MapGpaRange::decode(gpa, npages, flags)?;
-                let range =
-                    self.attrs
-                        .validate_attributes(req.gpa, req.size(), req.attributes())?;
-                Ok(Action::Attributes {
-                    range,
-                    attributes: req.attributes(),
-                })
-            }
-            Op::Query { gpa, access } => Ok(Action::Query { gpa, access }),
-            Op::Fault { .. } | Op::FaultRange { .. } | Op::Mmu { .. } | Op::Accept { .. } => {
-                Err(Error::Unsupported {
-                    what: "MMU operations are not part of the tracker designs' workloads",
-                })
-            }
-        }
-    }
-
-    fn overlapping(&self, start: u64, end: u64, except: Option<u32>) -> Option<u32> {
-        // Slots are disjoint, so only the last slot starting before `end` can reach `start`…
-        // unless several start inside the range: check every slot starting in it, and the one
-        // before it.
-        let before = self.by_base.range(..start).next_back().map(|(_, s)| s);
-        let inside = self.by_base.range(start..end).map(|(_, s)| s);
-        before
-            .into_iter()
-            .chain(inside)
-            .find(|s| Some(s.id) != except && s.base_gfn < end && start < s.end_gfn())
-            .map(|s| s.id)
-    }
-
-    fn check_memslot(&self, region: &cvmem::MemoryRegion) -> Result<Action, Error> {
-        cvmem::memslot::validate(region)?;
-        let cvmem::MemoryRegion {
-            slot: id,
-            gpa,
-            size,
-            flags,
-            uaddr,
-            backing,
-        } = *region;
-        let npages = size / PAGE_SIZE;
-        let base_gfn = gpa >> PAGE_SHIFT;
-        let Some(old) = self.slot(id).copied() else {
-            if npages == 0 {
-                return Err(Error::UnknownSlot { slot: id });
-            }
-            if let Some(other) = self.overlapping(base_gfn, base_gfn + npages, None) {
-                return Err(Error::SlotOverlap { slot: id, other });
-            }
-            return Ok(Action::Create(Slot {
-                id,
-                base_gfn,
-                npages,
-                flags,
-                uaddr: uaddr.unwrap_or(gpa),
-                backing: backing.unwrap_or(Level::G1),
-            }));
+            ..old
         };
-        if npages == 0 {
-            return Ok(Action::Delete(old));
-        }
-        if old.flags.guest_memfd {
-            return Err(Error::SlotImmutable {
-                slot: id,
-                what: "a guest-memfd slot",
-            });
-        }
-        let immutable = [
-            (npages != old.npages, "the size"),
-            (flags.readonly != old.flags.readonly, "readonly"),
-            (flags.guest_memfd, "guest-memfd"),
-            (uaddr.is_some_and(|u| u != old.uaddr), "uaddr"),
-            (backing.is_some_and(|b| b != old.backing), "backing"),
-        ];
-        if let Some((_, what)) = immutable.iter().find(|(changed, _)| *changed) {
-            return Err(Error::SlotImmutable { slot: id, what });
-        }
-        let mut new = old;
-        new.base_gfn = base_gfn;
-        new.flags.dirty_log = flags.dirty_log;
-        if base_gfn == old.base_gfn {
-            return Ok(if new == old {
-                Action::Nothing
-            } else {
-                Action::DirtyLog { old, new }
-            });
-        }
-        if let Some(other) = self.overlapping(base_gfn, base_gfn + npages, Some(id)) {
-            return Err(Error::SlotOverlap { slot: id, other });
-        }
-        Ok(Action::Move { old, new })
+        Ok(match (change, old) {
+            (SlotChange::Created, _) => Action::Create(Slot {
+                id: region.slot,
+                base_gfn: region.gpa >> PAGE_SHIFT,
+                npages: region.size / PAGE_SIZE,
+                flags: region.flags,
+                uaddr: region.new_slot_uaddr(),
+                backing: region.new_slot_backing(),
+            }),
+            (SlotChange::Deleted { .. }, Some(old)) => Action::Delete(old),
+            (SlotChange::Moved { .. }, Some(old)) => Action::Move {
+                old,
+                new: moved(old),
+            },
+            (SlotChange::DirtyLog { .. }, Some(old)) => Action::DirtyLog {
+                old,
+                new: moved(old),
+            },
+            _ => Action::Nothing,
+        })
     }
 
-    /// Records a memslot action that a design has applied.
-    pub fn commit(&mut self, action: &Action) {
-        match *action {
-            Action::Create(s) => {
-                self.by_base.insert(s.base_gfn, s);
-                self.by_id.insert(s.id, s.base_gfn);
-            }
-            Action::Delete(s) => {
-                self.by_base.remove(&s.base_gfn);
-                self.by_id.remove(&s.id);
-            }
-            Action::Move { old, new } | Action::DirtyLog { old, new } => {
-                self.by_base.remove(&old.base_gfn);
-                self.by_base.insert(new.base_gfn, new);
-                self.by_id.insert(new.id, new.base_gfn);
-            }
-            Action::Attributes { .. } | Action::Nothing | Action::Query { .. } => {}
-        }
+    /// Records a memslot request that a design has applied (only running out of memory can
+    /// make it fail: the request was checked).
+    pub fn commit(&mut self, region: &MemoryRegion) -> Result<SlotChange, Error> {
+        self.slots.set_user_memory_region(region)
     }
 }
 
-/// Applies a validated action to a design. Returns the answer of a query.
+/// Applies a checked action to a design.
 #[inline]
-pub fn apply(design: &mut dyn Design, action: &Action) -> Result<Option<MaxLevel>, Error> {
+pub fn apply(design: &mut dyn Design, action: &Action) -> Result<(), Error> {
     match *action {
         Action::Attributes { range, attributes } => design.set_attributes(range, attributes)?,
         Action::Create(s) => design.create_slot(&s)?,
@@ -215,15 +124,16 @@ pub fn apply(design: &mut dyn Design, action: &Action) -> Result<Option<MaxLevel
         Action::Move { old, new } => design.move_slot(&old, &new)?,
         Action::DirtyLog { old, new } => design.set_dirty_log(&old, &new),
         Action::Nothing => {}
-        Action::Query { gpa, access } => return Ok(Some(design.max_mapping_level(gpa, access))),
     }
-    Ok(None)
+    Ok(())
 }
 
-/// A design behind KVM's rules: the simplest way to drive one with op-log operations.
+/// A design behind KVM's rules: an [`Executor`] of op-logs (the MMU operations are refused: a
+/// design has no page tables).
 pub struct Vm {
     rules: Rules,
     design: Box<dyn Design>,
+    driver: Driver,
 }
 
 impl Vm {
@@ -232,16 +142,16 @@ impl Vm {
         Vm {
             rules: Rules::new(),
             design,
+            driver: Driver::new(),
         }
     }
 
-    /// Applies one operation: `Ok(Some(answer))` for a query, `Ok(None)` for a change, `Err` for
-    /// a rejected operation (nothing changed).
-    pub fn apply(&mut self, op: &Op) -> Result<Option<MaxLevel>, Error> {
-        let action = self.rules.check(op)?;
-        let answer = apply(self.design.as_mut(), &action)?;
-        self.rules.commit(&action);
-        Ok(answer)
+    /// Runs one op-log operation through the driver.
+    pub fn apply(&mut self, op: &Op) -> Outcome {
+        let mut driver = self.driver;
+        let outcome = driver.apply(self, op);
+        self.driver = driver;
+        outcome
     }
 
     /// The design.
@@ -249,8 +159,50 @@ impl Vm {
         self.design.as_ref()
     }
 
+    /// The design, to drive it directly once the VM is set up (a benchmark's inner loop).
+    pub fn into_design(self) -> Box<dyn Design> {
+        self.design
+    }
+
+    /// Runs `ops` through the driver; the first refused one is returned as an error.
+    pub fn run(&mut self, ops: &[Op]) -> Result<(), cvmem_oplog::Rejected> {
+        for op in ops {
+            if let Outcome::Error(e) = self.apply(op) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// The rules (memslot table).
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+}
+
+impl Executor for Vm {
+    type Error = Error;
+
+    fn errno(error: &Error) -> &'static str {
+        Errno::name(error.errno())
+    }
+
+    fn memslot(&mut self, region: &MemoryRegion) -> Result<SlotChange, Error> {
+        let action = self.rules.memslot(region)?;
+        apply(self.design.as_mut(), &action)?;
+        self.rules.commit(region)
+    }
+
+    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
+        let action = self.rules.attributes(gpa, size, attributes)?;
+        apply(self.design.as_mut(), &action)
+    }
+
+    fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
+        self.set_attributes(request.gpa, request.size(), request.attributes())
+    }
+
+    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
+        Ok(self.design.max_mapping_level(gpa, access))
     }
 }

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use cvmem::replay::Replayer;
 use cvmem_designs::eval::bench::{bench, bench_table, BenchConfig};
 use cvmem_designs::eval::compare::{compare, Config, RowResult};
 use cvmem_designs::eval::sweep::conversion_sweep;
 use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
 use cvmem_designs::map::{build, MapOptions};
 use cvmem_designs::workloads::{generate, Params};
+use cvmem_oplog::Replayer;
 
 #[test]
 fn bench_marks_extrapolated_linux_figures() {

@@ -1,10 +1,10 @@
 //! Every workload, at small sizes: generated deterministically, written as an op-log that parses
 //! back to the same operations, and run by every design with identical answers.
 
-use cvmem::oplog::parse;
 use cvmem_designs::eval::compare::{compare, Config, RowResult};
 use cvmem_designs::workloads::{generate, Params, WORKLOADS};
 use cvmem_designs::DESIGNS;
+use cvmem_oplog::parse;
 
 fn small(guest_bytes: u64) -> Params {
     Params {

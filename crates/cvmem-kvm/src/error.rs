@@ -59,6 +59,9 @@ pub enum Error {
     /// The workload or its input is invalid.
     #[error("workload: {0}")]
     Workload(String),
+    /// The memslot is kvm-run's own (it holds the guest program).
+    #[error("slot {0} holds kvm-run's guest program")]
+    ReservedSlot(u32),
     /// The guest program was not built (no assembler, or not x86-64 Linux).
     #[error("the guest program was not built: {0}")]
     NoGuestProgram(&'static str),
@@ -68,6 +71,30 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The errno name KVM (or the OS) would give for this error: `EINVAL`, `EEXIST`, …
+    pub fn errno_name(&self) -> &'static str {
+        let code = match self {
+            Error::Tracker(e) => return e.errno().name(),
+            Error::Request(_) => return "EINVAL",
+            Error::ReservedSlot(_) => libc::EBUSY,
+            Error::Kvm { source, .. } => source.errno(),
+            Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EFAULT),
+            _ => libc::EFAULT,
+        };
+        match code {
+            libc::EINVAL => "EINVAL",
+            libc::EEXIST => "EEXIST",
+            libc::ENOENT => "ENOENT",
+            libc::ENOMEM => "ENOMEM",
+            libc::E2BIG => "E2BIG",
+            libc::EBUSY => "EBUSY",
+            libc::EPERM => "EPERM",
+            libc::ENOTTY => "ENOTTY",
+            libc::EOPNOTSUPP => "EOPNOTSUPP",
+            _ => "EFAULT",
+        }
+    }
+
     pub(crate) fn os(what: &'static str, source: io::Error) -> Self {
         Error::Os { what, source }
     }

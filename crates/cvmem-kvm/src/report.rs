@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use cvmem::fmt_bytes;
 use cvmem::mmu::{Coverage, FaultRangeCounts, LevelCounts};
+
+use cvmem_oplog::{fmt_bytes, Op, Outcome};
 
 use crate::iommu::IommuStats;
 use crate::query::{MemoryMap, MmuSnapshot};
@@ -138,15 +139,16 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// One line of an op-log that produced a result or an error.
+/// One line of an op-log and what it did (the op-log driver's [`Outcome`], rendered by
+/// [`cvmem_oplog::render`] as `cvmem replay` renders it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineResult {
     /// Line number.
     pub line: usize,
-    /// Operation name.
-    pub op: &'static str,
-    /// Result (`2M`, `memory-fault`, `ok`, ...) or error (`EINVAL: ...`).
-    pub result: String,
+    /// The operation.
+    pub op: Op,
+    /// What it did.
+    pub outcome: Outcome,
 }
 
 /// Everything a [`crate::kvm_run`] found.
@@ -368,7 +370,7 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "guest accesses modelled as faults (pages): {}",
-                crate::run::fault_range_result(a)
+                cvmem_oplog::render::result_text(&Outcome::FaultRange(*a)).unwrap_or_default()
             )?;
         }
         if !self.probes.is_empty() {
@@ -427,7 +429,9 @@ impl fmt::Display for Report {
             write!(f, "{mmu}")?;
         }
         for l in &self.lines {
-            writeln!(f, "line {:>5} {:<8} {}", l.line, l.op, l.result)?;
+            if let Some(text) = cvmem_oplog::render::text(l.line, &l.op, &l.outcome) {
+                writeln!(f, "{text}")?;
+            }
         }
         writeln!(f, "mismatches: {}", self.mismatches.len())?;
         for m in self.mismatches.iter().take(20) {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cvmem::mmu::{FaultOutcome, FaultRangeCounts};
-use cvmem::{Access, MaxLevel, SlotChange, PAGE_SIZE};
+use cvmem::mmu::FaultOutcome;
+use cvmem::{Access, PAGE_SIZE};
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuExit;
 
@@ -13,7 +13,7 @@ use crate::abi::*;
 use crate::error::{Error, Result};
 use crate::iommu::{IommuListener, RecordingIommu};
 use crate::memory::{access::add_counts, Conversion, MmuConfig};
-use crate::report::{ExitKind, LineResult, Mismatch, Report};
+use crate::report::{ExitKind, Mismatch, Report};
 use crate::request::{ConversionRequest, RequestSource, TransportRegs};
 use crate::script::{Command, HostStep, Script};
 use crate::vm::GuestVm;
@@ -71,13 +71,22 @@ pub fn kvm_run(opts: &RunOptions) -> Result<Report> {
     let source = Source::load(&opts.workload)?;
     let mmu = opts.mmu.or(source.mmu()).unwrap_or_default();
     let vm = GuestVm::new(mmu)?;
-    let plan = workload::build(&source, &vm.caps, vm.memory.kvm_attributes(), mmu);
+    let plan = workload::build(&source, &vm.caps, vm.memory.kvm_attributes());
     let mut runner = Runner::new(vm, &plan)?;
     let start = Instant::now();
-    runner.run(&plan.script)?;
+    match &source {
+        Source::Oplog { lines, .. } => oplog::OplogExecutor {
+            runner: &mut runner,
+            mmu,
+        }
+        .run(lines),
+        _ => runner.run(&plan.script)?,
+    }
     runner.report.elapsed = start.elapsed();
     runner.finish(&plan)
 }
+
+mod oplog;
 
 struct Runner {
     vm: GuestVm,
@@ -85,28 +94,8 @@ struct Runner {
     report: Report,
     /// Commands of the current batch whose memory accesses have been modelled.
     touched: usize,
-}
-
-fn errno_name(e: &Error) -> &'static str {
-    let code = match e {
-        Error::Tracker(e) => return e.errno().name(),
-        Error::Request(_) => return "EINVAL",
-        Error::Kvm { source, .. } => source.errno(),
-        Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EFAULT),
-        _ => libc::EFAULT,
-    };
-    match code {
-        libc::EINVAL => "EINVAL",
-        libc::EEXIST => "EEXIST",
-        libc::ENOENT => "ENOENT",
-        libc::ENOMEM => "ENOMEM",
-        libc::E2BIG => "E2BIG",
-        libc::EBUSY => "EBUSY",
-        libc::EPERM => "EPERM",
-        libc::ENOTTY => "ENOTTY",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => "EFAULT",
-    }
+    /// The last conversion the guest asked for and the VMM refused.
+    last_refusal: Option<Error>,
 }
 
 /// An `out` instruction's exit: the port and up to 8 bytes of data (`len` is the real size).
@@ -175,26 +164,6 @@ fn set_hypercall_ret(vcpu: &mut kvm_ioctls::VcpuFd, ret: u64) {
     run.__bindgen_anon_1.hypercall.ret = ret;
 }
 
-/// `mapped 2M`, `spurious`, `memory-fault`...
-fn fault_result(o: &FaultOutcome) -> String {
-    match o {
-        FaultOutcome::Mapped { level } => format!("mapped {}", level.name()),
-        other => other.name().to_string(),
-    }
-}
-
-/// `mapped 4K 1 2M 0 1G 0, spurious 1023, ...`
-pub(crate) fn fault_range_result(c: &FaultRangeCounts) -> String {
-    let mut s = format!(
-        "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
-        c.mapped.k4, c.mapped.m2, c.mapped.g1, c.spurious, c.memory_fault, c.no_slot
-    );
-    if c.retry != 0 {
-        s += &format!(", retry {}", c.retry);
-    }
-    s
-}
-
 impl Runner {
     fn new(vm: GuestVm, plan: &Plan) -> Result<Self> {
         for spec in &plan.slots {
@@ -213,6 +182,7 @@ impl Runner {
             iommu,
             report,
             touched: 0,
+            last_refusal: None,
         })
     }
 
@@ -316,6 +286,7 @@ impl Runner {
                         .and_then(|req| self.vm.memory.convert(&req));
                     set_hypercall_ret(&mut self.vm.vcpu, crate::guest_status(&result));
                     self.record(RequestSource::Hypercall, &result);
+                    self.last_refusal = result.err().or(self.last_refusal.take());
                     (ExitKind::Hypercall, false)
                 }
                 Exit::MemoryFault { flags, gpa, size } => {
@@ -368,6 +339,7 @@ impl Runner {
                     .and_then(|req| self.vm.memory.convert(&req));
                 self.vm.set_rax(crate::guest_status(&result))?;
                 self.record(RequestSource::PortIo, &result);
+                self.last_refusal = result.err().or(self.last_refusal.take());
             }
             PORT_SYNC => {
                 let i = base + regs.rbx as usize;
@@ -461,19 +433,10 @@ impl Runner {
                 gpa,
                 size,
                 attributes,
-                line,
             } => {
                 let result = mem.set_attributes(gpa, size, attributes);
                 self.record(RequestSource::Vmm, &result);
-                match (result, line) {
-                    (Ok(_), _) => {}
-                    (Err(e), Some(line)) => {
-                        self.line(line, "attrs", format!("{}: {e}", errno_name(&e)))
-                    }
-                    (Err(e), None) => {
-                        return Err(Error::Workload(format!("VMM attribute change failed: {e}")));
-                    }
-                }
+                result.map_err(|e| Error::Workload(format!("VMM attribute change failed: {e}")))?;
             }
             HostStep::MoveSlot { slot, gpa } => {
                 mem.move_slot(slot, gpa)
@@ -484,80 +447,8 @@ impl Runner {
                     Error::Workload(format!("dirty logging {enabled} on slot {slot}: {e}"))
                 })?;
             }
-            HostStep::Memslot {
-                mut region,
-                backing,
-                line,
-            } => {
-                // The op-log's default `uaddr` for a new slot is its gpa.
-                if region.size != 0 && region.uaddr.is_none() && !mem.query().has_slot(region.slot)
-                {
-                    region.uaddr = Some(region.gpa);
-                }
-                let result = match mem.set_user_memory_region(&region, backing) {
-                    Ok(SlotChange::Moved { old }) => {
-                        format!("moved from {:#x} (contents kept)", old.start * PAGE_SIZE)
-                    }
-                    Ok(SlotChange::DirtyLog { enabled }) => {
-                        format!("dirty-log {}", if enabled { "on" } else { "off" })
-                    }
-                    Ok(_) => return Ok(()),
-                    Err(e) => format!("{}: {e}", errno_name(&e)),
-                };
-                self.line(line, "memslot", result);
-            }
-            HostStep::Query { gpa, access, line } => {
-                let result = match mem.query().max_level(gpa, access) {
-                    MaxLevel::Level(l) => l.name().to_string(),
-                    MaxLevel::NoSlot => "no-slot".into(),
-                    MaxLevel::MemoryFault(_) => "memory-fault".into(),
-                };
-                self.line(
-                    line,
-                    "query",
-                    format!("{gpa:#x} {} -> {result}", access.name()),
-                );
-            }
-            HostStep::Fault { gpa, access, line } => {
-                let result = match mem.fault(gpa, access) {
-                    Ok(o) => fault_result(&o),
-                    Err(e) => format!("{}: {e}", errno_name(&e)),
-                };
-                self.line(
-                    line,
-                    "fault",
-                    format!("{gpa:#x} {} -> {result}", access.name()),
-                );
-            }
-            HostStep::FaultRange {
-                gpa,
-                size,
-                access,
-                line,
-            } => {
-                let result = match mem.fault_range(gpa, size, access) {
-                    Ok(c) => fault_range_result(&c),
-                    Err(e) => format!("{}: {e}", errno_name(&e)),
-                };
-                self.line(
-                    line,
-                    "fault-range",
-                    format!("{gpa:#x} +{size:#x} {} -> {result}", access.name()),
-                );
-            }
-            HostStep::Accept { gpa, level, line } => {
-                let result = match mem.accept(gpa, level) {
-                    Ok(o) => o.name().to_string(),
-                    Err(e) => format!("{}: {e}", errno_name(&e)),
-                };
-                self.line(line, "accept", format!("{gpa:#x} {level} -> {result}"));
-            }
         }
         Ok(())
-    }
-
-    fn line(&mut self, line: usize, op: &'static str, result: String) {
-        self.report.lines.push(LineResult { line, op, result });
     }
 
     fn finish(mut self, plan: &Plan) -> Result<Report> {

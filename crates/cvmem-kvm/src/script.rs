@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cvmem::{Access, Level, MemoryRegion, PAGE_SIZE};
+use cvmem::{Access, PAGE_SIZE};
 
 use crate::abi::*;
 use crate::backing::Backing;
@@ -42,45 +42,16 @@ pub(crate) enum HostStep {
     Write { gpa: u64, npages: u64, pattern: u64 },
     /// Check `npages` at `gpa` against the pattern through the host mapping.
     Check { gpa: u64, npages: u64, pattern: u64 },
-    /// KVM_SET_MEMORY_ATTRIBUTES on the VMM's initiative; `line` is an op-log line, if any.
+    /// KVM_SET_MEMORY_ATTRIBUTES on the VMM's initiative, expected to succeed.
     SetAttributes {
         gpa: u64,
         size: u64,
         attributes: u64,
-        line: Option<usize>,
     },
     /// Move a memslot (its contents go with it).
     MoveSlot { slot: u32, gpa: u64 },
     /// Turn dirty logging of a memslot on or off.
     DirtyLog { slot: u32, enabled: bool },
-    /// An op-log `memslot` line: create (host memory of kind `backing`), delete, move, or
-    /// toggle dirty logging, by KVM's rules.
-    Memslot {
-        region: MemoryRegion,
-        backing: crate::backing::Backing,
-        line: usize,
-    },
-    /// Ask the fault path (op-log `query`).
-    Query {
-        gpa: u64,
-        access: Access,
-        line: usize,
-    },
-    /// A guest access through the MMU model (op-log `fault`).
-    Fault {
-        gpa: u64,
-        access: Access,
-        line: usize,
-    },
-    /// Guest accesses to every page of a range through the MMU model (op-log `fault-range`).
-    FaultRange {
-        gpa: u64,
-        size: u64,
-        access: Access,
-        line: usize,
-    },
-    /// A TDX guest accept through the MMU model (op-log `accept`).
-    Accept { gpa: u64, level: Level, line: usize },
 }
 
 /// Shadow of one memslot: kind and contents of every page.
@@ -342,7 +313,6 @@ impl Script {
             gpa,
             size,
             attributes,
-            line: None,
         });
         let to = Access::from_private(attributes & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0);
         self.shadow_convert(gpa, size / PAGE_SIZE, to);

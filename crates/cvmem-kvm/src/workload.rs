@@ -1,15 +1,14 @@
 //! The workloads [`crate::kvm_run`] drives: scripts for the guest plus the memslots they need.
 
-use cvmem::oplog::{self, Line, Op};
-use cvmem::{Level, MapGpaRange, PAGE_SIZE};
+use cvmem::{Level, PAGE_SIZE};
+use cvmem_oplog::{Line, Op};
 
-use crate::abi::BOOT_SLOT;
 use crate::backing::Backing;
 use crate::error::{Error, Result};
 use crate::memory::{MmuConfig, SlotSpec};
 use crate::report::LineResult;
 use crate::run::Workload;
-use crate::script::{HostStep, Script};
+use crate::script::Script;
 use crate::vm::HostCaps;
 
 const PRIVATE: u64 = cvmem::hypercall::KVM_MAP_GPA_RANGE_ENCRYPTED;
@@ -48,7 +47,7 @@ impl Source {
             Workload::Oplog(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| Error::os("read op-log", e))?;
-                let lines = oplog::parse(&text)
+                let lines = cvmem_oplog::parse(&text)
                     .map_err(|e| Error::Workload(format!("{}: {e}", path.display())))?;
                 Source::Oplog {
                     name: path.display().to_string(),
@@ -77,17 +76,19 @@ fn mmu_of(op: &Op) -> Option<MmuConfig> {
     }
 }
 
-/// The plan of a workload, for a VM whose MMU model is `mmu`.
-pub(crate) fn build(
-    src: &Source,
-    caps: &HostCaps,
-    attributes_in_kvm: bool,
-    mmu: MmuConfig,
-) -> Plan {
+/// The plan of a workload. An op-log's is empty: its lines run one by one through the op-log
+/// driver (`run/oplog.rs`), not as a script prepared ahead.
+pub(crate) fn build(src: &Source, caps: &HostCaps, attributes_in_kvm: bool) -> Plan {
     match src {
         Source::Selftest => selftest(caps, attributes_in_kvm),
         Source::Boot { flips } => boot(caps, attributes_in_kvm, *flips),
-        Source::Oplog { name, lines } => oplog(name, lines, caps, attributes_in_kvm, mmu),
+        Source::Oplog { name, .. } => Plan {
+            name: format!("oplog {name}"),
+            slots: Vec::new(),
+            script: Script::new(attributes_in_kvm),
+            check_state: false,
+            lines: Vec::new(),
+        },
     }
 }
 
@@ -308,119 +309,4 @@ fn boot(caps: &HostCaps, attributes_in_kvm: bool, flips: u64) -> Plan {
         check_state: true,
         lines: Vec::new(),
     }
-}
-
-fn oplog(
-    name: &str,
-    lines: &[Line],
-    caps: &HostCaps,
-    attributes_in_kvm: bool,
-    mmu: MmuConfig,
-) -> Plan {
-    let mut s = Script::new(attributes_in_kvm);
-    let mut results = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        let line = l.number;
-        match l.op {
-            Op::Mmu { .. } if i != 0 => results.push(LineResult {
-                line,
-                op: "mmu",
-                result: "EINVAL: `mmu` is only allowed as the first operation".into(),
-            }),
-            Op::Mmu { .. } => {
-                if mmu_of(&l.op) != Some(mmu) {
-                    results.push(LineResult {
-                        line,
-                        op: "mmu",
-                        result: format!(
-                            "overridden: the model runs {} recovery={}",
-                            mmu.layout, mmu.recovery
-                        ),
-                    });
-                }
-            }
-            Op::Memslot { .. } => match memslot_step(&l.op, line, caps) {
-                Ok(step) => s.host_step(step),
-                Err(r) => results.push(r),
-            },
-            Op::Attrs {
-                gpa,
-                size,
-                attributes,
-            } => s.host_step(HostStep::SetAttributes {
-                gpa,
-                size,
-                attributes,
-                line: Some(line),
-            }),
-            Op::MapGpa { gpa, npages, flags } => {
-                let expect = match MapGpaRange::decode(gpa, npages, flags) {
-                    Ok(_) => 0,
-                    Err(e) => {
-                        results.push(LineResult {
-                            line,
-                            op: "map-gpa",
-                            result: format!("{}: {e} (returned to the guest)", e.errno().name()),
-                        });
-                        EINVAL
-                    }
-                };
-                s.map(gpa, npages, flags, expect);
-            }
-            Op::Query { gpa, access } => s.host_step(HostStep::Query { gpa, access, line }),
-            Op::Fault { gpa, access } => s.host_step(HostStep::Fault { gpa, access, line }),
-            Op::FaultRange { gpa, size, access } => s.host_step(HostStep::FaultRange {
-                gpa,
-                size,
-                access,
-                line,
-            }),
-            Op::Accept { gpa, level } => s.host_step(HostStep::Accept { gpa, level, line }),
-        }
-    }
-    Plan {
-        name: format!("oplog {name}"),
-        slots: Vec::new(),
-        script: s,
-        check_state: false,
-        lines: results,
-    }
-}
-
-/// The host step of a `memslot` line, or its result when it cannot run here.
-fn memslot_step(op: &Op, line: usize, caps: &HostCaps) -> Result<HostStep, LineResult> {
-    let region = match op.memory_region() {
-        Some(Ok(region)) => region,
-        Some(Err(e)) => {
-            return Err(LineResult {
-                line,
-                op: "memslot",
-                result: format!("{}: {e}", e.errno().name()),
-            })
-        }
-        None => {
-            return Err(LineResult {
-                line,
-                op: op.name(),
-                result: "not a memslot line".into(),
-            })
-        }
-    };
-    let slot = region.slot;
-    if slot == BOOT_SLOT {
-        return Err(LineResult {
-            line,
-            op: "memslot",
-            result: format!("EBUSY: slot {BOOT_SLOT} holds kvm-run's guest program"),
-        });
-    }
-    Ok(HostStep::Memslot {
-        region,
-        backing: if region.flags.guest_memfd {
-            caps.best_backing()
-        } else {
-            Backing::Anonymous
-        },
-        line,
-    })
 }

@@ -37,11 +37,9 @@ pub mod hypercall;
 mod lpage;
 pub mod memslot;
 pub mod mmu;
-pub mod oplog;
-pub mod replay;
 pub mod tracker;
 
-pub use addr::{fmt_bytes, Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+pub use addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 pub use attrs::{AttrRun, AttrStore, Probe, StoreShape, WORST_BYTES_PER_GIB};
 pub use error::{Errno, Error, Result};
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};

@@ -20,6 +20,25 @@ pub struct SlotFlags {
     pub readonly: bool,
 }
 
+impl SlotFlags {
+    /// The largest level any fault in a slot with these flags may use: its backing's, or 4K
+    /// under dirty logging.
+    pub const fn max_level(self, backing: Level) -> Level {
+        if self.dirty_log {
+            Level::K4
+        } else {
+            backing
+        }
+    }
+}
+
+/// Whether a slot whose first gfn is `base_gfn` and whose host address is `uaddr` cannot map
+/// `level` anywhere, because guest and host addresses are not congruent modulo the level
+/// (KVM's whole-level disallow).
+pub const fn misaligned(base_gfn: u64, uaddr: u64, level: Level) -> bool {
+    (base_gfn ^ (uaddr >> PAGE_SHIFT)) & (level.pages() - 1) != 0
+}
+
 /// A request to create, delete, move or re-flag a memslot (KVM_SET_USER_MEMORY_REGION2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MemoryRegion {
@@ -37,6 +56,23 @@ pub struct MemoryRegion {
     /// The largest mapping the backing memory allows; `None`: 1G for a new slot, unchanged for
     /// an existing one.
     pub backing: Option<Level>,
+}
+
+impl MemoryRegion {
+    /// The host address a new slot gets: `uaddr`, or the gpa when none is given.
+    pub const fn new_slot_uaddr(&self) -> u64 {
+        match self.uaddr {
+            Some(uaddr) => uaddr,
+            None => self.gpa,
+        }
+    }
+    /// The backing a new slot gets: `backing`, or 1G when none is given.
+    pub const fn new_slot_backing(&self) -> Level {
+        match self.backing {
+            Some(backing) => backing,
+            None => Level::G1,
+        }
+    }
 }
 
 /// What a [`MemoryRegion`] request did.
@@ -115,16 +151,12 @@ impl Memslot {
     }
     /// The largest level any fault in this slot may use: the backing, or 4K under dirty logging.
     pub fn max_level(&self) -> Level {
-        if self.flags.dirty_log {
-            Level::K4
-        } else {
-            self.backing
-        }
+        self.flags.max_level(self.backing)
     }
     /// Whether `level` is disallowed everywhere in the slot because the host address and the
     /// GPA are not congruent modulo the level (KVM's whole-level disallow).
     pub fn misaligned(&self, level: Level) -> bool {
-        (self.base_gfn ^ (self.uaddr >> PAGE_SHIFT)) & (level.pages() - 1) != 0
+        misaligned(self.base_gfn, self.uaddr, level)
     }
     pub(crate) fn lpage(&self, level: Level) -> &LpageInfo {
         &self.lpage[level.index() - 1]

@@ -290,8 +290,8 @@ impl Tracker {
                     base_gfn,
                     npages: new_range.len(),
                     flags: r.flags,
-                    uaddr: r.uaddr.unwrap_or(r.gpa),
-                    backing: r.backing.unwrap_or(Level::G1),
+                    uaddr: r.new_slot_uaddr(),
+                    backing: r.new_slot_backing(),
                     lpage,
                 };
                 let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);

@@ -54,7 +54,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     };
     let bar = indicatif::ProgressBar::new_spinner();
     let report = bench(&cfg, &mut |design, at| {
-        bar.set_message(format!("{design} at {}", cvmem::fmt_bytes(at)));
+        bar.set_message(format!("{design} at {}", cvmem_oplog::fmt_bytes(at)));
         bar.tick();
     });
     bar.finish_and_clear();

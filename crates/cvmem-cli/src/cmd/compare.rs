@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cvmem::oplog::parse_number;
 use cvmem_designs::eval::compare::{compare, Config, Event, RowResult};
 use cvmem_designs::eval::sweep::conversion_sweep;
 use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
 use cvmem_designs::workloads::{generate, Params, WORKLOADS};
 use cvmem_designs::DESIGNS;
+use cvmem_oplog::parse_number;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::emit;
@@ -123,7 +123,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         Event::Generating { guest_bytes } => bar.set_message(format!(
             "generating {} at {}",
             cfg.workload,
-            cvmem::fmt_bytes(guest_bytes)
+            cvmem_oplog::fmt_bytes(guest_bytes)
         )),
         Event::Running {
             design,
@@ -132,14 +132,17 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
             ..
         } => {
             bar.set_position(step as u64);
-            bar.set_message(format!("{design} at {}", cvmem::fmt_bytes(guest_bytes)));
+            bar.set_message(format!(
+                "{design} at {}",
+                cvmem_oplog::fmt_bytes(guest_bytes)
+            ));
         }
         Event::Finished { row } => {
             if let RowResult::Skipped { reason } = &row.result {
                 bar.println(format!(
                     "{} at {}: {reason}",
                     row.design,
-                    cvmem::fmt_bytes(row.guest_bytes)
+                    cvmem_oplog::fmt_bytes(row.guest_bytes)
                 ));
             }
         }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cvmem::fmt_bytes;
 use cvmem::mmu::Recovery;
-use cvmem::oplog::Op;
-use cvmem::replay::{Outcome, Replayer};
+use cvmem_oplog::fmt_bytes;
+use cvmem_oplog::Op;
+use cvmem_oplog::{Outcome, Replayer};
 
 use crate::{report, scenario};
 

@@ -148,7 +148,7 @@ fn to_json(r: &Report) -> serde_json::Value {
                   "mappings": r.iommu.0.mappings, "violations": r.iommu.1},
         "summary": {"attributes": r.final_state.private.iter().map(|&(g, s)| json!([g, s, 8])).collect::<Vec<_>>(),
                     "memslots": slots, "tracker_heap_bytes": r.final_state.tracker_heap_bytes},
-        "lines": r.lines.iter().map(|l| json!({"line": l.line, "op": l.op, "result": l.result})).collect::<Vec<_>>(),
+        "lines": r.lines.iter().filter_map(|l| cvmem_oplog::render::json(l.line, &l.op, &l.outcome)).collect::<Vec<_>>(),
         "mismatches": r.mismatches.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
     })
 }

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cvmem::oplog::{ops, Op};
-use cvmem::replay::Replayer;
 use cvmem_designs::map::{build, MapOptions};
 use cvmem_designs::workloads::{generate, Params};
+use cvmem_oplog::Replayer;
+use cvmem_oplog::{ops, Op};
 
 use super::compare::size;
 use crate::report::emit;
@@ -94,7 +94,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
             (
                 format!(
                     "workload {name}: {} guest, {} vCPUs, seed {}",
-                    cvmem::fmt_bytes(params.guest_bytes),
+                    cvmem_oplog::fmt_bytes(params.guest_bytes),
                     params.vcpus,
                     params.seed
                 ),
@@ -143,7 +143,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         out.push_str(&format!(
             "{} · cell {} · {} rows · cells {} private, {} shared, {} mixed, {} split\n",
             title,
-            cvmem::fmt_bytes(map.cell_bytes),
+            cvmem_oplog::fmt_bytes(map.cell_bytes),
             map.rows.len(),
             map.counts[0],
             map.counts[1],
@@ -155,11 +155,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
                 "  slot {:<5} {:#14x} +{:<7} mixed 2M {:<6} 1G-mappable {:<7} 2M {:<7} 4K-only {}\n",
                 s.id,
                 s.gpa,
-                cvmem::fmt_bytes(s.size).to_string(),
+                cvmem_oplog::fmt_bytes(s.size).to_string(),
                 s.mixed_2m,
-                cvmem::fmt_bytes(s.eligible[0]).to_string(),
-                cvmem::fmt_bytes(s.eligible[1]).to_string(),
-                cvmem::fmt_bytes(s.eligible[2])
+                cvmem_oplog::fmt_bytes(s.eligible[0]).to_string(),
+                cvmem_oplog::fmt_bytes(s.eligible[1]).to_string(),
+                cvmem_oplog::fmt_bytes(s.eligible[2])
             ));
         }
         out.push_str(&format!("wrote {}\n", written.join(", ")));

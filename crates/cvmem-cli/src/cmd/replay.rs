@@ -4,8 +4,8 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cvmem::oplog;
-use cvmem::replay::Replayer;
+use cvmem_oplog as oplog;
+use cvmem_oplog::Replayer;
 use serde_json::json;
 
 use crate::report;
@@ -68,10 +68,10 @@ pub(crate) fn replay_text(
         };
         let outcome = replayer.apply(&line.op);
         if json {
-            if let Some(v) = report::outcome_json(line.number, &line.op, &outcome) {
+            if let Some(v) = oplog::render::json(line.number, &line.op, &outcome) {
                 writeln!(out, "{v}")?;
             }
-        } else if let Some(t) = report::outcome_text(line.number, &line.op, &outcome) {
+        } else if let Some(t) = oplog::render::text(line.number, &line.op, &outcome) {
             writeln!(out, "{t}")?;
         }
     }

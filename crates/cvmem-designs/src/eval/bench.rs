@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::compare::MinMedMax;
 use crate::design::{answer_code, Design};
 use crate::make_design;
-use crate::vm::{apply, Rules};
+use crate::vm::Vm;
 use crate::workloads::{Layout, Rng};
 
 /// What to measure.
@@ -145,14 +145,10 @@ fn measure(
     cfg: &BenchConfig,
     exact_flips: Option<u64>,
 ) -> Option<Measured> {
-    let mut design: Box<dyn Design> = make_design(name)?;
     let layout = Layout::new(guest_bytes);
-    let mut rules = Rules::new();
-    for op in layout.memslot_ops() {
-        let action = rules.check(&op).ok()?;
-        apply(design.as_mut(), &action).ok()?;
-        rules.commit(&action);
-    }
+    let mut vm = Vm::new(make_design(name)?);
+    vm.run(&layout.memslot_ops()).ok()?;
+    let mut design: Box<dyn Design> = vm.into_design();
     let flips = flip_plan(&layout, exact_flips.unwrap_or(cfg.flips), cfg.seed);
     let mut slots = layout.ram.clone();
     slots.push(layout.firmware);
@@ -218,7 +214,7 @@ impl std::fmt::Display for BenchError {
             } => write!(
                 f,
                 "DIVERGENCE: {design}'s query answers at {} differ from cvmem's",
-                cvmem::fmt_bytes(*guest_bytes)
+                cvmem_oplog::fmt_bytes(*guest_bytes)
             ),
         }
     }
@@ -328,7 +324,7 @@ pub fn bench(
 /// The report as a table for people.
 pub fn bench_table(r: &BenchReport) -> String {
     use std::fmt::Write;
-    let full = cvmem::fmt_bytes(r.config.guest_bytes);
+    let full = cvmem_oplog::fmt_bytes(r.config.guest_bytes);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -346,7 +342,7 @@ pub fn bench_table(r: &BenchReport) -> String {
     );
     let show = |unit: &str, v: f64| {
         if unit == "bytes" {
-            cvmem::fmt_bytes(v as u64).to_string()
+            cvmem_oplog::fmt_bytes(v as u64).to_string()
         } else {
             super::chart::label(v, super::chart::Unit::Nanos)
         }
@@ -369,16 +365,19 @@ pub fn bench_table(r: &BenchReport) -> String {
         let how = if row.extrapolated {
             format!(
                 "at {}, extrapolated per page to {full}",
-                cvmem::fmt_bytes(row.measured_at)
+                cvmem_oplog::fmt_bytes(row.measured_at)
             )
         } else if row.case != "make-private" && row.flips_done < r.config.flips {
             format!(
                 "at {}, after {} flips (flip budget)",
-                cvmem::fmt_bytes(row.measured_at),
+                cvmem_oplog::fmt_bytes(row.measured_at),
                 row.flips_done
             )
         } else if row.measured_at != r.config.guest_bytes {
-            format!("at {} (per operation)", cvmem::fmt_bytes(row.measured_at))
+            format!(
+                "at {} (per operation)",
+                cvmem_oplog::fmt_bytes(row.measured_at)
+            )
         } else {
             format!("at {full}")
         };

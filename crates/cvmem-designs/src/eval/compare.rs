@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cvmem::oplog::Op;
 use cvmem::PAGE_SIZE;
+use cvmem_oplog::Op;
 use serde::Serialize;
 
 use super::run::{first_difference, run_design, Run};
@@ -216,7 +216,7 @@ impl std::fmt::Display for CompareError {
                 f,
                 "DIVERGENCE: workload {} at {}: query #{} `{}`: {} answered {}, {} answered {}",
                 d.workload,
-                cvmem::fmt_bytes(d.guest_bytes),
+                cvmem_oplog::fmt_bytes(d.guest_bytes),
                 d.query_index,
                 d.query,
                 d.design,
@@ -377,7 +377,7 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                 Some(p) => (
                     p.predict_secs(&hist, w.queries(), size),
                     p.bytes_per_page * work as f64,
-                    format!("from its run at {}", cvmem::fmt_bytes(p.guest_bytes)),
+                    format!("from its run at {}", cvmem_oplog::fmt_bytes(p.guest_bytes)),
                 ),
                 None => {
                     let (ns, bytes) = apriori_rate(design);
@@ -399,8 +399,8 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                 RowResult::Skipped {
                     reason: format!(
                         "skipped: would exceed memory budget (predicted {} > {})",
-                        cvmem::fmt_bytes(predicted_bytes as u64),
-                        cvmem::fmt_bytes(cfg.memory_budget)
+                        cvmem_oplog::fmt_bytes(predicted_bytes as u64),
+                        cvmem_oplog::fmt_bytes(cfg.memory_budget)
                     ),
                 }
             } else {

@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cvmem::oplog::Op;
+use cvmem::{Access, Error, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem_oplog::{Driver, Executor, Op};
 use serde::Serialize;
 
 use crate::design::{answer_code, Design};
@@ -132,35 +133,114 @@ pub fn timer_overhead_ns() -> f64 {
     })
 }
 
-/// Runs a fresh design made by `make` on `ops`, giving up once `budget` has passed.
+/// A design behind the rules whose every change and query is timed: the [`Executor`] that
+/// `cvmem compare` drives. Only the design's own work is timed (checks with the rules are not);
+/// queries are timed in batches of up to [`QUERY_BATCH`] consecutive ones (a single query is
+/// near the clock's resolution), each query of a batch getting the batch's mean.
+struct Timed {
+    rules: Rules,
+    design: Box<dyn Design>,
+    overhead: f64,
+    conversions: Vec<f64>,
+    conv_pages: Vec<u64>,
+    queries: Vec<f64>,
+    answers: Vec<u8>,
+    memslot: Vec<f64>,
+    batch: Option<(Instant, usize)>,
+    peak_heap: usize,
+}
+
+impl Timed {
+    fn close_batch(&mut self) {
+        if let Some((t, n)) = self.batch.take() {
+            let each = ((t.elapsed().as_nanos() as f64 - self.overhead) / n as f64).max(0.0);
+            self.queries.extend(std::iter::repeat_n(each, n));
+        }
+    }
+
+    /// Applies a checked action, timed; returns its time in ns.
+    fn timed(&mut self, action: &Action) -> Result<f64, Error> {
+        self.close_batch();
+        let t = Instant::now();
+        apply(self.design.as_mut(), action)?;
+        let ns = t.elapsed().as_nanos() as f64;
+        self.peak_heap = self.peak_heap.max(self.design.heap_bytes());
+        Ok(ns)
+    }
+}
+
+impl Executor for Timed {
+    type Error = Error;
+
+    fn errno(error: &Error) -> &'static str {
+        error.errno().name()
+    }
+
+    fn memslot(&mut self, region: &MemoryRegion) -> Result<SlotChange, Error> {
+        let action = self.rules.memslot(region)?;
+        let ns = self.timed(&action)?;
+        self.memslot.push(ns);
+        self.rules.commit(region)
+    }
+
+    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
+        let action = self.rules.attributes(gpa, size, attributes)?;
+        let ns = self.timed(&action)?;
+        if let Action::Attributes { range, .. } = action {
+            self.conversions.push(ns);
+            self.conv_pages.push(range.len());
+        }
+        Ok(())
+    }
+
+    fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
+        self.set_attributes(request.gpa, request.size(), request.attributes())
+    }
+
+    #[inline]
+    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
+        let (_, n) = self.batch.get_or_insert_with(|| (Instant::now(), 0));
+        *n += 1;
+        let full = *n == QUERY_BATCH;
+        let answer = self.design.max_mapping_level(gpa, access);
+        self.answers.push(answer_code(&answer));
+        if full {
+            self.close_batch();
+        }
+        Ok(answer)
+    }
+}
+
+/// Runs a fresh design made by `make` on `ops` through the op-log [`Driver`], giving up once
+/// `budget` has passed.
 pub fn run_design(
     make: &dyn Fn() -> Box<dyn Design>,
     ops: &[Op],
     budget: Duration,
 ) -> Result<Run, Stopped> {
-    let overhead = timer_overhead_ns();
     let n_query = ops.iter().filter(|o| matches!(o, Op::Query { .. })).count();
-    let mut conversions: Vec<f64> = Vec::with_capacity(ops.len() - n_query);
-    let mut conv_pages: Vec<u64> = Vec::with_capacity(ops.len() - n_query);
-    let mut queries: Vec<f64> = Vec::with_capacity(n_query);
-    let mut answers: Vec<u8> = Vec::with_capacity(n_query);
-    let mut memslot: Vec<f64> = Vec::new();
-    let mut rules = Rules::new();
-    // Everything the run itself needs is allocated: from here on, live bytes are the design's.
+    let mut driver = Driver::new();
+    let overhead = timer_overhead_ns();
+    let conversions = Vec::with_capacity(ops.len() - n_query);
+    let conv_pages = Vec::with_capacity(ops.len() - n_query);
+    let queries = Vec::with_capacity(n_query);
+    let answers = Vec::with_capacity(n_query);
+    // Everything the run itself needs is allocated (the rules' memslots excepted: a few dozen
+    // bytes per slot): from here on, live bytes are the design's.
     let metered = meter::installed();
     let before = meter::live_bytes();
     meter::reset_peak();
-    let mut design = make();
-    let mut errors = 0;
-    let mut peak_heap = 0usize;
-    // Queries are timed in batches of up to QUERY_BATCH consecutive ones (a single query is
-    // near the clock's resolution); each query of a batch gets the batch's mean.
-    let mut batch: Option<(Instant, usize)> = None;
-    let close = |batch: &mut Option<(Instant, usize)>, queries: &mut Vec<f64>| {
-        if let Some((t, n)) = batch.take() {
-            let each = ((t.elapsed().as_nanos() as f64 - overhead) / n as f64).max(0.0);
-            queries.extend(std::iter::repeat_n(each, n));
-        }
+    let mut timed = Timed {
+        rules: Rules::new(),
+        design: make(),
+        overhead,
+        conversions,
+        conv_pages,
+        queries,
+        answers,
+        memslot: Vec::new(),
+        batch: None,
+        peak_heap: 0,
     };
     let start = Instant::now();
     for (i, op) in ops.iter().enumerate() {
@@ -171,42 +251,20 @@ pub fn run_design(
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        let action = match rules.check(op) {
-            Ok(a) => a,
-            Err(_) => {
-                errors += 1;
-                continue;
-            }
-        };
-        if let Action::Query { gpa, access } = action {
-            let (_, n) = batch.get_or_insert_with(|| (Instant::now(), 0));
-            *n += 1;
-            let a = design.max_mapping_level(gpa, access);
-            answers.push(answer_code(&a));
-            if *n == QUERY_BATCH {
-                close(&mut batch, &mut queries);
-            }
-            continue;
-        }
-        close(&mut batch, &mut queries);
-        let t = Instant::now();
-        let result = apply(design.as_mut(), &action);
-        let ns = t.elapsed().as_nanos() as f64;
-        match (&action, result) {
-            (_, Err(_)) => errors += 1,
-            (Action::Attributes { range, .. }, Ok(_)) => {
-                conversions.push(ns);
-                conv_pages.push(range.len());
-                peak_heap = peak_heap.max(design.heap_bytes());
-            }
-            (_, Ok(_)) => {
-                memslot.push(ns);
-                rules.commit(&action);
-                peak_heap = peak_heap.max(design.heap_bytes());
-            }
-        }
+        driver.apply(&mut timed, op);
     }
-    close(&mut batch, &mut queries);
+    timed.close_batch();
+    let Timed {
+        design,
+        mut conversions,
+        conv_pages,
+        mut queries,
+        answers,
+        mut memslot,
+        peak_heap,
+        ..
+    } = timed;
+    let errors = driver.errors();
     let wall_ns = start.elapsed().as_nanos() as f64;
     let measured = metered.then(|| meter::live_bytes().saturating_sub(before) as u64);
     let measured_peak = metered.then(|| meter::peak_bytes().saturating_sub(before) as u64);

@@ -8,7 +8,7 @@ use cvmem::{GfnRange, PAGE_SHIFT};
 use serde::Serialize;
 
 use crate::make_design;
-use crate::vm::{apply, Rules};
+use crate::vm::Vm;
 use crate::workloads::Layout;
 
 /// One measured point.
@@ -42,30 +42,21 @@ pub fn conversion_sweep(designs: &[String], guest_bytes: u64, budget: Duration) 
         ..Default::default()
     };
     for name in designs {
-        let Some(mut design) = make_design(name) else {
+        let Some(design) = make_design(name) else {
             continue;
         };
-        let mut rules = Rules::new();
+        let mut vm = Vm::new(design);
         let mut ops = layout.memslot_ops();
         for s in layout.ram.iter().chain(std::iter::once(&layout.firmware)) {
-            ops.push(cvmem::oplog::Op::Attrs {
+            ops.push(cvmem_oplog::Op::Attrs {
                 gpa: s.gpa,
                 size: s.size,
                 attributes: 8,
             });
         }
         let started = Instant::now();
-        let mut failed = false;
-        for op in &ops {
-            let ok = rules
-                .check(op)
-                .ok()
-                .and_then(|a| apply(design.as_mut(), &a).ok().map(|_| a));
-            match ok {
-                Some(a) => rules.commit(&a),
-                None => failed = true,
-            }
-        }
+        let failed = vm.run(&ops).is_err();
+        let mut design = vm.into_design();
         if failed || started.elapsed() > budget {
             sweep.skipped.push((
                 name.clone(),
@@ -88,7 +79,7 @@ pub fn conversion_sweep(designs: &[String], guest_bytes: u64, budget: Duration) 
                     format!(
                         "skipped: would exceed budget (predicted {:.1} s for {} ranges)",
                         last_ns * 16.0 / 1e9,
-                        cvmem::fmt_bytes(size)
+                        cvmem_oplog::fmt_bytes(size)
                     ),
                 ));
                 break;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use cvmem::fmt_bytes;
+use cvmem_oplog::fmt_bytes;
 
 use super::chart::{label, Bar, Chart, Unit};
 use super::compare::{MinMedMax, Report, RowResult, Spread};

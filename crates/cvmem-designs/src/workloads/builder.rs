@@ -1,9 +1,9 @@
 //! Builds an op-log while keeping the VM state it produces (a core [`Replayer`]), so that the
 //! generators can fault pages with the access kind the guest would use, and sweep the final state.
 
-use cvmem::oplog::Op;
-use cvmem::replay::Replayer;
 use cvmem::{Access, PAGE_SIZE};
+use cvmem_oplog::Op;
+use cvmem_oplog::Replayer;
 
 use super::layout::Layout;
 use super::rng::Rng;

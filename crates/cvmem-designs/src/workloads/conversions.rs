@@ -1,8 +1,8 @@
 //! Simple conversion patterns: start-up alone, the kernel selftest, the checkerboard worst case,
 //! random flips.
 
-use cvmem::oplog::Op;
 use cvmem::{Access, SlotFlags, PAGE_SIZE};
+use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
 use super::Params;

@@ -4,8 +4,8 @@
 //! rings from `dma_alloc_coherent`. Placement follows the kernel's allocators (memblock
 //! top-down below 4 GiB, naturally aligned buddy pages) with seeded jitter.
 
-use cvmem::oplog::Op;
 use cvmem::PAGE_SIZE;
+use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
 use super::layout::{Layout, LOW_RAM_END};

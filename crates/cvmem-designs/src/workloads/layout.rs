@@ -4,8 +4,8 @@
 //! (TDVF) image as a 4 MiB slot at 0xffc00000, all guest-memfd. High RAM above 4 TiB is split
 //! into 4 TiB memslots (a slot holds at most 2^31 - 1 pages).
 
-use cvmem::oplog::Op;
 use cvmem::SlotFlags;
+use cvmem_oplog::Op;
 
 const G: u64 = 1 << 30;
 /// Low RAM ends here at most: the 32-bit PCI hole starts at 2 GiB.

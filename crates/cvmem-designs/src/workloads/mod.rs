@@ -28,7 +28,7 @@ pub mod tdx;
 
 use std::io::{self, Write};
 
-use cvmem::oplog::Op;
+use cvmem_oplog::Op;
 use serde::Serialize;
 
 pub use builder::{Builder, Via};

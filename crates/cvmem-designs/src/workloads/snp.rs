@@ -5,8 +5,8 @@
 //! contiguous entries with the same operation and page size into one KVM_HC_MAP_GPA_RANGE exit
 //! (with the 2M or 4K hint).
 
-use cvmem::oplog::Op;
 use cvmem::PAGE_SIZE;
+use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
 use super::Params;

@@ -1,7 +1,7 @@
 //! TDX-specific workloads: the published 4 GiB TD boot profile, and the firmware MMIO storm.
 
-use cvmem::oplog::Op;
 use cvmem::{Access, PAGE_SIZE};
+use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
 use super::guest::{boot_guest, LinuxGuest};

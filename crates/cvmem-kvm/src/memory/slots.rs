@@ -119,8 +119,8 @@ impl CvmMemory {
         region: &MemoryRegion,
         backing: Backing,
     ) -> Result<SlotChange> {
-        // The core's rules on a copy of the tracker (a few KiB): what the request would do.
-        let (probe, _) = self.inspect(|s| s.vm.tracker().clone().set_user_memory_region(region));
+        // The core's rules, without changing anything: what the request would do.
+        let (probe, _) = self.inspect(|s| s.vm.tracker().check_user_memory_region(region));
         let change = probe?;
         match change {
             SlotChange::Created => self.create_locked(memory, region, backing),

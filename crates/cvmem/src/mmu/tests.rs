@@ -688,7 +688,10 @@ fn abort_conversion_of_nothing_or_of_another_vm() {
     let foreign_noop = other.begin_conversion(G1 - K4, K4, PRIVATE).unwrap();
     assert!(vm.end_conversion(foreign_noop).is_err());
     assert_eq!(vm.stats(), open);
-    assert!(vm.tracker().is_private(M2 >> 12), "the foreign range is not stored");
+    assert!(
+        vm.tracker().is_private(M2 >> 12),
+        "the foreign range is not stored"
+    );
     vm.abort_conversion(own).unwrap();
     assert!(vm.tracker().is_private(0));
     ok(&vm);

@@ -72,15 +72,6 @@ impl fmt::Display for Layout {
     }
 }
 
-impl From<crate::oplog::Layout> for Layout {
-    fn from(l: crate::oplog::Layout) -> Self {
-        match l {
-            crate::oplog::Layout::Split => Layout::SPLIT,
-            crate::oplog::Layout::Unified => Layout::Unified,
-        }
-    }
-}
-
 /// The hugepage recovery policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Recovery {

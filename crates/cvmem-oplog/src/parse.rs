@@ -6,10 +6,10 @@ use core::str::SplitWhitespace;
 use super::error::{excerpt, ParseError, ParseErrorKind};
 use super::number::parse_number;
 use super::op::{Layout, Op, Recovery};
-use crate::addr::Level;
-use crate::memslot::SlotFlags;
-use crate::tracker::Access;
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::Access;
+use cvmem::Level;
+use cvmem::SlotFlags;
+use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// One operation with the number of the line it was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use super::error::NumberError;
 /// or `0x` hexadecimal without suffix; unsigned, at most 64 bits.
 ///
 /// ```
-/// use cvmem::oplog::{parse_number, NumberError};
+/// use cvmem_oplog::{parse_number, NumberError};
 /// assert_eq!(parse_number("2M"), Ok(2 << 20));
 /// assert_eq!(parse_number("0x100000000"), Ok(1 << 32));
 /// assert_eq!(parse_number("0x1M"), Err(NumberError::HexSuffix));

@@ -1,7 +1,11 @@
 //! The op-log v1: cvmem's plain-text scenario format, one VMM operation per line.
 //!
-//! This module turns text into typed [`Op`]s and back; it does not apply them (the replay engine
-//! does). The grammar is the spec's (`docs/oplog-v1.md`):
+//! This crate owns the format: it turns text into typed [`Op`]s and back, and runs them through
+//! one [`Driver`] against anything that implements [`Executor`] — the core's TDP MMU model
+//! ([`Replayer`]), the designs evaluator, cvmem-kvm's `CvmMemory` under a real guest — so that an
+//! operation or a rule of the format is written once. Results are one [`Outcome`] type, rendered
+//! once as text and as JSON ([`render`]). The core crate does not know the format. The grammar
+//! is the spec's (`docs/oplog-v1.md`):
 //!
 //! - one operation per line; blank lines and everything after `#` are ignored; tokens are separated
 //!   by white space; keywords are lower case;
@@ -22,7 +26,7 @@
 //! `Op`, so generated workloads can be saved as op-logs.
 //!
 //! ```
-//! use cvmem::oplog::{parse, parse_line, Op};
+//! use cvmem_oplog::{parse, parse_line, Op};
 //! use cvmem::Access;
 //!
 //! let log = parse("memslot 0 0 2G guest-memfd\n# comment\nquery 0x1000 private # inline\n")?;
@@ -36,17 +40,31 @@
 //!
 //! let err = parse("attrs 0 4K private\nattrs 0x1M 4K private\n").unwrap_err();
 //! assert_eq!(err.line, 2);
-//! # Ok::<(), cvmem::oplog::ParseError>(())
+//! # Ok::<(), cvmem_oplog::ParseError>(())
 //! ```
 
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "json")]
+extern crate std;
+
 mod error;
+mod exec;
+mod model;
 mod number;
 mod op;
 mod parse;
+pub mod render;
+mod size;
 #[cfg(test)]
 mod tests;
 
 pub use error::{NumberError, ParseError, ParseErrorKind};
+pub use exec::{Driver, Executor, Outcome, Rejected};
+pub use model::{Replayer, SlotSummary, Summary};
 pub use number::parse_number;
 pub use op::{Layout, Op, Recovery};
 pub use parse::{ops, parse, parse_line, Line, Ops};
+pub use size::{fmt_bytes, SizeFmt};

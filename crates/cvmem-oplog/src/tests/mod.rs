@@ -10,9 +10,7 @@ use alloc::{format, vec};
 use proptest::prelude::*;
 
 use super::*;
-use crate::addr::Level;
-use crate::memslot::SlotFlags;
-use crate::tracker::Access;
+use cvmem::{Access, Level, SlotFlags};
 
 mod examples;
 mod malformed;

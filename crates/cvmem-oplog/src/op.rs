@@ -2,12 +2,12 @@
 
 use core::fmt;
 
-use crate::addr::Level;
-use crate::error::Error;
-use crate::memslot::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
-pub use crate::mmu::Recovery;
-use crate::tracker::Access;
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+pub use cvmem::mmu::Recovery;
+use cvmem::Access;
+use cvmem::Error;
+use cvmem::Level;
+use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
 
 /// The page-table layout of the TDP MMU model (`mmu LAYOUT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +32,16 @@ impl Layout {
             "split" => Some(Layout::Split),
             "unified" => Some(Layout::Unified),
             _ => None,
+        }
+    }
+}
+
+/// The model's layout for the op-log keyword (`split` has its shared bit at 47).
+impl From<Layout> for cvmem::mmu::Layout {
+    fn from(l: Layout) -> Self {
+        match l {
+            Layout::Split => cvmem::mmu::Layout::SPLIT,
+            Layout::Unified => cvmem::mmu::Layout::Unified,
         }
     }
 }
@@ -125,32 +135,17 @@ impl Op {
     /// slot id beyond the user memslots, which the grammar lets through); `None` for any other
     /// operation. The one place a `memslot` line becomes a typed request.
     pub fn memory_region(&self) -> Option<Result<MemoryRegion, Error>> {
-        let Op::Memslot {
-            slot,
-            gpa,
-            size,
-            flags,
-            uaddr,
-            backing,
-        } = *self
-        else {
-            return None;
-        };
-        let id = u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID);
-        Some(match id {
-            Some(slot) => Ok(MemoryRegion {
+        match *self {
+            Op::Memslot {
                 slot,
                 gpa,
                 size,
                 flags,
                 uaddr,
                 backing,
-            }),
-            None => Err(Error::SlotIdOutOfRange {
-                slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                max: MAX_SLOT_ID,
-            }),
-        })
+            } => Some(memory_region(slot, gpa, size, flags, uaddr, backing)),
+            _ => None,
+        }
     }
 
     /// The operation keyword: `memslot`, `attrs`, `map-gpa`, `query`, `fault`, `fault-range`, `mmu`
@@ -166,6 +161,31 @@ impl Op {
             Op::Mmu { .. } => "mmu",
             Op::Accept { .. } => "accept",
         }
+    }
+}
+
+/// The KVM_SET_USER_MEMORY_REGION2 request of a `memslot` line's fields.
+pub(crate) fn memory_region(
+    slot: u64,
+    gpa: u64,
+    size: u64,
+    flags: SlotFlags,
+    uaddr: Option<u64>,
+    backing: Option<Level>,
+) -> Result<MemoryRegion, Error> {
+    match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
+        Some(slot) => Ok(MemoryRegion {
+            slot,
+            gpa,
+            size,
+            flags,
+            uaddr,
+            backing,
+        }),
+        None => Err(Error::SlotIdOutOfRange {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            max: MAX_SLOT_ID,
+        }),
     }
 }
 

@@ -1,0 +1,127 @@
+//! `kvm-run --oplog`: the op-log driver's [`Executor`] on a real VM. `map-gpa` lines are issued
+//! by the guest through its transport (one short guest run each, so the guest sees KVM's
+//! answer, refusals included); `memslot`, `attrs` and `query` run on the host against
+//! [`crate::CvmMemory`]; `fault`, `fault-range` and `accept` go through its MMU model.
+
+use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Layout, Recovery};
+use cvmem::{Access, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem_oplog::{Driver, Executor, Line, Outcome};
+
+use super::Runner;
+use crate::abi::BOOT_SLOT;
+use crate::backing::Backing;
+use crate::error::{Error, Result};
+use crate::memory::MmuConfig;
+use crate::report::LineResult;
+use crate::request::RequestSource;
+use crate::script::Script;
+
+/// `-EINVAL` as the guest sees it in its status register.
+const EINVAL: u64 = (libc::EINVAL as u64).wrapping_neg();
+
+/// A [`Runner`] as an op-log executor.
+pub(super) struct OplogExecutor<'a> {
+    pub(super) runner: &'a mut Runner,
+    /// The MMU model the VM was created with (an `mmu` line asking for another is overridden).
+    pub(super) mmu: MmuConfig,
+}
+
+impl OplogExecutor<'_> {
+    /// Runs every line through the driver, recording what each did in the report.
+    pub(super) fn run(&mut self, lines: &[Line]) {
+        let mut driver = Driver::new();
+        for line in lines {
+            let outcome = driver.apply(self, &line.op);
+            self.runner.report.lines.push(LineResult {
+                line: line.number,
+                op: line.op,
+                outcome,
+            });
+        }
+    }
+
+    /// The guest issues one KVM_HC_MAP_GPA_RANGE and checks its status against `expect`.
+    fn guest_map(&mut self, gpa: u64, npages: u64, flags: u64, expect: u64) -> Result<()> {
+        let mut script = Script::new(self.runner.vm.memory.kvm_attributes());
+        script.map(gpa, npages, flags, expect);
+        self.runner.run(&script)
+    }
+}
+
+impl Executor for OplogExecutor<'_> {
+    type Error = Error;
+
+    fn errno(error: &Error) -> &'static str {
+        error.errno_name()
+    }
+
+    fn mmu(&mut self, layout: Layout, recovery: Recovery) -> Result<Outcome> {
+        let MmuConfig {
+            layout: runs,
+            recovery: with,
+        } = self.mmu;
+        Ok(if (layout, recovery) == (runs, with) {
+            Outcome::Done
+        } else {
+            Outcome::Overridden {
+                layout: runs,
+                recovery: with,
+            }
+        })
+    }
+
+    fn memslot(&mut self, region: &MemoryRegion) -> Result<SlotChange> {
+        if region.slot == BOOT_SLOT {
+            return Err(Error::ReservedSlot(BOOT_SLOT));
+        }
+        let mem = &self.runner.vm.memory;
+        let backing = if region.flags.guest_memfd {
+            self.runner.vm.caps.best_backing()
+        } else {
+            Backing::Anonymous
+        };
+        // The op-log's host address of a new slot is its gpa (KVM's rules see that address).
+        let mut region = *region;
+        if region.size != 0 && !mem.query().has_slot(region.slot) {
+            region.uaddr = Some(region.new_slot_uaddr());
+        }
+        mem.set_user_memory_region(&region, backing)
+    }
+
+    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<()> {
+        let result = self.runner.vm.memory.set_attributes(gpa, size, attributes);
+        self.runner.record(RequestSource::Vmm, &result);
+        result.map(drop)
+    }
+
+    fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
+        self.runner.last_refusal = None;
+        self.guest_map(request.gpa, request.npages, request.flags(), 0)?;
+        // The guest saw its status (a refusal is also a mismatch: it expected success); the
+        // refusal is this line's outcome too.
+        match self.runner.last_refusal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn refused_map_gpa(&mut self, gpa: u64, npages: u64, flags: u64) -> Result<()> {
+        self.guest_map(gpa, npages, flags, EINVAL)
+    }
+
+    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel> {
+        Ok(self.runner.vm.memory.query().max_level(gpa, access))
+    }
+
+    fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome> {
+        self.runner.vm.memory.fault(gpa, access)
+    }
+
+    fn fault_range(&mut self, gpa: u64, size: u64, access: Access) -> Result<FaultRangeCounts> {
+        self.runner.vm.memory.fault_range(gpa, size, access)
+    }
+
+    fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome> {
+        self.runner.vm.memory.accept(gpa, level)
+    }
+}

@@ -1,0 +1,178 @@
+//! `cvmem replay`'s executor: the core's TDP MMU model ([`Vm`]: tracker and page tables), and
+//! the summary of its state at the end of an op-log.
+
+use alloc::vec::Vec;
+
+use cvmem::mmu::{
+    AcceptOutcome, Coverage, FaultOutcome, FaultRangeCounts, Layout, MmuStats, Recovery, Vm,
+};
+use cvmem::{
+    Access, Errno, Error, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, SlotEligibility,
+    Tracker, PAGE_SHIFT, PAGE_SIZE,
+};
+
+use crate::exec::{Driver, Executor, Outcome};
+use crate::op::Op;
+
+impl Executor for Vm {
+    type Error = Error;
+
+    fn errno(error: &Error) -> &'static str {
+        Errno::name(error.errno())
+    }
+
+    fn mmu(&mut self, layout: Layout, recovery: Recovery) -> Result<Outcome, Error> {
+        *self = Vm::new(layout, recovery);
+        Ok(Outcome::Done)
+    }
+
+    fn memslot(&mut self, region: &MemoryRegion) -> Result<SlotChange, Error> {
+        self.set_user_memory_region(region)
+    }
+
+    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
+        self.set_memory_attributes(gpa, size, attributes).map(drop)
+    }
+
+    fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
+        self.map_gpa_range(request).map(drop)
+    }
+
+    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
+        Ok(self.tracker().max_mapping_level(gpa, access))
+    }
+
+    fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome, Error> {
+        Vm::fault(self, gpa, access)
+    }
+
+    fn fault_range(
+        &mut self,
+        gpa: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<FaultRangeCounts, Error> {
+        Vm::fault_range(self, gpa, size, access)
+    }
+
+    fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome, Error> {
+        Vm::accept(self, gpa, level)
+    }
+}
+
+/// One memslot in the replay summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotSummary {
+    /// Slot id.
+    pub slot: u32,
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Mixed 2M pages wholly inside the slot.
+    pub mixed_2m: u64,
+    /// Mixed 1G pages wholly inside the slot.
+    pub mixed_1g: u64,
+    /// How much of the slot may be mapped at each level.
+    pub eligibility: SlotEligibility,
+}
+
+/// The state at the end of a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Maximal runs of non-zero attributes: `(gpa, size, attributes)`, in address order.
+    pub attributes: Vec<(u64, u64, u64)>,
+    /// Memslots by slot id.
+    pub memslots: Vec<SlotSummary>,
+    /// Attribute boundaries stored (places where the attributes change).
+    pub boundaries: usize,
+    /// Heap bytes of the tracker.
+    pub heap_bytes: usize,
+    /// Operations applied, and how many of them were rejected.
+    pub ops: u64,
+    /// Rejected operations.
+    pub errors: u64,
+    /// The page tables: leaves, table pages, events.
+    pub mmu: MmuStats,
+    /// Hugepage coverage and table memory against the optimum.
+    pub coverage: Coverage,
+}
+
+/// Replays op-log operations against a [`Vm`]: the tracker and the TDP MMU model.
+#[derive(Clone, Debug)]
+pub struct Replayer {
+    vm: Vm,
+    driver: Driver,
+}
+
+impl Default for Replayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Replayer {
+    /// A fresh VM (no memslots, everything shared) with the spec's default MMU:
+    /// `mmu split recovery=on-fault`.
+    pub fn new() -> Self {
+        // A scenario file is untrusted input, but needs no limit of its own: memslots cost a
+        // fixed size whatever their size, and each line can add at most a few regions to the
+        // attribute store (bounded per GiB, see `cvmem::attrs`).
+        Replayer {
+            vm: Vm::new(Layout::SPLIT, Recovery::OnFault),
+            driver: Driver::new(),
+        }
+    }
+
+    /// The VM's tracker.
+    pub fn tracker(&self) -> &Tracker {
+        self.vm.tracker()
+    }
+
+    /// The VM: tracker and page tables.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Applies one operation.
+    pub fn apply(&mut self, op: &Op) -> Outcome {
+        self.driver.apply(&mut self.vm, op)
+    }
+
+    /// The end-of-replay summary.
+    pub fn summary(&self) -> Summary {
+        let t = self.vm.tracker();
+        let attributes = t
+            .nonzero_runs()
+            .map(|r| {
+                (
+                    r.start << PAGE_SHIFT,
+                    (r.end - r.start).saturating_mul(PAGE_SIZE),
+                    r.attributes,
+                )
+            })
+            .collect();
+        let mut memslots: Vec<SlotSummary> = t
+            .memslots()
+            .map(|s| SlotSummary {
+                slot: s.id(),
+                gpa: s.gpa(),
+                size: s.size(),
+                mixed_2m: t.mixed_count(s.id(), Level::M2),
+                mixed_1g: t.mixed_count(s.id(), Level::G1),
+                eligibility: t.eligibility(s.id()).unwrap_or_default(),
+            })
+            .collect();
+        memslots.sort_by_key(|s| s.slot);
+        Summary {
+            attributes,
+            memslots,
+            boundaries: t.attribute_store().boundaries(),
+            heap_bytes: t.heap_bytes(),
+            ops: self.driver.ops(),
+            errors: self.driver.errors(),
+            mmu: self.vm.stats(),
+            coverage: self.vm.coverage(),
+        }
+    }
+}
