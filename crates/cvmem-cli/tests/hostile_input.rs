@@ -187,15 +187,16 @@ fn every_limit(name: &str, header: &str) {
     let objects = run.json();
     let summary = objects.last().unwrap();
     assert!(summary.get("summary").is_some(), "the summary comes last");
+    let mut errnos = std::collections::BTreeSet::new();
     for o in &objects[..objects.len() - 1] {
         let line = o["line"].as_u64().expect("every result names its line");
         assert!((1..=lines).contains(&line));
         if let Some(errno) = o.get("error") {
+            // What the core can say here: EINVAL (KVM's checks) and EEXIST (overlapping slots).
+            // ENOMEM only on a failed allocation, which these few slots and regions never meet.
             let errno = errno.as_str().unwrap();
-            assert!(
-                ["EINVAL", "EEXIST", "ENOENT", "ENOMEM", "E2BIG"].contains(&errno),
-                "{o}"
-            );
+            assert!(["EINVAL", "EEXIST"].contains(&errno), "{o}");
+            errnos.insert(errno.to_string());
         } else {
             assert!(
                 o.get("result").is_some() || o.get("mapped").is_some(),
@@ -203,6 +204,7 @@ fn every_limit(name: &str, header: &str) {
             );
         }
     }
+    assert_eq!(errnos.len(), 2, "both errnos occur: {errnos:?}");
     // The large valid slot at the top of the address space made it in.
     let slots = summary["summary"]["memslots"].as_array().unwrap();
     assert!(slots.iter().any(|s| s["gpa"] == 0xffff_ffff_ffff_e000u64));

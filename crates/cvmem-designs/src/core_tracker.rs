@@ -2,7 +2,7 @@
 //! uniform memory, inline boundaries, bit blocks or dense regions where mixed), no per-slot
 //! per-page state, a fault path of one fixed-depth descent.
 
-use cvmem::{Access, Error, GfnRange, MaxLevel, MemoryRegion, Tracker, PAGE_SHIFT};
+use cvmem::{Access, Error, GfnRange, Gpa, MaxLevel, MemoryRegion, Tracker, PAGE_SHIFT};
 
 use crate::design::{Design, Slot};
 
@@ -73,7 +73,7 @@ impl Design for CvmemDesign {
 
     #[inline]
     fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
-        self.tracker.max_mapping_level(gpa, access)
+        self.tracker.max_mapping_level(Gpa(gpa), access)
     }
 
     fn heap_bytes(&self) -> usize {

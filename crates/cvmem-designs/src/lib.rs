@@ -40,7 +40,6 @@ pub mod design;
 pub mod eval;
 pub mod flat_bitmap;
 pub mod linux;
-pub mod map;
 pub mod mapped;
 pub mod meter;
 pub mod option_a;

@@ -16,7 +16,9 @@
 //! kind (or cannot be mapped), a memory fault.
 
 use cvmem::mmu::{Layout, Recovery, Vm};
-use cvmem::{Access, Error, GfnRange, MaxLevel, MemoryFault, MemoryRegion, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{
+    Access, Error, Gfn, GfnRange, Gpa, MaxLevel, MemoryFault, MemoryRegion, PAGE_SHIFT, PAGE_SIZE,
+};
 
 use crate::design::{Design, Slot};
 
@@ -71,7 +73,7 @@ impl FullyMapped {
         };
         for (r, private) in runs {
             self.vm.fault_range(
-                r.start * PAGE_SIZE,
+                Gpa(r.start * PAGE_SIZE),
                 r.len() * PAGE_SIZE,
                 Access::from_private(private),
             )?;
@@ -84,9 +86,9 @@ impl FullyMapped {
     pub fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         let straddling = |vm: &Vm, gfn: u64| -> Option<GfnRange> {
             let t = vm.tracker();
-            t.slot_for_gfn(gfn)?;
-            let access = Access::from_private(t.is_private(gfn));
-            let leaf = vm.lookup(gfn << PAGE_SHIFT, access)?;
+            t.slot_for_gfn(Gfn(gfn))?;
+            let access = Access::from_private(t.is_private(Gfn(gfn)));
+            let leaf = vm.lookup(Gpa(gfn << PAGE_SHIFT), access)?;
             let r = leaf.range();
             (r.intersect(&range).is_some()).then_some(r)
         };
@@ -96,7 +98,7 @@ impl FullyMapped {
             .filter_map(|g| straddling(&self.vm, g))
             .collect();
         self.vm.set_memory_attributes(
-            range.start * PAGE_SIZE,
+            Gpa(range.start * PAGE_SIZE),
             range.len() * PAGE_SIZE,
             attributes,
         )?;
@@ -138,13 +140,13 @@ impl FullyMapped {
     /// The fault path, from the page tables.
     pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
         let gfn = gpa >> PAGE_SHIFT;
-        let Some(slot) = self.vm.tracker().slot_for_gfn(gfn) else {
+        let Some(slot) = self.vm.tracker().slot_for_gfn(Gfn(gfn)) else {
             return MaxLevel::NoSlot;
         };
         if access.is_private() && !slot.flags().guest_memfd {
             return fault(gfn, access);
         }
-        match self.vm.lookup(gpa, access) {
+        match self.vm.lookup(Gpa(gpa), access) {
             Some(leaf) => MaxLevel::Level(leaf.level),
             None => fault(gfn, access),
         }

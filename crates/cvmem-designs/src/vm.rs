@@ -3,6 +3,8 @@
 //! requests are refused identically (with the core's [`Error`] and errno). [`Vm`] runs op-logs
 //! through [`cvmem_oplog::Driver`] like every other executor.
 
+use cvmem::Gpa;
+
 use cvmem::{
     Access, Errno, Error, GfnRange, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, Tracker,
     PAGE_SHIFT, PAGE_SIZE,
@@ -68,8 +70,11 @@ impl Rules {
     }
 
     /// Checks KVM_SET_MEMORY_ATTRIBUTES; changes nothing.
-    pub fn attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<Action, Error> {
-        let range = self.slots.validate_attributes(gpa, size, attributes)?;
+    pub fn attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<Action, Error> {
+        let range = self
+            .slots
+            .validate_attributes(gpa, size, attributes)?
+            .range();
         Ok(Action::Attributes { range, attributes })
     }
 
@@ -193,16 +198,16 @@ impl Executor for Vm {
         self.rules.commit(region)
     }
 
-    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
-        let action = self.rules.attributes(gpa, size, attributes)?;
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<(), Error> {
+        let action = self.rules.attributes(Gpa(gpa.0), size, attributes)?;
         apply(self.design.as_mut(), &action)
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
-        self.set_attributes(request.gpa, request.size(), request.attributes())
+        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
     }
 
-    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
-        Ok(self.design.max_mapping_level(gpa, access))
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel, Error> {
+        Ok(self.design.max_mapping_level(gpa.0, access))
     }
 }

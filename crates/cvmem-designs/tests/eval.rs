@@ -1,5 +1,5 @@
 //! The evaluator's outputs at small sizes: the bench's ratios and its plainly marked
-//! extrapolation, the conversion sweep and the charts, the memory map of a workload.
+//! extrapolation, the conversion sweep and the charts.
 
 use std::time::Duration;
 
@@ -7,9 +7,6 @@ use cvmem_designs::eval::bench::{bench, bench_table, BenchConfig};
 use cvmem_designs::eval::compare::{compare, Config, RowResult};
 use cvmem_designs::eval::sweep::conversion_sweep;
 use cvmem_designs::eval::table::{conversion_chart, memory_chart, query_chart, table};
-use cvmem_designs::map::{build, MapOptions};
-use cvmem_designs::workloads::{generate, Params};
-use cvmem_oplog::Replayer;
 
 #[test]
 fn bench_marks_extrapolated_linux_figures() {
@@ -105,29 +102,4 @@ fn sweep_and_conversion_chart() {
     );
     let svg = conversion_chart(&s, &designs).to_svg();
     assert_eq!(svg.matches("<polyline").count(), 2);
-}
-
-#[test]
-fn map_of_a_booted_guest() {
-    let w = generate(
-        "boot",
-        &Params {
-            guest_bytes: 8 << 30,
-            ..Params::default()
-        },
-    )
-    .unwrap();
-    let mut vm = Replayer::new();
-    for op in &w.ops {
-        vm.apply(op);
-    }
-    let m = build(vm.tracker(), &MapOptions::default()).unwrap();
-    assert_eq!(m.cell_bytes, 2 << 20);
-    assert!(
-        m.counts[1] > 0 && m.counts[2] > 0,
-        "shared and mixed cells: {:?}",
-        m.counts
-    );
-    assert_eq!(m.slots.len(), 3);
-    assert!(m.to_svg("boot").contains("slot 1"));
 }

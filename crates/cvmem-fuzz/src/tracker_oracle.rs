@@ -6,6 +6,8 @@
 //! the window) to drive the validation paths. Answers about gfns outside the window are compared
 //! between the tracker and the front only.
 
+use cvmem::{Gfn, Gpa};
+
 use cvmem::{
     Access, Errno, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE,
@@ -177,7 +179,7 @@ impl Run<'_> {
                 };
                 let t = MapGpaRange::decode(gpa, npages, flags).and_then(|r| {
                     self.tracker
-                        .set_memory_attributes(r.gpa, r.size(), r.attributes())
+                        .set_memory_attributes(Gpa(r.gpa), r.size(), r.attributes())
                         .map(|_| r)
                 });
                 let m = self.model.map_gpa(gpa, npages, flags);
@@ -199,8 +201,8 @@ impl Run<'_> {
             _ => {
                 let (gpa, level) = (self.gpa(), self.level());
                 let gfn = gpa / PAGE_SIZE;
-                let t = self.tracker.set_guest_inhibit(gfn, level);
-                let f = self.front.set_guest_inhibit(gfn, level);
+                let t = self.tracker.set_guest_inhibit(Gfn(gfn), level);
+                let f = self.front.set_guest_inhibit(Gfn(gfn), level);
                 assert_eq!(t, f, "front: inhibit {gfn:#x} {level}");
                 if t.is_ok() {
                     self.model.set_guest_inhibit(gfn, level);
@@ -246,9 +248,11 @@ impl Run<'_> {
     }
 
     fn attrs(&mut self, gpa: u64, size: u64, attributes: u64) {
-        let t = self.tracker.set_memory_attributes(gpa, size, attributes);
+        let t = self
+            .tracker
+            .set_memory_attributes(Gpa(gpa), size, attributes);
         let m = self.model.set_memory_attributes(gpa, size, attributes);
-        let f = self.front.set_memory_attributes(gpa, size, attributes);
+        let f = self.front.set_memory_attributes(Gpa(gpa), size, attributes);
         assert_eq!(errno(&t), m, "attrs {gpa:#x} {size:#x} {attributes:#x}");
         assert_eq!(t, f, "front: attrs {gpa:#x} {size:#x} {attributes:#x}");
         if t.is_ok() {
@@ -285,10 +289,10 @@ impl Run<'_> {
     }
 
     fn compare_query(&self, gpa: u64, access: Access) {
-        let t = self.tracker.max_mapping_level(gpa, access);
+        let t = self.tracker.max_mapping_level(Gpa(gpa), access);
         assert_eq!(
             t,
-            self.front.max_mapping_level(gpa, access),
+            self.front.max_mapping_level(Gpa(gpa), access),
             "front: query {gpa:#x} {access:?}"
         );
         if gpa / PAGE_SIZE < WINDOW {
@@ -301,7 +305,7 @@ impl Run<'_> {
         }
         if let MaxLevel::Level(level) = t {
             // A level is only answered inside a slot; the fault path agrees on the kind.
-            let slot = self.tracker.slot_for_gfn(gpa / PAGE_SIZE);
+            let slot = self.tracker.slot_for_gfn(Gfn(gpa / PAGE_SIZE));
             assert!(slot.is_some_and(|s| level <= s.max_level()));
         }
     }

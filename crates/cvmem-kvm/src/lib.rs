@@ -34,7 +34,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use cvmem::Level;
+//! use cvmem::{Gpa, Level};
 //! use cvmem_kvm::{Backing, ConversionRequest, CvmMemory, SlotSpec};
 //! use kvm_ioctls::{Kvm, VcpuExit};
 //!
@@ -46,7 +46,7 @@
 //!     slot: 0, gpa: 0, size: 2 << 30,
 //!     backing: Backing::GuestMemfdInPlace, max_level: Level::G1,
 //! })?;
-//! memory.set_attributes(0, 2 << 30, cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // boot private
+//! memory.set_attributes(Gpa(0), 2 << 30, cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // boot private
 //! let query = memory.query(); // hand this to device threads
 //! let mut vcpu = vm.create_vcpu(0)?;
 //! // ... set up registers and load the guest ...
@@ -63,7 +63,7 @@
 //!             // (and tell the model the access now maps).
 //!             let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
 //!             memory.convert(&req)?;
-//!             memory.fault(gpa, req.to)?;
+//!             memory.fault(Gpa(gpa), req.to)?;
 //!         }
 //!         VcpuExit::Hlt => break,
 //!         _ => { /* MMIO, port I/O, ... */ }

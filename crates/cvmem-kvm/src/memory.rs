@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant};
 
 use cvmem::mmu::{Layout, Recovery, Vm};
-use cvmem::{Access, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::Gpa;
+use cvmem::{Access, AttrRequest, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::VmFd;
 
@@ -302,14 +303,14 @@ impl CvmMemory {
     /// KVM_SET_MEMORY_ATTRIBUTES on the VMM's own initiative (e.g. everything private at
     /// start-up, as QEMU does for guest_memfd slots), with discards and listeners as for a
     /// guest request. Only 0 (shared) and PRIVATE are accepted.
-    pub fn set_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<Conversion> {
-        let range = read(&self.state)
+    pub fn set_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<Conversion> {
+        let request = read(&self.state)
             .vm
             .tracker()
             .validate_attributes(gpa, size, attributes)?;
         self.convert(&ConversionRequest {
-            range,
-            to: Access::from_private(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
+            range: request.range(),
+            to: request.to(),
             hint: Level::K4,
             source: RequestSource::Vmm,
         })
@@ -335,11 +336,20 @@ impl CvmMemory {
     pub fn convert(&self, req: &ConversionRequest) -> Result<Conversion> {
         let memory = self.lock_memory();
         let mut out = Conversion::default();
-        let target = req.attributes();
-        let (gpa, size) = (req.gpa(), req.npages() * PAGE_SIZE);
+        let request = AttrRequest::new(req.range, req.to)?;
+        let target = request.attributes();
 
         // 1.
         let (begun, took) = self.update(|state| -> Result<_> {
+            let t = Instant::now();
+            let pending = state.vm.begin_conversion(request)?;
+            let invalidate = t.elapsed();
+            if !pending.changes() {
+                // KVM's early exit: the range already has the attributes, nothing was zapped.
+                state.vm.end_conversion(pending)?;
+                return Ok(None);
+            }
+            // The attributes are still the old ones until step 4.
             let changed: Vec<(GfnRange, u64)> = state
                 .vm
                 .tracker()
@@ -347,13 +357,8 @@ impl CvmMemory {
                 .filter(|r| r.attributes != target)
                 .map(|r| (r.range(), r.attributes))
                 .collect();
-            if changed.is_empty() {
-                return Ok(None);
-            }
             let slot_ranges = clip_to_slots(state, changed.iter().map(|c| c.0));
-            let t = Instant::now();
-            let pending = state.vm.begin_conversion(gpa, size, target)?;
-            Ok(Some((changed, slot_ranges, pending, t.elapsed())))
+            Ok(Some((changed, slot_ranges, pending, invalidate)))
         });
         out.cost.tracking += took;
         let Some((changed, slot_ranges, pending, invalidate)) = begun? else {
@@ -487,7 +492,7 @@ impl CvmMemory {
 /// Stores the old attributes of every changed run back (a conversion each, as KVM would).
 fn restore(vm: &mut Vm, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
     for &(range, old) in changed {
-        vm.set_memory_attributes(range.start * PAGE_SIZE, range.len() * PAGE_SIZE, old)?;
+        vm.convert(AttrRequest::new(range, Access::from_attributes(old))?)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
+use cvmem::Gpa;
 use cvmem::{
     Access, AttrRun, GfnRange, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
@@ -106,10 +107,10 @@ impl MemoryQuery {
 
     /// Whether `[gpa, gpa + size)` is private, shared or mixed. The range is checked as
     /// KVM_SET_MEMORY_ATTRIBUTES checks its own.
-    pub fn range_kind(&self, gpa: u64, size: u64) -> Result<RangeKind, cvmem::Error> {
+    pub fn range_kind(&self, gpa: Gpa, size: u64) -> Result<RangeKind, cvmem::Error> {
         let state = self.read();
         let tracker = state.vm.tracker();
-        let range = tracker.validate_attributes(gpa, size, 0)?;
+        let range = tracker.validate_attributes(gpa, size, 0)?.range();
         let p = KVM_MEMORY_ATTRIBUTE_PRIVATE;
         Ok(if tracker.range_has_attributes(range, p, p) {
             RangeKind::Private
@@ -121,28 +122,28 @@ impl MemoryQuery {
     }
 
     /// Whether the page at `gpa` is private.
-    pub fn is_private(&self, gpa: u64) -> bool {
-        self.read().vm.tracker().is_private(gpa / PAGE_SIZE)
+    pub fn is_private(&self, gpa: Gpa) -> bool {
+        self.read().vm.tracker().is_private(gpa.gfn())
     }
 
     /// The attribute runs covering `[gpa, gpa + size)`, clipped to it.
-    pub fn runs(&self, gpa: u64, size: u64) -> Result<Vec<AttrRun>, cvmem::Error> {
+    pub fn runs(&self, gpa: Gpa, size: u64) -> Result<Vec<AttrRun>, cvmem::Error> {
         let state = self.read();
         let tracker = state.vm.tracker();
-        let range = tracker.validate_attributes(gpa, size, 0)?;
+        let range = tracker.validate_attributes(gpa, size, 0)?.range();
         Ok(tracker.runs(range).collect())
     }
 
     /// The fault path's answer for an access of kind `access` at `gpa`: the largest level it may
     /// be mapped at, no slot, or a memory fault (the access kind differs from the page's).
-    pub fn max_level(&self, gpa: u64, access: Access) -> MaxLevel {
+    pub fn max_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
         self.read().vm.tracker().max_mapping_level(gpa, access)
     }
 
     /// The largest level the page at `gpa` may be mapped at for an access of its own kind, or
     /// `None` outside memslots.
-    pub fn allowed_level(&self, gpa: u64) -> Option<Level> {
-        self.read().vm.tracker().allowed_level(gpa / PAGE_SIZE)
+    pub fn allowed_level(&self, gpa: Gpa) -> Option<Level> {
+        self.read().vm.tracker().allowed_level(gpa.gfn())
     }
 
     /// Whether memslot `slot` exists.
@@ -151,7 +152,7 @@ impl MemoryQuery {
     }
 
     /// The leaf of kind `access` that maps `gpa` in the MMU model, if any.
-    pub fn leaf(&self, gpa: u64, access: Access) -> Option<Leaf> {
+    pub fn leaf(&self, gpa: Gpa, access: Access) -> Option<Leaf> {
         self.read().vm.lookup(gpa, access)
     }
 
@@ -182,7 +183,7 @@ impl MemoryQuery {
             .collect();
         for (gpa, size, access) in runs {
             // Only NoMemory can fail: the figure is then what could be mapped.
-            let _ = all.fault_range(gpa, size, access);
+            let _ = all.fault_range(Gpa(gpa), size, access);
         }
         MmuSnapshot {
             stats,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cvmem::mmu::FaultOutcome;
-use cvmem::{Access, PAGE_SIZE};
+use cvmem::{Access, Gpa, PAGE_SIZE};
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuExit;
 
@@ -233,7 +233,7 @@ impl Runner {
                 let counts = self
                     .vm
                     .memory
-                    .touch(c.gpa, c.npages.saturating_mul(PAGE_SIZE))?;
+                    .touch(Gpa(c.gpa), c.npages.saturating_mul(PAGE_SIZE))?;
                 add_counts(&mut self.report.accesses, &counts);
             }
         }
@@ -295,7 +295,7 @@ impl Runner {
                     self.record(RequestSource::MemoryFault, &result);
                     result?;
                     // The vCPU re-enters and faults again, now of the right kind.
-                    let outcome = self.vm.memory.fault(gpa, req.to)?;
+                    let outcome = self.vm.memory.fault(Gpa(gpa), req.to)?;
                     *self.report.probes.entry(outcome.name()).or_default() += 1;
                     (ExitKind::MemoryFault, false)
                 }
@@ -350,7 +350,7 @@ impl Runner {
             PORT_FAULT => {
                 // A guest access through the MMU model, as KVM's fault path would take it.
                 let (gpa, access) = (regs.rbx, Access::from_private(regs.rcx != 0));
-                let mut outcome = self.vm.memory.fault(gpa, access)?;
+                let mut outcome = self.vm.memory.fault(Gpa(gpa), access)?;
                 if let FaultOutcome::MemoryFault(f) = outcome {
                     // KVM would exit with KVM_EXIT_MEMORY_FAULT: the VMM converts the page
                     // to the kind the access wanted, the vCPU re-enters and faults again.
@@ -359,7 +359,7 @@ impl Runner {
                         .and_then(|req| self.vm.memory.convert(&req));
                     self.record(RequestSource::MemoryFault, &result);
                     result?;
-                    outcome = self.vm.memory.fault(gpa, access)?;
+                    outcome = self.vm.memory.fault(Gpa(gpa), access)?;
                 }
                 *self.report.probes.entry(outcome.name()).or_default() += 1;
             }
@@ -400,7 +400,7 @@ impl Runner {
                 npages,
                 pattern,
             } => {
-                mem.write_with(gpa, npages * PAGE_SIZE, |a| pattern_value(pattern, a))?;
+                mem.write_with(Gpa(gpa), npages * PAGE_SIZE, |a| pattern_value(pattern, a))?;
             }
             HostStep::Check {
                 gpa,
@@ -410,7 +410,7 @@ impl Runner {
                 for k in 0..npages {
                     let page = gpa + k * PAGE_SIZE;
                     let mut bad = None;
-                    mem.scan_u64(page, PAGE_SIZE, |a, v| {
+                    mem.scan_u64(Gpa(page), PAGE_SIZE, |a, v| {
                         let want = pattern_value(pattern, a);
                         if v != want {
                             bad = Some((a, want, v));
@@ -434,12 +434,12 @@ impl Runner {
                 size,
                 attributes,
             } => {
-                let result = mem.set_attributes(gpa, size, attributes);
+                let result = mem.set_attributes(Gpa(gpa), size, attributes);
                 self.record(RequestSource::Vmm, &result);
                 result.map_err(|e| Error::Workload(format!("VMM attribute change failed: {e}")))?;
             }
             HostStep::MoveSlot { slot, gpa } => {
-                mem.move_slot(slot, gpa)
+                mem.move_slot(slot, Gpa(gpa))
                     .map_err(|e| Error::Workload(format!("moving slot {slot} to {gpa:#x}: {e}")))?;
             }
             HostStep::DirtyLog { slot, enabled } => {
@@ -462,7 +462,7 @@ impl Runner {
                 if !plan.slots.iter().any(|p| p.slot == s.slot) {
                     continue;
                 }
-                for r in query.runs(s.gpa, s.size)? {
+                for r in query.runs(Gpa(s.gpa), s.size)? {
                     if r.attributes != 0 {
                         let (gpa, size) = (r.start * PAGE_SIZE, (r.end - r.start) * PAGE_SIZE);
                         match actual.last_mut() {
@@ -498,7 +498,7 @@ impl Runner {
         // The IOMMU must map exactly the shared memory of the memslots.
         let mut shared: Vec<(u64, u64)> = Vec::new();
         for s in &map.slots {
-            for r in query.runs(s.gpa, s.size)? {
+            for r in query.runs(Gpa(s.gpa), s.size)? {
                 if r.attributes == 0 {
                     let (start, end) = (r.start * PAGE_SIZE, r.end * PAGE_SIZE);
                     match shared.last_mut() {

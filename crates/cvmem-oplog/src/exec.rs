@@ -7,9 +7,9 @@ use alloc::string::{String, ToString};
 use core::fmt;
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Recovery};
-use cvmem::{Access, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem::{Access, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
 
-use crate::op::{memory_region, Op};
+use crate::op::Op;
 
 /// Something that can run op-log operations: the core's MMU model, a tracking design, a VMM
 /// integration under a real guest. Every method gets a request that the format's rules have
@@ -39,7 +39,7 @@ pub trait Executor {
     fn memslot(&mut self, region: &MemoryRegion) -> Result<SlotChange, Self::Error>;
 
     /// `attrs`: KVM_SET_MEMORY_ATTRIBUTES.
-    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Self::Error>;
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<(), Self::Error>;
 
     /// `map-gpa`: a guest's KVM_HC_MAP_GPA_RANGE, decoded.
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Self::Error>;
@@ -53,10 +53,10 @@ pub trait Executor {
     }
 
     /// `query`: the fault path's answer.
-    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Self::Error>;
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel, Self::Error>;
 
     /// `fault`: a guest access through the MMU model.
-    fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome, Self::Error> {
+    fn fault(&mut self, gpa: Gpa, access: Access) -> Result<FaultOutcome, Self::Error> {
         let _ = (gpa, access);
         Err(no_mmu())
     }
@@ -64,7 +64,7 @@ pub trait Executor {
     /// `fault-range`: a fault on every page of the range.
     fn fault_range(
         &mut self,
-        gpa: u64,
+        gpa: Gpa,
         size: u64,
         access: Access,
     ) -> Result<FaultRangeCounts, Self::Error> {
@@ -73,7 +73,7 @@ pub trait Executor {
     }
 
     /// `accept`: a TDX guest accepting a private page.
-    fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome, Self::Error> {
+    fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome, Self::Error> {
         let _ = (gpa, level);
         Err(no_mmu())
     }
@@ -182,23 +182,16 @@ impl Driver {
                 }
                 executor.mmu(layout.into(), recovery.unwrap_or_default())?
             }
-            Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            } => {
-                let region = memory_region(slot, gpa, size, flags, uaddr, backing)?;
-                Outcome::Slot(executor.memslot(&region)?)
-            }
+            Op::Memslot { .. } => match op.memory_region() {
+                Some(region) => Outcome::Slot(executor.memslot(&region?)?),
+                None => Outcome::Done, // not reached: every memslot line is a region
+            },
             Op::Attrs {
                 gpa,
                 size,
                 attributes,
             } => {
-                executor.set_attributes(gpa, size, attributes)?;
+                executor.set_attributes(Gpa(gpa), size, attributes)?;
                 Outcome::Done
             }
             Op::MapGpa { gpa, npages, flags } => match MapGpaRange::decode(gpa, npages, flags) {
@@ -211,12 +204,12 @@ impl Driver {
                     return Err(e.into());
                 }
             },
-            Op::Query { gpa, access } => Outcome::Query(executor.query(gpa, access)?),
-            Op::Fault { gpa, access } => Outcome::Fault(executor.fault(gpa, access)?),
+            Op::Query { gpa, access } => Outcome::Query(executor.query(Gpa(gpa), access)?),
+            Op::Fault { gpa, access } => Outcome::Fault(executor.fault(Gpa(gpa), access)?),
             Op::FaultRange { gpa, size, access } => {
-                Outcome::FaultRange(executor.fault_range(gpa, size, access)?)
+                Outcome::FaultRange(executor.fault_range(Gpa(gpa), size, access)?)
             }
-            Op::Accept { gpa, level } => Outcome::Accept(executor.accept(gpa, level)?),
+            Op::Accept { gpa, level } => Outcome::Accept(executor.accept(Gpa(gpa), level)?),
         })
     }
 }

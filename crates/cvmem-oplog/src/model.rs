@@ -1,6 +1,8 @@
 //! `cvmem replay`'s executor: the core's TDP MMU model ([`Vm`]: tracker and page tables), and
 //! the summary of its state at the end of an op-log.
 
+use cvmem::Gpa;
+
 use alloc::vec::Vec;
 
 use cvmem::mmu::{
@@ -30,7 +32,7 @@ impl Executor for Vm {
         self.set_user_memory_region(region)
     }
 
-    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<(), Error> {
         self.set_memory_attributes(gpa, size, attributes).map(drop)
     }
 
@@ -38,24 +40,24 @@ impl Executor for Vm {
         self.map_gpa_range(request).map(drop)
     }
 
-    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel, Error> {
         Ok(self.tracker().max_mapping_level(gpa, access))
     }
 
-    fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome, Error> {
+    fn fault(&mut self, gpa: Gpa, access: Access) -> Result<FaultOutcome, Error> {
         Vm::fault(self, gpa, access)
     }
 
     fn fault_range(
         &mut self,
-        gpa: u64,
+        gpa: Gpa,
         size: u64,
         access: Access,
     ) -> Result<FaultRangeCounts, Error> {
         Vm::fault_range(self, gpa, size, access)
     }
 
-    fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome, Error> {
+    fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome, Error> {
         Vm::accept(self, gpa, level)
     }
 }

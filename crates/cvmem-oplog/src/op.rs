@@ -131,21 +131,37 @@ pub enum Op {
 }
 
 impl Op {
-    /// For a `memslot` line, the KVM_SET_USER_MEMORY_REGION2 request it makes (or EINVAL for a
-    /// slot id beyond the user memslots, which the grammar lets through); `None` for any other
+    /// For a `memslot` line, the KVM_SET_USER_MEMORY_REGION2 request it makes, or EINVAL for a
+    /// slot id beyond the user memslots (which the grammar lets through); `None` for any other
     /// operation. The one place a `memslot` line becomes a typed request.
     pub fn memory_region(&self) -> Option<Result<MemoryRegion, Error>> {
-        match *self {
-            Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            } => Some(memory_region(slot, gpa, size, flags, uaddr, backing)),
-            _ => None,
-        }
+        let Op::Memslot {
+            slot,
+            gpa,
+            size,
+            flags,
+            uaddr,
+            backing,
+        } = *self
+        else {
+            return None;
+        };
+        Some(
+            match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
+                Some(slot) => Ok(MemoryRegion {
+                    slot,
+                    gpa,
+                    size,
+                    flags,
+                    uaddr,
+                    backing,
+                }),
+                None => Err(Error::SlotIdOutOfRange {
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                    max: MAX_SLOT_ID,
+                }),
+            },
+        )
     }
 
     /// The operation keyword: `memslot`, `attrs`, `map-gpa`, `query`, `fault`, `fault-range`, `mmu`
@@ -161,31 +177,6 @@ impl Op {
             Op::Mmu { .. } => "mmu",
             Op::Accept { .. } => "accept",
         }
-    }
-}
-
-/// The KVM_SET_USER_MEMORY_REGION2 request of a `memslot` line's fields.
-pub(crate) fn memory_region(
-    slot: u64,
-    gpa: u64,
-    size: u64,
-    flags: SlotFlags,
-    uaddr: Option<u64>,
-    backing: Option<Level>,
-) -> Result<MemoryRegion, Error> {
-    match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
-        Some(slot) => Ok(MemoryRegion {
-            slot,
-            gpa,
-            size,
-            flags,
-            uaddr,
-            backing,
-        }),
-        None => Err(Error::SlotIdOutOfRange {
-            slot: u32::try_from(slot).unwrap_or(u32::MAX),
-            max: MAX_SLOT_ID,
-        }),
     }
 }
 

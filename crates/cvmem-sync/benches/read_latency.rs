@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use cvmem::{Access, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
+use cvmem::{
+    Access, Gpa, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+};
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
 
 const K4: u64 = 4096;
@@ -45,10 +47,10 @@ fn fragmented_guest() -> Tracker {
         ..Default::default()
     })
     .unwrap();
-    t.set_memory_attributes(0, T1, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(0), T1, PRIVATE).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..SHARED_PAGES {
-        t.set_memory_attributes(rng.page(), K4, 0).unwrap();
+        t.set_memory_attributes(Gpa(rng.page()), K4, 0).unwrap();
     }
     t
 }
@@ -89,7 +91,7 @@ fn with_writer<R>(
                 } else {
                     PRIVATE
                 };
-                vm.set_memory_attributes(pool[n % SHARED_PAGES], K4, attrs)
+                vm.set_memory_attributes(Gpa(pool[n % SHARED_PAGES]), K4, attrs)
                     .unwrap();
                 n += 1;
                 writes.fetch_add(1, Ordering::Relaxed);
@@ -142,13 +144,13 @@ fn reads(c: &mut Criterion) {
         probes[i]
     };
     bench_cpu(&mut g, "core Tracker::max_mapping_level", || {
-        tracker.max_mapping_level(next(), Access::Private)
+        tracker.max_mapping_level(Gpa(next()), Access::Private)
     });
     bench_cpu(&mut g, "max_mapping_level, no writer", || {
-        vm.max_mapping_level(next(), Access::Private)
+        vm.max_mapping_level(Gpa(next()), Access::Private)
     });
     bench_cpu(&mut g, "fault, no writer", || {
-        vm.fault(next(), Access::Private)
+        vm.fault(Gpa(next()), Access::Private)
     });
     for (name, pace) in [
         (
@@ -159,14 +161,14 @@ fn reads(c: &mut Criterion) {
     ] {
         let (_, writes) = with_writer(&vm, pace, || {
             bench_cpu(&mut g, &format!("max_mapping_level, {name}"), || {
-                vm.max_mapping_level(next(), Access::Private)
+                vm.max_mapping_level(Gpa(next()), Access::Private)
             });
         });
         eprintln!("  (writer: {writes} conversions during that benchmark)");
         let (mut faults, mut retries) = (0u64, 0u64);
         let (_, writes) = with_writer(&vm, pace, || {
             bench_cpu(&mut g, &format!("fault, {name}"), || {
-                let a = vm.fault(next(), Access::Private);
+                let a = vm.fault(Gpa(next()), Access::Private);
                 faults += 1;
                 retries += u64::from(a == FaultAnswer::Retry);
                 a
@@ -179,11 +181,11 @@ fn reads(c: &mut Criterion) {
     }
     // Wall-clock time, preemption included, for comparison.
     g.bench_function("wall clock: max_mapping_level, no writer", |b| {
-        b.iter(|| vm.max_mapping_level(black_box(next()), Access::Private))
+        b.iter(|| vm.max_mapping_level(black_box(Gpa(next())), Access::Private))
     });
     with_writer(&vm, None, || {
         g.bench_function("wall clock: max_mapping_level, writer flat out", |b| {
-            b.iter(|| vm.max_mapping_level(black_box(next()), Access::Private))
+            b.iter(|| vm.max_mapping_level(black_box(Gpa(next())), Access::Private))
         });
     });
     g.finish();
@@ -205,13 +207,13 @@ fn writes(c: &mut Criterion) {
     g.bench_function("core set_memory_attributes 4K", |b| {
         b.iter(|| {
             let (gpa, attrs) = next();
-            tracker.set_memory_attributes(gpa, K4, attrs)
+            tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
         })
     });
     g.bench_function("concurrent set_memory_attributes 4K", |b| {
         b.iter(|| {
             let (gpa, attrs) = next();
-            vm.set_memory_attributes(gpa, K4, attrs)
+            vm.set_memory_attributes(Gpa(gpa), K4, attrs)
         })
     });
     let snapshot = fragmented_guest();

@@ -2,8 +2,8 @@
 //! invalidation protocol.
 
 use cvmem::{
-    Access, AttrRun, GfnRange, Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange,
-    Tracker, GFN_END, PAGE_SHIFT, PAGE_SIZE,
+    Access, AttrRequest, AttrRun, Gfn, GfnRange, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion,
+    Result, SlotChange, Tracker, GFN_END, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::fault::{FaultAnswer, FaultTicket};
@@ -79,7 +79,7 @@ impl ConcurrentTracker {
     }
 
     /// The attributes of `gfn`.
-    pub fn attributes(&self, gfn: u64) -> u64 {
+    pub fn attributes(&self, gfn: Gfn) -> u64 {
         self.read(|s| s.tracker.attributes(gfn))
     }
 
@@ -97,7 +97,7 @@ impl ConcurrentTracker {
     /// The core's fault-path answer on the current state. Use [`fault`](Self::fault) when a
     /// mapping will be installed from the answer.
     #[inline]
-    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
+    pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
         self.read(|s| s.tracker.max_mapping_level(gpa, access))
     }
 
@@ -107,7 +107,7 @@ impl ConcurrentTracker {
     /// meanwhile. Before
     /// installing a mapping, the caller checks [`is_stale`](Self::is_stale) under the lock
     /// that its zap callbacks take (KVM's `mmu_lock`).
-    pub fn fault(&self, gpa: u64, access: Access) -> FaultAnswer {
+    pub fn fault(&self, gpa: Gpa, access: Access) -> FaultAnswer {
         let seq = self.invalidate.snapshot();
         let (answer, generation) =
             self.read(|s| (s.tracker.max_mapping_level(gpa, access), s.generation));
@@ -136,7 +136,7 @@ impl ConcurrentTracker {
     }
 
     /// KVM_SET_MEMORY_ATTRIBUTES (see [`Tracker::set_memory_attributes`]).
-    pub fn set_memory_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
+    pub fn set_memory_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<bool> {
         self.set_memory_attributes_with(gpa, size, attributes, |_| {})
     }
 
@@ -146,20 +146,21 @@ impl ConcurrentTracker {
     /// attributes and large-page info, publish, end the invalidation.
     pub fn set_memory_attributes_with(
         &self,
-        gpa: u64,
+        gpa: Gpa,
         size: u64,
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
+        let request = self.read(|s| s.tracker.validate_attributes(gpa, size, attributes))?;
+        self.convert_with(request, zap)
+    }
+
+    /// A checked attribute change (see [`AttrRequest`]) in KVM's order, as
+    /// [`set_memory_attributes_with`](Self::set_memory_attributes_with).
+    pub fn convert_with(&self, request: AttrRequest, zap: impl FnOnce(GfnRange)) -> Result<bool> {
+        let (range, attributes) = (request.range(), request.attributes());
         let mut writer = self.state.writer();
-        let (range, unchanged) = writer.read(|s| {
-            let range = s.tracker.validate_attributes(gpa, size, attributes)?;
-            Ok::<_, cvmem::Error>((
-                range,
-                s.tracker.range_has_attributes(range, attributes, u64::MAX),
-            ))
-        })?;
-        if unchanged {
+        if writer.read(|s| s.tracker.range_has_attributes(range, attributes, u64::MAX)) {
             return Ok(false);
         }
         let _invalidation = self.invalidate.begin(range);
@@ -172,7 +173,7 @@ impl ConcurrentTracker {
 
     /// A guest's KVM_HC_MAP_GPA_RANGE, already decoded: the attribute change it asks for.
     pub fn map_gpa_range(&self, req: &MapGpaRange, zap: impl FnOnce(GfnRange)) -> Result<bool> {
-        self.set_memory_attributes_with(req.gpa, req.size(), req.attributes(), zap)
+        self.convert_with(req.request()?, zap)
     }
 
     /// KVM_SET_USER_MEMORY_REGION2 (see [`Tracker::set_user_memory_region`]).
@@ -203,7 +204,7 @@ impl ConcurrentTracker {
     }
 
     /// A TDX guest accepted `gfn` at `level` (see [`Tracker::set_guest_inhibit`]).
-    pub fn set_guest_inhibit(&self, gfn: u64, level: Level) -> Result<bool> {
+    pub fn set_guest_inhibit(&self, gfn: Gfn, level: Level) -> Result<bool> {
         self.set_guest_inhibit_with(gfn, level, |_| {})
     }
 
@@ -212,12 +213,12 @@ impl ConcurrentTracker {
     /// (split or remove the mappings above `level` there).
     pub fn set_guest_inhibit_with(
         &self,
-        gfn: u64,
+        gfn: Gfn,
         level: Level,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
         let mut writer = self.state.writer();
-        let start = Level::G1.align_down(gfn.min(GFN_END - 1));
+        let start = Level::G1.align_down(gfn.0.min(GFN_END - 1));
         let range = GfnRange::new(start, start + Level::G1.pages());
         let _invalidation = self.invalidate.begin(range);
         zap(range);

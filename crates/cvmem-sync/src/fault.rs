@@ -1,7 +1,7 @@
 //! The fault path's answer under concurrency: a level with a ticket to check before mapping, or
 //! retry.
 
-use cvmem::{Access, GfnRange, MaxLevel, PAGE_SHIFT};
+use cvmem::{Access, GfnRange, Gpa, MaxLevel};
 
 /// What [`ConcurrentTracker::fault`](crate::ConcurrentTracker::fault) tells a faulting vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum FaultAnswer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultTicket {
     /// The faulting address.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// The kind of access.
     pub access: Access,
     /// The answer, as the core's [`Tracker::max_mapping_level`](cvmem::Tracker::max_mapping_level)
@@ -34,7 +34,7 @@ impl FaultTicket {
     /// The gfns a mapping made from this answer would cover: the aligned range of the answered
     /// level around the faulting gfn, or the gfn alone for `NoSlot` and memory-fault answers.
     pub fn range(&self) -> GfnRange {
-        let gfn = self.gpa >> PAGE_SHIFT;
+        let gfn = self.gpa.gfn().0;
         match self.answer {
             MaxLevel::Level(level) => {
                 let start = level.align_down(gfn);

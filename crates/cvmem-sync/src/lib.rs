@@ -16,16 +16,16 @@
 //!   only the faulting gfn).
 //!
 //! ```
-//! use cvmem::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+//! use cvmem::{Access, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 //! use cvmem_sync::{ConcurrentTracker, FaultAnswer};
 //!
 //! let vm = ConcurrentTracker::new(Tracker::new());
 //! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
 //! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags, ..Default::default() })?;
-//! vm.set_memory_attributes(0, 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
+//! vm.set_memory_attributes(Gpa(0), 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
 //! std::thread::scope(|s| {
-//!     s.spawn(|| vm.set_memory_attributes(0x1000_0000, 4096, 0)); // a vCPU converts a page
-//!     s.spawn(|| match vm.fault(0x1000_0000, Access::Private) {    // another one faults on it
+//!     s.spawn(|| vm.set_memory_attributes(Gpa(0x1000_0000), 4096, 0)); // a vCPU converts a page
+//!     s.spawn(|| match vm.fault(Gpa(0x1000_0000), Access::Private) {    // another one faults on it
 //!         FaultAnswer::Ready(ticket) => assert!(matches!(
 //!             ticket.answer,
 //!             MaxLevel::Level(Level::G1) | MaxLevel::MemoryFault(_)  // before, or after
@@ -33,7 +33,7 @@
 //!         FaultAnswer::Retry => {}                                    // during
 //!     });
 //! });
-//! assert_eq!(vm.max_mapping_level(0x1000_1000, Access::Private), MaxLevel::Level(Level::K4));
+//! assert_eq!(vm.max_mapping_level(Gpa(0x1000_1000), Access::Private), MaxLevel::Level(Level::K4));
 //! # Ok::<(), cvmem::Error>(())
 //! ```
 //!

@@ -19,7 +19,7 @@ use std::{
 };
 
 use cvmem::{
-    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, GfnRange, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
 };
 use cvmem_sync::{Apply, ConcurrentTracker, FaultAnswer, LeftRight};
@@ -115,7 +115,7 @@ fn small_guest() -> ConcurrentTracker {
         ..Default::default()
     })
     .unwrap();
-    t.set_memory_attributes(0, 4 << 20, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(0), 4 << 20, PRIVATE).unwrap();
     ConcurrentTracker::new(t)
 }
 
@@ -136,7 +136,7 @@ fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
                         start + level.pages() <= r.start || r.end <= start
                     })
                 };
-                assert!(vm.set_memory_attributes_with(0, 4096, 0, zap).unwrap());
+                assert!(vm.set_memory_attributes_with(Gpa(0), 4096, 0, zap).unwrap());
             })
         };
         let vcpus: Vec<_> = [0x1000u64, (2 << 20) + 0x1000]
@@ -144,7 +144,7 @@ fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
             .map(|gpa| {
                 let (vm, leaves) = (Arc::clone(&vm), Arc::clone(&leaves));
                 thread::spawn(move || {
-                    let FaultAnswer::Ready(ticket) = vm.fault(gpa, Access::Private) else {
+                    let FaultAnswer::Ready(ticket) = vm.fault(Gpa(gpa), Access::Private) else {
                         return;
                     };
                     assert_eq!(ticket.answer, expected(gpa, ticket.generation));
@@ -162,7 +162,7 @@ fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
             v.join().unwrap();
         }
         for &(start, level) in leaves.lock().unwrap().iter() {
-            let now = vm.max_mapping_level(start << 12, Access::Private);
+            let now = vm.max_mapping_level(Gpa(start << 12), Access::Private);
             assert!(
                 matches!(now, MaxLevel::Level(l) if l >= level),
                 "leaf {start:#x} {level} outlived the conversion ({now:?})"

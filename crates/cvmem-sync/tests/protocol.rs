@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use cvmem::{
-    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, Gfn, GfnRange, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
 };
 use cvmem_sync::{ConcurrentTracker, FaultAnswer, FaultTicket};
@@ -31,7 +31,7 @@ fn private_guest() -> ConcurrentTracker {
         ..Default::default()
     })
     .unwrap();
-    vm.set_memory_attributes(0, 4 * G1, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(0), 4 * G1, PRIVATE).unwrap();
     vm
 }
 
@@ -46,28 +46,31 @@ fn ready(answer: FaultAnswer) -> FaultTicket {
 fn a_fault_during_a_conversion_never_gets_a_huge_page_across_it() {
     let vm = private_guest();
     let converted = 0x1000_0000; // one 4K page made shared
-    let before = ready(vm.fault(converted + K4, Access::Private));
+    let before = ready(vm.fault(Gpa(converted + K4), Access::Private));
     assert_eq!(before.answer, MaxLevel::Level(Level::G1));
     let generation = vm.generation();
-    vm.set_memory_attributes_with(converted, K4, 0, |range| {
+    vm.set_memory_attributes_with(Gpa(converted), K4, 0, |range| {
         assert_eq!(range, GfnRange::new(converted / K4, converted / K4 + 1));
         // Not stored yet: readers see the old state, and nothing blocks them.
-        assert_eq!(vm.attributes(converted / K4), PRIVATE);
+        assert_eq!(vm.attributes(Gfn(converted / K4)), PRIVATE);
         assert_eq!(vm.generation(), generation);
         // The converted gfn itself: retry.
-        assert_eq!(vm.fault(converted, Access::Private), FaultAnswer::Retry);
+        assert_eq!(
+            vm.fault(Gpa(converted), Access::Private),
+            FaultAnswer::Retry
+        );
         // An unchanged gfn whose 1G (and 2M) page straddles the range: the old state would
         // allow 1G; mapping it would cover the page being converted (the 2025 KVM bug).
         assert_eq!(
-            vm.fault(converted + K4, Access::Private),
+            vm.fault(Gpa(converted + K4), Access::Private),
             FaultAnswer::Retry
         );
         assert_eq!(
-            vm.fault(converted - K4, Access::Private),
+            vm.fault(Gpa(converted - K4), Access::Private),
             FaultAnswer::Retry
         );
         // Another 1G page is not affected.
-        let elsewhere = ready(vm.fault(2 * G1, Access::Private));
+        let elsewhere = ready(vm.fault(Gpa(2 * G1), Access::Private));
         assert_eq!(elsewhere.answer, MaxLevel::Level(Level::G1));
         assert!(!vm.is_stale(&elsewhere));
         // A ticket issued before the conversion began is stale.
@@ -77,14 +80,14 @@ fn a_fault_during_a_conversion_never_gets_a_huge_page_across_it() {
     assert_eq!(vm.generation(), generation + 1);
     assert!(vm.is_stale(&before));
     // After the conversion: the new state, at the level it allows.
-    let after = ready(vm.fault(converted + K4, Access::Private));
+    let after = ready(vm.fault(Gpa(converted + K4), Access::Private));
     assert_eq!(after.answer, MaxLevel::Level(Level::K4));
     assert_eq!(after.generation, generation + 1);
     assert!(!vm.is_stale(&after));
-    let neighbour = ready(vm.fault(converted + M2, Access::Private));
+    let neighbour = ready(vm.fault(Gpa(converted + M2), Access::Private));
     assert_eq!(neighbour.answer, MaxLevel::Level(Level::M2));
     assert!(matches!(
-        ready(vm.fault(converted, Access::Private)).answer,
+        ready(vm.fault(Gpa(converted), Access::Private)).answer,
         MaxLevel::MemoryFault(_)
     ));
 }
@@ -92,32 +95,32 @@ fn a_fault_during_a_conversion_never_gets_a_huge_page_across_it() {
 #[test]
 fn a_ticket_outside_the_range_holds_until_the_change_ends() {
     let vm = private_guest();
-    vm.set_memory_attributes_with(0, M2, 0, |_| {
-        let t = ready(vm.fault(3 * G1, Access::Private));
+    vm.set_memory_attributes_with(Gpa(0), M2, 0, |_| {
+        let t = ready(vm.fault(Gpa(3 * G1), Access::Private));
         assert!(!vm.is_stale(&t), "same invalidation, disjoint range");
         // KVM also retries when the sequence moved, whatever the range.
     })
     .unwrap();
-    let t = ready(vm.fault(3 * G1, Access::Private));
+    let t = ready(vm.fault(Gpa(3 * G1), Access::Private));
     assert!(!vm.is_stale(&t));
-    vm.set_memory_attributes(G1, K4, 0).unwrap();
+    vm.set_memory_attributes(Gpa(G1), K4, 0).unwrap();
     assert!(vm.is_stale(&t), "the sequence moved");
 }
 
 #[test]
 fn an_unchanged_request_neither_invalidates_nor_counts() {
     let vm = private_guest();
-    let t = ready(vm.fault(0, Access::Private));
+    let t = ready(vm.fault(Gpa(0), Access::Private));
     let generation = vm.generation();
     let mut zapped = false;
     let changed = vm
-        .set_memory_attributes_with(0, G1, PRIVATE, |_| zapped = true)
+        .set_memory_attributes_with(Gpa(0), G1, PRIVATE, |_| zapped = true)
         .unwrap();
     assert!(!changed && !zapped);
     assert_eq!(vm.generation(), generation);
     assert!(!vm.is_stale(&t), "KVM's early exit: no invalidation");
     // A rejected request neither.
-    let err = vm.set_memory_attributes(1, K4, 0).unwrap_err();
+    let err = vm.set_memory_attributes(Gpa(1), K4, 0).unwrap_err();
     assert_eq!(err.errno(), cvmem::Errno::EINVAL);
     assert!(!vm.is_stale(&t));
     assert_eq!(vm.generation(), generation);
@@ -157,7 +160,7 @@ fn memslot_changes_invalidate_old_and_new_ranges() {
     );
     assert_eq!(vm.generation(), 4);
     assert_eq!(
-        vm.max_mapping_level(3 * G1, Access::Shared),
+        vm.max_mapping_level(Gpa(3 * G1), Access::Shared),
         MaxLevel::NoSlot
     );
 }
@@ -179,14 +182,14 @@ fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns
         });
         assert_eq!(held_rx.recv().unwrap(), generation);
         // The writer applies to the other copy, publishes it, then waits for the slow reader.
-        let writer = s.spawn(|| vm.set_memory_attributes(0, K4, 0).unwrap());
+        let writer = s.spawn(|| vm.set_memory_attributes(Gpa(0), K4, 0).unwrap());
         // Other readers are not blocked and see the new state while the writer waits.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while vm.generation() == generation {
             assert!(std::time::Instant::now() < deadline, "reader starved");
             thread::yield_now();
         }
-        assert_eq!(vm.attributes(0), 0);
+        assert_eq!(vm.attributes(Gfn(0)), 0);
         assert!(
             !writer.is_finished(),
             "the writer waits for the slow reader"
@@ -195,10 +198,10 @@ fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns
         assert!(writer.join().unwrap());
     });
     // Both copies now hold the change: the next writes and reads agree.
-    vm.set_memory_attributes(K4, K4, 0).unwrap();
+    vm.set_memory_attributes(Gpa(K4), K4, 0).unwrap();
     for _ in 0..4 {
-        assert_eq!(vm.attributes(0), 0);
-        assert_eq!(vm.attributes(1), 0);
+        assert_eq!(vm.attributes(Gfn(0)), 0);
+        assert_eq!(vm.attributes(Gfn(1)), 0);
     }
 }
 
@@ -213,16 +216,16 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
             range,
             |_| {},
             |t| -> (bool, ()) {
-                t.set_memory_attributes(0, K4, 0).unwrap();
+                t.set_memory_attributes(Gpa(0), K4, 0).unwrap();
                 panic!("injected");
             },
         )
     }));
     assert!(r.is_err());
     assert_eq!(vm.generation(), generation);
-    assert_eq!(vm.attributes(0), PRIVATE);
+    assert_eq!(vm.attributes(Gfn(0)), PRIVATE);
     assert!(matches!(
-        vm.fault(0, Access::Private),
+        vm.fault(Gpa(0), Access::Private),
         FaultAnswer::Ready(_)
     ));
     // Panics on the second copy, after publishing the first.
@@ -233,7 +236,7 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
             |_| {},
             |t| {
                 calls += 1;
-                t.set_memory_attributes(0, K4, 0).unwrap();
+                t.set_memory_attributes(Gpa(0), K4, 0).unwrap();
                 assert!(calls < 2, "injected");
                 (true, ())
             },
@@ -241,14 +244,17 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
     }));
     assert!(r.is_err());
     assert_eq!(vm.generation(), generation + 1);
-    assert_eq!(vm.attributes(0), 0);
+    assert_eq!(vm.attributes(Gfn(0)), 0);
     // The next writers repair the stale copy: every later state is the same on both copies.
     for k in 1..5u64 {
-        vm.set_memory_attributes(k * K4, K4, 0).unwrap();
+        vm.set_memory_attributes(Gpa(k * K4), K4, 0).unwrap();
         for _ in 0..3 {
             assert!(vm.range_has_attributes(GfnRange::new(0, k + 1), 0, PRIVATE));
-            assert_eq!(vm.attributes(k + 1), PRIVATE);
+            assert_eq!(vm.attributes(Gfn(k + 1)), PRIVATE);
         }
     }
-    assert!(matches!(vm.fault(0, Access::Shared), FaultAnswer::Ready(_)));
+    assert!(matches!(
+        vm.fault(Gpa(0), Access::Shared),
+        FaultAnswer::Ready(_)
+    ));
 }

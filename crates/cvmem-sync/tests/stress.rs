@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::thread;
 
 use cvmem::{
-    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, Gfn, GfnRange, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
 };
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
@@ -132,13 +132,13 @@ fn changes(rng: &mut Rng) -> Vec<Change> {
 fn apply_core(t: &mut Tracker, c: &Change) -> bool {
     match *c {
         Change::Attrs { gpa, size, private } => t
-            .set_memory_attributes(gpa, size, if private { PRIVATE } else { 0 })
+            .set_memory_attributes(Gpa(gpa), size, if private { PRIVATE } else { 0 })
             .unwrap(),
         Change::Slot(r) => !matches!(
             t.set_user_memory_region(&r).unwrap(),
             cvmem::SlotChange::Unchanged
         ),
-        Change::Accept { gfn, level } => t.set_guest_inhibit(gfn, level).unwrap(),
+        Change::Accept { gfn, level } => t.set_guest_inhibit(Gfn(gfn), level).unwrap(),
     }
 }
 
@@ -167,7 +167,7 @@ impl Mmu {
 
 /// Whether the state allows a leaf: a fault at its first gfn may map at least its level.
 fn allowed(t: &Tracker, &(start, level, private): &Leaf) -> bool {
-    match t.max_mapping_level(start * K4, Access::from_private(private)) {
+    match t.max_mapping_level(Gpa(start * K4), Access::from_private(private)) {
         MaxLevel::Level(l) => l >= level,
         _ => false,
     }
@@ -181,7 +181,9 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
     for r in slots() {
         start.set_user_memory_region(&r).unwrap();
     }
-    start.set_memory_attributes(0, 4 * G1, PRIVATE).unwrap();
+    start
+        .set_memory_attributes(Gpa(0), 4 * G1, PRIVATE)
+        .unwrap();
     // The recorded state of every generation.
     let mut states = vec![start.clone()];
     let mut expected = Vec::new();
@@ -209,7 +211,7 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                 let changed = match *c {
                     Change::Attrs { gpa, size, private } => vm
                         .set_memory_attributes_with(
-                            gpa,
+                            Gpa(gpa),
                             size,
                             if private { PRIVATE } else { 0 },
                             zap,
@@ -220,7 +222,7 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                         cvmem::SlotChange::Unchanged
                     ),
                     Change::Accept { gfn, level } => {
-                        vm.set_guest_inhibit_with(gfn, level, zap).unwrap()
+                        vm.set_guest_inhibit_with(Gfn(gfn), level, zap).unwrap()
                     }
                 };
                 assert_eq!(changed, want, "{c:?}");
@@ -253,8 +255,8 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                             let t = snap.tracker();
                             (
                                 snap.generation(),
-                                t.max_mapping_level(gpa, access),
-                                t.attributes(gpa / K4),
+                                t.max_mapping_level(Gpa(gpa), access),
+                                t.attributes(Gfn(gpa / K4)),
                                 t.runs(range).collect::<Vec<_>>(),
                                 t.range_has_attributes(range, PRIVATE, PRIVATE),
                             )
@@ -262,8 +264,8 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                         assert!(generation >= last_generation, "reads went back in time");
                         last_generation = generation;
                         let t = &states[generation as usize];
-                        assert_eq!(level, t.max_mapping_level(gpa, access));
-                        assert_eq!(attrs, t.attributes(gpa / K4));
+                        assert_eq!(level, t.max_mapping_level(Gpa(gpa), access));
+                        assert_eq!(attrs, t.attributes(Gfn(gpa / K4)));
                         assert_eq!(runs, t.runs(range).collect::<Vec<_>>());
                         assert_eq!(uniform, t.range_has_attributes(range, PRIVATE, PRIVATE));
                         reads.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +273,7 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                     }
                     // Faults: the answer of the reported generation; install under the lock
                     // only if the ticket is not stale, and the live state must allow it.
-                    let ticket = match vm.fault(gpa, access) {
+                    let ticket = match vm.fault(Gpa(gpa), access) {
                         FaultAnswer::Ready(t) => t,
                         FaultAnswer::Retry => {
                             retries.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +283,7 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                     assert!(ticket.generation >= last_generation);
                     last_generation = ticket.generation;
                     let t = &states[ticket.generation as usize];
-                    assert_eq!(ticket.answer, t.max_mapping_level(gpa, access));
+                    assert_eq!(ticket.answer, t.max_mapping_level(Gpa(gpa), access));
                     let MaxLevel::Level(level) = ticket.answer else {
                         continue;
                     };

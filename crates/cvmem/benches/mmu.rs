@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, BatchSize, Criterion, Throughput};
 use cvmem::mmu::{AcceptOutcome, Layout, Recovery, Vm};
-use cvmem::{Access, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
+use cvmem::{
+    Access, Gfn, Gpa, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+};
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -44,7 +46,7 @@ fn guest(layout: Layout, recovery: Recovery, backing: Level) -> Vm {
         backing: Some(backing),
     })
     .unwrap();
-    vm.set_memory_attributes(0, GUEST, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(0), GUEST, PRIVATE).unwrap();
     vm
 }
 
@@ -59,7 +61,7 @@ fn faults(c: &mut Criterion) {
                 || guest(Layout::SPLIT, Recovery::OnFault, level),
                 |mut vm| {
                     for gpa in (0..GUEST).step_by(level.size() as usize) {
-                        black_box(vm.fault(gpa, Access::Private).unwrap());
+                        black_box(vm.fault(Gpa(gpa), Access::Private).unwrap());
                     }
                     vm
                 },
@@ -75,14 +77,14 @@ fn conversions(c: &mut Criterion) {
     // A 64 GiB guest mapped by 64 1G leaves; one 4K page in the middle becomes shared.
     let mapped = |layout| {
         let mut vm = guest(layout, Recovery::OnFault, Level::G1);
-        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        vm.fault_range(Gpa(0), GUEST, Access::Private).unwrap();
         vm
     };
     let split = mapped(Layout::SPLIT);
     let unified = mapped(Layout::Unified);
     let mut fragmented = mapped(Layout::SPLIT);
     fragmented
-        .set_memory_attributes(32 * G1 + 4 * M2 + 8 * K4, K4, 0)
+        .set_memory_attributes(Gpa(32 * G1 + 4 * M2 + 8 * K4), K4, 0)
         .unwrap();
     for (name, base, gpa) in [
         (
@@ -111,12 +113,12 @@ fn conversions(c: &mut Criterion) {
                 || base.clone(),
                 |mut vm| {
                     // Shared then private again: the second half finds no old-kind leaf.
-                    let attrs = if vm.tracker().is_private(gpa / K4) {
+                    let attrs = if vm.tracker().is_private(Gfn(gpa / K4)) {
                         0
                     } else {
                         PRIVATE
                     };
-                    black_box(vm.set_memory_attributes(gpa, K4, attrs).unwrap());
+                    black_box(vm.set_memory_attributes(Gpa(gpa), K4, attrs).unwrap());
                     vm
                 },
                 BatchSize::SmallInput,
@@ -141,15 +143,18 @@ fn eager_recovery(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2));
     let mapped = |recovery, backing| {
         let mut vm = guest(Layout::SPLIT, recovery, backing);
-        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        vm.fault_range(Gpa(0), GUEST, Access::Private).unwrap();
         vm
     };
     let inhibited = |recovery| {
         let mut vm = mapped(recovery, Level::G1);
         for a in (32 * G1..33 * G1).step_by(M2 as usize) {
-            assert_eq!(vm.accept(a, Level::K4).unwrap(), AcceptOutcome::Accepted);
+            assert_eq!(
+                vm.accept(Gpa(a), Level::K4).unwrap(),
+                AcceptOutcome::Accepted
+            );
         }
-        vm.fault_range(32 * G1, G1, Access::Private).unwrap();
+        vm.fault_range(Gpa(32 * G1), G1, Access::Private).unwrap();
         vm
     };
     // The i-th conversion's page: in the i-th 1G page, or in the i-th 2M page of 1G page 32.
@@ -157,10 +162,10 @@ fn eager_recovery(c: &mut Criterion) {
     let in_2m_pages: fn(u64) -> u64 = |i| 32 * G1 + (i % 512) * M2 + 7 * K4;
     let round_trip = |vm: &mut Vm, gpa: u64| {
         let t = Instant::now();
-        black_box(vm.set_memory_attributes(gpa, K4, 0).unwrap());
+        black_box(vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap());
         let took = t.elapsed();
-        vm.set_memory_attributes(gpa, K4, PRIVATE).unwrap();
-        vm.fault(gpa, Access::Private).unwrap();
+        vm.set_memory_attributes(Gpa(gpa), K4, PRIVATE).unwrap();
+        vm.fault(Gpa(gpa), Access::Private).unwrap();
         took
     };
     for recovery in [Recovery::OnFault, Recovery::Eager] {
@@ -195,26 +200,27 @@ fn fragmenting_workload(recovery: Recovery) -> Vm {
     })
     .unwrap();
     let touch_all = |vm: &mut Vm| {
-        vm.fault_range(0, GUEST, Access::Private).unwrap();
-        vm.fault_range(0, GUEST, Access::Shared).unwrap();
-        vm.fault_range(128 * G1, 4 * G1, Access::Shared).unwrap();
+        vm.fault_range(Gpa(0), GUEST, Access::Private).unwrap();
+        vm.fault_range(Gpa(0), GUEST, Access::Shared).unwrap();
+        vm.fault_range(Gpa(128 * G1), 4 * G1, Access::Shared)
+            .unwrap();
     };
     touch_all(&mut vm);
-    vm.set_memory_attributes(3 * G1, G1, 0).unwrap(); // SWIOTLB, 1 GiB
+    vm.set_memory_attributes(Gpa(3 * G1), G1, 0).unwrap(); // SWIOTLB, 1 GiB
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..1024 {
         let gpa = (rng.next() % GUEST) & !(K4 - 1);
-        vm.set_memory_attributes(gpa, K4, 0).unwrap(); // dma_alloc_coherent
+        vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap(); // dma_alloc_coherent
     }
     touch_all(&mut vm);
     for _ in 0..4096 {
         // Transient conversions, back to private; the guest touches the page again.
         let gpa = (rng.next() % GUEST) & !(K4 - 1);
-        if vm.tracker().is_private(gpa / K4) {
-            vm.set_memory_attributes(gpa, K4, 0).unwrap();
-            vm.fault(gpa, Access::Shared).unwrap();
-            vm.set_memory_attributes(gpa, K4, PRIVATE).unwrap();
-            vm.fault(gpa, Access::Private).unwrap();
+        if vm.tracker().is_private(Gfn(gpa / K4)) {
+            vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
+            vm.fault(Gpa(gpa), Access::Shared).unwrap();
+            vm.set_memory_attributes(Gpa(gpa), K4, PRIVATE).unwrap();
+            vm.fault(Gpa(gpa), Access::Private).unwrap();
         }
     }
     let slot1 = |dirty_log| MemoryRegion {
@@ -229,7 +235,8 @@ fn fragmenting_workload(recovery: Recovery) -> Vm {
         backing: None,
     };
     vm.set_user_memory_region(&slot1(true)).unwrap();
-    vm.fault_range(128 * G1, 4 * G1, Access::Shared).unwrap();
+    vm.fault_range(Gpa(128 * G1), 4 * G1, Access::Shared)
+        .unwrap();
     vm.set_user_memory_region(&slot1(false)).unwrap();
     touch_all(&mut vm);
     vm
@@ -239,7 +246,7 @@ fn report_memory() {
     println!("page-table memory of a 64 GiB guest mapped whole (split layout, both roots):");
     for level in [Level::K4, Level::M2, Level::G1] {
         let mut vm = guest(Layout::SPLIT, Recovery::OnFault, level);
-        vm.fault_range(0, GUEST, Access::Private).unwrap();
+        vm.fault_range(Gpa(0), GUEST, Access::Private).unwrap();
         let c = vm.coverage();
         println!(
             "  backing {:>2}: {:>6} table pages = {:>9} bytes (optimum {} pages), {} leaves",

@@ -35,6 +35,22 @@ impl Gfn {
     }
 }
 
+/// A rust-vmm guest address is a guest physical address (feature `vm-memory`).
+#[cfg(feature = "vm-memory")]
+impl From<vm_memory::GuestAddress> for Gpa {
+    fn from(a: vm_memory::GuestAddress) -> Self {
+        Gpa(a.0)
+    }
+}
+
+/// A guest physical address as rust-vmm's `GuestAddress` (feature `vm-memory`).
+#[cfg(feature = "vm-memory")]
+impl From<Gpa> for vm_memory::GuestAddress {
+    fn from(gpa: Gpa) -> Self {
+        vm_memory::GuestAddress(gpa.0)
+    }
+}
+
 impl fmt::Display for Gpa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}", self.0)
@@ -178,5 +194,27 @@ impl GfnRange {
     /// The byte size of the range (saturating at `u64::MAX` for the whole space).
     pub const fn bytes(&self) -> u64 {
         self.len().saturating_mul(PAGE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpa_and_gfn_convert_without_losing_the_page_offset_rule() {
+        let gpa = Gpa(0x1_2345_6789);
+        assert_eq!(gpa.gfn(), Gfn(0x12_3456));
+        assert_eq!(gpa.gfn().gpa(), Gpa(0x1_2345_6000));
+        assert!(Gpa(2 << 20).is_aligned(Level::M2) && !gpa.is_aligned(Level::K4));
+    }
+
+    #[cfg(feature = "vm-memory")]
+    #[test]
+    fn gpa_and_guest_address_convert_both_ways() {
+        let a = vm_memory::GuestAddress(0x1_0000_2000);
+        let gpa = Gpa::from(a);
+        assert_eq!(gpa, Gpa(0x1_0000_2000));
+        assert_eq!(vm_memory::GuestAddress::from(gpa), a);
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
+use crate::tracker::{Access, AttrRequest};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// The hypercall number of KVM_HC_MAP_GPA_RANGE.
@@ -86,6 +87,12 @@ impl MapGpaRange {
         } else {
             0
         }
+    }
+
+    /// The checked KVM_SET_MEMORY_ATTRIBUTES request the VMM makes for it (an error only for a
+    /// value built by hand with an empty or out-of-space range: `decode` never makes one).
+    pub fn request(&self) -> Result<AttrRequest> {
+        AttrRequest::new(self.range(), Access::from_private(self.private))
     }
 
     /// Encodes the request back into the hypercall's attributes argument.

@@ -10,18 +10,22 @@
 //!
 //! `#![no_std]` + `alloc`, no unsafe code, no OS calls: embeddable in a hypervisor.
 //!
+//! Addresses are typed: a guest physical address is a [`Gpa`], a frame number a [`Gfn`], so a
+//! gpa passed where a gfn is meant does not compile.
+//!
 //! ```
-//! use cvmem::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+//! use cvmem::{Access, Gfn, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 //!
 //! let mut vm = Tracker::new();
 //! let guest_memfd = SlotFlags { guest_memfd: true, ..Default::default() };
 //! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags: guest_memfd, ..Default::default() })?;
-//! vm.set_memory_attributes(0, 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // all private
-//! vm.set_memory_attributes(0x1000_0000, 4096, 0)?;                      // one page shared
-//! assert_eq!(vm.max_mapping_level(0x4000_0000, Access::Private), MaxLevel::Level(Level::G1));
-//! assert_eq!(vm.max_mapping_level(0x1000_1000, Access::Private), MaxLevel::Level(Level::K4));
-//! assert_eq!(vm.max_mapping_level(0x1020_0000, Access::Private), MaxLevel::Level(Level::M2));
-//! assert!(matches!(vm.max_mapping_level(0x1000_0000, Access::Private), MaxLevel::MemoryFault(_)));
+//! vm.set_memory_attributes(Gpa(0), 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // all private
+//! vm.set_memory_attributes(Gpa(0x1000_0000), 4096, 0)?;                      // one page shared
+//! assert_eq!(vm.max_mapping_level(Gpa(0x4000_0000), Access::Private), MaxLevel::Level(Level::G1));
+//! assert_eq!(vm.max_mapping_level(Gpa(0x1000_1000), Access::Private), MaxLevel::Level(Level::K4));
+//! assert_eq!(vm.max_mapping_level(Gpa(0x1020_0000), Access::Private), MaxLevel::Level(Level::M2));
+//! assert!(matches!(vm.max_mapping_level(Gpa(0x1000_0000), Access::Private), MaxLevel::MemoryFault(_)));
+//! assert!(!vm.is_private(Gpa(0x1000_0000).gfn()) && vm.is_private(Gfn(0x1000_1)));
 //! # Ok::<(), cvmem::Error>(())
 //! ```
 #![no_std]
@@ -44,7 +48,7 @@ pub use attrs::{AttrRun, AttrStore, Probe, StoreShape, WORST_BYTES_PER_GIB};
 pub use error::{Errno, Error, Result};
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};
-pub use tracker::{Access, MaxLevel, MemoryFault, SlotEligibility, Tracker};
+pub use tracker::{Access, AttrRequest, MaxLevel, MemoryFault, SlotEligibility, Tracker};
 
 /// KVM_MEMORY_ATTRIBUTE_PRIVATE: the only attribute KVM defines.
 pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;

@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 use core::mem::size_of;
 
-use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
 use crate::error::{Error, Result};
 use crate::lpage::LpageInfo;
@@ -32,12 +32,61 @@ impl Access {
             Access::Shared
         }
     }
+    /// The kind of a page with memory attributes `attributes`.
+    pub const fn from_attributes(attributes: u64) -> Self {
+        Self::from_private(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0)
+    }
+    /// The memory attributes of a page of this kind (PRIVATE or none).
+    pub const fn attributes(self) -> u64 {
+        match self {
+            Access::Shared => 0,
+            Access::Private => KVM_MEMORY_ATTRIBUTE_PRIVATE,
+        }
+    }
     /// `private` or `shared`.
     pub const fn name(self) -> &'static str {
         match self {
             Access::Shared => "shared",
             Access::Private => "private",
         }
+    }
+}
+
+/// A checked KVM_SET_MEMORY_ATTRIBUTES request: a non-empty gfn range inside the gfn space and
+/// the attributes it is to have. [`Tracker::validate_attributes`] makes one from a (gpa, size)
+/// request, [`AttrRequest::new`] from a range already decoded (a hypercall, a memory-fault exit);
+/// conversions take it, so a request is checked once, where it enters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttrRequest {
+    range: GfnRange,
+    attributes: u64,
+}
+
+impl AttrRequest {
+    /// A request to make `range` of kind `to`; `Err` for an empty range or one reaching past
+    /// the gfn space.
+    pub fn new(range: GfnRange, to: Access) -> Result<Self> {
+        if range.is_empty() || range.end > GFN_END {
+            return Err(Error::Unsupported {
+                what: "attribute range empty or outside the gfn space",
+            });
+        }
+        Ok(AttrRequest {
+            range,
+            attributes: to.attributes(),
+        })
+    }
+    /// The gfns whose attributes are set.
+    pub const fn range(&self) -> GfnRange {
+        self.range
+    }
+    /// The attributes they get.
+    pub const fn attributes(&self) -> u64 {
+        self.attributes
+    }
+    /// The kind they get.
+    pub const fn to(&self) -> Access {
+        Access::from_attributes(self.attributes)
     }
 }
 
@@ -121,7 +170,8 @@ impl Tracker {
     }
 
     /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
-    pub fn validate_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<GfnRange> {
+    pub fn validate_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<AttrRequest> {
+        let gpa = gpa.0;
         if attributes & !self.supported != 0 {
             return Err(Error::UnsupportedAttributes {
                 attributes,
@@ -152,15 +202,18 @@ impl Tracker {
         })?;
         let end_gfn = if end == 0 { GFN_END } else { end >> PAGE_SHIFT };
         // `end == 0` cannot happen (size != 0, no wrap) but keeps the arithmetic total.
-        Ok(GfnRange::new(gpa >> PAGE_SHIFT, end_gfn))
+        Ok(AttrRequest {
+            range: GfnRange::new(gpa >> PAGE_SHIFT, end_gfn),
+            attributes,
+        })
     }
 
     /// KVM_SET_MEMORY_ATTRIBUTES: sets `[gpa, gpa + size)` to `attributes`, whether or not
     /// memslots cover it, and updates the large-page info of every slot it touches.
     /// Returns whether anything changed. On error nothing changed.
-    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
-        let range = self.validate_attributes(gpa, size, attributes)?;
-        self.set_range_attributes(range, attributes)
+    pub fn set_memory_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<bool> {
+        let req = self.validate_attributes(gpa, size, attributes)?;
+        self.set_range_attributes(req.range, req.attributes)
     }
 
     /// Sets the attributes of a gfn range already validated by
@@ -177,12 +230,12 @@ impl Tracker {
     }
 
     /// The attributes of `gfn`.
-    pub fn attributes(&self, gfn: u64) -> u64 {
+    pub fn attributes(&self, gfn: Gfn) -> u64 {
         self.attrs.get(gfn)
     }
 
     /// Whether `gfn` is private.
-    pub fn is_private(&self, gfn: u64) -> bool {
+    pub fn is_private(&self, gfn: Gfn) -> bool {
         self.attrs.is_private(gfn)
     }
 
@@ -221,7 +274,8 @@ impl Tracker {
 
     /// The memslot containing `gfn`, in O(log S).
     #[inline]
-    pub fn slot_for_gfn(&self, gfn: u64) -> Option<&Memslot> {
+    pub fn slot_for_gfn(&self, gfn: Gfn) -> Option<&Memslot> {
+        let gfn = gfn.0;
         let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
         let slot = self.slots.get(i.checked_sub(1)?)?;
         (gfn - slot.base_gfn < slot.npages).then_some(slot)
@@ -383,8 +437,8 @@ impl Tracker {
     /// lookup, one descent of the attribute store gives the gfn's kind and the largest uniform
     /// page around it ([`AttrStore::probe`]), then the slot's geometry and GUEST_INHIBIT.
     #[inline]
-    pub fn max_mapping_level(&self, gpa: u64, access: Access) -> MaxLevel {
-        let gfn = gpa >> PAGE_SHIFT;
+    pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
+        let (gpa, gfn) = (gpa.0, gpa.gfn());
         let Some(slot) = self.slot_for_gfn(gfn) else {
             return MaxLevel::NoSlot;
         };
@@ -400,7 +454,7 @@ impl Tracker {
         if probe.private != access.is_private() {
             return fault;
         }
-        MaxLevel::Level(Self::slot_level(slot, gfn, probe))
+        MaxLevel::Level(Self::slot_level(slot, gfn.0, probe))
     }
 
     /// The largest level the slot's state allows at `gfn`, ignoring the access kind.
@@ -421,33 +475,34 @@ impl Tracker {
 
     /// The largest level the tracker allows at `gfn` for a page of its own kind, or `None`
     /// outside memslots.
-    pub fn allowed_level(&self, gfn: u64) -> Option<Level> {
+    pub fn allowed_level(&self, gfn: Gfn) -> Option<Level> {
         self.slot_for_gfn(gfn)
-            .map(|s| Self::slot_level(s, gfn, self.attrs.probe(gfn)))
+            .map(|s| Self::slot_level(s, gfn.0, self.attrs.probe(gfn)))
     }
 
     /// Whether the large page of `level` holding `gfn` is mixed in its memslot (false when it is
     /// not wholly inside one, as KVM never marks those).
-    pub fn is_mixed(&self, gfn: u64, level: Level) -> bool {
+    pub fn is_mixed(&self, gfn: Gfn, level: Level) -> bool {
         level != Level::K4
             && self
                 .slot_for_gfn(gfn)
-                .is_some_and(|s| s.lpage(level).inside(gfn))
+                .is_some_and(|s| s.lpage(level).inside(gfn.0))
             && self.attrs.probe(gfn).uniform < level
     }
 
     /// Whether the large page of `level` holding `gfn` carries GUEST_INHIBIT.
-    pub fn is_guest_inhibited(&self, gfn: u64, level: Level) -> bool {
+    pub fn is_guest_inhibited(&self, gfn: Gfn, level: Level) -> bool {
         level != Level::K4
             && self
                 .slot_for_gfn(gfn)
-                .is_some_and(|s| s.lpage(level).is_inhibited(gfn))
+                .is_some_and(|s| s.lpage(level).is_inhibited(gfn.0))
     }
 
     /// A TDX guest accepted `gfn` at `level`: every large page above `level` that holds it gets
     /// GUEST_INHIBIT (one-way, as in the TDX huge page series). Returns whether any bit was newly
     /// set. Outside memslots nothing happens.
-    pub fn set_guest_inhibit(&mut self, gfn: u64, level: Level) -> Result<bool> {
+    pub fn set_guest_inhibit(&mut self, gfn: Gfn, level: Level) -> Result<bool> {
+        let gfn = gfn.0;
         let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
         let Some(slot) = i.checked_sub(1).and_then(|i| self.slots.get_mut(i)) else {
             return Ok(false);
@@ -470,7 +525,8 @@ impl Tracker {
 
     /// Clears GUEST_INHIBIT on the large page of `level` that holds `gfn` (a policy that lifts
     /// the inhibit once the guest has accepted the whole large page). Returns whether it was set.
-    pub fn clear_guest_inhibit(&mut self, gfn: u64, level: Level) -> bool {
+    pub fn clear_guest_inhibit(&mut self, gfn: Gfn, level: Level) -> bool {
+        let gfn = gfn.0;
         let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
         match i.checked_sub(1).and_then(|i| self.slots.get_mut(i)) {
             Some(slot) if level != Level::K4 && gfn - slot.base_gfn < slot.npages => {
@@ -511,7 +567,7 @@ impl Tracker {
         let any_inhibited_2m = m2.any_inhibited();
         let both = if any_inhibited_2m {
             inhibited_2m(m2.first(), m2.first() + m2.len())
-                .filter(|&i| self.attrs.is_mixed_2m(i << 9))
+                .filter(|&i| self.attrs.is_mixed_2m(Gfn(i << 9)))
                 .count() as u64
         } else {
             0
@@ -523,7 +579,7 @@ impl Tracker {
         if level_ok(Level::G1) {
             for i in g1.first()..g1.first() + g1.len() {
                 let gfn = i << 18;
-                if self.attrs.probe(gfn).uniform == Level::G1 && !g1.is_inhibited(gfn) {
+                if self.attrs.probe(Gfn(gfn)).uniform == Level::G1 && !g1.is_inhibited(gfn) {
                     pages_1g += 1;
                     // Its 2M pages are counted as 1G, not 2M.
                     if level_ok(Level::M2) {

@@ -3,7 +3,9 @@
 //! units, with operations sized to hit every form (inline slots, blocks, dense regions, runs of
 //! units) and every conversion between them.
 
-use cvmem::{AttrStore, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE as P, WORST_BYTES_PER_GIB};
+use cvmem::{
+    AttrStore, Gfn, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE as P, WORST_BYTES_PER_GIB,
+};
 use proptest::prelude::*;
 
 /// A window of 3 GiB that straddles the first 512G unit boundary (gfn 1 << 27).
@@ -87,7 +89,7 @@ proptest! {
         let mut memo = std::collections::HashMap::new();
         for g in (BASE..BASE + SPACE).step_by(7) {
             let d = dense[(g - BASE) as usize];
-            let probe = store.probe(g);
+            let probe = store.probe(Gfn(g));
             prop_assert_eq!(probe.private, d);
             for level in [Level::M2, Level::G1] {
                 let uniform = *memo
@@ -95,7 +97,7 @@ proptest! {
                     .or_insert_with(|| uniform_at(level, g));
                 prop_assert_eq!(probe.uniform >= level, uniform, "gfn {:#x} level {:?}", g, level);
             }
-            let run = store.run_from(g);
+            let run = store.run_from(Gfn(g));
             prop_assert!(run.end > g);
         }
         // Boundaries as a list of runs would store them (nothing is private outside the window).
@@ -115,7 +117,7 @@ fn huge_uniform_ranges_cost_almost_nothing() {
     assert_eq!(store.boundaries(), 2);
     // The whole gfn space private, then shared again.
     store.set(GfnRange::new(0, cvmem::GFN_END), P).unwrap();
-    assert!(store.is_private(cvmem::GFN_END - 1));
+    assert!(store.is_private(Gfn(cvmem::GFN_END - 1)));
     assert_eq!(store.boundaries(), 1);
     store.set(GfnRange::new(0, cvmem::GFN_END), 0).unwrap();
     assert_eq!(store.boundaries(), 0);

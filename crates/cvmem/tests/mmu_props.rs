@@ -3,6 +3,8 @@
 //! every operation, and the optimum reached at quiescence under eager recovery. Two-phase
 //! conversions run another operation inside their window and end or abort.
 
+use cvmem::{Gfn, Gpa};
+
 use cvmem::mmu::{
     AcceptOutcome, AcceptPolicy, FaultOutcome, Layout, Leaf, Recovery, SharedBit, Vm,
 };
@@ -179,6 +181,13 @@ fn regions() -> [MemoryRegion; 4] {
     ]
 }
 
+/// A checked request to make `[gpa, gpa + size)` have `attrs`.
+fn req(vm: &Vm, gpa: u64, size: u64, attrs: u64) -> cvmem::AttrRequest {
+    vm.tracker()
+        .validate_attributes(cvmem::Gpa(gpa), size, attrs)
+        .unwrap()
+}
+
 fn kind(private: bool) -> Access {
     Access::from_private(private)
 }
@@ -206,7 +215,7 @@ fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
 /// Whether a fault at `gpa` must return `Retry`: it lies in a slot and in the open window.
 fn retries(vm: &Vm, window: Option<GfnRange>, gpa: u64) -> bool {
     let g = gpa / K4;
-    window.is_some_and(|w| w.contains(g)) && vm.tracker().slot_for_gfn(g).is_some()
+    window.is_some_and(|w| w.contains(g)) && vm.tracker().slot_for_gfn(Gfn(g)).is_some()
 }
 
 /// The window of a conversion of `range`: widened to the 1G pages of its head and tail.
@@ -221,10 +230,12 @@ fn expect_fault(vm: &Vm, window: Option<GfnRange>, gpa: u64, access: Access) -> 
     if retries(vm, window, gpa) {
         return FaultOutcome::Retry;
     }
-    match vm.tracker().max_mapping_level(gpa, access) {
+    match vm.tracker().max_mapping_level(Gpa(gpa), access) {
         MaxLevel::NoSlot => FaultOutcome::NoSlot,
         MaxLevel::MemoryFault(m) => FaultOutcome::MemoryFault(m),
-        MaxLevel::Level(l) if vm.lookup(gpa, access).is_none() => FaultOutcome::Mapped { level: l },
+        MaxLevel::Level(l) if vm.lookup(Gpa(gpa), access).is_none() => {
+            FaultOutcome::Mapped { level: l }
+        }
         MaxLevel::Level(_) => FaultOutcome::Spurious,
     }
 }
@@ -270,7 +281,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
         Op::Fault { gpa, private } => {
             let access = kind(private);
             let want = expect_fault(vm, window, gpa, access);
-            let got = vm.fault(gpa, access).unwrap();
+            let got = vm.fault(Gpa(gpa), access).unwrap();
             match (want, got) {
                 (FaultOutcome::Mapped { level: max }, FaultOutcome::Mapped { level }) => {
                     if vm.recovery() == Recovery::Off {
@@ -278,14 +289,14 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                     } else {
                         prop_assert_eq!(level, max);
                     }
-                    let leaf = vm.lookup(gpa, access);
+                    let leaf = vm.lookup(Gpa(gpa), access);
                     prop_assert!(leaf.is_some_and(|l| l.level >= level));
                 }
                 (want, got) => prop_assert_eq!(want, got),
             }
         }
         Op::FaultRange { gpa, size, private } => {
-            let r = vm.fault_range(gpa, size, kind(private)).unwrap();
+            let r = vm.fault_range(Gpa(gpa), size, kind(private)).unwrap();
             prop_assert_eq!(
                 r.mapped.total() + r.spurious + r.memory_fault + r.no_slot + r.retry,
                 size / K4
@@ -307,7 +318,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
             } else {
                 0
             };
-            vm.set_memory_attributes(gpa, size, attrs).unwrap();
+            vm.set_memory_attributes(Gpa(gpa), size, attrs).unwrap();
             let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
             prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
             check_conversion_keeps(vm, &before, range, private)?;
@@ -327,10 +338,10 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
             };
             let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
             let attrs_before: Vec<_> = vm.tracker().runs(range).collect();
-            let c = vm.begin_conversion(gpa, size, attrs).unwrap();
+            let c = vm.begin_conversion(req(vm, gpa, size, attrs)).unwrap();
             vm.check_invariants().map_err(TestCaseError::fail)?;
             let window = c.changes().then(|| window_of(range));
-            let out = vm.fault(probe, Access::Private).unwrap();
+            let out = vm.fault(Gpa(probe), Access::Private).unwrap();
             prop_assert_eq!(
                 out == FaultOutcome::Retry,
                 retries(vm, window, probe),
@@ -362,36 +373,40 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                 }
             }
         }
-        Op::Accept { gpa, level } => match (vm.is_accepted(gpa, level), vm.accept(gpa, level)) {
-            (_, Ok(AcceptOutcome::Retry)) => prop_assert!(retries(vm, window, gpa)),
-            (_, Ok(_)) if retries(vm, window, gpa) => prop_assert!(false, "no retry in the window"),
-            (_, Err(e)) => prop_assert!(!vm.layout().is_split(), "{e}"),
-            (already, Ok(AcceptOutcome::Accepted)) => {
-                let leaf = vm.lookup(gpa, Access::Private);
-                // A page accepted before may stay mapped above the level (no re-inhibit).
-                let above_ok = already == Some(true);
-                prop_assert!(
-                    leaf.is_some_and(|l| l.level <= level || above_ok),
-                    "{leaf:?}"
-                );
-                prop_assert!(vm.tracker().is_private(gpa / K4));
+        Op::Accept { gpa, level } => {
+            match (vm.is_accepted(Gpa(gpa), level), vm.accept(Gpa(gpa), level)) {
+                (_, Ok(AcceptOutcome::Retry)) => prop_assert!(retries(vm, window, gpa)),
+                (_, Ok(_)) if retries(vm, window, gpa) => {
+                    prop_assert!(false, "no retry in the window")
+                }
+                (_, Err(e)) => prop_assert!(!vm.layout().is_split(), "{e}"),
+                (already, Ok(AcceptOutcome::Accepted)) => {
+                    let leaf = vm.lookup(Gpa(gpa), Access::Private);
+                    // A page accepted before may stay mapped above the level (no re-inhibit).
+                    let above_ok = already == Some(true);
+                    prop_assert!(
+                        leaf.is_some_and(|l| l.level <= level || above_ok),
+                        "{leaf:?}"
+                    );
+                    prop_assert!(vm.tracker().is_private(Gfn(gpa / K4)));
+                }
+                (_, Ok(AcceptOutcome::NoSlot)) => {
+                    prop_assert!(vm.tracker().slot_for_gfn(Gfn(gpa / K4)).is_none())
+                }
+                (_, Ok(AcceptOutcome::MemoryFault(_))) => {
+                    let gmem = vm
+                        .tracker()
+                        .slot_for_gfn(Gfn(gpa / K4))
+                        .is_some_and(|s| s.flags().guest_memfd);
+                    prop_assert!(!gmem || !vm.tracker().is_private(Gfn(gpa / K4)));
+                }
             }
-            (_, Ok(AcceptOutcome::NoSlot)) => {
-                prop_assert!(vm.tracker().slot_for_gfn(gpa / K4).is_none())
-            }
-            (_, Ok(AcceptOutcome::MemoryFault(_))) => {
-                let gmem = vm
-                    .tracker()
-                    .slot_for_gfn(gpa / K4)
-                    .is_some_and(|s| s.flags().guest_memfd);
-                prop_assert!(!gmem || !vm.tracker().is_private(gpa / K4));
-            }
-        },
+        }
         Op::AcceptAll { gpa, level } => {
             let large = level.larger().expect("4K or 2M");
             let start = gpa & !(large.size() - 1);
             for a in (start..start + large.size()).step_by(level.size() as usize) {
-                if vm.accept(a, level).is_err() {
+                if vm.accept(Gpa(a), level).is_err() {
                     prop_assert!(!vm.layout().is_split());
                     break;
                 }
@@ -408,10 +423,10 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                     == 1;
                 let gmem = vm
                     .tracker()
-                    .slot_for_gfn(start / K4)
+                    .slot_for_gfn(Gfn(start / K4))
                     .is_some_and(|s| s.flags().guest_memfd);
-                if whole && gmem && vm.tracker().is_private(start / K4) {
-                    prop_assert!(!vm.tracker().is_guest_inhibited(start / K4, large));
+                if whole && gmem && vm.tracker().is_private(Gfn(start / K4)) {
+                    prop_assert!(!vm.tracker().is_guest_inhibited(Gfn(start / K4), large));
                 }
             }
         }
@@ -422,7 +437,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                 r.flags.dirty_log = on;
                 vm.set_user_memory_region(&r).unwrap();
                 if touch {
-                    vm.fault_range(r.gpa, r.size, Access::Shared).unwrap();
+                    vm.fault_range(Gpa(r.gpa), r.size, Access::Shared).unwrap();
                 }
             }
         }
@@ -470,8 +485,12 @@ fn quiesce(vm: &mut Vm) {
         let runs: Vec<_> = vm.tracker().runs(slot).collect();
         for run in runs {
             let private = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-            vm.fault_range(run.start * K4, (run.end - run.start) * K4, kind(private))
-                .unwrap();
+            vm.fault_range(
+                Gpa(run.start * K4),
+                (run.end - run.start) * K4,
+                kind(private),
+            )
+            .unwrap();
         }
     }
 }
@@ -517,7 +536,7 @@ proptest! {
             vm.set_user_memory_region(&r).unwrap();
         }
         if private_start {
-            vm.set_memory_attributes(0, G1 + 8 * M2, KVM_MEMORY_ATTRIBUTE_PRIVATE).unwrap();
+            vm.set_memory_attributes(Gpa(0), G1 + 8 * M2, KVM_MEMORY_ATTRIBUTE_PRIVATE).unwrap();
         }
         for op in &ops {
             apply(&mut vm, op, None)?;

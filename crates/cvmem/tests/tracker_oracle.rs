@@ -1,7 +1,9 @@
 //! The tracker against the dense per-page oracle: random operation sequences, and after every
 //! operation every query, mixed count and attribute run must agree.
 
-use cvmem::{Access, GfnRange, Level, MapGpaRange, MemoryRegion, SlotFlags, Tracker, PAGE_SIZE};
+use cvmem::{
+    Access, Gfn, GfnRange, Gpa, Level, MapGpaRange, MemoryRegion, SlotFlags, Tracker, PAGE_SIZE,
+};
 use cvmem_testkit::DenseModel;
 use proptest::prelude::*;
 
@@ -168,20 +170,20 @@ fn apply(
             attributes,
         } => {
             let a = t
-                .set_memory_attributes(gpa, size, attributes)
+                .set_memory_attributes(Gpa(gpa), size, attributes)
                 .err()
                 .map(|e| e.errno());
             (a, o.set_memory_attributes(gpa, size, attributes).err())
         }
         Op::MapGpa { gpa, npages, flags } => {
             let a = MapGpaRange::decode(gpa, npages, flags)
-                .and_then(|m| t.set_memory_attributes(m.gpa, m.size(), m.attributes()))
+                .and_then(|m| t.set_memory_attributes(Gpa(m.gpa), m.size(), m.attributes()))
                 .err()
                 .map(|e| e.errno());
             (a, o.map_gpa(gpa, npages, flags).err())
         }
         Op::Inhibit { gpa, level } => {
-            t.set_guest_inhibit(gpa / PAGE_SIZE, level).unwrap();
+            t.set_guest_inhibit(Gfn(gpa / PAGE_SIZE), level).unwrap();
             o.set_guest_inhibit(gpa / PAGE_SIZE, level);
             (None, None)
         }
@@ -214,15 +216,15 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) -> Result<(), TestCaseErro
         for access in [Access::Private, Access::Shared] {
             let gpa = gfn * PAGE_SIZE + 0x123;
             prop_assert_eq!(
-                t.max_mapping_level(gpa, access),
+                t.max_mapping_level(Gpa(gpa), access),
                 o.max_mapping_level(gpa, access),
                 "gfn {:#x} {:?}",
                 gfn,
                 access
             );
         }
-        prop_assert_eq!(t.attributes(gfn), o.attributes(gfn));
-        prop_assert_eq!(t.allowed_level(gfn), o.allowed_level(gfn));
+        prop_assert_eq!(t.attributes(Gfn(gfn)), o.attributes(gfn));
+        prop_assert_eq!(t.allowed_level(Gfn(gfn)), o.allowed_level(gfn));
         let r = GfnRange::new(gfn, (gfn + 700).min(WINDOW_PAGES));
         let uniform = (r.start..r.end).all(|g| o.attributes(g) & 8 == 8);
         prop_assert_eq!(t.range_has_attributes(r, 8, 8), uniform);

@@ -1,6 +1,8 @@
 //! KVM's rules as the op-log spec states them: every error case leaves the state unchanged, and the
 //! layouts of KVM's private_mem_conversions_test give the levels KVM would give.
 
+use cvmem::{Gfn, Gpa};
+
 use cvmem::{
     Access, Errno, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE,
@@ -40,7 +42,8 @@ fn populated() -> Tracker {
         ..region(1, 4 * G1, G1, SlotFlags::default())
     };
     t.set_user_memory_region(&plain).unwrap();
-    t.set_memory_attributes(0, G1 + 3 * K4, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(0), G1 + 3 * K4, PRIVATE)
+        .unwrap();
     t
 }
 
@@ -160,7 +163,7 @@ fn attribute_and_map_gpa_errors_leave_state_unchanged() {
     let mut t = populated();
     use Errno::*;
     let attrs = |gpa: u64, size: u64, a: u64| {
-        move |t: &mut Tracker| t.set_memory_attributes(gpa, size, a).map(drop)
+        move |t: &mut Tracker| t.set_memory_attributes(Gpa(gpa), size, a).map(drop)
     };
     rejects(&mut t, EINVAL, attrs(0, 0, PRIVATE));
     rejects(&mut t, EINVAL, attrs(0x800, K4, PRIVATE));
@@ -171,7 +174,7 @@ fn attribute_and_map_gpa_errors_leave_state_unchanged() {
     let map = |gpa: u64, npages: u64, flags: u64| {
         move |t: &mut Tracker| {
             let m = MapGpaRange::decode(gpa, npages, flags)?;
-            t.set_memory_attributes(m.gpa, m.size(), m.attributes())
+            t.set_memory_attributes(Gpa(m.gpa), m.size(), m.attributes())
                 .map(drop)
         }
     };
@@ -184,17 +187,19 @@ fn attribute_and_map_gpa_errors_leave_state_unchanged() {
     rejects(&mut t, EINVAL, map(0, 1, 0x13));
     // The hint is only a hint: a 2M hint on a 4K range converts exactly that 4K page.
     map(0x20_0000, 1, 0x01)(&mut t).unwrap();
-    assert!(!t.is_private(0x200));
-    assert!(t.is_private(0x201));
+    assert!(!t.is_private(Gfn(0x200)));
+    assert!(t.is_private(Gfn(0x201)));
     // Setting what is already there changes nothing and says so.
-    assert!(!t.set_memory_attributes(0x40_0000, M2, PRIVATE).unwrap());
+    assert!(!t
+        .set_memory_attributes(Gpa(0x40_0000), M2, PRIVATE)
+        .unwrap());
     // Attributes apply outside memslots too, up to the end of the address space (the last page
     // cannot be named: its end would wrap, which KVM rejects).
     rejects(&mut t, EINVAL, attrs(u64::MAX - 0xfff, K4, PRIVATE));
-    t.set_memory_attributes(u64::MAX - 0x1fff, K4, PRIVATE)
+    t.set_memory_attributes(Gpa(u64::MAX - 0x1fff), K4, PRIVATE)
         .unwrap();
-    assert!(t.is_private((u64::MAX >> 12) - 1));
-    assert!(!t.is_private(u64::MAX >> 12));
+    assert!(t.is_private(Gfn((u64::MAX >> 12) - 1)));
+    assert!(!t.is_private(Gfn(u64::MAX >> 12)));
 }
 
 /// KVM's private_mem_conversions_test: per-vCPU regions of 2M + 4K at 4 GiB, one or several memslots.
@@ -223,12 +228,12 @@ fn conversions_layout(nr_memslots: u64) {
         )
         .unwrap();
     }
-    let level = |t: &Tracker, gpa: u64, a: Access| t.max_mapping_level(gpa, a);
+    let level = |t: &Tracker, gpa: u64, a: Access| t.max_mapping_level(Gpa(gpa), a);
     let lvl = MaxLevel::Level;
     for (offset, size) in [(0, K4), (0, M2), (K4, K4), (K4, M2), (M2, K4)] {
         for cpu in 0..NR_VCPUS {
             let gpa = BASE + cpu * PER_CPU + offset;
-            t.set_memory_attributes(gpa, size, PRIVATE).unwrap();
+            t.set_memory_attributes(Gpa(gpa), size, PRIVATE).unwrap();
             o.set_memory_attributes(gpa, size, PRIVATE).unwrap();
             let probes = [
                 gpa,
@@ -252,17 +257,17 @@ fn conversions_layout(nr_memslots: u64) {
             };
             check(&t, &o);
             for odd in (gpa + K4..gpa + size).step_by(2 * K4 as usize) {
-                t.set_memory_attributes(odd, K4, 0).unwrap();
+                t.set_memory_attributes(Gpa(odd), K4, 0).unwrap();
                 o.set_memory_attributes(odd, K4, 0).unwrap();
             }
             check(&t, &o);
-            t.set_memory_attributes(gpa, size, 0).unwrap();
+            t.set_memory_attributes(Gpa(gpa), size, 0).unwrap();
             o.set_memory_attributes(gpa, size, 0).unwrap();
             check(&t, &o);
         }
     }
     // The levels KVM gives, stated outright for vCPU 0 (base 4 GiB, 2M aligned) and range (0, 2M).
-    t.set_memory_attributes(BASE, M2, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(BASE), M2, PRIVATE).unwrap();
     assert_eq!(
         level(&t, BASE, Access::Private),
         lvl(Level::M2),
@@ -286,7 +291,7 @@ fn conversions_layout(nr_memslots: u64) {
         lvl(second),
         "the next 2M page is shared"
     );
-    t.set_memory_attributes(BASE + K4, K4, 0).unwrap();
+    t.set_memory_attributes(Gpa(BASE + K4), K4, 0).unwrap();
     assert_eq!(
         level(&t, BASE, Access::Private),
         lvl(Level::K4),
@@ -294,7 +299,7 @@ fn conversions_layout(nr_memslots: u64) {
     );
     assert_eq!(level(&t, BASE + K4, Access::Shared), lvl(Level::K4));
     assert_eq!(t.mixed_count(0, Level::M2), 1);
-    t.set_memory_attributes(BASE, M2, 0).unwrap();
+    t.set_memory_attributes(Gpa(BASE), M2, 0).unwrap();
     assert_eq!(
         level(&t, BASE + K4, Access::Shared),
         lvl(Level::M2),
@@ -322,15 +327,15 @@ fn small_slot_whose_head_is_its_tail() {
     let mut t = Tracker::new();
     t.set_user_memory_region(&region(0, M2 + 8 * K4, 16 * K4, gmem()))
         .unwrap();
-    t.set_memory_attributes(M2, M2, PRIVATE).unwrap();
-    t.set_memory_attributes(M2 + 9 * K4, K4, 0).unwrap();
+    t.set_memory_attributes(Gpa(M2), M2, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(M2 + 9 * K4), K4, 0).unwrap();
     assert_eq!(
         t.mixed_count(0, Level::M2),
         0,
         "a large page not wholly inside is never MIXED"
     );
     assert_eq!(
-        t.max_mapping_level(M2 + 8 * K4, Access::Private),
+        t.max_mapping_level(Gpa(M2 + 8 * K4), Access::Private),
         MaxLevel::Level(Level::K4)
     );
 }
@@ -345,7 +350,7 @@ fn misaligned_host_address_disallows_the_level() {
     t.set_user_memory_region(&r).unwrap();
     // uaddr is 2M aligned but not 1G aligned relative to the GPA: 2M allowed, 1G never.
     assert_eq!(
-        t.max_mapping_level(0, Access::Shared),
+        t.max_mapping_level(Gpa(0), Access::Shared),
         MaxLevel::Level(Level::M2)
     );
     let r = MemoryRegion {
@@ -354,7 +359,7 @@ fn misaligned_host_address_disallows_the_level() {
     };
     t.set_user_memory_region(&r).unwrap();
     assert_eq!(
-        t.max_mapping_level(4 * G1, Access::Shared),
+        t.max_mapping_level(Gpa(4 * G1), Access::Shared),
         MaxLevel::Level(Level::K4)
     );
 }
@@ -368,7 +373,7 @@ fn backing_and_dirty_log_cap_the_level() {
     };
     t.set_user_memory_region(&r).unwrap();
     assert_eq!(
-        t.max_mapping_level(0, Access::Shared),
+        t.max_mapping_level(Gpa(0), Access::Shared),
         MaxLevel::Level(Level::M2)
     );
     let dirty = SlotFlags {
@@ -378,7 +383,7 @@ fn backing_and_dirty_log_cap_the_level() {
     t.set_user_memory_region(&MemoryRegion { flags: dirty, ..r })
         .unwrap();
     assert_eq!(
-        t.max_mapping_level(0, Access::Shared),
+        t.max_mapping_level(Gpa(0), Access::Shared),
         MaxLevel::Level(Level::K4)
     );
     assert_eq!(t.eligibility(0).unwrap().bytes_4k, 2 * G1);
@@ -389,30 +394,30 @@ fn guest_inhibit_is_one_way_and_dropped_by_a_move() {
     let mut t = Tracker::new();
     t.set_user_memory_region(&region(0, 0, 2 * G1, SlotFlags::default()))
         .unwrap();
-    assert!(t.set_guest_inhibit(0x400, Level::K4).unwrap());
+    assert!(t.set_guest_inhibit(Gfn(0x400), Level::K4).unwrap());
     assert!(
-        !t.set_guest_inhibit(0x401, Level::K4).unwrap(),
+        !t.set_guest_inhibit(Gfn(0x401), Level::K4).unwrap(),
         "already inhibited"
     );
     assert_eq!(
-        t.max_mapping_level(0x40_0000, Access::Shared),
+        t.max_mapping_level(Gpa(0x40_0000), Access::Shared),
         MaxLevel::Level(Level::K4)
     );
     assert_eq!(
-        t.max_mapping_level(0x60_0000, Access::Shared),
+        t.max_mapping_level(Gpa(0x60_0000), Access::Shared),
         MaxLevel::Level(Level::M2),
         "1G inhibited too"
     );
-    t.set_memory_attributes(0, G1, 0).unwrap();
+    t.set_memory_attributes(Gpa(0), G1, 0).unwrap();
     assert_eq!(
-        t.max_mapping_level(0x40_0000, Access::Shared),
+        t.max_mapping_level(Gpa(0x40_0000), Access::Shared),
         MaxLevel::Level(Level::K4),
         "conversions keep it"
     );
     t.set_user_memory_region(&region(0, 4 * G1, 2 * G1, SlotFlags::default()))
         .unwrap();
     assert_eq!(
-        t.max_mapping_level(4 * G1 + 0x40_0000, Access::Shared),
+        t.max_mapping_level(Gpa(4 * G1 + 0x40_0000), Access::Shared),
         MaxLevel::Level(Level::G1)
     );
     assert_eq!(t.eligibility(0).unwrap().bytes_1g, 2 * G1);
@@ -430,7 +435,8 @@ fn memslots_cost_no_memory_per_page_so_no_limit_is_needed() {
     }
     assert!(t.heap_bytes() < 2000 * 256, "{} bytes", t.heap_bytes());
     // Making all of it private costs one run of 512G units plus the two partial edges.
-    t.set_memory_attributes(0, 2000 << 43, PRIVATE).unwrap();
+    t.set_memory_attributes(Gpa(0), 2000 << 43, PRIVATE)
+        .unwrap();
     let e = t.eligibility(7).unwrap();
     assert_eq!(e.bytes_1g, 8191 * G1);
     assert!(

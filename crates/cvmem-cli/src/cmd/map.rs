@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cvmem_designs::map::{build, MapOptions};
+use crate::map::{build, MapOptions};
 use cvmem_designs::workloads::{generate, Params};
 use cvmem_oplog::Replayer;
 use cvmem_oplog::{ops, Op};

@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cvmem::{Access, Error, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem::{Access, Error, Gpa, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
 use cvmem_oplog::{Driver, Executor, Op};
 use serde::Serialize;
 
@@ -183,8 +183,8 @@ impl Executor for Timed {
         self.rules.commit(region)
     }
 
-    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<(), Error> {
-        let action = self.rules.attributes(gpa, size, attributes)?;
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<(), Error> {
+        let action = self.rules.attributes(Gpa(gpa.0), size, attributes)?;
         let ns = self.timed(&action)?;
         if let Action::Attributes { range, .. } = action {
             self.conversions.push(ns);
@@ -194,15 +194,15 @@ impl Executor for Timed {
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
-        self.set_attributes(request.gpa, request.size(), request.attributes())
+        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
     }
 
     #[inline]
-    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel, Error> {
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel, Error> {
         let (_, n) = self.batch.get_or_insert_with(|| (Instant::now(), 0));
         *n += 1;
         let full = *n == QUERY_BATCH;
-        let answer = self.design.max_mapping_level(gpa, access);
+        let answer = self.design.max_mapping_level(gpa.0, access);
         self.answers.push(answer_code(&answer));
         if full {
             self.close_batch();

@@ -1,7 +1,7 @@
 //! Builds an op-log while keeping the VM state it produces (a core [`Replayer`]), so that the
 //! generators can fault pages with the access kind the guest would use, and sweep the final state.
 
-use cvmem::{Access, PAGE_SIZE};
+use cvmem::{Access, Gfn, PAGE_SIZE};
 use cvmem_oplog::Op;
 use cvmem_oplog::Replayer;
 
@@ -100,7 +100,7 @@ impl Builder {
 
     /// Whether the page at `gpa` is private now.
     pub fn is_private(&self, gpa: u64) -> bool {
-        self.vm.tracker().is_private(gpa / PAGE_SIZE)
+        self.vm.tracker().is_private(Gfn(gpa / PAGE_SIZE))
     }
 
     /// A guest access to `gpa` of the kind the page has (the fault path's common case).

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts};
+use cvmem::Gpa;
 use cvmem::{Access, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 
 use super::CvmMemory;
@@ -15,13 +16,13 @@ impl CvmMemory {
     /// would do — map the page at the level the tracker allows (replacing smaller mappings),
     /// or answer spurious, retry (a conversion is changing the pages around it), no slot, or a
     /// memory fault (the access kind differs from the page's: KVM_EXIT_MEMORY_FAULT).
-    pub fn fault(&self, gpa: u64, access: Access) -> Result<FaultOutcome> {
+    pub fn fault(&self, gpa: Gpa, access: Access) -> Result<FaultOutcome> {
         Ok(self.update(|s| s.vm.fault(gpa, access)).0?)
     }
 
     /// [`CvmMemory::fault`] on every 4K page of `[gpa, gpa + size)` in address order, counted
     /// (the op-log's `fault-range`; checked as `attrs` checks its range).
-    pub fn fault_range(&self, gpa: u64, size: u64, access: Access) -> Result<FaultRangeCounts> {
+    pub fn fault_range(&self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
         Ok(self.update(|s| s.vm.fault_range(gpa, size, access)).0?)
     }
 
@@ -29,9 +30,9 @@ impl CvmMemory {
     /// is accessed as the kind it has now (a TDX guest uses the private or the shared alias, an
     /// SNP guest the C-bit, as it converted them), and faulted through the MMU model. What a
     /// workload reports of the guest's reads and writes of memory.
-    pub fn touch(&self, gpa: u64, size: u64) -> Result<FaultRangeCounts> {
+    pub fn touch(&self, gpa: Gpa, size: u64) -> Result<FaultRangeCounts> {
         let (r, _) = self.update(|s| -> cvmem::Result<FaultRangeCounts> {
-            let range = s.vm.tracker().validate_attributes(gpa, size, 0)?;
+            let range = s.vm.tracker().validate_attributes(gpa, size, 0)?.range();
             let runs: Vec<(GfnRange, bool)> =
                 s.vm.tracker()
                     .runs(range)
@@ -40,7 +41,7 @@ impl CvmMemory {
             let mut total = FaultRangeCounts::default();
             for (run, private) in runs {
                 let c = s.vm.fault_range(
-                    run.start * PAGE_SIZE,
+                    Gpa(run.start * PAGE_SIZE),
                     run.len() * PAGE_SIZE,
                     Access::from_private(private),
                 )?;
@@ -53,12 +54,13 @@ impl CvmMemory {
 
     /// A TDX guest accepting the private page at `gpa` at `level` (the op-log's `accept`; the
     /// split layout only).
-    pub fn accept(&self, gpa: u64, level: Level) -> Result<AcceptOutcome> {
+    pub fn accept(&self, gpa: Gpa, level: Level) -> Result<AcceptOutcome> {
         Ok(self.update(|s| s.vm.accept(gpa, level)).0?)
     }
 
     /// Reads the quadword at `gpa` through the host's shared mapping of its slot.
-    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
+    pub fn read_u64(&self, gpa: Gpa) -> Result<u64> {
+        let gpa = gpa.0;
         let memory = self.lock_memory();
         let (mem, off) = locate(&memory, gpa, 8)?;
         mem.shared()
@@ -67,7 +69,8 @@ impl CvmMemory {
     }
 
     /// Writes the quadword at `gpa` through the host's shared mapping of its slot.
-    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<()> {
+    pub fn write_u64(&self, gpa: Gpa, value: u64) -> Result<()> {
+        let gpa = gpa.0;
         let memory = self.lock_memory();
         let (mem, off) = locate(&memory, gpa, 8)?;
         if mem.shared().write_u64(off, value) {
@@ -78,7 +81,8 @@ impl CvmMemory {
     }
 
     /// Copies `bytes` to `gpa` through the host's shared mapping (one slot only).
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) -> Result<()> {
+    pub fn write_bytes(&self, gpa: Gpa, bytes: &[u8]) -> Result<()> {
+        let gpa = gpa.0;
         let memory = self.lock_memory();
         let size = bytes.len() as u64;
         let (mem, off) = locate(&memory, gpa, size)?;
@@ -90,7 +94,8 @@ impl CvmMemory {
     }
 
     /// Writes `f(gpa)` to every quadword of `[gpa, gpa + size)` through the host mapping.
-    pub fn write_with(&self, gpa: u64, size: u64, f: impl Fn(u64) -> u64) -> Result<()> {
+    pub fn write_with(&self, gpa: Gpa, size: u64, f: impl Fn(u64) -> u64) -> Result<()> {
+        let gpa = gpa.0;
         let memory = self.lock_memory();
         let (mem, off) = locate(&memory, gpa, size)?;
         for i in (0..size).step_by(8) {
@@ -103,7 +108,8 @@ impl CvmMemory {
 
     /// Calls `f(gpa, value)` with every quadword of `[gpa, gpa + size)` read through the host
     /// mapping, stopping early when `f` returns false.
-    pub fn scan_u64(&self, gpa: u64, size: u64, mut f: impl FnMut(u64, u64) -> bool) -> Result<()> {
+    pub fn scan_u64(&self, gpa: Gpa, size: u64, mut f: impl FnMut(u64, u64) -> bool) -> Result<()> {
+        let gpa = gpa.0;
         let memory = self.lock_memory();
         let (mem, off) = locate(&memory, gpa, size)?;
         for i in (0..size).step_by(8) {

@@ -53,7 +53,7 @@ fn guest_accesses_and_conversions_drive_the_model() {
     let q = m.query();
     let before = m.tracking_time();
     // The guest touches the whole slot: two 2M leaves, the rest spurious.
-    let c = m.touch(G1, 2 * M2).unwrap();
+    let c = m.touch(Gpa(G1), 2 * M2).unwrap();
     assert_eq!((c.mapped.m2, c.mapped.k4, c.spurious), (2, 0, 1022));
     assert!(m.tracking_time() > before);
     // One page becomes private: the shared 2M leaf over it is zapped whole.
@@ -61,15 +61,15 @@ fn guest_accesses_and_conversions_drive_the_model() {
     assert!(conv.cost.tracking >= conv.cost.invalidate);
     let s = q.mmu_stats();
     assert_eq!((s.shared.m2, s.shared.k4, s.zaps), (1, 0, 1));
-    assert!(q.leaf(G1, Access::Shared).is_none());
+    assert!(q.leaf(Gpa(G1), Access::Shared).is_none());
     // Touching the first 2M again: each page as its kind. The private page of an anonymous
     // slot is a memory fault (no guest_memfd); the others map at 4K (the 2M page is mixed).
-    let c = m.touch(G1, M2).unwrap();
+    let c = m.touch(Gpa(G1), M2).unwrap();
     assert_eq!((c.mapped.k4, c.memory_fault), (511, 1));
     // Back to shared: the 2M page is uniform again, and a fault replaces the 511 leaves.
     m.convert(&req(G1 + 0x1000, 1, false)).unwrap();
     assert_eq!(
-        m.fault(G1 + 0x1000, Access::Shared).unwrap(),
+        m.fault(Gpa(G1 + 0x1000), Access::Shared).unwrap(),
         FaultOutcome::Mapped { level: Level::M2 }
     );
     let s = q.mmu_stats();
@@ -108,18 +108,18 @@ fn a_refused_conversion_closes_its_window_and_restores_attributes() {
     let m = memory(Recovery::OnFault);
     let refuser = Arc::new(Refuser::default());
     m.add_listener(refuser.clone()).unwrap();
-    m.touch(G1, 2 * M2).unwrap();
+    m.touch(Gpa(G1), 2 * M2).unwrap();
     *refuser.refuse.lock().unwrap() = true;
     assert!(matches!(
         m.convert(&req(G1, 16, true)),
         Err(Error::Listener(_))
     ));
     let q = m.query();
-    assert!(!q.is_private(G1));
+    assert!(!q.is_private(Gpa(G1)));
     // The invalidation zapped the shared leaf; the window is closed, so the access refaults
     // (a left-open window would answer Retry forever).
     assert_eq!(
-        m.fault(G1, Access::Shared).unwrap(),
+        m.fault(Gpa(G1), Access::Shared).unwrap(),
         FaultOutcome::Mapped { level: Level::M2 }
     );
     // The refused to-private conversion reached neither the attributes nor the listeners.
@@ -127,7 +127,7 @@ fn a_refused_conversion_closes_its_window_and_restores_attributes() {
     assert_eq!(*refuser.events.lock().unwrap(), 1);
     *refuser.refuse.lock().unwrap() = false;
     m.convert(&req(G1, 16, true)).unwrap();
-    assert!(q.is_private(G1));
+    assert!(q.is_private(Gpa(G1)));
 }
 
 #[test]
@@ -136,28 +136,28 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     let iommu = Arc::new(IommuListener::new("vfio", RecordingIommu::new()));
     m.add_listener(iommu.clone()).unwrap();
     m.convert(&req(G1 + M2, 1, true)).unwrap();
-    m.write_u64(G1 + 0x2008, 0xfeed).unwrap();
-    m.touch(G1, 2 * M2).unwrap();
+    m.write_u64(Gpa(G1 + 0x2008), 0xfeed).unwrap();
+    m.touch(Gpa(G1), 2 * M2).unwrap();
     let q = m.query();
     assert_eq!(q.mmu_stats().shared.total(), 1 + 511);
 
     // Onto slot-less memory at 3G: the bytes follow, the old range is unmapped and zapped.
     let to = 3 * G1;
     assert_eq!(
-        m.move_slot(1, to).unwrap(),
+        m.move_slot(1, Gpa(to)).unwrap(),
         SlotChange::Moved {
             old: GfnRange::new(G1 / PAGE_SIZE, (G1 + 2 * M2) / PAGE_SIZE)
         }
     );
-    assert_eq!(m.read_u64(to + 0x2008).unwrap(), 0xfeed);
+    assert_eq!(m.read_u64(Gpa(to + 0x2008)).unwrap(), 0xfeed);
     assert!(matches!(
-        m.read_u64(G1 + 0x2008),
+        m.read_u64(Gpa(G1 + 0x2008)),
         Err(Error::NotInSlot { .. })
     ));
     assert_eq!(q.mmu_stats().shared.total(), 0);
     // Attributes are per gfn: the private page stayed at G1 + 2M; everything at 3G is shared,
     // and the IOMMU maps exactly the new place.
-    assert!(q.is_private(G1 + M2));
+    assert!(q.is_private(Gpa(G1 + M2)));
     assert_eq!(iommu.with_dma(|d| d.mapped()), vec![(to, to + 2 * M2)]);
     assert!(iommu.with_dma(|d| d.violations().is_empty()));
     assert_eq!(q.snapshot().slots[0].gpa, to);
@@ -172,19 +172,19 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     })
     .unwrap();
     let maps = iommu.with_dma(|d| d.stats().maps);
-    let e = m.move_slot(1, 5 * G1 - M2).unwrap_err();
+    let e = m.move_slot(1, Gpa(5 * G1 - M2)).unwrap_err();
     assert_eq!(errno(&e), Some(Errno::EEXIST), "{e}");
     assert_eq!(iommu.with_dma(|d| d.stats().maps), maps);
-    assert_eq!(m.read_u64(to + 0x2008).unwrap(), 0xfeed);
+    assert_eq!(m.read_u64(Gpa(to + 0x2008)).unwrap(), 0xfeed);
     // Moving to where it is changes nothing.
-    assert_eq!(m.move_slot(1, to).unwrap(), SlotChange::Unchanged);
+    assert_eq!(m.move_slot(1, Gpa(to)).unwrap(), SlotChange::Unchanged);
 }
 
 #[test]
 fn dirty_logging_splits_to_4k_and_eager_recovery_collapses_back() {
     let m = memory(Recovery::Eager);
     let q = m.query();
-    m.touch(G1, 2 * M2).unwrap();
+    m.touch(Gpa(G1), 2 * M2).unwrap();
     assert_eq!(q.mmu_stats().shared.m2, 2);
     assert_eq!(
         m.set_dirty_log(1, true).unwrap(),
@@ -193,7 +193,7 @@ fn dirty_logging_splits_to_4k_and_eager_recovery_collapses_back() {
     let s = q.mmu_stats();
     assert_eq!((s.shared.m2, s.shared.k4, s.splits), (0, 1024, 2));
     assert_eq!(
-        q.max_level(G1, Access::Shared),
+        q.max_level(Gpa(G1), Access::Shared),
         cvmem::MaxLevel::Level(Level::K4)
     );
     assert!(q.snapshot().slots[0].flags.dirty_log);
@@ -286,9 +286,9 @@ fn a_declared_uaddr_sets_the_congruence_and_must_stay() {
         SlotChange::Created
     );
     let q = m.query();
-    assert_eq!(q.allowed_level(4 * G1), Some(Level::K4));
+    assert_eq!(q.allowed_level(Gpa(4 * G1)), Some(Level::K4));
     assert_eq!(
-        m.fault(4 * G1, Access::Shared).unwrap(),
+        m.fault(Gpa(4 * G1), Access::Shared).unwrap(),
         FaultOutcome::Mapped { level: Level::K4 }
     );
     // A move restating the uaddr is fine; another uaddr is EINVAL (immutable).

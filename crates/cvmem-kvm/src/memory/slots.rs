@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use cvmem::Gpa;
 use cvmem::{Access, Level, MemoryRegion, SlotChange, SlotFlags};
 
 use super::{CvmMemory, SlotInfo, SlotSpec};
@@ -58,7 +59,8 @@ impl CvmMemory {
     /// `gpa` takes the attributes of those gfns. Listeners hear the slot's shared ranges go from
     /// the old place and appear at the new one; the model zaps the old range. KVM's rules: a
     /// guest_memfd slot cannot move (EINVAL), overlap is EEXIST.
-    pub fn move_slot(&self, slot: u32, gpa: u64) -> Result<SlotChange> {
+    pub fn move_slot(&self, slot: u32, gpa: Gpa) -> Result<SlotChange> {
+        let gpa = gpa.0;
         let mut memory = self.lock_memory();
         let mut region = self.current_region(slot)?;
         region.gpa = gpa;

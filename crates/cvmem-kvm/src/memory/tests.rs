@@ -96,26 +96,32 @@ fn listeners_get_exact_changed_ranges_clipped_to_slots() {
     assert_eq!(m.convert(&req(0x2000, 1, true)).unwrap().changed_pages, 0);
     assert_eq!(rec.events.lock().unwrap().len(), 3);
     let q = m.query();
-    assert_eq!(q.range_kind(0, 8 << 20).unwrap(), crate::RangeKind::Private);
-    assert_eq!(q.range_kind(0, 2 << 30).unwrap(), crate::RangeKind::Mixed);
+    assert_eq!(
+        q.range_kind(Gpa(0), 8 << 20).unwrap(),
+        crate::RangeKind::Private
+    );
+    assert_eq!(
+        q.range_kind(Gpa(0), 2 << 30).unwrap(),
+        crate::RangeKind::Mixed
+    );
 }
 
 #[test]
 fn anonymous_memory_is_dropped_when_it_becomes_private() {
     let m = memory();
-    m.write_u64(0x3000, 0xabcd).unwrap();
-    m.write_u64(0x4000, 0x1234).unwrap();
+    m.write_u64(Gpa(0x3000), 0xabcd).unwrap();
+    m.write_u64(Gpa(0x4000), 0x1234).unwrap();
     let c = m.convert(&req(0x3000, 1, true)).unwrap();
     assert_eq!(c.discarded_bytes, 4096);
-    assert_eq!(m.read_u64(0x3000).unwrap(), 0);
-    assert_eq!(m.read_u64(0x4000).unwrap(), 0x1234);
+    assert_eq!(m.read_u64(Gpa(0x3000)).unwrap(), 0);
+    assert_eq!(m.read_u64(Gpa(0x4000)).unwrap(), 0x1234);
     // Back to shared keeps (there is no private backing to punch).
-    m.write_u64(0x3000, 7).unwrap();
+    m.write_u64(Gpa(0x3000), 7).unwrap();
     assert_eq!(
         m.convert(&req(0x3000, 1, false)).unwrap().discarded_bytes,
         0
     );
-    assert_eq!(m.read_u64(0x3000).unwrap(), 7);
+    assert_eq!(m.read_u64(Gpa(0x3000)).unwrap(), 7);
 }
 
 #[test]
@@ -126,7 +132,7 @@ fn a_refused_conversion_is_rolled_back_everywhere() {
     m.add_listener(iommu.clone()).unwrap();
     m.add_listener(rec.clone()).unwrap();
     m.convert(&req(0, 512, true)).unwrap();
-    let before = m.query().runs(0, 8 << 20).unwrap();
+    let before = m.query().runs(Gpa(0), 8 << 20).unwrap();
     let mapped = iommu.with_dma(|d| d.mapped());
 
     // To shared: the second listener refuses; the IOMMU is rolled back, and the tracker.
@@ -137,13 +143,13 @@ fn a_refused_conversion_is_rolled_back_everywhere() {
         guest_status_of(&Err::<(), _>(e)),
         (libc::EFAULT as u64).wrapping_neg()
     );
-    assert_eq!(m.query().runs(0, 8 << 20).unwrap(), before);
+    assert_eq!(m.query().runs(Gpa(0), 8 << 20).unwrap(), before);
     assert_eq!(iommu.with_dma(|d| d.mapped()), mapped);
 
     // To private: the IOMMU refuses (a split's remap fails); nothing changes.
     iommu.with_dma(|d| d.fail_map_in(1));
     assert!(m.convert(&req(0x300000, 1, true)).is_err());
-    assert_eq!(m.query().runs(0, 8 << 20).unwrap(), before);
+    assert_eq!(m.query().runs(Gpa(0), 8 << 20).unwrap(), before);
     assert_eq!(iommu.with_dma(|d| d.mapped()), mapped);
     assert!(iommu.with_dma(|d| d.violations().is_empty()));
     // The recorder never saw the refused conversion.
@@ -151,7 +157,7 @@ fn a_refused_conversion_is_rolled_back_everywhere() {
 
     // And then it works.
     m.convert(&req(0x300000, 1, true)).unwrap();
-    assert!(m.query().is_private(0x300000));
+    assert!(m.query().is_private(Gpa(0x300000)));
 }
 
 fn guest_status_of(r: &Result<()>) -> u64 {
@@ -168,7 +174,7 @@ fn slots_come_and_go_through_listeners() {
     assert_eq!(iommu.with_dma(|d| d.mapped()), vec![(0, 4 << 20)]);
     assert!(m.remove_slot(1).is_err());
     // The private attributes outlive the slot (KVM's attributes are per VM).
-    assert!(m.query().is_private(0x40000000));
+    assert!(m.query().is_private(Gpa(0x40000000)));
     // Overlapping slots are refused by the tracker, and leave nothing behind.
     let overlap = SlotSpec {
         slot: 7,
@@ -195,16 +201,19 @@ fn slots_come_and_go_through_listeners() {
 #[test]
 fn vmm_attribute_changes_follow_kvm_rules() {
     let m = memory();
-    assert!(matches!(m.set_attributes(0, 0, P), Err(Error::Tracker(_))));
     assert!(matches!(
-        m.set_attributes(0x800, 4096, P),
+        m.set_attributes(Gpa(0), 0, P),
         Err(Error::Tracker(_))
     ));
     assert!(matches!(
-        m.set_attributes(0, 4096, 1),
+        m.set_attributes(Gpa(0x800), 4096, P),
         Err(Error::Tracker(_))
     ));
-    let c = m.set_attributes(0, 2 << 20, P).unwrap();
+    assert!(matches!(
+        m.set_attributes(Gpa(0), 4096, 1),
+        Err(Error::Tracker(_))
+    ));
+    let c = m.set_attributes(Gpa(0), 2 << 20, P).unwrap();
     assert_eq!(c.changed_pages, 512);
     let map = m.query().snapshot();
     assert_eq!(map.private, vec![(0, 2 << 20)]);

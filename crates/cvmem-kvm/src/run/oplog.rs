@@ -4,7 +4,7 @@
 //! [`crate::CvmMemory`]; `fault`, `fault-range` and `accept` go through its MMU model.
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Layout, Recovery};
-use cvmem::{Access, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem::{Access, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
 use cvmem_oplog::{Driver, Executor, Line, Outcome};
 
 use super::Runner;
@@ -88,7 +88,7 @@ impl Executor for OplogExecutor<'_> {
         mem.set_user_memory_region(&region, backing)
     }
 
-    fn set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<()> {
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<()> {
         let result = self.runner.vm.memory.set_attributes(gpa, size, attributes);
         self.runner.record(RequestSource::Vmm, &result);
         result.map(drop)
@@ -109,19 +109,19 @@ impl Executor for OplogExecutor<'_> {
         self.guest_map(gpa, npages, flags, EINVAL)
     }
 
-    fn query(&mut self, gpa: u64, access: Access) -> Result<MaxLevel> {
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel> {
         Ok(self.runner.vm.memory.query().max_level(gpa, access))
     }
 
-    fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome> {
+    fn fault(&mut self, gpa: Gpa, access: Access) -> Result<FaultOutcome> {
         self.runner.vm.memory.fault(gpa, access)
     }
 
-    fn fault_range(&mut self, gpa: u64, size: u64, access: Access) -> Result<FaultRangeCounts> {
+    fn fault_range(&mut self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
         self.runner.vm.memory.fault_range(gpa, size, access)
     }
 
-    fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome> {
+    fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome> {
         self.runner.vm.memory.accept(gpa, level)
     }
 }

@@ -29,7 +29,7 @@ mod region;
 use alloc::vec::Vec;
 use core::mem::size_of;
 
-use crate::addr::{GfnRange, Level, GFN_END};
+use crate::addr::{Gfn, GfnRange, Level, GFN_END};
 use crate::error::{Error, Result};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use node::{Node, NODE_GFNS};
@@ -226,7 +226,8 @@ impl AttrStore {
     /// descent of at most three fixed levels, then a bit probe or an inline slot. No search in
     /// runs of pages, no allocation.
     #[inline]
-    pub fn probe(&self, gfn: u64) -> Probe {
+    pub fn probe(&self, gfn: Gfn) -> Probe {
+        let gfn = gfn.0;
         let unit = gfn / NODE_GFNS;
         let (private, uniform) = match self.node(unit) {
             Some(n) => n.probe(gfn % NODE_GFNS),
@@ -237,13 +238,13 @@ impl AttrStore {
 
     /// Whether `gfn` is private.
     #[inline]
-    pub fn is_private(&self, gfn: u64) -> bool {
+    pub fn is_private(&self, gfn: Gfn) -> bool {
         self.probe(gfn).private
     }
 
     /// The attributes of `gfn`.
     #[inline]
-    pub fn get(&self, gfn: u64) -> u64 {
+    pub fn get(&self, gfn: Gfn) -> u64 {
         attr(self.is_private(gfn))
     }
 
@@ -292,14 +293,14 @@ impl AttrStore {
     }
 
     /// One past the last gfn of the run holding `gfn`: the next gfn of the other kind.
-    pub fn next_change(&self, gfn: u64) -> u64 {
-        self.find(gfn, self.is_private(gfn)).unwrap_or(GFN_END)
+    pub fn next_change(&self, gfn: Gfn) -> u64 {
+        self.find(gfn.0, self.is_private(gfn)).unwrap_or(GFN_END)
     }
 
     /// The run from `gfn` to the next change of kind.
-    pub fn run_from(&self, gfn: u64) -> AttrRun {
+    pub fn run_from(&self, gfn: Gfn) -> AttrRun {
         AttrRun {
-            start: gfn,
+            start: gfn.0,
             end: self.next_change(gfn),
             attributes: self.get(gfn),
         }
@@ -320,7 +321,7 @@ impl AttrStore {
 
     /// The attributes if every gfn of `range` has the same ones, else `None`.
     pub fn uniform(&self, range: GfnRange) -> Option<u64> {
-        let v = self.is_private(range.start);
+        let v = self.is_private(Gfn(range.start));
         let end = self.find(range.start, v).unwrap_or(GFN_END);
         (end >= range.end).then_some(attr(v))
     }
@@ -361,7 +362,8 @@ impl AttrStore {
     }
 
     /// Whether the 2M page holding `gfn` is mixed.
-    pub fn is_mixed_2m(&self, gfn: u64) -> bool {
+    pub fn is_mixed_2m(&self, gfn: Gfn) -> bool {
+        let gfn = gfn.0;
         self.node(gfn / NODE_GFNS)
             .is_some_and(|n| n.is_mixed_2m(gfn % NODE_GFNS))
     }
@@ -606,7 +608,7 @@ impl Iterator for Runs<'_> {
         if self.start >= self.end {
             return None;
         }
-        let private = self.store.is_private(self.start);
+        let private = self.store.is_private(Gfn(self.start));
         let end = self
             .store
             .find(self.start, private)

@@ -15,7 +15,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::tracker::{Access, MemoryFault};
 
@@ -173,7 +173,8 @@ impl Vm {
     /// `gpa` larger than `level` is split down to it; if `gpa` is not mapped it is then faulted
     /// in as a private fault would, never above `level`. EINVAL in the unified layout or when
     /// `gpa` is not aligned to `level`.
-    pub fn accept(&mut self, gpa: u64, level: Level) -> Result<AcceptOutcome> {
+    pub fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome> {
+        let gpa = gpa.0;
         if !self.layout.is_split() {
             return Err(Error::Unsupported {
                 what: "accept needs the split layout (TDX)",
@@ -187,14 +188,14 @@ impl Vm {
             });
         }
         let gfn = gpa >> PAGE_SHIFT;
-        let Some(slot) = self.tracker.slot_for_gfn(gfn) else {
+        let Some(slot) = self.tracker.slot_for_gfn(Gfn(gfn)) else {
             return Ok(AcceptOutcome::NoSlot);
         };
         if self.in_window(gfn).is_some() {
             self.counters.retries += 1;
             return Ok(AcceptOutcome::Retry);
         }
-        if !slot.flags().guest_memfd || !self.tracker.is_private(gfn) {
+        if !slot.flags().guest_memfd || !self.tracker.is_private(Gfn(gfn)) {
             return Ok(AcceptOutcome::MemoryFault(MemoryFault {
                 gpa,
                 size: PAGE_SIZE,
@@ -214,7 +215,7 @@ impl Vm {
             self.recover_accepted(gfn, level);
             return Ok(AcceptOutcome::Accepted);
         }
-        self.tracker.set_guest_inhibit(gfn, level)?;
+        self.tracker.set_guest_inhibit(Gfn(gfn), level)?;
         self.counters.splits += self.trees.split_down(GfnRange::new(gfn, gfn + 1), level);
         if self.trees.lookup(gfn, true).is_none() {
             let outcome = self.fault_capped(gfn, Access::Private, level)?;
@@ -222,7 +223,7 @@ impl Vm {
         }
         if clearing {
             for (g, l) in self.accepted.record(gfn, level) {
-                self.tracker.clear_guest_inhibit(g, l);
+                self.tracker.clear_guest_inhibit(Gfn(g), l);
             }
         }
         // A fault-in capped below the allowed level, or a cleared inhibit, may have made the
@@ -240,9 +241,9 @@ impl Vm {
 
     /// Whether the private page of `level` at `gpa` has been wholly accepted since it last
     /// changed attributes; `None` under [`AcceptPolicy::OneWay`], which keeps no record.
-    pub fn is_accepted(&self, gpa: u64, level: Level) -> Option<bool> {
+    pub fn is_accepted(&self, gpa: Gpa, level: Level) -> Option<bool> {
         (self.accept_policy == AcceptPolicy::ClearWhenAccepted)
-            .then(|| self.accepted.is_accepted(gpa >> PAGE_SHIFT, level))
+            .then(|| self.accepted.is_accepted(gpa.gfn().0, level))
     }
 
     /// Before the attributes of `range` become `attributes`: the pages that change are no

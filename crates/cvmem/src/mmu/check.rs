@@ -3,7 +3,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use crate::addr::{GfnRange, Level};
+use crate::addr::{Gfn, GfnRange, Level};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 use super::table::{entry_pages, leaf_level, TableId};
@@ -134,7 +134,7 @@ impl Vm {
         if !self.tracker.range_has_attributes(range, want, u64::MAX) {
             return Err(format!("{} maps pages of other attributes", what()));
         }
-        match self.tracker.slot_for_gfn(gfn) {
+        match self.tracker.slot_for_gfn(Gfn(gfn)) {
             Some(s) if s.range().covers(&range) => {}
             _ => return Err(format!("{} is not inside one memslot", what())),
         }

@@ -1,9 +1,10 @@
 //! Conversions: KVM_SET_MEMORY_ATTRIBUTES as KVM runs it, in two phases around an
 //! invalidation window.
 
-use crate::addr::{GfnRange, Level, GFN_END};
+use crate::addr::{GfnRange, Gpa, Level, GFN_END};
 use crate::error::Result;
 use crate::hypercall::MapGpaRange;
+use crate::tracker::AttrRequest;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 use super::tree::Kinds;
@@ -49,14 +50,21 @@ pub(crate) fn window_of(range: GfnRange) -> GfnRange {
 impl Vm {
     /// KVM_SET_MEMORY_ATTRIBUTES on the VM: [`Vm::begin_conversion`] then
     /// [`Vm::end_conversion`]. Returns whether anything changed. On error nothing changed.
-    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<bool> {
-        let conversion = self.begin_conversion(gpa, size, attributes)?;
-        self.end_conversion(conversion)
+    pub fn set_memory_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<bool> {
+        let request = self.tracker.validate_attributes(gpa, size, attributes)?;
+        self.convert(request)
     }
 
     /// A guest's KVM_HC_MAP_GPA_RANGE, handled as the VMM would: a conversion of its range.
     pub fn map_gpa_range(&mut self, request: &MapGpaRange) -> Result<bool> {
-        self.set_memory_attributes(request.gpa, request.size(), request.attributes())
+        self.convert(request.request()?)
+    }
+
+    /// A checked attribute change: [`Vm::begin_conversion`] then [`Vm::end_conversion`].
+    /// Returns whether anything changed. On error nothing changed.
+    pub fn convert(&mut self, request: AttrRequest) -> Result<bool> {
+        let conversion = self.begin_conversion(request)?;
+        self.end_conversion(conversion)
     }
 
     /// Phase one of a conversion: validate, allocate, invalidate. Every leaf of the old kind
@@ -69,10 +77,17 @@ impl Vm {
     /// yet: [`Vm::end_conversion`] stores them, [`Vm::abort_conversion`] leaves them as they
     /// were.
     ///
-    /// If the range already has `attributes`, nothing is invalidated (KVM's early exit). On
-    /// error nothing changed.
-    pub fn begin_conversion(&mut self, gpa: u64, size: u64, attributes: u64) -> Result<Conversion> {
-        let range = self.tracker.validate_attributes(gpa, size, attributes)?;
+    /// If the range already has the attributes, nothing is invalidated (KVM's early exit, the
+    /// one place "does anything change?" is decided: see [`Conversion::changes`]). On error
+    /// nothing changed.
+    pub fn begin_conversion(&mut self, request: AttrRequest) -> Result<Conversion> {
+        let (range, attributes) = (request.range(), request.attributes());
+        if attributes & !self.tracker.supported_attributes() != 0 {
+            return Err(crate::Error::UnsupportedAttributes {
+                attributes,
+                supported: self.tracker.supported_attributes(),
+            });
+        }
         if self
             .tracker
             .range_has_attributes(range, attributes, u64::MAX)

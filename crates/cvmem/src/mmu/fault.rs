@@ -1,6 +1,6 @@
 //! The fault path: map one page, or every page of a range, at the level the tracker allows.
 
-use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END};
 use crate::error::Result;
 use crate::tracker::{Access, MaxLevel, MemoryFault};
 
@@ -65,8 +65,8 @@ impl Vm {
     ///
     /// Under [`Recovery::Eager`] no collapse pass is needed after a fault: the new leaf has the
     /// largest level allowed at `gpa`, so no larger region holding it is allowed either.
-    pub fn fault(&mut self, gpa: u64, access: Access) -> Result<FaultOutcome> {
-        self.fault_gfn(gpa >> PAGE_SHIFT, access)
+    pub fn fault(&mut self, gpa: Gpa, access: Access) -> Result<FaultOutcome> {
+        self.fault_gfn(gpa.gfn().0, access)
     }
 
     pub(crate) fn fault_gfn(&mut self, gfn: u64, access: Access) -> Result<FaultOutcome> {
@@ -81,14 +81,14 @@ impl Vm {
         cap: Level,
     ) -> Result<FaultOutcome> {
         self.counters.faults += 1;
-        if self.tracker.slot_for_gfn(gfn).is_none() {
+        if self.tracker.slot_for_gfn(Gfn(gfn)).is_none() {
             return Ok(FaultOutcome::NoSlot);
         }
         if self.in_window(gfn).is_some() {
             self.counters.retries += 1;
             return Ok(FaultOutcome::Retry);
         }
-        let max = match self.tracker.max_mapping_level(gfn << PAGE_SHIFT, access) {
+        let max = match self.tracker.max_mapping_level(Gfn(gfn).gpa(), access) {
             MaxLevel::Level(l) => l.min(cap),
             MaxLevel::NoSlot => return Ok(FaultOutcome::NoSlot),
             MaxLevel::MemoryFault(m) => return Ok(FaultOutcome::MemoryFault(m)),
@@ -125,8 +125,8 @@ impl Vm {
     /// the answer is known to repeat (the rest of a leaf just installed or found, the rest of a
     /// gap between slots, of a run of the wrong kind, of a window), so faulting a 64 GiB guest
     /// mapped at 1G costs 64 faults, not 16 million.
-    pub fn fault_range(&mut self, gpa: u64, size: u64, access: Access) -> Result<FaultRangeCounts> {
-        let range = self.tracker.validate_attributes(gpa, size, 0)?;
+    pub fn fault_range(&mut self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
+        let range = self.tracker.validate_attributes(gpa, size, 0)?.range();
         let mut counts = FaultRangeCounts::default();
         let mut gfn = range.start;
         while gfn < range.end {
@@ -157,7 +157,7 @@ impl Vm {
     fn extent_end(&self, gfn: u64, access: Access, outcome: &FaultOutcome) -> u64 {
         let slot_end = self
             .tracker
-            .slot_for_gfn(gfn)
+            .slot_for_gfn(Gfn(gfn))
             .map_or(gfn + 1, |s| s.base_gfn() + s.npages());
         let next_window = self
             .windows
@@ -188,14 +188,14 @@ impl Vm {
                 let no_gmem = m.private
                     && !self
                         .tracker
-                        .slot_for_gfn(gfn)
+                        .slot_for_gfn(Gfn(gfn))
                         .is_some_and(|s| s.flags().guest_memfd);
                 let end = if no_gmem {
                     slot_end
                 } else {
                     self.tracker
                         .attribute_store()
-                        .next_change(gfn)
+                        .next_change(Gfn(gfn))
                         .min(slot_end)
                 };
                 end.min(next_window)

@@ -36,7 +36,7 @@
 //!
 //! ```
 //! use cvmem::mmu::{FaultOutcome, Layout, Recovery, Vm};
-//! use cvmem::{Access, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+//! use cvmem::{Access, Gfn, Gpa, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 //!
 //! const M2: u64 = 2 << 20;
 //! const G1: u64 = 1 << 30;
@@ -44,22 +44,24 @@
 //! let gmem = SlotFlags { guest_memfd: true, ..Default::default() };
 //! let slot = MemoryRegion { slot: 0, gpa: 0, size: 2 * G1, flags: gmem, ..Default::default() };
 //! vm.set_user_memory_region(&slot)?;
-//! vm.set_memory_attributes(0, 2 * G1, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
+//! vm.set_memory_attributes(Gpa(0), 2 * G1, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
 //!
 //! // One page of the second 1G page becomes shared.
-//! let conversion = vm.begin_conversion(G1 + 0x5000, 4096, 0)?;
+//! let request = vm.tracker().validate_attributes(Gpa(G1 + 0x5000), 4096, 0)?;
+//! let conversion = vm.begin_conversion(request)?;
 //! // ... the VMM's other work; meanwhile the guest runs:
-//! assert_eq!(vm.fault(G1, Access::Private)?, FaultOutcome::Retry); // the range's 1G page
-//! assert_eq!(vm.fault(0, Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
+//! assert_eq!(vm.fault(Gpa(G1), Access::Private)?, FaultOutcome::Retry); // the range's 1G page
+//! assert_eq!(vm.fault(Gpa(0), Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
 //! assert!(vm.end_conversion(conversion)?);
-//! assert_eq!(vm.fault(G1, Access::Private)?, FaultOutcome::Mapped { level: Level::K4 });
-//! assert_eq!(vm.fault(G1 + M2, Access::Private)?, FaultOutcome::Mapped { level: Level::M2 });
+//! assert_eq!(vm.fault(Gpa(G1), Access::Private)?, FaultOutcome::Mapped { level: Level::K4 });
+//! assert_eq!(vm.fault(Gpa(G1 + M2), Access::Private)?, FaultOutcome::Mapped { level: Level::M2 });
 //!
 //! // The first 1G page is to become shared, but the other work fails: abort.
-//! let conversion = vm.begin_conversion(0, G1, 0)?; // zaps the private 1G leaf
+//! let request = vm.tracker().validate_attributes(Gpa(0), G1, 0)?;
+//! let conversion = vm.begin_conversion(request)?; // zaps the private 1G leaf
 //! vm.abort_conversion(conversion)?;
-//! assert!(vm.tracker().is_private(0));
-//! assert_eq!(vm.fault(0, Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
+//! assert!(vm.tracker().is_private(Gfn(0)));
+//! assert_eq!(vm.fault(Gpa(0), Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
 //! # Ok::<(), cvmem::Error>(())
 //! ```
 

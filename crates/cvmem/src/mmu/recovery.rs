@@ -57,7 +57,7 @@ impl Vm {
                 }
                 !blocked
                     && matches!(
-                        tracker.max_mapping_level(gfn << crate::PAGE_SHIFT, crate::Access::from_private(private)),
+                        tracker.max_mapping_level(crate::Gfn(gfn).gpa(), crate::Access::from_private(private)),
                         crate::MaxLevel::Level(l) if l >= level
                     )
             };

@@ -3,6 +3,8 @@
 
 extern crate std;
 use super::*;
+use crate::Gfn;
+use crate::Gpa;
 use crate::{Access, Level, MaxLevel, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 
 const PRIVATE: u64 = KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -39,7 +41,7 @@ fn private_vm(layout: Layout, recovery: Recovery, size: u64) -> Vm {
     let mut vm = Vm::new(layout, recovery);
     vm.set_user_memory_region(&region(0, 0, size, gmem()))
         .unwrap();
-    vm.set_memory_attributes(0, size, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(0), size, PRIVATE).unwrap();
     ok(&vm);
     vm
 }
@@ -55,14 +57,21 @@ fn mapped(level: Level) -> FaultOutcome {
 }
 
 fn fault(vm: &mut Vm, gpa: u64, access: Access) -> FaultOutcome {
-    let out = vm.fault(gpa, access).unwrap();
+    let out = vm.fault(Gpa(gpa), access).unwrap();
     ok(vm);
     out
 }
 
 fn convert(vm: &mut Vm, gpa: u64, size: u64, attrs: u64) {
-    vm.set_memory_attributes(gpa, size, attrs).unwrap();
+    vm.set_memory_attributes(Gpa(gpa), size, attrs).unwrap();
     ok(vm);
+}
+
+/// A checked request to make `[gpa, gpa + size)` have `attrs`.
+fn req(vm: &Vm, gpa: u64, size: u64, attrs: u64) -> crate::AttrRequest {
+    vm.tracker()
+        .validate_attributes(crate::Gpa(gpa), size, attrs)
+        .unwrap()
 }
 
 fn counts(k4: u64, m2: u64, g1: u64) -> LevelCounts {
@@ -86,14 +95,14 @@ fn spec_example_mmu_oplog() {
     convert(&mut vm, 0x200000, K4, PRIVATE);
     assert_eq!(fault(&mut vm, 0x200000, Access::Private), mapped(Level::G1));
     assert_eq!(
-        vm.accept(0x400000, Level::K4).unwrap(),
+        vm.accept(Gpa(0x400000), Level::K4).unwrap(),
         AcceptOutcome::Accepted
     );
     ok(&vm);
     let q = |vm: &Vm, gpa| vm.tracker().max_mapping_level(gpa, Access::Private);
-    assert_eq!(q(&vm, 0), MaxLevel::Level(Level::M2));
-    assert_eq!(q(&vm, 0x400000), MaxLevel::Level(Level::K4));
-    let r = vm.fault_range(0, 4 << 20, Access::Private).unwrap();
+    assert_eq!(q(&vm, Gpa(0)), MaxLevel::Level(Level::M2));
+    assert_eq!(q(&vm, Gpa(0x400000)), MaxLevel::Level(Level::K4));
+    let r = vm.fault_range(Gpa(0), 4 << 20, Access::Private).unwrap();
     assert_eq!(
         r,
         FaultRangeCounts {
@@ -114,8 +123,8 @@ fn spec_example_mmu_oplog() {
 fn table_pages_count_roots_and_every_level() {
     let mut vm = private_vm(Layout::SPLIT, Recovery::OnFault, 4 * G1);
     assert_eq!(vm.stats().table_pages, 2, "two empty roots");
-    vm.set_memory_attributes(0, M2, 0).unwrap();
-    vm.set_memory_attributes(0x1000, K4, PRIVATE).unwrap(); // 2M page 0 mixed
+    vm.set_memory_attributes(Gpa(0), M2, 0).unwrap();
+    vm.set_memory_attributes(Gpa(0x1000), K4, PRIVATE).unwrap(); // 2M page 0 mixed
     assert_eq!(fault(&mut vm, 0x1000, Access::Private), mapped(Level::K4));
     // private root + PDPT + PD + PT, and the empty shared root.
     assert_eq!(vm.stats().table_pages, 5);
@@ -129,7 +138,7 @@ fn table_pages_count_roots_and_every_level() {
     );
     let mut unified = private_vm(Layout::Unified, Recovery::OnFault, 4 * G1);
     assert_eq!(unified.stats().table_pages, 1);
-    unified.set_memory_attributes(0, K4, 0).unwrap();
+    unified.set_memory_attributes(Gpa(0), K4, 0).unwrap();
     assert_eq!(fault(&mut unified, 0, Access::Shared), mapped(Level::K4));
     assert_eq!(fault(&mut unified, K4, Access::Private), mapped(Level::K4));
     assert_eq!(unified.stats().table_pages, 4, "one tree for both kinds");
@@ -282,7 +291,9 @@ fn dirty_log_splits_every_huge_leaf_and_eager_collapses_after() {
         let mut vm = Vm::new(Layout::SPLIT, recovery);
         vm.set_user_memory_region(&region(3, G1, G1 + 4 * M2, dirty(false)))
             .unwrap();
-        let r = vm.fault_range(G1, G1 + 4 * M2, Access::Shared).unwrap();
+        let r = vm
+            .fault_range(Gpa(G1), G1 + 4 * M2, Access::Shared)
+            .unwrap();
         assert_eq!(r.mapped, counts(0, 4, 1));
         vm.set_user_memory_region(&region(3, G1, G1 + 4 * M2, dirty(true)))
             .unwrap();
@@ -317,15 +328,18 @@ fn delete_and_move_zap_the_old_range() {
         .unwrap();
     vm.set_user_memory_region(&region(2, G1, 3 * M2, dirty(false)))
         .unwrap();
-    vm.fault_range(0, 8 * M2, Access::Shared).unwrap();
-    vm.fault_range(G1, 3 * M2, Access::Shared).unwrap();
+    vm.fault_range(Gpa(0), 8 * M2, Access::Shared).unwrap();
+    vm.fault_range(Gpa(G1), 3 * M2, Access::Shared).unwrap();
     ok(&vm);
     assert_eq!(vm.stats().shared, counts(0, 11, 0));
     vm.set_user_memory_region(&region(1, 2 * G1, 8 * M2, dirty(false)))
         .unwrap(); // move
     ok(&vm);
     assert_eq!(vm.stats().zaps, 8);
-    assert_eq!(vm.fault(0, Access::Shared).unwrap(), FaultOutcome::NoSlot);
+    assert_eq!(
+        vm.fault(Gpa(0), Access::Shared).unwrap(),
+        FaultOutcome::NoSlot
+    );
     vm.set_user_memory_region(&region(2, G1, 0, dirty(false)))
         .unwrap(); // delete
     ok(&vm);
@@ -369,8 +383,8 @@ fn paging_grows_to_five_levels_above_2_pow_48_and_back() {
     );
     assert_eq!(bit51.paging_levels(), 5);
     assert_eq!(
-        bit51.decode_tdx_gpa((1 << 51) | 0x1000),
-        Some((0x1000, Access::Shared))
+        bit51.decode_tdx_gpa(Gpa((1 << 51) | 0x1000)),
+        Some((Gpa(0x1000), Access::Shared))
     );
 }
 
@@ -381,8 +395,9 @@ fn fault_range_counts_every_page_once() {
         .unwrap();
     vm.set_user_memory_region(&region(1, 6 * M2, M2, dirty(false)))
         .unwrap();
-    vm.set_memory_attributes(0, 3 * M2 + K4, PRIVATE).unwrap();
-    let r = vm.fault_range(0, 8 * M2, Access::Private).unwrap();
+    vm.set_memory_attributes(Gpa(0), 3 * M2 + K4, PRIVATE)
+        .unwrap();
+    let r = vm.fault_range(Gpa(0), 8 * M2, Access::Private).unwrap();
     assert_eq!(r.mapped, counts(1, 3, 0));
     assert_eq!(r.spurious, 3 * 511);
     assert_eq!(r.memory_fault, 511 + 512);
@@ -392,46 +407,57 @@ fn fault_range_counts_every_page_once() {
         8 * 512
     );
     ok(&vm);
-    assert!(vm.fault_range(0x1001, 4096, Access::Private).is_err());
+    assert!(vm.fault_range(Gpa(0x1001), 4096, Access::Private).is_err());
 }
 
 #[test]
 fn accept_rules() {
     let mut unified = private_vm(Layout::Unified, Recovery::OnFault, G1);
     assert_eq!(
-        unified.accept(0, Level::K4).unwrap_err().errno(),
+        unified.accept(Gpa(0), Level::K4).unwrap_err().errno(),
         crate::Errno::EINVAL
     );
     let mut vm = private_vm(Layout::SPLIT, Recovery::OnFault, G1);
-    assert!(vm.accept(0x1000, Level::M2).is_err(), "unaligned");
-    assert_eq!(vm.accept(G1, Level::K4).unwrap(), AcceptOutcome::NoSlot);
+    assert!(vm.accept(Gpa(0x1000), Level::M2).is_err(), "unaligned");
+    assert_eq!(
+        vm.accept(Gpa(G1), Level::K4).unwrap(),
+        AcceptOutcome::NoSlot
+    );
     vm.set_user_memory_region(&region(1, 2 * G1, M2, dirty(false)))
         .unwrap();
-    vm.set_memory_attributes(2 * G1, M2, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(2 * G1), M2, PRIVATE).unwrap();
     assert!(matches!(
-        vm.accept(2 * G1, Level::K4).unwrap(),
+        vm.accept(Gpa(2 * G1), Level::K4).unwrap(),
         AcceptOutcome::MemoryFault(_)
     ));
-    vm.set_memory_attributes(0x10_0000, K4, 0).unwrap();
+    vm.set_memory_attributes(Gpa(0x10_0000), K4, 0).unwrap();
     assert!(matches!(
-        vm.accept(0x10_0000, Level::K4).unwrap(),
+        vm.accept(Gpa(0x10_0000), Level::K4).unwrap(),
         AcceptOutcome::MemoryFault(_)
     ));
     // Unmapped page accepted at 2M: faulted in at 2M although 1G was allowed before.
     assert_eq!(
-        vm.accept(M2 * 8, Level::M2).unwrap(),
+        vm.accept(Gpa(M2 * 8), Level::M2).unwrap(),
         AcceptOutcome::Accepted
     );
     ok(&vm);
-    assert_eq!(vm.lookup(M2 * 8, Access::Private).unwrap().level, Level::M2);
+    assert_eq!(
+        vm.lookup(Gpa(M2 * 8), Access::Private).unwrap().level,
+        Level::M2
+    );
     // 4K accept in another 2M page: inhibited at 2M, mapped at 4K.
     assert_eq!(
-        vm.accept(M2 * 9, Level::K4).unwrap(),
+        vm.accept(Gpa(M2 * 9), Level::K4).unwrap(),
         AcceptOutcome::Accepted
     );
     ok(&vm);
-    assert_eq!(vm.lookup(M2 * 9, Access::Private).unwrap().level, Level::K4);
-    assert!(vm.tracker().is_guest_inhibited((M2 * 9) >> 12, Level::M2));
+    assert_eq!(
+        vm.lookup(Gpa(M2 * 9), Access::Private).unwrap().level,
+        Level::K4
+    );
+    assert!(vm
+        .tracker()
+        .is_guest_inhibited(Gfn((M2 * 9) >> 12), Level::M2));
     assert_eq!(
         fault(&mut vm, M2 * 9 + K4, Access::Private),
         mapped(Level::K4)
@@ -439,14 +465,20 @@ fn accept_rules() {
     // Accepting an already mapped page at 1G changes nothing.
     assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::K4));
     let before = vm.stats();
-    assert_eq!(vm.accept(0, Level::G1).unwrap(), AcceptOutcome::Accepted);
+    assert_eq!(
+        vm.accept(Gpa(0), Level::G1).unwrap(),
+        AcceptOutcome::Accepted
+    );
     assert_eq!(vm.stats(), before);
 }
 
 #[test]
 fn accept_splits_only_down_to_the_accepted_level() {
     let mut vm = one_gig_private(Recovery::OnFault);
-    assert_eq!(vm.accept(M2, Level::M2).unwrap(), AcceptOutcome::Accepted);
+    assert_eq!(
+        vm.accept(Gpa(M2), Level::M2).unwrap(),
+        AcceptOutcome::Accepted
+    );
     ok(&vm);
     let s = vm.stats();
     assert_eq!((s.splits, s.private), (1, counts(0, 512, 0)));
@@ -466,10 +498,10 @@ fn regression_2024_small_slot_head_equals_tail() {
         convert(&mut vm, G1, G1, PRIVATE);
         convert(&mut vm, base + 2 * K4, K4, 0);
         convert(&mut vm, 3 * G1 + 5 * M2 + K4, K4, PRIVATE);
-        let r = vm.fault_range(base, 16 * K4, Access::Private).unwrap();
+        let r = vm.fault_range(Gpa(base), 16 * K4, Access::Private).unwrap();
         assert_eq!(r.mapped, counts(15, 0, 0), "{layout}");
         assert_eq!(r.memory_fault, 1);
-        let r = vm.fault_range(3 * G1, G1, Access::Shared).unwrap();
+        let r = vm.fault_range(Gpa(3 * G1), G1, Access::Shared).unwrap();
         assert_eq!(r.mapped, counts(511, 2, 0), "{layout}");
         ok(&vm);
         assert_eq!(vm.tracker().mixed_count(1, Level::M2), 1);
@@ -481,24 +513,28 @@ fn regression_2024_small_slot_head_equals_tail() {
 fn regression_2025_no_hugepage_straddles_a_changing_range() {
     for layout in [Layout::SPLIT, Layout::Unified] {
         let mut vm = private_vm(layout, Recovery::OnFault, 2 * G1);
-        let c = vm.begin_conversion(G1 + M2 + K4, K4, 0).unwrap();
+        let c = vm.begin_conversion(req(&vm, G1 + M2 + K4, K4, 0)).unwrap();
         ok(&vm);
         // Unchanged gfns in the head's 2M and 1G pages: a hugepage there would straddle.
         for gpa in [G1 + M2, G1 + M2 + 2 * K4, G1, 2 * G1 - K4] {
             assert_eq!(
-                vm.fault(gpa, Access::Private).unwrap(),
+                vm.fault(Gpa(gpa), Access::Private).unwrap(),
                 FaultOutcome::Retry,
                 "{layout} {gpa:#x}"
             );
         }
         assert_eq!(
-            vm.fault(0, Access::Private).unwrap(),
+            vm.fault(Gpa(0), Access::Private).unwrap(),
             mapped(Level::G1),
             "outside the window"
         );
-        let r = vm.fault_range(G1 - M2, 2 * M2, Access::Private).unwrap();
+        let r = vm
+            .fault_range(Gpa(G1 - M2), 2 * M2, Access::Private)
+            .unwrap();
         assert_eq!((r.spurious, r.retry), (512, 512));
-        assert!(vm.tracker().max_mapping_level(G1, Access::Private) == MaxLevel::Level(Level::G1));
+        assert!(
+            vm.tracker().max_mapping_level(Gpa(G1), Access::Private) == MaxLevel::Level(Level::G1)
+        );
         assert!(vm.end_conversion(c).unwrap());
         ok(&vm);
         assert_eq!(fault(&mut vm, G1, Access::Private), mapped(Level::M2));
@@ -514,17 +550,20 @@ fn regression_2025_no_hugepage_straddles_a_changing_range() {
 #[test]
 fn a_begun_conversion_splits_an_existing_huge_leaf_at_once() {
     let mut vm = one_gig_private(Recovery::OnFault);
-    let c = vm.begin_conversion(M2, K4, 0).unwrap();
+    let c = vm.begin_conversion(req(&vm, M2, K4, 0)).unwrap();
     assert!(c.changes());
     ok(&vm);
     let s = vm.stats();
     assert_eq!((s.splits, s.zaps), (2, 1));
     // The pages outside the range stay mapped during the window.
-    assert!(vm.lookup(0, Access::Private).is_some());
-    assert_eq!(vm.fault(0, Access::Private).unwrap(), FaultOutcome::Retry);
+    assert!(vm.lookup(Gpa(0), Access::Private).is_some());
+    assert_eq!(
+        vm.fault(Gpa(0), Access::Private).unwrap(),
+        FaultOutcome::Retry
+    );
     assert!(vm.end_conversion(c).unwrap());
     ok(&vm);
-    let noop = vm.begin_conversion(M2, K4, 0).unwrap();
+    let noop = vm.begin_conversion(req(&vm, M2, K4, 0)).unwrap();
     assert!(!noop.changes());
     assert!(!vm.end_conversion(noop).unwrap());
 }
@@ -541,11 +580,11 @@ fn eager_reaches_the_optimum_at_quiescence() {
         convert(&mut vm, 0x1234_5000, 3 * M2, 0);
         convert(&mut vm, G1 + 7 * M2, K4, 0);
         for gpa in [0, G1, 0x1234_5000, G1 + 7 * M2] {
-            vm.fault(gpa, Access::Private).unwrap();
+            vm.fault(Gpa(gpa), Access::Private).unwrap();
         }
-        vm.fault_range(0, 2 * G1, Access::Private).unwrap();
-        vm.fault_range(0, 2 * G1, Access::Shared).unwrap();
-        vm.fault_range(2 * G1, G1, Access::Shared).unwrap();
+        vm.fault_range(Gpa(0), 2 * G1, Access::Private).unwrap();
+        vm.fault_range(Gpa(0), 2 * G1, Access::Shared).unwrap();
+        vm.fault_range(Gpa(2 * G1), G1, Access::Shared).unwrap();
         ok(&vm);
         let c = vm.coverage();
         assert_eq!(c.huge_bytes, c.optimum_huge_bytes, "{layout}");
@@ -567,25 +606,28 @@ fn td_boot(policy: AcceptPolicy) -> (MmuStats, Coverage) {
         .unwrap();
     vm.set_user_memory_region(&region(1, 4 * G1, 2 * G1, gmem()))
         .unwrap();
-    vm.set_memory_attributes(0, 2 * G1, PRIVATE).unwrap();
-    vm.set_memory_attributes(4 * G1, 2 * G1, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(0), 2 * G1, PRIVATE).unwrap();
+    vm.set_memory_attributes(Gpa(4 * G1), 2 * G1, PRIVATE)
+        .unwrap();
     for gfn in (0x800..0xa00).chain(0x7e800..0x7ea00) {
         assert_eq!(
-            vm.accept(gfn * K4, Level::K4).unwrap(),
+            vm.accept(Gpa(gfn * K4), Level::K4).unwrap(),
             AcceptOutcome::Accepted
         );
     }
     for base in [0, 4 * G1] {
         for gpa in (base..base + 2 * G1).step_by(M2 as usize) {
-            if vm.accept(gpa, Level::M2).unwrap() != AcceptOutcome::Accepted {
+            if vm.accept(Gpa(gpa), Level::M2).unwrap() != AcceptOutcome::Accepted {
                 panic!("accept {gpa:#x}");
             }
         }
     }
-    vm.set_memory_attributes(0x1000_0000, 64 << 20, 0).unwrap();
-    vm.fault_range(0, 2 * G1, Access::Private).unwrap();
-    vm.fault_range(0, 2 * G1, Access::Shared).unwrap();
-    vm.fault_range(4 * G1, 2 * G1, Access::Private).unwrap();
+    vm.set_memory_attributes(Gpa(0x1000_0000), 64 << 20, 0)
+        .unwrap();
+    vm.fault_range(Gpa(0), 2 * G1, Access::Private).unwrap();
+    vm.fault_range(Gpa(0), 2 * G1, Access::Shared).unwrap();
+    vm.fault_range(Gpa(4 * G1), 2 * G1, Access::Private)
+        .unwrap();
     ok(&vm);
     (vm.stats(), vm.coverage())
 }
@@ -629,12 +671,15 @@ fn abort_conversion_closes_the_window_and_keeps_the_attributes() {
         for recovery in [Recovery::Off, Recovery::OnFault, Recovery::Eager] {
             let mut vm = one_gig_private_in_with(layout, recovery);
             let attrs = all_runs(&vm);
-            let c = vm.begin_conversion(M2 + K4, 3 * K4, 0).unwrap();
+            let c = vm.begin_conversion(req(&vm, M2 + K4, 3 * K4, 0)).unwrap();
             assert!(c.changes());
             ok(&vm);
             let leaves: std::vec::Vec<Leaf> = vm.leaves().collect();
             let begun = vm.stats();
-            assert_eq!(vm.fault(0, Access::Private).unwrap(), FaultOutcome::Retry);
+            assert_eq!(
+                vm.fault(Gpa(0), Access::Private).unwrap(),
+                FaultOutcome::Retry
+            );
             vm.abort_conversion(c).unwrap();
             ok(&vm);
             // Nothing but the window changed: attributes, large-page info, leaves, counters.
@@ -671,7 +716,7 @@ fn one_gig_private_in_with(layout: Layout, recovery: Recovery) -> Vm {
 #[test]
 fn abort_conversion_of_nothing_or_of_another_vm() {
     let mut vm = one_gig_private(Recovery::Eager);
-    let noop = vm.begin_conversion(0, G1, PRIVATE).unwrap();
+    let noop = vm.begin_conversion(req(&vm, 0, G1, PRIVATE)).unwrap();
     assert!(!noop.changes());
     let before = vm.stats();
     vm.abort_conversion(noop).unwrap();
@@ -679,21 +724,23 @@ fn abort_conversion_of_nothing_or_of_another_vm() {
     // A conversion another VM began is refused and changes nothing, even when its window id
     // is that of a window open here (both VMs count windows from 0).
     let mut other = one_gig_private(Recovery::Eager);
-    let own = vm.begin_conversion(0, K4, 0).unwrap();
-    let foreign = other.begin_conversion(M2, K4, 0).unwrap();
+    let own = vm.begin_conversion(req(&vm, 0, K4, 0)).unwrap();
+    let foreign = other.begin_conversion(req(&other, M2, K4, 0)).unwrap();
     let open = vm.stats();
     assert!(vm.abort_conversion(foreign).is_err());
-    let foreign = other.begin_conversion(M2 + K4, K4, 0).unwrap();
+    let foreign = other.begin_conversion(req(&other, M2 + K4, K4, 0)).unwrap();
     assert!(vm.end_conversion(foreign).is_err());
-    let foreign_noop = other.begin_conversion(G1 - K4, K4, PRIVATE).unwrap();
+    let foreign_noop = other
+        .begin_conversion(req(&other, G1 - K4, K4, PRIVATE))
+        .unwrap();
     assert!(vm.end_conversion(foreign_noop).is_err());
     assert_eq!(vm.stats(), open);
     assert!(
-        vm.tracker().is_private(M2 >> 12),
+        vm.tracker().is_private(Gfn(M2 >> 12)),
         "the foreign range is not stored"
     );
     vm.abort_conversion(own).unwrap();
-    assert!(vm.tracker().is_private(0));
+    assert!(vm.tracker().is_private(Gfn(0)));
     ok(&vm);
 }
 
@@ -702,17 +749,20 @@ fn abort_keeps_the_accept_record_end_forgets_it() {
     for end in [false, true] {
         let mut vm = private_vm(Layout::SPLIT, Recovery::Eager, G1)
             .with_accept_policy(AcceptPolicy::ClearWhenAccepted);
-        assert_eq!(vm.accept(M2, Level::K4).unwrap(), AcceptOutcome::Accepted);
-        assert_eq!(vm.is_accepted(M2, Level::K4), Some(true));
-        let c = vm.begin_conversion(M2, K4, 0).unwrap();
+        assert_eq!(
+            vm.accept(Gpa(M2), Level::K4).unwrap(),
+            AcceptOutcome::Accepted
+        );
+        assert_eq!(vm.is_accepted(Gpa(M2), Level::K4), Some(true));
+        let c = vm.begin_conversion(req(&vm, M2, K4, 0)).unwrap();
         if end {
             assert!(vm.end_conversion(c).unwrap());
         } else {
             vm.abort_conversion(c).unwrap();
         }
         ok(&vm);
-        assert_eq!(vm.is_accepted(M2, Level::K4), Some(!end));
-        assert_eq!(vm.tracker().is_private(M2 >> 12), !end);
+        assert_eq!(vm.is_accepted(Gpa(M2), Level::K4), Some(!end));
+        assert_eq!(vm.tracker().is_private(Gfn(M2 >> 12)), !end);
     }
 }
 
@@ -722,7 +772,9 @@ fn faults_retry_in_the_range_and_the_1g_pages_of_its_head_and_tail() {
         let mut vm = private_vm(layout, Recovery::OnFault, 4 * G1);
         // [1G - 2M + 4K, 2G + 2M + 8K): head in the first 1G page, tail in the third.
         let (start, end) = (G1 - M2 + K4, 2 * G1 + M2 + 2 * K4);
-        let c = vm.begin_conversion(start, end - start, 0).unwrap();
+        let c = vm
+            .begin_conversion(req(&vm, start, end - start, 0))
+            .unwrap();
         ok(&vm);
         let retry = [
             0,
@@ -736,33 +788,36 @@ fn faults_retry_in_the_range_and_the_1g_pages_of_its_head_and_tail() {
         ];
         for gpa in retry {
             assert_eq!(
-                vm.fault(gpa, Access::Private).unwrap(),
+                vm.fault(Gpa(gpa), Access::Private).unwrap(),
                 FaultOutcome::Retry,
                 "{layout} {gpa:#x}"
             );
             assert_eq!(
-                vm.fault(gpa, Access::Shared).unwrap(),
+                vm.fault(Gpa(gpa), Access::Shared).unwrap(),
                 FaultOutcome::Retry,
                 "{layout} {gpa:#x}: whatever the access"
             );
         }
         if layout.is_split() {
-            assert_eq!(vm.accept(G1 - M2, Level::M2).unwrap(), AcceptOutcome::Retry);
+            assert_eq!(
+                vm.accept(Gpa(G1 - M2), Level::M2).unwrap(),
+                AcceptOutcome::Retry
+            );
         }
         assert_eq!(
-            vm.fault(3 * G1, Access::Private).unwrap(),
+            vm.fault(Gpa(3 * G1), Access::Private).unwrap(),
             mapped(Level::G1),
             "the 1G page after the tail's"
         );
         assert_eq!(
-            vm.fault(4 * G1, Access::Private).unwrap(),
+            vm.fault(Gpa(4 * G1), Access::Private).unwrap(),
             FaultOutcome::NoSlot,
             "no slot comes before the window"
         );
-        let r = vm.fault_range(0, 4 * G1, Access::Private).unwrap();
+        let r = vm.fault_range(Gpa(0), 4 * G1, Access::Private).unwrap();
         assert_eq!((r.retry, r.spurious), (3 * G1 / K4, G1 / K4));
         // A second window on the 4th 1G page; ending the first leaves the second open.
-        let second = vm.begin_conversion(3 * G1 + M2, K4, 0).unwrap();
+        let second = vm.begin_conversion(req(&vm, 3 * G1 + M2, K4, 0)).unwrap();
         assert!(vm.end_conversion(c).unwrap());
         ok(&vm);
         assert_eq!(fault(&mut vm, 0, Access::Private), mapped(Level::M2));
@@ -770,7 +825,7 @@ fn faults_retry_in_the_range_and_the_1g_pages_of_its_head_and_tail() {
         assert_eq!(fault(&mut vm, start, Access::Shared), mapped(Level::K4));
         assert_eq!(fault(&mut vm, G1, Access::Shared), mapped(Level::G1));
         assert_eq!(
-            vm.fault(3 * G1, Access::Private).unwrap(),
+            vm.fault(Gpa(3 * G1), Access::Private).unwrap(),
             FaultOutcome::Retry
         );
         vm.abort_conversion(second).unwrap();
@@ -795,10 +850,10 @@ fn eager_recovery_deferred_by_an_open_window_runs_when_it_closes() {
         let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
         vm.set_user_memory_region(&region(0, 0, 8 * M2, dirty(true)))
             .unwrap();
-        let r = vm.fault_range(0, 8 * M2, Access::Shared).unwrap();
+        let r = vm.fault_range(Gpa(0), 8 * M2, Access::Shared).unwrap();
         assert_eq!(r.mapped, counts(4096, 0, 0));
         // A conversion of one page of the last 2M page opens a window on the whole 1G page.
-        let c = vm.begin_conversion(7 * M2, K4, PRIVATE).unwrap();
+        let c = vm.begin_conversion(req(&vm, 7 * M2, K4, PRIVATE)).unwrap();
         vm.set_user_memory_region(&region(0, 0, 8 * M2, dirty(false)))
             .unwrap();
         ok(&vm);

@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::addr::{GfnRange, Level, GFN_END};
+use crate::addr::{GfnRange, Gpa, Level, GFN_END};
 use crate::error::Result;
 use crate::tracker::{Access, Tracker};
 
@@ -146,14 +146,14 @@ pub(crate) struct Window {
 ///
 /// ```
 /// use cvmem::mmu::{FaultOutcome, Layout, Recovery, Vm};
-/// use cvmem::{Access, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+/// use cvmem::{Access, Gpa, Level, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 ///
 /// let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
 /// let gmem = SlotFlags { guest_memfd: true, ..Default::default() };
 /// vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 1 << 30, flags: gmem, ..Default::default() })?;
-/// vm.set_memory_attributes(0, 1 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
-/// assert_eq!(vm.fault(0x1000, Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
-/// vm.set_memory_attributes(0x200000, 4096, 0)?; // split 1G -> 2M -> 4K, zap one page
+/// vm.set_memory_attributes(Gpa(0), 1 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
+/// assert_eq!(vm.fault(Gpa(0x1000), Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
+/// vm.set_memory_attributes(Gpa(0x200000), 4096, 0)?; // split 1G -> 2M -> 4K, zap one page
 /// let stats = vm.stats();
 /// assert_eq!((stats.splits, stats.zaps), (2, 1));
 /// assert_eq!(stats.private.g1 + stats.private.m2 + stats.private.k4, 511 + 511);
@@ -272,10 +272,10 @@ impl Vm {
     /// Decodes a TDX guest physical address: with the shared bit set it is a shared access to
     /// the GPA without the bit, else a private access. `None` in the unified layout, where the
     /// access kind comes from the fault's error code instead.
-    pub fn decode_tdx_gpa(&self, gpa: u64) -> Option<(u64, Access)> {
+    pub fn decode_tdx_gpa(&self, gpa: Gpa) -> Option<(Gpa, Access)> {
         match self.layout {
-            Layout::Split { shared_bit } if gpa & shared_bit.mask() != 0 => {
-                Some((gpa & !shared_bit.mask(), Access::Shared))
+            Layout::Split { shared_bit } if gpa.0 & shared_bit.mask() != 0 => {
+                Some((Gpa(gpa.0 & !shared_bit.mask()), Access::Shared))
             }
             Layout::Split { .. } => Some((gpa, Access::Private)),
             Layout::Unified => None,
@@ -283,9 +283,8 @@ impl Vm {
     }
 
     /// The leaf of kind `access` that maps `gpa`, if any.
-    pub fn lookup(&self, gpa: u64, access: Access) -> Option<Leaf> {
-        let gfn = gpa >> crate::addr::PAGE_SHIFT;
-        self.trees.lookup(gfn, access.is_private())
+    pub fn lookup(&self, gpa: Gpa, access: Access) -> Option<Leaf> {
+        self.trees.lookup(gpa.gfn().0, access.is_private())
     }
 
     /// Every leaf, root by root (the private root first in the split layout), in address order.
@@ -328,10 +327,10 @@ impl Vm {
     /// mapped at all.
     #[inline]
     pub(crate) fn allowed(&self, gfn: u64, private: bool) -> Option<Level> {
-        match self.tracker.max_mapping_level(
-            gfn << crate::addr::PAGE_SHIFT,
-            Access::from_private(private),
-        ) {
+        match self
+            .tracker
+            .max_mapping_level(crate::Gfn(gfn).gpa(), Access::from_private(private))
+        {
             crate::tracker::MaxLevel::Level(l) => Some(l),
             _ => None,
         }

@@ -15,7 +15,7 @@ use serde::Serialize;
 /// The class of one cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CellKind {
+pub(crate) enum CellKind {
     /// Every page private.
     Private,
     /// Every page shared.
@@ -28,71 +28,71 @@ pub enum CellKind {
 
 /// One cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Cell {
+pub(crate) struct Cell {
     /// Attribute class.
-    pub kind: CellKind,
+    pub(crate) kind: CellKind,
     /// Whether a memslot covers any of it.
-    pub in_slot: bool,
+    pub(crate) in_slot: bool,
 }
 
 /// A row of cells.
 #[derive(Clone, Debug, Serialize)]
-pub struct MapRow {
+pub(crate) struct MapRow {
     /// GPA of the first cell.
-    pub gpa: u64,
+    pub(crate) gpa: u64,
     /// The cells.
-    pub cells: Vec<Cell>,
+    pub(crate) cells: Vec<Cell>,
 }
 
 /// A memslot as drawn.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct MapSlot {
+pub(crate) struct MapSlot {
     /// Slot id.
-    pub id: u32,
+    pub(crate) id: u32,
     /// First byte.
-    pub gpa: u64,
+    pub(crate) gpa: u64,
     /// Size.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Mixed 2M pages wholly inside.
-    pub mixed_2m: u64,
+    pub(crate) mixed_2m: u64,
     /// Mixed 1G pages wholly inside.
-    pub mixed_1g: u64,
+    pub(crate) mixed_1g: u64,
     /// Bytes mappable at 1G, at 2M, only at 4K.
-    pub eligible: [u64; 3],
+    pub(crate) eligible: [u64; 3],
 }
 
 /// A map ready to draw.
 #[derive(Clone, Debug, Serialize)]
-pub struct GpaMap {
+pub(crate) struct GpaMap {
     /// First byte shown.
-    pub start: u64,
+    pub(crate) start: u64,
     /// One past the last byte shown.
-    pub end: u64,
+    pub(crate) end: u64,
     /// Bytes per cell.
-    pub cell_bytes: u64,
+    pub(crate) cell_bytes: u64,
     /// Cells per row.
-    pub cols: usize,
+    pub(crate) cols: usize,
     /// Rows.
-    pub rows: Vec<MapRow>,
+    pub(crate) rows: Vec<MapRow>,
     /// Memslots intersecting the range.
-    pub slots: Vec<MapSlot>,
+    pub(crate) slots: Vec<MapSlot>,
     /// Cells of each kind: private, shared, mixed, split.
-    pub counts: [u64; 4],
+    pub(crate) counts: [u64; 4],
 }
 
 /// What to draw.
 #[derive(Clone, Copy, Debug)]
-pub struct MapOptions {
+pub(crate) struct MapOptions {
     /// First byte (default: 0).
-    pub from: Option<u64>,
+    pub(crate) from: Option<u64>,
     /// One past the last byte (default: the end of the highest memslot).
-    pub to: Option<u64>,
+    pub(crate) to: Option<u64>,
     /// Cell size (a power of two, at least 4K); default: 2M, or larger to fit `max_rows`.
-    pub cell_bytes: Option<u64>,
+    pub(crate) cell_bytes: Option<u64>,
     /// Cells per row.
-    pub cols: usize,
+    pub(crate) cols: usize,
     /// Most rows.
-    pub max_rows: usize,
+    pub(crate) max_rows: usize,
 }
 
 impl Default for MapOptions {
@@ -109,7 +109,7 @@ impl Default for MapOptions {
 
 /// Why a map cannot be drawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MapError {
+pub(crate) enum MapError {
     /// Nothing to draw: the range is empty.
     EmptyRange,
     /// A cell size that is not a power of two of at least 4 KiB.
@@ -140,7 +140,7 @@ const M2: u64 = 2 << 20;
 const G1: u64 = 1 << 30;
 
 /// Classifies the cells of `tracker`'s memory.
-pub fn build(tracker: &Tracker, opts: &MapOptions) -> Result<GpaMap, MapError> {
+pub(crate) fn build(tracker: &Tracker, opts: &MapOptions) -> Result<GpaMap, MapError> {
     let slots_end = tracker
         .memslots()
         .map(|s| s.gpa() + s.size())
@@ -288,7 +288,7 @@ impl GpaMap {
 
     /// The map as SVG: a title, per-slot statistics, the grid with GPA labels, 1G edges,
     /// memslot outlines and a legend.
-    pub fn to_svg(&self, title: &str) -> String {
+    pub(crate) fn to_svg(&self, title: &str) -> String {
         let header = 64.0 + 16.0 * self.slots.len() as f64;
         let g = self.geometry(150.0, header);
         let width = g.left + g.cell_w * self.cols as f64 + 20.0;
@@ -501,7 +501,7 @@ impl GpaMap {
 
     /// The grid as an RGB raster without text: `(width, height, pixels)`. Cells are `px`
     /// pixels wide (at least 1) and 16 high (8 beyond 64 rows); memslot edges black, 1G edges dark grey.
-    pub fn to_rgb(&self) -> (u32, u32, Vec<u8>) {
+    pub(crate) fn to_rgb(&self) -> (u32, u32, Vec<u8>) {
         let cw = (1024 / self.cols).max(1);
         let ch = if self.rows.len() <= 64 { 16usize } else { 8 };
         let w = cw * self.cols;
@@ -559,7 +559,7 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cvmem::{MemoryRegion, SlotFlags};
+    use cvmem::{Gpa, MemoryRegion, SlotFlags};
 
     fn guest() -> Tracker {
         let mut t = Tracker::new();
@@ -575,9 +575,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        t.set_memory_attributes(0, 4 * G1, 8).unwrap();
-        t.set_memory_attributes(G1, M2, 0).unwrap(); // one shared 2M page
-        t.set_memory_attributes(2 * G1 + 4096, 4096, 0).unwrap(); // one mixed 2M page
+        t.set_memory_attributes(Gpa(0), 4 * G1, 8).unwrap();
+        t.set_memory_attributes(Gpa(G1), M2, 0).unwrap(); // one shared 2M page
+        t.set_memory_attributes(Gpa(2 * G1 + 4096), 4096, 0)
+            .unwrap(); // one mixed 2M page
         t
     }
 
@@ -638,5 +639,31 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn map_of_a_booted_guest() {
+        use cvmem_designs::workloads::{generate, Params};
+        let w = generate(
+            "boot",
+            &Params {
+                guest_bytes: 8 << 30,
+                ..Params::default()
+            },
+        )
+        .unwrap();
+        let mut vm = cvmem_oplog::Replayer::new();
+        for op in &w.ops {
+            vm.apply(op);
+        }
+        let m = build(vm.tracker(), &MapOptions::default()).unwrap();
+        assert_eq!(m.cell_bytes, 2 << 20);
+        assert!(
+            m.counts[1] > 0 && m.counts[2] > 0,
+            "shared and mixed cells: {:?}",
+            m.counts
+        );
+        assert_eq!(m.slots.len(), 3);
+        assert!(m.to_svg("boot").contains("slot 1"));
     }
 }
