@@ -1,17 +1,20 @@
 # cvmem-kvm guest program: a tiny interpreter of a conversion script.
 #
-# Runs in 64-bit mode at CPL 3 with IOPL 3, identity-mapped, no IDT (any exception ends the
-# guest with a triple fault that the host reports). On entry RDI holds the script address.
+# Runs in 64-bit mode, identity-mapped, no IDT (any exception ends the guest with a triple fault
+# that the host reports): at CPL 3 with IOPL 3 where conversions go through the port transport,
+# at CPL 0 where KVM delivers KVM_HC_MAP_GPA_RANGE to userspace (KVM refuses hypercalls from
+# CPL 3). On entry RDI holds the script address, RSI the transport (0 port, 1 vmmcall).
 # Every number (ports, opcodes, report kinds) comes from src/abi.rs through `as --defsym`.
 #
 # A script command is eight quadwords: op, gpa, npages, arg, expect, 0, 0, 0.
-# Registers: r15 = current command, r14 = its index.
+# Registers: r15 = current command, r14 = its index, r13 = the transport.
 # The data value at address a for pattern p is (p == 0 ? 0 : p ^ a), as abi::pattern_value.
 
     .code64
     .text
     .globl _start
 _start:
+    mov     %rsi, %r13
     mov     %rdi, %r15
     xor     %r14d, %r14d
 next:
@@ -46,14 +49,19 @@ advance:
     inc     %r14
     jmp     next
 
-# KVM_HC_MAP_GPA_RANGE through the port transport; RAX comes back as the status.
+# KVM_HC_MAP_GPA_RANGE (nr 12 in RAX, gpa, npages, attrs in RBX, RCX, RDX) by vmmcall or
+# through the port transport; RAX comes back as the status.
 do_map:
     mov     $12, %eax
     mov     8(%r15), %rbx
     mov     16(%r15), %rcx
     mov     24(%r15), %rdx
+    test    %r13, %r13
+    jnz     1f
     out     %eax, $PORT_MAP_GPA
-    cmp     32(%r15), %rax
+    jmp     2f
+1:  vmmcall
+2:  cmp     32(%r15), %rax
     je      advance
     mov     %rax, %rsi
     mov     32(%r15), %rdx

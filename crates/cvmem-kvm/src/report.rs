@@ -10,6 +10,7 @@ use cvmem_oplog::{fmt_bytes, Op, Outcome};
 
 use crate::iommu::IommuStats;
 use crate::query::{MemoryMap, MmuSnapshot};
+use crate::request::RequestSource;
 use crate::vm::HostCaps;
 
 /// Count, total and maximum of a set of durations.
@@ -158,6 +159,9 @@ pub struct Report {
     pub workload: String,
     /// What the host's KVM offers.
     pub caps: HostCaps,
+    /// How the guest asked for conversions: [`RequestSource::Hypercall`] (`vmmcall` at CPL 0,
+    /// where KVM delivers KVM_EXIT_HYPERCALL) or [`RequestSource::PortIo`].
+    pub transport: RequestSource,
     /// Notes worth showing once (e.g. KVM keeps no attributes).
     pub notes: Vec<String>,
     /// Exits by kind.

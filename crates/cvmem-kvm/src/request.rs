@@ -22,11 +22,12 @@ pub const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
 pub const KVM_ENOSYS: u64 = 1000;
 
 /// Where a request came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RequestSource {
     /// `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE).
     Hypercall,
     /// The port-I/O transport.
+    #[default]
     PortIo,
     /// `KVM_EXIT_MEMORY_FAULT` (implicit conversion).
     MemoryFault,

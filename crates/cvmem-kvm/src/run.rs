@@ -174,6 +174,11 @@ impl Runner {
         let report = Report {
             workload: plan.name.clone(),
             caps: vm.caps,
+            transport: if vm.hypercall {
+                RequestSource::Hypercall
+            } else {
+                RequestSource::PortIo
+            },
             lines: plan.lines.clone(),
             ..Default::default()
         };
@@ -293,7 +298,15 @@ impl Runner {
                     let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
                     let result = self.vm.memory.convert(&req);
                     self.record(RequestSource::MemoryFault, &result);
-                    result?;
+                    if result?.changed_pages == 0 {
+                        // The page already has the kind the access wants, so KVM cannot map it
+                        // (a private page of a slot without guest_memfd): re-entering would
+                        // fault forever.
+                        return Err(Error::Guest(format!(
+                            "KVM_EXIT_MEMORY_FAULT at {gpa:#x} (flags {flags:#x}) that no \
+                             conversion resolves"
+                        )));
+                    }
                     // The vCPU re-enters and faults again, now of the right kind.
                     let outcome = self.vm.memory.fault(Gpa(gpa), req.to)?;
                     *self.report.probes.entry(outcome.name()).or_default() += 1;
@@ -535,7 +548,24 @@ impl Runner {
             .iommu
             .with_dma(|d| (d.stats(), d.violations().to_vec()));
         self.report.iommu = (stats, violations, self.iommu.splits());
-        self.report.notes = self.vm.memory.notes();
+        let path = format!(
+            "path: {} VM, conversions by {}, attributes {}, private memory {}",
+            self.vm.caps.vm_type_name(),
+            if self.vm.hypercall {
+                "vmmcall at CPL 0 (KVM_EXIT_HYPERCALL)"
+            } else {
+                "the port transport at CPL 3"
+            },
+            if self.vm.memory.kvm_attributes() {
+                "in KVM (KVM_SET_MEMORY_ATTRIBUTES)"
+            } else {
+                "in cvmem only"
+            },
+            self.vm.caps.best_backing().name()
+        );
+        self.report.notes = std::iter::once(path)
+            .chain(self.vm.memory.notes())
+            .collect();
         self.report.mmu = Some(query.mmu_snapshot());
         self.report.lines.sort_by_key(|l| l.line);
         self.report.final_state = map;

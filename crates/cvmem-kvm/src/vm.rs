@@ -1,11 +1,13 @@
-//! A minimal x86-64 VM for the guest program: capabilities, memslots, identity page tables,
-//! 64-bit mode at CPL 3 with IOPL 3, and one vCPU.
+//! A minimal x86-64 VM for the guest program: the VM type and capabilities, memslots, identity
+//! page tables, 64-bit mode and one vCPU — at CPL 0 where KVM delivers KVM_HC_MAP_GPA_RANGE to
+//! userspace (the guest then converts with `vmmcall`), else at CPL 3 with IOPL 3 (the port
+//! transport; on a nested, paravirtualised KVM CPL 0 code is emulated and far slower).
 
 use std::fmt;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_dtable, kvm_enable_cap, kvm_regs, kvm_segment, KVM_CAP_EXIT_HYPERCALL,
+    kvm_dtable, kvm_enable_cap, kvm_regs, kvm_segment, kvm_sregs, KVM_CAP_EXIT_HYPERCALL,
     KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
@@ -25,9 +27,20 @@ const GUEST_PROGRAM: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR")
 #[cfg(cvmem_no_guest)]
 const GUEST_PROGRAM: Option<&[u8]> = None;
 
-/// What this host's KVM offers for confidential-memory work.
+/// `KVM_CAP_VM_TYPES`: the VM types KVM_CREATE_VM accepts, one bit per type.
+pub(crate) const KVM_CAP_VM_TYPES: u64 = 235;
+/// `KVM_X86_DEFAULT_VM`.
+pub(crate) const KVM_X86_DEFAULT_VM: u64 = 0;
+/// `KVM_X86_SW_PROTECTED_VM`: private memory and memory attributes without hardware encryption.
+pub(crate) const KVM_X86_SW_PROTECTED_VM: u64 = 1;
+
+/// What this host's KVM offers for confidential-memory work, on the VM type chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostCaps {
+    /// KVM_CAP_VM_TYPES (bit 1: SW_PROTECTED); 0 where KVM has no VM types.
+    pub vm_types: u64,
+    /// The type of the VM these capabilities are of.
+    pub vm_type: u64,
     /// KVM_CAP_USER_MEMORY2.
     pub user_memory2: bool,
     /// KVM_CAP_GUEST_MEMFD.
@@ -43,10 +56,38 @@ pub struct HostCaps {
 }
 
 impl HostCaps {
-    /// Reads the capabilities of `vm`.
+    /// The VM type to create: SW_PROTECTED where KVM offers it (private memory, attributes and
+    /// guest_memfd exist only there on Linux 6.12), else the default type.
+    pub fn vm_type_of(kvm: &Kvm) -> (u64, u64) {
+        let types = kvm.check_extension_raw(KVM_CAP_VM_TYPES).max(0) as u64;
+        let vm_type = if types & (1 << KVM_X86_SW_PROTECTED_VM) != 0 {
+            KVM_X86_SW_PROTECTED_VM
+        } else {
+            KVM_X86_DEFAULT_VM
+        };
+        (types, vm_type)
+    }
+
+    /// The VM type's name for reports.
+    pub const fn vm_type_name(&self) -> &'static str {
+        match self.vm_type {
+            KVM_X86_DEFAULT_VM => "default",
+            KVM_X86_SW_PROTECTED_VM => "sw-protected",
+            _ => "other",
+        }
+    }
+
+    /// Whether the guest's KVM_HC_MAP_GPA_RANGE reaches userspace as KVM_EXIT_HYPERCALL.
+    pub const fn hypercall_exits(&self) -> bool {
+        self.exit_hypercall & (1 << 12) != 0
+    }
+
+    /// Reads the capabilities of `vm`, a VM of type `vm_type`.
     pub fn of(vm: &VmFd) -> Self {
         let int = |c: Cap| vm.check_extension_int(c).max(0) as u64;
         HostCaps {
+            vm_types: 0,
+            vm_type: KVM_X86_DEFAULT_VM,
             user_memory2: int(Cap::UserMemory2) != 0,
             guest_memfd: int(Cap::GuestMemfd) != 0,
             guest_memfd_flags: vm
@@ -76,7 +117,9 @@ impl fmt::Display for HostCaps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "user_memory2 {}, guest_memfd {} (flags {:#x}), memory_attributes {:#x}, exit_hypercall {:#x}, sync_regs {}",
+            "vm type {} (types {:#x}), user_memory2 {}, guest_memfd {} (flags {:#x}), memory_attributes {:#x}, exit_hypercall {:#x}, sync_regs {}",
+            self.vm_type_name(),
+            self.vm_types,
             self.user_memory2,
             self.guest_memfd,
             self.guest_memfd_flags,
@@ -94,6 +137,8 @@ pub(crate) struct GuestVm {
     pub(crate) memory: CvmMemory,
     boot: BootSlot,
     pub(crate) caps: HostCaps,
+    /// The guest's transport: `vmmcall` at CPL 0 (true) or the port at CPL 3.
+    pub(crate) hypercall: bool,
     _vm: Arc<VmFd>,
 }
 
@@ -199,14 +244,14 @@ fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
     (lo, base >> 32)
 }
 
-fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
+fn segment(selector: u16, type_: u8, long: bool, cpl: u8) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
-        selector: selector | 3,
+        selector: selector | u16::from(cpl),
         type_,
         present: 1,
-        dpl: 3,
+        dpl: cpl,
         db: u8::from(!long),
         s: 1,
         l: u8::from(long),
@@ -224,15 +269,20 @@ impl GuestVm {
         let program =
             GUEST_PROGRAM.ok_or(Error::NoGuestProgram("no assembler, or not x86-64 Linux"))?;
         let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
+        let (vm_types, vm_type) = HostCaps::vm_type_of(&kvm);
         let vm = Arc::new(
-            kvm.create_vm()
+            kvm.create_vm_with_type(vm_type)
                 .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
         );
-        let caps = HostCaps::of(&vm);
+        let caps = HostCaps {
+            vm_types,
+            vm_type,
+            ..HostCaps::of(&vm)
+        };
         if !caps.user_memory2 {
             return Err(Error::MissingCapability("KVM_CAP_USER_MEMORY2"));
         }
-        if caps.exit_hypercall & (1 << 12) != 0 {
+        if caps.hypercall_exits() {
             let mut cap = kvm_enable_cap {
                 cap: KVM_CAP_EXIT_HYPERCALL,
                 ..Default::default()
@@ -257,9 +307,6 @@ impl GuestVm {
         let mut sregs = vcpu
             .get_sregs()
             .map_err(|e| Error::kvm("KVM_GET_SREGS", e))?;
-        sregs.cs = segment(0x18, 11, true);
-        let data = segment(0x20, 3, false);
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.gdt = kvm_dtable {
             base: BOOT_GPA + GDT_OFFSET,
             limit: GDT_ENTRIES * 8 - 1,
@@ -277,19 +324,37 @@ impl GuestVm {
         sregs.cr4 = 1 << 5; // PAE
         sregs.cr0 = 1 | 1 << 5 | 1 << 16 | 1 << 31; // PE, NE, WP, PG
         sregs.efer = 1 << 8 | 1 << 10; // LME, LMA
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
         let mut vm = GuestVm {
             vcpu,
             memory,
             boot,
             caps,
+            hypercall: false,
             _vm: vm,
         };
+        // vmmcall at CPL 0 only on a KVM with memory attributes: a nested, paravirtualised KVM
+        // advertises hypercall exits it does not deliver (its KVM_RUN of a CPL 0 vmmcall never
+        // returns), and emulates CPL 0 code ~1 us per instruction.
+        let hypercall = caps.hypercall_exits()
+            && caps.memory_attributes & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+        vm.set_cpl(sregs, if hypercall { 0 } else { 3 })?;
+        vm.hypercall = hypercall;
         if caps.sync_regs {
             vm.vcpu.set_sync_valid_reg(SyncReg::Register);
         }
         Ok(vm)
+    }
+
+    /// Puts the vCPU at `cpl` (0 or 3) with the matching GDT segments: 0x08/0x10 kernel code
+    /// and data, 0x18/0x20 user code and data.
+    fn set_cpl(&mut self, mut sregs: kvm_sregs, cpl: u8) -> Result<()> {
+        let (code, data) = if cpl == 0 { (0x08, 0x10) } else { (0x18, 0x20) };
+        sregs.cs = segment(code, 11, true, cpl);
+        let data = segment(data, 3, false, cpl);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(|e| Error::kvm("KVM_SET_SREGS", e))
     }
 
     /// Writes a script batch into the boot slot and points the vCPU at the program's start.
@@ -304,6 +369,7 @@ impl GuestVm {
         let regs = kvm_regs {
             rip: BOOT_GPA + CODE_OFFSET,
             rdi: BOOT_GPA + SCRIPT_OFFSET,
+            rsi: u64::from(self.hypercall),
             rsp: BOOT_GPA + BOOT_SLOT_SIZE,
             rflags: 2 | 3 << 12, // IOPL 3: port I/O from CPL 3
             ..Default::default()

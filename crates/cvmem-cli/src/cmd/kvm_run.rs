@@ -115,6 +115,8 @@ fn to_json(r: &Report) -> serde_json::Value {
         "workload": r.workload,
         "passed": r.passed(),
         "host": r.caps.to_string(),
+        "vm_type": r.caps.vm_type_name(),
+        "transport": r.transport.name(),
         "notes": r.notes,
         "elapsed_ns": r.elapsed.as_nanos() as u64,
         "exits": exits,

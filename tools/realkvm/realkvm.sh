@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# realkvm.sh — cvmem's harness for a real, attribute-capable Linux KVM.
+#
+# This machine's /dev/kvm is paravirtualised (no memory attributes, no SW_PROTECTED VMs, no
+# hypercall exits). Debian 12's Linux 6.12 booted under QEMU in pure emulation (TCG, an EPYC CPU
+# with SVM + NPT) has all of them once kvm.ko and kvm-amd.ko are rebuilt with
+# CONFIG_KVM_SW_PROTECTED_VM=y. This script prepares that once (cached outside the clone) and runs
+# project binaries inside it.
+#
+#   tools/realkvm/realkvm.sh prepare         packages, kernel, rebuilt modules, kernel selftests
+#   tools/realkvm/realkvm.sh run [-f FILE]... [-t SECONDS] -- 'COMMAND LINE'
+#                                            boot, run the command line (busybox sh), return its rc
+#   tools/realkvm/realkvm.sh ci              the CI step: build cvmem's KVM tests and the CLI,
+#                                            run them and the kernel's own selftests inside
+#
+# Cache: $CVMEM_REALKVM_DIR (default /var/tmp/cvmem-realkvm). Exit status 3 from `prepare`
+# means the tools cannot be had here (no apt, no QEMU): `ci` then prints a SKIP line and passes.
+set -euo pipefail
+
+DIR=${CVMEM_REALKVM_DIR:-/var/tmp/cvmem-realkvm}
+CACHE=$DIR/cache
+SRC=$DIR/linux
+LOG=$CACHE/build.log
+TESTS="x86_64/private_mem_conversions_test x86_64/private_mem_kvm_exits_test"
+say() { echo "[realkvm] $*" >&2; }
+
+# The kernel this harness uses: Debian 12's newest 6.12 amd64 image (pinned after the first run).
+kernel_version() {
+	if [ ! -s "$CACHE/KVER" ]; then
+		apt-cache show linux-source-6.12 >/dev/null 2>&1 || apt-get update -qq
+		apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' |
+			awk '{print $1}' | sed 's/^linux-image-//; s/-amd64-unsigned$//' | sort -V | tail -1 >"$CACHE/KVER"
+		[ -s "$CACHE/KVER" ] || { rm -f "$CACHE/KVER"; return 1; }
+	fi
+	cat "$CACHE/KVER"
+}
+
+prepare() {
+	mkdir -p "$CACHE"
+	local pkgs=(qemu-system-x86 busybox-static cpio build-essential gcc-12 xz-utils flex bison
+		libelf-dev libssl-dev bc dwarves file) need=() p
+	for p in "${pkgs[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+	done
+	if [ ${#need[@]} -gt 0 ]; then
+		command -v apt-get >/dev/null || { say "no apt-get to install ${need[*]}"; return 3; }
+		say "installing ${need[*]}"
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends "${need[@]}"; } >>"$LOG" 2>&1 ||
+			{ say "cannot install ${need[*]} (see $LOG)"; return 3; }
+	fi
+	local kv krel upv root
+	kv=$(kernel_version) || { say "apt knows no linux-image-6.12.*+deb12-amd64-unsigned"; return 3; }
+	krel=$kv-amd64 upv=${kv%%+*} root=$CACHE/root
+	(
+		cd "$CACHE"
+		for p in "linux-image-$krel-unsigned" "linux-headers-$krel" "linux-headers-$kv-common" "linux-kbuild-$kv"; do
+			ls "${p}"_*.deb >/dev/null 2>&1 || { say "downloading $p"; apt-get download "$p" >>"$LOG" 2>&1; }
+		done
+		if ! ls linux-source-6.12_"$upv"-*.deb >/dev/null 2>&1; then
+			local sv
+			sv=$(apt-cache madison linux-source-6.12 | awk '{print $3}' | grep "^$upv-" | head -1)
+			say "downloading linux-source-6.12=$sv"
+			apt-get download "linux-source-6.12=$sv" >>"$LOG" 2>&1
+		fi
+	) || { say "kernel packages could not be downloaded (see $LOG)"; return 3; }
+	if [ ! -e "$root/.done-$kv" ]; then
+		rm -rf "$root" && mkdir -p "$root"
+		for f in "$CACHE"/linux-image-"$krel"-unsigned_*.deb "$CACHE"/linux-headers-"$krel"_*.deb \
+			"$CACHE"/linux-headers-"$kv"-common_*.deb "$CACHE"/linux-kbuild-"$kv"_*.deb; do
+			dpkg-deb -x "$f" "$root"
+		done
+		touch "$root/.done-$kv"
+	fi
+	if [ ! -e "$SRC/.done-$kv" ]; then
+		say "extracting linux-source-6.12 $upv"
+		rm -rf "$SRC" "$SRC.tmp" && mkdir -p "$SRC.tmp"
+		dpkg-deb --fsys-tarfile "$CACHE"/linux-source-6.12_"$upv"-*.deb |
+			tar -xO --wildcards '*/linux-source-6.12.tar.xz' | tar -xJ -C "$SRC.tmp"
+		mv "$SRC.tmp/linux-source-6.12" "$SRC" && rmdir "$SRC.tmp"
+		touch "$SRC/.done-$kv"
+	fi
+	local hdr=$root/usr/src/linux-headers-$krel
+	# The same compiler and release string as Debian's build; no Rust (Debian built without it).
+	local kmake=(make -C "$SRC" CC=x86_64-linux-gnu-gcc-12 KERNELRELEASE="$krel" RUSTC=/nonexistent/rustc)
+	if [ ! -e "$SRC/.kvm-done" ]; then
+		say "rebuilding kvm.ko and kvm-amd.ko with CONFIG_KVM_SW_PROTECTED_VM=y (a few minutes)"
+		cp "$hdr/.config" "$hdr/Module.symvers" "$SRC/"
+		# Only this option may differ from Debian's config: anything else changes struct module
+		# and the rebuilt modules no longer load.
+		"$SRC"/scripts/config --file "$SRC/.config" --enable KVM_SW_PROTECTED_VM \
+			--set-str SYSTEM_TRUSTED_KEYS "" --set-str SYSTEM_REVOCATION_KEYS ""
+		"${kmake[@]}" olddefconfig >>"$LOG" 2>&1
+		local d
+		d=$(diff <(grep '^CONFIG_' "$hdr/.config" | sort) <(grep '^CONFIG_' "$SRC/.config" | sort) |
+			grep '^[<>]' | grep -vE 'CONFIG_(KVM_SW_PROTECTED_VM|SYSTEM_TRUSTED_KEYS|SYSTEM_REVOCATION_KEYS)=' || true)
+		[ -z "$d" ] || { say "the config differs from Debian's beyond KVM_SW_PROTECTED_VM: $d"; return 1; }
+		"${kmake[@]}" -j"$(nproc)" modules_prepare >>"$LOG" 2>&1
+		"${kmake[@]}" -j"$(nproc)" M=arch/x86/kvm CONFIG_KVM_INTEL=n modules >>"$LOG" 2>&1
+		touch "$SRC/.kvm-done"
+	fi
+	local st=$SRC/tools/testing/selftests/kvm
+	if [ ! -x "$st/x86_64/private_mem_conversions_test" ]; then
+		say "building the kernel's KVM selftests: $TESTS"
+		[ -e "$SRC/usr/include/linux/kvm.h" ] || "${kmake[@]}" -j"$(nproc)" headers >>"$LOG" 2>&1
+		make -C "$st" -j"$(nproc)" TARGET_ARCH=-static TEST_GEN_PROGS_x86_64="$TESTS" \
+			TEST_PROGS_x86_64= TEST_GEN_PROGS_EXTENDED_x86_64= >>"$LOG" 2>&1
+	fi
+	echo "$krel" >"$CACHE/KREL"
+}
+
+# run [-f HOST[:GUEST]]... [-t SECONDS] [-m MEM] -- COMMAND LINE
+run() {
+	local timeout=900 mem=4G files=()
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		-f) files+=("$2"); shift 2 ;;
+		-t) timeout=$2; shift 2 ;;
+		-m) mem=$2; shift 2 ;;
+		--) shift; break ;;
+		*) break ;;
+		esac
+	done
+	local krel root ir
+	krel=$(cat "$CACHE/KREL") root=$CACHE/root
+	ir=$(mktemp -d "$CACHE/initramfs.XXXXXX")
+	trap 'rm -rf "$ir"; trap - RETURN' RETURN
+	mkdir -p "$ir"/{bin,proc,sys,dev,tmp,opt/bin,opt/kselftests,lib/modules}
+	cp /bin/busybox "$ir/bin/busybox"
+	local t n
+	for t in $TESTS; do
+		n=$(basename "$t")
+		cp "$SRC/tools/testing/selftests/kvm/$t" "$ir/opt/kselftests/$n"
+		# The selftests open their own ELF through argv[0]: start them by absolute path.
+		printf '#!/bin/sh\nexec /opt/kselftests/%s "$@"\n' "$n" >"$ir/opt/bin/$n"
+		chmod +x "$ir/opt/bin/$n"
+	done
+	cp "$SRC/arch/x86/kvm/kvm.ko" "$SRC/arch/x86/kvm/kvm-amd.ko" "$ir/lib/modules/"
+	local mods=$root/lib/modules/$krel/kernel
+	xz -dc "$mods/virt/lib/irqbypass.ko.xz" >"$ir/lib/modules/irqbypass.ko"
+	xz -dc "$mods/drivers/crypto/ccp/ccp.ko.xz" >"$ir/lib/modules/ccp.ko"
+	local f host guest lib
+	for f in "${files[@]+"${files[@]}"}"; do
+		host=${f%%:*} guest=${f#*:}
+		[ "$guest" = "$f" ] && guest=/opt/bin/$(basename "$host")
+		mkdir -p "$ir$(dirname "$guest")" && cp -L "$host" "$ir$guest"
+		if file -L "$host" | grep -q 'dynamically linked'; then
+			for lib in $(ldd "$host" | grep -o '/[^ ]*'); do
+				[ -e "$ir$lib" ] || { mkdir -p "$ir$(dirname "$lib")"; cp -L "$lib" "$ir$lib"; }
+			done
+		fi
+	done
+	printf '%s\n' "$*" >"$ir/cmd.sh"
+	cat >"$ir/init" <<'EOT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/opt/bin HOME=/tmp
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+for m in irqbypass ccp kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "REALKVM: insmod $m failed"; done
+echo "REALKVM: $(uname -r), /dev/kvm: $(ls /dev/kvm 2>&1), tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
+cd /tmp
+sh /cmd.sh
+echo "REALKVM-EXIT=$?"
+poweroff -f
+EOT
+	chmod +x "$ir/init"
+	(cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$CACHE/initramfs.gz"
+	say "booting $krel under QEMU TCG (EPYC + SVM + NPT), timeout ${timeout}s"
+	local out=$CACHE/console.log rc
+	set +e
+	timeout "$timeout" qemu-system-x86_64 -accel tcg,thread=multi -machine q35 \
+		-cpu EPYC,+svm,+npt,+vgif,+svme-addr-chk -smp 2 -m "$mem" \
+		-nographic -no-reboot -nodefaults -serial stdio -display none \
+		-kernel "$root/boot/vmlinuz-$krel" -initrd "$CACHE/initramfs.gz" \
+		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off" </dev/null \
+		2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) | tee "$out"
+	rc=${PIPESTATUS[0]}
+	set -e
+	[ "$rc" = 124 ] && { say "timed out after ${timeout}s"; return 124; }
+	rc=$(grep -ao 'REALKVM-EXIT=[0-9]*' "$out" | tail -1 | cut -d= -f2)
+	return "${rc:-125}"
+}
+
+# The CI step: cvmem on the real KVM, next to the kernel's own conversion selftests.
+ci() {
+	local rc=0
+	prepare || rc=$?
+	if [ "$rc" = 3 ]; then
+		echo "SKIP real-KVM step: the packages or QEMU cannot be had on this machine (see above)"
+		return 0
+	fi
+	[ "$rc" = 0 ] || return "$rc"
+	local root
+	root=$(cd "$(dirname "$0")/../.." && pwd)
+	cd "$root"
+	# The same profiles as the unit tests before this step, so little is rebuilt.
+	cargo build -p cvmem-cli >&2
+	local tests
+	tests=$(cargo test -p cvmem-kvm --test kvm_guest --no-run --message-format=json 2>/dev/null |
+		grep -o '"executable":"[^"]*kvm_guest-[^"]*"' | cut -d'"' -f4 | head -1)
+	[ -n "$tests" ] || { say "no kvm_guest test binary"; return 1; }
+	local fx=crates/cvmem-cli/tests/fixtures
+	run -t 1500 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
+		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
+		-f "crates/cvmem-kvm/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" -- '
+set -e
+private_mem_conversions_test
+private_mem_conversions_test -n 2 -m 2
+private_mem_kvm_exits_test
+cvmem kvm-run --workload selftest
+cvmem kvm-run --workload boot
+CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
+'
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+prepare) prepare ;;
+run) run "$@" ;;
+ci) ci ;;
+*) echo "usage: $0 prepare | run [-f FILE[:PATH]]... [-t S] [-m MEM] -- 'CMD' | ci" >&2; exit 2 ;;
+esac
