@@ -36,6 +36,9 @@ enum Command {
     /// Boot a small guest on /dev/kvm and drive conversions through real vCPU exits.
     #[cfg(target_os = "linux")]
     KvmRun(cmd::kvm_run::Args),
+    /// Run op-logs against a real KVM and the core, line by line, and print every difference.
+    #[cfg(target_os = "linux")]
+    KvmDiff(cmd::kvm_diff::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         #[cfg(target_os = "linux")]
         Command::KvmRun(args) => cmd::kvm_run::run(args),
+        #[cfg(target_os = "linux")]
+        Command::KvmDiff(args) => cmd::kvm_diff::run(args),
     };
     match result {
         Ok(code) => code,

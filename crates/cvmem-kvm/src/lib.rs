@@ -79,6 +79,7 @@ pub mod abi;
 mod backing;
 mod error;
 mod iommu;
+mod kernel;
 mod listener;
 mod memory;
 mod query;
@@ -95,6 +96,7 @@ pub use backing::{
 };
 pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
+pub use kernel::KernelVm;
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
 pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
 pub use query::{MemoryMap, MemoryQuery, MmuSnapshot, RangeKind, SlotSnapshot};

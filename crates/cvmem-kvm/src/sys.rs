@@ -187,3 +187,46 @@ pub(crate) fn set_user_memory_region2(
     // SAFETY: see above: the host memory outlives the slot; KVM validates everything else.
     unsafe { vm.set_user_memory_region2(region) }
 }
+
+/// `KVM_PRE_FAULT_MEMORY` (`_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)`).
+const KVM_PRE_FAULT_MEMORY: libc::c_ulong = 0xc040_aed5;
+/// `KVM_GET_STATS_FD` (`_IO(KVMIO, 0xce)`).
+const KVM_GET_STATS_FD: libc::c_ulong = 0xae_ce;
+
+/// `KVM_PRE_FAULT_MEMORY` of `[gpa, gpa + size)` on `vcpu`: KVM maps the range as a fault of
+/// the gfns' own kind would, at the level it allows. `Ok` once all of it is mapped, else the
+/// errno (ENOENT outside memslots, EFAULT where KVM would exit with a memory fault).
+pub(crate) fn pre_fault_memory(
+    vcpu: &kvm_ioctls::VcpuFd,
+    gpa: u64,
+    size: u64,
+) -> Result<(), io::Error> {
+    let mut range = kvm_bindings::kvm_pre_fault_memory {
+        gpa,
+        size,
+        ..Default::default()
+    };
+    while range.size != 0 {
+        // SAFETY: the ioctl reads and updates (gpa, size) of a struct we own and that has the
+        // size the request number encodes; it touches no other memory of ours.
+        let r = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_PRE_FAULT_MEMORY, &mut range) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EAGAIN) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `KVM_GET_STATS_FD` on the VM: the binary statistics, as a file to `pread`.
+pub(crate) fn stats_fd(vm: &VmFd) -> Result<File, io::Error> {
+    // SAFETY: an ioctl without argument; it returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(vm.as_raw_fd(), KVM_GET_STATS_FD) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: KVM just returned this new descriptor and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

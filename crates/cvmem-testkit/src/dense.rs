@@ -120,7 +120,7 @@ impl DenseModel {
             || gpa.checked_add(size).is_none()
             || size / PAGE_SIZE > (1 << 31) - 1
             || uaddr.is_some_and(|u| u % PAGE_SIZE != 0)
-            || (guest_memfd && dirty_log);
+            || (guest_memfd && (dirty_log || readonly));
         if invalid {
             return Err(Errno::EINVAL);
         }

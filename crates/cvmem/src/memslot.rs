@@ -213,5 +213,12 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
             why: "guest-memfd cannot be combined with dirty-log",
         });
     }
+    // KVM has no read-only private memory: it refuses KVM_MEM_READONLY with KVM_MEM_GUEST_MEMFD
+    // (found by `cvmem kvm-diff` against Linux 6.12; op-log v1 did not say).
+    if r.flags.guest_memfd && r.flags.readonly {
+        return Err(Error::InvalidFlags {
+            why: "guest-memfd cannot be combined with readonly",
+        });
+    }
     Ok(())
 }

@@ -4,6 +4,8 @@ pub(crate) mod bench;
 pub(crate) mod compare;
 pub(crate) mod demo;
 #[cfg(target_os = "linux")]
+pub(crate) mod kvm_diff;
+#[cfg(target_os = "linux")]
 pub(crate) mod kvm_run;
 pub(crate) mod map;
 pub(crate) mod replay;

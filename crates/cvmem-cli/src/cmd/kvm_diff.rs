@@ -1,0 +1,309 @@
+//! `cvmem kvm-diff`: the kernel as cvmem's oracle. Every op-log line runs through the one op-log
+//! driver twice — against the core's model and against a real KVM (`cvmem_kvm::KernelVm`) —
+//! and every difference is printed: an errno KVM and cvmem disagree on, a success one of them
+//! refuses, a query answered differently (KVM's answer comes from KVM_PRE_FAULT_MEMORY and its
+//! leaf statistics).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cvmem::{Access, Gpa, Level, MaxLevel, SlotChange, SlotFlags};
+use cvmem_kvm::KernelVm;
+use cvmem_oplog::render::result_text;
+use cvmem_oplog::{Driver, Op, Outcome, Replayer};
+
+/// Arguments of `cvmem kvm-diff`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Op-log files to compare, line by line, each in a fresh VM.
+    files: Vec<PathBuf>,
+    /// Also compare this many generated lines (slots near 2M/1G boundaries, small slots, moves,
+    /// deletes, dirty logging, invalid requests, queries), in VMs of 500 lines each.
+    #[arg(long, default_value_t = 0)]
+    random: usize,
+    /// Seed of the generated lines.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the generated op-log here (to replay a difference).
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+/// Lines compared and what differed.
+#[derive(Default)]
+struct Tally {
+    compared: u64,
+    skipped: u64,
+    differences: Vec<String>,
+    /// Differences `docs/oplog-v1.md` documents as op-log v1's choice, by kind.
+    documented: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// The host's guest-physical address width (MAXPHYADDR), from /proc/cpuinfo.
+fn phys_bits() -> u32 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("address sizes"))?;
+            line.split(':')
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(52)
+}
+
+/// Which documented difference (docs/oplog-v1.md) explains `op`'s outcomes, if any.
+fn documented(
+    op: &Op,
+    core: &Outcome,
+    kernel: &Outcome,
+    kernel_vm: &KernelVm,
+) -> Option<&'static str> {
+    match (op, core, kernel) {
+        (
+            Op::Query { gpa, .. },
+            Outcome::Query(MaxLevel::NoSlot),
+            Outcome::Query(MaxLevel::MemoryFault(_)),
+        ) if kernel_vm.told_private(Gpa(*gpa).gfn()) => {
+            Some("private gfn outside every memslot: KVM memory-fault, v1 no-slot")
+        }
+        (Op::Memslot { gpa, size, .. }, _, Outcome::Error(e))
+            if e.errno == "EINVAL"
+                && !core.is_error()
+                && gpa.saturating_add(*size) > 1u64 << phys_bits() =>
+        {
+            Some("slot past the host's MAXPHYADDR: KVM EINVAL, v1 accepts")
+        }
+        _ => None,
+    }
+}
+
+/// The largest level KVM can map where the host memory limits it: private memory comes from a
+/// 6.12 guest_memfd (4K pages only); shared memory is anonymous, 2M where transparent huge
+/// pages are on.
+fn host_level(private: bool) -> Level {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| !s.contains("[never]"));
+    if private || !thp {
+        Level::K4
+    } else {
+        Level::M2
+    }
+}
+
+/// The core's answer to the access KVM makes (of the page's own kind), capped by the host.
+fn core_answer(core: &Replayer, gpa: u64) -> MaxLevel {
+    let t = core.tracker();
+    let private = t.is_private(Gpa(gpa).gfn());
+    match t.max_mapping_level(Gpa(gpa), Access::from_private(private)) {
+        MaxLevel::Level(l) => MaxLevel::Level(l.min(host_level(private))),
+        other => other,
+    }
+}
+
+fn same(a: &MaxLevel, b: &MaxLevel) -> bool {
+    match (a, b) {
+        (MaxLevel::MemoryFault(_), MaxLevel::MemoryFault(_)) => true,
+        _ => a == b,
+    }
+}
+
+/// Runs `ops` against the core and a fresh KVM VM; records every difference.
+fn compare(name: &str, ops: &[(usize, Op)], tally: &mut Tally) -> Result<(), String> {
+    let mut core = Replayer::new();
+    let mut kernel = KernelVm::new().map_err(|e| format!("a VM to compare with: {e}"))?;
+    let mut driver = Driver::new();
+    for (line, op) in ops {
+        let want = core.apply(op);
+        let got = driver.apply(&mut kernel, op);
+        let differs = match (op, &want, &got) {
+            (Op::Mmu { .. } | Op::Fault { .. } | Op::FaultRange { .. } | Op::Accept { .. }, ..) => {
+                tally.skipped += 1;
+                continue;
+            }
+            (_, Outcome::Error(w), Outcome::Error(g)) => {
+                (w.errno != g.errno).then(|| format!("cvmem {} / KVM {}", w, g))
+            }
+            (_, Outcome::Error(w), _) => Some(format!("cvmem {w} / KVM accepts")),
+            (_, _, Outcome::Error(g)) => Some(format!("cvmem accepts / KVM {g}")),
+            (Op::Query { gpa, .. }, _, Outcome::Query(k)) => {
+                let c = core_answer(&core, *gpa);
+                (!same(&c, k)).then(|| {
+                    format!(
+                        "cvmem {} / KVM {}",
+                        result_text(&Outcome::Query(c)).unwrap_or_default(),
+                        result_text(&Outcome::Query(*k)).unwrap_or_default()
+                    )
+                })
+            }
+            _ => None,
+        };
+        tally.compared += 1;
+        if let Some(d) = differs {
+            match documented(op, &want, &got, &kernel) {
+                Some(kind) => {
+                    *tally.documented.entry(kind).or_default() += 1;
+                    resync(&mut core, op, &want);
+                }
+                None => tally
+                    .differences
+                    .push(format!("{name}:{line}: `{op}`: {d}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a documented difference in which KVM refused a memslot change the core made, undoes it
+/// in the core, so that later lines compare the same memslots.
+fn resync(core: &mut Replayer, op: &Op, core_outcome: &Outcome) {
+    let Op::Memslot {
+        slot, size, flags, ..
+    } = *op
+    else {
+        return;
+    };
+    let undo = match core_outcome {
+        Outcome::Slot(SlotChange::Created) => Op::Memslot {
+            slot,
+            gpa: 0,
+            size: 0,
+            flags,
+            uaddr: None,
+            backing: None,
+        },
+        Outcome::Slot(SlotChange::Moved { old }) => Op::Memslot {
+            slot,
+            gpa: old.start << cvmem::PAGE_SHIFT,
+            size,
+            flags,
+            uaddr: None,
+            backing: None,
+        },
+        _ => return,
+    };
+    core.apply(&undo);
+}
+
+/// A small deterministic generator (xorshift).
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// An address near a 4K, 2M or 1G boundary below 16 GiB (now and then near the top of a
+    /// 40- to 57-bit address space), sometimes unaligned.
+    fn gpa(&mut self) -> u64 {
+        let unit = [4096u64, 2 << 20, 1 << 30][self.below(3) as usize];
+        let base = if self.below(50) == 0 {
+            (1u64 << (40 + self.below(18))) - (self.below(4) << 30)
+        } else {
+            self.below((16 << 30) / unit) * unit
+        };
+        let near = [0, 4096, 2 << 20][self.below(3) as usize];
+        let a = if self.below(2) == 0 {
+            base + near
+        } else {
+            base.saturating_sub(near)
+        };
+        if self.below(40) == 0 {
+            a + 0x800
+        } else {
+            a
+        }
+    }
+    fn size(&mut self) -> u64 {
+        match self.below(6) {
+            0 => 4096,
+            1 => 4096 * (1 + self.below(16)),
+            2 => 2 << 20,
+            3 => (2 << 20) * (1 + self.below(8)),
+            4 => 1 << 30,
+            _ => 4096 * self.below(1024),
+        }
+    }
+    fn op(&mut self) -> Op {
+        match self.below(10) {
+            0..=2 => Op::Memslot {
+                slot: self.below(6),
+                gpa: self.gpa(),
+                size: if self.below(5) == 0 { 0 } else { self.size() },
+                flags: SlotFlags {
+                    guest_memfd: self.below(4) != 0,
+                    dirty_log: self.below(8) == 0,
+                    readonly: self.below(16) == 0,
+                },
+                uaddr: (self.below(8) == 0).then(|| self.gpa()),
+                backing: None,
+            },
+            3..=5 => Op::Attrs {
+                gpa: self.gpa(),
+                size: self.size(),
+                attributes: [0, 8, 8, 0, 0x10][self.below(5) as usize],
+            },
+            6 => Op::MapGpa {
+                gpa: self.gpa(),
+                npages: self.size() / 4096,
+                flags: [0, 0x10, 0x11, 0x12, 0x13, 0x30][self.below(6) as usize],
+            },
+            _ => Op::Query {
+                gpa: self.gpa(),
+                access: Access::from_private(self.below(2) == 0),
+            },
+        }
+    }
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
+    let mut tally = Tally::default();
+    for file in &args.files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let lines = cvmem_oplog::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let ops: Vec<(usize, Op)> = lines.into_iter().map(|l| (l.number, l.op)).collect();
+        compare(&file.display().to_string(), &ops, &mut tally)?;
+    }
+    let mut gen = Gen(args.seed.max(1) | 1 << 40);
+    let mut saved = String::new();
+    let mut done = 0;
+    while done < args.random {
+        let n = (args.random - done).min(500);
+        let ops: Vec<(usize, Op)> = (0..n).map(|i| (done + i + 1, gen.op())).collect();
+        for (_, op) in &ops {
+            let _ = writeln!(saved, "{op}");
+        }
+        compare(&format!("random#{}", done / 500), &ops, &mut tally)?;
+        done += n;
+    }
+    if let Some(path) = &args.save {
+        std::fs::write(path, saved).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    for d in &tally.differences {
+        println!("{d}");
+    }
+    for (kind, n) in &tally.documented {
+        println!("documented in docs/oplog-v1.md: {n} x {kind}");
+    }
+    println!(
+        "kvm-diff: {} lines compared with the kernel ({} MMU lines not comparable), {} differences, {} documented",
+        tally.compared,
+        tally.skipped,
+        tally.differences.len(),
+        tally.documented.values().sum::<u64>()
+    );
+    Ok(if tally.differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

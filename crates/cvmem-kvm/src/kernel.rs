@@ -1,0 +1,299 @@
+//! The kernel as oracle: op-log operations applied to a real KVM with nothing of cvmem's rules in
+//! between, so that `cvmem kvm-diff` can put every line's outcome next to the core's.
+//!
+//! `memslot`, `attrs` and `map-gpa` become the raw ioctls (KVM_SET_USER_MEMORY_REGION2 with a
+//! guest_memfd for `guest-memfd` slots, KVM_SET_MEMORY_ATTRIBUTES) and report KVM's errno.
+//! `query` is answered by KVM itself: the page's leaf is zapped (its attribute toggled and
+//! restored), then KVM_PRE_FAULT_MEMORY maps it as a fault of the page's own kind would — ENOENT
+//! outside memslots, EFAULT where KVM would exit with a memory fault — and the VM's binary
+//! statistics (`pages_4k`, `pages_2m`, `pages_1g`) say at which level it did. The MMU
+//! operations (`fault`, `fault-range`, `accept`, `mmu`) have no kernel counterpart here.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use cvmem::{
+    Access, AttrStore, Gfn, GfnRange, Gpa, Level, MapGpaRange, MaxLevel, MemoryFault, MemoryRegion,
+    SlotChange, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+};
+use cvmem_oplog::Executor;
+use kvm_bindings::kvm_memory_attributes;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use crate::backing::{Backing, SlotMemory};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::vm::{HostCaps, KVM_X86_SW_PROTECTED_VM};
+
+/// A memslot as KVM has it, with the host memory behind it.
+struct KernelSlot {
+    mem: Option<SlotMemory>,
+    /// The `uaddr` the op-log gave (or the gpa): a later request naming another one must reach
+    /// KVM as another host address.
+    uaddr: u64,
+    size: u64,
+}
+
+/// The offsets of `pages_4k`, `pages_2m` and `pages_1g` in the VM's binary statistics.
+struct LeafStats {
+    file: File,
+    offsets: [u64; 3],
+}
+
+impl LeafStats {
+    /// Reads the statistics header and finds the three counters.
+    fn open(vm: &VmFd) -> Result<Self> {
+        let file = sys::stats_fd(vm).map_err(|e| Error::os("KVM_GET_STATS_FD", e))?;
+        let read = |off: u64, len: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, off)
+                .map_err(|e| Error::os("read KVM statistics", e))?;
+            Ok(buf)
+        };
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        // struct kvm_stats_header: flags, name_size, num_desc, id_offset, desc_offset, data_offset.
+        let h = read(0, 24)?;
+        let (name_size, num_desc) = (u32_at(&h, 4) as usize, u32_at(&h, 8) as usize);
+        let (desc_offset, data_offset) = (u64::from(u32_at(&h, 16)), u64::from(u32_at(&h, 20)));
+        // struct kvm_stats_desc: flags, exponent + size, offset, bucket_size, then the name.
+        let desc_len = 16 + name_size;
+        let descs = read(desc_offset, desc_len * num_desc)?;
+        let mut offsets = [u64::MAX; 3];
+        for d in descs.chunks_exact(desc_len) {
+            let name = &d[16..];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            let at = data_offset + u64::from(u32_at(d, 8));
+            match name {
+                b"pages_4k" => offsets[0] = at,
+                b"pages_2m" => offsets[1] = at,
+                b"pages_1g" => offsets[2] = at,
+                _ => {}
+            }
+        }
+        if offsets.contains(&u64::MAX) {
+            return Err(Error::MissingCapability("pages_4k/2m/1g statistics"));
+        }
+        Ok(LeafStats { file, offsets })
+    }
+
+    /// Leaves per level (4K, 2M, 1G) in the VM's page tables now.
+    fn leaves(&self) -> Result<[u64; 3]> {
+        let mut out = [0u64; 3];
+        for (o, &off) in out.iter_mut().zip(&self.offsets) {
+            let mut b = [0u8; 8];
+            self.file
+                .read_exact_at(&mut b, off)
+                .map_err(|e| Error::os("read KVM statistics", e))?;
+            *o = u64::from_le_bytes(b);
+        }
+        Ok(out)
+    }
+}
+
+/// A SW_PROTECTED VM driven by op-log lines, answering as the kernel does.
+pub struct KernelVm {
+    vcpu: VcpuFd,
+    stats: LeafStats,
+    slots: HashMap<u32, KernelSlot>,
+    /// What KVM was told the attributes are (the kernel has no GET): only to restore a page's
+    /// attribute after the toggle that zaps its leaf, never to decide an answer.
+    told: AttrStore,
+    vm: Arc<VmFd>,
+}
+
+impl KernelVm {
+    /// A SW_PROTECTED VM with one vCPU; `MissingCapability` where KVM has no such VM type,
+    /// no memory attributes or no KVM_PRE_FAULT_MEMORY.
+    pub fn new() -> Result<Self> {
+        let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
+        let (_, vm_type) = HostCaps::vm_type_of(&kvm);
+        if vm_type != KVM_X86_SW_PROTECTED_VM {
+            return Err(Error::MissingCapability("KVM_X86_SW_PROTECTED_VM"));
+        }
+        let vm = Arc::new(
+            kvm.create_vm_with_type(vm_type)
+                .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
+        );
+        if HostCaps::of(&vm).memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
+            return Err(Error::MissingCapability("KVM_CAP_MEMORY_ATTRIBUTES"));
+        }
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+        Ok(KernelVm {
+            vcpu,
+            stats: LeafStats::open(&vm)?,
+            slots: HashMap::new(),
+            told: AttrStore::new(),
+            vm,
+        })
+    }
+
+    fn set_region(&self, region: kvm_bindings::kvm_userspace_memory_region2) -> Result<()> {
+        sys::set_user_memory_region2(&self.vm, region)
+            .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2", e))
+    }
+
+    fn set_kvm_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<()> {
+        self.vm
+            .set_memory_attributes(kvm_memory_attributes {
+                address: gpa,
+                size,
+                attributes,
+                flags: 0,
+            })
+            .map_err(|e| Error::kvm("KVM_SET_MEMORY_ATTRIBUTES", e))
+    }
+
+    /// A slot KVM accepts needs host memory; one it must refuse (unaligned, too large, past the
+    /// address space) is passed on without any, so that KVM, not an mmap, says why.
+    fn memory_for(&self, r: &MemoryRegion) -> Option<SlotMemory> {
+        let plausible = r.size % PAGE_SIZE == 0
+            && r.gpa % PAGE_SIZE == 0
+            && r.size / PAGE_SIZE <= cvmem::MAX_SLOT_PAGES
+            && r.gpa.checked_add(r.size).is_some()
+            && r.new_slot_uaddr() % PAGE_SIZE == 0;
+        let backing = if r.flags.guest_memfd {
+            Backing::GuestMemfdSeparate
+        } else {
+            Backing::Anonymous
+        };
+        plausible
+            .then(|| {
+                SlotMemory::new(
+                    Some(&self.vm),
+                    backing,
+                    r.gpa,
+                    r.size,
+                    r.new_slot_uaddr(),
+                    1 << 30,
+                )
+                .ok()
+            })
+            .flatten()
+    }
+}
+
+impl Executor for KernelVm {
+    type Error = Error;
+
+    fn errno(error: &Error) -> &'static str {
+        error.errno_name()
+    }
+
+    fn memslot(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
+        let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+        let flags = flag(r.flags.guest_memfd, kvm_bindings::KVM_MEM_GUEST_MEMFD)
+            | flag(r.flags.dirty_log, kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES)
+            | flag(r.flags.readonly, kvm_bindings::KVM_MEM_READONLY);
+        let Some(old) = self.slots.get(&r.slot) else {
+            let mem = (r.size != 0).then(|| self.memory_for(r)).flatten();
+            let mut region = kvm_bindings::kvm_userspace_memory_region2 {
+                slot: r.slot,
+                flags,
+                guest_phys_addr: r.gpa,
+                memory_size: r.size,
+                userspace_addr: r.new_slot_uaddr(),
+                ..Default::default()
+            };
+            if let Some(m) = &mem {
+                let base = m.region(r.slot);
+                region.userspace_addr = base.userspace_addr;
+                region.guest_memfd = base.guest_memfd;
+            }
+            self.set_region(region)?;
+            self.slots.insert(
+                r.slot,
+                KernelSlot {
+                    mem,
+                    uaddr: r.new_slot_uaddr(),
+                    size: r.size,
+                },
+            );
+            return Ok(SlotChange::Created);
+        };
+        // An existing slot: the same host memory, unless the request names another address.
+        let (hva, gmem) = match &old.mem {
+            Some(m) => {
+                let base = m.region(r.slot);
+                (base.userspace_addr, base.guest_memfd)
+            }
+            None => (old.uaddr, 0),
+        };
+        let hva = match r.uaddr {
+            Some(u) => hva.wrapping_add(u.wrapping_sub(old.uaddr)),
+            None => hva,
+        };
+        let old_range = GfnRange::new(0, old.size / PAGE_SIZE);
+        self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
+            slot: r.slot,
+            flags,
+            guest_phys_addr: r.gpa,
+            memory_size: r.size,
+            userspace_addr: hva,
+            guest_memfd: gmem,
+            ..Default::default()
+        })?;
+        if r.size == 0 {
+            self.slots.remove(&r.slot);
+            return Ok(SlotChange::Deleted { old: old_range });
+        }
+        Ok(SlotChange::Unchanged)
+    }
+
+    fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<()> {
+        self.set_kvm_attributes(gpa.0, size, attributes)?;
+        // KVM accepted the range, so it is page aligned and inside the gfn space.
+        let range = GfnRange::new(gpa.gfn().0, gpa.gfn().0 + size / PAGE_SIZE);
+        self.told.set(range, attributes)?;
+        Ok(())
+    }
+
+    fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
+        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
+    }
+
+    /// KVM's answer for an access of the page's own kind (a SW_PROTECTED VM's accesses are of
+    /// the kind the attribute says), whatever `access` the line names.
+    fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel> {
+        let page = Gpa(gpa.0 & !(PAGE_SIZE - 1));
+        let own = self.told.get(page.gfn());
+        // Zap whatever leaf maps the page: KVM zaps every leaf over a range whose attributes
+        // change, and restoring them recomputes the large pages' MIXED state exactly.
+        let other = own ^ KVM_MEMORY_ATTRIBUTE_PRIVATE;
+        if self.set_kvm_attributes(page.0, PAGE_SIZE, other).is_ok() {
+            self.set_kvm_attributes(page.0, PAGE_SIZE, own)?;
+        }
+        let before = self.stats.leaves()?;
+        let result = sys::pre_fault_memory(&self.vcpu, page.0, PAGE_SIZE);
+        let after = self.stats.leaves()?;
+        match result {
+            Ok(()) => {
+                let level = [Level::G1, Level::M2, Level::K4]
+                    .into_iter()
+                    .find(|l| after[l.index()] > before[l.index()])
+                    .unwrap_or(Level::K4);
+                Ok(MaxLevel::Level(level))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(MaxLevel::NoSlot),
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                Ok(MaxLevel::MemoryFault(MemoryFault {
+                    gpa: page.0,
+                    size: PAGE_SIZE,
+                    private: own != 0 || access.is_private(),
+                }))
+            }
+            Err(e) => Err(Error::os("KVM_PRE_FAULT_MEMORY", e)),
+        }
+    }
+}
+
+/// The gfn's attribute as KVM was told it (for callers comparing answers).
+impl KernelVm {
+    /// Whether KVM was last told `gfn` is private.
+    pub fn told_private(&self, gfn: Gfn) -> bool {
+        self.told.is_private(gfn)
+    }
+}
