@@ -124,7 +124,8 @@ run() {
 	local krel root ir
 	krel=$(cat "$CACHE/KREL") root=$CACHE/root
 	ir=$(mktemp -d "$CACHE/initramfs.XXXXXX")
-	trap 'rm -rf "$ir"; trap - RETURN' RETURN
+	# Per-run files, so that runs from two clones can share the cache.
+	trap 'rm -rf "$ir" "$ir.gz"; trap - RETURN' RETURN
 	mkdir -p "$ir"/{bin,proc,sys,dev,tmp,opt/bin,opt/kselftests,lib/modules}
 	cp /bin/busybox "$ir/bin/busybox"
 	local t n
@@ -164,16 +165,16 @@ echo "REALKVM-EXIT=$?"
 poweroff -f
 EOT
 	chmod +x "$ir/init"
-	(cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$CACHE/initramfs.gz"
+	(cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$ir.gz"
 	say "booting $krel under QEMU TCG (EPYC + SVM + NPT), timeout ${timeout}s"
-	local out=$CACHE/console.log rc
+	local out=$CACHE/console-$$.log rc
 	set +e
 	# One vCPU on one TCG thread: multi-threaded TCG now and then oopses the guest kernel (an
 	# int3 left by live code patching), and the tests inside need no parallelism.
 	timeout "$timeout" qemu-system-x86_64 -accel tcg,thread=single -machine q35 \
 		-cpu EPYC,+svm,+npt,+vgif,+svme-addr-chk -smp 1 -m "$mem" \
 		-nographic -no-reboot -nodefaults -serial stdio -display none \
-		-kernel "$root/boot/vmlinuz-$krel" -initrd "$CACHE/initramfs.gz" \
+		-kernel "$root/boot/vmlinuz-$krel" -initrd "$ir.gz" \
 		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off" </dev/null \
 		2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) | tee "$out"
 	rc=${PIPESTATUS[0]}

@@ -307,6 +307,17 @@ impl Script {
         }
     }
 
+    /// Host: check pages through the host mapping against `pattern` itself (what the host
+    /// must see whatever the guest wrote elsewhere, e.g. zero where private writes went to a
+    /// guest_memfd).
+    pub(crate) fn host_expect(&mut self, gpa: u64, npages: u64, pattern: u64) {
+        self.host_step(HostStep::Check {
+            gpa,
+            npages,
+            pattern,
+        });
+    }
+
     /// Host: KVM_SET_MEMORY_ATTRIBUTES (VMM-initiated conversion) that is expected to succeed.
     pub(crate) fn vmm_set_attributes(&mut self, gpa: u64, size: u64, attributes: u64) {
         self.host_step(HostStep::SetAttributes {

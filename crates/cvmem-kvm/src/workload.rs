@@ -103,8 +103,10 @@ fn slot(slot: u32, gpa: u64, size: u64, backing: Backing) -> SlotSpec {
 }
 
 /// One stage of KVM's private_mem_conversions_test on `[gpa, gpa + size)`, with patterns
-/// derived from `seed`.
-fn conversion_stage(s: &mut Script, gpa: u64, size: u64, seed: u64) {
+/// derived from `seed`. `separate_private`: private memory is a guest_memfd beside the shared
+/// memory and KVM keeps the attributes, so the host's view can be checked not to see private
+/// writes.
+fn conversion_stage(s: &mut Script, gpa: u64, size: u64, seed: u64, separate_private: bool) {
     let n = size / K4;
     let p = |k: u64| (seed << 8 | k).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     // Shared by default: the guest's writes reach the host, the host's reach the guest.
@@ -122,6 +124,11 @@ fn conversion_stage(s: &mut Script, gpa: u64, size: u64, seed: u64) {
     s.check(gpa, n);
     s.fill(gpa, n, p(3));
     s.check(gpa, n);
+    if separate_private {
+        // As private_mem_conversions_test: the private writes land in the guest_memfd, and the
+        // host's shared view reads zero (its pages were discarded when they became private).
+        s.host_expect(gpa, n, 0);
+    }
     // Odd pages back to shared: holes in a private range.
     for i in (0..n).filter(|i| (gpa / K4 + i) % 2 == 1) {
         let page = gpa + i * K4;
@@ -172,6 +179,7 @@ fn selftest(caps: &HostCaps, attributes_in_kvm: bool) -> Plan {
                 base + 8 * M2 * i as u64 + off,
                 size,
                 seed + i as u64,
+                attributes_in_kvm && backing == Backing::GuestMemfdSeparate,
             );
         }
         // Malformed requests change nothing and return -EINVAL.
