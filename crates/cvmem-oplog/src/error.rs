@@ -158,7 +158,7 @@ impl fmt::Display for ParseErrorKind {
 /// A line of an op-log that cannot be parsed: replay stops here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
-    /// 1-based line number, or 0 when the error came from [`parse_line`], which does not know it.
+    /// 1-based line number, or 0 when the error came from [`parse_line`](crate::parse_line), which does not know it.
     pub line: usize,
     /// What is wrong.
     pub kind: ParseErrorKind,

@@ -7,8 +7,8 @@
 //! need (the roaring idea, with the containers aligned to mapping levels):
 //!
 //! - **512G units** that are all shared cost nothing; runs of all-private units are one
-//!   `(start, end)` pair; any other unit is a [`node::Node`] (a kind bit per 1G entry);
-//! - **1G entries** of a node are a bit, or a [`region::Region`] when mixed (a kind bit and a
+//!   `(start, end)` pair; any other unit is a *node* (a kind bit per 1G entry);
+//! - **1G entries** of a node are a bit, or a *region* when mixed (a kind bit and a
 //!   mixed bit per 2M page);
 //! - **mixed 2M pages** of a region are an 8-byte slot with up to six boundaries inline, a
 //!   64-byte block of bits, or — once that is cheaper for the region — part of a dense 32 KiB
