@@ -34,6 +34,9 @@ struct KernelSlot {
     /// KVM as another host address.
     uaddr: u64,
     size: u64,
+    /// Where KVM has it now, and whether it logs dirty pages.
+    gpa: u64,
+    dirty_log: bool,
 }
 
 /// The offsets of `pages_4k`, `pages_2m` and `pages_1g` in the VM's binary statistics.
@@ -210,6 +213,8 @@ impl Executor for KernelVm {
                     mem,
                     uaddr: r.new_slot_uaddr(),
                     size: r.size,
+                    gpa: r.gpa,
+                    dirty_log: r.flags.dirty_log,
                 },
             );
             return Ok(SlotChange::Created);
@@ -226,7 +231,8 @@ impl Executor for KernelVm {
             Some(u) => hva.wrapping_add(u.wrapping_sub(old.uaddr)),
             None => hva,
         };
-        let old_range = GfnRange::new(0, old.size / PAGE_SIZE);
+        let old_range = GfnRange::new(old.gpa / PAGE_SIZE, (old.gpa + old.size) / PAGE_SIZE);
+        let (old_gpa, old_dirty_log) = (old.gpa, old.dirty_log);
         self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
             slot: r.slot,
             flags,
@@ -240,7 +246,18 @@ impl Executor for KernelVm {
             self.slots.remove(&r.slot);
             return Ok(SlotChange::Deleted { old: old_range });
         }
-        Ok(SlotChange::Unchanged)
+        if let Some(s) = self.slots.get_mut(&r.slot) {
+            (s.gpa, s.dirty_log) = (r.gpa, r.flags.dirty_log);
+        }
+        Ok(if r.gpa != old_gpa {
+            SlotChange::Moved { old: old_range }
+        } else if r.flags.dirty_log != old_dirty_log {
+            SlotChange::DirtyLog {
+                enabled: r.flags.dirty_log,
+            }
+        } else {
+            SlotChange::Unchanged
+        })
     }
 
     fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<()> {

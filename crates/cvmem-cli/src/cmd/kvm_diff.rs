@@ -38,6 +38,8 @@ struct Tally {
     differences: Vec<String>,
     /// Differences `docs/oplog-v1.md` documents as op-log v1's choice, by kind.
     documented: std::collections::BTreeMap<&'static str, u64>,
+    /// KVM's answers to the queries compared (`4K`, `2M`, `no-slot`, ...).
+    answers: std::collections::BTreeMap<String, u64>,
 }
 
 /// The host's guest-physical address width (MAXPHYADDR), from /proc/cpuinfo.
@@ -131,6 +133,8 @@ fn compare(name: &str, ops: &[(usize, Op)], tally: &mut Tally) -> Result<(), Str
             (_, Outcome::Error(w), _) => Some(format!("cvmem {w} / KVM accepts")),
             (_, _, Outcome::Error(g)) => Some(format!("cvmem accepts / KVM {g}")),
             (Op::Query { gpa, .. }, _, Outcome::Query(k)) => {
+                let kind = result_text(&got).unwrap_or_default();
+                *tally.answers.entry(kind).or_default() += 1;
                 let c = core_answer(&core, *gpa);
                 (!same(&c, k)).then(|| {
                     format!(
@@ -291,6 +295,12 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     for d in &tally.differences {
         println!("{d}");
     }
+    let answers: Vec<String> = tally
+        .answers
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!("queries answered by KVM: {}", answers.join(", "));
     for (kind, n) in &tally.documented {
         println!("documented in docs/oplog-v1.md: {n} x {kind}");
     }
