@@ -115,11 +115,17 @@ fn same(a: &MaxLevel, b: &MaxLevel) -> bool {
 }
 
 /// Runs `ops` against the core and a fresh KVM VM; records every difference.
-fn compare(name: &str, ops: &[(usize, Op)], tally: &mut Tally) -> Result<(), String> {
+/// `next` gives the lines one at a time, seeing the core's state so far.
+fn compare(
+    name: &str,
+    mut next: impl FnMut(&Replayer) -> Option<(usize, Op)>,
+    tally: &mut Tally,
+) -> Result<(), String> {
     let mut core = Replayer::new();
     let mut kernel = KernelVm::new().map_err(|e| format!("a VM to compare with: {e}"))?;
     let mut driver = Driver::new();
-    for (line, op) in ops {
+    while let Some((line, op)) = next(&core) {
+        let (line, op) = (&line, &op);
         let want = core.apply(op);
         let got = driver.apply(&mut kernel, op);
         let differs = match (op, &want, &got) {
@@ -193,15 +199,33 @@ fn resync(core: &mut Replayer, op: &Op, core_outcome: &Outcome) {
     core.apply(&undo);
 }
 
-/// A small deterministic generator (xorshift).
-struct Gen(u64);
+/// A small deterministic generator (xorshift); most of its queries and half of its attribute
+/// changes land inside the memslots the core has at that point.
+struct Gen {
+    state: u64,
+}
 
 impl Gen {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+    /// Mostly a page inside one of the core's memslots now (else anywhere).
+    fn query_gpa(&mut self, core: &Replayer) -> u64 {
+        let n = core.tracker().memslots().len() as u64;
+        if n == 0 || self.below(4) == 0 {
+            return self.gpa();
+        }
+        let k = self.below(n) as usize;
+        let s = core
+            .tracker()
+            .memslots()
+            .nth(k)
+            .map(|s| (s.gpa(), s.size()));
+        let (gpa, size) = s.unwrap_or((0, 4096));
+        gpa + self.below(size / 4096) * 4096
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -237,22 +261,18 @@ impl Gen {
             _ => 4096 * self.below(1024),
         }
     }
-    fn op(&mut self) -> Op {
+    fn op(&mut self, core: &Replayer) -> Op {
         match self.below(10) {
-            0..=2 => Op::Memslot {
-                slot: self.below(6),
-                gpa: self.gpa(),
-                size: if self.below(5) == 0 { 0 } else { self.size() },
-                flags: SlotFlags {
-                    guest_memfd: self.below(4) != 0,
-                    dirty_log: self.below(8) == 0,
-                    readonly: self.below(16) == 0,
-                },
-                uaddr: (self.below(8) == 0).then(|| self.gpa()),
-                backing: None,
-            },
+            0..=2 => {
+                let (gpa, size) = (self.gpa(), if self.below(5) == 0 { 0 } else { self.size() });
+                self.memslot(gpa, size)
+            }
             3..=5 => Op::Attrs {
-                gpa: self.gpa(),
+                gpa: if self.below(2) == 0 {
+                    self.query_gpa(core)
+                } else {
+                    self.gpa()
+                },
                 size: self.size(),
                 attributes: [0, 8, 8, 0, 0x10][self.below(5) as usize],
             },
@@ -262,9 +282,23 @@ impl Gen {
                 flags: [0, 0x10, 0x11, 0x12, 0x13, 0x30][self.below(6) as usize],
             },
             _ => Op::Query {
-                gpa: self.gpa(),
+                gpa: self.query_gpa(core),
                 access: Access::from_private(self.below(2) == 0),
             },
+        }
+    }
+    fn memslot(&mut self, gpa: u64, size: u64) -> Op {
+        Op::Memslot {
+            slot: self.below(6),
+            gpa,
+            size,
+            flags: SlotFlags {
+                guest_memfd: self.below(4) != 0,
+                dirty_log: self.below(8) == 0,
+                readonly: self.below(16) == 0,
+            },
+            uaddr: (self.below(8) == 0).then(|| self.gpa()),
+            backing: None,
         }
     }
 }
@@ -274,19 +308,26 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     for file in &args.files {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let lines = cvmem_oplog::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-        let ops: Vec<(usize, Op)> = lines.into_iter().map(|l| (l.number, l.op)).collect();
-        compare(&file.display().to_string(), &ops, &mut tally)?;
+        let mut ops = lines.into_iter().map(|l| (l.number, l.op));
+        compare(&file.display().to_string(), |_| ops.next(), &mut tally)?;
     }
-    let mut gen = Gen(args.seed.max(1) | 1 << 40);
+    let mut gen = Gen {
+        state: args.seed.max(1) | 1 << 40,
+    };
     let mut saved = String::new();
     let mut done = 0;
     while done < args.random {
         let n = (args.random - done).min(500);
-        let ops: Vec<(usize, Op)> = (0..n).map(|i| (done + i + 1, gen.op())).collect();
-        for (_, op) in &ops {
-            let _ = writeln!(saved, "{op}");
-        }
-        compare(&format!("random#{}", done / 500), &ops, &mut tally)?;
+        let mut i = 0;
+        let next = |core: &Replayer| {
+            (i < n).then(|| {
+                i += 1;
+                let op = gen.op(core);
+                let _ = writeln!(saved, "{op}");
+                (done + i, op)
+            })
+        };
+        compare(&format!("random#{}", done / 500), next, &mut tally)?;
         done += n;
     }
     if let Some(path) = &args.save {
