@@ -3,10 +3,8 @@
 //! requests are refused identically (with the core's [`Error`] and errno). [`Vm`] runs op-logs
 //! through [`cvmem_oplog::Driver`] like every other executor.
 
-use cvmem::Gpa;
-
 use cvmem::{
-    Access, Errno, Error, GfnRange, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, Tracker,
+    Access, Errno, Error, GfnRange, Gpa, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, Tracker,
     PAGE_SHIFT, PAGE_SIZE,
 };
 use cvmem_oplog::{Driver, Executor, Op, Outcome};

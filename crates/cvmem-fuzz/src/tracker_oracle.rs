@@ -6,10 +6,8 @@
 //! the window) to drive the validation paths. Answers about gfns outside the window are compared
 //! between the tracker and the front only.
 
-use cvmem::{Gfn, Gpa};
-
 use cvmem::{
-    Access, Errno, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, Errno, Gfn, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE,
 };
 use cvmem_sync::ConcurrentTracker;

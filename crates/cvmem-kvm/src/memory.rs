@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant};
 
 use cvmem::mmu::{Layout, Recovery, Vm};
-use cvmem::Gpa;
-use cvmem::{Access, AttrRequest, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{Access, AttrRequest, GfnRange, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::VmFd;
 

@@ -7,9 +7,9 @@
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
-use cvmem::Gpa;
 use cvmem::{
-    Access, AttrRun, GfnRange, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+    Access, AttrRun, GfnRange, Gpa, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    PAGE_SIZE,
 };
 
 use crate::backing::Backing;

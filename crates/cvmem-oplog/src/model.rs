@@ -1,16 +1,14 @@
 //! `cvmem replay`'s executor: the core's TDP MMU model ([`Vm`]: tracker and page tables), and
 //! the summary of its state at the end of an op-log.
 
-use cvmem::Gpa;
-
 use alloc::vec::Vec;
 
 use cvmem::mmu::{
     AcceptOutcome, Coverage, FaultOutcome, FaultRangeCounts, Layout, MmuStats, Recovery, Vm,
 };
 use cvmem::{
-    Access, Errno, Error, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, SlotEligibility,
-    Tracker, PAGE_SHIFT, PAGE_SIZE,
+    Access, Errno, Error, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange,
+    SlotEligibility, Tracker, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::exec::{Driver, Executor, Outcome};
@@ -24,7 +22,7 @@ impl Executor for Vm {
     }
 
     fn mmu(&mut self, layout: Layout, recovery: Recovery) -> Result<Outcome, Error> {
-        *self = Vm::new(layout, recovery);
+        *self = Vm::new(layout, recovery).with_gpa_bits(self.tracker().gpa_bits());
         Ok(Outcome::Done)
     }
 
@@ -122,6 +120,15 @@ impl Replayer {
         // attribute store (bounded per GiB, see `cvmem::attrs`).
         Replayer {
             vm: Vm::new(Layout::SPLIT, Recovery::OnFault),
+            driver: Driver::new(),
+        }
+    }
+
+    /// A replayer whose memslots must fit in `bits` of guest-physical address (as the host's
+    /// MAXPHYADDR limits x86 KVM; see [`cvmem::Tracker::with_gpa_bits`]).
+    pub fn with_gpa_bits(bits: u32) -> Self {
+        Replayer {
+            vm: Vm::new(Layout::SPLIT, Recovery::OnFault).with_gpa_bits(bits),
             driver: Driver::new(),
         }
     }

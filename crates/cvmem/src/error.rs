@@ -104,6 +104,14 @@ pub enum Error {
         /// Its size in pages.
         pages: u64,
     },
+    /// A memslot reaching past the guest-physical address width (x86 KVM: the host's
+    /// MAXPHYADDR, `kvm_mmu_max_gfn()`).
+    SlotBeyondAddressWidth {
+        /// One past the slot's last byte.
+        end: u64,
+        /// The address width in bits.
+        bits: u32,
+    },
     /// The new memslot range overlaps another slot.
     SlotOverlap {
         /// The slot being set.
@@ -183,6 +191,9 @@ impl fmt::Display for Error {
                     f,
                     "memslot of {pages} pages exceeds the limit of 2^31 - 1 pages"
                 )
+            }
+            Error::SlotBeyondAddressWidth { end, bits } => {
+                write!(f, "memslot ending at {end:#x} is beyond the {bits}-bit guest-physical address space")
             }
             Error::SlotOverlap { slot, other } => {
                 write!(f, "memslot {slot} would overlap memslot {other}")

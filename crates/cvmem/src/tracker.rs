@@ -134,6 +134,8 @@ pub struct SlotEligibility {
 #[derive(Clone, Debug)]
 pub struct Tracker {
     supported: u64,
+    /// Guest-physical address width: memslots must end at or below 2^bits (64: no limit).
+    gpa_bits: u32,
     attrs: AttrStore,
     /// Memslots sorted by base gfn (non-overlapping), for O(log S) gfn lookups.
     slots: Vec<Memslot>,
@@ -158,10 +160,24 @@ impl Tracker {
     pub const fn with_supported_attributes(supported: u64) -> Self {
         Tracker {
             supported: supported & KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            gpa_bits: 64,
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
         }
+    }
+
+    /// The same tracker refusing (EINVAL) memslots that end above 2^`bits`, as x86 KVM refuses
+    /// slots past the host's MAXPHYADDR (`kvm_mmu_max_gfn()`). Default 64: any slot whose end
+    /// fits in 64 bits, as op-log v1. Set it before creating memslots.
+    pub const fn with_gpa_bits(mut self, bits: u32) -> Self {
+        self.gpa_bits = if bits > 64 { 64 } else { bits };
+        self
+    }
+
+    /// The guest-physical address width memslots must fit in.
+    pub const fn gpa_bits(&self) -> u32 {
+        self.gpa_bits
     }
 
     /// The supported attribute mask.
@@ -380,6 +396,14 @@ impl Tracker {
     /// calls into KVM. Only running out of memory can still make the real call fail.
     pub fn check_user_memory_region(&self, r: &MemoryRegion) -> Result<SlotChange> {
         memslot::validate(r)?;
+        // `validate` made sure the end fits in 64 bits.
+        let end = r.gpa + r.size;
+        if self.gpa_bits < 64 && r.size != 0 && end > 1u64 << self.gpa_bits {
+            return Err(Error::SlotBeyondAddressWidth {
+                end,
+                bits: self.gpa_bits,
+            });
+        }
         let npages = r.size / PAGE_SIZE;
         let base_gfn = r.gpa >> PAGE_SHIFT;
         let new_range = GfnRange::new(base_gfn, base_gfn + npages);

@@ -3,13 +3,12 @@
 //! every operation, and the optimum reached at quiescence under eager recovery. Two-phase
 //! conversions run another operation inside their window and end or abort.
 
-use cvmem::{Gfn, Gpa};
-
 use cvmem::mmu::{
     AcceptOutcome, AcceptPolicy, FaultOutcome, Layout, Leaf, Recovery, SharedBit, Vm,
 };
 use cvmem::{
-    Access, GfnRange, Level, MaxLevel, MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    Access, Gfn, GfnRange, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
 use proptest::prelude::*;
 

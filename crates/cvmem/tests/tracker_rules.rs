@@ -1,10 +1,8 @@
 //! KVM's rules as the op-log spec states them: every error case leaves the state unchanged, and the
 //! layouts of KVM's private_mem_conversions_test give the levels KVM would give.
 
-use cvmem::{Gfn, Gpa};
-
 use cvmem::{
-    Access, Errno, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, Errno, Gfn, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE,
 };
 use cvmem_testkit::DenseModel;
@@ -444,4 +442,39 @@ fn memslots_cost_no_memory_per_page_so_no_limit_is_needed() {
         "{} bytes",
         t.heap_bytes()
     );
+}
+
+#[test]
+fn the_address_width_limits_memslots_as_maxphyaddr_limits_kvm() {
+    let flags = SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    };
+    let slot = |gpa: u64, size: u64| MemoryRegion {
+        slot: 0,
+        gpa,
+        size,
+        flags,
+        ..Default::default()
+    };
+    // Default: any slot whose end fits in 64 bits (op-log v1).
+    let mut open = Tracker::new();
+    assert!(open
+        .set_user_memory_region(&slot(0xffff_ffff_ffff_e000, 0x1000))
+        .is_ok());
+    // 40 bits: a slot may end exactly at 2^40, not one page later.
+    let mut t = Tracker::new().with_gpa_bits(40);
+    assert_eq!(t.gpa_bits(), 40);
+    let err = t
+        .set_user_memory_region(&slot((1 << 40) - 0x1000, 0x2000))
+        .unwrap_err();
+    assert_eq!(err.errno(), cvmem::Errno::EINVAL);
+    assert!(matches!(
+        err,
+        cvmem::Error::SlotBeyondAddressWidth { bits: 40, .. }
+    ));
+    assert_eq!(t.memslots().len(), 0, "nothing changed");
+    assert!(t
+        .set_user_memory_region(&slot((1 << 40) - 0x1000, 0x1000))
+        .is_ok());
 }

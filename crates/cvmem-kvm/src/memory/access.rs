@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts};
-use cvmem::Gpa;
-use cvmem::{Access, GfnRange, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{Access, GfnRange, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 
 use super::CvmMemory;
 use crate::backing::SlotMemory;

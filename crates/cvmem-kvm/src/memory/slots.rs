@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cvmem::Gpa;
-use cvmem::{Access, Level, MemoryRegion, SlotChange, SlotFlags};
+use cvmem::{Access, Gpa, Level, MemoryRegion, SlotChange, SlotFlags};
 
 use super::{CvmMemory, SlotInfo, SlotSpec};
 use crate::backing::{Backing, SlotMemory};

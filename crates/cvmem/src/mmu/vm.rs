@@ -208,6 +208,13 @@ impl Vm {
         self
     }
 
+    /// The same VM with a guest-physical address width (see [`Tracker::with_gpa_bits`]); set it
+    /// before creating memslots.
+    pub fn with_gpa_bits(mut self, bits: u32) -> Self {
+        self.tracker = self.tracker.with_gpa_bits(bits);
+        self
+    }
+
     /// The attribute and memslot tracker (read only: change it through the VM).
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
