@@ -66,7 +66,8 @@
 //!             memory.fault(Gpa(gpa), req.to)?;
 //!         }
 //!         VcpuExit::Hlt => break,
-//!         _ => { /* MMIO, port I/O, ... */ }
+//!         // Handle your devices' MMIO and port I/O here; never spin on an exit you do not know.
+//!         other => return Err(format!("unhandled exit {other:?}").into()),
 //!     }
 //! }
 //! println!("{:?}\n{}", query.snapshot(), query.mmu_snapshot());
