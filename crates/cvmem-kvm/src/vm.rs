@@ -82,7 +82,7 @@ impl HostCaps {
         self.exit_hypercall & (1 << 12) != 0
     }
 
-    /// Reads the capabilities of `vm`, a VM of type `vm_type`.
+    /// Reads the capabilities of `vm` (the VM type fields stay at the default type's).
     pub fn of(vm: &VmFd) -> Self {
         let int = |c: Cap| vm.check_extension_int(c).max(0) as u64;
         HostCaps {

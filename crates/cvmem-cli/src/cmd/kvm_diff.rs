@@ -81,8 +81,12 @@ fn documented(
 /// 6.12 guest_memfd (4K pages only); shared memory is anonymous, 2M where transparent huge
 /// pages are on.
 fn host_level(private: bool) -> Level {
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| !s.contains("[never]"));
+    // Read once: the setting does not change during a run.
+    static THP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let thp = *THP.get_or_init(|| {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| !s.contains("[never]"))
+    });
     if private || !thp {
         Level::K4
     } else {
