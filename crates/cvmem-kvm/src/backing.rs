@@ -2,8 +2,10 @@
 //! anonymous memory, and how each discards the old contents of a converted range.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
-use cvmem::{Access, GfnRange, SlotFlags, PAGE_SIZE};
+use cvmem::{Access, GfnRange, Level, SlotFlags, PAGE_SIZE};
 use kvm_bindings::{
     kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
@@ -68,36 +70,62 @@ impl Backing {
     }
 }
 
-/// The host memory of one memslot. Deleting the memslot from KVM must happen before this is
-/// dropped (the owner, [`crate::CvmMemory`], does so).
+/// A guest_memfd given to a memslot: the file and the offset of the slot's first byte in it.
 #[derive(Debug)]
-pub(crate) struct SlotMemory {
-    pub(crate) backing: Backing,
-    /// Where the slot is now (a move changes it; the memory stays).
-    pub(crate) gpa: u64,
-    /// `dirty_log` and `readonly` as KVM has them (`guest_memfd` follows the backing).
-    pub(crate) flags: SlotFlags,
-    /// The memory KVM uses for shared accesses (`userspace_addr`).
-    pub(crate) shared: Mapping,
-    /// The guest_memfd, if any.
-    pub(crate) gmem: Option<File>,
+pub struct GuestMemfd {
+    /// The guest_memfd (from `KVM_CREATE_GUEST_MEMFD`, e.g. [`create_guest_memfd`]).
+    pub file: File,
+    /// Offset of the slot's first byte in the file (page aligned).
+    pub offset: u64,
+    /// Whether the slot's host mapping is an mmap of this same file (`MMAP | INIT_SHARED`,
+    /// Linux 6.18): shared and private are then the same pages ([`Backing::GuestMemfdInPlace`]).
+    pub in_place: bool,
 }
 
-impl SlotMemory {
-    /// Allocates the memory of a slot of `size` bytes at `gpa`, at a host address congruent to
-    /// `congruent_to` modulo `align` (pass `gpa` so that KVM may map up to `align` bytes at
-    /// once).
-    pub(crate) fn new(
+/// Separate shared memory backed by a file (memfd, hugetlbfs...): discarding it must punch the
+/// file, since `MADV_DONTNEED` on a shared file mapping keeps the file's pages.
+#[derive(Clone, Debug)]
+struct SharedFile {
+    file: Arc<File>,
+    offset: u64,
+}
+
+/// The host memory behind one memslot: the mapping KVM uses for shared accesses
+/// (`userspace_addr`) and, for a confidential slot, its guest_memfd.
+///
+/// Either allocated by cvmem-kvm ([`HostMemory::allocate`], unmapped when dropped) or the
+/// VMM's own memory, attached ([`HostMemory::from_raw_parts`], or a vm-memory region with the
+/// `vm-memory` feature) and left mapped when dropped. Give it to
+/// [`CvmMemory::attach_slot`](crate::CvmMemory::attach_slot).
+#[derive(Debug)]
+pub struct HostMemory {
+    pub(crate) backing: Backing,
+    /// The memory KVM uses for shared accesses (`userspace_addr`).
+    pub(crate) shared: Mapping,
+    shared_file: Option<SharedFile>,
+    /// The guest_memfd, if any, and the slot's offset in it.
+    pub(crate) gmem: Option<(File, u64)>,
+}
+
+/// `KVM_CREATE_GUEST_MEMFD` of `size` bytes with `flags` (e.g. [`GUEST_MEMFD_FLAG_MMAP`]).
+pub fn create_guest_memfd(vm: &VmFd, size: u64, flags: u64) -> Result<File> {
+    sys::create_guest_memfd(vm, size, flags).map_err(|e| Error::kvm("KVM_CREATE_GUEST_MEMFD", e))
+}
+
+impl HostMemory {
+    /// Allocates `size` bytes of `backing` memory (creating the guest_memfd on `vm`) at a host
+    /// address congruent to `congruent_to` modulo `max_level`'s size: pass the slot's gpa so
+    /// that KVM may map it with pages up to `max_level`. Unmapped when dropped.
+    pub fn allocate(
         vm: Option<&VmFd>,
         backing: Backing,
-        gpa: u64,
         size: u64,
         congruent_to: u64,
-        align: u64,
+        max_level: Level,
     ) -> Result<Self> {
         let len = usize::try_from(size)
             .map_err(|_| Error::os("mmap", std::io::Error::from_raw_os_error(libc::E2BIG)))?;
-        let align = usize::try_from(align).unwrap_or(1 << 30);
+        let align = usize::try_from(max_level.size()).unwrap_or(1 << 30);
         let gmem = match (backing, vm) {
             (Backing::Anonymous, _) => None,
             (_, None) => return Err(Error::MissingCapability("a VM for guest_memfd")),
@@ -120,80 +148,198 @@ impl SlotMemory {
         };
         let shared = Mapping::new(len, fd, congruent_to, align)
             .map_err(|e| Error::os("mmap guest memory", e))?;
-        Ok(SlotMemory {
+        Ok(HostMemory {
             backing,
-            gpa,
-            flags: SlotFlags {
-                guest_memfd: backing.has_guest_memfd(),
-                ..SlotFlags::default()
-            },
             shared,
-            gmem,
+            shared_file: None,
+            gmem: gmem.map(|f| (f, 0)),
         })
     }
 
-    /// The `KVM_SET_USER_MEMORY_REGION2` payload of this memory as slot `slot`.
-    pub(crate) fn region(&self, slot: u32) -> kvm_userspace_memory_region2 {
+    /// The VMM's own memory: `size` bytes mapped read/write at host address `host_addr`
+    /// (anonymous private memory, or a shared file mapping described by `shared_file`), and
+    /// the slot's guest_memfd if it has one. cvmem-kvm reads and writes it only through
+    /// volatile accesses, discards converted ranges of it (`MADV_DONTNEED`, or punching
+    /// `shared_file`), and never unmaps it.
+    ///
+    /// # Safety
+    /// `[host_addr, host_addr + size)` must stay mapped read/write for as long as this value
+    /// (and the memslot made from it) exists, and the caller must accept that converted ranges
+    /// are discarded.
+    pub unsafe fn from_raw_parts(
+        host_addr: u64,
+        size: u64,
+        shared_file: Option<(Arc<File>, u64)>,
+        guest_memfd: Option<GuestMemfd>,
+    ) -> Result<Self> {
+        let bad = |why: &'static str| cvmem::Error::InvalidFlags { why };
+        if size == 0 || size % PAGE_SIZE != 0 || host_addr % PAGE_SIZE != 0 {
+            return Err(bad("attached memory must be page aligned and non-empty").into());
+        }
+        let len = usize::try_from(size).map_err(|_| bad("attached memory too large"))?;
+        let backing = match &guest_memfd {
+            None => Backing::Anonymous,
+            Some(g) if g.in_place => Backing::GuestMemfdInPlace,
+            Some(_) => Backing::GuestMemfdSeparate,
+        };
+        if guest_memfd
+            .as_ref()
+            .is_some_and(|g| g.offset % PAGE_SIZE != 0)
+        {
+            return Err(bad("the guest_memfd offset must be page aligned").into());
+        }
+        Ok(HostMemory {
+            backing,
+            // SAFETY: forwarded to our caller (see `# Safety`).
+            shared: unsafe { Mapping::borrowed(host_addr as usize, len) },
+            shared_file: shared_file.map(|(file, offset)| SharedFile { file, offset }),
+            gmem: guest_memfd.map(|g| (g.file, g.offset)),
+        })
+    }
+
+    /// The host memory's kind.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// Host address of the first byte of the shared mapping (`userspace_addr`).
+    pub fn host_addr(&self) -> u64 {
+        self.shared.addr()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.shared.len() as u64
+    }
+
+    /// The `KVM_SET_USER_MEMORY_REGION2` payload of this memory as slot `slot` at `gpa` with
+    /// `flags` (`guest_memfd` follows the memory; `dirty_log`, `readonly` are taken).
+    pub fn user_memory_region(
+        &self,
+        slot: u32,
+        gpa: u64,
+        flags: SlotFlags,
+    ) -> kvm_userspace_memory_region2 {
         let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         kvm_userspace_memory_region2 {
             slot,
             flags: flag(self.gmem.is_some(), KVM_MEM_GUEST_MEMFD)
-                | flag(self.flags.dirty_log, KVM_MEM_LOG_DIRTY_PAGES)
-                | flag(self.flags.readonly, KVM_MEM_READONLY),
-            guest_phys_addr: self.gpa,
-            memory_size: self.shared.len() as u64,
+                | flag(flags.dirty_log, KVM_MEM_LOG_DIRTY_PAGES)
+                | flag(flags.readonly, KVM_MEM_READONLY),
+            guest_phys_addr: gpa,
+            memory_size: self.size(),
             userspace_addr: self.shared.addr(),
-            guest_memfd_offset: 0,
-            guest_memfd: self.gmem.as_ref().map_or(0, |f| {
-                use std::os::fd::AsRawFd;
-                f.as_raw_fd() as u32
-            }),
+            guest_memfd_offset: self.gmem.as_ref().map_or(0, |g| g.1),
+            guest_memfd: self.gmem.as_ref().map_or(0, |(f, _)| f.as_raw_fd() as u32),
             ..Default::default()
         }
     }
 
-    /// Size in bytes.
-    pub(crate) fn size(&self) -> u64 {
-        self.shared.len() as u64
+    /// Copies `bytes` to offset `off` of the shared mapping; false outside it.
+    pub fn write_bytes(&self, off: u64, bytes: &[u8]) -> bool {
+        usize::try_from(off).is_ok_and(|off| self.shared.write_bytes(off, bytes))
     }
 
-    /// Byte offset and length of `range` (which the caller has clipped to this slot).
-    fn span(&self, range: GfnRange) -> (u64, u64) {
-        (range.start * PAGE_SIZE - self.gpa, range.len() * PAGE_SIZE)
-    }
-
-    /// Discards the old contents of `range` (inside this slot), which just became `to`:
-    /// punches the guest_memfd when it became shared, drops separate shared memory when it
-    /// became private. Returns whether anything was discarded.
-    pub(crate) fn discard(&self, range: GfnRange, to: Access) -> Result<bool> {
-        let (off, len) = self.span(range);
+    /// Discards the old contents of `[off, off + len)`, which just became `to`: punches the
+    /// guest_memfd when it became shared, drops separate shared memory when it became private.
+    /// Returns whether anything was discarded.
+    pub(crate) fn discard(&self, off: u64, len: u64, to: Access) -> Result<bool> {
         match (to, self.backing) {
             (Access::Shared, Backing::GuestMemfdInPlace | Backing::GuestMemfdSeparate) => {
-                let gmem = self
+                let (gmem, base) = self
                     .gmem
                     .as_ref()
                     .ok_or(Error::MissingCapability("guest_memfd"))?;
-                fallocate(gmem, FallocateMode::PunchHole, true, off, len).map_err(|e| {
-                    Error::os(
-                        "fallocate(PUNCH_HOLE) on guest_memfd",
-                        std::io::Error::from_raw_os_error(e.errno()),
-                    )
-                })?;
+                punch(
+                    gmem,
+                    base + off,
+                    len,
+                    "fallocate(PUNCH_HOLE) on guest_memfd",
+                )?;
                 Ok(true)
             }
             (Access::Private, Backing::GuestMemfdSeparate | Backing::Anonymous) => {
-                self.shared
-                    .discard(off as usize, len as usize)
-                    .map_err(|e| Error::os("madvise(MADV_DONTNEED) on shared memory", e))?;
+                match &self.shared_file {
+                    Some(f) => punch(
+                        &f.file,
+                        f.offset + off,
+                        len,
+                        "fallocate(PUNCH_HOLE) on shared memory",
+                    )?,
+                    None => self
+                        .shared
+                        .discard(off as usize, len as usize)
+                        .map_err(|e| Error::os("madvise(MADV_DONTNEED) on shared memory", e))?,
+                }
                 Ok(true)
             }
             (Access::Private, Backing::GuestMemfdInPlace)
             | (Access::Shared, Backing::Anonymous) => Ok(false),
         }
     }
+}
+
+fn punch(file: &File, off: u64, len: u64, what: &'static str) -> Result<()> {
+    fallocate(file, FallocateMode::PunchHole, true, off, len)
+        .map_err(|e| Error::os(what, std::io::Error::from_raw_os_error(e.errno())))
+}
+
+#[cfg(feature = "vm-memory")]
+impl HostMemory {
+    /// A vm-memory region the VMM already has, with the slot's guest_memfd if it has one. The
+    /// region stays alive (and mapped) as long as this value; a file-backed region (memfd,
+    /// hugetlbfs) is discarded by punching its file.
+    pub fn from_region(
+        region: Arc<vm_memory::GuestRegionMmap>,
+        guest_memfd: Option<GuestMemfd>,
+    ) -> Result<Self> {
+        use vm_memory::GuestMemoryRegion;
+        let shared_file = region
+            .file_offset()
+            .map(|f| (Arc::clone(f.arc()), f.start()));
+        let (addr, len) = (region.as_ptr() as u64, region.len());
+        // SAFETY: the mapping belongs to `region`, which this value keeps alive.
+        let mut memory = unsafe { Self::from_raw_parts(addr, len, shared_file, guest_memfd)? };
+        memory.shared.keep_alive(region);
+        Ok(memory)
+    }
+}
+
+/// The host memory of one memslot and where KVM has the slot now. Deleting the memslot from
+/// KVM must happen before this is dropped (the owner, [`crate::CvmMemory`], does so).
+#[derive(Debug)]
+pub(crate) struct SlotMemory {
+    pub(crate) host: HostMemory,
+    /// Where the slot is now (a move changes it; the memory stays).
+    pub(crate) gpa: u64,
+    /// `dirty_log` and `readonly` as KVM has them (`guest_memfd` follows the backing).
+    pub(crate) flags: SlotFlags,
+}
+
+impl SlotMemory {
+    /// `host` as a slot at `gpa` with `flags`.
+    pub(crate) fn new(host: HostMemory, gpa: u64, flags: SlotFlags) -> Self {
+        SlotMemory { host, gpa, flags }
+    }
+
+    /// The `KVM_SET_USER_MEMORY_REGION2` payload of this memory as slot `slot`.
+    pub(crate) fn region(&self, slot: u32) -> kvm_userspace_memory_region2 {
+        self.host.user_memory_region(slot, self.gpa, self.flags)
+    }
+
+    /// Size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.host.size()
+    }
+
+    /// Discards the old contents of `range` (inside this slot), which just became `to`.
+    pub(crate) fn discard(&self, range: GfnRange, to: Access) -> Result<bool> {
+        let off = range.start * PAGE_SIZE - self.gpa;
+        self.host.discard(off, range.len() * PAGE_SIZE, to)
+    }
 
     /// The host mapping through which shared memory is read and written.
     pub(crate) fn shared(&self) -> &Mapping {
-        &self.shared
+        &self.host.shared
     }
 }

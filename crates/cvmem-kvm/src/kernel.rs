@@ -22,7 +22,7 @@ use cvmem_oplog::Executor;
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
-use crate::backing::{Backing, SlotMemory};
+use crate::backing::{Backing, HostMemory, SlotMemory};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::vm::{HostCaps, KVM_X86_SW_PROTECTED_VM};
@@ -165,15 +165,15 @@ impl KernelVm {
         };
         plausible
             .then(|| {
-                SlotMemory::new(
+                HostMemory::allocate(
                     Some(&self.vm),
                     backing,
-                    r.gpa,
                     r.size,
                     r.new_slot_uaddr(),
-                    1 << 30,
+                    Level::G1,
                 )
                 .ok()
+                .map(|host| SlotMemory::new(host, r.gpa, r.flags))
             })
             .flatten()
     }

@@ -93,7 +93,8 @@ mod vm;
 mod workload;
 
 pub use backing::{
-    Backing, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    create_guest_memfd, Backing, GuestMemfd, HostMemory, GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};

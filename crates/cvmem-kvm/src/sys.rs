@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_create_guest_memfd, kvm_userspace_memory_region2};
 use kvm_ioctls::VmFd;
@@ -12,10 +13,23 @@ use kvm_ioctls::VmFd;
 ///
 /// Stores the address as an integer: the bytes are shared with the guest (and KVM), so the host
 /// only ever touches them with volatile accesses through the methods below.
-#[derive(Debug)]
 pub(crate) struct Mapping {
     addr: usize,
     len: usize,
+    /// Whether this value unmaps the memory when dropped (it mapped it).
+    owned: bool,
+    /// What keeps attached memory mapped (a vm-memory region), dropped with this value.
+    _keep: Option<Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("len", &self.len)
+            .field("owned", &self.owned)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Mapping {
@@ -80,7 +94,31 @@ impl Mapping {
                 unsafe { libc::munmap(start as *mut libc::c_void, stop - start) };
             }
         }
-        Ok(Mapping { addr, len })
+        Ok(Mapping {
+            addr,
+            len,
+            owned: true,
+            _keep: None,
+        })
+    }
+
+    /// Memory someone else mapped; never unmapped by this value.
+    ///
+    /// # Safety
+    /// `[addr, addr + len)` is mapped read/write for as long as this value exists.
+    pub(crate) unsafe fn borrowed(addr: usize, len: usize) -> Self {
+        Mapping {
+            addr,
+            len,
+            owned: false,
+            _keep: None,
+        }
+    }
+
+    /// Keeps `owner` (which keeps the memory mapped) alive as long as this value.
+    #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
+    pub(crate) fn keep_alive(&mut self, owner: Arc<dyn Send + Sync>) {
+        self._keep = Some(owner);
     }
 
     /// Host virtual address of the first byte.
@@ -154,6 +192,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: the mapping was created by `Mapping::new` and is unmapped exactly once. Its
         // owner removes the memslot that points at it before dropping it.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };

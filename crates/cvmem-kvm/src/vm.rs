@@ -14,12 +14,13 @@ use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 
 use crate::abi::*;
 use crate::backing::{
-    Backing, SlotMemory, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
+    Backing, HostMemory, SlotMemory, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
     KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 use crate::error::{Error, Result};
 use crate::memory::{CvmMemory, MmuConfig};
 use crate::sys;
+use cvmem::{Level, SlotFlags};
 
 /// The guest program, assembled by build.rs.
 #[cfg(not(cvmem_no_guest))]
@@ -153,13 +154,16 @@ struct BootSlot {
 impl BootSlot {
     fn new(vm: &Arc<VmFd>) -> Result<Self> {
         let mem = SlotMemory::new(
-            Some(vm),
-            Backing::Anonymous,
+            HostMemory::allocate(
+                Some(vm),
+                Backing::Anonymous,
+                BOOT_SLOT_SIZE,
+                BOOT_GPA,
+                Level::M2,
+            )?,
             BOOT_GPA,
-            BOOT_SLOT_SIZE,
-            BOOT_GPA,
-            BOOT_SLOT_SIZE,
-        )?;
+            SlotFlags::default(),
+        );
         sys::set_user_memory_region2(vm, mem.region(BOOT_SLOT))
             .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2 (boot slot)", e))?;
         Ok(BootSlot {

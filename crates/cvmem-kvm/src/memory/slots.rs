@@ -7,12 +7,21 @@ use std::collections::BTreeMap;
 use cvmem::{Access, Gpa, Level, MemoryRegion, SlotChange, SlotFlags};
 
 use super::{CvmMemory, SlotInfo, SlotSpec};
-use crate::backing::{Backing, SlotMemory};
+use crate::backing::{Backing, HostMemory, SlotMemory};
 use crate::error::{Error, Result};
 use crate::listener::{self, Cause, MemoryEvent};
 use crate::sys;
 
 type Slots = BTreeMap<u32, SlotMemory>;
+
+/// The host memory of a slot being created.
+#[derive(Debug)]
+pub(super) enum NewMemory {
+    /// Allocate memory of this kind once the request is known to be valid.
+    Allocate(Backing),
+    /// The VMM's own memory.
+    Attached(HostMemory),
+}
 
 impl CvmMemory {
     /// Creates a memslot: checked with KVM's rules (the core's), then host memory, KVM's slot,
@@ -38,7 +47,43 @@ impl CvmMemory {
             uaddr: None,
             backing: Some(spec.max_level),
         };
-        self.apply_locked(&mut memory, &region, spec.backing)
+        self.apply_locked(&mut memory, &region, NewMemory::Allocate(spec.backing))
+            .map(drop)
+    }
+
+    /// Creates memslot `slot` at `gpa` on memory the VMM already has (see [`HostMemory`]):
+    /// checked with KVM's rules, registered in KVM (with its guest_memfd, if any) and in the
+    /// tracker, its shared memory announced to listeners. `max_level` is the largest mapping
+    /// the host memory allows (2M for THP or 2M hugetlbfs, 1G for 1G hugetlbfs or a 1G
+    /// guest_memfd). Conversions discard and notify as on memory this crate allocated; the
+    /// memory is handed back (dropped) when the slot is removed. On error nothing is left
+    /// behind.
+    pub fn attach_slot(
+        &self,
+        slot: u32,
+        gpa: Gpa,
+        host: HostMemory,
+        max_level: Level,
+    ) -> Result<()> {
+        let mut memory = self.lock_memory();
+        if memory.contains_key(&slot) {
+            return Err(cvmem::Error::Unsupported {
+                what: "creating a memslot whose id exists",
+            }
+            .into());
+        }
+        let region = MemoryRegion {
+            slot,
+            gpa: gpa.0,
+            size: host.size(),
+            flags: SlotFlags {
+                guest_memfd: host.backing().has_guest_memfd(),
+                ..SlotFlags::default()
+            },
+            uaddr: Some(host.host_addr()),
+            backing: Some(max_level),
+        };
+        self.apply_locked(&mut memory, &region, NewMemory::Attached(host))
             .map(drop)
     }
 
@@ -63,7 +108,11 @@ impl CvmMemory {
         let mut memory = self.lock_memory();
         let mut region = self.current_region(slot)?;
         region.gpa = gpa;
-        self.apply_locked(&mut memory, &region, Backing::Anonymous)
+        self.apply_locked(
+            &mut memory,
+            &region,
+            NewMemory::Allocate(Backing::Anonymous),
+        )
     }
 
     /// Turns dirty logging of memslot `slot` on or off (KVM_MEM_LOG_DIRTY_PAGES): on, the model
@@ -73,7 +122,11 @@ impl CvmMemory {
         let mut memory = self.lock_memory();
         let mut region = self.current_region(slot)?;
         region.flags.dirty_log = enabled;
-        self.apply_locked(&mut memory, &region, Backing::Anonymous)
+        self.apply_locked(
+            &mut memory,
+            &region,
+            NewMemory::Allocate(Backing::Anonymous),
+        )
     }
 
     /// KVM_SET_USER_MEMORY_REGION2 for the VMM, as the op-log's `memslot` line: size 0 deletes,
@@ -93,7 +146,7 @@ impl CvmMemory {
         backing: Backing,
     ) -> Result<SlotChange> {
         let mut memory = self.lock_memory();
-        self.apply_locked(&mut memory, region, backing)
+        self.apply_locked(&mut memory, region, NewMemory::Allocate(backing))
     }
 
     /// The slot as a request that changes nothing.
@@ -118,13 +171,13 @@ impl CvmMemory {
         &self,
         memory: &mut Slots,
         region: &MemoryRegion,
-        backing: Backing,
+        new: NewMemory,
     ) -> Result<SlotChange> {
         // The core's rules, without changing anything: what the request would do.
         let (probe, _) = self.inspect(|s| s.vm.tracker().check_user_memory_region(region));
         let change = probe?;
         match change {
-            SlotChange::Created => self.create_locked(memory, region, backing),
+            SlotChange::Created => self.create_locked(memory, region, new),
             SlotChange::Deleted { .. } => self.remove_locked(memory, region.slot).map(|()| change),
             SlotChange::Moved { .. } | SlotChange::DirtyLog { .. } => {
                 self.change_locked(memory, region, change)
@@ -137,8 +190,12 @@ impl CvmMemory {
         &self,
         memory: &mut Slots,
         region: &MemoryRegion,
-        backing: Backing,
+        new: NewMemory,
     ) -> Result<SlotChange> {
+        let backing = match &new {
+            NewMemory::Allocate(backing) => *backing,
+            NewMemory::Attached(host) => host.backing(),
+        };
         if backing.has_guest_memfd() != region.flags.guest_memfd {
             return Err(cvmem::Error::InvalidFlags {
                 why: "the guest-memfd flag and the slot's backing disagree",
@@ -147,15 +204,17 @@ impl CvmMemory {
         }
         let slot = region.slot;
         let max_level = region.backing.unwrap_or(Level::G1);
-        let mut mem = SlotMemory::new(
-            self.vm.as_deref(),
-            backing,
-            region.gpa,
-            region.size,
-            region.uaddr.unwrap_or(region.gpa),
-            max_level.size(),
-        )?;
-        mem.flags = region.flags;
+        let host = match new {
+            NewMemory::Allocate(backing) => HostMemory::allocate(
+                self.vm.as_deref(),
+                backing,
+                region.size,
+                region.uaddr.unwrap_or(region.gpa),
+                max_level,
+            )?,
+            NewMemory::Attached(host) => host,
+        };
+        let mem = SlotMemory::new(host, region.gpa, region.flags);
         self.kvm_set(slot, &mem)?;
         let hva = mem.shared().addr();
         let model = MemoryRegion {

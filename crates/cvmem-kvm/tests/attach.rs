@@ -1,0 +1,126 @@
+//! Bring-your-own memory: a VMM's vm-memory regions (anonymous and file-backed) attached as
+//! memslots of a detached `CvmMemory`; conversions discard the VMM's bytes exactly where they
+//! changed kind, listeners hear the VMM's host addresses, and removing the slot leaves the
+//! VMM's mapping alone.
+#![cfg(all(target_os = "linux", feature = "vm-memory"))]
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use cvmem::{Access, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+use cvmem_kvm::{ConversionListener, CvmMemory, HostMemory, ListenerError, MemoryEvent, SlotRange};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+const GPA: u64 = 0x1_0000_0000;
+const SIZE: usize = 4 << 20;
+
+fn anonymous_region() -> Arc<GuestRegionMmap> {
+    let mmap = MmapRegion::new(SIZE).unwrap();
+    Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap())
+}
+
+fn memfd_region() -> Arc<GuestRegionMmap> {
+    // SAFETY: a fresh memfd; the name is a valid C string.
+    let fd = unsafe { libc::memfd_create(c"cvmem-attach".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
+    let file: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    file.set_len(SIZE as u64).unwrap();
+    let mmap = MmapRegion::from_file(FileOffset::new(file, 0), SIZE).unwrap();
+    Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap())
+}
+
+#[derive(Default)]
+struct Seen(Mutex<Vec<(Access, Vec<SlotRange>)>>);
+
+impl ConversionListener for Seen {
+    fn name(&self) -> &str {
+        "seen"
+    }
+    fn notify(&self, e: &MemoryEvent<'_>) -> Result<(), ListenerError> {
+        self.0.lock().unwrap().push((e.to, e.ranges.to_vec()));
+        Ok(())
+    }
+}
+
+fn check(region: Arc<GuestRegionMmap>) {
+    let guest = GuestMemoryMmap::from_arc_regions(vec![Arc::clone(&region)]).unwrap();
+    let hva = region.as_ptr() as u64;
+    let ones = vec![0xa5u8; SIZE];
+    guest.write_slice(&ones, GuestAddress(GPA)).unwrap();
+
+    let memory = CvmMemory::detached();
+    let seen = Arc::new(Seen::default());
+    memory.add_listener(seen.clone()).unwrap();
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    assert_eq!((host.host_addr(), host.size()), (hva, SIZE as u64));
+    memory.attach_slot(3, Gpa(GPA), host, Level::M2).unwrap();
+
+    // The listener learns the VMM's own host addresses.
+    {
+        let events = seen.0.lock().unwrap();
+        let (to, ranges) = events.last().unwrap();
+        assert_eq!(*to, Access::Shared);
+        assert_eq!((ranges[0].hva, ranges[0].size()), (hva, SIZE as u64));
+    }
+
+    // Two pages become private: exactly their bytes are discarded in the VMM's mapping.
+    let done = memory
+        .set_attributes(Gpa(GPA + 0x10_0000), 0x2000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        .unwrap();
+    assert_eq!((done.changed_pages, done.discarded_bytes), (2, 0x2000));
+    let mut page = [0u8; 4096];
+    for (off, want) in [
+        (0x0f_f000u64, 0xa5u8),
+        (0x10_0000, 0),
+        (0x10_1000, 0),
+        (0x10_2000, 0xa5),
+    ] {
+        guest
+            .read_slice(&mut page, GuestAddress(GPA + off))
+            .unwrap();
+        assert!(
+            page.iter().all(|&b| b == want),
+            "page at +{off:#x} should read {want:#x}"
+        );
+    }
+    let query = memory.query();
+    assert!(query.is_private(Gpa(GPA + 0x10_1000)));
+    assert!(!query.is_private(Gpa(GPA + 0x10_2000)));
+
+    // Removing the slot hands the memory back: the VMM's mapping still works.
+    memory.remove_slot(3).unwrap();
+    drop(memory);
+    guest.write_slice(&ones[..4096], GuestAddress(GPA)).unwrap();
+    guest.read_slice(&mut page, GuestAddress(GPA)).unwrap();
+    assert_eq!(page[0], 0xa5);
+}
+
+#[test]
+fn anonymous_region_is_discarded_with_madvise() {
+    check(anonymous_region());
+}
+
+#[test]
+fn file_backed_region_is_discarded_by_punching_its_file() {
+    // MADV_DONTNEED would leave a shared file mapping's bytes in place; the check above fails
+    // unless the memfd is punched.
+    check(memfd_region());
+}
+
+#[test]
+fn attached_memory_is_checked_before_anything_changes() {
+    let memory = CvmMemory::detached();
+    // SAFETY: the address is never touched: the request is refused as unaligned first.
+    let unaligned = unsafe { HostMemory::from_raw_parts(0x1234, 4096, None, None) };
+    assert!(unaligned.is_err());
+    // A slot whose gpa KVM refuses leaves the memory with the caller (dropped, not unmapped).
+    let region = anonymous_region();
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    assert!(memory.attach_slot(0, Gpa(0x1001), host, Level::M2).is_err());
+    assert!(!memory.query().has_slot(0));
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    memory.attach_slot(0, Gpa(GPA), host, Level::M2).unwrap();
+    let again = HostMemory::from_region(region, None).unwrap();
+    assert!(memory.attach_slot(0, Gpa(0), again, Level::M2).is_err());
+}
