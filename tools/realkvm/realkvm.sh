@@ -199,13 +199,13 @@ ci() {
 	# The same profiles as the unit tests before this step, so little is rebuilt.
 	cargo build -p cvmem-cli >&2
 	local tests
-	tests=$(cargo test -p cvmem-kvm --test kvm_guest --no-run --message-format=json 2>/dev/null |
+	tests=$(cargo test -p cvmem-kvm-rig --test kvm_guest --no-run --message-format=json 2>/dev/null |
 		grep -o '"executable":"[^"]*kvm_guest-[^"]*"' | cut -d'"' -f4 | head -1)
 	[ -n "$tests" ] || { say "no kvm_guest test binary"; return 1; }
 	local fx=crates/cvmem-cli/tests/fixtures
 	run -t 1500 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
-		-f "crates/cvmem-kvm/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" -- '
+		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" -- '
 set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2

@@ -82,7 +82,7 @@ pub fn check_map_gpa_range(gpa: u64, npages: u64, attrs: u64) {
 #[cfg(all(target_os = "linux", feature = "kvm"))]
 mod kvm {
     use cvmem::{Access, PAGE_SIZE};
-    use cvmem_kvm::abi::PORT_MAP_GPA;
+    use cvmem_kvm::PORT_MAP_GPA;
     use cvmem_kvm::{
         ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
         KVM_MEMORY_EXIT_FLAG_PRIVATE,
@@ -148,7 +148,7 @@ mod kvm {
         let port = if input.below(4) == 0 {
             input.u16()
         } else {
-            PORT_MAP_GPA as u16
+            PORT_MAP_GPA
         };
         let rax = if input.below(4) == 0 {
             register(input)
@@ -178,7 +178,7 @@ mod kvm {
         };
         let mut word = [0u8; 8];
         word[..len.min(8)].copy_from_slice(&bytes[..len.min(8)]);
-        let transport_ok = u64::from(port) == PORT_MAP_GPA
+        let transport_ok = port == PORT_MAP_GPA
             && len == 4
             && u64::from_le_bytes(word) == rax & 0xffff_ffff
             && rax == 12;

@@ -53,18 +53,6 @@ pub enum Error {
         /// Its size in bytes.
         size: u64,
     },
-    /// The guest stopped in an unexpected way.
-    #[error("guest failed: {0}")]
-    Guest(String),
-    /// The workload or its input is invalid.
-    #[error("workload: {0}")]
-    Workload(String),
-    /// The memslot is kvm-run's own (it holds the guest program).
-    #[error("slot {0} holds kvm-run's guest program")]
-    ReservedSlot(u32),
-    /// The guest program was not built (no assembler, or not x86-64 Linux).
-    #[error("the guest program was not built: {0}")]
-    NoGuestProgram(&'static str),
 }
 
 /// Shorthand for results of this crate.
@@ -76,7 +64,6 @@ impl Error {
         let code = match self {
             Error::Tracker(e) => return e.errno().name(),
             Error::Request(_) => return "EINVAL",
-            Error::ReservedSlot(_) => libc::EBUSY,
             Error::Kvm { source, .. } => source.errno(),
             Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EFAULT),
             _ => libc::EFAULT,
@@ -95,10 +82,12 @@ impl Error {
         }
     }
 
-    pub(crate) fn os(what: &'static str, source: io::Error) -> Self {
+    /// An OS call on host memory failed.
+    pub fn os(what: &'static str, source: io::Error) -> Self {
         Error::Os { what, source }
     }
-    pub(crate) fn kvm(what: &'static str, source: kvm_ioctls::Error) -> Self {
+    /// A KVM ioctl failed.
+    pub fn kvm(what: &'static str, source: kvm_ioctls::Error) -> Self {
         Error::Kvm { what, source }
     }
 }

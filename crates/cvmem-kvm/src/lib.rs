@@ -23,10 +23,10 @@
 //!   op-log's `map-gpa`;
 //! - [`ConversionListener`]s with exact ranges, and [`IommuListener`] to keep a VFIO-style IOMMU
 //!   domain mapping exactly the shared memory;
-//! - [`MemoryQuery`]: private/shared/mixed, runs, largest level, memory map — from any thread;
-//! - [`kvm_run`]: boots the small guest program in `guest/guest.S` and runs a conversion workload
-//!   with data checks, the guest's reads and writes modelled as faults (what `cvmem kvm-run`
-//!   prints).
+//! - [`MemoryQuery`]: private/shared/mixed, runs, largest level, memory map — from any thread.
+//!
+//! The real-guest test rig (`cvmem kvm-run`, `cvmem kvm-diff`) lives in the unpublished
+//! `cvmem-kvm-rig` crate: depending on this one builds no guest program.
 //!
 //! Linux x86-64 only.
 //!
@@ -70,27 +70,20 @@
 //!         other => return Err(format!("unhandled exit {other:?}").into()),
 //!     }
 //! }
-//! println!("{:?}\n{}", query.snapshot(), query.mmu_snapshot());
+//! println!("{:?}", query.snapshot());
 //! # Ok(())
 //! # }
 //! ```
 #![cfg(target_os = "linux")]
 
-pub mod abi;
 mod backing;
 mod error;
 mod iommu;
-mod kernel;
 mod listener;
 mod memory;
 mod query;
-mod report;
 mod request;
-mod run;
-mod script;
 mod sys;
-mod vm;
-mod workload;
 
 pub use backing::{
     create_guest_memfd, Backing, GuestMemfd, HostMemory, GUEST_MEMFD_FLAG_INIT_SHARED,
@@ -98,17 +91,13 @@ pub use backing::{
 };
 pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
-pub use kernel::KernelVm;
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
 pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
 pub use query::{MemoryMap, MemoryQuery, MmuSnapshot, RangeKind, SlotSnapshot};
-pub use report::{ConversionStats, ExitKind, ExitStats, LineResult, Mismatch, Report, Summary};
 pub use request::{
     ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
-    KVM_MEMORY_EXIT_FLAG_PRIVATE,
+    KVM_MEMORY_EXIT_FLAG_PRIVATE, PORT_MAP_GPA,
 };
-pub use run::{kvm_run, RunOptions, Workload};
-pub use vm::HostCaps;
 
 /// The status a guest gets for a conversion: 0, or a negative errno as a two's-complement u64
 /// (`hypercall.ret` / RAX): `-EINVAL` for a request KVM's rules reject, `-ENOMEM` when memory ran

@@ -3,7 +3,7 @@
 //! - [`ConversionRequest::from_hypercall`]: `KVM_EXIT_HYPERCALL` with nr 12
 //!   (KVM_HC_MAP_GPA_RANGE), the path on TDX/SNP hosts with `KVM_CAP_EXIT_HYPERCALL`;
 //! - [`ConversionRequest::from_port_io`]: the paravirtual transport of this crate, the same
-//!   registers carried by an `out` to [`PORT_MAP_GPA`](crate::abi::PORT_MAP_GPA), for hosts
+//!   registers carried by an `out` to [`PORT_MAP_GPA`], for hosts
 //!   whose KVM does not forward the hypercall;
 //! - [`ConversionRequest::from_memory_fault`]: `KVM_EXIT_MEMORY_FAULT`, an implicit conversion of
 //!   the faulting range to the kind of the access.
@@ -14,7 +14,10 @@
 
 use cvmem::{Access, GfnRange, Level, MapGpaRange, KVM_HC_MAP_GPA_RANGE, PAGE_SIZE};
 
-use crate::abi::PORT_MAP_GPA;
+/// The I/O port of this crate's conversion transport, for hosts without hypercall exits: the
+/// guest loads RAX = 12 (KVM_HC_MAP_GPA_RANGE), RBX = gpa, RCX = number of 4K pages, RDX =
+/// attributes and executes `out %eax, $PORT_MAP_GPA`; the host answers in RAX (0 or -errno).
+pub const PORT_MAP_GPA: u16 = 0xe0;
 
 /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`: the faulting access was private.
 pub const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
@@ -142,14 +145,14 @@ impl ConversionRequest {
     }
 
     /// Decodes the port-I/O transport: an `out %eax` of 4 bytes to
-    /// [`PORT_MAP_GPA`](crate::abi::PORT_MAP_GPA) with RAX = 12, RBX gpa, RCX npages,
+    /// [`PORT_MAP_GPA`] with RAX = 12, RBX gpa, RCX npages,
     /// RDX attributes.
     pub fn from_port_io(
         port: u16,
         data: &[u8],
         regs: &TransportRegs,
     ) -> Result<Self, RequestError> {
-        if u64::from(port) != PORT_MAP_GPA {
+        if port != PORT_MAP_GPA {
             return Err(RequestError::WrongPort(port));
         }
         let mut bytes = [0u8; 8];

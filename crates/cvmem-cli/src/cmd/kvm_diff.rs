@@ -1,5 +1,5 @@
 //! `cvmem kvm-diff`: the kernel as cvmem's oracle. Every op-log line runs through the one op-log
-//! driver twice — against the core's model and against a real KVM (`cvmem_kvm::KernelVm`) —
+//! driver twice — against the core's model and against a real KVM (`cvmem_kvm_rig::KernelVm`) —
 //! and every difference is printed: an errno KVM and cvmem disagree on, a success one of them
 //! refuses, a query answered differently (KVM's answer comes from KVM_PRE_FAULT_MEMORY and its
 //! leaf statistics).
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cvmem::{Access, Gpa, Level, MaxLevel, SlotFlags};
-use cvmem_kvm::KernelVm;
+use cvmem_kvm_rig::KernelVm;
 use cvmem_oplog::render::result_text;
 use cvmem_oplog::{Driver, Op, Outcome, Replayer};
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cvmem::mmu::{Coverage, Layout, LevelCounts, Recovery};
-use cvmem_kvm::{kvm_run, MmuConfig, Report, RunOptions, Workload};
+use cvmem_kvm::MmuConfig;
+use cvmem_kvm_rig::{kvm_run, Report, RunOptions, Workload};
 use serde_json::json;
 
 /// Arguments of `cvmem kvm-run`.

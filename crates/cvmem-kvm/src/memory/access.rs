@@ -44,7 +44,7 @@ impl CvmMemory {
                     run.len() * PAGE_SIZE,
                     Access::from_private(private),
                 )?;
-                add_counts(&mut total, &c);
+                total.add(&c);
             }
             Ok(total)
         });
@@ -122,17 +122,6 @@ impl CvmMemory {
         }
         Ok(())
     }
-}
-
-/// Adds the counts of `b` to `a`.
-pub(crate) fn add_counts(a: &mut FaultRangeCounts, b: &FaultRangeCounts) {
-    for level in [Level::K4, Level::M2, Level::G1] {
-        a.mapped.add(level, b.mapped.get(level));
-    }
-    a.spurious += b.spurious;
-    a.memory_fault += b.memory_fault;
-    a.no_slot += b.no_slot;
-    a.retry += b.retry;
 }
 
 fn locate(memory: &BTreeMap<u32, SlotMemory>, gpa: u64, size: u64) -> Result<(&SlotMemory, usize)> {

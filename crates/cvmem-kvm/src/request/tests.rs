@@ -116,7 +116,7 @@ fn regs(rax: u64, rbx: u64, rcx: u64, rdx: u64) -> TransportRegs {
 
 #[test]
 fn port_io_valid() {
-    let p = PORT_MAP_GPA as u16;
+    let p = PORT_MAP_GPA;
     let r = ConversionRequest::from_port_io(
         p,
         &12u32.to_le_bytes(),
@@ -129,7 +129,7 @@ fn port_io_valid() {
 
 #[test]
 fn port_io_malformed() {
-    let p = PORT_MAP_GPA as u16;
+    let p = PORT_MAP_GPA;
     let ok = regs(12, 0, 1, 0);
     assert_eq!(
         ConversionRequest::from_port_io(p + 1, &12u32.to_le_bytes(), &ok),

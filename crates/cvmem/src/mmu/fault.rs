@@ -55,6 +55,19 @@ pub struct FaultRangeCounts {
     pub retry: u64,
 }
 
+impl FaultRangeCounts {
+    /// Adds `other`'s counts to these (totals over several ranges).
+    pub fn add(&mut self, other: &FaultRangeCounts) {
+        for level in [Level::K4, Level::M2, Level::G1] {
+            self.mapped.add(level, other.mapped.get(level));
+        }
+        self.spurious += other.spurious;
+        self.memory_fault += other.memory_fault;
+        self.no_slot += other.no_slot;
+        self.retry += other.retry;
+    }
+}
+
 impl Vm {
     /// A guest access of kind `access` to `gpa`: the op-log's `fault`.
     ///

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use cvmem::{Access, PAGE_SIZE};
 
 use crate::abi::*;
-use crate::backing::Backing;
+use cvmem_kvm::Backing;
 
 /// One command of the guest program (see `guest/guest.S`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

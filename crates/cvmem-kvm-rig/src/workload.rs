@@ -3,13 +3,12 @@
 use cvmem::{Level, PAGE_SIZE};
 use cvmem_oplog::{Line, Op};
 
-use crate::backing::Backing;
 use crate::error::{Error, Result};
-use crate::memory::{MmuConfig, SlotSpec};
 use crate::report::LineResult;
 use crate::run::Workload;
 use crate::script::Script;
 use crate::vm::HostCaps;
+use cvmem_kvm::{Backing, MmuConfig, SlotSpec};
 
 const PRIVATE: u64 = cvmem::hypercall::KVM_MAP_GPA_RANGE_ENCRYPTED;
 const EINVAL: u64 = (libc::EINVAL as u64).wrapping_neg();

@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cvmem_kvm::{kvm_run, Backing, Error, ExitKind, Report, RequestSource, RunOptions, Workload};
+use cvmem_kvm::Error as MemoryError;
+use cvmem_kvm::{Backing, RequestSource};
+use cvmem_kvm_rig::{kvm_run, Error, ExitKind, MmuText, Report, RunOptions, Workload};
 use cvmem_oplog::render::result_text;
 use cvmem_oplog::{Outcome, Replayer};
 
@@ -14,8 +16,12 @@ use cvmem_oplog::{Outcome, Replayer};
 /// failure.
 fn skip_reason(e: &Error) -> Option<String> {
     match e {
-        Error::MissingCapability(_) | Error::NoGuestProgram(_) => Some(e.to_string()),
-        Error::Kvm { what, source } if *what == "open /dev/kvm" || *what == "KVM_CREATE_VM" => {
+        Error::NoGuestProgram(_) | Error::Memory(MemoryError::MissingCapability(_)) => {
+            Some(e.to_string())
+        }
+        Error::Memory(MemoryError::Kvm { what, source })
+            if *what == "open /dev/kvm" || *what == "KVM_CREATE_VM" =>
+        {
             Some(format!("{what}: {source}"))
         }
         _ => None,
@@ -47,19 +53,22 @@ fn run(workload: Workload) -> Option<Report> {
 
 #[test]
 fn the_skip_path_names_what_is_missing() {
-    let no_kvm = Error::Kvm {
+    let no_kvm = Error::Memory(MemoryError::Kvm {
         what: "open /dev/kvm",
         source: kvm_ioctls::Error::new(libc::ENOENT),
-    };
+    });
     assert!(skip_reason(&no_kvm).is_some_and(|w| w.contains("open /dev/kvm")));
-    assert!(skip_reason(&Error::MissingCapability("KVM_CAP_USER_MEMORY2")).is_some());
+    assert!(skip_reason(&Error::Memory(MemoryError::MissingCapability(
+        "KVM_CAP_USER_MEMORY2"
+    )))
+    .is_some());
     assert!(skip_reason(&Error::NoGuestProgram("no assembler")).is_some());
     // Anything else is a failure, not a skip.
     assert!(skip_reason(&Error::Guest("triple fault".into())).is_none());
-    let other_ioctl = Error::Kvm {
+    let other_ioctl = Error::Memory(MemoryError::Kvm {
         what: "KVM_RUN",
         source: kvm_ioctls::Error::new(libc::EFAULT),
-    };
+    });
     assert!(skip_reason(&other_ioctl).is_none());
 }
 
@@ -120,7 +129,8 @@ fn selftest_passes_every_data_check() {
     if gmem_slots > 0 {
         assert!(
             mmu.stats.splits > 0 && mmu.stats.private.total() > 0,
-            "{mmu}"
+            "{}",
+            MmuText(mmu)
         );
     }
     // Every conversion exit did tracking work, and less of it than the exit took.
@@ -150,9 +160,13 @@ fn boot_workload_tracks_a_tdx_like_boot() {
         assert!(ram[0].mixed_2m >= 8);
         let mmu = r.mmu.as_ref().unwrap();
         // The churn's pages were touched private and shared at 4K (their 2M pages are mixed).
-        assert!(mmu.stats.private.k4 > 0 && mmu.stats.shared.k4 > 0, "{mmu}");
+        assert!(
+            mmu.stats.private.k4 > 0 && mmu.stats.shared.k4 > 0,
+            "{}",
+            MmuText(mmu)
+        );
         assert!(mmu.touched_all.huge_bytes <= mmu.touched_all.optimum_huge_bytes);
-        assert!(mmu.touched_all.ratio() > 0.99, "{mmu}");
+        assert!(mmu.touched_all.ratio() > 0.99, "{}", MmuText(mmu));
     }
 }
 

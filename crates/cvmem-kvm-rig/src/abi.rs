@@ -9,7 +9,8 @@
 //! before one `out %eax, $PORT` instruction. The host reads the registers from the vCPU's
 //! synchronised register block (`KVM_CAP_SYNC_REGS`) and writes the return value to RAX.
 
-/// Port of the conversion transport: RAX = hypercall number (12, KVM_HC_MAP_GPA_RANGE),
+/// Port of the conversion transport (`cvmem_kvm::PORT_MAP_GPA`; a test keeps them equal): RAX =
+/// hypercall number (12, KVM_HC_MAP_GPA_RANGE),
 /// RBX = gpa, RCX = number of 4K pages, RDX = attributes; on return RAX = 0 or -errno.
 pub const PORT_MAP_GPA: u64 = 0xe0;
 /// Port of a script synchronisation point: RBX = index of the command; the host performs the
@@ -93,5 +94,13 @@ pub const fn pattern_value(pattern: u64, gpa: u64) -> u64 {
         0
     } else {
         pattern ^ gpa
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_guest_uses_the_integrations_transport_port() {
+        assert_eq!(super::PORT_MAP_GPA, u64::from(cvmem_kvm::PORT_MAP_GPA));
     }
 }

@@ -22,14 +22,14 @@ use cvmem_oplog::Executor;
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
-use crate::backing::{Backing, HostMemory, SlotMemory};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::vm::{HostCaps, KVM_X86_SW_PROTECTED_VM};
+use cvmem_kvm::{Backing, HostMemory};
 
 /// A memslot as KVM has it, with the host memory behind it.
 struct KernelSlot {
-    mem: Option<SlotMemory>,
+    mem: Option<HostMemory>,
     /// The `uaddr` the op-log gave (or the gpa): a later request naming another one must reach
     /// KVM as another host address.
     uaddr: u64,
@@ -76,7 +76,7 @@ impl LeafStats {
             }
         }
         if offsets.contains(&u64::MAX) {
-            return Err(Error::MissingCapability("pages_4k/2m/1g statistics"));
+            return Err(Error::missing("pages_4k/2m/1g statistics"));
         }
         Ok(LeafStats { file, offsets })
     }
@@ -113,14 +113,14 @@ impl KernelVm {
         let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
         let (_, vm_type) = HostCaps::vm_type_of(&kvm);
         if vm_type != KVM_X86_SW_PROTECTED_VM {
-            return Err(Error::MissingCapability("KVM_X86_SW_PROTECTED_VM"));
+            return Err(Error::missing("KVM_X86_SW_PROTECTED_VM"));
         }
         let vm = Arc::new(
             kvm.create_vm_with_type(vm_type)
                 .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
         );
         if HostCaps::of(&vm).memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
-            return Err(Error::MissingCapability("KVM_CAP_MEMORY_ATTRIBUTES"));
+            return Err(Error::missing("KVM_CAP_MEMORY_ATTRIBUTES"));
         }
         let vcpu = vm
             .create_vcpu(0)
@@ -152,7 +152,7 @@ impl KernelVm {
 
     /// A slot KVM accepts needs host memory; one it must refuse (unaligned, too large, past the
     /// address space) is passed on without any, so that KVM, not an mmap, says why.
-    fn memory_for(&self, r: &MemoryRegion) -> Option<SlotMemory> {
+    fn memory_for(&self, r: &MemoryRegion) -> Option<HostMemory> {
         let plausible = r.size % PAGE_SIZE == 0
             && r.gpa % PAGE_SIZE == 0
             && r.size / PAGE_SIZE <= cvmem::MAX_SLOT_PAGES
@@ -173,7 +173,6 @@ impl KernelVm {
                     Level::G1,
                 )
                 .ok()
-                .map(|host| SlotMemory::new(host, r.gpa, r.flags))
             })
             .flatten()
     }
@@ -202,7 +201,7 @@ impl Executor for KernelVm {
                 ..Default::default()
             };
             if let Some(m) = &mem {
-                let base = m.region(r.slot);
+                let base = m.user_memory_region(r.slot, r.gpa, r.flags);
                 region.userspace_addr = base.userspace_addr;
                 region.guest_memfd = base.guest_memfd;
             }
@@ -222,7 +221,7 @@ impl Executor for KernelVm {
         // An existing slot: the same host memory, unless the request names another address.
         let (hva, gmem) = match &old.mem {
             Some(m) => {
-                let base = m.region(r.slot);
+                let base = m.user_memory_region(r.slot, r.gpa, r.flags);
                 (base.userspace_addr, base.guest_memfd)
             }
             None => (old.uaddr, 0),

@@ -9,12 +9,14 @@ use cvmem::{Access, Gpa, PAGE_SIZE};
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuExit;
 
+use cvmem_kvm::{
+    Conversion, ConversionRequest, IommuListener, MmuConfig, RecordingIommu, RequestSource,
+    TransportRegs,
+};
+
 use crate::abi::*;
 use crate::error::{Error, Result};
-use crate::iommu::{IommuListener, RecordingIommu};
-use crate::memory::{access::add_counts, Conversion, MmuConfig};
 use crate::report::{ExitKind, Mismatch, Report};
-use crate::request::{ConversionRequest, RequestSource, TransportRegs};
 use crate::script::{Command, HostStep, Script};
 use crate::vm::GuestVm;
 use crate::workload::{self, Plan, Source};
@@ -95,7 +97,7 @@ struct Runner {
     /// Commands of the current batch whose memory accesses have been modelled.
     touched: usize,
     /// The last conversion the guest asked for and the VMM refused.
-    last_refusal: Option<Error>,
+    last_refusal: Option<cvmem_kvm::Error>,
 }
 
 /// An `out` instruction's exit: the port and up to 8 bytes of data (`len` is the real size).
@@ -208,7 +210,7 @@ impl Runner {
         Ok(())
     }
 
-    fn record(&mut self, source: RequestSource, result: &Result<Conversion>) {
+    fn record(&mut self, source: RequestSource, result: &cvmem_kvm::Result<Conversion>) {
         let c = &mut self.report.conversions;
         *c.requests.entry(source.name()).or_default() += 1;
         match result {
@@ -239,7 +241,7 @@ impl Runner {
                     .vm
                     .memory
                     .touch(Gpa(c.gpa), c.npages.saturating_mul(PAGE_SIZE))?;
-                add_counts(&mut self.report.accesses, &counts);
+                self.report.accesses.add(&counts);
             }
         }
         self.touched = self.touched.max(upto);
@@ -287,9 +289,9 @@ impl Runner {
                 }
                 Exit::Hypercall { nr, args } => {
                     let result = ConversionRequest::from_hypercall(nr, &args)
-                        .map_err(Error::from)
+                        .map_err(cvmem_kvm::Error::from)
                         .and_then(|req| self.vm.memory.convert(&req));
-                    set_hypercall_ret(&mut self.vm.vcpu, crate::guest_status(&result));
+                    set_hypercall_ret(&mut self.vm.vcpu, cvmem_kvm::guest_status(&result));
                     self.record(RequestSource::Hypercall, &result);
                     self.last_refusal = result.err().or(self.last_refusal.take());
                     (ExitKind::Hypercall, false)
@@ -348,9 +350,9 @@ impl Runner {
                     rdx: regs.rdx,
                 };
                 let result = ConversionRequest::from_port_io(out.port, out.data(), &t)
-                    .map_err(Error::from)
+                    .map_err(cvmem_kvm::Error::from)
                     .and_then(|req| self.vm.memory.convert(&req));
-                self.vm.set_rax(crate::guest_status(&result))?;
+                self.vm.set_rax(cvmem_kvm::guest_status(&result))?;
                 self.record(RequestSource::PortIo, &result);
                 self.last_refusal = result.err().or(self.last_refusal.take());
             }
@@ -368,7 +370,7 @@ impl Runner {
                     // KVM would exit with KVM_EXIT_MEMORY_FAULT: the VMM converts the page
                     // to the kind the access wanted, the vCPU re-enters and faults again.
                     let result = ConversionRequest::from_fault(&f)
-                        .map_err(Error::from)
+                        .map_err(cvmem_kvm::Error::from)
                         .and_then(|req| self.vm.memory.convert(&req));
                     self.record(RequestSource::MemoryFault, &result);
                     result?;

@@ -9,12 +9,10 @@ use cvmem_oplog::{Driver, Executor, Line, Outcome};
 
 use super::Runner;
 use crate::abi::BOOT_SLOT;
-use crate::backing::Backing;
 use crate::error::{Error, Result};
-use crate::memory::MmuConfig;
 use crate::report::LineResult;
-use crate::request::RequestSource;
 use crate::script::Script;
+use cvmem_kvm::{Backing, MmuConfig, RequestSource};
 
 /// `-EINVAL` as the guest sees it in its status register.
 const EINVAL: u64 = (libc::EINVAL as u64).wrapping_neg();
@@ -85,13 +83,13 @@ impl Executor for OplogExecutor<'_> {
         if region.size != 0 && !mem.query().has_slot(region.slot) {
             region.uaddr = Some(region.new_slot_uaddr());
         }
-        mem.set_user_memory_region(&region, backing)
+        Ok(mem.set_user_memory_region(&region, backing)?)
     }
 
     fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<()> {
         let result = self.runner.vm.memory.set_attributes(gpa, size, attributes);
         self.runner.record(RequestSource::Vmm, &result);
-        result.map(drop)
+        Ok(result.map(drop)?)
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
@@ -100,7 +98,7 @@ impl Executor for OplogExecutor<'_> {
         // The guest saw its status (a refusal is also a mismatch: it expected success); the
         // refusal is this line's outcome too.
         match self.runner.last_refusal.take() {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None => Ok(()),
         }
     }
@@ -114,14 +112,14 @@ impl Executor for OplogExecutor<'_> {
     }
 
     fn fault(&mut self, gpa: Gpa, access: Access) -> Result<FaultOutcome> {
-        self.runner.vm.memory.fault(gpa, access)
+        Ok(self.runner.vm.memory.fault(gpa, access)?)
     }
 
     fn fault_range(&mut self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
-        self.runner.vm.memory.fault_range(gpa, size, access)
+        Ok(self.runner.vm.memory.fault_range(gpa, size, access)?)
     }
 
     fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome> {
-        self.runner.vm.memory.accept(gpa, level)
+        Ok(self.runner.vm.memory.accept(gpa, level)?)
     }
 }

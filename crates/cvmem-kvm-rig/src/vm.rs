@@ -13,14 +13,14 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 
 use crate::abi::*;
-use crate::backing::{
-    Backing, HostMemory, SlotMemory, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
+use cvmem::{Level, SlotFlags};
+use cvmem_kvm::{
+    Backing, CvmMemory, HostMemory, MmuConfig, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
     KVM_CAP_GUEST_MEMFD_FLAGS,
 };
+
 use crate::error::{Error, Result};
-use crate::memory::{CvmMemory, MmuConfig};
 use crate::sys;
-use cvmem::{Level, SlotFlags};
 
 /// The guest program, assembled by build.rs.
 #[cfg(not(cvmem_no_guest))]
@@ -148,23 +148,19 @@ pub(crate) struct GuestVm {
 /// range change nothing in it, and it adds nothing to the model's figures).
 struct BootSlot {
     vm: Arc<VmFd>,
-    mem: SlotMemory,
+    mem: HostMemory,
 }
 
 impl BootSlot {
     fn new(vm: &Arc<VmFd>) -> Result<Self> {
-        let mem = SlotMemory::new(
-            HostMemory::allocate(
-                Some(vm),
-                Backing::Anonymous,
-                BOOT_SLOT_SIZE,
-                BOOT_GPA,
-                Level::M2,
-            )?,
+        let mem = HostMemory::allocate(
+            Some(vm),
+            Backing::Anonymous,
+            BOOT_SLOT_SIZE,
             BOOT_GPA,
-            SlotFlags::default(),
-        );
-        sys::set_user_memory_region2(vm, mem.region(BOOT_SLOT))
+            Level::M2,
+        )?;
+        sys::set_user_memory_region2(vm, boot_region(&mem))
             .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2 (boot slot)", e))?;
         Ok(BootSlot {
             vm: Arc::clone(vm),
@@ -173,10 +169,13 @@ impl BootSlot {
     }
 
     fn write(&self, off: u64, bytes: &[u8]) -> Result<()> {
-        let ok = usize::try_from(off).is_ok_and(|off| self.mem.shared().write_bytes(off, bytes));
-        ok.then_some(()).ok_or(Error::NotInSlot {
-            gpa: BOOT_GPA + off,
-            size: bytes.len() as u64,
+        let ok = self.mem.write_bytes(off, bytes);
+        ok.then_some(()).ok_or_else(|| {
+            cvmem_kvm::Error::NotInSlot {
+                gpa: BOOT_GPA + off,
+                size: bytes.len() as u64,
+            }
+            .into()
         })
     }
 }
@@ -184,10 +183,15 @@ impl BootSlot {
 impl Drop for BootSlot {
     fn drop(&mut self) {
         // Delete the slot before its memory is unmapped; cannot fail for an existing slot.
-        let mut region = self.mem.region(BOOT_SLOT);
+        let mut region = boot_region(&self.mem);
         region.memory_size = 0;
         let _ = sys::set_user_memory_region2(&self.vm, region);
     }
+}
+
+/// The boot memslot's KVM_SET_USER_MEMORY_REGION2 payload.
+fn boot_region(mem: &HostMemory) -> kvm_bindings::kvm_userspace_memory_region2 {
+    mem.user_memory_region(BOOT_SLOT, BOOT_GPA, SlotFlags::default())
 }
 
 const PTE_PRESENT: u64 = 1;
@@ -284,7 +288,7 @@ impl GuestVm {
             ..HostCaps::of(&vm)
         };
         if !caps.user_memory2 {
-            return Err(Error::MissingCapability("KVM_CAP_USER_MEMORY2"));
+            return Err(Error::missing("KVM_CAP_USER_MEMORY2"));
         }
         if caps.hypercall_exits() {
             let mut cap = kvm_enable_cap {

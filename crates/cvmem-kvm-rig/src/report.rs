@@ -8,10 +8,8 @@ use cvmem::mmu::{Coverage, FaultRangeCounts, LevelCounts};
 
 use cvmem_oplog::{fmt_bytes, Op, Outcome};
 
-use crate::iommu::IommuStats;
-use crate::query::{MemoryMap, MmuSnapshot};
-use crate::request::RequestSource;
 use crate::vm::HostCaps;
+use cvmem_kvm::{IommuStats, MemoryMap, MmuSnapshot, RequestSource};
 
 /// Count, total and maximum of a set of durations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,9 +248,14 @@ fn coverage(c: &Coverage) -> String {
     )
 }
 
-impl fmt::Display for MmuSnapshot {
+/// An [`MmuSnapshot`] as text (what `cvmem kvm-run` prints).
+#[derive(Clone, Copy, Debug)]
+pub struct MmuText<'a>(pub &'a MmuSnapshot);
+
+impl fmt::Display for MmuText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &self.stats;
+        let snapshot = self.0;
+        let s = &snapshot.stats;
         writeln!(
             f,
             "mmu model: {} layout, recovery {}, {}-level paging",
@@ -272,18 +275,18 @@ impl fmt::Display for MmuSnapshot {
             "  events: {} faults, {} splits, {} zaps, {} collapses, {} replaced, {} retries",
             s.faults, s.splits, s.zaps, s.collapses, s.replaced, s.retries
         )?;
-        let complete = self.collapsible.iter().filter(|c| c.complete).count();
+        let complete = snapshot.collapsible.iter().filter(|c| c.complete).count();
         writeln!(
             f,
             "  coverage now: {}; {} collapsible regions ({} wholly mapped)",
-            coverage(&self.coverage),
-            self.collapsible.len(),
+            coverage(&snapshot.coverage),
+            snapshot.collapsible.len(),
             complete
         )?;
         writeln!(
             f,
             "  if the guest touched every page now: {}",
-            coverage(&self.touched_all)
+            coverage(&snapshot.touched_all)
         )
     }
 }
@@ -430,7 +433,7 @@ impl fmt::Display for Report {
             writeln!(f, "    {gpa:#14x} +{}", fmt_bytes(*size))?;
         }
         if let Some(mmu) = &self.mmu {
-            write!(f, "{mmu}")?;
+            write!(f, "{}", MmuText(mmu))?;
         }
         for l in &self.lines {
             if let Some(text) = cvmem_oplog::render::text(l.line, &l.op, &l.outcome) {
