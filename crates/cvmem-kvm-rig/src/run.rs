@@ -568,7 +568,7 @@ impl Runner {
         self.report.notes = std::iter::once(path)
             .chain(self.vm.memory.notes())
             .collect();
-        self.report.mmu = Some(query.mmu_snapshot());
+        self.report.mmu = query.mmu_snapshot();
         self.report.lines.sort_by_key(|l| l.line);
         self.report.final_state = map;
         Ok(self.report)

@@ -93,7 +93,9 @@ pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
 pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
-pub use query::{MemoryMap, MemoryQuery, MmuSnapshot, RangeKind, SlotSnapshot};
+#[cfg(feature = "mmu-model")]
+pub use query::MmuSnapshot;
+pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
 pub use request::{
     ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
     KVM_MEMORY_EXIT_FLAG_PRIVATE, PORT_MAP_GPA,

@@ -1,14 +1,18 @@
-//! [`CvmMemory`]: a VM's convertible memory — memslots with their host memory, the cvmem MMU
-//! model (the tracker and the TDP page tables that follow it), KVM's memory attributes, discards
-//! and listeners — kept consistent.
+//! [`CvmMemory`]: a VM's convertible memory — memslots with their host memory, the tracker
+//! (behind cvmem-sync's concurrent front), KVM's memory attributes, discards, listeners and,
+//! optionally, the TDP MMU model — kept consistent.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use cvmem::mmu::{Layout, Recovery, Vm};
-use cvmem::{Access, AttrRequest, GfnRange, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::mmu::{Layout, Recovery};
+use cvmem::{
+    Access, AttrRequest, GfnRange, Gpa, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+};
+use cvmem_sync::{ConcurrentTracker, LeftRight};
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::VmFd;
 
@@ -19,7 +23,10 @@ use crate::query::MemoryQuery;
 use crate::request::{ConversionRequest, RequestSource};
 
 pub(crate) mod access;
+mod model;
 mod slots;
+
+use model::{Model, Token};
 
 /// A memslot to create.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +44,8 @@ pub struct SlotSpec {
     pub max_level: Level,
 }
 
-/// The TDP MMU model a [`CvmMemory`] keeps: its page-table layout and hugepage recovery policy.
+/// The TDP MMU model a [`CvmMemory`] may keep as an observer (feature `mmu-model`,
+/// [`CvmMemory::with_mmu`]): its page-table layout and hugepage recovery policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmuConfig {
     /// `split` (TDX-like: a private and a shared root) or `unified` (SNP-like: one root).
@@ -64,21 +72,30 @@ pub(crate) struct SlotInfo {
     pub(crate) hva: u64,
 }
 
-/// The state readers see: the MMU model (which owns the tracker) plus per-slot facts.
+/// The state [`MemoryQuery`] handles read without blocking: the tracker and per-slot facts,
+/// each published by left-right copies (cvmem-sync), plus the optional MMU model.
 #[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) vm: Vm,
-    pub(crate) slots: BTreeMap<u32, SlotInfo>,
+pub(crate) struct Shared {
+    pub(crate) tracker: ConcurrentTracker,
+    pub(crate) slots: LeftRight<BTreeMap<u32, SlotInfo>>,
+    pub(crate) model: Model,
+}
+
+impl Shared {
+    /// Runs `f` on the committed tracker (never blocks).
+    pub(crate) fn tracker<R>(&self, f: impl FnOnce(&Tracker) -> R) -> R {
+        self.tracker.read(|s| f(s.tracker()))
+    }
 }
 
 /// Time spent in each step of one conversion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConversionCost {
-    /// The tracker and the MMU model, write lock included: reading the runs that change,
-    /// invalidating (the model's begin phase: zaps and splits), and storing the attributes and
-    /// large-page info (its end phase, with eager recovery). The cost of tracking itself.
+    /// The tracker (and the MMU model, if kept): reading the runs that change, storing the
+    /// attributes and large-page info in both copies of the concurrent front and publishing
+    /// them (and the model's zaps, splits and recovery). The cost of tracking itself.
     pub tracking: Duration,
-    /// Of `tracking`: the MMU model's invalidation alone (zaps and splits).
+    /// Of `tracking`: the MMU model's invalidation alone (zaps and splits; zero without one).
     pub invalidate: Duration,
     /// KVM_SET_MEMORY_ATTRIBUTES (zero where KVM lacks it).
     pub kvm: Duration,
@@ -101,14 +118,16 @@ pub struct Conversion {
     pub cost: ConversionCost,
 }
 
-/// A VM's convertible memory: memslots and their host memory, the private/shared state and
-/// the page tables KVM would build for it (the cvmem [`Vm`] model, which owns the
-/// [`Tracker`](cvmem::Tracker)), KVM's attributes, and listeners, updated together.
+/// A VM's convertible memory: memslots and their host memory, the private/shared state (the
+/// cvmem [`Tracker`] behind cvmem-sync's [`ConcurrentTracker`]), KVM's attributes and
+/// listeners, updated together; optionally the page tables KVM would build (feature
+/// `mmu-model`).
 ///
-/// `CvmMemory` is `Sync`: vCPU threads convert and fault through `&self` (conversions and slot
-/// changes are serialised), and [`MemoryQuery`] handles read the state from any thread.
+/// `CvmMemory` is `Sync`: vCPU threads convert through `&self` (conversions and slot changes
+/// are serialised), and [`MemoryQuery`] handles read the state from any thread without ever
+/// blocking, always seeing a committed state (never half a conversion).
 pub struct CvmMemory {
-    state: Arc<RwLock<State>>,
+    shared: Arc<Shared>,
     /// Host memory per slot; its lock also serialises conversions and slot changes.
     memory: Mutex<BTreeMap<u32, SlotMemory>>,
     listeners: RwLock<Vec<Arc<dyn ConversionListener>>>,
@@ -128,63 +147,66 @@ impl std::fmt::Debug for CvmMemory {
     }
 }
 
-pub(crate) fn read(state: &RwLock<State>) -> RwLockReadGuard<'_, State> {
-    state.read().unwrap_or_else(PoisonError::into_inner)
-}
-fn write(state: &RwLock<State>) -> RwLockWriteGuard<'_, State> {
-    state.write().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl CvmMemory {
-    /// Memory of the VM `vm`, modelled as a TDX-like guest (split layout, on-fault recovery).
-    /// `KVM_SET_MEMORY_ATTRIBUTES` is used only if the VM reports `KVM_CAP_MEMORY_ATTRIBUTES`
-    /// with the PRIVATE bit; otherwise this object's state is the only record of which memory is
-    /// private, and a note says so once.
+    /// Memory of the VM `vm`. `KVM_SET_MEMORY_ATTRIBUTES` is used only if the VM reports
+    /// `KVM_CAP_MEMORY_ATTRIBUTES` with the PRIVATE bit; otherwise this object's state is the
+    /// only record of which memory is private, and a note says so once.
     pub fn new(vm: Arc<VmFd>) -> Self {
-        Self::with_mmu(vm, MmuConfig::default())
+        Self::build(Some(vm), None)
     }
 
-    /// As [`CvmMemory::new`], with the MMU model's layout and recovery policy chosen.
+    /// As [`CvmMemory::new`], with the TDP MMU model kept as an observer of every conversion,
+    /// memslot change and reported guest access.
+    #[cfg(feature = "mmu-model")]
     pub fn with_mmu(vm: Arc<VmFd>, mmu: MmuConfig) -> Self {
-        let caps = vm.check_extension_int(kvm_ioctls::Cap::MemoryAttributes) as u64;
+        Self::build(Some(vm), Some(mmu))
+    }
+
+    /// Memory without a VM: anonymous slots only, no KVM calls (for tests and tools).
+    pub fn detached() -> Self {
+        Self::build(None, None)
+    }
+
+    /// As [`CvmMemory::detached`], with the MMU model kept.
+    #[cfg(feature = "mmu-model")]
+    pub fn detached_with_mmu(mmu: MmuConfig) -> Self {
+        Self::build(None, Some(mmu))
+    }
+
+    fn build(vm: Option<Arc<VmFd>>, mmu: Option<MmuConfig>) -> Self {
+        let caps = vm.as_ref().map_or(0, |vm| {
+            vm.check_extension_int(kvm_ioctls::Cap::MemoryAttributes) as u64
+        });
         let kvm_attributes = caps & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        let mem = Self::build(Some(vm), kvm_attributes, mmu);
-        if !kvm_attributes {
+        #[cfg(not(feature = "mmu-model"))]
+        let _: Option<MmuConfig> = mmu;
+        let mem = CvmMemory {
+            shared: Arc::new(Shared {
+                tracker: ConcurrentTracker::new(Tracker::new()),
+                slots: LeftRight::new(BTreeMap::new()),
+                #[cfg(feature = "mmu-model")]
+                model: Model::new(mmu),
+                #[cfg(not(feature = "mmu-model"))]
+                model: Model,
+            }),
+            memory: Mutex::new(BTreeMap::new()),
+            listeners: RwLock::new(Vec::new()),
+            kvm_attributes,
+            notes: Mutex::new(Vec::new()),
+            tracking_ns: AtomicU64::new(0),
+            vm,
+        };
+        if mem.vm.is_some() && !kvm_attributes {
             mem.note(format!(
                 "KVM_CAP_MEMORY_ATTRIBUTES is {caps:#x} (no PRIVATE): KVM keeps no attributes, \
                  cvmem-kvm's state is the source of truth for private/shared"
             ));
         }
         mem
-    }
-
-    /// Memory without a VM: anonymous slots only, no KVM calls (for tests and tools).
-    pub fn detached() -> Self {
-        Self::detached_with_mmu(MmuConfig::default())
-    }
-
-    /// As [`CvmMemory::detached`], with the MMU model's layout and recovery policy chosen.
-    pub fn detached_with_mmu(mmu: MmuConfig) -> Self {
-        Self::build(None, false, mmu)
-    }
-
-    fn build(vm: Option<Arc<VmFd>>, kvm_attributes: bool, mmu: MmuConfig) -> Self {
-        CvmMemory {
-            state: Arc::new(RwLock::new(State {
-                vm: Vm::new(mmu.layout, mmu.recovery),
-                slots: BTreeMap::new(),
-            })),
-            memory: Mutex::new(BTreeMap::new()),
-            listeners: RwLock::new(Vec::new()),
-            vm,
-            kvm_attributes,
-            notes: Mutex::new(Vec::new()),
-            tracking_ns: AtomicU64::new(0),
-        }
     }
 
     fn note(&self, s: String) {
@@ -207,40 +229,31 @@ impl CvmMemory {
         self.kvm_attributes
     }
 
-    /// The MMU model's layout and recovery policy.
-    pub fn mmu_config(&self) -> MmuConfig {
-        let state = read(&self.state);
-        MmuConfig {
-            layout: state.vm.layout(),
-            recovery: state.vm.recovery(),
-        }
+    /// The MMU model's layout and recovery policy, if this memory keeps one.
+    #[cfg(feature = "mmu-model")]
+    pub fn mmu_config(&self) -> Option<MmuConfig> {
+        self.shared.model.with(|vm| MmuConfig {
+            layout: vm.layout(),
+            recovery: vm.recovery(),
+        })
     }
 
-    /// A handle for reading the memory state from any thread.
+    /// A handle for reading the memory state from any thread (never blocks).
     pub fn query(&self) -> MemoryQuery {
-        MemoryQuery::new(Arc::clone(&self.state))
+        MemoryQuery::new(Arc::clone(&self.shared))
     }
 
-    /// Total time this object has spent in the tracker and the MMU model (conversions, faults,
-    /// slot changes; the state lock included): the cost of tracking. Reading it before and
-    /// after a vCPU exit gives that exit's tracking time.
+    /// Total time this object has spent in the tracker (and the MMU model, if kept):
+    /// conversions, faults, slot changes — the cost of tracking. Reading it before and after a
+    /// vCPU exit gives that exit's tracking time.
     pub fn tracking_time(&self) -> Duration {
         Duration::from_nanos(self.tracking_ns.load(Ordering::Relaxed))
     }
 
-    /// Runs `f` on the state under the write lock; the time, lock included, is tracking time.
-    fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> (R, Duration) {
+    /// Runs `f`, counting its time as tracking time.
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> (R, Duration) {
         let t = Instant::now();
-        let r = f(&mut write(&self.state));
-        let d = t.elapsed();
-        self.tracking_ns.fetch_add(nanos(d), Ordering::Relaxed);
-        (r, d)
-    }
-
-    /// Runs `f` on the state under the read lock; the time, lock included, is tracking time.
-    fn inspect<R>(&self, f: impl FnOnce(&State) -> R) -> (R, Duration) {
-        let t = Instant::now();
-        let r = f(&read(&self.state));
+        let r = f();
         let d = t.elapsed();
         self.tracking_ns.fetch_add(nanos(d), Ordering::Relaxed);
         (r, d)
@@ -259,21 +272,24 @@ impl CvmMemory {
 
     /// The ranges of `slot` that are of kind `kind` now.
     fn slot_runs(&self, slot: u32, kind: Access) -> Vec<SlotRange> {
-        let state = read(&self.state);
-        let tracker = state.vm.tracker();
-        let (Some(s), Some(info)) = (tracker.memslot(slot), state.slots.get(&slot)) else {
+        let Some(info) = self.shared.slots.read(|slots| slots.get(&slot).copied()) else {
             return Vec::new();
         };
-        let base = s.base_gfn();
-        tracker
-            .runs(s.range())
-            .filter(|r| (r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) == kind.is_private())
-            .map(|r| SlotRange {
-                slot,
-                range: r.range(),
-                hva: info.hva + (r.start - base) * PAGE_SIZE,
-            })
-            .collect()
+        self.shared.tracker(|tracker| {
+            let Some(s) = tracker.memslot(slot) else {
+                return Vec::new();
+            };
+            let base = s.base_gfn();
+            tracker
+                .runs(s.range())
+                .filter(|r| (r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) == kind.is_private())
+                .map(|r| SlotRange {
+                    slot,
+                    range: r.range(),
+                    hva: info.hva + (r.start - base) * PAGE_SIZE,
+                })
+                .collect()
+        })
     }
 
     /// Registers a listener and tells it which slot memory is shared now (cause
@@ -303,10 +319,9 @@ impl CvmMemory {
     /// start-up, as QEMU does for guest_memfd slots), with discards and listeners as for a
     /// guest request. Only 0 (shared) and PRIVATE are accepted.
     pub fn set_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<Conversion> {
-        let request = read(&self.state)
-            .vm
-            .tracker()
-            .validate_attributes(gpa, size, attributes)?;
+        let request = self
+            .shared
+            .tracker(|t| t.validate_attributes(gpa, size, attributes))?;
         self.convert(&ConversionRequest {
             range: request.range(),
             to: request.to(),
@@ -316,17 +331,19 @@ impl CvmMemory {
     }
 
     /// Applies a conversion request: the pages of `req.range` that are not yet of kind `req.to`
-    /// change kind. The steps, in order:
+    /// change kind. Nothing to change is KVM's early exit: nothing is done. Otherwise, inside
+    /// one invalidation of the range (faults racing with it through cvmem-sync retry; readers
+    /// keep seeing the old state until step 4 publishes the new one):
     ///
-    /// 1. the MMU model invalidates the range ([`Vm::begin_conversion`]): mappings of the old
-    ///    kind are zapped, a straddling private huge leaf is split (split layout), and faults
-    ///    around the range retry until step 4;
+    /// 1. the MMU model, if kept, invalidates the range ([`cvmem::mmu::Vm::begin_conversion`]:
+    ///    zaps and splits);
     /// 2. to private: listeners hear the shared slot ranges go (no DMA into private memory);
     ///    to shared: the old private contents are discarded (guest_memfd hole punch);
     /// 3. KVM_SET_MEMORY_ATTRIBUTES, where KVM has it;
-    /// 4. the model stores the attributes and large-page info ([`Vm::end_conversion`]);
-    /// 5. to private: separately backed shared memory is discarded (`MADV_DONTNEED`);
-    ///    to shared: listeners hear the new shared slot ranges.
+    /// 4. the tracker stores the attributes and large-page info and publishes them (and the
+    ///    model ends its window);
+    /// 5. to private: separately backed shared memory is discarded (`MADV_DONTNEED`, or a punch
+    ///    of its file); to shared: listeners hear the new shared slot ranges.
     ///
     /// If a step fails, the earlier ones are undone (tracker, KVM, listeners agree again; zapped
     /// mappings simply fault in again) and the error is returned; contents already discarded
@@ -338,32 +355,21 @@ impl CvmMemory {
         let request = AttrRequest::new(req.range, req.to)?;
         let target = request.attributes();
 
-        // 1.
-        let (begun, took) = self.update(|state| -> Result<_> {
-            let t = Instant::now();
-            let pending = state.vm.begin_conversion(request)?;
-            let invalidate = t.elapsed();
-            if !pending.changes() {
-                // KVM's early exit: the range already has the attributes, nothing was zapped.
-                state.vm.end_conversion(pending)?;
-                return Ok(None);
-            }
-            // The attributes are still the old ones until step 4.
-            let changed: Vec<(GfnRange, u64)> = state
-                .vm
-                .tracker()
-                .runs(req.range)
-                .filter(|r| r.attributes != target)
-                .map(|r| (r.range(), r.attributes))
-                .collect();
-            let slot_ranges = clip_to_slots(state, changed.iter().map(|c| c.0));
-            Ok(Some((changed, slot_ranges, pending, invalidate)))
+        // What changes: the memory lock serialises writers, so this holds until step 4.
+        let ((changed, slot_ranges), took) = self.timed(|| {
+            let changed: Vec<(GfnRange, u64)> = self.shared.tracker(|t| {
+                t.runs(req.range)
+                    .filter(|r| r.attributes != target)
+                    .map(|r| (r.range(), r.attributes))
+                    .collect()
+            });
+            let slot_ranges = self.clip_to_slots(changed.iter().map(|c| c.0));
+            (changed, slot_ranges)
         });
         out.cost.tracking += took;
-        let Some((changed, slot_ranges, pending, invalidate)) = begun? else {
+        if changed.is_empty() {
             return Ok(out);
-        };
-        out.cost.invalidate = invalidate;
+        }
         out.changed_pages = changed.iter().map(|c| c.0.len()).sum();
         let listeners = self.listeners();
         let event = MemoryEvent {
@@ -382,36 +388,6 @@ impl CvmMemory {
             }
             cause
         };
-
-        // 2.
-        let step = match req.to {
-            Access::Private => {
-                let t = Instant::now();
-                let r = listener::notify_all(&listeners, &event);
-                out.cost.listeners += t.elapsed();
-                r
-            }
-            Access::Shared => {
-                let t = Instant::now();
-                let r = discard(&memory, &slot_ranges, Access::Shared);
-                out.cost.discard += t.elapsed();
-                r.map(|bytes| out.discarded_bytes = bytes)
-            }
-        };
-        if let Err(e) = step {
-            // notify_all has undone its own partial notifications.
-            return Err(self.cancel(pending, e));
-        }
-
-        // 3.
-        if self.kvm_attributes {
-            let t = Instant::now();
-            let r = self.set_kvm_attributes(req.range, target);
-            out.cost.kvm += t.elapsed();
-            if let Err(e) = r {
-                return Err(self.cancel(pending, undo_listeners(e)));
-            }
-        }
         let undo_kvm = |cause: Error| -> Error {
             if self.kvm_attributes {
                 for &(range, old) in &changed {
@@ -426,15 +402,50 @@ impl CvmMemory {
             undo_listeners(cause)
         };
 
-        // 4.
-        let (r, took) = self.update(|state| state.vm.end_conversion(pending));
+        // Steps 1-3 run as the concurrent front's zap callback, inside its invalidation; the
+        // store (step 4) happens only if they succeeded.
+        let before: OnceCell<Result<(Token, u64)>> = OnceCell::new();
+        let mut host = ConversionCost::default();
+        let t = Instant::now();
+        let stored = self.shared.tracker.update(
+            req.range,
+            |_| {
+                let _ = before.set(self.before_store(request, &memory, &event, &mut host));
+            },
+            |tracker| match before.get() {
+                Some(Ok(_)) => match tracker.set_range_attributes(req.range, target) {
+                    Ok(changed) => (changed, Ok(())),
+                    Err(e) => (false, Err(e)),
+                },
+                _ => (false, Ok(())),
+            },
+        );
+        let took = t
+            .elapsed()
+            .saturating_sub(host.listeners + host.discard + host.kvm);
+        self.tracking_ns.fetch_add(nanos(took), Ordering::Relaxed);
         out.cost.tracking += took;
-        if let Err(e) = r {
-            // The window is closed and the attributes are unchanged.
-            return Err(undo_kvm(e.into()));
+        out.cost.invalidate = host.invalidate;
+        out.cost.listeners += host.listeners;
+        out.cost.discard += host.discard;
+        out.cost.kvm += host.kvm;
+        let token = match before.into_inner() {
+            Some(Ok((token, discarded))) => {
+                out.discarded_bytes = discarded;
+                token
+            }
+            // before_store has undone its own steps.
+            Some(Err(e)) => return Err(e),
+            None => unreachable!("the concurrent front calls zap before every change"),
+        };
+        if let Err(e) = stored {
+            // The tracker is unchanged: close the model's window, undo KVM and listeners.
+            return Err(self.cancel(token, undo_kvm(e.into())));
         }
-        let undo_model = |cause: Error| -> Error {
-            let (r, _) = self.update(|state| restore(&mut state.vm, &changed));
+        let (ended, took) = self.timed(|| self.shared.model.end(token));
+        out.cost.tracking += took;
+        let undo_tracker = |cause: Error| -> Error {
+            let (r, _) = self.timed(|| self.restore(&changed));
             match r {
                 Ok(()) => undo_kvm(cause),
                 Err(e) => Error::Inconsistent {
@@ -443,6 +454,9 @@ impl CvmMemory {
                 },
             }
         };
+        if let Err(e) = ended {
+            return Err(undo_tracker(e.into()));
+        }
 
         // 5.
         match req.to {
@@ -450,23 +464,79 @@ impl CvmMemory {
                 let t = Instant::now();
                 let r = discard(&memory, &slot_ranges, Access::Private);
                 out.cost.discard += t.elapsed();
-                out.discarded_bytes = r.map_err(undo_model)?;
+                out.discarded_bytes = r.map_err(undo_tracker)?;
             }
             Access::Shared => {
                 let t = Instant::now();
                 let r = listener::notify_all(&listeners, &event);
                 out.cost.listeners += t.elapsed();
-                r.map_err(undo_model)?;
+                r.map_err(undo_tracker)?;
             }
         }
         out.slot_ranges = slot_ranges;
         Ok(out)
     }
 
+    /// Steps 1-3 of [`CvmMemory::convert`], returning the model's token and the bytes
+    /// discarded; on failure, undoes what it did.
+    fn before_store(
+        &self,
+        request: AttrRequest,
+        memory: &BTreeMap<u32, SlotMemory>,
+        event: &MemoryEvent<'_>,
+        cost: &mut ConversionCost,
+    ) -> Result<(Token, u64)> {
+        // 1.
+        let t = Instant::now();
+        let token = self.shared.model.begin(request)?;
+        cost.invalidate = t.elapsed();
+        // 2.
+        let mut discarded = 0;
+        let step = match event.to {
+            Access::Private => {
+                let t = Instant::now();
+                let r = listener::notify_all(&self.listeners(), event);
+                cost.listeners += t.elapsed();
+                r
+            }
+            Access::Shared => {
+                let t = Instant::now();
+                let r = discard(memory, event.ranges, Access::Shared);
+                cost.discard += t.elapsed();
+                r.map(|bytes| discarded = bytes)
+            }
+        };
+        if let Err(e) = step {
+            // notify_all has undone its own partial notifications.
+            return Err(self.cancel(token, e));
+        }
+        // 3.
+        if self.kvm_attributes {
+            let t = Instant::now();
+            let r = self.set_kvm_attributes(request.range(), request.attributes());
+            cost.kvm += t.elapsed();
+            if let Err(e) = r {
+                let e = if event.to == Access::Private {
+                    match listener::undo(&self.listeners(), event) {
+                        Ok(()) => e,
+                        Err(why) => Error::Inconsistent {
+                            cause: e.to_string(),
+                            why,
+                        },
+                    }
+                } else {
+                    e
+                };
+                return Err(self.cancel(token, e));
+            }
+        }
+        Ok((token, discarded))
+    }
+
     /// Abandons a begun conversion after a failure: the attributes were never stored, so
     /// closing the model's invalidation window is the whole undo (zapped pages fault in again).
-    fn cancel(&self, pending: cvmem::mmu::Conversion, cause: Error) -> Error {
-        let (r, _) = self.update(|state| state.vm.abort_conversion(pending));
+    fn cancel(&self, token: Token, cause: Error) -> Error {
+        let (r, _) = self.timed(|| self.shared.model.abort(token));
         match r {
             Ok(()) => cause,
             Err(e) => Error::Inconsistent {
@@ -474,6 +544,39 @@ impl CvmMemory {
                 why: e.to_string(),
             },
         }
+    }
+
+    /// Stores the old attributes of every changed run back, in the tracker and the model.
+    fn restore(&self, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
+        for &(range, old) in changed {
+            let request = AttrRequest::new(range, Access::from_attributes(old))?;
+            self.shared.tracker.convert_with(request, |_| {})?;
+        }
+        self.shared.model.restore(changed)
+    }
+
+    /// The parts of `ranges` (in address order) inside memslots.
+    fn clip_to_slots(&self, ranges: impl Iterator<Item = GfnRange>) -> Vec<SlotRange> {
+        let infos = self.shared.slots.read(BTreeMap::clone);
+        self.shared.tracker(|tracker| {
+            let mut out = Vec::new();
+            for range in ranges {
+                for s in tracker.memslots() {
+                    if s.range().start >= range.end {
+                        break;
+                    }
+                    if let (Some(r), Some(info)) = (s.range().intersect(&range), infos.get(&s.id()))
+                    {
+                        out.push(SlotRange {
+                            slot: s.id(),
+                            range: r,
+                            hva: info.hva + (r.start - s.base_gfn()) * PAGE_SIZE,
+                        });
+                    }
+                }
+            }
+            out
+        })
     }
 
     fn set_kvm_attributes(&self, range: GfnRange, attributes: u64) -> Result<()> {
@@ -488,14 +591,6 @@ impl CvmMemory {
     }
 }
 
-/// Stores the old attributes of every changed run back (a conversion each, as KVM would).
-fn restore(vm: &mut Vm, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
-    for &(range, old) in changed {
-        vm.convert(AttrRequest::new(range, Access::from_attributes(old))?)?;
-    }
-    Ok(())
-}
-
 impl Drop for CvmMemory {
     fn drop(&mut self) {
         // Delete the memslots from KVM before their host memory is unmapped.
@@ -504,27 +599,6 @@ impl Drop for CvmMemory {
             self.delete_slot_locked(slot, Some(mem));
         }
     }
-}
-
-/// The parts of `ranges` (in address order) inside memslots.
-fn clip_to_slots(state: &State, ranges: impl Iterator<Item = GfnRange>) -> Vec<SlotRange> {
-    let mut out = Vec::new();
-    let tracker = state.vm.tracker();
-    for range in ranges {
-        for s in tracker.memslots() {
-            if s.range().start >= range.end {
-                break;
-            }
-            if let (Some(r), Some(info)) = (s.range().intersect(&range), state.slots.get(&s.id())) {
-                out.push(SlotRange {
-                    slot: s.id(),
-                    range: r,
-                    hva: info.hva + (r.start - s.base_gfn()) * PAGE_SIZE,
-                });
-            }
-        }
-    }
-    out
 }
 
 fn discard(memory: &BTreeMap<u32, SlotMemory>, ranges: &[SlotRange], to: Access) -> Result<u64> {
@@ -539,7 +613,7 @@ fn discard(memory: &BTreeMap<u32, SlotMemory>, ranges: &[SlotRange], to: Access)
     Ok(bytes)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mmu-model"))]
 mod mmu_tests;
 #[cfg(test)]
 mod tests;

@@ -1,19 +1,21 @@
 //! Read-only questions KVM cannot answer (it has no GET for memory attributes), safe to ask from
 //! device-emulation threads while vCPU threads convert.
 //!
-//! For now a [`MemoryQuery`] takes a read lock for each question; conversions hold the write
-//! lock only while the tracker and the MMU model update.
+//! A [`MemoryQuery`] reads through cvmem-sync's concurrent front: it never waits for a
+//! conversion (or another reader), and every answer comes from one committed state — before or
+//! after a conversion, never half of one.
 
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
+#[cfg(feature = "mmu-model")]
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
 use cvmem::{
-    Access, AttrRun, GfnRange, Gpa, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
-    PAGE_SIZE,
+    Access, AttrRun, GfnRange, Gpa, Level, MaxLevel, SlotFlags, Tracker,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
 
 use crate::backing::Backing;
-use crate::memory::State;
+use crate::memory::Shared;
 
 /// Whether a range is wholly private, wholly shared, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +78,7 @@ pub struct MemoryMap {
 }
 
 /// The MMU model's state: page tables, events, and hugepage coverage.
+#[cfg(feature = "mmu-model")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MmuSnapshot {
     /// Leaves per level and kind, table pages, splits, zaps, collapses, faults...
@@ -90,82 +93,97 @@ pub struct MmuSnapshot {
     pub touched_all: Coverage,
 }
 
-/// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state.
+/// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state that never blocks.
 #[derive(Clone, Debug)]
 pub struct MemoryQuery {
-    state: Arc<RwLock<State>>,
+    shared: Arc<Shared>,
 }
 
 impl MemoryQuery {
-    pub(crate) fn new(state: Arc<RwLock<State>>) -> Self {
-        MemoryQuery { state }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        MemoryQuery { shared }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the committed tracker: for questions this handle does not ask itself.
+    /// Never blocks; a long `f` delays the next conversion (never another reader).
+    pub fn with_tracker<R>(&self, f: impl FnOnce(&Tracker) -> R) -> R {
+        self.shared.tracker(f)
+    }
+
+    /// The number of committed changes (conversions, memslot changes) so far: two equal
+    /// readings bracket a stretch in which nothing changed.
+    pub fn generation(&self) -> u64 {
+        self.shared.tracker.generation()
     }
 
     /// Whether `[gpa, gpa + size)` is private, shared or mixed. The range is checked as
     /// KVM_SET_MEMORY_ATTRIBUTES checks its own.
     pub fn range_kind(&self, gpa: Gpa, size: u64) -> Result<RangeKind, cvmem::Error> {
-        let state = self.read();
-        let tracker = state.vm.tracker();
-        let range = tracker.validate_attributes(gpa, size, 0)?.range();
-        let p = KVM_MEMORY_ATTRIBUTE_PRIVATE;
-        Ok(if tracker.range_has_attributes(range, p, p) {
-            RangeKind::Private
-        } else if tracker.range_has_attributes(range, 0, p) {
-            RangeKind::Shared
-        } else {
-            RangeKind::Mixed
+        self.with_tracker(|tracker| {
+            let range = tracker.validate_attributes(gpa, size, 0)?.range();
+            let p = KVM_MEMORY_ATTRIBUTE_PRIVATE;
+            Ok(if tracker.range_has_attributes(range, p, p) {
+                RangeKind::Private
+            } else if tracker.range_has_attributes(range, 0, p) {
+                RangeKind::Shared
+            } else {
+                RangeKind::Mixed
+            })
         })
     }
 
     /// Whether the page at `gpa` is private.
     pub fn is_private(&self, gpa: Gpa) -> bool {
-        self.read().vm.tracker().is_private(gpa.gfn())
+        self.with_tracker(|t| t.is_private(gpa.gfn()))
     }
 
     /// The attribute runs covering `[gpa, gpa + size)`, clipped to it.
     pub fn runs(&self, gpa: Gpa, size: u64) -> Result<Vec<AttrRun>, cvmem::Error> {
-        let state = self.read();
-        let tracker = state.vm.tracker();
-        let range = tracker.validate_attributes(gpa, size, 0)?.range();
-        Ok(tracker.runs(range).collect())
+        self.with_tracker(|tracker| {
+            let range = tracker.validate_attributes(gpa, size, 0)?.range();
+            Ok(tracker.runs(range).collect())
+        })
     }
 
     /// The fault path's answer for an access of kind `access` at `gpa`: the largest level it may
     /// be mapped at, no slot, or a memory fault (the access kind differs from the page's).
     pub fn max_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        self.read().vm.tracker().max_mapping_level(gpa, access)
+        self.shared.tracker.max_mapping_level(gpa, access)
     }
 
     /// The largest level the page at `gpa` may be mapped at for an access of its own kind, or
     /// `None` outside memslots.
     pub fn allowed_level(&self, gpa: Gpa) -> Option<Level> {
-        self.read().vm.tracker().allowed_level(gpa.gfn())
+        self.with_tracker(|t| t.allowed_level(gpa.gfn()))
     }
 
     /// Whether memslot `slot` exists.
     pub fn has_slot(&self, slot: u32) -> bool {
-        self.read().vm.tracker().memslot(slot).is_some()
+        self.with_tracker(|t| t.memslot(slot).is_some())
     }
 
-    /// The leaf of kind `access` that maps `gpa` in the MMU model, if any.
+    /// The leaf of kind `access` that maps `gpa` in the MMU model, if it keeps one and has one.
+    #[cfg(feature = "mmu-model")]
     pub fn leaf(&self, gpa: Gpa, access: Access) -> Option<Leaf> {
-        self.read().vm.lookup(gpa, access)
+        self.shared
+            .model
+            .with(|vm| vm.lookup(gpa, access))
+            .flatten()
     }
 
-    /// The MMU model's counters and leaves (cheap).
-    pub fn mmu_stats(&self) -> MmuStats {
-        self.read().vm.stats()
+    /// The MMU model's counters and leaves (cheap), if the memory keeps a model. Unlike the
+    /// tracker's questions, this waits for the model's lock.
+    #[cfg(feature = "mmu-model")]
+    pub fn mmu_stats(&self) -> Option<MmuStats> {
+        self.shared.model.with(|vm| vm.stats())
     }
 
     /// The MMU model's state with its coverage, collapsible regions, and the coverage a guest
     /// touching all its memory now would reach (computed on a copy of the model: O(large pages
-    /// of the memslots + page tables)).
-    pub fn mmu_snapshot(&self) -> MmuSnapshot {
-        let mut all = self.read().vm.clone();
+    /// of the memslots + page tables)), if the memory keeps a model.
+    #[cfg(feature = "mmu-model")]
+    pub fn mmu_snapshot(&self) -> Option<MmuSnapshot> {
+        let mut all = self.shared.model.with(|vm| vm.clone())?;
         let stats = all.stats();
         let coverage = all.coverage();
         let collapsible = all.collapsible();
@@ -185,18 +203,25 @@ impl MemoryQuery {
             // Only NoMemory can fail: the figure is then what could be mapped.
             let _ = all.fault_range(Gpa(gpa), size, access);
         }
-        MmuSnapshot {
+        Some(MmuSnapshot {
             stats,
             coverage,
             collapsible,
             touched_all: all.coverage(),
-        }
+        })
     }
 
     /// A snapshot of every memslot and every private range.
     pub fn snapshot(&self) -> MemoryMap {
-        let state = self.read();
-        let t = state.vm.tracker();
+        let infos = self.shared.slots.read(std::collections::BTreeMap::clone);
+        self.with_tracker(|t| self.map_of(t, &infos))
+    }
+
+    fn map_of(
+        &self,
+        t: &Tracker,
+        infos: &std::collections::BTreeMap<u32, crate::memory::SlotInfo>,
+    ) -> MemoryMap {
         let slots = t
             .memslots()
             .map(|s| {
@@ -210,10 +235,7 @@ impl MemoryQuery {
                     slot: s.id(),
                     gpa: s.gpa(),
                     size: s.size(),
-                    backing: state
-                        .slots
-                        .get(&s.id())
-                        .map_or(Backing::Anonymous, |i| i.backing),
+                    backing: infos.get(&s.id()).map_or(Backing::Anonymous, |i| i.backing),
                     flags: s.flags(),
                     private_bytes: private_pages * PAGE_SIZE,
                     mixed_2m: e.mixed[0],

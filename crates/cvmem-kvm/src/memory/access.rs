@@ -3,43 +3,59 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "mmu-model")]
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts};
-use cvmem::{Access, GfnRange, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::Gpa;
+#[cfg(feature = "mmu-model")]
+use cvmem::{Access, Gfn, GfnRange, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 
 use super::CvmMemory;
 use crate::backing::SlotMemory;
 use crate::error::{Error, Result};
 
 impl CvmMemory {
-    /// A guest access of kind `access` to `gpa` through the MMU model: what KVM's fault path
+    /// Runs `f` on the MMU model as tracking time; an error if this memory keeps none.
+    #[cfg(feature = "mmu-model")]
+    fn model<R>(&self, f: impl FnOnce(&mut cvmem::mmu::Vm) -> cvmem::Result<R>) -> Result<R> {
+        let (r, _) = self.timed(|| self.shared.model.with(f));
+        let r = r.ok_or(Error::MissingCapability(
+            "an MMU model (CvmMemory::with_mmu)",
+        ))?;
+        Ok(r?)
+    }
+    /// A guest access of kind `access` to `gpa` through the MMU model (feature `mmu-model`; an
+    /// error if this memory keeps no model): what KVM's fault path
     /// would do — map the page at the level the tracker allows (replacing smaller mappings),
     /// or answer spurious, retry (a conversion is changing the pages around it), no slot, or a
     /// memory fault (the access kind differs from the page's: KVM_EXIT_MEMORY_FAULT).
+    #[cfg(feature = "mmu-model")]
     pub fn fault(&self, gpa: Gpa, access: Access) -> Result<FaultOutcome> {
-        Ok(self.update(|s| s.vm.fault(gpa, access)).0?)
+        self.model(|vm| vm.fault(gpa, access))
     }
 
     /// [`CvmMemory::fault`] on every 4K page of `[gpa, gpa + size)` in address order, counted
     /// (the op-log's `fault-range`; checked as `attrs` checks its range).
+    #[cfg(feature = "mmu-model")]
     pub fn fault_range(&self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
-        Ok(self.update(|s| s.vm.fault_range(gpa, size, access)).0?)
+        self.model(|vm| vm.fault_range(gpa, size, access))
     }
 
     /// A guest that follows the protocol touching every page of `[gpa, gpa + size)`: each page
     /// is accessed as the kind it has now (a TDX guest uses the private or the shared alias, an
     /// SNP guest the C-bit, as it converted them), and faulted through the MMU model. What a
     /// workload reports of the guest's reads and writes of memory.
+    #[cfg(feature = "mmu-model")]
     pub fn touch(&self, gpa: Gpa, size: u64) -> Result<FaultRangeCounts> {
-        let (r, _) = self.update(|s| -> cvmem::Result<FaultRangeCounts> {
-            let range = s.vm.tracker().validate_attributes(gpa, size, 0)?.range();
-            let runs: Vec<(GfnRange, bool)> =
-                s.vm.tracker()
-                    .runs(range)
-                    .map(|r| (r.range(), r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0))
-                    .collect();
+        self.model(|vm| -> cvmem::Result<FaultRangeCounts> {
+            let range = vm.tracker().validate_attributes(gpa, size, 0)?.range();
+            let runs: Vec<(GfnRange, bool)> = vm
+                .tracker()
+                .runs(range)
+                .map(|r| (r.range(), r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0))
+                .collect();
             let mut total = FaultRangeCounts::default();
             for (run, private) in runs {
-                let c = s.vm.fault_range(
+                let c = vm.fault_range(
                     Gpa(run.start * PAGE_SIZE),
                     run.len() * PAGE_SIZE,
                     Access::from_private(private),
@@ -47,14 +63,73 @@ impl CvmMemory {
                 total.add(&c);
             }
             Ok(total)
-        });
-        Ok(r?)
+        })
     }
 
-    /// A TDX guest accepting the private page at `gpa` at `level` (the op-log's `accept`; the
-    /// split layout only).
+    /// A TDX guest accepting the private page at `gpa` at `level` through the MMU model (the
+    /// op-log's `accept`; the split layout only). The GUEST_INHIBIT bits the model's accept
+    /// sets or clears are copied to the tracker readers see.
+    #[cfg(feature = "mmu-model")]
     pub fn accept(&self, gpa: Gpa, level: Level) -> Result<AcceptOutcome> {
-        Ok(self.update(|s| s.vm.accept(gpa, level)).0?)
+        let _writers = self.lock_memory();
+        let outcome = self.model(|vm| vm.accept(gpa, level))?;
+        if outcome == AcceptOutcome::Accepted {
+            let (r, _) = self.timed(|| self.copy_inhibits(gpa.gfn()));
+            r?;
+        }
+        Ok(outcome)
+    }
+
+    /// Makes the concurrent front's GUEST_INHIBIT bits of the 1G page holding `gfn` (and its
+    /// 2M pages) those of the model.
+    #[cfg(feature = "mmu-model")]
+    fn copy_inhibits(&self, gfn: Gfn) -> cvmem::Result<()> {
+        let g1 = Level::G1.align_down(gfn.0);
+        let pages_2m = (0..512).map(|i| Gfn(g1 + i * Level::M2.pages()));
+        let want = |t: &Tracker| -> (bool, Vec<bool>) {
+            (
+                t.is_guest_inhibited(Gfn(g1), Level::G1),
+                pages_2m
+                    .clone()
+                    .map(|g| t.is_guest_inhibited(g, Level::M2))
+                    .collect(),
+            )
+        };
+        let Some((want_1g, want_2m)) = self.shared.model.with(|vm| want(vm.tracker())) else {
+            return Ok(());
+        };
+        let range = GfnRange::new(g1, g1 + Level::G1.pages());
+        self.shared.tracker.update(
+            range,
+            |_| {},
+            |t| {
+                let mut changed = false;
+                for (g, &on) in pages_2m.clone().zip(&want_2m) {
+                    if on != t.is_guest_inhibited(g, Level::M2) {
+                        changed = true;
+                        if on {
+                            // Sets the 2M page's bit and its 1G page's (fixed below if unwanted).
+                            if let Err(e) = t.set_guest_inhibit(g, Level::K4) {
+                                return (changed, Err(e));
+                            }
+                        } else {
+                            t.clear_guest_inhibit(g, Level::M2);
+                        }
+                    }
+                }
+                if want_1g != t.is_guest_inhibited(Gfn(g1), Level::G1) {
+                    changed = true;
+                    if want_1g {
+                        if let Err(e) = t.set_guest_inhibit(Gfn(g1), Level::M2) {
+                            return (changed, Err(e));
+                        }
+                    } else {
+                        t.clear_guest_inhibit(Gfn(g1), Level::G1);
+                    }
+                }
+                (changed, Ok(()))
+            },
+        )
     }
 
     /// Reads the quadword at `gpa` through the host's shared mapping of its slot.

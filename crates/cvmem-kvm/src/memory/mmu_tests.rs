@@ -59,7 +59,7 @@ fn guest_accesses_and_conversions_drive_the_model() {
     // One page becomes private: the shared 2M leaf over it is zapped whole.
     let conv = m.convert(&req(G1 + 0x1000, 1, true)).unwrap();
     assert!(conv.cost.tracking >= conv.cost.invalidate);
-    let s = q.mmu_stats();
+    let s = q.mmu_stats().unwrap();
     assert_eq!((s.shared.m2, s.shared.k4, s.zaps), (1, 0, 1));
     assert!(q.leaf(Gpa(G1), Access::Shared).is_none());
     // Touching the first 2M again: each page as its kind. The private page of an anonymous
@@ -72,10 +72,10 @@ fn guest_accesses_and_conversions_drive_the_model() {
         m.fault(Gpa(G1 + 0x1000), Access::Shared).unwrap(),
         FaultOutcome::Mapped { level: Level::M2 }
     );
-    let s = q.mmu_stats();
+    let s = q.mmu_stats().unwrap();
     assert_eq!((s.shared.m2, s.shared.k4, s.replaced), (2, 0, 511));
-    m.query().mmu_stats();
-    let snap = q.mmu_snapshot();
+    m.query().mmu_stats().unwrap();
+    let snap = q.mmu_snapshot().unwrap();
     assert_eq!(snap.coverage.huge_bytes, 2 * M2);
     assert_eq!(snap.touched_all.ratio(), 1.0);
 }
@@ -123,7 +123,7 @@ fn a_refused_conversion_closes_its_window_and_restores_attributes() {
         FaultOutcome::Mapped { level: Level::M2 }
     );
     // The refused to-private conversion reached neither the attributes nor the listeners.
-    assert_eq!(q.mmu_stats().retries, 0);
+    assert_eq!(q.mmu_stats().unwrap().retries, 0);
     assert_eq!(*refuser.events.lock().unwrap(), 1);
     *refuser.refuse.lock().unwrap() = false;
     m.convert(&req(G1, 16, true)).unwrap();
@@ -139,7 +139,7 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     m.write_u64(Gpa(G1 + 0x2008), 0xfeed).unwrap();
     m.touch(Gpa(G1), 2 * M2).unwrap();
     let q = m.query();
-    assert_eq!(q.mmu_stats().shared.total(), 1 + 511);
+    assert_eq!(q.mmu_stats().unwrap().shared.total(), 1 + 511);
 
     // Onto slot-less memory at 3G: the bytes follow, the old range is unmapped and zapped.
     let to = 3 * G1;
@@ -154,7 +154,7 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
         m.read_u64(Gpa(G1 + 0x2008)),
         Err(Error::NotInSlot { .. })
     ));
-    assert_eq!(q.mmu_stats().shared.total(), 0);
+    assert_eq!(q.mmu_stats().unwrap().shared.total(), 0);
     // Attributes are per gfn: the private page stayed at G1 + 2M; everything at 3G is shared,
     // and the IOMMU maps exactly the new place.
     assert!(q.is_private(Gpa(G1 + M2)));
@@ -185,12 +185,12 @@ fn dirty_logging_splits_to_4k_and_eager_recovery_collapses_back() {
     let m = memory(Recovery::Eager);
     let q = m.query();
     m.touch(Gpa(G1), 2 * M2).unwrap();
-    assert_eq!(q.mmu_stats().shared.m2, 2);
+    assert_eq!(q.mmu_stats().unwrap().shared.m2, 2);
     assert_eq!(
         m.set_dirty_log(1, true).unwrap(),
         SlotChange::DirtyLog { enabled: true }
     );
-    let s = q.mmu_stats();
+    let s = q.mmu_stats().unwrap();
     assert_eq!((s.shared.m2, s.shared.k4, s.splits), (0, 1024, 2));
     assert_eq!(
         q.max_level(Gpa(G1), Access::Shared),
@@ -198,7 +198,7 @@ fn dirty_logging_splits_to_4k_and_eager_recovery_collapses_back() {
     );
     assert!(q.snapshot().slots[0].flags.dirty_log);
     m.set_dirty_log(1, false).unwrap();
-    let s = q.mmu_stats();
+    let s = q.mmu_stats().unwrap();
     assert_eq!((s.shared.m2, s.shared.k4, s.collapses), (2, 0, 2));
 }
 
@@ -306,5 +306,5 @@ fn a_declared_uaddr_sets_the_congruence_and_must_stay() {
         .set_user_memory_region(&other, Backing::Anonymous)
         .unwrap_err();
     assert_eq!(errno(&e), Some(Errno::EINVAL), "{e}");
-    assert_eq!(m.mmu_config().recovery, Recovery::OnFault);
+    assert_eq!(m.mmu_config().unwrap().recovery, Recovery::OnFault);
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use cvmem::{Access, Gpa, Level, MemoryRegion, SlotChange, SlotFlags};
 
+use cvmem_sync::Apply;
+
 use super::{CvmMemory, SlotInfo, SlotSpec};
 use crate::backing::{Backing, HostMemory, SlotMemory};
 use crate::error::{Error, Result};
@@ -151,11 +153,9 @@ impl CvmMemory {
 
     /// The slot as a request that changes nothing.
     fn current_region(&self, slot: u32) -> Result<MemoryRegion> {
-        let state = super::read(&self.state);
-        let s = state
-            .vm
-            .tracker()
-            .memslot(slot)
+        let s = self
+            .shared
+            .tracker(|t| t.memslot(slot).cloned())
             .ok_or(cvmem::Error::UnknownSlot { slot })?;
         Ok(MemoryRegion {
             slot,
@@ -174,7 +174,7 @@ impl CvmMemory {
         new: NewMemory,
     ) -> Result<SlotChange> {
         // The core's rules, without changing anything: what the request would do.
-        let (probe, _) = self.inspect(|s| s.vm.tracker().check_user_memory_region(region));
+        let (probe, _) = self.timed(|| self.shared.tracker(|t| t.check_user_memory_region(region)));
         let change = probe?;
         match change {
             SlotChange::Created => self.create_locked(memory, region, new),
@@ -222,13 +222,7 @@ impl CvmMemory {
             backing: Some(max_level),
             ..*region
         };
-        let (r, _) = self.update(|s| {
-            let r = s.vm.set_user_memory_region(&model);
-            if r.is_ok() {
-                s.slots.insert(slot, SlotInfo { backing, hva });
-            }
-            r
-        });
+        let (r, _) = self.timed(|| self.store_region(&model, Some(SlotInfo { backing, hva })));
         if let Err(e) = r {
             self.kvm_delete(slot, &mem);
             return Err(e.into());
@@ -269,14 +263,16 @@ impl CvmMemory {
         if let Some(m) = &mem {
             self.kvm_delete(slot, m);
         }
-        self.update(|s| {
+        self.timed(|| {
             // Deleting an existing slot cannot fail.
-            let _ = s.vm.set_user_memory_region(&MemoryRegion {
-                slot,
-                size: 0,
-                ..MemoryRegion::default()
-            });
-            s.slots.remove(&slot);
+            let _ = self.store_region(
+                &MemoryRegion {
+                    slot,
+                    size: 0,
+                    ..MemoryRegion::default()
+                },
+                None,
+            );
         });
         drop(mem);
     }
@@ -332,7 +328,7 @@ impl CvmMemory {
                 },
             }
         };
-        let (r, _) = self.update(|s| s.vm.set_user_memory_region(region));
+        let (r, _) = self.timed(|| self.store_region(region, None));
         if let Err(e) = r {
             return Err(undo_kvm(mem, e.into()));
         }
@@ -351,7 +347,7 @@ impl CvmMemory {
                     backing: None,
                     ..*region
                 };
-                let (r, _) = self.update(|s| s.vm.set_user_memory_region(&back));
+                let (r, _) = self.timed(|| self.store_region(&back, None));
                 return Err(match r {
                     Ok(_) => undo_kvm(mem, e),
                     Err(why) => Error::Inconsistent {
@@ -361,6 +357,36 @@ impl CvmMemory {
                 });
             }
         }
+        Ok(change)
+    }
+
+    /// Stores a memslot change in the tracker (both copies, published), the model and, for a
+    /// created slot, its host facts (`info`); a deleted slot's facts go.
+    fn store_region(
+        &self,
+        region: &MemoryRegion,
+        info: Option<SlotInfo>,
+    ) -> cvmem::Result<SlotChange> {
+        let change = self.shared.tracker.set_user_memory_region(region)?;
+        let slot = region.slot;
+        let facts = match change {
+            SlotChange::Created => info,
+            SlotChange::Deleted { .. } => None,
+            _ => return self.model_region(region, change),
+        };
+        self.shared.slots.writer().apply(|slots| {
+            match facts {
+                Some(info) => slots.insert(slot, info),
+                None => slots.remove(&slot),
+            };
+            Apply::Changed(())
+        });
+        self.model_region(region, change)
+    }
+
+    /// Mirrors a stored memslot change into the MMU model, if kept.
+    fn model_region(&self, region: &MemoryRegion, change: SlotChange) -> cvmem::Result<SlotChange> {
+        self.shared.model.set_user_memory_region(region)?;
         Ok(change)
     }
 
