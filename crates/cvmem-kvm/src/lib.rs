@@ -1,23 +1,24 @@
-//! # cvmem-kvm — drive the cvmem tracker from a real KVM guest
+//! # cvmem-kvm — confidential-VM memory for KVM-based VMMs
 //!
 //! KVM has no GET for memory attributes: a VMM must mirror the private/shared state of its
 //! confidential guest itself, handle the guest's conversion requests, update KVM, discard the
 //! old backing and tell DMA users what changed. This crate does that on kvm-ioctls:
 //!
-//! - [`CvmMemory`]: memslots backed by guest_memfd (in place or with separate shared memory) or
-//!   anonymous memory, registered in KVM and in the cvmem MMU model ([`cvmem::mmu::Vm`]: the
-//!   [`Tracker`](cvmem::Tracker) plus the TDP page tables KVM would build, split layout by
-//!   default, see [`MmuConfig`]) under the same rules, checked before any memory is allocated;
-//!   slots are created, deleted, moved (contents kept) and have dirty logging toggled;
-//!   [`CvmMemory::convert`] applies a conversion (the model's invalidation — zaps and splits —
-//!   then discards, KVM attributes where KVM has them, the model's attribute update, listeners)
-//!   and undoes it on failure;
-//! - guest accesses through the model: [`CvmMemory::fault`], [`CvmMemory::touch`],
-//!   [`CvmMemory::accept`]. KVM's own faults never reach userspace, so the page tables are a
-//!   model fed with the accesses the VMM learns of (memory-fault exits, a guest's reports);
-//!   they give what KVM does not: leaves per level, splits, zaps, hugepage coverage against the
-//!   optimum ([`MemoryQuery::mmu_snapshot`]). [`CvmMemory::tracking_time`] is the time spent
-//!   in the tracker and the model, to hold it against the cost of an exit;
+//! - [`CvmMemory`]: memslots on the VMM's own memory ([`HostMemory`]: a vm-memory region, or a
+//!   host address and length, each with an optional guest_memfd and offset;
+//!   [`CvmMemory::attach_slot`]) or on memory it allocates ([`SlotSpec`]: guest_memfd in place
+//!   or with separate shared memory, or anonymous), registered in KVM and in the cvmem
+//!   [`Tracker`](cvmem::Tracker) under KVM's rules, checked before anything is changed; slots
+//!   are created, deleted, moved (contents kept) and have dirty logging toggled;
+//!   [`CvmMemory::convert`] applies a conversion (discards, KVM attributes where KVM has them,
+//!   the tracker's update, listeners) and undoes it on failure;
+//! - the tracker sits behind cvmem-sync's concurrent front: [`MemoryQuery`] handles never
+//!   block and never see half a conversion;
+//! - with the `mmu-model` feature, [`CvmMemory::with_mmu`] also keeps the TDP page tables KVM
+//!   would build ([`cvmem::mmu::Vm`]) as an observer, fed with the accesses the VMM learns of
+//!   (`fault`, `touch`, `accept`): leaves per level, splits, zaps, hugepage coverage against the
+//!   optimum. A VMM does not need it; the test rig and the evaluator do.
+//!   [`CvmMemory::tracking_time`] is the time spent tracking, to hold against an exit's cost;
 //! - [`ConversionRequest`]: one typed request from `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE),
 //!   from this crate's port-I/O transport, or from `KVM_EXIT_MEMORY_FAULT`, validated as the
 //!   op-log's `map-gpa`;
@@ -59,11 +60,9 @@
 //!             };
 //!         }
 //!         VcpuExit::MemoryFault { flags, gpa, size } => {
-//!             // Implicit conversion: make the page the kind the access wanted, re-enter
-//!             // (and tell the model the access now maps).
+//!             // Implicit conversion: make the page the kind the access wanted, re-enter.
 //!             let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
 //!             memory.convert(&req)?;
-//!             memory.fault(Gpa(gpa), req.to)?;
 //!         }
 //!         VcpuExit::Hlt => break,
 //!         // Handle your devices' MMIO and port I/O here; never spin on an exit you do not know.
