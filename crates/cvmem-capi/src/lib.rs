@@ -1,0 +1,421 @@
+//! # cvmem-capi — cvmem for C VMMs
+//!
+//! The tracker (behind cvmem-sync's concurrent front: every function may be called from any
+//! thread, and queries never block) and its fault-path query as a C API, in the shape QEMU's
+//! `kvm_convert_memory()` would call it. The header `include/cvmem.h` is generated with
+//! cbindgen (`tests/header.rs` keeps it current). `tests/c/qemu_convert.c` is the C test CI
+//! builds and runs against the static library.
+//!
+//! Conventions:
+//! - every function that can fail returns `0` or a negative errno (`-EINVAL`, `-EEXIST`,
+//!   `-ENOENT`, `-ENOMEM`, `-E2BIG`, as KVM's ioctls would), and leaves the tracker unchanged
+//!   on failure; `cvmem_last_error` gives the reason as text;
+//! - null pointers are `-EINVAL`; no Rust panic crosses the boundary (one would be `-EFAULT`);
+//! - levels are KVM's `PG_LEVEL_*`: 1 = 4K, 2 = 2M, 3 = 1G.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use cvmem::{
+    Access, Error, GfnRange, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    PAGE_SHIFT,
+};
+use cvmem_sync::ConcurrentTracker;
+
+/// The PRIVATE memory attribute (`KVM_MEMORY_ATTRIBUTE_PRIVATE`).
+pub const CVMEM_ATTRIBUTE_PRIVATE: u64 = 1 << 3;
+// A literal for cbindgen; the same bit as the core's.
+const _: () = assert!(CVMEM_ATTRIBUTE_PRIVATE == cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE);
+/// Memslot flag `KVM_MEM_LOG_DIRTY_PAGES`.
+pub const CVMEM_MEM_LOG_DIRTY_PAGES: u32 = 1 << 0;
+/// Memslot flag `KVM_MEM_READONLY`.
+pub const CVMEM_MEM_READONLY: u32 = 1 << 1;
+/// Memslot flag `KVM_MEM_GUEST_MEMFD`.
+pub const CVMEM_MEM_GUEST_MEMFD: u32 = 1 << 2;
+/// `-EFAULT`: a bug inside cvmem was caught at the boundary (nothing was changed).
+const EFAULT: c_int = 14;
+/// `-EINVAL`.
+const EINVAL: c_int = 22;
+
+/// A tracker: memslots, memory attributes and large-page info of one VM. Opaque.
+pub struct CvmemTracker {
+    inner: ConcurrentTracker,
+}
+
+/// One run of pages with the same attributes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CvmemRun {
+    /// First byte.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// The attributes of every page in it (`CVMEM_ATTRIBUTE_PRIVATE` or 0).
+    pub attributes: u64,
+}
+
+/// What the fault path may do for an access.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CvmemAnswerKind {
+    /// Map the page at `level` at most.
+    Map,
+    /// No memslot holds the address.
+    NoSlot,
+    /// Exit to userspace with KVM_EXIT_MEMORY_FAULT for `fault_gpa`/`fault_size`.
+    MemoryFault,
+}
+
+/// The fault path's answer for an access (`cvmem_max_mapping_level`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CvmemFaultAnswer {
+    /// Which answer.
+    pub kind: CvmemAnswerKind,
+    /// For `MAP`: the largest level (1 = 4K, 2 = 2M, 3 = 1G); else 0.
+    pub level: u8,
+    /// For `MEMORY_FAULT`: the range KVM would report and whether the access was private.
+    pub fault_gpa: u64,
+    /// For `MEMORY_FAULT`: its size in bytes.
+    pub fault_size: u64,
+    /// For `MEMORY_FAULT`: the access was private.
+    pub fault_private: bool,
+}
+
+/// A decoded, validated KVM_HC_MAP_GPA_RANGE (TDX MapGPA, SNP page state change).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CvmemMapGpaRequest {
+    /// First byte.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Make private (else shared).
+    pub to_private: bool,
+    /// The guest's page-size hint (1 = 4K, 2 = 2M, 3 = 1G): a hint only.
+    pub hint_level: u8,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_error(message: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+}
+
+/// `0` or the negative errno of `error`, remembering its text.
+fn status(result: Result<(), Error>) -> c_int {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            set_error(e.to_string());
+            -e.errno().code()
+        }
+    }
+}
+
+/// Runs `f`; a panic becomes `-EFAULT` instead of unwinding into C.
+fn guarded(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        set_error("internal error in cvmem (a panic was caught at the C boundary)".into());
+        -EFAULT
+    })
+}
+
+fn null(what: &str) -> c_int {
+    set_error(format!("{what} is NULL"));
+    -EINVAL
+}
+
+const fn level_number(level: Level) -> u8 {
+    match level {
+        Level::K4 => 1,
+        Level::M2 => 2,
+        Level::G1 => 3,
+    }
+}
+
+fn level_from(n: u8) -> Option<Level> {
+    match n {
+        1 => Some(Level::K4),
+        2 => Some(Level::M2),
+        3 => Some(Level::G1),
+        _ => None,
+    }
+}
+
+/// Runs `f` on the tracker behind `t`, or returns `-EINVAL` for a null handle.
+fn with_tracker(t: *const CvmemTracker, f: impl FnOnce(&ConcurrentTracker) -> c_int) -> c_int {
+    // SAFETY: a non-null `t` was returned by `cvmem_tracker_new` and not yet freed (the
+    // caller's contract); the tracker is only used through shared references.
+    match unsafe { t.as_ref() } {
+        Some(t) => guarded(|| f(&t.inner)),
+        None => null("tracker"),
+    }
+}
+
+/// Writes `value` through `out`, or returns `-EINVAL` for a null pointer.
+fn put<T>(out: *mut T, value: T) -> c_int {
+    // SAFETY: a non-null `out` points to a writable `T` (the caller's contract).
+    match unsafe { out.as_mut() } {
+        Some(slot) => {
+            *slot = value;
+            0
+        }
+        None => null("output pointer"),
+    }
+}
+
+/// A new, empty tracker (no memslots, every page shared). Free it with `cvmem_tracker_free`.
+/// Returns NULL only if memory ran out.
+#[no_mangle]
+pub extern "C" fn cvmem_tracker_new() -> *mut CvmemTracker {
+    catch_unwind(|| {
+        Box::into_raw(Box::new(CvmemTracker {
+            inner: ConcurrentTracker::new(Tracker::new()),
+        }))
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+/// Frees a tracker made by `cvmem_tracker_new`. NULL is ignored.
+///
+/// # Safety
+/// `t` is NULL or a tracker from `cvmem_tracker_new` that no other thread is using and that is
+/// not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn cvmem_tracker_free(t: *mut CvmemTracker) {
+    if !t.is_null() {
+        // SAFETY: per the contract above, `t` came from `Box::into_raw` and is freed once.
+        drop(unsafe { Box::from_raw(t) });
+    }
+}
+
+/// KVM_SET_USER_MEMORY_REGION2: creates (new `slot`), deletes (`size` 0), moves or re-flags a
+/// memslot, with KVM's rules. `flags` are `CVMEM_MEM_*`; `userspace_addr` is the host address
+/// (its alignment against `gpa` limits huge mappings); `max_level` is the largest mapping the
+/// host memory allows (1-3; 0: 1G).
+#[no_mangle]
+pub extern "C" fn cvmem_set_user_memory_region(
+    t: *const CvmemTracker,
+    slot: u32,
+    flags: u32,
+    gpa: u64,
+    size: u64,
+    userspace_addr: u64,
+    max_level: u8,
+) -> c_int {
+    with_tracker(t, |t| {
+        let known = CVMEM_MEM_LOG_DIRTY_PAGES | CVMEM_MEM_READONLY | CVMEM_MEM_GUEST_MEMFD;
+        if flags & !known != 0 {
+            return status(Err(Error::InvalidFlags {
+                why: "unknown memslot flag bits",
+            }));
+        }
+        let backing = match max_level {
+            0 => None,
+            n => match level_from(n) {
+                Some(level) => Some(level),
+                None => {
+                    set_error(format!("max_level {n} is not 0-3"));
+                    return -EINVAL;
+                }
+            },
+        };
+        let region = MemoryRegion {
+            slot,
+            gpa,
+            size,
+            flags: SlotFlags {
+                guest_memfd: flags & CVMEM_MEM_GUEST_MEMFD != 0,
+                dirty_log: flags & CVMEM_MEM_LOG_DIRTY_PAGES != 0,
+                readonly: flags & CVMEM_MEM_READONLY != 0,
+            },
+            uaddr: Some(userspace_addr),
+            backing,
+        };
+        status(t.set_user_memory_region(&region).map(drop))
+    })
+}
+
+/// KVM_SET_MEMORY_ATTRIBUTES of `[gpa, gpa + size)`: `attributes` is 0 (shared) or
+/// `CVMEM_ATTRIBUTE_PRIVATE`. Pages outside memslots are tracked too, as KVM does.
+#[no_mangle]
+pub extern "C" fn cvmem_set_memory_attributes(
+    t: *const CvmemTracker,
+    gpa: u64,
+    size: u64,
+    attributes: u64,
+) -> c_int {
+    with_tracker(t, |t| {
+        status(
+            t.set_memory_attributes(Gpa(gpa), size, attributes)
+                .map(drop),
+        )
+    })
+}
+
+/// Decodes and validates a guest's KVM_HC_MAP_GPA_RANGE (`a0` gpa, `a1` pages, `a2`
+/// attributes) into `*out`, without applying it.
+#[no_mangle]
+pub extern "C" fn cvmem_map_gpa_range_decode(
+    gpa: u64,
+    npages: u64,
+    attributes: u64,
+    out: *mut CvmemMapGpaRequest,
+) -> c_int {
+    guarded(|| match MapGpaRange::decode(gpa, npages, attributes) {
+        Ok(r) => put(
+            out,
+            CvmemMapGpaRequest {
+                gpa: r.gpa,
+                size: r.npages << PAGE_SHIFT,
+                to_private: r.private,
+                hint_level: level_number(r.hint),
+            },
+        ),
+        Err(e) => status(Err(e)),
+    })
+}
+
+/// Applies a guest's KVM_HC_MAP_GPA_RANGE: the status to return to the guest (0 or -errno).
+#[no_mangle]
+pub extern "C" fn cvmem_map_gpa_range(
+    t: *const CvmemTracker,
+    gpa: u64,
+    npages: u64,
+    attributes: u64,
+) -> c_int {
+    with_tracker(t, |t| {
+        let applied = MapGpaRange::decode(gpa, npages, attributes)
+            .and_then(|r| t.map_gpa_range(&r, |_| {}).map(drop));
+        status(applied)
+    })
+}
+
+/// The fault path's question: the largest level an access (`is_private`: private, else
+/// shared) at `gpa` may be mapped at, no slot, or a memory fault. Never blocks.
+#[no_mangle]
+pub extern "C" fn cvmem_max_mapping_level(
+    t: *const CvmemTracker,
+    gpa: u64,
+    is_private: bool,
+    out: *mut CvmemFaultAnswer,
+) -> c_int {
+    with_tracker(t, |t| {
+        let answer = match t.max_mapping_level(Gpa(gpa), Access::from_private(is_private)) {
+            MaxLevel::Level(level) => CvmemFaultAnswer {
+                kind: CvmemAnswerKind::Map,
+                level: level_number(level),
+                fault_gpa: 0,
+                fault_size: 0,
+                fault_private: false,
+            },
+            MaxLevel::NoSlot => CvmemFaultAnswer {
+                kind: CvmemAnswerKind::NoSlot,
+                level: 0,
+                fault_gpa: 0,
+                fault_size: 0,
+                fault_private: false,
+            },
+            MaxLevel::MemoryFault(f) => CvmemFaultAnswer {
+                kind: CvmemAnswerKind::MemoryFault,
+                level: 0,
+                fault_gpa: f.gpa,
+                fault_size: f.size,
+                fault_private: f.private,
+            },
+        };
+        put(out, answer)
+    })
+}
+
+/// Whether the page at `gpa` is private (false for a NULL tracker).
+#[no_mangle]
+pub extern "C" fn cvmem_is_private(t: *const CvmemTracker, gpa: u64) -> bool {
+    let mut private = false;
+    with_tracker(t, |t| {
+        private = t.read(|s| s.tracker().is_private(Gpa(gpa).gfn()));
+        0
+    });
+    private
+}
+
+/// Calls `callback(opaque, &run)` for every run of equal attributes in `[gpa, gpa + size)`
+/// (clipped to it), in address order, from one committed state. A non-zero return from the
+/// callback stops the walk and is returned. The callback may call any cvmem function (the
+/// runs are copied out first).
+#[no_mangle]
+pub extern "C" fn cvmem_for_each_run(
+    t: *const CvmemTracker,
+    gpa: u64,
+    size: u64,
+    callback: Option<extern "C" fn(opaque: *mut c_void, run: *const CvmemRun) -> c_int>,
+    opaque: *mut c_void,
+) -> c_int {
+    let Some(callback) = callback else {
+        return null("callback");
+    };
+    with_tracker(t, |t| {
+        let runs = t.read(|s| -> Result<Vec<CvmemRun>, Error> {
+            let tracker = s.tracker();
+            let range: GfnRange = tracker.validate_attributes(Gpa(gpa), size, 0)?.range();
+            Ok(tracker
+                .runs(range)
+                .map(|r| CvmemRun {
+                    gpa: r.start << PAGE_SHIFT,
+                    size: (r.end - r.start) << PAGE_SHIFT,
+                    attributes: r.attributes,
+                })
+                .collect())
+        });
+        match runs {
+            Ok(runs) => {
+                for run in &runs {
+                    let r = callback(opaque, run);
+                    if r != 0 {
+                        return r;
+                    }
+                }
+                0
+            }
+            Err(e) => status(Err(e)),
+        }
+    })
+}
+
+/// Heap bytes of the tracker (one copy; the concurrent front keeps two).
+#[no_mangle]
+pub extern "C" fn cvmem_heap_bytes(t: *const CvmemTracker) -> usize {
+    let mut bytes = 0;
+    with_tracker(t, |t| {
+        bytes = t.read(|s| s.tracker().heap_bytes());
+        0
+    });
+    bytes
+}
+
+/// Copies the text of this thread's last failure (NUL-terminated, truncated to `len`) into
+/// `buf` and returns its full length in bytes (without the NUL); `buf` may be NULL to ask the
+/// length.
+///
+/// # Safety
+/// `buf` is NULL or points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cvmem_last_error(buf: *mut c_char, len: usize) -> usize {
+    LAST_ERROR.with(|e| {
+        let e = e.borrow();
+        if !buf.is_null() && len > 0 {
+            let n = e.len().min(len - 1);
+            // SAFETY: `buf` has `len` writable bytes (the contract) and `n + 1 <= len`; the
+            // source is our own string, which does not overlap it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(e.as_ptr().cast::<c_char>(), buf, n);
+                *buf.add(n) = 0;
+            }
+        }
+        e.len()
+    })
+}
