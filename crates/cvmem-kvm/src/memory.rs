@@ -25,6 +25,7 @@ use crate::request::{ConversionRequest, RequestSource};
 pub(crate) mod access;
 mod model;
 mod slots;
+mod snapshot;
 
 use model::{Model, Token};
 
@@ -445,7 +446,7 @@ impl CvmMemory {
         let (ended, took) = self.timed(|| self.shared.model.end(token));
         out.cost.tracking += took;
         let undo_tracker = |cause: Error| -> Error {
-            let (r, _) = self.timed(|| self.restore(&changed));
+            let (r, _) = self.timed(|| self.restore_runs(&changed));
             match r {
                 Ok(()) => undo_kvm(cause),
                 Err(e) => Error::Inconsistent {
@@ -547,7 +548,7 @@ impl CvmMemory {
     }
 
     /// Stores the old attributes of every changed run back, in the tracker and the model.
-    fn restore(&self, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
+    fn restore_runs(&self, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
         for &(range, old) in changed {
             let request = AttrRequest::new(range, Access::from_attributes(old))?;
             self.shared.tracker.convert_with(request, |_| {})?;

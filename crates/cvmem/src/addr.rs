@@ -11,10 +11,12 @@ pub const GFN_END: u64 = 1 << (64 - PAGE_SHIFT);
 
 /// A guest physical address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Gpa(pub u64);
 
 /// A guest frame number: a guest physical address divided by the 4 KiB page size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Gfn(pub u64);
 
 impl Gpa {
@@ -67,6 +69,7 @@ impl fmt::Display for Gfn {
 ///
 /// Ordered by size, so `Level::G1 > Level::M2 > Level::K4`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Level {
     /// A 4 KiB page (PG_LEVEL_4K).
     K4,

@@ -15,6 +15,8 @@ pub enum Errno {
     ENOMEM,
     /// Argument list or range too large.
     E2BIG,
+    /// Busy: the operation needs a quiescent state (no conversion in progress).
+    EBUSY,
 }
 
 impl Errno {
@@ -26,6 +28,7 @@ impl Errno {
             Errno::ENOENT => "ENOENT",
             Errno::ENOMEM => "ENOMEM",
             Errno::E2BIG => "E2BIG",
+            Errno::EBUSY => "EBUSY",
         }
     }
     /// The positive errno number on Linux.
@@ -36,6 +39,7 @@ impl Errno {
             Errno::ENOENT => 2,
             Errno::ENOMEM => 12,
             Errno::E2BIG => 7,
+            Errno::EBUSY => 16,
         }
     }
 }
@@ -112,6 +116,18 @@ pub enum Error {
         /// The address width in bits.
         bits: u32,
     },
+    /// A snapshot cannot be taken now: conversions are in progress (an open invalidation
+    /// window). Finish or abort them first.
+    ConversionInProgress {
+        /// How many.
+        count: usize,
+    },
+    /// A snapshot to restore is of another format version, or does not describe a state this
+    /// tracker could have reached.
+    BadSnapshot {
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The new memslot range overlaps another slot.
     SlotOverlap {
         /// The slot being set.
@@ -154,6 +170,7 @@ impl Error {
         match self {
             Error::SlotOverlap { .. } => Errno::EEXIST,
             Error::NoMemory { .. } => Errno::ENOMEM,
+            Error::ConversionInProgress { .. } => Errno::EBUSY,
             _ => Errno::EINVAL,
         }
     }
@@ -198,6 +215,11 @@ impl fmt::Display for Error {
             Error::SlotOverlap { slot, other } => {
                 write!(f, "memslot {slot} would overlap memslot {other}")
             }
+            Error::ConversionInProgress { count } => write!(
+                f,
+                "{count} conversion(s) in progress: a snapshot needs them finished or aborted"
+            ),
+            Error::BadSnapshot { why } => write!(f, "bad snapshot: {why}"),
             Error::UnknownSlot { slot } => write!(f, "memslot {slot} does not exist"),
             Error::SlotImmutable { slot, what } => {
                 write!(

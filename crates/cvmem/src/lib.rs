@@ -41,6 +41,7 @@ pub mod hypercall;
 mod lpage;
 pub mod memslot;
 pub mod mmu;
+pub mod snapshot;
 pub mod tracker;
 
 pub use addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
@@ -48,6 +49,7 @@ pub use attrs::{AttrRun, AttrStore, Probe, StoreShape, WORST_BYTES_PER_GIB};
 pub use error::{Errno, Error, Result};
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};
+pub use snapshot::{TrackerSnapshot, SNAPSHOT_VERSION};
 pub use tracker::{Access, AttrRequest, MaxLevel, MemoryFault, SlotEligibility, Tracker};
 
 /// KVM_MEMORY_ATTRIBUTE_PRIVATE: the only attribute KVM defines.

@@ -11,6 +11,7 @@ pub const MAX_SLOT_PAGES: u64 = (1 << 31) - 1;
 
 /// Flags of a memslot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SlotFlags {
     /// KVM_MEM_GUEST_MEMFD: the slot can back private memory.
     pub guest_memfd: bool,
@@ -41,6 +42,7 @@ pub const fn misaligned(base_gfn: u64, uaddr: u64, level: Level) -> bool {
 
 /// A request to create, delete, move or re-flag a memslot (KVM_SET_USER_MEMORY_REGION2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MemoryRegion {
     /// Slot id, 0 ..= [`MAX_SLOT_ID`].
     pub slot: u32,
@@ -158,6 +160,11 @@ impl Memslot {
     pub fn misaligned(&self, level: Level) -> bool {
         misaligned(self.base_gfn, self.uaddr, level)
     }
+    /// Whether any large page of `level` (2M or 1G) in the slot has GUEST_INHIBIT.
+    pub(crate) fn any_inhibited(&self, level: Level) -> bool {
+        level != Level::K4 && self.lpage(level).any_inhibited()
+    }
+
     pub(crate) fn lpage(&self, level: Level) -> &LpageInfo {
         &self.lpage[level.index() - 1]
     }

@@ -12,6 +12,7 @@ use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// The kind of a guest access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Access {
     /// A shared (unencrypted) access.
     Shared,
@@ -92,6 +93,7 @@ impl AttrRequest {
 
 /// The payload of KVM_EXIT_MEMORY_FAULT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MemoryFault {
     /// Page-aligned guest physical address.
     pub gpa: u64,
@@ -103,6 +105,7 @@ pub struct MemoryFault {
 
 /// The fault path's answer for one access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum MaxLevel {
     /// The page may be mapped, at most at this level.
     Level(Level),

@@ -58,6 +58,7 @@ pub const WORST_BYTES_PER_GIB: usize = REGION_WORST;
 
 /// A maximal run of gfns with equal attributes, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AttrRun {
     /// First gfn of the run.
     pub start: u64,
