@@ -80,6 +80,7 @@ mod error;
 mod iommu;
 mod listener;
 mod memory;
+mod observe;
 mod query;
 mod request;
 mod sys;
@@ -92,6 +93,7 @@ pub use error::{Error, Result};
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
 pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
+pub use observe::MemoryStats;
 #[cfg(feature = "mmu-model")]
 pub use query::MmuSnapshot;
 pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};

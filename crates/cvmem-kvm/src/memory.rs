@@ -19,6 +19,7 @@ use kvm_ioctls::VmFd;
 use crate::backing::{Backing, SlotMemory};
 use crate::error::{Error, Result};
 use crate::listener::{self, Cause, ConversionListener, MemoryEvent, SlotRange};
+use crate::observe::{Counters, MemoryStats};
 use crate::query::MemoryQuery;
 use crate::request::{ConversionRequest, RequestSource};
 
@@ -137,6 +138,7 @@ pub struct CvmMemory {
     notes: Mutex<Vec<String>>,
     /// Nanoseconds spent in the tracker and the MMU model (locks included), ever.
     tracking_ns: AtomicU64,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for CvmMemory {
@@ -199,6 +201,7 @@ impl CvmMemory {
             kvm_attributes,
             notes: Mutex::new(Vec::new()),
             tracking_ns: AtomicU64::new(0),
+            counters: Counters::default(),
             vm,
         };
         if mem.vm.is_some() && !kvm_attributes {
@@ -249,6 +252,11 @@ impl CvmMemory {
     /// vCPU exit gives that exit's tracking time.
     pub fn tracking_time(&self) -> Duration {
         Duration::from_nanos(self.tracking_ns.load(Ordering::Relaxed))
+    }
+
+    /// What this memory has done so far: conversions, pages, discards, refusals, rollbacks.
+    pub fn stats(&self) -> MemoryStats {
+        self.counters.read()
     }
 
     /// Runs `f`, counting its time as tracking time.
@@ -322,7 +330,13 @@ impl CvmMemory {
     pub fn set_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<Conversion> {
         let request = self
             .shared
-            .tracker(|t| t.validate_attributes(gpa, size, attributes))?;
+            .tracker(|t| t.validate_attributes(gpa, size, attributes))
+            .map_err(|e| {
+                let e = Error::from(e);
+                self.counters.failure(&e);
+                tracing::debug!(target: "cvmem_kvm", error = %e, "attribute change refused");
+                e
+            })?;
         self.convert(&ConversionRequest {
             range: request.range(),
             to: request.to(),
@@ -351,6 +365,36 @@ impl CvmMemory {
     /// stay discarded — the guest gave them up by asking. [`Error::Inconsistent`] reports the
     /// rare case where undoing failed too.
     pub fn convert(&self, req: &ConversionRequest) -> Result<Conversion> {
+        let _span = tracing::debug_span!(
+            target: "cvmem_kvm",
+            "convert",
+            gpa = req.range.start * PAGE_SIZE,
+            pages = req.range.len(),
+            to = req.to.name(),
+            source = req.source.name(),
+        )
+        .entered();
+        let result = self.convert_locked(req);
+        self.counters.conversion(&result);
+        match &result {
+            Ok(c) => {
+                tracing::debug!(target: "cvmem_kvm", changed_pages = c.changed_pages, discarded = c.discarded_bytes, "converted");
+            }
+            Err(e @ Error::Inconsistent { .. }) => {
+                tracing::error!(target: "cvmem_kvm", error = %e, "conversion failed and could not be rolled back");
+            }
+            Err(e) if crate::observe::is_refusal(e) => {
+                tracing::debug!(target: "cvmem_kvm", error = %e, "conversion refused");
+            }
+            Err(e) => {
+                tracing::warn!(target: "cvmem_kvm", error = %e, "conversion failed; rolled back");
+            }
+        }
+        result
+    }
+
+    /// What [`CvmMemory::convert`] does, without its span and counters.
+    fn convert_locked(&self, req: &ConversionRequest) -> Result<Conversion> {
         let memory = self.lock_memory();
         let mut out = Conversion::default();
         let request = AttrRequest::new(req.range, req.to)?;

@@ -173,6 +173,27 @@ impl CvmMemory {
         region: &MemoryRegion,
         new: NewMemory,
     ) -> Result<SlotChange> {
+        let result = self.apply_checked(memory, region, new);
+        match &result {
+            Ok(SlotChange::Unchanged) => {}
+            Ok(change) => {
+                self.counters.slot_change();
+                tracing::debug!(target: "cvmem_kvm", slot = region.slot, change = ?change, "memslot changed");
+            }
+            Err(e) => {
+                self.counters.failure(e);
+                tracing::debug!(target: "cvmem_kvm", slot = region.slot, error = %e, "memslot change failed");
+            }
+        }
+        result
+    }
+
+    fn apply_checked(
+        &self,
+        memory: &mut Slots,
+        region: &MemoryRegion,
+        new: NewMemory,
+    ) -> Result<SlotChange> {
         // The core's rules, without changing anything: what the request would do.
         let (probe, _) = self.timed(|| self.shared.tracker(|t| t.check_user_memory_region(region)));
         let change = probe?;

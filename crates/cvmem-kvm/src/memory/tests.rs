@@ -219,3 +219,31 @@ fn vmm_attribute_changes_follow_kvm_rules() {
     assert_eq!(map.private, vec![(0, 2 << 20)]);
     assert_eq!(map.slots[0].private_bytes, 2 << 20);
 }
+
+#[test]
+fn stats_count_conversions_refusals_and_rollbacks() {
+    let m = memory();
+    let rec = Arc::new(Recorder::default());
+    m.add_listener(rec.clone()).unwrap();
+    m.convert(&req(0, 4, true)).unwrap();
+    m.convert(&req(0, 4, true)).unwrap(); // nothing to change
+    assert!(m.set_attributes(Gpa(0x1001), 0x1000, P).is_err()); // unaligned: refused
+                                                                // The listener refuses the next event: the conversion is rolled back.
+    let next = rec.events.lock().unwrap().len();
+    rec.fail.lock().unwrap().push(next);
+    assert!(m.convert(&req(0x10000, 2, true)).is_err());
+    let s = m.stats();
+    assert_eq!(
+        (
+            s.conversions,
+            s.unchanged,
+            s.changed_pages,
+            s.refused,
+            s.rolled_back,
+            s.inconsistent
+        ),
+        (2, 1, 4, 1, 1, 0)
+    );
+    assert_eq!(s.slot_changes, 2); // the two slots of `memory()`
+    assert!(!m.query().is_private(Gpa(0x10000)));
+}
