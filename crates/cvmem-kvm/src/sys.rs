@@ -155,14 +155,33 @@ impl Mapping {
         true
     }
 
-    /// Copies `bytes` to `off`; false outside the mapping.
+    /// Copies `bytes` to `off`; false outside the mapping. Aligned quadwords are written as
+    /// such (one volatile store per 8 bytes), the unaligned head and tail byte by byte.
     pub(crate) fn write_bytes(&self, off: usize, bytes: &[u8]) -> bool {
         if !self.in_bounds(off, bytes.len()) {
             return false;
         }
-        for (i, b) in bytes.iter().enumerate() {
-            // SAFETY: in bounds of a live mapping owned by `self` (checked above).
-            unsafe { std::ptr::write_volatile((self.addr + off + i) as *mut u8, *b) };
+        let head = ((8 - (self.addr + off) % 8) % 8).min(bytes.len());
+        let (first, rest) = bytes.split_at(head);
+        let words = rest.chunks_exact(8);
+        let tail = words.remainder();
+        let byte = |at: usize, b: u8| {
+            // SAFETY: `at` is in bounds of a live mapping owned by `self` (checked above).
+            unsafe { std::ptr::write_volatile((self.addr + at) as *mut u8, b) };
+        };
+        for (i, &b) in first.iter().enumerate() {
+            byte(off + i, b);
+        }
+        let mut at = off + head;
+        for w in words {
+            let value = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
+            // SAFETY: in bounds (checked above) and 8-aligned (`head` aligned it); the memory
+            // is guest memory that no Rust reference covers.
+            unsafe { std::ptr::write_volatile((self.addr + at) as *mut u64, value) };
+            at += 8;
+        }
+        for (i, &b) in tail.iter().enumerate() {
+            byte(at + i, b);
         }
         true
     }

@@ -247,3 +247,21 @@ fn stats_count_conversions_refusals_and_rollbacks() {
     assert_eq!(s.slot_changes, 2); // the two slots of `memory()`
     assert!(!m.query().is_private(Gpa(0x10000)));
 }
+
+#[test]
+fn host_writes_land_byte_exact_at_any_alignment() {
+    let m = memory();
+    let bytes: Vec<u8> = (1..=29).collect();
+    // Starts 3 bytes into a quadword: a 5-byte head, three whole quadwords, a 0-byte tail.
+    m.write_bytes(Gpa(0x1003), &bytes).unwrap();
+    let mut seen = Vec::new();
+    for q in 0..6 {
+        seen.extend(m.read_u64(Gpa(0x1000 + q * 8)).unwrap().to_le_bytes());
+    }
+    assert_eq!(&seen[..3], &[0, 0, 0]);
+    assert_eq!(&seen[3..32], &bytes[..]);
+    assert!(seen[32..].iter().all(|&b| b == 0));
+    // Past the end of the slot: refused, nothing written.
+    assert!(m.write_bytes(Gpa((4 << 20) - 4), &[1; 8]).is_err());
+    assert_eq!(m.read_u64(Gpa((4 << 20) - 8)).unwrap(), 0);
+}
