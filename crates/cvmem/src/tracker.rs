@@ -358,6 +358,9 @@ impl Tracker {
                 self.ids
                     .try_reserve(1)
                     .map_err(|_| oom(size_of::<(u32, u64)>()))?;
+                // The attributes of a new slot are usually all set at once next (start-up):
+                // have what that needs ready.
+                self.attrs.reserve_span(new_range)?;
                 let slot = Memslot {
                     id: r.slot,
                     base_gfn,

@@ -45,8 +45,9 @@ const UNITS: u64 = GFN_END / NODE_GFNS;
 /// would have turned dense), its header in its node's vector with that vector's growth slack
 /// (an eighth), and its node's 1/512 share of a node.
 const REGION_WORST: usize = DENSE_BYTES + size_of::<Region>() * 9 / 8 + NODE_WORST.div_ceil(512);
-/// Most bytes one node costs besides its regions: itself and its key, with growth slack.
-const NODE_WORST: usize = (size_of::<Node>() + size_of::<u64>()) * 9 / 8;
+/// Most bytes one node costs besides its regions: itself and its key, with growth slack, and
+/// its table index.
+const NODE_WORST: usize = (size_of::<Node>() + size_of::<u64>()) * 9 / 8 + node::TABLE_BYTES;
 /// What the store holds whatever its contents: spare regions and nodes and small vectors.
 const FIXED_WORST: usize =
     SPARE * (size_of::<Region>() + 64 * 8 + 8 * 64) + SPARE * NODE_WORST + 3 * 64;
@@ -406,6 +407,46 @@ impl AttrStore {
         // From here on nothing allocates and nothing can fail.
         self.commit(range, v);
         Ok(true)
+    }
+
+    /// Allocates ahead what making all of `range` (a new memslot's gfns) one kind will need —
+    /// the nodes of its partial 512G units, room in the small vectors, the spare regions — so
+    /// that the conversion a VMM makes right after creating a slot (everything private, at
+    /// start-up) allocates nothing. Costs a few hundred bytes once; changes no attribute.
+    pub fn reserve_span(&mut self, range: GfnRange) -> Result<()> {
+        if range.is_empty() || range.end > GFN_END {
+            return Ok(());
+        }
+        let edge_units = [range.start / NODE_GFNS, (range.end - 1) / NODE_GFNS];
+        let partial = edge_units
+            .iter()
+            .enumerate()
+            .filter(|&(i, &u)| i == 0 || u != edge_units[0])
+            .filter(|&(_, &u)| {
+                let whole = GfnRange::new(u * NODE_GFNS, (u + 1) * NODE_GFNS);
+                let covered = range.start <= whole.start && whole.end <= range.end;
+                !covered && self.node(u).is_none()
+            })
+            .count();
+        grow(&mut self.keys, partial, usize::MAX)?;
+        grow(&mut self.nodes, partial, usize::MAX)?;
+        // The unit runs a set may add (reserve() asks for three more than it holds then).
+        grow(&mut self.private, 6, usize::MAX)?;
+        grow(&mut self.spare_vecs, SPARE, SPARE)?;
+        grow(&mut self.spare_regions, SPARE, SPARE)?;
+        while self.spare_vecs.len() < partial.min(SPARE) {
+            self.spare_vecs.push(Vec::new());
+        }
+        while self.spare_regions.len() < SPARE {
+            self.spare_regions.push(Region::new());
+        }
+        for v in &mut self.spare_vecs {
+            grow(v, 2, 512)?;
+        }
+        for r in &mut self.spare_regions {
+            r.reserve_fresh()?;
+        }
+        Ok(())
     }
 
     /// Allocates everything `commit(range, v)` may need.
