@@ -33,24 +33,36 @@ pub(super) fn get(b: &Block, i: u32) -> bool {
 }
 
 /// Sets bits `[lo, hi)` of `b` to `v`, a word at a time.
+#[inline]
 pub(super) fn fill(b: &mut Block, lo: u32, hi: u32, v: bool) {
+    fill_changed(b, lo, hi, v);
+}
+
+/// [`fill`], returning whether any bit changed (no copy of the block to compare).
+pub(super) fn fill_changed(b: &mut Block, lo: u32, hi: u32, v: bool) -> bool {
     debug_assert!(lo <= hi && hi <= PAGE_GFNS);
-    let mut i = lo;
-    while i < hi {
-        let (w, bit) = ((i / 64) as usize, i % 64);
-        let n = (hi - i).min(64 - bit);
-        let mask = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << bit
-        };
-        if v {
-            b[w] |= mask;
-        } else {
-            b[w] &= !mask;
-        }
-        i += n;
+    if lo >= hi {
+        return false;
     }
+    let (first, last) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
+    let head = u64::MAX << (lo % 64);
+    let tail = u64::MAX >> (63 - (hi - 1) % 64);
+    let mut diff = 0;
+    let mut apply = |w: &mut u64, mask: u64| {
+        let new = if v { *w | mask } else { *w & !mask };
+        diff |= new ^ *w;
+        *w = new;
+    };
+    if first == last {
+        apply(&mut b[first], head & tail);
+    } else {
+        apply(&mut b[first], head);
+        for w in &mut b[first + 1..last] {
+            apply(w, u64::MAX);
+        }
+        apply(&mut b[last], tail);
+    }
+    diff != 0
 }
 
 /// `Some(v)` when every bit of `b` is `v`.

@@ -254,9 +254,7 @@ impl Region {
             }
         }
         let mut bits = self.page(p);
-        let old = bits;
-        block::fill(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v);
-        if bits == old {
+        if !block::fill_changed(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v) {
             return Some(false);
         }
         let uniform = block::uniform(&bits).is_some();
