@@ -32,6 +32,17 @@ pub(super) fn get(b: &Block, i: u32) -> bool {
     (b[(i / 64) as usize] >> (i % 64)) & 1 != 0
 }
 
+/// Sets bit `i` of `b` to `v`.
+#[inline]
+pub(super) fn set(b: &mut Block, i: u32, v: bool) {
+    let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+    if v {
+        b[w] |= bit;
+    } else {
+        b[w] &= !bit;
+    }
+}
+
 /// Sets bits `[lo, hi)` of `b` to `v`, a word at a time.
 #[inline]
 pub(super) fn fill(b: &mut Block, lo: u32, hi: u32, v: bool) {
@@ -204,6 +215,46 @@ pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool
     (m > 0).then_some((out | u64::from(m) << COUNT_SHIFT, first ^ (off == 0)))
 }
 
+/// The inline code of a page that starts with `first` after offsets `[lo, hi)` become `v`, or
+/// `None` when the page becomes uniform or needs more than [`INLINE_MAX`] boundaries. Only the
+/// boundaries at `lo` and `hi` can appear and only those strictly inside can vanish: a pass over
+/// at most six offsets, no decoding. Returns the new code and first kind.
+pub(super) fn inline_set(code: u64, first: bool, lo: u32, hi: u32, v: bool) -> Option<(u64, bool)> {
+    debug_assert!(lo < hi && hi <= PAGE_GFNS);
+    let n = inline_count(code);
+    let before = lo > 0 && inline_get(code, first, lo - 1) != v;
+    let after = hi < PAGE_GFNS && inline_get(code, first, hi) != v;
+    let (mut out, mut m) = (0u64, 0u32);
+    let mut push = |b: u32| -> Option<()> {
+        if m == INLINE_MAX {
+            return None;
+        }
+        out |= u64::from(b) << (9 * m);
+        m += 1;
+        Some(())
+    };
+    let mut k = 0;
+    while k < n && inline_at(code, k) < lo {
+        push(inline_at(code, k))?;
+        k += 1;
+    }
+    if before {
+        push(lo)?;
+    }
+    while k < n && inline_at(code, k) <= hi {
+        k += 1;
+    }
+    if after {
+        push(hi)?;
+    }
+    while k < n {
+        push(inline_at(code, k))?;
+        k += 1;
+    }
+    let first = if lo == 0 { v } else { first };
+    (m > 0).then_some((out | u64::from(m) << COUNT_SHIFT, first))
+}
+
 /// The block an inline code stands for.
 pub(super) fn decode(code: u64, first: bool) -> Block {
     let mut b = filled(first);
@@ -275,6 +326,17 @@ mod tests {
                                 .filter(|_| uniform(&flipped).is_none())
                                 .map(|c| (c, get(&flipped, 0)));
                             assert_eq!(inline_flip(code, get(&b, 0), off), want, "flip {off}");
+                        }
+                        for &(a, z) in &cases {
+                            for v in [false, true] {
+                                let mut set = b;
+                                fill(&mut set, a, z, v);
+                                let want = encode(&set)
+                                    .filter(|_| uniform(&set).is_none())
+                                    .map(|c| (c, get(&set, 0)));
+                                let got = inline_set(code, get(&b, 0), a, z, v);
+                                assert_eq!(got, want, "set [{a}, {z}) to {v}");
+                            }
                         }
                     }
                     match encode(&b) {

@@ -208,7 +208,7 @@ impl Node {
                 match region.uniform() {
                     Some(u) => {
                         self.remove(e, spare);
-                        block::fill(&mut self.private, e, e + 1, u);
+                        block::set(&mut self.private, e, u);
                     }
                     None => region.adapt(),
                 }
@@ -220,7 +220,7 @@ impl Node {
                     region.set(sub_lo, sub_hi, v);
                     self.regions.push(region);
                     self.place(e, self.regions.len() - 1);
-                    block::fill(&mut self.present, e, e + 1, true);
+                    block::set(&mut self.present, e, true);
                 }
             }
         }
@@ -252,7 +252,7 @@ impl Node {
             }
             self.index = Index::Small(entries);
         }
-        block::fill(&mut self.present, e, e + 1, false);
+        block::set(&mut self.present, e, false);
         if !region.is_dense() {
             recycle(spare, region);
         }

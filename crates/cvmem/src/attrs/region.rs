@@ -252,6 +252,11 @@ impl Region {
             if let Some(done) = self.try_flip(p, lo % PAGE_GFNS, v) {
                 return Some(done);
             }
+        } else if self.is_mixed(p) {
+            if let Some(done) = self.try_set_inline(p, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v)
+            {
+                return Some(done);
+            }
         }
         let mut bits = self.page(p);
         if !block::fill_changed(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v) {
@@ -297,7 +302,7 @@ impl Region {
                     }
                     let (code, first) = block::inline_flip(slot, first, off)?;
                     slots[r] = code;
-                    block::fill(&mut self.first, p, p + 1, first);
+                    block::set(&mut self.first, p, first);
                     return Some(true);
                 }
             }
@@ -317,8 +322,29 @@ impl Region {
             return None;
         }
         if off == 0 {
-            block::fill(&mut self.first, p, p + 1, v);
+            block::set(&mut self.first, p, v);
         }
+        Some(true)
+    }
+
+    /// Sets offsets `[lo, hi)` of mixed page `p` to `v` by editing its inline code in place,
+    /// when it has one and keeps one. `None` (nothing changed) otherwise.
+    fn try_set_inline(&mut self, p: u32, lo: u32, hi: u32, v: bool) -> Option<bool> {
+        let r = self.rank_of(p);
+        let first = block::get(&self.first, p);
+        let Leaves::Sparse { slots, .. } = &mut self.leaves else {
+            return None;
+        };
+        let slot = slots[r];
+        if slot & BLOCK_REF != 0 {
+            return None;
+        }
+        let (code, first_now) = block::inline_set(slot, first, lo, hi, v)?;
+        if (code, first_now) == (slot, first) {
+            return Some(false);
+        }
+        slots[r] = code;
+        block::set(&mut self.first, p, first_now);
         Some(true)
     }
 
@@ -401,9 +427,9 @@ impl Region {
             },
         }
         let first = uniform.unwrap_or(bits[0] & 1 != 0);
-        block::fill(&mut self.first, p, p + 1, first);
+        block::set(&mut self.first, p, first);
         if was_mixed == uniform.is_some() {
-            block::fill(&mut self.mixed, p, p + 1, uniform.is_none());
+            block::set(&mut self.mixed, p, uniform.is_none());
             self.update_rank();
         }
     }
