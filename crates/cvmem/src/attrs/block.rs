@@ -76,12 +76,18 @@ pub(super) fn fill_changed(b: &mut Block, lo: u32, hi: u32, v: bool) -> bool {
     diff != 0
 }
 
+/// Whether no bit of `b` is set (an OR of the words: no call to `memcmp`).
+#[inline]
+pub(super) fn is_clear(b: &Block) -> bool {
+    b.iter().fold(0, |acc, &w| acc | w) == 0
+}
+
 /// `Some(v)` when every bit of `b` is `v`.
 #[inline]
 pub(super) fn uniform(b: &Block) -> Option<bool> {
-    if b.iter().all(|&w| w == 0) {
+    if is_clear(b) {
         Some(false)
-    } else if b.iter().all(|&w| w == u64::MAX) {
+    } else if b.iter().fold(u64::MAX, |acc, &w| acc & w) == u64::MAX {
         Some(true)
     } else {
         None

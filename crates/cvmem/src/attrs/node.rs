@@ -180,7 +180,7 @@ impl Node {
 
     /// `Some(v)` when every gfn of the node is `v`.
     pub(super) fn uniform(&self) -> Option<bool> {
-        if self.present != [0; 8] {
+        if !block::is_clear(&self.present) {
             return None;
         }
         block::uniform(&self.private)

@@ -209,7 +209,7 @@ impl Region {
 
     /// `Some(v)` when every gfn of the region is `v`.
     pub(super) fn uniform(&self) -> Option<bool> {
-        if self.mixed != [0; 8] {
+        if !block::is_clear(&self.mixed) {
             return None;
         }
         block::uniform(&self.first)
@@ -607,7 +607,7 @@ fn free_block(slots: &mut [u64], blocks: &mut Vec<Block>, idx: usize) {
 fn compact(slots: &mut [u64], blocks: &mut Vec<Block>) {
     let mut i = 0;
     while i < blocks.len() {
-        if blocks[i] == [0; 8] {
+        if block::is_clear(&blocks[i]) {
             free_block(slots, blocks, i);
         } else {
             i += 1;
