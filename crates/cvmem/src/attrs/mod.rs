@@ -386,18 +386,21 @@ impl AttrStore {
             });
         }
         let v = attributes != 0;
-        if range.start / 512 == (range.end - 1) / 512 {
-            // Inside one 2M page, the common conversion: inside an existing region it needs no
-            // memory and no second look.
+        if range.start >> 18 == (range.end - 1) >> 18 {
+            // Inside one 1G entry of an existing node, the common conversion: the node's own
+            // update, without the store-wide walks.
             let unit = range.start / NODE_GFNS;
             let i = self.keys.partition_point(|&k| k < unit);
             if self.keys.get(i) == Some(&unit) {
                 let base = unit * NODE_GFNS;
-                let node = &mut self.nodes[i];
-                if let Some(changed) = node.try_set_in_page(range.start - base, range.end - base, v)
-                {
-                    return Ok(changed);
+                let (lo, hi) = (range.start - base, range.end - base);
+                if range.start / 512 == (range.end - 1) / 512 {
+                    // Inside one 2M page of an existing region: no memory, no second look.
+                    if let Some(changed) = self.nodes[i].try_set_in_page(lo, hi, v) {
+                        return Ok(changed);
+                    }
                 }
+                return self.set_in_entry(i, lo, hi, v);
             }
         }
         if self.uniform(range) == Some(attributes) {
@@ -406,6 +409,36 @@ impl AttrStore {
         self.reserve(range, v)?;
         // From here on nothing allocates and nothing can fail.
         self.commit(range, v);
+        Ok(true)
+    }
+
+    /// Sets offsets `[lo, hi)` of node `i`, inside one 1G entry, to `v`: the node's reserve
+    /// (with at most one fresh region, taken from the spares) and set, then the node dropped if
+    /// it became uniform. Allocates before it changes anything.
+    fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
+        if self.nodes[i].find(lo, v).is_none_or(|o| o >= hi) {
+            return Ok(false);
+        }
+        let fresh = self.nodes[i].reserve(lo, hi, v)?;
+        grow(&mut self.spare_regions, fresh, SPARE)?;
+        while self.spare_regions.len() < fresh {
+            self.spare_regions.push(Region::new());
+        }
+        let spares = self.spare_regions.len();
+        for r in &mut self.spare_regions[spares - fresh..] {
+            r.reserve_fresh()?;
+        }
+        grow(&mut self.private, 1, usize::MAX)?;
+        // From here on nothing allocates and nothing can fail.
+        let node = &mut self.nodes[i];
+        node.set(lo, hi, v, &mut self.spare_regions);
+        if let Some(u) = node.uniform() {
+            let unit = self.keys.remove(i);
+            recycle(&mut self.spare_vecs, self.nodes.remove(i).into_regions());
+            if u {
+                runs_set(&mut self.private, unit, unit + 1, true);
+            }
+        }
         Ok(true)
     }
 
