@@ -155,20 +155,7 @@ impl Tracker {
             }
             t.set_range_attributes(GfnRange::new(r.start, r.end), r.attributes)?;
         }
-        for i in &snapshot.inhibited {
-            // Accepting at the level below sets the inhibit of `i.level` (and of the levels
-            // above it, corrected below if the snapshot does not have them).
-            let below = match i.level {
-                Level::G1 => Level::M2,
-                _ => Level::K4,
-            };
-            t.set_guest_inhibit(Gfn(i.gfn), below)?;
-        }
-        for s in t.snapshot().inhibited {
-            if !snapshot.inhibited.contains(&s) {
-                t.clear_guest_inhibit(Gfn(s.gfn), s.level);
-            }
-        }
+        t.restore_inhibits(&snapshot.inhibited)?;
         if t.snapshot() != *snapshot {
             return Err(Error::BadSnapshot {
                 why: "it does not describe a state a tracker can be in (unsorted, overlapping \
@@ -176,6 +163,30 @@ impl Tracker {
             });
         }
         Ok(t)
+    }
+}
+
+impl Tracker {
+    /// Gives the large pages of `records` GUEST_INHIBIT, and clears it from those it leaves
+    /// out: afterwards [`Tracker::snapshot`]'s `inhibited` is `records` (those inside
+    /// memslots). Returns whether a bit changed.
+    pub fn restore_inhibits(&mut self, records: &[InhibitRecord]) -> Result<bool> {
+        let mut changed = false;
+        for i in records {
+            // Accepting at the level below sets the inhibit of `i.level` (and of the levels
+            // above it, corrected below where `records` does not have them).
+            let below = match i.level {
+                Level::G1 => Level::M2,
+                _ => Level::K4,
+            };
+            changed |= self.set_guest_inhibit(Gfn(i.gfn), below)?;
+        }
+        for s in self.snapshot().inhibited {
+            if !records.contains(&s) {
+                changed |= self.clear_guest_inhibit(Gfn(s.gfn), s.level);
+            }
+        }
+        Ok(changed)
     }
 }
 

@@ -4,7 +4,7 @@
 //! them — KVM's attributes, discards and listeners included, as if the guest had asked.
 
 use cvmem::snapshot::InhibitRecord;
-use cvmem::{Gfn, GfnRange, Gpa, Level, TrackerSnapshot, PAGE_SIZE};
+use cvmem::{GfnRange, Gpa, TrackerSnapshot, PAGE_SIZE};
 
 use super::CvmMemory;
 use crate::error::Result;
@@ -59,40 +59,19 @@ impl CvmMemory {
     }
 
     fn restore_inhibits(&self, inhibited: &[InhibitRecord]) -> Result<()> {
-        for i in inhibited {
-            let below = match i.level {
-                Level::G1 => Level::M2,
-                _ => Level::K4,
-            };
-            let range = GfnRange::new(
-                Level::G1.align_down(i.gfn),
-                Level::G1.align_down(i.gfn) + Level::G1.pages(),
-            );
-            self.shared.tracker.update(
-                range,
-                |_| {},
-                |t| match t.set_guest_inhibit(Gfn(i.gfn), below) {
+        // A one-time step of a restore: one invalidation of the whole space.
+        let everything = GfnRange::new(0, cvmem::GFN_END);
+        self.shared.tracker.update(
+            everything,
+            |_| {},
+            |t| {
+                match t.restore_inhibits(inhibited) {
                     Ok(changed) => (changed, Ok(())),
-                    Err(e) => (false, Err(e)),
-                },
-            )?;
-        }
-        // A 2M inhibit set its 1G page's too: clear the ones the snapshot does not have.
-        let extra: Vec<InhibitRecord> = self.shared.tracker(|t| {
-            t.snapshot()
-                .inhibited
-                .into_iter()
-                .filter(|r| !inhibited.contains(r))
-                .collect()
-        });
-        for r in extra {
-            let range = GfnRange::new(r.gfn, r.gfn + r.level.pages());
-            self.shared.tracker.update(
-                range,
-                |_| {},
-                |t| (t.clear_guest_inhibit(Gfn(r.gfn), r.level), ()),
-            );
-        }
+                    // Records before the failing one may be applied: publish what both copies hold.
+                    Err(e) => (true, Err(e)),
+                }
+            },
+        )?;
         Ok(())
     }
 }

@@ -170,6 +170,32 @@ pub(super) fn inline_get(code: u64, first: bool, off: u32) -> bool {
     v
 }
 
+/// Builds an inline code from ascending boundaries; `None` past [`INLINE_MAX`].
+struct InlineCode {
+    code: u64,
+    count: u32,
+}
+
+impl InlineCode {
+    const fn new() -> Self {
+        InlineCode { code: 0, count: 0 }
+    }
+
+    fn push(&mut self, at: u32) -> Option<()> {
+        if self.count == INLINE_MAX {
+            return None;
+        }
+        self.code |= u64::from(at) << (9 * self.count);
+        self.count += 1;
+        Some(())
+    }
+
+    /// The code, or `None` for no boundaries (a uniform page).
+    fn finish(self) -> Option<u64> {
+        (self.count > 0).then_some(self.code | u64::from(self.count) << COUNT_SHIFT)
+    }
+}
+
 /// The inline code of a page that starts with `first` after gfn `off` flips, or `None` when the
 /// page becomes uniform or needs more than [`INLINE_MAX`] boundaries. A flip changes only the
 /// boundaries at `off` and `off + 1` (and the first kind when `off` is 0): a merge of two short
@@ -177,16 +203,8 @@ pub(super) fn inline_get(code: u64, first: bool, off: u32) -> bool {
 pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool)> {
     let n = inline_count(code);
     let toggles = [off, off + 1];
-    let (mut out, mut m) = (0u64, 0u32);
+    let mut out = InlineCode::new();
     let (mut i, mut t) = (0u32, 0usize);
-    let mut push = |b: u32| -> Option<()> {
-        if m == INLINE_MAX {
-            return None;
-        }
-        out |= u64::from(b) << (9 * m);
-        m += 1;
-        Some(())
-    };
     loop {
         // Toggles outside 1..512 are not boundaries.
         while t < 2 && !(1..PAGE_GFNS).contains(&toggles[t]) {
@@ -195,20 +213,20 @@ pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool
         match (i < n, t < 2) {
             (false, false) => break,
             (true, false) => {
-                push(inline_at(code, i))?;
+                out.push(inline_at(code, i))?;
                 i += 1;
             }
             (false, true) => {
-                push(toggles[t])?;
+                out.push(toggles[t])?;
                 t += 1;
             }
             (true, true) => {
                 let (b, x) = (inline_at(code, i), toggles[t]);
                 if b < x {
-                    push(b)?;
+                    out.push(b)?;
                     i += 1;
                 } else if x < b {
-                    push(x)?;
+                    out.push(x)?;
                     t += 1;
                 } else {
                     // In both: the boundary disappears.
@@ -218,7 +236,7 @@ pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool
             }
         }
     }
-    (m > 0).then_some((out | u64::from(m) << COUNT_SHIFT, first ^ (off == 0)))
+    Some((out.finish()?, first ^ (off == 0)))
 }
 
 /// The inline code of a page that starts with `first` after offsets `[lo, hi)` become `v`, or
@@ -230,35 +248,26 @@ pub(super) fn inline_set(code: u64, first: bool, lo: u32, hi: u32, v: bool) -> O
     let n = inline_count(code);
     let before = lo > 0 && inline_get(code, first, lo - 1) != v;
     let after = hi < PAGE_GFNS && inline_get(code, first, hi) != v;
-    let (mut out, mut m) = (0u64, 0u32);
-    let mut push = |b: u32| -> Option<()> {
-        if m == INLINE_MAX {
-            return None;
-        }
-        out |= u64::from(b) << (9 * m);
-        m += 1;
-        Some(())
-    };
+    let mut out = InlineCode::new();
     let mut k = 0;
     while k < n && inline_at(code, k) < lo {
-        push(inline_at(code, k))?;
+        out.push(inline_at(code, k))?;
         k += 1;
     }
     if before {
-        push(lo)?;
+        out.push(lo)?;
     }
     while k < n && inline_at(code, k) <= hi {
         k += 1;
     }
     if after {
-        push(hi)?;
+        out.push(hi)?;
     }
     while k < n {
-        push(inline_at(code, k))?;
+        out.push(inline_at(code, k))?;
         k += 1;
     }
-    let first = if lo == 0 { v } else { first };
-    (m > 0).then_some((out | u64::from(m) << COUNT_SHIFT, first))
+    Some((out.finish()?, if lo == 0 { v } else { first }))
 }
 
 /// The block an inline code stands for.

@@ -420,26 +420,44 @@ impl AttrStore {
             return Ok(false);
         }
         let fresh = self.nodes[i].reserve(lo, hi, v)?;
-        grow(&mut self.spare_regions, fresh, SPARE)?;
-        while self.spare_regions.len() < fresh {
-            self.spare_regions.push(Region::new());
-        }
-        let spares = self.spare_regions.len();
-        for r in &mut self.spare_regions[spares - fresh..] {
-            r.reserve_fresh()?;
-        }
+        self.ready_spares(0, fresh)?;
         grow(&mut self.private, 1, usize::MAX)?;
         // From here on nothing allocates and nothing can fail.
-        let node = &mut self.nodes[i];
-        node.set(lo, hi, v, &mut self.spare_regions);
-        if let Some(u) = node.uniform() {
+        self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+        self.drop_if_uniform(i);
+        Ok(true)
+    }
+
+    /// Makes the spares that the next `vecs` node and `regions` region creations pop (from the
+    /// end) present and able to take a fresh range without allocating.
+    fn ready_spares(&mut self, vecs: usize, regions: usize) -> Result<()> {
+        grow(&mut self.spare_vecs, vecs, SPARE)?;
+        grow(&mut self.spare_regions, regions, SPARE)?;
+        while self.spare_vecs.len() < vecs {
+            self.spare_vecs.push(Vec::new());
+        }
+        while self.spare_regions.len() < regions {
+            self.spare_regions.push(Region::new());
+        }
+        let (nv, nr) = (self.spare_vecs.len(), self.spare_regions.len());
+        for v in &mut self.spare_vecs[nv - vecs..] {
+            grow(v, 2, 512)?;
+        }
+        for r in &mut self.spare_regions[nr - regions..] {
+            r.reserve_fresh()?;
+        }
+        Ok(())
+    }
+
+    /// Drops node `i` if it became uniform; an all-private unit becomes a run.
+    fn drop_if_uniform(&mut self, i: usize) {
+        if let Some(u) = self.nodes[i].uniform() {
             let unit = self.keys.remove(i);
             recycle(&mut self.spare_vecs, self.nodes.remove(i).into_regions());
             if u {
                 runs_set(&mut self.private, unit, unit + 1, true);
             }
         }
-        Ok(true)
     }
 
     /// Allocates ahead what making all of `range` (a new memslot's gfns) one kind will need —
@@ -465,21 +483,7 @@ impl AttrStore {
         grow(&mut self.nodes, partial, usize::MAX)?;
         // The unit runs a set may add (reserve() asks for three more than it holds then).
         grow(&mut self.private, 6, usize::MAX)?;
-        grow(&mut self.spare_vecs, SPARE, SPARE)?;
-        grow(&mut self.spare_regions, SPARE, SPARE)?;
-        while self.spare_vecs.len() < partial.min(SPARE) {
-            self.spare_vecs.push(Vec::new());
-        }
-        while self.spare_regions.len() < SPARE {
-            self.spare_regions.push(Region::new());
-        }
-        for v in &mut self.spare_vecs {
-            grow(v, 2, 512)?;
-        }
-        for r in &mut self.spare_regions {
-            r.reserve_fresh()?;
-        }
-        Ok(())
+        self.ready_spares(partial, SPARE)
     }
 
     /// Allocates everything `commit(range, v)` may need.
@@ -497,21 +501,7 @@ impl AttrStore {
         grow(&mut self.keys, fresh_nodes, usize::MAX)?;
         grow(&mut self.nodes, fresh_nodes, usize::MAX)?;
         grow(&mut self.private, 3, usize::MAX)?;
-        grow(&mut self.spare_vecs, fresh_nodes, SPARE)?;
-        grow(&mut self.spare_regions, fresh_regions, SPARE)?;
-        while self.spare_vecs.len() < fresh_nodes {
-            self.spare_vecs.push(Vec::new());
-        }
-        while self.spare_regions.len() < fresh_regions {
-            self.spare_regions.push(Region::new());
-        }
-        for v in &mut self.spare_vecs[..fresh_nodes] {
-            grow(v, 2, 512)?;
-        }
-        for r in &mut self.spare_regions[..fresh_regions] {
-            r.reserve_fresh()?;
-        }
-        Ok(())
+        self.ready_spares(fresh_nodes, fresh_regions)
     }
 
     fn commit(&mut self, range: GfnRange, v: bool) {
@@ -530,15 +520,8 @@ impl AttrStore {
         for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
             let i = self.keys.partition_point(|&k| k < unit);
             if self.keys.get(i) == Some(&unit) {
-                let node = &mut self.nodes[i];
-                node.set(lo, hi, v, &mut self.spare_regions);
-                if let Some(u) = node.uniform() {
-                    self.keys.remove(i);
-                    recycle(&mut self.spare_vecs, self.nodes.remove(i).into_regions());
-                    if u {
-                        runs_set(&mut self.private, unit, unit + 1, true);
-                    }
-                }
+                self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+                self.drop_if_uniform(i);
             } else {
                 let u = runs_contain(&self.private, unit);
                 if u != v {
