@@ -190,59 +190,17 @@ impl InlineCode {
         Some(())
     }
 
-    /// The code, or `None` for no boundaries (a uniform page).
-    fn finish(self) -> Option<u64> {
-        (self.count > 0).then_some(self.code | u64::from(self.count) << COUNT_SHIFT)
+    /// The code; with no boundaries it stands for a uniform page.
+    fn finish(self) -> u64 {
+        self.code | u64::from(self.count) << COUNT_SHIFT
     }
-}
-
-/// The inline code of a page that starts with `first` after gfn `off` flips, or `None` when the
-/// page becomes uniform or needs more than [`INLINE_MAX`] boundaries. A flip changes only the
-/// boundaries at `off` and `off + 1` (and the first kind when `off` is 0): a merge of two short
-/// sorted lists, no decoding. Returns the new code and first kind.
-pub(super) fn inline_flip(code: u64, first: bool, off: u32) -> Option<(u64, bool)> {
-    let n = inline_count(code);
-    let toggles = [off, off + 1];
-    let mut out = InlineCode::new();
-    let (mut i, mut t) = (0u32, 0usize);
-    loop {
-        // Toggles outside 1..512 are not boundaries.
-        while t < 2 && !(1..PAGE_GFNS).contains(&toggles[t]) {
-            t += 1;
-        }
-        match (i < n, t < 2) {
-            (false, false) => break,
-            (true, false) => {
-                out.push(inline_at(code, i))?;
-                i += 1;
-            }
-            (false, true) => {
-                out.push(toggles[t])?;
-                t += 1;
-            }
-            (true, true) => {
-                let (b, x) = (inline_at(code, i), toggles[t]);
-                if b < x {
-                    out.push(b)?;
-                    i += 1;
-                } else if x < b {
-                    out.push(x)?;
-                    t += 1;
-                } else {
-                    // In both: the boundary disappears.
-                    i += 1;
-                    t += 1;
-                }
-            }
-        }
-    }
-    Some((out.finish()?, first ^ (off == 0)))
 }
 
 /// The inline code of a page that starts with `first` after offsets `[lo, hi)` become `v`, or
-/// `None` when the page becomes uniform or needs more than [`INLINE_MAX`] boundaries. Only the
-/// boundaries at `lo` and `hi` can appear and only those strictly inside can vanish: a pass over
-/// at most six offsets, no decoding. Returns the new code and first kind.
+/// `None` when the page needs more than [`INLINE_MAX`] boundaries. A code of no boundaries (a
+/// uniform page) is valid both ways: the result has none when the page becomes uniform. Only
+/// the boundaries at `lo` and `hi` can appear and only those strictly inside can vanish: a pass
+/// over at most six offsets, no decoding. Returns the new code and first kind.
 pub(super) fn inline_set(code: u64, first: bool, lo: u32, hi: u32, v: bool) -> Option<(u64, bool)> {
     debug_assert!(lo < hi && hi <= PAGE_GFNS);
     let n = inline_count(code);
@@ -267,7 +225,7 @@ pub(super) fn inline_set(code: u64, first: bool, lo: u32, hi: u32, v: bool) -> O
         out.push(inline_at(code, k))?;
         k += 1;
     }
-    Some((out.finish()?, if lo == 0 { v } else { first }))
+    Some((out.finish(), if lo == 0 { v } else { first }))
 }
 
 /// The block an inline code stands for.
@@ -334,21 +292,11 @@ mod tests {
                         }
                     }
                     if let Some(code) = encode(&b) {
-                        for off in [0, 1, 63, 64, 200, 510, 511] {
-                            let mut flipped = b;
-                            fill(&mut flipped, off, off + 1, !get(&b, off));
-                            let want = encode(&flipped)
-                                .filter(|_| uniform(&flipped).is_none())
-                                .map(|c| (c, get(&flipped, 0)));
-                            assert_eq!(inline_flip(code, get(&b, 0), off), want, "flip {off}");
-                        }
                         for &(a, z) in &cases {
                             for v in [false, true] {
                                 let mut set = b;
                                 fill(&mut set, a, z, v);
-                                let want = encode(&set)
-                                    .filter(|_| uniform(&set).is_none())
-                                    .map(|c| (c, get(&set, 0)));
+                                let want = encode(&set).map(|c| (c, get(&set, 0)));
                                 let got = inline_set(code, get(&b, 0), a, z, v);
                                 assert_eq!(got, want, "set [{a}, {z}) to {v}");
                             }

@@ -393,14 +393,7 @@ impl AttrStore {
             let i = self.keys.partition_point(|&k| k < unit);
             if self.keys.get(i) == Some(&unit) {
                 let base = unit * NODE_GFNS;
-                let (lo, hi) = (range.start - base, range.end - base);
-                if range.start / 512 == (range.end - 1) / 512 {
-                    // Inside one 2M page of an existing region: no memory, no second look.
-                    if let Some(changed) = self.nodes[i].try_set_in_page(lo, hi, v) {
-                        return Ok(changed);
-                    }
-                }
-                return self.set_in_entry(i, lo, hi, v);
+                return self.set_in_entry(i, range.start - base, range.end - base, v);
             }
         }
         if self.uniform(range) == Some(attributes) {
@@ -416,16 +409,24 @@ impl AttrStore {
     /// (with at most one fresh region, taken from the spares) and set, then the node dropped if
     /// it became uniform. Allocates before it changes anything.
     fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
-        if self.nodes[i].find(lo, v).is_none_or(|o| o >= hi) {
-            return Ok(false);
-        }
-        let fresh = self.nodes[i].reserve(lo, hi, v)?;
-        self.ready_spares(0, fresh)?;
+        // A node turning all-private becomes a unit run.
         grow(&mut self.private, 1, usize::MAX)?;
-        // From here on nothing allocates and nothing can fail.
-        self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
-        self.drop_if_uniform(i);
-        Ok(true)
+        let node = &mut self.nodes[i];
+        let changed = match node.update_in_region(lo, hi, v, &mut self.spare_regions)? {
+            Some(changed) => changed,
+            None if node.find(lo, v).is_none_or(|o| o >= hi) => false,
+            None => {
+                let fresh = node.reserve(lo, hi, v)?;
+                self.ready_spares(0, fresh)?;
+                // From here on nothing allocates and nothing can fail.
+                self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+                true
+            }
+        };
+        if changed {
+            self.drop_if_uniform(i);
+        }
+        Ok(changed)
     }
 
     /// Makes the spares that the next `vecs` node and `regions` region creations pop (from the

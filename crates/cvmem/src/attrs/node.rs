@@ -125,7 +125,9 @@ impl Node {
             let e = e as u32;
             if self.present(e) {
                 let i = self.slot(e);
-                self.regions[i].reserve(a as u32, b as u32, v)?;
+                let region = &mut self.regions[i];
+                let plan = region.plan(a as u32, b as u32, v);
+                region.reserve(&plan)?;
             } else if block::get(&self.private, e) != v {
                 fresh += 1;
             }
@@ -203,15 +205,8 @@ impl Node {
             let (e, sub_lo, sub_hi) = (e as u32, sub_lo as u32, sub_hi as u32);
             if self.present(e) {
                 let i = self.slot(e);
-                let region = &mut self.regions[i];
-                region.set(sub_lo, sub_hi, v);
-                match region.uniform() {
-                    Some(u) => {
-                        self.remove(e, spare);
-                        block::set(&mut self.private, e, u);
-                    }
-                    None => region.adapt(),
-                }
+                self.regions[i].set(sub_lo, sub_hi, v);
+                self.settle(e, i, spare);
             } else {
                 let u = block::get(&self.private, e);
                 if u != v {
@@ -226,15 +221,39 @@ impl Node {
         }
     }
 
-    /// [`Region::try_set_in_page`] on the region holding `[lo, hi)` (inside one 2M page).
-    pub(super) fn try_set_in_page(&mut self, lo: u64, hi: u64, v: bool) -> Option<bool> {
+    /// Sets offsets `[lo, hi)`, inside one 1G entry, to `v` when that entry has a region: the
+    /// region's own update, allocating first what it needs (on `NoMemory` nothing changed),
+    /// then the region dropped if it became uniform. `Ok(None)` when the entry has no region.
+    pub(super) fn update_in_region(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        v: bool,
+        spare: &mut Vec<Region>,
+    ) -> Result<Option<bool>> {
         let e = (lo / ENTRY_GFNS) as u32;
         if !self.present(e) {
-            return None;
+            return Ok(None);
         }
         let i = self.slot(e);
         let base = u64::from(e) * ENTRY_GFNS;
-        self.regions[i].try_set_in_page((lo - base) as u32, (hi - base) as u32, v)
+        if !self.regions[i].update((lo - base) as u32, (hi - base) as u32, v)? {
+            return Ok(Some(false));
+        }
+        self.settle(e, i, spare);
+        Ok(Some(true))
+    }
+
+    /// After a change to region `i` (entry `e`): dropped if it became uniform, else given the
+    /// form that fits it.
+    fn settle(&mut self, e: u32, i: usize, spare: &mut Vec<Region>) {
+        match self.regions[i].uniform() {
+            Some(u) => {
+                self.remove(e, spare);
+                block::set(&mut self.private, e, u);
+            }
+            None => self.regions[i].adapt(),
+        }
     }
 
     /// Drops the region of entry `e` (its kind bit is the caller's to set).

@@ -40,6 +40,29 @@ pub(super) struct Region {
     leaves: Leaves,
 }
 
+/// What a set does to a region: see [`Region::plan`].
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    /// Whole 2M pages `[a, b)` that become `v`.
+    full: (u32, u32),
+    v: bool,
+    /// The partly covered 2M pages and their new contents.
+    edges: [Option<(u32, Edit)>; 2],
+}
+
+/// The new contents of one 2M page.
+#[derive(Clone, Debug)]
+enum Edit {
+    /// Unchanged.
+    Same,
+    /// All of one kind.
+    Uniform(bool),
+    /// An inline code and the first gfn's kind.
+    Inline(u64, bool),
+    /// Bits, kept in a block.
+    Bits(Block),
+}
+
 #[derive(Clone, Debug)]
 enum Leaves {
     /// One slot per mixed page, in page order; blocks in no order.
@@ -94,22 +117,90 @@ impl Region {
         Ok(())
     }
 
-    /// Makes sure [`Region::set`] of `[lo, hi)` to `v` completes without allocating: exactly
-    /// the slots and blocks its (at most two) partly covered 2M pages will need, so that no
-    /// region carries room for blocks it never holds.
-    pub(super) fn reserve(&mut self, lo: u32, hi: u32, v: bool) -> Result<()> {
-        let (mut new_slots, mut new_blocks) = (0, 0);
-        for (p, a, b) in super::edges(u64::from(lo), u64::from(hi), u64::from(PAGE_GFNS)) {
-            let p = p as u32;
-            let mut bits = self.page(p);
-            block::fill(&mut bits, a as u32, b as u32, v);
-            if block::uniform(&bits).is_none() {
-                new_slots += usize::from(!self.is_mixed(p));
-                if block::boundaries(&bits) > INLINE_MAX {
-                    new_blocks += 1;
-                }
-            }
+    /// What setting `[lo, hi)` to `v` does: whole 2M pages made uniform and the new contents of
+    /// the (at most two) partly covered ones, worked out from the masks and inline codes
+    /// without decoding a page unless it is a block or outgrows the inline form.
+    pub(super) fn plan(&self, lo: u32, hi: u32, v: bool) -> Plan {
+        debug_assert!(lo < hi && hi <= REGION_GFNS);
+        let mut edges = [None, None];
+        let pages = super::edges(u64::from(lo), u64::from(hi), u64::from(PAGE_GFNS));
+        for (slot, (p, a, b)) in edges.iter_mut().zip(pages) {
+            *slot = Some((p as u32, self.edit(p as u32, a as u32, b as u32, v)));
         }
+        Plan {
+            full: (lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS),
+            v,
+            edges,
+        }
+    }
+
+    /// The new contents of 2M page `p` once offsets `[a, b)` in it are `v`.
+    fn edit(&self, p: u32, a: u32, b: u32, v: bool) -> Edit {
+        let first = block::get(&self.first, p);
+        // A uniform page is an inline code of no boundaries.
+        let code = if self.is_mixed(p) {
+            self.inline_code(p)
+        } else {
+            Some(0)
+        };
+        if let Some(code) = code {
+            return match block::inline_set(code, first, a, b, v) {
+                Some(new) if new == (code, first) => Edit::Same,
+                Some((c, f)) if block::inline_count(c) == 0 => Edit::Uniform(f),
+                Some((c, f)) => Edit::Inline(c, f),
+                None => {
+                    let mut bits = block::decode(code, first);
+                    block::fill(&mut bits, a, b, v);
+                    Edit::Bits(bits)
+                }
+            };
+        }
+        let mut bits = self.page(p);
+        if !block::fill_changed(&mut bits, a, b, v) {
+            return Edit::Same;
+        }
+        match block::uniform(&bits) {
+            Some(u) => Edit::Uniform(u),
+            // A block goes back inline only at few boundaries (hysteresis); a dense page stays.
+            None if !self.is_dense() && block::boundaries(&bits) <= INLINE_BACK => {
+                let code = block::encode(&bits).expect("few boundaries fit inline");
+                Edit::Inline(code, bits[0] & 1 != 0)
+            }
+            None => Edit::Bits(bits),
+        }
+    }
+
+    /// The inline code of mixed page `p`, if it is stored inline.
+    fn inline_code(&self, p: u32) -> Option<u64> {
+        match &self.leaves {
+            Leaves::Sparse { slots, .. } => {
+                let slot = slots[self.rank_of(p)];
+                (slot & BLOCK_REF == 0).then_some(slot)
+            }
+            Leaves::Dense(_) => None,
+        }
+    }
+
+    /// The slots and blocks carrying out `plan` adds (sparse form).
+    fn additions(&self, plan: &Plan) -> (usize, usize) {
+        let (mut new_slots, mut new_blocks) = (0, 0);
+        for (p, edit) in plan.edges.iter().flatten() {
+            let bits = match edit {
+                Edit::Same | Edit::Uniform(_) => continue,
+                Edit::Inline(..) => false,
+                Edit::Bits(_) => true,
+            };
+            new_slots += usize::from(!self.is_mixed(*p));
+            new_blocks += usize::from(bits && !self.is_block(*p));
+        }
+        (new_slots, new_blocks)
+    }
+
+    /// Makes sure [`Region::apply`] of `plan` completes without allocating: exactly the slots
+    /// and blocks its edge pages will need, so that no region carries room for blocks it never
+    /// holds.
+    pub(super) fn reserve(&mut self, plan: &Plan) -> Result<()> {
+        let (new_slots, new_blocks) = self.additions(plan);
         if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
             // A few spare slots (8 bytes each) keep later flips on the fast path.
             if new_slots > 0 {
@@ -215,97 +306,62 @@ impl Region {
         block::uniform(&self.first)
     }
 
-    /// Sets gfns `[lo, hi)` (offsets in the region) to `v`. Needs [`Region::reserve`] first;
-    /// never allocates.
-    pub(super) fn set(&mut self, lo: u32, hi: u32, v: bool) {
-        debug_assert!(lo < hi && hi <= REGION_GFNS);
-        let (full_lo, full_hi) = (lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS);
-        if full_lo < full_hi {
-            self.set_pages(full_lo, full_hi, v);
+    /// Carries out `plan` (made on the region as it is). Needs [`Region::reserve`] of it
+    /// first; never allocates.
+    pub(super) fn apply(&mut self, plan: &Plan) {
+        let (a, b) = plan.full;
+        if a < b {
+            self.set_pages(a, b, plan.v);
         }
-        let (p0, p1) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
-        let edges = [Some(p0), (p1 != p0).then_some(p1)];
-        for p in edges.into_iter().flatten() {
-            if (full_lo..full_hi).contains(&p) {
-                continue;
-            }
-            let base = p * PAGE_GFNS;
-            let mut bits = self.page(p);
-            block::fill(
-                &mut bits,
-                lo.max(base) - base,
-                hi.min(base + PAGE_GFNS) - base,
-                v,
-            );
-            self.store(p, &bits);
+        for (p, edit) in plan.edges.iter().flatten() {
+            self.put(*p, edit);
         }
     }
 
-    /// Sets offsets `[lo, hi)`, inside one 2M page, to `v` if that needs no memory and cannot
-    /// leave the region uniform: a small conversion is one decode, a fill and a store, a 4K flip
-    /// inside a mixed page a bit write plus a uniformity check. `Some(changed)` when done,
-    /// `None` (nothing changed) when the caller must take the general path.
-    pub(super) fn try_set_in_page(&mut self, lo: u32, hi: u32, v: bool) -> Option<bool> {
+    /// Sets gfns `[lo, hi)` (offsets in the region) to `v`, allocating first what that needs
+    /// (on `NoMemory` nothing changed): a flip inside a block is a bit write, anything else
+    /// its plan carried out. Returns whether any gfn changed.
+    pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<bool> {
         let p = lo / PAGE_GFNS;
-        debug_assert!(lo < hi && (hi - 1) / PAGE_GFNS == p);
-        if hi == lo + 1 && self.is_mixed(p) {
+        if hi == lo + 1 && self.is_mixed(p) && self.inline_code(p).is_none() {
             if let Some(done) = self.try_flip(p, lo % PAGE_GFNS, v) {
-                return Some(done);
-            }
-        } else if self.is_mixed(p) {
-            if let Some(done) = self.try_set_inline(p, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v)
-            {
-                return Some(done);
+                return Ok(done);
             }
         }
-        let mut bits = self.page(p);
-        if !block::fill_changed(&mut bits, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1, v) {
-            return Some(false);
+        let plan = self.plan(lo, hi, v);
+        if !self.changes(&plan) {
+            return Ok(false);
         }
-        let uniform = block::uniform(&bits).is_some();
-        if let Leaves::Sparse { slots, blocks } = &self.leaves {
-            // Room for what this store adds: a slot for a newly mixed page, a block for a page
-            // going past the inline form.
-            let new_slot = !uniform && !self.is_mixed(p);
-            let new_block = !uniform && !self.is_block(p) && block::boundaries(&bits) > INLINE_MAX;
-            if (new_slot && slots.len() == slots.capacity())
-                || (new_block && blocks.len() == blocks.capacity())
-            {
-                return None;
-            }
-        }
-        if uniform && self.mixed_count(0, PAGES) <= 1 {
-            // Its last mixed page turning uniform may make the whole region uniform.
-            return None;
-        }
-        self.store(p, &bits);
-        self.adapt();
-        Some(true)
+        self.reserve(&plan)?;
+        self.apply(&plan);
+        Ok(true)
     }
 
-    /// Sets gfn `off` of mixed page `p` to `v` without decoding the page, when it stays mixed in
-    /// the same form: an inline code edited in place, or one bit of a block. `None` (nothing
-    /// changed) when the page changes form.
+    /// [`Region::apply`] of the plan of `[lo, hi)` to `v`; needs its [`Region::reserve`].
+    pub(super) fn set(&mut self, lo: u32, hi: u32, v: bool) {
+        self.apply(&self.plan(lo, hi, v));
+    }
+
+    /// Whether carrying out `plan` changes any gfn.
+    pub(super) fn changes(&self, plan: &Plan) -> bool {
+        let (a, b) = plan.full;
+        plan.edges
+            .iter()
+            .flatten()
+            .any(|(_, e)| !matches!(e, Edit::Same))
+            || (a < b
+                && (block::find(&self.mixed, a, false).is_some_and(|q| q < b)
+                    || block::find(&self.first, a, plan.v).is_some_and(|q| q < b)))
+    }
+
+    /// Sets gfn `off` of mixed page `p`, stored as a block, to `v` with one bit write when the
+    /// page stays a block. `None` (nothing changed) when it changes form.
     fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<bool> {
         let r = self.rank_of(p);
-        let first = block::get(&self.first, p);
         let dense = self.is_dense();
         let bits = match &mut self.leaves {
             Leaves::Dense(blocks) => &mut blocks[p as usize],
-            Leaves::Sparse { slots, blocks } => {
-                let slot = slots[r];
-                if slot & BLOCK_REF != 0 {
-                    &mut blocks[(slot & !BLOCK_REF) as usize]
-                } else {
-                    if block::inline_get(slot, first, off) == v {
-                        return Some(false);
-                    }
-                    let (code, first) = block::inline_flip(slot, first, off)?;
-                    slots[r] = code;
-                    block::set(&mut self.first, p, first);
-                    return Some(true);
-                }
-            }
+            Leaves::Sparse { slots, blocks } => &mut blocks[(slots[r] & !BLOCK_REF) as usize],
         };
         if block::get(bits, off) == v {
             return Some(false);
@@ -324,27 +380,6 @@ impl Region {
         if off == 0 {
             block::set(&mut self.first, p, v);
         }
-        Some(true)
-    }
-
-    /// Sets offsets `[lo, hi)` of mixed page `p` to `v` by editing its inline code in place,
-    /// when it has one and keeps one. `None` (nothing changed) otherwise.
-    fn try_set_inline(&mut self, p: u32, lo: u32, hi: u32, v: bool) -> Option<bool> {
-        let r = self.rank_of(p);
-        let first = block::get(&self.first, p);
-        let Leaves::Sparse { slots, .. } = &mut self.leaves else {
-            return None;
-        };
-        let slot = slots[r];
-        if slot & BLOCK_REF != 0 {
-            return None;
-        }
-        let (code, first_now) = block::inline_set(slot, first, lo, hi, v)?;
-        if (code, first_now) == (slot, first) {
-            return Some(false);
-        }
-        slots[r] = code;
-        block::set(&mut self.first, p, first_now);
         Some(true)
     }
 
@@ -377,59 +412,58 @@ impl Region {
         self.update_rank();
     }
 
-    /// Stores new bits for 2M page `p`: uniform pages leave the sparse slots, a mixed page is
-    /// inline when it has few boundaries and a block otherwise.
-    fn store(&mut self, p: u32, bits: &Block) {
+    /// Stores the new contents of 2M page `p`: a uniform page leaves the sparse slots, an inline
+    /// code takes the page's slot (freeing a block it had), bits go to its block or a new one.
+    fn put(&mut self, p: u32, edit: &Edit) {
+        let (mixed, first) = match *edit {
+            Edit::Same => return,
+            Edit::Uniform(u) => (false, u),
+            Edit::Inline(_, f) => (true, f),
+            Edit::Bits(ref bits) => (true, bits[0] & 1 != 0),
+        };
         let was_mixed = self.is_mixed(p);
-        let uniform = block::uniform(bits);
         let r = self.rank_of(p);
         match &mut self.leaves {
-            Leaves::Dense(blocks) => blocks[p as usize] = *bits,
-            Leaves::Sparse { slots, blocks } => match uniform {
-                Some(_) => {
-                    if was_mixed {
-                        let slot = slots.remove(r);
-                        if slot & BLOCK_REF != 0 {
-                            free_block(slots, blocks, (slot & !BLOCK_REF) as usize);
-                        }
-                    }
+            Leaves::Dense(blocks) => {
+                blocks[p as usize] = match *edit {
+                    Edit::Inline(code, f) => block::decode(code, f),
+                    Edit::Bits(bits) => bits,
+                    _ => block::filled(first),
                 }
-                None => {
-                    let old_block = was_mixed
-                        .then(|| slots[r])
-                        .filter(|s| s & BLOCK_REF != 0)
-                        .map(|s| (s & !BLOCK_REF) as usize);
-                    let inline = match old_block {
-                        Some(_) if block::boundaries(bits) > INLINE_BACK => None,
-                        _ => block::encode(bits),
-                    };
-                    let slot = match (inline, old_block) {
-                        (Some(code), Some(idx)) => {
-                            free_block(slots, blocks, idx);
-                            code
-                        }
-                        (Some(code), None) => code,
-                        (None, Some(idx)) => {
-                            blocks[idx] = *bits;
-                            BLOCK_REF | idx as u64
-                        }
-                        (None, None) => {
-                            blocks.push(*bits);
-                            BLOCK_REF | (blocks.len() - 1) as u64
-                        }
-                    };
-                    if was_mixed {
-                        slots[r] = slot;
-                    } else {
-                        slots.insert(r, slot);
+            }
+            Leaves::Sparse { slots, blocks } => {
+                let old_block = was_mixed
+                    .then(|| slots[r])
+                    .filter(|s| s & BLOCK_REF != 0)
+                    .map(|s| (s & !BLOCK_REF) as usize);
+                let slot = match (edit, old_block) {
+                    (Edit::Bits(bits), Some(idx)) => {
+                        blocks[idx] = *bits;
+                        Some(BLOCK_REF | idx as u64)
                     }
+                    (Edit::Bits(bits), None) => {
+                        blocks.push(*bits);
+                        Some(BLOCK_REF | (blocks.len() - 1) as u64)
+                    }
+                    (&Edit::Inline(code, _), _) => Some(code),
+                    _ => None,
+                };
+                match (slot, was_mixed) {
+                    (Some(s), true) => slots[r] = s,
+                    (Some(s), false) => slots.insert(r, s),
+                    (None, true) => {
+                        slots.remove(r);
+                    }
+                    (None, false) => {}
                 }
-            },
+                if let (Some(idx), false) = (old_block, matches!(edit, Edit::Bits(_))) {
+                    free_block(slots, blocks, idx);
+                }
+            }
         }
-        let first = uniform.unwrap_or(bits[0] & 1 != 0);
         block::set(&mut self.first, p, first);
-        if was_mixed == uniform.is_some() {
-            block::set(&mut self.mixed, p, uniform.is_none());
+        if was_mixed != mixed {
+            block::set(&mut self.mixed, p, mixed);
             self.update_rank();
         }
     }
