@@ -233,11 +233,25 @@ impl Region {
         self.rank[w] as usize + below.count_ones() as usize
     }
 
-    fn update_rank(&mut self) {
-        let mut n = 0u16;
-        for w in 0..8 {
-            self.rank[w] = n;
-            n += self.mixed[w].count_ones() as u16;
+    /// Keeps the rank index right after the mixed pages among `[a, b)` (ranks `[r0, r1)`)
+    /// stopped being mixed: no count of bits (popcount is a software routine on baseline
+    /// x86-64, and this runs on every conversion).
+    fn rank_cleared(&mut self, a: u32, b: u32, r0: usize, r1: usize) {
+        for (w, rank) in self.rank.iter_mut().enumerate() {
+            let start = w as u32 * 64;
+            if start >= b {
+                *rank -= (r1 - r0) as u16;
+            } else if start > a {
+                // Every mixed page between `a` and this word's start is gone.
+                *rank = r0 as u16;
+            }
+        }
+    }
+
+    /// Keeps the rank index right after page `p` became mixed (`up`) or stopped being mixed.
+    fn rank_moved(&mut self, p: u32, up: bool) {
+        for rank in &mut self.rank[(p / 64) as usize + 1..] {
+            *rank = if up { *rank + 1 } else { *rank - 1 };
         }
     }
 
@@ -409,7 +423,7 @@ impl Region {
         }
         block::fill(&mut self.mixed, a, b, false);
         block::fill(&mut self.first, a, b, v);
-        self.update_rank();
+        self.rank_cleared(a, b, r0, r1);
     }
 
     /// Stores the new contents of 2M page `p`: a uniform page leaves the sparse slots, an inline
@@ -464,14 +478,14 @@ impl Region {
         block::set(&mut self.first, p, first);
         if was_mixed != mixed {
             block::set(&mut self.mixed, p, mixed);
-            self.update_rank();
+            self.rank_moved(p, mixed);
         }
     }
 
     /// Changes the form when the other one fits better (see the module docs). Optional work:
     /// when memory is short the region simply stays as it is.
     pub(super) fn adapt(&mut self) {
-        let mixed: u32 = self.mixed.iter().map(|w| w.count_ones()).sum();
+        let mixed = self.rank_of(PAGES) as u32;
         match &self.leaves {
             Leaves::Sparse { .. } if self.heap_bytes() > DENSE_BYTES => {
                 let mut dense = Vec::new();
