@@ -129,8 +129,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
             design,
             guest_bytes,
             step,
-            ..
+            steps,
         } => {
+            bar.set_length(steps as u64);
             bar.set_position(step as u64);
             bar.set_message(format!(
                 "{design} at {}",

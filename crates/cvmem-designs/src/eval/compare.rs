@@ -4,7 +4,8 @@
 //! Sizes run in increasing order. Before each run the design's cost is predicted from its last
 //! run (linear in the pages the workload touches) or, for its first run, from a per-design
 //! a-priori rate; a run predicted to exceed the budget is skipped and reported as such, and a
-//! run that exceeds it anyway is stopped and reported. Nothing is silently left out.
+//! run that exceeds it anyway is stopped and reported. Nothing is silently left out. Repeated
+//! runs go in rounds (every design once, then again), so that noise on the host is shared.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -238,7 +239,7 @@ pub enum Event<'a> {
         /// Guest size.
         guest_bytes: u64,
     },
-    /// A design starts at a size; `step` of `steps`.
+    /// A design starts a run at a size; `step` of `steps`.
     Running {
         /// Design.
         design: &'a str,
@@ -246,7 +247,7 @@ pub enum Event<'a> {
         guest_bytes: u64,
         /// This step (0-based).
         step: usize,
-        /// Steps in all (designs × sizes).
+        /// Steps in all (designs × sizes × rounds).
         steps: usize,
     },
     /// A design finished or was skipped at a size.
@@ -341,7 +342,8 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
     sizes.sort_unstable();
     sizes.dedup();
     let budget = Duration::from_secs_f64(cfg.budget_secs);
-    let steps = sizes.len() * cfg.designs.len();
+    let rounds = cfg.repeat.max(1) as usize;
+    let steps = sizes.len() * rounds * cfg.designs.len();
     let mut rows = Vec::new();
     let mut infos = Vec::new();
     // Per design: its last run.
@@ -365,93 +367,97 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
             queries: w.queries(),
             work_pages: work,
         });
-        let mut reference: Option<(String, Vec<u8>)> = None;
-        for (di, design) in cfg.designs.iter().enumerate() {
-            progress(Event::Running {
-                design,
-                guest_bytes: size,
-                step: si * cfg.designs.len() + di,
-                steps,
-            });
-            let (predicted_secs, predicted_bytes, basis) = match previous.get(design) {
-                Some(p) => (
-                    p.predict_secs(&hist, w.queries(), size),
-                    p.bytes_per_page * work as f64,
-                    format!("from its run at {}", cvmem_oplog::fmt_bytes(p.guest_bytes)),
-                ),
-                None => {
-                    let (ns, bytes) = apriori_rate(design);
-                    (
-                        ns * work as f64 / 1e9,
-                        bytes * work as f64,
-                        format!("at {ns:.0} ns per page of work"),
-                    )
-                }
-            };
-            let result = if predicted_secs > cfg.budget_secs {
-                RowResult::Skipped {
-                    reason: format!(
+        // Per design: the runs so far, or why it does not (or no longer) run.
+        let mut outcomes: Vec<Result<Vec<Run>, String>> = cfg
+            .designs
+            .iter()
+            .map(|design| {
+                let (predicted_secs, predicted_bytes, basis) = match previous.get(design) {
+                    Some(p) => (
+                        p.predict_secs(&hist, w.queries(), size),
+                        p.bytes_per_page * work as f64,
+                        format!("from its run at {}", cvmem_oplog::fmt_bytes(p.guest_bytes)),
+                    ),
+                    None => {
+                        let (ns, bytes) = apriori_rate(design);
+                        (
+                            ns * work as f64 / 1e9,
+                            bytes * work as f64,
+                            format!("at {ns:.0} ns per page of work"),
+                        )
+                    }
+                };
+                if predicted_secs > cfg.budget_secs {
+                    Err(format!(
                         "skipped: would exceed budget (predicted {:.1} s > {:.1} s, {basis})",
                         predicted_secs, cfg.budget_secs
-                    ),
-                }
-            } else if predicted_bytes > cfg.memory_budget as f64 {
-                RowResult::Skipped {
-                    reason: format!(
+                    ))
+                } else if predicted_bytes > cfg.memory_budget as f64 {
+                    Err(format!(
                         "skipped: would exceed memory budget (predicted {} > {})",
                         cvmem_oplog::fmt_bytes(predicted_bytes as u64),
                         cvmem_oplog::fmt_bytes(cfg.memory_budget)
-                    ),
+                    ))
+                } else {
+                    Ok(Vec::new())
                 }
-            } else {
+            })
+            .collect();
+        // Rounds of every design in turn, so that a burst of noise on the host falls on all of
+        // them alike rather than on one design's repeats.
+        let mut reference: Option<(String, Vec<u8>)> = None;
+        for round in 0..rounds {
+            for (di, design) in cfg.designs.iter().enumerate() {
+                let Ok(runs) = &mut outcomes[di] else {
+                    continue;
+                };
+                progress(Event::Running {
+                    design,
+                    guest_bytes: size,
+                    step: (si * rounds + round) * cfg.designs.len() + di,
+                    steps,
+                });
                 let make = || make_design(design).expect("checked above");
-                let mut runs = Vec::new();
-                let mut stopped = None;
-                for _ in 0..cfg.repeat.max(1) {
-                    match run_design(&make, &w.ops, budget) {
-                        Err(s) => {
-                            stopped = Some(s);
-                            break;
-                        }
-                        Ok(mut run) => {
-                            check_agreement(&w, design, &run.answers, &mut reference)?;
-                            run.answers = Vec::new();
-                            runs.push(run);
-                        }
-                    }
-                }
-                match stopped {
-                    Some(s) => RowResult::Skipped {
-                        reason: format!(
+                match run_design(&make, &w.ops, budget) {
+                    Err(s) => {
+                        outcomes[di] = Err(format!(
                             "stopped: exceeded budget after {} of {} ops ({:.1} s)",
                             s.after_ops, s.of_ops, s.seconds
-                        ),
-                    },
-                    None => {
-                        let spread = Spread::of(&runs);
-                        runs.sort_by(|a, b| {
-                            a.conversion.total_ns.total_cmp(&b.conversion.total_ns)
-                        });
-                        let run = runs.swap_remove((runs.len() - 1) / 2);
-                        let held = run
-                            .host_bytes
-                            .max(run.measured_peak_bytes.unwrap_or(0))
-                            .max(1);
-                        previous.insert(
-                            design.clone(),
-                            Previous {
-                                guest_bytes: size,
-                                run: run.clone(),
-                                bytes_per_page: held as f64 / work as f64,
-                            },
-                        );
-                        let bytes_per_gib = (run.heap_bytes + run.table_bytes) as f64
-                            / (size as f64 / (1u64 << 30) as f64);
-                        RowResult::Done {
-                            run: Box::new(run),
-                            bytes_per_gib,
-                            spread,
-                        }
+                        ));
+                    }
+                    Ok(mut run) => {
+                        check_agreement(&w, design, &run.answers, &mut reference)?;
+                        run.answers = Vec::new();
+                        runs.push(run);
+                    }
+                }
+            }
+        }
+        for (design, outcome) in cfg.designs.iter().zip(outcomes) {
+            let result = match outcome {
+                Err(reason) => RowResult::Skipped { reason },
+                Ok(mut runs) => {
+                    let spread = Spread::of(&runs);
+                    runs.sort_by(|a, b| a.conversion.total_ns.total_cmp(&b.conversion.total_ns));
+                    let run = runs.swap_remove((runs.len() - 1) / 2);
+                    let held = run
+                        .host_bytes
+                        .max(run.measured_peak_bytes.unwrap_or(0))
+                        .max(1);
+                    previous.insert(
+                        design.clone(),
+                        Previous {
+                            guest_bytes: size,
+                            run: run.clone(),
+                            bytes_per_page: held as f64 / work as f64,
+                        },
+                    );
+                    let bytes_per_gib = (run.heap_bytes + run.table_bytes) as f64
+                        / (size as f64 / (1u64 << 30) as f64);
+                    RowResult::Done {
+                        run: Box::new(run),
+                        bytes_per_gib,
+                        spread,
                     }
                 }
             };
