@@ -170,32 +170,6 @@ pub(super) fn inline_get(code: u64, first: bool, off: u32) -> bool {
     v
 }
 
-/// Builds an inline code from ascending boundaries; `None` past [`INLINE_MAX`].
-struct InlineCode {
-    code: u64,
-    count: u32,
-}
-
-impl InlineCode {
-    const fn new() -> Self {
-        InlineCode { code: 0, count: 0 }
-    }
-
-    fn push(&mut self, at: u32) -> Option<()> {
-        if self.count == INLINE_MAX {
-            return None;
-        }
-        self.code |= u64::from(at) << (9 * self.count);
-        self.count += 1;
-        Some(())
-    }
-
-    /// The code; with no boundaries it stands for a uniform page.
-    fn finish(self) -> u64 {
-        self.code | u64::from(self.count) << COUNT_SHIFT
-    }
-}
-
 /// The inline code of a page that starts with `first` after offsets `[lo, hi)` become `v`, or
 /// `None` when the page needs more than [`INLINE_MAX`] boundaries. A code of no boundaries (a
 /// uniform page) is valid both ways: the result has none when the page becomes uniform. Only
@@ -204,28 +178,36 @@ impl InlineCode {
 pub(super) fn inline_set(code: u64, first: bool, lo: u32, hi: u32, v: bool) -> Option<(u64, bool)> {
     debug_assert!(lo < hi && hi <= PAGE_GFNS);
     let n = inline_count(code);
-    let before = lo > 0 && inline_get(code, first, lo - 1) != v;
-    let after = hi < PAGE_GFNS && inline_get(code, first, hi) != v;
-    let mut out = InlineCode::new();
+    // Boundaries before `lo` stay; the kind at `lo - 1` flips once per boundary passed.
     let mut k = 0;
     while k < n && inline_at(code, k) < lo {
-        out.push(inline_at(code, k))?;
         k += 1;
     }
-    if before {
-        out.push(lo)?;
-    }
+    let kept = k;
+    let before = lo > 0 && (first ^ (k & 1 == 1)) != v;
+    // Boundaries in `[lo, hi]` vanish; the kind at `hi` is the old one after them.
     while k < n && inline_at(code, k) <= hi {
         k += 1;
     }
-    if after {
-        out.push(hi)?;
+    let after = hi < PAGE_GFNS && (first ^ (k & 1 == 1)) != v;
+    let count = kept + u32::from(before) + u32::from(after) + (n - k);
+    if count > INLINE_MAX {
+        return None;
     }
-    while k < n {
-        out.push(inline_at(code, k))?;
-        k += 1;
+    // Offsets are 9 bits each: keep the first `kept`, then `lo` and `hi`, then the tail.
+    let low = code & ((1u64 << (9 * kept)) - 1);
+    let mut out = low;
+    let mut at = kept;
+    for (present, off) in [(before, lo), (after, hi)] {
+        if present {
+            out |= u64::from(off) << (9 * at);
+            at += 1;
+        }
     }
-    Some((out.finish(), if lo == 0 { v } else { first }))
+    let tail = (code & ((1u64 << (9 * n)) - 1)) >> (9 * k);
+    out |= tail << (9 * at);
+    let out = out | u64::from(count) << COUNT_SHIFT;
+    Some((out, if lo == 0 { v } else { first }))
 }
 
 /// The block an inline code stands for.

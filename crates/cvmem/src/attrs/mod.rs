@@ -33,7 +33,7 @@ use crate::addr::{Gfn, GfnRange, Level, GFN_END};
 use crate::error::{Error, Result};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use node::{Node, NODE_GFNS};
-use region::{Region, DENSE_BYTES};
+use region::{Region, Update, DENSE_BYTES};
 
 /// Regions and nodes kept for reuse, so that a page flipping between uniform and mixed does not
 /// allocate and free on every flip, and so that an update finds what it needs ready.
@@ -412,21 +412,20 @@ impl AttrStore {
         // A node turning all-private becomes a unit run.
         grow(&mut self.private, 1, usize::MAX)?;
         let node = &mut self.nodes[i];
-        let changed = match node.update_in_region(lo, hi, v, &mut self.spare_regions)? {
-            Some(changed) => changed,
-            None if node.find(lo, v).is_none_or(|o| o >= hi) => false,
+        match node.update_in_region(lo, hi, v, &mut self.spare_regions)? {
+            Some(Update::Unchanged) => return Ok(false),
+            Some(Update::Edited) => return Ok(true),
+            Some(Update::Changed) => {}
+            None if node.find(lo, v).is_none_or(|o| o >= hi) => return Ok(false),
             None => {
                 let fresh = node.reserve(lo, hi, v)?;
                 self.ready_spares(0, fresh)?;
                 // From here on nothing allocates and nothing can fail.
                 self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
-                true
             }
-        };
-        if changed {
-            self.drop_if_uniform(i);
         }
-        Ok(changed)
+        self.drop_if_uniform(i);
+        Ok(true)
     }
 
     /// Makes the spares that the next `vecs` node and `regions` region creations pop (from the

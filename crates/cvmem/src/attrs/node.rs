@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use super::block::{self, Block};
-use super::region::{Region, REGION_GFNS};
+use super::region::{Region, Update, REGION_GFNS};
 use super::{edges, grow, recycle, Summary};
 use crate::addr::Level;
 use crate::error::Result;
@@ -223,25 +223,26 @@ impl Node {
 
     /// Sets offsets `[lo, hi)`, inside one 1G entry, to `v` when that entry has a region: the
     /// region's own update, allocating first what it needs (on `NoMemory` nothing changed),
-    /// then the region dropped if it became uniform. `Ok(None)` when the entry has no region.
+    /// then the region dropped if it became uniform. `Ok(None)` when the entry has no region;
+    /// [`Update::Changed`] when the node may have become uniform.
     pub(super) fn update_in_region(
         &mut self,
         lo: u64,
         hi: u64,
         v: bool,
         spare: &mut Vec<Region>,
-    ) -> Result<Option<bool>> {
+    ) -> Result<Option<Update>> {
         let e = (lo / ENTRY_GFNS) as u32;
         if !self.present(e) {
             return Ok(None);
         }
         let i = self.slot(e);
         let base = u64::from(e) * ENTRY_GFNS;
-        if !self.regions[i].update((lo - base) as u32, (hi - base) as u32, v)? {
-            return Ok(Some(false));
+        let done = self.regions[i].update((lo - base) as u32, (hi - base) as u32, v)?;
+        if done == Update::Changed {
+            self.settle(e, i, spare);
         }
-        self.settle(e, i, spare);
-        Ok(Some(true))
+        Ok(Some(done))
     }
 
     /// After a change to region `i` (entry `e`): dropped if it became uniform, else given the

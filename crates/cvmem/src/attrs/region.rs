@@ -41,7 +41,7 @@ pub(super) struct Region {
 }
 
 /// What a set does to a region: see [`Region::plan`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Plan {
     /// Whole 2M pages `[a, b)` that become `v`.
     full: (u32, u32),
@@ -50,8 +50,20 @@ pub(super) struct Plan {
     edges: [Option<(u32, Edit)>; 2],
 }
 
+/// What an update did to a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Update {
+    /// Nothing: every gfn had the attributes already.
+    Unchanged,
+    /// Gfns changed, but the region took no memory, kept its form and cannot have become
+    /// uniform: nothing to settle.
+    Edited,
+    /// Anything else: the region may have become uniform or want the other form.
+    Changed,
+}
+
 /// The new contents of one 2M page.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Edit {
     /// Unchanged.
     Same,
@@ -59,8 +71,10 @@ enum Edit {
     Uniform(bool),
     /// An inline code and the first gfn's kind.
     Inline(u64, bool),
-    /// Bits, kept in a block.
-    Bits(Block),
+    /// Offsets `[a, b)` filled in the page's bits (a block, or a code outgrowing the inline
+    /// form), kept in a block; `first` is the first gfn's kind after. The bits are made where
+    /// they are stored, so that a plan stays small.
+    Fill { a: u32, b: u32, first: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -148,11 +162,11 @@ impl Region {
                 Some(new) if new == (code, first) => Edit::Same,
                 Some((c, f)) if block::inline_count(c) == 0 => Edit::Uniform(f),
                 Some((c, f)) => Edit::Inline(c, f),
-                None => {
-                    let mut bits = block::decode(code, first);
-                    block::fill(&mut bits, a, b, v);
-                    Edit::Bits(bits)
-                }
+                None => Edit::Fill {
+                    a,
+                    b,
+                    first: if a == 0 { v } else { first },
+                },
             };
         }
         let mut bits = self.page(p);
@@ -166,7 +180,11 @@ impl Region {
                 let code = block::encode(&bits).expect("few boundaries fit inline");
                 Edit::Inline(code, bits[0] & 1 != 0)
             }
-            None => Edit::Bits(bits),
+            None => Edit::Fill {
+                a,
+                b,
+                first: bits[0] & 1 != 0,
+            },
         }
     }
 
@@ -188,7 +206,7 @@ impl Region {
             let bits = match edit {
                 Edit::Same | Edit::Uniform(_) => continue,
                 Edit::Inline(..) => false,
-                Edit::Bits(_) => true,
+                Edit::Fill { .. } => true,
             };
             new_slots += usize::from(!self.is_mixed(*p));
             new_blocks += usize::from(bits && !self.is_block(*p));
@@ -328,27 +346,70 @@ impl Region {
             self.set_pages(a, b, plan.v);
         }
         for (p, edit) in plan.edges.iter().flatten() {
-            self.put(*p, edit);
+            self.put(*p, edit, plan.v);
         }
     }
 
     /// Sets gfns `[lo, hi)` (offsets in the region) to `v`, allocating first what that needs
-    /// (on `NoMemory` nothing changed): a flip inside a block is a bit write, anything else
-    /// its plan carried out. Returns whether any gfn changed.
-    pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<bool> {
+    /// (on `NoMemory` nothing changed): inside one 2M page of the sparse form an edit of its
+    /// slot or a flip in its block, anything else its plan carried out.
+    pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
         let p = lo / PAGE_GFNS;
-        if hi == lo + 1 && self.is_mixed(p) && self.inline_code(p).is_none() {
-            if let Some(done) = self.try_flip(p, lo % PAGE_GFNS, v) {
+        if p == (hi - 1) / PAGE_GFNS {
+            let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
+            if let Some(done) = self.update_in_page(p, a, b, v) {
                 return Ok(done);
             }
         }
         let plan = self.plan(lo, hi, v);
         if !self.changes(&plan) {
-            return Ok(false);
+            return Ok(Update::Unchanged);
         }
         self.reserve(&plan)?;
         self.apply(&plan);
-        Ok(true)
+        Ok(Update::Changed)
+    }
+
+    /// The common conversions, inside 2M page `p`, that need no memory and cannot leave the
+    /// region uniform or in another form: the page's inline code edited (or made, for a
+    /// uniform page, in a slot already there, or dropped, while another page stays mixed), or
+    /// one bit of its block. `None` (nothing changed) otherwise.
+    fn update_in_page(&mut self, p: u32, a: u32, b: u32, v: bool) -> Option<Update> {
+        let mixed = self.is_mixed(p);
+        let first = block::get(&self.first, p);
+        let r = self.rank_of(p);
+        let Leaves::Sparse { slots, .. } = &mut self.leaves else {
+            return (mixed && b == a + 1)
+                .then(|| self.try_flip(p, a, v))
+                .flatten();
+        };
+        let code = if mixed { slots[r] } else { 0 };
+        if code & BLOCK_REF != 0 {
+            return if b == a + 1 {
+                self.try_flip(p, a, v)
+            } else {
+                None
+            };
+        }
+        let (new, first_now) = block::inline_set(code, first, a, b, v)?;
+        if (new, first_now) == (code, first) {
+            return Some(Update::Unchanged);
+        }
+        match (mixed, block::inline_count(new) > 0) {
+            (true, true) => slots[r] = new,
+            (false, true) if slots.len() < slots.capacity() => slots.insert(r, new),
+            // Its last mixed page turning uniform may leave the region uniform.
+            (true, false) if slots.len() > 1 => {
+                slots.remove(r);
+            }
+            _ => return None,
+        }
+        block::set(&mut self.first, p, first_now);
+        if mixed != (block::inline_count(new) > 0) {
+            block::set(&mut self.mixed, p, !mixed);
+            self.rank_moved(p, !mixed);
+        }
+        Some(Update::Edited)
     }
 
     /// [`Region::apply`] of the plan of `[lo, hi)` to `v`; needs its [`Region::reserve`].
@@ -369,16 +430,17 @@ impl Region {
     }
 
     /// Sets gfn `off` of mixed page `p`, stored as a block, to `v` with one bit write when the
-    /// page stays a block. `None` (nothing changed) when it changes form.
-    fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<bool> {
+    /// page keeps its form. `None` (nothing changed) when it changes form.
+    fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<Update> {
         let r = self.rank_of(p);
-        let dense = self.is_dense();
-        let bits = match &mut self.leaves {
-            Leaves::Dense(blocks) => &mut blocks[p as usize],
-            Leaves::Sparse { slots, blocks } => &mut blocks[(slots[r] & !BLOCK_REF) as usize],
+        let (bits, dense) = match &mut self.leaves {
+            Leaves::Dense(blocks) => (&mut blocks[p as usize], true),
+            Leaves::Sparse { slots, blocks } => {
+                (&mut blocks[(slots[r] & !BLOCK_REF) as usize], false)
+            }
         };
         if block::get(bits, off) == v {
-            return Some(false);
+            return Some(Update::Unchanged);
         }
         block::fill(bits, off, off + 1, v);
         // A block keeps its form while it has more than INLINE_BACK boundaries; a dense page
@@ -394,7 +456,7 @@ impl Region {
         if off == 0 {
             block::set(&mut self.first, p, v);
         }
-        Some(true)
+        Some(Update::Edited)
     }
 
     /// Makes whole 2M pages `[a, b)` all `v`.
@@ -426,23 +488,26 @@ impl Region {
         self.rank_cleared(a, b, r0, r1);
     }
 
-    /// Stores the new contents of 2M page `p`: a uniform page leaves the sparse slots, an inline
-    /// code takes the page's slot (freeing a block it had), bits go to its block or a new one.
-    fn put(&mut self, p: u32, edit: &Edit) {
+    /// Stores the new contents of 2M page `p` (`v` for a fill): a uniform page leaves the sparse
+    /// slots, an inline code takes the page's slot (freeing a block it had), a fill is made in
+    /// the page's block or, for an inline page outgrowing its code, in a new one.
+    fn put(&mut self, p: u32, edit: &Edit, v: bool) {
         let (mixed, first) = match *edit {
             Edit::Same => return,
             Edit::Uniform(u) => (false, u),
             Edit::Inline(_, f) => (true, f),
-            Edit::Bits(ref bits) => (true, bits[0] & 1 != 0),
+            Edit::Fill { first, .. } => (true, first),
         };
         let was_mixed = self.is_mixed(p);
+        let first_was = block::get(&self.first, p);
         let r = self.rank_of(p);
         match &mut self.leaves {
             Leaves::Dense(blocks) => {
-                blocks[p as usize] = match *edit {
-                    Edit::Inline(code, f) => block::decode(code, f),
-                    Edit::Bits(bits) => bits,
-                    _ => block::filled(first),
+                let bits = &mut blocks[p as usize];
+                match *edit {
+                    Edit::Inline(code, f) => *bits = block::decode(code, f),
+                    Edit::Fill { a, b, .. } => block::fill(bits, a, b, v),
+                    _ => *bits = block::filled(first),
                 }
             }
             Leaves::Sparse { slots, blocks } => {
@@ -450,16 +515,18 @@ impl Region {
                     .then(|| slots[r])
                     .filter(|s| s & BLOCK_REF != 0)
                     .map(|s| (s & !BLOCK_REF) as usize);
-                let slot = match (edit, old_block) {
-                    (Edit::Bits(bits), Some(idx)) => {
-                        blocks[idx] = *bits;
+                let slot = match (*edit, old_block) {
+                    (Edit::Fill { a, b, .. }, Some(idx)) => {
+                        block::fill(&mut blocks[idx], a, b, v);
                         Some(BLOCK_REF | idx as u64)
                     }
-                    (Edit::Bits(bits), None) => {
-                        blocks.push(*bits);
+                    (Edit::Fill { a, b, .. }, None) => {
+                        let mut bits = block::decode(slots[r], first_was);
+                        block::fill(&mut bits, a, b, v);
+                        blocks.push(bits);
                         Some(BLOCK_REF | (blocks.len() - 1) as u64)
                     }
-                    (&Edit::Inline(code, _), _) => Some(code),
+                    (Edit::Inline(code, _), _) => Some(code),
                     _ => None,
                 };
                 match (slot, was_mixed) {
@@ -470,7 +537,7 @@ impl Region {
                     }
                     (None, false) => {}
                 }
-                if let (Some(idx), false) = (old_block, matches!(edit, Edit::Bits(_))) {
+                if let (Some(idx), false) = (old_block, matches!(edit, Edit::Fill { .. })) {
                     free_block(slots, blocks, idx);
                 }
             }
