@@ -46,8 +46,13 @@ pub(super) struct Node {
     private: Block,
     /// Entry → position in `regions` (meaningful where `present`).
     index: Index,
-    /// One per present entry, in no order.
+    /// One per present entry, in no order, and the parked region if any.
     regions: Vec<Region>,
+    /// The entry of a region that became uniform and was kept in place (not present) for the
+    /// next region this node needs: a buffer whose last mixed 2M page comes and goes makes
+    /// and drops its region on every conversion, and parking saves the moves and the index
+    /// updates of both. At most one, small and sparse (see [`Region::parkable`]).
+    parked: Option<u16>,
 }
 
 impl Node {
@@ -59,6 +64,7 @@ impl Node {
             private: block::filled(v),
             index: Index::Small([0; SMALL]),
             regions,
+            parked: None,
         }
     }
 
@@ -210,11 +216,17 @@ impl Node {
             } else {
                 let u = block::get(&self.private, e);
                 if u != v {
-                    let mut region = spare.pop().unwrap_or_else(Region::new);
+                    let i = match self.parked.take() {
+                        Some(old) => self.slot(u32::from(old)),
+                        None => {
+                            self.regions.push(spare.pop().unwrap_or_else(Region::new));
+                            self.regions.len() - 1
+                        }
+                    };
+                    let region = &mut self.regions[i];
                     region.reset(e as u16, u);
                     region.set(sub_lo, sub_hi, v);
-                    self.regions.push(region);
-                    self.place(e, self.regions.len() - 1);
+                    self.place(e, i);
                     block::set(&mut self.present, e, true);
                 }
             }
@@ -250,7 +262,12 @@ impl Node {
     fn settle(&mut self, e: u32, i: usize, spare: &mut Vec<Region>) {
         match self.regions[i].uniform() {
             Some(u) => {
-                self.remove(e, spare);
+                if self.parked.is_none() && self.regions[i].parkable() {
+                    self.parked = Some(e as u16);
+                    block::set(&mut self.present, e, false);
+                } else {
+                    self.remove(e, spare);
+                }
                 block::set(&mut self.private, e, u);
             }
             None => self.regions[i].adapt(),
@@ -265,7 +282,7 @@ impl Node {
             let e = u32::from(moved.entry);
             self.place(e, i);
         }
-        if matches!(self.index, Index::Table(_)) && self.regions.len() <= SMALL_BACK {
+        if matches!(self.index, Index::Table(_)) && self.region_count() <= SMALL_BACK {
             let mut entries = [0; SMALL];
             for (slot, r) in entries.iter_mut().zip(&self.regions) {
                 *slot = r.entry;
@@ -328,7 +345,7 @@ impl Node {
 
     /// Number of regions.
     pub(super) fn region_count(&self) -> usize {
-        self.regions.len()
+        self.regions.len() - usize::from(self.parked.is_some())
     }
 
     /// Number of regions in the dense form.
@@ -339,8 +356,18 @@ impl Node {
     /// Checks the node's invariants.
     pub(super) fn check(&self) -> core::result::Result<(), &'static str> {
         let present: u32 = self.present.iter().map(|w| w.count_ones()).sum();
-        if present as usize != self.regions.len() {
+        if present as usize != self.region_count() {
             return Err("node regions differ from its present entries");
+        }
+        if let Some(e) = self.parked {
+            let e = u32::from(e);
+            let i = self.slot(e);
+            if self.present(e) || self.regions.get(i).is_none_or(|r| u32::from(r.entry) != e) {
+                return Err("parked region present or not indexed");
+            }
+            if !self.regions[i].parkable() {
+                return Err("parked region too big to keep");
+            }
         }
         if matches!(self.index, Index::Small(_)) && self.regions.len() > SMALL {
             return Err("node indexes more regions inline than it can");

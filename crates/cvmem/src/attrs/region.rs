@@ -122,6 +122,17 @@ impl Region {
         }
     }
 
+    /// Whether the region, once uniform, may be kept for reuse: sparse, with room for what a
+    /// fresh region needs ([`Region::reserve_fresh`]) and no more than [`Region::reset`] keeps.
+    pub(super) fn parkable(&self) -> bool {
+        match &self.leaves {
+            Leaves::Sparse { slots, blocks } => {
+                (2..=64).contains(&slots.capacity()) && blocks.capacity() <= 8
+            }
+            Leaves::Dense(_) => false,
+        }
+    }
+
     /// Room for the two slots a fresh region gets when a range is set inside it (its edge
     /// pages, with at most two boundaries each: inline, never blocks).
     pub(super) fn reserve_fresh(&mut self) -> Result<()> {
