@@ -199,3 +199,44 @@ fn every_page_mixed_costs_about_a_flat_bitmap() {
     );
     assert_eq!(store.shape().dense_regions, 4);
 }
+
+/// Whole 1G entries of an existing node, aligned, converted on their own: the entry's kind bit
+/// changes without a region, and the node goes once every entry is one kind again.
+#[test]
+fn whole_aligned_entries_of_an_existing_node() {
+    const G1: u64 = 1 << 18;
+    let mut store = AttrStore::new();
+    store.set(GfnRange::new(5, 6), P).unwrap();
+    for e in [1u64, 3, 511] {
+        let range = GfnRange::new(e * G1, (e + 1) * G1);
+        assert!(store.set(range, P).unwrap());
+        assert!(!store.set(range, P).unwrap());
+        store.check_invariants().unwrap();
+        assert_eq!(store.shape().regions, 1);
+        let probe = store.probe(Gfn(e * G1 + 77));
+        assert!(probe.private);
+        assert_eq!(probe.uniform, Level::G1);
+    }
+    for e in [1u64, 3, 511] {
+        assert!(store.set(GfnRange::new(e * G1, (e + 1) * G1), 0).unwrap());
+        store.check_invariants().unwrap();
+    }
+    assert!(store.set(GfnRange::new(5, 6), 0).unwrap());
+    store.check_invariants().unwrap();
+    assert_eq!(store.shape().nodes, 0);
+    assert_eq!(store.boundaries(), 0);
+    // All of a node made private one entry at a time becomes a run of units, not a node.
+    store.set(GfnRange::new(5, 6), P).unwrap();
+    store.set(GfnRange::new(0, G1), P).unwrap();
+    for e in 1..512u64 {
+        store.set(GfnRange::new(e * G1, (e + 1) * G1), P).unwrap();
+    }
+    store.check_invariants().unwrap();
+    assert_eq!(
+        store.shape(),
+        cvmem::StoreShape {
+            private_runs: 1,
+            ..Default::default()
+        }
+    );
+}

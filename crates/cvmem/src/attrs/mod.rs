@@ -416,12 +416,15 @@ impl AttrStore {
             Some(Update::Unchanged) => return Ok(false),
             Some(Update::Edited) => return Ok(true),
             Some(Update::Changed) => {}
-            None if node.find(lo, v).is_none_or(|o| o >= hi) => return Ok(false),
             None => {
-                let fresh = node.reserve(lo, hi, v)?;
+                let fresh = usize::from(node.needs_spare());
                 self.ready_spares(0, fresh)?;
-                // From here on nothing allocates and nothing can fail.
-                self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+                let node = &mut self.nodes[i];
+                match node.create_in_entry(lo, hi, v, &mut self.spare_regions)? {
+                    None => return Ok(false),
+                    Some(Update::Changed) => {}
+                    Some(_) => return Ok(true),
+                }
             }
         }
         self.drop_if_uniform(i);

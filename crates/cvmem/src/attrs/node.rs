@@ -214,20 +214,8 @@ impl Node {
                 self.regions[i].set(sub_lo, sub_hi, v);
                 self.settle(e, i, spare);
             } else {
-                let u = block::get(&self.private, e);
-                if u != v {
-                    let i = match self.parked.take() {
-                        Some(old) => self.slot(u32::from(old)),
-                        None => {
-                            self.regions.push(spare.pop().unwrap_or_else(Region::new));
-                            self.regions.len() - 1
-                        }
-                    };
-                    let region = &mut self.regions[i];
-                    region.reset(e as u16, u);
-                    region.set(sub_lo, sub_hi, v);
-                    self.place(e, i);
-                    block::set(&mut self.present, e, true);
+                if block::get(&self.private, e) != v {
+                    self.create(e, sub_lo, sub_hi, v, spare);
                 }
             }
         }
@@ -255,6 +243,61 @@ impl Node {
             self.settle(e, i, spare);
         }
         Ok(Some(done))
+    }
+
+    /// Gives entry `e` (without a region, not all `v`) a region with offsets `[lo, hi)` in it
+    /// set to `v`: the parked region, else one from `spare`. Needs room for one more region (in
+    /// `regions` and the index, unless one is parked) and a spare first; never allocates.
+    fn create(&mut self, e: u32, lo: u32, hi: u32, v: bool, spare: &mut Vec<Region>) {
+        let i = match self.parked.take() {
+            Some(old) => self.slot(u32::from(old)),
+            None => {
+                self.regions.push(spare.pop().unwrap_or_else(Region::new));
+                self.regions.len() - 1
+            }
+        };
+        let region = &mut self.regions[i];
+        region.reset(e as u16, !v);
+        region.set(lo, hi, v);
+        self.place(e, i);
+        block::set(&mut self.present, e, true);
+    }
+
+    /// Sets offsets `[lo, hi)`, inside one 1G entry without a region, to `v`: `Ok(None)` when
+    /// the entry is all `v` already, its kind bit when the range is the whole entry
+    /// ([`Update::Changed`]: the node may be uniform now), else a region made for it (the
+    /// parked one, or one from `spare`, which the caller has made ready). Allocates before it
+    /// changes anything.
+    pub(super) fn create_in_entry(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        v: bool,
+        spare: &mut Vec<Region>,
+    ) -> Result<Option<Update>> {
+        let e = (lo / ENTRY_GFNS) as u32;
+        debug_assert!(!self.present(e) && e == ((hi - 1) / ENTRY_GFNS) as u32);
+        if block::get(&self.private, e) == v {
+            return Ok(None);
+        }
+        if hi - lo == ENTRY_GFNS {
+            // The whole entry: its kind bit, and the node may have become uniform.
+            block::set(&mut self.private, e, v);
+            return Ok(Some(Update::Changed));
+        }
+        if self.parked.is_none() {
+            grow(&mut self.regions, 1, ENTRIES as usize)?;
+            self.reserve_index(1)?;
+        }
+        let base = u64::from(e) * ENTRY_GFNS;
+        self.create(e, (lo - base) as u32, (hi - base) as u32, v, spare);
+        // A fresh region is never uniform: neither is its node.
+        Ok(Some(Update::Edited))
+    }
+
+    /// Whether making a region now would take one from the spares.
+    pub(super) fn needs_spare(&self) -> bool {
+        self.parked.is_none()
     }
 
     /// After a change to region `i` (entry `e`): dropped if it became uniform, else given the

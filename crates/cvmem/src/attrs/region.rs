@@ -381,10 +381,10 @@ impl Region {
         Ok(Update::Changed)
     }
 
-    /// The common conversions, inside 2M page `p`, that need no memory and cannot leave the
-    /// region uniform or in another form: the page's inline code edited (or made, for a
-    /// uniform page, in a slot already there, or dropped, while another page stays mixed), or
-    /// one bit of its block. `None` (nothing changed) otherwise.
+    /// The common conversions, inside 2M page `p`, that need no memory and keep the sparse form:
+    /// the page's inline code edited (or made, for a uniform page, in a slot already there, or
+    /// dropped), or one bit of its block. [`Update::Changed`] only when the region became
+    /// uniform; `None` (nothing changed) for anything else.
     fn update_in_page(&mut self, p: u32, a: u32, b: u32, v: bool) -> Option<Update> {
         let mixed = self.is_mixed(p);
         let first = block::get(&self.first, p);
@@ -406,11 +406,11 @@ impl Region {
         if (new, first_now) == (code, first) {
             return Some(Update::Unchanged);
         }
+        let last = slots.len() == 1;
         match (mixed, block::inline_count(new) > 0) {
             (true, true) => slots[r] = new,
             (false, true) if slots.len() < slots.capacity() => slots.insert(r, new),
-            // Its last mixed page turning uniform may leave the region uniform.
-            (true, false) if slots.len() > 1 => {
+            (true, false) => {
                 slots.remove(r);
             }
             _ => return None,
@@ -419,6 +419,10 @@ impl Region {
         if mixed != (block::inline_count(new) > 0) {
             block::set(&mut self.mixed, p, !mixed);
             self.rank_moved(p, !mixed);
+        }
+        // Its last mixed page turning uniform may have left the region uniform.
+        if mixed && last && block::uniform(&self.first).is_some() {
+            return Some(Update::Changed);
         }
         Some(Update::Edited)
     }
