@@ -390,9 +390,7 @@ impl Region {
         let first = block::get(&self.first, p);
         let r = self.rank_of(p);
         let Leaves::Sparse { slots, .. } = &mut self.leaves else {
-            return (mixed && b == a + 1)
-                .then(|| self.try_flip(p, a, v))
-                .flatten();
+            return Some(self.update_dense_page(p, a, b, v));
         };
         let code = if mixed { slots[r] } else { 0 };
         if code & BLOCK_REF != 0 {
@@ -406,22 +404,24 @@ impl Region {
         if (new, first_now) == (code, first) {
             return Some(Update::Unchanged);
         }
-        let last = slots.len() == 1;
+        let none_left = slots.len() == usize::from(mixed);
         match (mixed, block::inline_count(new) > 0) {
             (true, true) => slots[r] = new,
             (false, true) if slots.len() < slots.capacity() => slots.insert(r, new),
             (true, false) => {
                 slots.remove(r);
             }
-            _ => return None,
+            (false, true) => return None,
+            // A whole uniform page of the other kind.
+            (false, false) => {}
         }
         block::set(&mut self.first, p, first_now);
         if mixed != (block::inline_count(new) > 0) {
             block::set(&mut self.mixed, p, !mixed);
             self.rank_moved(p, !mixed);
         }
-        // Its last mixed page turning uniform may have left the region uniform.
-        if mixed && last && block::uniform(&self.first).is_some() {
+        // A page turning uniform, with no other page mixed, may have left the region uniform.
+        if block::inline_count(new) == 0 && none_left && block::uniform(&self.first).is_some() {
             return Some(Update::Changed);
         }
         Some(Update::Edited)
@@ -444,27 +444,20 @@ impl Region {
                     || block::find(&self.first, a, plan.v).is_some_and(|q| q < b)))
     }
 
-    /// Sets gfn `off` of mixed page `p`, stored as a block, to `v` with one bit write when the
-    /// page keeps its form. `None` (nothing changed) when it changes form.
+    /// Sets gfn `off` of mixed page `p`, stored as a block (sparse form), to `v` with one bit
+    /// write when the page stays a block. `None` (nothing changed) when it changes form.
     fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<Update> {
         let r = self.rank_of(p);
-        let (bits, dense) = match &mut self.leaves {
-            Leaves::Dense(blocks) => (&mut blocks[p as usize], true),
-            Leaves::Sparse { slots, blocks } => {
-                (&mut blocks[(slots[r] & !BLOCK_REF) as usize], false)
-            }
+        let Leaves::Sparse { slots, blocks } = &mut self.leaves else {
+            return None;
         };
+        let bits = &mut blocks[(slots[r] & !BLOCK_REF) as usize];
         if block::get(bits, off) == v {
             return Some(Update::Unchanged);
         }
         block::fill(bits, off, off + 1, v);
-        // A block keeps its form while it has more than INLINE_BACK boundaries; a dense page
-        // while it is mixed.
-        let keeps = match block::uniform(bits) {
-            Some(_) => false,
-            None => dense || block::boundaries(bits) > INLINE_BACK,
-        };
-        if !keeps {
+        // A block keeps its form while it has more than INLINE_BACK boundaries.
+        if block::boundaries(bits) <= INLINE_BACK {
             block::fill(bits, off, off + 1, !v);
             return None;
         }
@@ -472,6 +465,30 @@ impl Region {
             block::set(&mut self.first, p, v);
         }
         Some(Update::Edited)
+    }
+
+    /// Sets offsets `[a, b)` of 2M page `p` of a dense region to `v`: a fill of its block (a
+    /// dense region holds every page's bits) and its mask bits. [`Update::Changed`] when the
+    /// page turned uniform and the region may now be uniform or want the sparse form.
+    fn update_dense_page(&mut self, p: u32, a: u32, b: u32, v: bool) -> Update {
+        let Leaves::Dense(blocks) = &mut self.leaves else {
+            unreachable!("called on dense regions only");
+        };
+        let bits = &mut blocks[p as usize];
+        if !block::fill_changed(bits, a, b, v) {
+            return Update::Unchanged;
+        }
+        let mixed = block::uniform(bits).is_none();
+        let first = bits[0] & 1 != 0;
+        block::set(&mut self.first, p, first);
+        if mixed != self.is_mixed(p) {
+            block::set(&mut self.mixed, p, mixed);
+            self.rank_moved(p, mixed);
+            if !mixed {
+                return Update::Changed;
+            }
+        }
+        Update::Edited
     }
 
     /// Makes whole 2M pages `[a, b)` all `v`.
