@@ -240,3 +240,28 @@ fn whole_aligned_entries_of_an_existing_node() {
         }
     );
 }
+
+/// A region whose pages are all uniform goes when its last page of the other kind flips, by
+/// whichever path: a whole 2M page (the oracle's shrunk failure), one edge page, two pages.
+#[test]
+fn a_region_goes_when_its_last_odd_page_flips() {
+    const G1: u64 = 1 << 18;
+    for (first, last) in [
+        (GfnRange::new(0, 512), GfnRange::new(512, 1024)),
+        (GfnRange::new(0, 100), GfnRange::new(100, 512)),
+        (GfnRange::new(300, 700), GfnRange::new(0, 300)),
+    ] {
+        let mut store = AttrStore::new();
+        store.set(GfnRange::new(512, 1024), P).unwrap();
+        store.set(GfnRange::new(512, G1 + 512), P).unwrap();
+        store.set(first, P).unwrap();
+        store.check_invariants().unwrap();
+        store.set(last, P).unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(
+            store.probe(Gfn(7)).uniform,
+            Level::G1,
+            "{first:?} then {last:?}"
+        );
+    }
+}

@@ -62,6 +62,32 @@ pub(super) enum Update {
     Changed,
 }
 
+/// An inline code before and after an edit of one 2M page (no boundaries: uniform).
+#[derive(Clone, Copy, Debug)]
+struct InlineEdit {
+    page: u32,
+    /// The page's slot rank; stays right while only later pages change.
+    rank: usize,
+    mixed: bool,
+    code: u64,
+    first: bool,
+    new: u64,
+    new_first: bool,
+}
+
+impl InlineEdit {
+    fn unchanged(&self) -> bool {
+        (self.new, self.new_first) == (self.code, self.first)
+    }
+    fn adds_slot(&self) -> bool {
+        !self.mixed && block::inline_count(self.new) > 0
+    }
+    /// The page changed and is uniform now (it was mixed, or of the other kind).
+    fn turns_uniform(&self) -> bool {
+        !self.unchanged() && block::inline_count(self.new) == 0
+    }
+}
+
 /// The new contents of one 2M page.
 #[derive(Clone, Copy, Debug)]
 enum Edit {
@@ -365,12 +391,17 @@ impl Region {
     /// (on `NoMemory` nothing changed): inside one 2M page of the sparse form an edit of its
     /// slot or a flip in its block, anything else its plan carried out.
     pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
-        let p = lo / PAGE_GFNS;
-        if p == (hi - 1) / PAGE_GFNS {
-            let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
-            if let Some(done) = self.update_in_page(p, a, b, v) {
-                return Ok(done);
-            }
+        let (p, q) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
+        let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
+        let done = if p == q {
+            self.update_in_page(p, a, b, v)
+        } else if q == p + 1 {
+            self.update_in_two_pages(p, a, b, v)
+        } else {
+            None
+        };
+        if let Some(done) = done {
+            return Ok(done);
         }
         let plan = self.plan(lo, hi, v);
         if !self.changes(&plan) {
@@ -381,50 +412,127 @@ impl Region {
         Ok(Update::Changed)
     }
 
-    /// The common conversions, inside 2M page `p`, that need no memory and keep the sparse form:
-    /// the page's inline code edited (or made, for a uniform page, in a slot already there, or
-    /// dropped), or one bit of its block. [`Update::Changed`] only when the region became
-    /// uniform; `None` (nothing changed) for anything else.
+    /// The common conversions, inside 2M page `p`, that need no memory and keep the form: the
+    /// page's inline code edited (or made, for a uniform page, in a slot already there, or
+    /// dropped), one bit of its block, or a fill in a dense region. [`Update::Changed`] only
+    /// when a page turned uniform and the region may have become uniform (or, dense, want the
+    /// sparse form); `None` (nothing changed) for anything else.
     fn update_in_page(&mut self, p: u32, a: u32, b: u32, v: bool) -> Option<Update> {
-        let mixed = self.is_mixed(p);
-        let first = block::get(&self.first, p);
-        let r = self.rank_of(p);
-        let Leaves::Sparse { slots, .. } = &mut self.leaves else {
+        if self.is_dense() {
             return Some(self.update_dense_page(p, a, b, v));
-        };
-        let code = if mixed { slots[r] } else { 0 };
-        if code & BLOCK_REF != 0 {
-            return if b == a + 1 {
-                self.try_flip(p, a, v)
-            } else {
-                None
-            };
         }
-        let (new, first_now) = block::inline_set(code, first, a, b, v)?;
-        if (new, first_now) == (code, first) {
+        let edit = match self.inline_edit(p, a, b, v) {
+            Some(edit) => edit,
+            // A block (mixed and not inline): one bit, if it stays a block.
+            None if b == a + 1 && self.is_mixed(p) && self.inline_code(p).is_none() => {
+                return self.try_flip(p, a, v);
+            }
+            None => return None,
+        };
+        if edit.unchanged() {
             return Some(Update::Unchanged);
         }
-        let none_left = slots.len() == usize::from(mixed);
-        match (mixed, block::inline_count(new) > 0) {
-            (true, true) => slots[r] = new,
-            (false, true) if slots.len() < slots.capacity() => slots.insert(r, new),
+        if !self.has_slots(usize::from(edit.adds_slot())) {
+            return None;
+        }
+        self.commit_inline(&edit);
+        Some(self.after_inline(edit.turns_uniform()))
+    }
+
+    /// A range over the end of 2M page `p` (from `a`) and the start of page `p + 1` (to `b`),
+    /// both inline or uniform and staying so, with the slots they need already there: the two
+    /// codes edited. `None` (nothing changed) otherwise.
+    fn update_in_two_pages(&mut self, p: u32, a: u32, b: u32, v: bool) -> Option<Update> {
+        if self.is_dense() {
+            return None;
+        }
+        let head = self.inline_edit(p, a, PAGE_GFNS, v)?;
+        let tail = self.inline_edit(p + 1, 0, b, v)?;
+        if head.unchanged() && tail.unchanged() {
+            return Some(Update::Unchanged);
+        }
+        if !self.has_slots(usize::from(head.adds_slot()) + usize::from(tail.adds_slot())) {
+            return None;
+        }
+        // The later page first: the earlier one's slot rank does not depend on it (and the
+        // later one's was taken before the earlier one changed).
+        self.commit_inline(&tail);
+        self.commit_inline(&head);
+        Some(self.after_inline(head.turns_uniform() || tail.turns_uniform()))
+    }
+
+    /// What setting offsets `[a, b)` of 2M page `p` to `v` does to its inline code (a uniform
+    /// page being a code of no boundaries), without changing anything; `None` when the page is
+    /// a block or would outgrow the inline form.
+    #[inline(always)]
+    fn inline_edit(&self, p: u32, a: u32, b: u32, v: bool) -> Option<InlineEdit> {
+        let Leaves::Sparse { slots, .. } = &self.leaves else {
+            return None;
+        };
+        let mixed = self.is_mixed(p);
+        let first = block::get(&self.first, p);
+        let rank = self.rank_of(p);
+        let code = if mixed { slots[rank] } else { 0 };
+        if code & BLOCK_REF != 0 {
+            return None;
+        }
+        let (new, new_first) = block::inline_set(code, first, a, b, v)?;
+        Some(InlineEdit {
+            page: p,
+            rank,
+            mixed,
+            code,
+            first,
+            new,
+            new_first,
+        })
+    }
+
+    /// Whether the sparse slots can take `n` more without allocating.
+    #[inline(always)]
+    fn has_slots(&self, n: usize) -> bool {
+        match &self.leaves {
+            Leaves::Sparse { slots, .. } => slots.capacity() - slots.len() >= n,
+            Leaves::Dense(_) => false,
+        }
+    }
+
+    /// Stores an inline edit (sparse form, room checked).
+    #[inline(always)]
+    fn commit_inline(&mut self, e: &InlineEdit) {
+        if e.unchanged() {
+            return;
+        }
+        let r = e.rank;
+        let Leaves::Sparse { slots, .. } = &mut self.leaves else {
+            unreachable!("inline edits are made on the sparse form");
+        };
+        let now_mixed = block::inline_count(e.new) > 0;
+        match (e.mixed, now_mixed) {
+            (true, true) => slots[r] = e.new,
+            (false, true) => slots.insert(r, e.new),
             (true, false) => {
                 slots.remove(r);
             }
-            (false, true) => return None,
             // A whole uniform page of the other kind.
             (false, false) => {}
         }
-        block::set(&mut self.first, p, first_now);
-        if mixed != (block::inline_count(new) > 0) {
-            block::set(&mut self.mixed, p, !mixed);
-            self.rank_moved(p, !mixed);
+        block::set(&mut self.first, e.page, e.new_first);
+        if e.mixed != now_mixed {
+            block::set(&mut self.mixed, e.page, now_mixed);
+            self.rank_moved(e.page, now_mixed);
         }
-        // A page turning uniform, with no other page mixed, may have left the region uniform.
-        if block::inline_count(new) == 0 && none_left && block::uniform(&self.first).is_some() {
-            return Some(Update::Changed);
+    }
+
+    /// What inline edits leave to settle: [`Update::Changed`] when a page turned uniform and no
+    /// page is mixed any more, so that the region may be uniform.
+    #[inline(always)]
+    fn after_inline(&self, turned_uniform: bool) -> Update {
+        if turned_uniform && block::is_clear(&self.mixed) && block::uniform(&self.first).is_some() {
+            Update::Changed
+        } else {
+            Update::Edited
         }
-        Some(Update::Edited)
     }
 
     /// [`Region::apply`] of the plan of `[lo, hi)` to `v`; needs its [`Region::reserve`].
