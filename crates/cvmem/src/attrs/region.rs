@@ -261,7 +261,7 @@ impl Region {
         match block::uniform(&bits) {
             Some(u) => Edit::Uniform(u),
             // A block goes back inline only at few boundaries (hysteresis); a dense page stays.
-            None if !self.is_dense() && block::boundaries(&bits) <= INLINE_BACK => {
+            None if !self.is_dense() && !block::boundaries_above(&bits, INLINE_BACK) => {
                 let code = block::encode(&bits).expect("few boundaries fit inline");
                 Edit::Inline(code, bits[0] & 1 != 0)
             }
@@ -613,7 +613,7 @@ impl Region {
         }
         block::fill(bits, off, off + 1, v);
         // A block keeps its form while it has more than INLINE_BACK boundaries.
-        if block::boundaries(bits) <= INLINE_BACK {
+        if !block::boundaries_above(bits, INLINE_BACK) {
             block::fill(bits, off, off + 1, !v);
             return None;
         }
