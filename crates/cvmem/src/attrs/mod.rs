@@ -33,7 +33,7 @@ use crate::addr::{Gfn, GfnRange, Level, GFN_END};
 use crate::error::{Error, Result};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use node::{Node, NODE_GFNS};
-use region::{Boxed, Region, Update, DENSE_BYTES};
+use region::{Region, Update, DENSE_BYTES};
 
 /// Regions and nodes kept for reuse, so that a page flipping between uniform and mixed does not
 /// allocate and free on every flip, and so that an update finds what it needs ready.
@@ -42,17 +42,15 @@ const SPARE: usize = 2;
 const UNITS: u64 = GFN_END / NODE_GFNS;
 
 /// Most bytes one 1G region can hold: the dense form (or a sparse form no bigger, else it
-/// would have turned dense), its header (boxed), its pointer in its node's vector with that
-/// vector's growth slack (an eighth), and its node's 1/512 share of a node.
-const REGION_WORST: usize =
-    DENSE_BYTES + size_of::<Region>() + size_of::<Boxed>() * 9 / 8 + NODE_WORST.div_ceil(512);
+/// would have turned dense), its header in its node's vector with that vector's growth slack
+/// (an eighth), and its node's 1/512 share of a node.
+const REGION_WORST: usize = DENSE_BYTES + size_of::<Region>() * 9 / 8 + NODE_WORST.div_ceil(512);
 /// Most bytes one node costs besides its regions: itself and its key, with growth slack, and
 /// its table index.
 const NODE_WORST: usize = (size_of::<Node>() + size_of::<u64>()) * 9 / 8 + node::TABLE_BYTES;
 /// What the store holds whatever its contents: spare regions and nodes and small vectors.
-const FIXED_WORST: usize = SPARE * (size_of::<Region>() + size_of::<Boxed>() + 64 * 8 + 8 * 64)
-    + SPARE * NODE_WORST
-    + 3 * 64;
+const FIXED_WORST: usize =
+    SPARE * (size_of::<Region>() + 64 * 8 + 8 * 64) + SPARE * NODE_WORST + 3 * 64;
 
 /// The most heap bytes the store holds per GiB of guest address space, whatever a guest does
 /// there (every 2M page mixed, in any order): 32 KiB of bits plus about 300 bytes of headers.
@@ -108,10 +106,10 @@ pub struct AttrStore {
     nodes: Vec<Node>,
     /// All-private units as disjoint, non-adjacent `[start, end)` ranges, ascending.
     private: Vec<(u64, u64)>,
-    spare_regions: Vec<Boxed>,
+    spare_regions: Vec<Region>,
     /// Region vectors for new nodes (a node itself is built on the stack, its vector is the
     /// only allocation it needs).
-    spare_vecs: Vec<Vec<Boxed>>,
+    spare_vecs: Vec<Vec<Region>>,
 }
 
 /// The first and last kind of a stretch of gfns and the boundaries inside it.
@@ -442,7 +440,7 @@ impl AttrStore {
             self.spare_vecs.push(Vec::new());
         }
         while self.spare_regions.len() < regions {
-            self.spare_regions.push(Boxed::try_new()?);
+            self.spare_regions.push(Region::new());
         }
         let (nv, nr) = (self.spare_vecs.len(), self.spare_regions.len());
         for v in &mut self.spare_vecs[nv - vecs..] {
@@ -606,18 +604,18 @@ impl AttrStore {
         self.keys.capacity() * size_of::<u64>()
             + self.nodes.capacity() * size_of::<Node>()
             + self.private.capacity() * size_of::<(u64, u64)>()
-            + self.spare_regions.capacity() * size_of::<Boxed>()
-            + self.spare_vecs.capacity() * size_of::<Vec<Boxed>>()
+            + self.spare_regions.capacity() * size_of::<Region>()
+            + self.spare_vecs.capacity() * size_of::<Vec<Region>>()
             + self.nodes.iter().map(Node::heap_bytes).sum::<usize>()
             + self
                 .spare_vecs
                 .iter()
-                .map(|v| v.capacity() * size_of::<Boxed>())
+                .map(|v| v.capacity() * size_of::<Region>())
                 .sum::<usize>()
             + self
                 .spare_regions
                 .iter()
-                .map(Boxed::heap_bytes)
+                .map(Region::heap_bytes)
                 .sum::<usize>()
     }
 

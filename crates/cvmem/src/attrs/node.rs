@@ -1,9 +1,9 @@
 //! A 512G unit whose gfns are not all of one kind: per 1G entry a kind bit, or a [`Region`].
 //!
-//! Regions live boxed in one vector in no order; an [`Index`] maps a 1G entry to its region, so
+//! Regions live in one vector in no order; an [`Index`] maps a 1G entry to its region, so
 //! finding one is a short scan or a load, adding one a push and dropping one a swap-remove (the
-//! moved region knows its entry): only pointers move, however many regions a node holds, and
-//! the room a vector keeps after a churn of buffers costs 8 bytes a region, not ~200. The index is inline for a few regions (a node of a boot-like guest holds one
+//! moved region knows its entry): no region ever moves more than once per change, however many
+//! a node holds. The index is inline for a few regions (a node of a boot-like guest holds one
 //! or two) and a 1 KiB table beyond, so a node costs ~190 bytes, not 1.2 KiB. 1G eligibility
 //! needs no state of its own: a 1G page is uniform exactly when its entry has no region.
 
@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use super::block::{self, Block};
-use super::region::{Boxed, Region, Update, REGION_GFNS};
+use super::region::{Region, Update, REGION_GFNS};
 use super::{edges, grow, recycle, Summary};
 use crate::addr::Level;
 use crate::error::Result;
@@ -47,7 +47,7 @@ pub(super) struct Node {
     /// Entry → position in `regions` (meaningful where `present`).
     index: Index,
     /// One per present entry, in no order, and the parked region if any.
-    regions: Vec<Boxed>,
+    regions: Vec<Region>,
     /// The entry of a region that became uniform and was kept in place (not present) for the
     /// next region this node needs: a buffer whose last mixed 2M page comes and goes makes
     /// and drops its region on every conversion, and parking saves the moves and the index
@@ -57,7 +57,7 @@ pub(super) struct Node {
 
 impl Node {
     /// An all-`v` node holding its regions in `regions` (emptied; its capacity is kept).
-    pub(super) fn with_regions(mut regions: Vec<Boxed>, v: bool) -> Self {
+    pub(super) fn with_regions(mut regions: Vec<Region>, v: bool) -> Self {
         regions.clear();
         Node {
             present: [0; 8],
@@ -69,7 +69,7 @@ impl Node {
     }
 
     /// The node's region vector, emptied, for reuse (only a small one is worth keeping).
-    pub(super) fn into_regions(mut self) -> Vec<Boxed> {
+    pub(super) fn into_regions(mut self) -> Vec<Region> {
         if self.regions.capacity() > 8 {
             return Vec::new();
         }
@@ -120,7 +120,7 @@ impl Node {
 
     #[inline]
     fn region(&self, e: u32) -> Option<&Region> {
-        self.present(e).then(|| &*self.regions[self.slot(e)])
+        self.present(e).then(|| &self.regions[self.slot(e)])
     }
 
     /// Makes sure [`Node::set`] of `[lo, hi)` to `v` completes without allocating; returns how
@@ -196,7 +196,7 @@ impl Node {
 
     /// Sets offsets `[lo, hi)` to `v`, taking fresh regions from `spare` and returning dropped
     /// ones there. Needs [`Node::reserve`] (and enough spares) first; never allocates.
-    pub(super) fn set(&mut self, lo: u64, hi: u64, v: bool, spare: &mut Vec<Boxed>) {
+    pub(super) fn set(&mut self, lo: u64, hi: u64, v: bool, spare: &mut Vec<Region>) {
         let (a, b) = (lo.div_ceil(ENTRY_GFNS) as u32, (hi / ENTRY_GFNS) as u32);
         if a < b {
             // Only the present entries: a word scan, then one swap-remove each.
@@ -230,7 +230,7 @@ impl Node {
         lo: u64,
         hi: u64,
         v: bool,
-        spare: &mut Vec<Boxed>,
+        spare: &mut Vec<Region>,
     ) -> Result<Option<Update>> {
         let e = (lo / ENTRY_GFNS) as u32;
         if !self.present(e) {
@@ -248,11 +248,11 @@ impl Node {
     /// Gives entry `e` (without a region, not all `v`) a region with offsets `[lo, hi)` in it
     /// set to `v`: the parked region, else one from `spare`. Needs room for one more region (in
     /// `regions` and the index, unless one is parked) and a spare first; never allocates.
-    fn create(&mut self, e: u32, lo: u32, hi: u32, v: bool, spare: &mut Vec<Boxed>) {
+    fn create(&mut self, e: u32, lo: u32, hi: u32, v: bool, spare: &mut Vec<Region>) {
         let i = match self.parked.take() {
             Some(old) => self.slot(u32::from(old)),
             None => {
-                self.regions.push(spare.pop().unwrap_or_else(Boxed::fresh));
+                self.regions.push(spare.pop().unwrap_or_else(Region::new));
                 self.regions.len() - 1
             }
         };
@@ -273,7 +273,7 @@ impl Node {
         lo: u64,
         hi: u64,
         v: bool,
-        spare: &mut Vec<Boxed>,
+        spare: &mut Vec<Region>,
     ) -> Result<Option<Update>> {
         let e = (lo / ENTRY_GFNS) as u32;
         debug_assert!(!self.present(e) && e == ((hi - 1) / ENTRY_GFNS) as u32);
@@ -302,7 +302,7 @@ impl Node {
 
     /// After a change to region `i` (entry `e`): dropped if it became uniform, else given the
     /// form that fits it.
-    fn settle(&mut self, e: u32, i: usize, spare: &mut Vec<Boxed>) {
+    fn settle(&mut self, e: u32, i: usize, spare: &mut Vec<Region>) {
         match self.regions[i].uniform() {
             Some(u) => {
                 if self.parked.is_none() && self.regions[i].parkable() {
@@ -318,7 +318,7 @@ impl Node {
     }
 
     /// Drops the region of entry `e` (its kind bit is the caller's to set).
-    fn remove(&mut self, e: u32, spare: &mut Vec<Boxed>) {
+    fn remove(&mut self, e: u32, spare: &mut Vec<Region>) {
         let i = self.slot(e);
         let region = self.regions.swap_remove(i);
         if let Some(moved) = self.regions.get(i) {
@@ -382,8 +382,8 @@ impl Node {
             Index::Table(table) => table.capacity() * size_of::<u16>(),
         };
         index
-            + self.regions.capacity() * size_of::<Boxed>()
-            + self.regions.iter().map(Boxed::heap_bytes).sum::<usize>()
+            + self.regions.capacity() * size_of::<Region>()
+            + self.regions.iter().map(Region::heap_bytes).sum::<usize>()
     }
 
     /// Number of regions.

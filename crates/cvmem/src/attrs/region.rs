@@ -10,14 +10,12 @@
 //!
 //! A region never holds more than the dense form plus its masks, whatever a guest does.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::mem::size_of;
-use core::ops::{Deref, DerefMut};
 
 use super::block::{self, Block, BLOCK_REF, INLINE_BACK, INLINE_MAX, PAGE_GFNS};
 use super::{grow, Summary};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Gfns per region (1G).
 pub(super) const REGION_GFNS: u32 = 1 << 18;
@@ -40,52 +38,6 @@ pub(super) struct Region {
     /// Which 1G entry of its node the region is.
     pub(super) entry: u16,
     leaves: Leaves,
-}
-
-/// A region on the heap by itself: a node's vector of regions then holds 8 bytes per slot (its
-/// growth slack, and the room kept after a churn of buffers, cost little) and moving a region
-/// moves a pointer. Made fallibly, as a one-element vector turned into a box.
-#[derive(Clone, Debug)]
-pub(super) struct Boxed(Box<[Region; 1]>);
-
-impl Boxed {
-    /// An all-shared region, or `NoMemory`.
-    pub(super) fn try_new() -> Result<Self> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(1).map_err(|_| Error::NoMemory {
-            bytes: size_of::<Region>(),
-        })?;
-        v.push(Region::new());
-        let one: Box<[Region; 1]> = v
-            .into_boxed_slice()
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("a vector of one region"));
-        Ok(Boxed(one))
-    }
-
-    /// An all-shared region, allocated infallibly: only where a spare was made ready and this
-    /// cannot run.
-    pub(super) fn fresh() -> Self {
-        Boxed(Box::new([Region::new()]))
-    }
-
-    /// Heap bytes held: the region itself and what it holds.
-    pub(super) fn heap_bytes(&self) -> usize {
-        size_of::<Region>() + self.0[0].heap_bytes()
-    }
-}
-
-impl Deref for Boxed {
-    type Target = Region;
-    fn deref(&self) -> &Region {
-        &self.0[0]
-    }
-}
-
-impl DerefMut for Boxed {
-    fn deref_mut(&mut self) -> &mut Region {
-        &mut self.0[0]
-    }
 }
 
 /// What a set does to a region: see [`Region::plan`].
