@@ -55,3 +55,36 @@ fn regions_are_found_through_either_index() {
         check(&s, &mixed);
     }
 }
+
+/// A node that held many regions gives back the room once most are gone, and still takes new
+/// ones (up to two per set, after dropping some) without the room it reserved for them.
+#[test]
+fn a_churn_of_regions_leaves_little_room_behind() {
+    let mut s = AttrStore::new();
+    let mut mixed: Vec<u64> = (0..40).collect();
+    for &e in &mixed {
+        mix(&mut s, e, true);
+    }
+    let full = s.heap_bytes();
+    for e in 0..34 {
+        mix(&mut s, e, false);
+    }
+    mixed.retain(|&e| e >= 34);
+    check(&s, &mixed);
+    let after = s.heap_bytes();
+    assert!(
+        after + 25 * 150 <= full,
+        "room for ~34 regions given back: {full} -> {after} bytes"
+    );
+    // A set that drops the regions of whole entries (34-39) and makes two at its ends.
+    let (lo, hi) = (30 * G1 + 100, 45 * G1 + 100);
+    s.set(GfnRange::new(lo, hi), P).unwrap();
+    s.check_invariants().unwrap();
+    for (e, below) in [(30, false), (45, true)] {
+        assert!(s.is_mixed_2m(Gfn(e * G1)), "entry {e}");
+        assert_eq!(s.is_private(Gfn(e * G1 + 99)), below);
+        assert_eq!(s.is_private(Gfn(e * G1 + 100)), !below);
+    }
+    assert_eq!(s.probe(Gfn(37 * G1)).uniform, Level::G1);
+    assert_eq!(s.shape().regions, 2, "entries 30 and 45");
+}

@@ -252,6 +252,10 @@ impl Node {
         let i = match self.parked.take() {
             Some(old) => self.slot(u32::from(old)),
             None => {
+                debug_assert!(
+                    self.regions.len() < self.regions.capacity(),
+                    "room for a region was reserved"
+                );
                 self.regions.push(spare.pop().unwrap_or_else(Region::new));
                 self.regions.len() - 1
             }
@@ -335,6 +339,24 @@ impl Node {
         block::set(&mut self.present, e, false);
         if !region.is_dense() {
             recycle(spare, region);
+        }
+        self.shrink();
+    }
+
+    /// Gives back the room a churn of buffers left in `regions` (at ~200 bytes a region) once it
+    /// exceeds a quarter of the regions held, keeping an eighth and at least two: a region
+    /// coming and going at the edge never reallocates, and the (at most two) regions a set may
+    /// still create after dropping some keep the room reserved for them. Optional work:
+    /// without memory the vector stays as it is.
+    fn shrink(&mut self) {
+        let (len, cap) = (self.regions.len(), self.regions.capacity());
+        if cap - len <= (len / 4).max(4) {
+            return;
+        }
+        let mut fewer = Vec::new();
+        if fewer.try_reserve_exact(len + len / 8 + 2).is_ok() {
+            fewer.append(&mut self.regions);
+            self.regions = fewer;
         }
     }
 
