@@ -388,8 +388,8 @@ impl Region {
     }
 
     /// Sets gfns `[lo, hi)` (offsets in the region) to `v`, allocating first what that needs
-    /// (on `NoMemory` nothing changed): inside one 2M page of the sparse form an edit of its
-    /// slot or a flip in its block, anything else its plan carried out.
+    /// (on `NoMemory` nothing changed): inside one 2M page, or over two adjacent ones, the
+    /// in-page edits when they fit; anything else its plan, reserved and carried out.
     pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
         let (p, q) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
         let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
