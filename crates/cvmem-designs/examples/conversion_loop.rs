@@ -7,41 +7,29 @@
 
 use std::time::Instant;
 
-use cvmem::{GfnRange, MemoryRegion, Tracker, PAGE_SHIFT};
+use cvmem::hypercall::MapGpaRange;
+use cvmem::{GfnRange, Tracker, PAGE_SHIFT};
 use cvmem_designs::workloads::{generate, Layout, Params};
 use cvmem_oplog::Op;
 
 /// A tracker with the memslots of `ops` (those before the first conversion).
 fn with_slots(ops: &[Op]) -> Tracker {
     let mut t = Tracker::new();
-    for op in ops {
-        match op {
-            &Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            } => {
-                let region = MemoryRegion {
-                    slot: slot as u32,
-                    gpa,
-                    size,
-                    flags,
-                    uaddr,
-                    backing,
-                };
-                t.set_user_memory_region(&region)
-                    .expect("the workload's memslots are valid");
-            }
-            Op::Attrs { .. } | Op::MapGpa { .. } => break,
-            _ => {}
+    for op in ops.iter().take_while(|op| !is_conversion(op)) {
+        if let Some(region) = op.memory_region() {
+            let region = region.expect("the workload's memslot ids are valid");
+            t.set_user_memory_region(&region)
+                .expect("the workload's memslots are valid");
         }
     }
     t
 }
 
+fn is_conversion(op: &Op) -> bool {
+    matches!(op, Op::Attrs { .. } | Op::MapGpa { .. })
+}
+
+/// The attribute changes of `ops`, as the tracker takes them.
 fn conversions(ops: &[Op]) -> Vec<(GfnRange, u64)> {
     ops.iter()
         .filter_map(|op| match *op {
@@ -53,14 +41,9 @@ fn conversions(ops: &[Op]) -> Vec<(GfnRange, u64)> {
                 GfnRange::new(gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT),
                 attributes,
             )),
-            Op::MapGpa { gpa, npages, flags } => {
-                let private = flags & cvmem::hypercall::KVM_MAP_GPA_RANGE_ENCRYPTED != 0;
-                let start = gpa >> PAGE_SHIFT;
-                Some((
-                    GfnRange::new(start, start + npages),
-                    if private { 8 } else { 0 },
-                ))
-            }
+            Op::MapGpa { gpa, npages, flags } => MapGpaRange::decode(gpa, npages, flags)
+                .ok()
+                .map(|r| (r.range(), r.attributes())),
             _ => None,
         })
         .collect()

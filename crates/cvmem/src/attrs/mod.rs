@@ -386,7 +386,8 @@ impl AttrStore {
             });
         }
         let v = attributes != 0;
-        if range.start >> 18 == (range.end - 1) >> 18 {
+        let g1 = Level::G1.pages();
+        if range.start / g1 == (range.end - 1) / g1 {
             // Inside one 1G entry of an existing node, the common conversion: the node's own
             // update, without the store-wide walks.
             let unit = range.start / NODE_GFNS;
@@ -405,9 +406,9 @@ impl AttrStore {
         Ok(true)
     }
 
-    /// Sets offsets `[lo, hi)` of node `i`, inside one 1G entry, to `v`: the node's reserve
-    /// (with at most one fresh region, taken from the spares) and set, then the node dropped if
-    /// it became uniform. Allocates before it changes anything.
+    /// Sets offsets `[lo, hi)` of node `i`, inside one 1G entry, to `v`: the entry's region
+    /// updated, or one made for it (a spare made ready first), then the node dropped if it may
+    /// have become uniform and did. Allocates before it changes anything.
     fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
         // A node turning all-private becomes a unit run.
         grow(&mut self.private, 1, usize::MAX)?;

@@ -187,25 +187,16 @@ impl Region {
 
     /// The new contents of 2M page `p` once offsets `[a, b)` in it are `v`.
     fn edit(&self, p: u32, a: u32, b: u32, v: bool) -> Edit {
-        let first = block::get(&self.first, p);
-        // A uniform page is an inline code of no boundaries.
-        let code = if self.is_mixed(p) {
-            self.inline_code(p)
-        } else {
-            Some(0)
-        };
-        if let Some(code) = code {
-            return match block::inline_set(code, first, a, b, v) {
-                Some(new) if new == (code, first) => Edit::Same,
-                Some((c, f)) if block::inline_count(c) == 0 => Edit::Uniform(f),
-                Some((c, f)) => Edit::Inline(c, f),
-                None => Edit::Fill {
-                    a,
-                    b,
-                    first: if a == 0 { v } else { first },
-                },
+        if let Some(e) = self.inline_edit(p, a, b, v) {
+            return if e.unchanged() {
+                Edit::Same
+            } else if block::inline_count(e.new) == 0 {
+                Edit::Uniform(e.new_first)
+            } else {
+                Edit::Inline(e.new, e.new_first)
             };
         }
+        // A block, a mixed page of a dense region, or a code outgrowing the inline form.
         let mut bits = self.page(p);
         if !block::fill_changed(&mut bits, a, b, v) {
             return Edit::Same;
@@ -222,17 +213,6 @@ impl Region {
                 b,
                 first: bits[0] & 1 != 0,
             },
-        }
-    }
-
-    /// The inline code of mixed page `p`, if it is stored inline.
-    fn inline_code(&self, p: u32) -> Option<u64> {
-        match &self.leaves {
-            Leaves::Sparse { slots, .. } => {
-                let slot = slots[self.rank_of(p)];
-                (slot & BLOCK_REF == 0).then_some(slot)
-            }
-            Leaves::Dense(_) => None,
         }
     }
 
@@ -423,10 +403,8 @@ impl Region {
         }
         let edit = match self.inline_edit(p, a, b, v) {
             Some(edit) => edit,
-            // A block (mixed and not inline): one bit, if it stays a block.
-            None if b == a + 1 && self.is_mixed(p) && self.inline_code(p).is_none() => {
-                return self.try_flip(p, a, v);
-            }
+            // A block: one bit, if it stays a block.
+            None if b == a + 1 && self.is_mixed(p) => return self.try_flip(p, a, v),
             None => return None,
         };
         if edit.unchanged() {
@@ -463,19 +441,17 @@ impl Region {
 
     /// What setting offsets `[a, b)` of 2M page `p` to `v` does to its inline code (a uniform
     /// page being a code of no boundaries), without changing anything; `None` when the page is
-    /// a block or would outgrow the inline form.
+    /// a block, a mixed page of a dense region, or would outgrow the inline form.
     #[inline(always)]
     fn inline_edit(&self, p: u32, a: u32, b: u32, v: bool) -> Option<InlineEdit> {
-        let Leaves::Sparse { slots, .. } = &self.leaves else {
-            return None;
-        };
         let mixed = self.is_mixed(p);
         let first = block::get(&self.first, p);
         let rank = self.rank_of(p);
-        let code = if mixed { slots[rank] } else { 0 };
-        if code & BLOCK_REF != 0 {
-            return None;
-        }
+        let code = match &self.leaves {
+            _ if !mixed => 0,
+            Leaves::Sparse { slots, .. } if slots[rank] & BLOCK_REF == 0 => slots[rank],
+            _ => return None,
+        };
         let (new, new_first) = block::inline_set(code, first, a, b, v)?;
         Some(InlineEdit {
             page: p,
@@ -553,12 +529,16 @@ impl Region {
     }
 
     /// Sets gfn `off` of mixed page `p`, stored as a block (sparse form), to `v` with one bit
-    /// write when the page stays a block. `None` (nothing changed) when it changes form.
+    /// write when the page stays a block. `None` (nothing changed) when it changes form or is
+    /// not a block.
     fn try_flip(&mut self, p: u32, off: u32, v: bool) -> Option<Update> {
         let r = self.rank_of(p);
         let Leaves::Sparse { slots, blocks } = &mut self.leaves else {
             return None;
         };
+        if slots[r] & BLOCK_REF == 0 {
+            return None; // inline, outgrowing its code
+        }
         let bits = &mut blocks[(slots[r] & !BLOCK_REF) as usize];
         if block::get(bits, off) == v {
             return Some(Update::Unchanged);
