@@ -88,3 +88,33 @@ fn a_churn_of_regions_leaves_little_room_behind() {
     assert_eq!(s.probe(Gfn(37 * G1)).uniform, Level::G1);
     assert_eq!(s.shape().regions, 2, "entries 30 and 45");
 }
+
+/// Regions that come and go in a dozen entries, in a scattered order: parked regions are taken
+/// back in their own entry and in others, through the inline index and the table, and the
+/// store answers as if each were made afresh.
+#[test]
+fn parked_regions_are_reused_in_any_entry() {
+    for keep in [1u64, 10] {
+        let mut s = AttrStore::new();
+        // Regions that stay (one, or ten so that the node uses its table), so the node stays.
+        let mut mixed: Vec<u64> = (40 - keep..40).collect();
+        for &e in &mixed {
+            mix(&mut s, e, true);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..600 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let e = x % 12;
+            let now = !mixed.contains(&e);
+            mix(&mut s, e, now);
+            if now {
+                mixed.push(e);
+            } else {
+                mixed.retain(|&m| m != e);
+            }
+            check(&s, &mixed);
+        }
+    }
+}

@@ -373,6 +373,7 @@ impl AttrStore {
     /// Sets every gfn of `range` to `attributes` (a range inside the gfn space; only PRIVATE
     /// can be stored). Returns `false`, having done nothing, when the range already had them.
     /// On `NoMemory` nothing changed.
+    #[inline]
     pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
         if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
             return Err(Error::UnsupportedAttributes {
@@ -397,7 +398,14 @@ impl AttrStore {
                 return self.set_in_entry(i, range.start - base, range.end - base, v);
             }
         }
-        if self.uniform(range) == Some(attributes) {
+        self.set_range(range, v)
+    }
+
+    /// [`AttrStore::set`] of any range: checked for a change, reserved, committed (kept out of
+    /// line so that the one-entry path stays short).
+    #[inline(never)]
+    fn set_range(&mut self, range: GfnRange, v: bool) -> Result<bool> {
+        if self.uniform(range) == Some(attr(v)) {
             return Ok(false);
         }
         self.reserve(range, v)?;
@@ -409,26 +417,33 @@ impl AttrStore {
     /// Sets offsets `[lo, hi)` of node `i`, inside one 1G entry, to `v`: the entry's region
     /// updated, or one made for it (a spare made ready first), then the node dropped if it may
     /// have become uniform and did. Allocates before it changes anything.
+    #[inline]
     fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
         // A node turning all-private becomes a unit run.
         grow(&mut self.private, 1, usize::MAX)?;
         let node = &mut self.nodes[i];
         match node.update_in_region(lo, hi, v, &mut self.spare_regions)? {
-            Some(Update::Unchanged) => return Ok(false),
-            Some(Update::Edited) => return Ok(true),
-            Some(Update::Changed) => {}
-            None => {
-                let fresh = usize::from(node.needs_spare());
-                self.ready_spares(0, fresh)?;
-                let node = &mut self.nodes[i];
-                match node.create_in_entry(lo, hi, v, &mut self.spare_regions)? {
-                    None => return Ok(false),
-                    Some(Update::Changed) => {}
-                    Some(_) => return Ok(true),
-                }
+            Some(Update::Unchanged) => Ok(false),
+            Some(Update::Edited) => Ok(true),
+            Some(Update::Changed) => {
+                self.drop_if_uniform(i);
+                Ok(true)
             }
+            None => self.create_in_entry(i, lo, hi, v),
         }
-        self.drop_if_uniform(i);
+    }
+
+    /// [`AttrStore::set_in_entry`] where the entry has no region: its kind bit, or a region
+    /// made for it (a spare made ready first).
+    #[inline(never)]
+    fn create_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
+        let fresh = usize::from(self.nodes[i].needs_spare());
+        self.ready_spares(0, fresh)?;
+        match self.nodes[i].create_in_entry(lo, hi, v, &mut self.spare_regions)? {
+            None => return Ok(false),
+            Some(Update::Changed) => self.drop_if_uniform(i),
+            Some(_) => {}
+        }
         Ok(true)
     }
 

@@ -225,6 +225,7 @@ impl Node {
     /// region's own update, allocating first what it needs (on `NoMemory` nothing changed),
     /// then the region dropped if it became uniform. `Ok(None)` when the entry has no region;
     /// [`Update::Changed`] when the node may have become uniform.
+    #[inline]
     pub(super) fn update_in_region(
         &mut self,
         lo: u64,

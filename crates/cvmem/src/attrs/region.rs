@@ -370,6 +370,7 @@ impl Region {
     /// Sets gfns `[lo, hi)` (offsets in the region) to `v`, allocating first what that needs
     /// (on `NoMemory` nothing changed): inside one 2M page, or over two adjacent ones, the
     /// in-page edits when they fit; anything else its plan, reserved and carried out.
+    #[inline]
     pub(super) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
         let (p, q) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
         let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
@@ -380,9 +381,16 @@ impl Region {
         } else {
             None
         };
-        if let Some(done) = done {
-            return Ok(done);
+        match done {
+            Some(done) => Ok(done),
+            None => self.update_by_plan(lo, hi, v),
         }
+    }
+
+    /// [`Region::update`] beyond the in-page paths: the plan, reserved and carried out (kept
+    /// out of line so that the in-page paths stay short).
+    #[inline(never)]
+    fn update_by_plan(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
         let plan = self.plan(lo, hi, v);
         if !self.changes(&plan) {
             return Ok(Update::Unchanged);
