@@ -262,8 +262,7 @@ impl Node {
             }
         };
         let region = &mut self.regions[i];
-        region.reset(e as u16, !v);
-        region.set(lo, hi, v);
+        region.make(e as u16, lo, hi, v);
         self.place(e, i);
         block::set(&mut self.present, e, true);
     }

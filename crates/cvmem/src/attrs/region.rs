@@ -127,7 +127,7 @@ impl Region {
     }
 
     /// Makes the region all `v` as entry `entry`, keeping small allocations for reuse.
-    pub(super) fn reset(&mut self, entry: u16, v: bool) {
+    fn reset(&mut self, entry: u16, v: bool) {
         self.mixed = [0; 8];
         self.first = block::filled(v);
         self.rank = [0; 8];
@@ -145,6 +145,30 @@ impl Region {
                     blocks: Vec::new(),
                 }
             }
+        }
+    }
+
+    /// Makes the region entry `entry`, all `!v` but offsets `[lo, hi)` (less than the whole
+    /// region), keeping small allocations for reuse: the whole 2M pages inside are kind bits,
+    /// each partly covered page (one or two) an inline code of at most two boundaries. No plan:
+    /// a region is made on every conversion that mixes a uniform 1G page (and cold, at
+    /// start-up). Needs room for two slots ([`Region::reserve_fresh`]); never allocates.
+    pub(super) fn make(&mut self, entry: u16, lo: u32, hi: u32, v: bool) {
+        debug_assert!(lo < hi && hi <= REGION_GFNS && hi - lo < REGION_GFNS);
+        self.reset(entry, !v);
+        block::fill(&mut self.first, lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS, v);
+        for (p, a, b) in super::edges(u64::from(lo), u64::from(hi), u64::from(PAGE_GFNS)) {
+            let (p, a, b) = (p as u32, a as u32, b as u32);
+            let (code, first) =
+                block::inline_set(0, !v, a, b, v).expect("two boundaries fit inline");
+            if let Leaves::Sparse { slots, .. } = &mut self.leaves {
+                debug_assert!(slots.len() < slots.capacity(), "room for two slots");
+                // Edge pages come in page order: the slots stay in page order.
+                slots.push(code);
+            }
+            block::set(&mut self.mixed, p, true);
+            block::set(&mut self.first, p, first);
+            self.rank_moved(p, true);
         }
     }
 
