@@ -157,19 +157,33 @@ impl Region {
         debug_assert!(lo < hi && hi <= REGION_GFNS && hi - lo < REGION_GFNS);
         self.reset(entry, !v);
         block::fill(&mut self.first, lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS, v);
-        for (p, a, b) in super::edges(u64::from(lo), u64::from(hi), u64::from(PAGE_GFNS)) {
-            let (p, a, b) = (p as u32, a as u32, b as u32);
-            let (code, first) =
-                block::inline_set(0, !v, a, b, v).expect("two boundaries fit inline");
-            if let Leaves::Sparse { slots, .. } = &mut self.leaves {
-                debug_assert!(slots.len() < slots.capacity(), "room for two slots");
-                // Edge pages come in page order: the slots stay in page order.
-                slots.push(code);
+        let (p, q) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
+        let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
+        // The partly covered pages, in page order (so are their slots).
+        if p == q {
+            if a != 0 || b != PAGE_GFNS {
+                self.make_mixed(p, a, b, v);
             }
-            block::set(&mut self.mixed, p, true);
-            block::set(&mut self.first, p, first);
-            self.rank_moved(p, true);
+        } else {
+            if a != 0 {
+                self.make_mixed(p, a, PAGE_GFNS, v);
+            }
+            if b != PAGE_GFNS {
+                self.make_mixed(q, 0, b, v);
+            }
         }
+    }
+
+    /// Makes uniform page `p`, after any other mixed page, all `!v` but `[a, b)`: a slot of
+    /// its inline code appended.
+    fn make_mixed(&mut self, p: u32, a: u32, b: u32, v: bool) {
+        if let Leaves::Sparse { slots, .. } = &mut self.leaves {
+            debug_assert!(slots.len() < slots.capacity(), "room for two slots");
+            slots.push(block::inline_run(a, b));
+        }
+        block::set(&mut self.mixed, p, true);
+        block::set(&mut self.first, p, if a == 0 { v } else { !v });
+        self.rank_moved(p, true);
     }
 
     /// Whether the region, once uniform, may be kept for reuse: sparse, with room for what a
