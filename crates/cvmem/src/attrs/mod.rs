@@ -140,10 +140,17 @@ impl Summary {
 
 /// Makes room for `extra` more elements, growing by an eighth (not doubling) so that slack
 /// stays small, and never past `max`.
+#[inline]
 fn grow<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
     if v.capacity() - v.len() >= extra {
         return Ok(());
     }
+    grow_by(v, extra, max)
+}
+
+/// [`grow`] when there is not room already (out of line: most calls have it).
+#[inline(never)]
+fn grow_by<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
     let add = (v.len() / 8).min(max.saturating_sub(v.len())).max(extra);
     v.try_reserve_exact(add).map_err(|_| Error::NoMemory {
         bytes: add * size_of::<T>(),
