@@ -265,3 +265,35 @@ fn a_region_goes_when_its_last_odd_page_flips() {
         );
     }
 }
+
+/// A copy of a store (the concurrent front keeps two) keeps the room a parked region has for a
+/// fresh range, so that the copy makes it into a region without allocating (a debug assertion
+/// guards that room: this test fails in a debug build when a copy loses it), and both answer
+/// alike.
+#[test]
+fn a_copy_keeps_the_room_its_updates_need() {
+    const G1: u64 = 1 << 18;
+    let mut s = AttrStore::new();
+    s.set(GfnRange::new(0, 64 * G1), P).unwrap();
+    s.set(GfnRange::new(9 * G1 + 7, 9 * G1 + 9), 0).unwrap();
+    // A region comes and goes in entry 3: parked, with its room.
+    s.set(GfnRange::new(3 * G1 + 100, 3 * G1 + 108), 0).unwrap();
+    s.set(GfnRange::new(3 * G1 + 100, 3 * G1 + 108), P).unwrap();
+    let mut copy = s.clone();
+    for store in [&mut s, &mut copy] {
+        store
+            .set(GfnRange::new(5 * G1 + 300, 5 * G1 + 900), 0)
+            .unwrap();
+        store.check_invariants().unwrap();
+    }
+    for gfn in [
+        5 * G1 + 299,
+        5 * G1 + 300,
+        5 * G1 + 899,
+        5 * G1 + 900,
+        9 * G1 + 8,
+    ] {
+        assert_eq!(copy.probe(Gfn(gfn)), s.probe(Gfn(gfn)), "gfn {gfn:#x}");
+    }
+    assert_eq!(copy.shape(), s.shape());
+}

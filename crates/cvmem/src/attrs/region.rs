@@ -103,12 +103,32 @@ enum Edit {
     Fill { a: u32, b: u32, first: bool },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Leaves {
     /// One slot per mixed page, in page order; blocks in no order.
     Sparse { slots: Vec<u64>, blocks: Vec<Block> },
     /// A block per page, uniform pages filled.
     Dense(Vec<Block>),
+}
+
+/// A copy with the room of the original: a region's spare room is part of its state (a parked
+/// or spare region is made into a fresh one without allocating), and a copy of the store — the
+/// concurrent front keeps two — must be able to take the same updates.
+impl Clone for Leaves {
+    fn clone(&self) -> Self {
+        fn with_room<T: Copy>(v: &[T], capacity: usize) -> Vec<T> {
+            let mut copy = Vec::with_capacity(capacity);
+            copy.extend_from_slice(v);
+            copy
+        }
+        match self {
+            Leaves::Sparse { slots, blocks } => Leaves::Sparse {
+                slots: with_room(slots, slots.capacity()),
+                blocks: with_room(blocks, blocks.capacity()),
+            },
+            Leaves::Dense(blocks) => Leaves::Dense(blocks.clone()),
+        }
+    }
 }
 
 impl Region {
@@ -126,25 +146,31 @@ impl Region {
         }
     }
 
+    /// Whether [`Region::reset`] keeps the region's allocations: sparse and small (64 slots, 8
+    /// blocks at most), so that a spare does not hold on to a big region's memory.
+    fn keeps_leaves(&self) -> bool {
+        match &self.leaves {
+            Leaves::Sparse { slots, blocks } => slots.capacity() <= 64 && blocks.capacity() <= 8,
+            Leaves::Dense(_) => false,
+        }
+    }
+
     /// Makes the region all `v` as entry `entry`, keeping small allocations for reuse.
     fn reset(&mut self, entry: u16, v: bool) {
         self.mixed = [0; 8];
         self.first = block::filled(v);
         self.rank = [0; 8];
         self.entry = entry;
-        match &mut self.leaves {
-            Leaves::Sparse { slots, blocks }
-                if slots.capacity() <= 64 && blocks.capacity() <= 8 =>
-            {
+        if self.keeps_leaves() {
+            if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
                 slots.clear();
                 blocks.clear();
             }
-            _ => {
-                self.leaves = Leaves::Sparse {
-                    slots: Vec::new(),
-                    blocks: Vec::new(),
-                }
-            }
+        } else {
+            self.leaves = Leaves::Sparse {
+                slots: Vec::new(),
+                blocks: Vec::new(),
+            };
         }
     }
 
@@ -156,7 +182,10 @@ impl Region {
     pub(super) fn make(&mut self, entry: u16, lo: u32, hi: u32, v: bool) {
         debug_assert!(lo < hi && hi <= REGION_GFNS && hi - lo < REGION_GFNS);
         self.reset(entry, !v);
-        block::fill(&mut self.first, lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS, v);
+        let (full_lo, full_hi) = (lo.div_ceil(PAGE_GFNS), hi / PAGE_GFNS);
+        if full_lo < full_hi {
+            block::fill(&mut self.first, full_lo, full_hi, v);
+        }
         let (p, q) = (lo / PAGE_GFNS, (hi - 1) / PAGE_GFNS);
         let (a, b) = (lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
         // The partly covered pages, in page order (so are their slots).
@@ -189,17 +218,22 @@ impl Region {
     /// Whether the region, once uniform, may be kept for reuse: sparse, with room for what a
     /// fresh region needs ([`Region::reserve_fresh`]) and no more than [`Region::reset`] keeps.
     pub(super) fn parkable(&self) -> bool {
-        match &self.leaves {
-            Leaves::Sparse { slots, blocks } => {
-                (2..=64).contains(&slots.capacity()) && blocks.capacity() <= 8
-            }
-            Leaves::Dense(_) => false,
-        }
+        self.keeps_leaves()
+            && matches!(&self.leaves, Leaves::Sparse { slots, .. } if slots.capacity() >= 2)
     }
 
     /// Room for the two slots a fresh region gets when a range is set inside it (its edge
-    /// pages, with at most two boundaries each: inline, never blocks).
+    /// pages, with at most two boundaries each: inline, never blocks), room that
+    /// [`Region::reset`] keeps: a spare that was a big region gets small vectors first.
     pub(super) fn reserve_fresh(&mut self) -> Result<()> {
+        if !self.keeps_leaves() {
+            let mut slots = Vec::new();
+            grow(&mut slots, 2, PAGES as usize)?;
+            self.leaves = Leaves::Sparse {
+                slots,
+                blocks: Vec::new(),
+            };
+        }
         if let Leaves::Sparse { slots, .. } = &mut self.leaves {
             grow(slots, 2, PAGES as usize)?;
         }
