@@ -233,8 +233,7 @@ impl Region {
                 slots,
                 blocks: Vec::new(),
             };
-        }
-        if let Leaves::Sparse { slots, .. } = &mut self.leaves {
+        } else if let Leaves::Sparse { slots, .. } = &mut self.leaves {
             grow(slots, 2, PAGES as usize)?;
         }
         Ok(())
