@@ -10,7 +10,6 @@
 
 use std::time::Instant;
 
-use cvmem::hypercall::MapGpaRange;
 use cvmem::{GfnRange, Gpa, Tracker, PAGE_SHIFT};
 use cvmem_designs::workloads::{generate, Layout, Params};
 use cvmem_designs::{make_design, vm, Action, Vm};
@@ -30,25 +29,16 @@ fn with_slots(ops: &[Op]) -> Tracker {
 }
 
 fn is_conversion(op: &Op) -> bool {
-    matches!(op, Op::Attrs { .. } | Op::MapGpa { .. })
+    op.attribute_change().is_some()
 }
 
 /// The attribute changes of `ops`, as the tracker takes them.
 fn conversions(ops: &[Op]) -> Vec<(GfnRange, u64)> {
     ops.iter()
-        .filter_map(|op| match *op {
-            Op::Attrs {
-                gpa,
-                size,
-                attributes,
-            } => Some((
-                GfnRange::new(gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT),
-                attributes,
-            )),
-            Op::MapGpa { gpa, npages, flags } => MapGpaRange::decode(gpa, npages, flags)
-                .ok()
-                .map(|r| (r.range(), r.attributes())),
-            _ => None,
+        .filter_map(|op| op.attribute_change()?.ok())
+        .map(|(gpa, size, attributes)| {
+            let range = GfnRange::new(gpa.0 >> PAGE_SHIFT, (gpa.0 + size) >> PAGE_SHIFT);
+            (range, attributes)
         })
         .collect()
 }

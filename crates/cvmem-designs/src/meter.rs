@@ -69,6 +69,11 @@ pub fn installed() -> bool {
     CALLS.load(Ordering::Relaxed) > 0
 }
 
+/// Allocations (and reallocations) so far (0 without the allocator installed).
+pub fn allocations() -> usize {
+    CALLS.load(Ordering::Relaxed)
+}
+
 /// Bytes live now (0 without the allocator installed).
 pub fn live_bytes() -> usize {
     LIVE.load(Ordering::Relaxed)

@@ -2,9 +2,11 @@
 
 use core::fmt;
 
+use cvmem::hypercall::MapGpaRange;
 pub use cvmem::mmu::Recovery;
 use cvmem::Access;
 use cvmem::Error;
+use cvmem::Gpa;
 use cvmem::Level;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use cvmem::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
@@ -162,6 +164,24 @@ impl Op {
                 }),
             },
         )
+    }
+
+    /// For an `attrs` or `map-gpa` line, the attribute change it asks for, `(gpa, size,
+    /// attributes)` — a `map-gpa` decoded as KVM decodes the hypercall, or the error it gives;
+    /// `None` for any other operation. For tools that replay an op-log's conversions alone.
+    pub fn attribute_change(&self) -> Option<Result<(Gpa, u64, u64), Error>> {
+        match *self {
+            Op::Attrs {
+                gpa,
+                size,
+                attributes,
+            } => Some(Ok((Gpa(gpa), size, attributes))),
+            Op::MapGpa { gpa, npages, flags } => Some(
+                MapGpaRange::decode(gpa, npages, flags)
+                    .map(|r| (Gpa(r.gpa), r.size(), r.attributes())),
+            ),
+            _ => None,
+        }
     }
 
     /// The operation keyword: `memslot`, `attrs`, `map-gpa`, `query`, `fault`, `fault-range`, `mmu`

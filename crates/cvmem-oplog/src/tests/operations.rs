@@ -217,6 +217,28 @@ fn map_gpa_query_fault_fault_range_accept() {
 }
 
 #[test]
+fn attribute_changes_of_attrs_and_map_gpa() {
+    let change = |line: &str| op(line).attribute_change();
+    assert_eq!(
+        change("attrs 0x1000 0x3000 private"),
+        Some(Ok((cvmem::Gpa(0x1000), 0x3000, 8)))
+    );
+    // map-gpa: npages in 4K pages, the ENCRYPTED flag becomes PRIVATE, the size hint goes.
+    assert_eq!(
+        change("map-gpa 0x200000 512 0x11"),
+        Some(Ok((cvmem::Gpa(0x20_0000), 2 * M, 8)))
+    );
+    assert_eq!(
+        change("map-gpa 0x2000 1 0"),
+        Some(Ok((cvmem::Gpa(0x2000), 4 * K, 0)))
+    );
+    // Reserved flag bits: KVM's error, as the driver gives it.
+    assert!(matches!(change("map-gpa 0x2000 1 0x100"), Some(Err(_))));
+    assert_eq!(change("query 0x0 private"), None);
+    assert_eq!(change("memslot 0 0x0 0x1000"), None);
+}
+
+#[test]
 fn mmu_layouts_and_policies() {
     assert_eq!(
         op("mmu split"),

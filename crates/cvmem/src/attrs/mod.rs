@@ -209,7 +209,13 @@ fn runs_set(runs: &mut Vec<(u64, u64)>, a: u64, b: u64, v: bool) {
         }
     }
     let new = [keep_left, v.then_some((start, end)), keep_right];
-    runs.splice(lo..hi, new.into_iter().flatten());
+    // Not `splice`: with more new entries than old ones it collects the rest into a temporary
+    // vector, an allocation after the reservation. Removing, then inserting into the room
+    // reserved (at most one more entry than before), allocates nothing.
+    runs.drain(lo..hi);
+    for (i, run) in new.into_iter().flatten().enumerate() {
+        runs.insert(lo + i, run);
+    }
 }
 
 impl AttrStore {
@@ -457,8 +463,11 @@ impl AttrStore {
     /// Makes the spares that the next `vecs` node and `regions` region creations pop (from the
     /// end) present and able to take a fresh range without allocating.
     fn ready_spares(&mut self, vecs: usize, regions: usize) -> Result<()> {
-        grow(&mut self.spare_vecs, vecs, SPARE)?;
-        grow(&mut self.spare_regions, regions, SPARE)?;
+        // Room for the spares still missing, not for `vecs` and `regions` more.
+        let missing = vecs.saturating_sub(self.spare_vecs.len());
+        grow(&mut self.spare_vecs, missing, SPARE)?;
+        let missing = regions.saturating_sub(self.spare_regions.len());
+        grow(&mut self.spare_regions, missing, SPARE)?;
         while self.spare_vecs.len() < vecs {
             self.spare_vecs.push(Vec::new());
         }
@@ -509,6 +518,17 @@ impl AttrStore {
         grow(&mut self.nodes, partial, usize::MAX)?;
         // The unit runs a set may add (reserve() asks for three more than it holds then).
         grow(&mut self.private, 6, usize::MAX)?;
+        // A partial unit that has a node already (the slot shares it with another): what
+        // either kind needs there, room for its edge regions included.
+        for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
+            let i = self.keys.partition_point(|&k| k < unit);
+            if self.keys.get(i) == Some(&unit) {
+                for v in [false, true] {
+                    self.nodes[i].reserve(lo, hi, v)?;
+                }
+            }
+        }
+        // At most two fresh regions (the range's edge 1G pages): the spares.
         self.ready_spares(partial, SPARE)
     }
 

@@ -1,0 +1,104 @@
+//! Conversions on a cold machine: before each of a workload's first conversions a 32 MiB sweep
+//! evicts the caches (and what the TLBs reach), as the other designs' runs do between the
+//! rounds of `cvmem compare`. Prints, per design, the median time of each of those conversions
+//! over the rounds, and of their sum: what `startup`'s three conversions and `cvmem bench`'s
+//! make-private measure, without the rest of a compare run. Rounds interleave the designs.
+//!
+//! `cargo run --release -p cvmem-designs --example cold_conversions -- startup 64 cvmem,rangemap`
+//! (workload, guest GiB, designs, then optionally rounds and conversions: 200 and 3)
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cvmem_designs::workloads::{generate, Params};
+use cvmem_designs::{make_design, vm, Action, Vm};
+
+/// Bytes written before each conversion: past the last-level cache of this machine's vCPUs.
+const SWEEP_BYTES: usize = 32 << 20;
+
+/// Writes one word in every cache line of `junk`.
+fn sweep(junk: &mut [u64], round: u64) {
+    for (i, w) in junk.iter_mut().enumerate().step_by(8) {
+        *w = w.wrapping_add(i as u64 ^ round);
+    }
+    black_box(junk);
+}
+
+fn median(v: &mut [u128]) -> f64 {
+    v.sort_unstable();
+    v[v.len() / 2] as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize, default: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let name = args.get(1).map_or("startup", String::as_str);
+    let params = Params {
+        guest_bytes: arg(2, 64) << 30,
+        ..Params::default()
+    };
+    let designs: Vec<&str> = args
+        .get(3)
+        .map_or("cvmem,rangemap", String::as_str)
+        .split(',')
+        .collect();
+    let (rounds, count) = (arg(4, 200), arg(5, 3) as usize);
+    let w = generate(name, &params).expect("a known workload");
+    let first = w
+        .ops
+        .iter()
+        .position(|op| op.attribute_change().is_some())
+        .unwrap_or(w.ops.len());
+    let with_slots = |design: &str| {
+        let mut vm = Vm::new(make_design(design).expect("a known design"));
+        vm.run(&w.ops[..first])
+            .expect("the workload's memslots are valid");
+        vm
+    };
+    // The first conversions, checked by the rules as `cvmem compare` checks them (untimed).
+    let rules = with_slots("cvmem");
+    let actions: Vec<Action> = w.ops[first..]
+        .iter()
+        .filter_map(|op| op.attribute_change()?.ok())
+        .filter_map(|(gpa, size, attributes)| rules.rules().attributes(gpa, size, attributes).ok())
+        .take(count)
+        .collect();
+    let mut junk = vec![0u64; SWEEP_BYTES / 8];
+    // Per design: per conversion, its time in every round.
+    let mut times = vec![vec![Vec::new(); actions.len() + 1]; designs.len()];
+    for round in 0..rounds {
+        for (d, design) in designs.iter().enumerate() {
+            let mut state = with_slots(design).into_design();
+            let mut sum = 0;
+            for (k, action) in actions.iter().enumerate() {
+                sweep(&mut junk, round);
+                let t = Instant::now();
+                // Refused alike in every round (the rules accepted it).
+                let _ = vm::apply(state.as_mut(), action);
+                let ns = t.elapsed().as_nanos();
+                times[d][k].push(ns);
+                sum += ns;
+            }
+            times[d][actions.len()].push(sum);
+            black_box(&state);
+        }
+    }
+    println!(
+        "{name} {}G, {} conversions, each after a {} MiB sweep; medians of {rounds} rounds:",
+        params.guest_bytes >> 30,
+        actions.len(),
+        SWEEP_BYTES >> 20
+    );
+    for (design, per) in designs.iter().zip(&mut times) {
+        let (sum, each) = per.split_last_mut().expect("a sum per design");
+        let each: Vec<String> = each
+            .iter_mut()
+            .map(|v| format!("{:.2}", median(v) / 1e3))
+            .collect();
+        println!(
+            "  {design:10} each [{}] µs, together {:.2} µs",
+            each.join(", "),
+            median(sum) / 1e3
+        );
+    }
+}
