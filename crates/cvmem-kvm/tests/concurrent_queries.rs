@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cvmem::{Access, Gpa, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use cvmem_kvm::{
@@ -17,6 +17,11 @@ const SLOT_SIZE: u64 = 64 << 20;
 /// Conversions change aligned blocks of this many bytes, so a reader that sees a block mixed
 /// has seen half a conversion.
 const BLOCK: u64 = 64 * PAGE_SIZE;
+/// Reader threads of the storm.
+const READERS: u64 = 2;
+/// Answers the readers must have given before the storm may end: however the threads are
+/// scheduled (a busy machine can run the whole storm before a reader starts), they ran during it.
+const MIN_ANSWERS: u64 = 1_000;
 
 fn memory() -> CvmMemory {
     let m = CvmMemory::detached();
@@ -36,11 +41,13 @@ fn readers_see_whole_conversions_during_a_storm() {
     let memory = memory();
     let stop = AtomicBool::new(false);
     let answers = AtomicU64::new(0);
+    let started = AtomicU64::new(0);
     std::thread::scope(|s| {
-        for seed in 0..2u64 {
+        for seed in 0..READERS {
             let query = memory.query();
-            let (stop, answers) = (&stop, &answers);
+            let (stop, answers, started) = (&stop, &answers, &started);
             s.spawn(move || {
+                started.fetch_add(1, Ordering::Release);
                 let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 while !stop.load(Ordering::Relaxed) {
                     x ^= x << 13;
@@ -66,8 +73,17 @@ fn readers_see_whole_conversions_during_a_storm() {
                 }
             });
         }
+        // A deadline instead of a hang if a reader fails (its panic is reported at the join).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while started.load(Ordering::Acquire) < READERS && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
+        let mut conversions = 0;
+        while conversions < 20_000
+            || (answers.load(Ordering::Relaxed) < MIN_ANSWERS && Instant::now() < deadline)
+        {
+            conversions += 1;
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -83,7 +99,11 @@ fn readers_see_whole_conversions_during_a_storm() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    assert!(answers.load(Ordering::Relaxed) > 0);
+    let answers = answers.load(Ordering::Relaxed);
+    assert!(
+        answers >= MIN_ANSWERS,
+        "the readers answered {answers} times during the storm"
+    );
 }
 
 /// A listener that holds the conversion in progress (between the start of its invalidation
