@@ -11,7 +11,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cvmem_designs::workloads::{generate, Params};
-use cvmem_designs::{make_design, vm, Action, Vm};
+use cvmem_designs::{vm, Action, Design};
+
+mod common;
 
 /// Bytes written before each conversion: past the last-level cache of this machine's vCPUs.
 const SWEEP_BYTES: usize = 32 << 20;
@@ -22,6 +24,14 @@ fn sweep(junk: &mut [u64], round: u64) {
         *w = w.wrapping_add(i as u64 ^ round);
     }
     black_box(junk);
+}
+
+/// One conversion, out of line so that callgrind can count it alone
+/// (`--toggle-collect='cold_conversions::convert'`).
+#[inline(never)]
+fn convert(state: &mut dyn Design, action: &Action) {
+    // Refused alike in every round (the rules accepted it).
+    let _ = vm::apply(state, action);
 }
 
 fn median(v: &mut [u128]) -> f64 {
@@ -44,37 +54,19 @@ fn main() {
         .collect();
     let (rounds, count) = (arg(4, 200), arg(5, 3) as usize);
     let w = generate(name, &params).expect("a known workload");
-    let first = w
-        .ops
-        .iter()
-        .position(|op| op.attribute_change().is_some())
-        .unwrap_or(w.ops.len());
-    let with_slots = |design: &str| {
-        let mut vm = Vm::new(make_design(design).expect("a known design"));
-        vm.run(&w.ops[..first])
-            .expect("the workload's memslots are valid");
-        vm
-    };
-    // The first conversions, checked by the rules as `cvmem compare` checks them (untimed).
-    let rules = with_slots("cvmem");
-    let actions: Vec<Action> = w.ops[first..]
-        .iter()
-        .filter_map(|op| op.attribute_change()?.ok())
-        .filter_map(|(gpa, size, attributes)| rules.rules().attributes(gpa, size, attributes).ok())
-        .take(count)
-        .collect();
+    let mut actions = common::checked_conversions(&w.ops);
+    actions.truncate(count);
     let mut junk = vec![0u64; SWEEP_BYTES / 8];
     // Per design: per conversion, its time in every round.
     let mut times = vec![vec![Vec::new(); actions.len() + 1]; designs.len()];
     for round in 0..rounds {
         for (d, design) in designs.iter().enumerate() {
-            let mut state = with_slots(design).into_design();
+            let mut state = common::with_slots(design, &w.ops).into_design();
             let mut sum = 0;
             for (k, action) in actions.iter().enumerate() {
                 sweep(&mut junk, round);
                 let t = Instant::now();
-                // Refused alike in every round (the rules accepted it).
-                let _ = vm::apply(state.as_mut(), action);
+                convert(state.as_mut(), action);
                 let ns = t.elapsed().as_nanos();
                 times[d][k].push(ns);
                 sum += ns;

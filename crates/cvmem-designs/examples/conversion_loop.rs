@@ -10,15 +10,17 @@
 
 use std::time::Instant;
 
-use cvmem::{GfnRange, Gpa, Tracker, PAGE_SHIFT};
+use cvmem::{GfnRange, Tracker, PAGE_SHIFT};
+use cvmem_designs::vm;
 use cvmem_designs::workloads::{generate, Layout, Params};
-use cvmem_designs::{make_design, vm, Action, Vm};
 use cvmem_oplog::Op;
+
+mod common;
 
 /// A tracker with the memslots of `ops` (those before the first conversion).
 fn with_slots(ops: &[Op]) -> Tracker {
     let mut t = Tracker::new();
-    for op in ops.iter().take_while(|op| !is_conversion(op)) {
+    for op in ops.iter().take_while(|op| op.attribute_change().is_none()) {
         if let Some(region) = op.memory_region() {
             let region = region.expect("the workload's memslot ids are valid");
             t.set_user_memory_region(&region)
@@ -26,10 +28,6 @@ fn with_slots(ops: &[Op]) -> Tracker {
         }
     }
     t
-}
-
-fn is_conversion(op: &Op) -> bool {
-    op.attribute_change().is_some()
 }
 
 /// The attribute changes of `ops`, as the tracker takes them.
@@ -84,61 +82,59 @@ fn main() {
     }
     let base = with_slots(&w.ops);
     let convs = conversions(&w.ops);
-    let best = (0..arg(3, 20))
-        .map(|_| {
-            let mut t = base.clone();
-            let start = Instant::now();
+    let best = fastest_pass(
+        arg(3, 20),
+        || base.clone(),
+        |t| {
             for &(range, attributes) in &convs {
                 // Conversions the workload makes outside the slots' rules are skipped alike.
                 let _ = t.set_range_attributes(range, attributes);
             }
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min);
-    println!(
-        "{name} {}G: {} conversions, fastest pass {:.2} ms ({:.0} ns each)",
-        params.guest_bytes >> 30,
+        },
+    );
+    report(
+        &format!("{name} {}G", params.guest_bytes >> 30),
         convs.len(),
+        best,
+    );
+}
+
+/// The fastest of `passes` passes of `run`, each on a fresh state and timed whole (seconds).
+fn fastest_pass<S>(passes: u64, fresh: impl Fn() -> S, run: impl Fn(&mut S)) -> f64 {
+    (0..passes)
+        .map(|_| {
+            let mut state = fresh();
+            let start = Instant::now();
+            run(&mut state);
+            let secs = start.elapsed().as_secs_f64();
+            std::hint::black_box(&state);
+            secs
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn report(what: &str, conversions: usize, best: f64) {
+    println!(
+        "{what}: {conversions} conversions, fastest pass {:.2} ms ({:.0} ns each)",
         best * 1e3,
-        best * 1e9 / convs.len() as f64
+        best * 1e9 / conversions as f64
     );
 }
 
 /// The workload's conversions replayed into `design` (behind the rules, as `cvmem compare`
 /// feeds it): fastest of `passes` passes, each timed whole.
 fn design_loop(name: &str, params: &Params, ops: &[Op], design: &str, passes: u64) {
-    let first = ops.iter().position(is_conversion).unwrap_or(ops.len());
-    let with_slots = || {
-        let mut vm = Vm::new(make_design(design).expect("a known design"));
-        vm.run(&ops[..first])
-            .expect("the workload's memslots are valid");
-        vm
-    };
-    let rules = with_slots();
-    let actions: Vec<Action> = conversions(ops)
-        .into_iter()
-        .filter_map(|(range, attributes)| {
-            let gpa = Gpa(range.start << PAGE_SHIFT);
-            let size = range.len() << PAGE_SHIFT;
-            rules.rules().attributes(gpa, size, attributes).ok()
-        })
-        .collect();
-    let best = (0..passes)
-        .map(|_| {
-            let mut d = with_slots().into_design();
-            let start = Instant::now();
+    let actions = common::checked_conversions(ops);
+    let best = fastest_pass(
+        passes,
+        || common::with_slots(design, ops).into_design(),
+        |d| {
             for action in &actions {
                 // Conversions the design refuses are refused in every pass alike.
                 let _ = vm::apply(d.as_mut(), action);
             }
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min);
-    println!(
-        "{name} {}G {design}: {} conversions, fastest pass {:.2} ms ({:.0} ns each)",
-        params.guest_bytes >> 30,
-        actions.len(),
-        best * 1e3,
-        best * 1e9 / actions.len() as f64
+        },
     );
+    let what = format!("{name} {}G {design}", params.guest_bytes >> 30);
+    report(&what, actions.len(), best);
 }

@@ -230,11 +230,21 @@ impl AttrStore {
         }
     }
 
+    /// The position of `unit`'s node, or where it would go.
     #[inline]
-    fn node(&self, unit: u64) -> Option<&Node> {
+    fn node_at(&self, unit: u64) -> core::result::Result<usize, usize> {
         // Real guests have one or two units: a binary search of one or two keys.
         let i = self.keys.partition_point(|&k| k < unit);
-        (self.keys.get(i) == Some(&unit)).then(|| &self.nodes[i])
+        if self.keys.get(i) == Some(&unit) {
+            Ok(i)
+        } else {
+            Err(i)
+        }
+    }
+
+    #[inline]
+    fn node(&self, unit: u64) -> Option<&Node> {
+        self.node_at(unit).ok().map(|i| &self.nodes[i])
     }
 
     /// The kind of `gfn` and the largest level whose aligned page around it is uniform: one
@@ -405,8 +415,7 @@ impl AttrStore {
             // Inside one 1G entry of an existing node, the common conversion: the node's own
             // update, without the store-wide walks.
             let unit = range.start / NODE_GFNS;
-            let i = self.keys.partition_point(|&k| k < unit);
-            if self.keys.get(i) == Some(&unit) {
+            if let Ok(i) = self.node_at(unit) {
                 let base = unit * NODE_GFNS;
                 return self.set_in_entry(i, range.start - base, range.end - base, v);
             }
@@ -503,41 +512,32 @@ impl AttrStore {
         if range.is_empty() || range.end > GFN_END {
             return Ok(());
         }
-        let edge_units = [range.start / NODE_GFNS, (range.end - 1) / NODE_GFNS];
-        let partial = edge_units
-            .iter()
-            .enumerate()
-            .filter(|&(i, &u)| i == 0 || u != edge_units[0])
-            .filter(|&(_, &u)| {
-                let whole = GfnRange::new(u * NODE_GFNS, (u + 1) * NODE_GFNS);
-                let covered = range.start <= whole.start && whole.end <= range.end;
-                !covered && self.node(u).is_none()
-            })
-            .count();
-        grow(&mut self.keys, partial, usize::MAX)?;
-        grow(&mut self.nodes, partial, usize::MAX)?;
-        // The unit runs a set may add (reserve() asks for three more than it holds then).
-        grow(&mut self.private, 6, usize::MAX)?;
-        // A partial unit that has a node already (the slot shares it with another): what
-        // either kind needs there, room for its edge regions included.
+        // The units the range covers partly: what either kind needs in the node there, or a
+        // node to make (whole units are runs).
+        let mut fresh = 0;
         for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
-            let i = self.keys.partition_point(|&k| k < unit);
-            if self.keys.get(i) == Some(&unit) {
-                for v in [false, true] {
-                    self.nodes[i].reserve(lo, hi, v)?;
+            match self.node_at(unit) {
+                Ok(i) => {
+                    for v in [false, true] {
+                        self.nodes[i].reserve(lo, hi, v)?;
+                    }
                 }
+                Err(_) => fresh += 1,
             }
         }
+        grow(&mut self.keys, fresh, usize::MAX)?;
+        grow(&mut self.nodes, fresh, usize::MAX)?;
+        // The unit runs a set may add (reserve() asks for three more than it holds then).
+        grow(&mut self.private, 6, usize::MAX)?;
         // At most two fresh regions (the range's edge 1G pages): the spares.
-        self.ready_spares(partial, SPARE)
+        self.ready_spares(fresh, SPARE)
     }
 
     /// Allocates everything `commit(range, v)` may need.
     fn reserve(&mut self, range: GfnRange, v: bool) -> Result<()> {
         let (mut fresh_nodes, mut fresh_regions) = (0, 0);
         for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
-            let i = self.keys.partition_point(|&k| k < unit);
-            if self.keys.get(i) == Some(&unit) {
+            if let Ok(i) = self.node_at(unit) {
                 fresh_regions += self.nodes[i].reserve(lo, hi, v)?;
             } else if runs_contain(&self.private, unit) != v {
                 fresh_nodes += 1;
@@ -564,19 +564,22 @@ impl AttrStore {
             runs_set(&mut self.private, a, b, v);
         }
         for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
-            let i = self.keys.partition_point(|&k| k < unit);
-            if self.keys.get(i) == Some(&unit) {
-                self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
-                self.drop_if_uniform(i);
-            } else {
-                let u = runs_contain(&self.private, unit);
-                if u != v {
-                    let mut node = Node::with_regions(self.spare_vecs.pop().unwrap_or_default(), u);
-                    node.set(lo, hi, v, &mut self.spare_regions);
-                    self.keys.insert(i, unit);
-                    self.nodes.insert(i, node);
-                    if u {
-                        runs_set(&mut self.private, unit, unit + 1, false);
+            match self.node_at(unit) {
+                Ok(i) => {
+                    self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+                    self.drop_if_uniform(i);
+                }
+                Err(i) => {
+                    let u = runs_contain(&self.private, unit);
+                    if u != v {
+                        let mut node =
+                            Node::with_regions(self.spare_vecs.pop().unwrap_or_default(), u);
+                        node.set(lo, hi, v, &mut self.spare_regions);
+                        self.keys.insert(i, unit);
+                        self.nodes.insert(i, node);
+                        if u {
+                            runs_set(&mut self.private, unit, unit + 1, false);
+                        }
                     }
                 }
             }
