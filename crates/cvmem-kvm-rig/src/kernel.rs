@@ -22,14 +22,16 @@ use cvmem_oplog::Executor;
 use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+use crate::caps::{HostCaps, KVM_X86_SW_PROTECTED_VM};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::vm::{HostCaps, KVM_X86_SW_PROTECTED_VM};
 use cvmem_kvm::{Backing, HostMemory};
 
 /// A memslot as KVM has it, with the host memory behind it.
 struct KernelSlot {
     mem: Option<HostMemory>,
+    /// The host pages behind the shared memory, as the op-log's `backing=` asked for them.
+    pages: HostPages,
     /// The `uaddr` the op-log gave (or the gpa): a later request naming another one must reach
     /// KVM as another host address.
     uaddr: u64,
@@ -37,6 +39,68 @@ struct KernelSlot {
     /// Where KVM has it now, and whether it logs dirty pages.
     gpa: u64,
     dirty_log: bool,
+}
+
+/// The host pages behind a slot's shared memory: what bounds KVM's mapping level beside the
+/// attributes (KVM maps no larger than the host's own page at that address).
+#[derive(Default)]
+struct HostPages {
+    /// The op-log's `backing=`: 4K → `MADV_NOHUGEPAGE`, 2M → `MADV_HUGEPAGE` (THP), 1G →
+    /// hugetlbfs 1G pages where the kernel has them free, THP elsewhere.
+    backing: Option<Level>,
+    /// Host address of the shared memory's first byte (0 without memory).
+    host_addr: u64,
+    /// Host addresses of the 1 GiB chunks backed by hugetlbfs 1G pages.
+    hugetlb_1g: Vec<u64>,
+}
+
+/// Why KVM maps a page smaller than the core allows, where that is the host memory's doing and
+/// not cvmem's: documented caps, counted apart from differences.
+pub(crate) const CAP_PRIVATE_4K: &str =
+    "private memory: guest_memfd folios are 4K (Linux 6.12 and 7.3 have no huge folios)";
+/// See [`CAP_PRIVATE_4K`].
+pub(crate) const CAP_NO_THP: &str = "shared memory: transparent huge pages are off in this kernel";
+/// See [`CAP_PRIVATE_4K`].
+pub(crate) const CAP_NO_1G_PAGE: &str =
+    "backing=1G: no free hugetlbfs 1G page for this chunk, so THP (2M) backs it";
+
+/// Whether the kernel gives transparent huge pages to `MADV_HUGEPAGE` memory (read once).
+fn thp_available() -> bool {
+    static THP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *THP.get_or_init(|| {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| !s.contains("[never]"))
+    })
+}
+
+impl HostPages {
+    /// Puts the pages `backing` asks for behind `mem` (before KVM sees it). Advice the kernel
+    /// refuses and 1G pages it does not have leave smaller pages, which
+    /// [`KernelVm::host_limit`] reports.
+    fn new(mem: &HostMemory, backing: Level) -> Self {
+        const G1: u64 = 1 << 30;
+        let (addr, len) = (mem.host_addr(), mem.size());
+        let advice = match backing {
+            Level::K4 => libc::MADV_NOHUGEPAGE,
+            _ => libc::MADV_HUGEPAGE,
+        };
+        let _ = sys::advise(addr, len, advice);
+        let mut hugetlb_1g = Vec::new();
+        if backing == Level::G1 {
+            let mut chunk = addr.next_multiple_of(G1);
+            while chunk + G1 <= addr + len {
+                if sys::map_hugetlb_1g(chunk).is_ok() {
+                    hugetlb_1g.push(chunk);
+                }
+                chunk += G1;
+            }
+        }
+        HostPages {
+            backing: Some(backing),
+            host_addr: addr,
+            hugetlb_1g,
+        }
+    }
 }
 
 /// The offsets of `pages_4k`, `pages_2m` and `pages_1g` in the VM's binary statistics.
@@ -152,7 +216,7 @@ impl KernelVm {
 
     /// A slot KVM accepts needs host memory; one it must refuse (unaligned, too large, past the
     /// address space) is passed on without any, so that KVM, not an mmap, says why.
-    fn memory_for(&self, r: &MemoryRegion) -> Option<HostMemory> {
+    fn memory_for(&self, r: &MemoryRegion) -> Option<(HostMemory, HostPages)> {
         let plausible = r.size % PAGE_SIZE == 0
             && r.gpa % PAGE_SIZE == 0
             && r.size / PAGE_SIZE <= cvmem::MAX_SLOT_PAGES
@@ -175,6 +239,31 @@ impl KernelVm {
                 .ok()
             })
             .flatten()
+            .map(|mem| {
+                let pages = HostPages::new(&mem, r.new_slot_backing());
+                (mem, pages)
+            })
+    }
+
+    /// The largest level the host memory behind `gpa` lets KVM map an access of kind
+    /// `private` with, and why, where that is below what the op-log's slot asked for (its
+    /// `backing=`, which the core honours itself); `None` where the host gives all of it.
+    pub fn host_limit(&self, gpa: Gpa, private: bool) -> Option<(Level, &'static str)> {
+        let slot = self
+            .slots
+            .values()
+            .find(|s| (s.gpa..s.gpa + s.size).contains(&gpa.0))?;
+        if private {
+            return Some((Level::K4, CAP_PRIVATE_4K));
+        }
+        let asked = slot.pages.backing?;
+        if asked > Level::K4 && !thp_available() {
+            return Some((Level::K4, CAP_NO_THP));
+        }
+        let hva = slot.pages.host_addr + (gpa.0 - slot.gpa);
+        let chunk = hva & !((1 << 30) - 1);
+        (asked == Level::G1 && !slot.pages.hugetlb_1g.contains(&chunk))
+            .then_some((Level::M2, CAP_NO_1G_PAGE))
     }
 }
 
@@ -191,7 +280,7 @@ impl Executor for KernelVm {
             | flag(r.flags.dirty_log, kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES)
             | flag(r.flags.readonly, kvm_bindings::KVM_MEM_READONLY);
         let Some(old) = self.slots.get(&r.slot) else {
-            let mem = (r.size != 0).then(|| self.memory_for(r)).flatten();
+            let (mem, pages) = (r.size != 0).then(|| self.memory_for(r)).flatten().unzip();
             let mut region = kvm_bindings::kvm_userspace_memory_region2 {
                 slot: r.slot,
                 flags,
@@ -210,6 +299,7 @@ impl Executor for KernelVm {
                 r.slot,
                 KernelSlot {
                     mem,
+                    pages: pages.unwrap_or_default(),
                     uaddr: r.new_slot_uaddr(),
                     size: r.size,
                     gpa: r.gpa,

@@ -14,6 +14,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod abi;
+mod caps;
 mod error;
 mod kernel;
 mod report;
@@ -23,10 +24,10 @@ mod sys;
 mod vm;
 mod workload;
 
+pub use caps::{HostCaps, HostPath};
 pub use error::{Error, Result};
 pub use kernel::KernelVm;
 pub use report::{
     ConversionStats, ExitKind, ExitStats, LineResult, Mismatch, MmuText, Report, Summary,
 };
 pub use run::{kvm_run, RunOptions, Workload};
-pub use vm::HostCaps;

@@ -8,7 +8,7 @@ use cvmem::mmu::{Coverage, FaultRangeCounts, LevelCounts};
 
 use cvmem_oplog::{fmt_bytes, Op, Outcome};
 
-use crate::vm::HostCaps;
+use crate::caps::HostCaps;
 use cvmem_kvm::{IommuStats, MemoryMap, MmuSnapshot, RequestSource};
 
 /// Count, total and maximum of a set of durations.
@@ -162,6 +162,10 @@ pub struct Report {
     pub transport: RequestSource,
     /// Notes worth showing once (e.g. KVM keeps no attributes).
     pub notes: Vec<String>,
+    /// How the workload was adapted to what the host lacks (e.g. an op-log's `guest-memfd`
+    /// slots run as anonymous slots without KVM_CAP_GUEST_MEMFD); [`Report::lines`] hold the
+    /// operations as they ran.
+    pub adaptations: Vec<String>,
     /// Exits by kind.
     pub exits: BTreeMap<ExitKind, ExitStats>,
     /// Conversions.
@@ -302,6 +306,9 @@ impl fmt::Display for Report {
         writeln!(f, "host: {}", self.caps)?;
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
+        }
+        for a in &self.adaptations {
+            writeln!(f, "adapted: {a}")?;
         }
         writeln!(f, "guest run: {:.1} ms", self.elapsed.as_secs_f64() * 1e3)?;
         writeln!(

@@ -176,7 +176,7 @@ impl Runner {
         let report = Report {
             workload: plan.name.clone(),
             caps: vm.caps,
-            transport: if vm.hypercall {
+            transport: if vm.path.hypercall {
                 RequestSource::Hypercall
             } else {
                 RequestSource::PortIo
@@ -553,7 +553,7 @@ impl Runner {
         let path = format!(
             "path: {} VM, conversions by {}, attributes {}, private memory {}",
             self.vm.caps.vm_type_name(),
-            if self.vm.hypercall {
+            if self.vm.path.hypercall {
                 "vmmcall at CPL 0 (KVM_EXIT_HYPERCALL)"
             } else {
                 "the port transport at CPL 3"
@@ -563,7 +563,7 @@ impl Runner {
             } else {
                 "in cvmem only"
             },
-            self.vm.caps.best_backing().name()
+            self.vm.path.backing.name()
         );
         self.report.notes = std::iter::once(path)
             .chain(self.vm.memory.notes())

@@ -1,5 +1,6 @@
-//! The rig's own ioctls, which a VMM does not need: memslots outside any `CvmMemory` (the boot
-//! slot, the kernel oracle's slots), `KVM_PRE_FAULT_MEMORY` and the binary statistics.
+//! The rig's own system calls, which a VMM does not need: memslots outside any `CvmMemory` (the
+//! boot slot, the kernel oracle's slots), `KVM_PRE_FAULT_MEMORY`, the binary statistics, and the
+//! host page size of the kernel oracle's slot memory (THP advice, hugetlbfs 1G pages).
 
 use std::fs::File;
 use std::io;
@@ -62,4 +63,42 @@ pub(crate) fn stats_fd(vm: &VmFd) -> Result<File, io::Error> {
     }
     // SAFETY: KVM just returned this new descriptor and nothing else owns it.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `madvise(advice)` on `[addr, addr + len)` of a mapping the caller owns (the kernel oracle's
+/// slot memory before it is given to KVM): `MADV_HUGEPAGE` or `MADV_NOHUGEPAGE`.
+pub(crate) fn advise(addr: u64, len: u64, advice: libc::c_int) -> Result<(), io::Error> {
+    // SAFETY: these advices change only whether the kernel backs the range with transparent
+    // huge pages; no byte of it changes and nothing is unmapped.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Replaces the 1 GiB at `addr` (1 GiB aligned, inside an anonymous private mapping the caller
+/// owns and nothing refers to yet) with one hugetlbfs 1G page. Fails (ENOMEM) where the kernel
+/// has no free 1G page reserved; the old mapping is then unchanged.
+pub(crate) fn map_hugetlb_1g(addr: u64) -> Result<(), io::Error> {
+    // SAFETY: MAP_FIXED replaces only [addr, addr + 1 GiB), part of the caller's own mapping,
+    // whose contents nobody has read or handed out yet; the owner unmaps it whole later.
+    let mapped = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            1 << 30,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_FIXED
+                | libc::MAP_HUGETLB
+                | libc::MAP_HUGE_1GB,
+            -1,
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -3,22 +3,19 @@
 //! userspace (the guest then converts with `vmmcall`), else at CPL 3 with IOPL 3 (the port
 //! transport; on a nested, paravirtualised KVM CPL 0 code is emulated and far slower).
 
-use std::fmt;
 use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_dtable, kvm_enable_cap, kvm_regs, kvm_segment, kvm_sregs, KVM_CAP_EXIT_HYPERCALL,
     KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, SyncReg, VcpuFd, VmFd};
 
 use crate::abi::*;
 use cvmem::{Level, SlotFlags};
-use cvmem_kvm::{
-    Backing, CvmMemory, HostMemory, MmuConfig, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
-    KVM_CAP_GUEST_MEMFD_FLAGS,
-};
+use cvmem_kvm::{Backing, CvmMemory, HostMemory, MmuConfig};
 
+use crate::caps::{HostCaps, HostPath};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -28,109 +25,6 @@ const GUEST_PROGRAM: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR")
 #[cfg(cvmem_no_guest)]
 const GUEST_PROGRAM: Option<&[u8]> = None;
 
-/// `KVM_CAP_VM_TYPES`: the VM types KVM_CREATE_VM accepts, one bit per type.
-pub(crate) const KVM_CAP_VM_TYPES: u64 = 235;
-/// `KVM_X86_DEFAULT_VM`.
-pub(crate) const KVM_X86_DEFAULT_VM: u64 = 0;
-/// `KVM_X86_SW_PROTECTED_VM`: private memory and memory attributes without hardware encryption.
-pub(crate) const KVM_X86_SW_PROTECTED_VM: u64 = 1;
-
-/// What this host's KVM offers for confidential-memory work, on the VM type chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HostCaps {
-    /// KVM_CAP_VM_TYPES (bit 1: SW_PROTECTED); 0 where KVM has no VM types.
-    pub vm_types: u64,
-    /// The type of the VM these capabilities are of.
-    pub vm_type: u64,
-    /// KVM_CAP_USER_MEMORY2.
-    pub user_memory2: bool,
-    /// KVM_CAP_GUEST_MEMFD.
-    pub guest_memfd: bool,
-    /// KVM_CAP_GUEST_MEMFD_FLAGS (MMAP = 1, INIT_SHARED = 2).
-    pub guest_memfd_flags: u64,
-    /// KVM_CAP_MEMORY_ATTRIBUTES (PRIVATE = 8).
-    pub memory_attributes: u64,
-    /// KVM_CAP_EXIT_HYPERCALL: the hypercalls that can exit to userspace (bit 12 = MAP_GPA_RANGE).
-    pub exit_hypercall: u64,
-    /// KVM_CAP_SYNC_REGS.
-    pub sync_regs: bool,
-}
-
-impl HostCaps {
-    /// The VM type to create: SW_PROTECTED where KVM offers it (private memory, attributes and
-    /// guest_memfd exist only there on Linux 6.12), else the default type.
-    pub fn vm_type_of(kvm: &Kvm) -> (u64, u64) {
-        let types = kvm.check_extension_raw(KVM_CAP_VM_TYPES).max(0) as u64;
-        let vm_type = if types & (1 << KVM_X86_SW_PROTECTED_VM) != 0 {
-            KVM_X86_SW_PROTECTED_VM
-        } else {
-            KVM_X86_DEFAULT_VM
-        };
-        (types, vm_type)
-    }
-
-    /// The VM type's name for reports.
-    pub const fn vm_type_name(&self) -> &'static str {
-        match self.vm_type {
-            KVM_X86_DEFAULT_VM => "default",
-            KVM_X86_SW_PROTECTED_VM => "sw-protected",
-            _ => "other",
-        }
-    }
-
-    /// Whether the guest's KVM_HC_MAP_GPA_RANGE reaches userspace as KVM_EXIT_HYPERCALL.
-    pub const fn hypercall_exits(&self) -> bool {
-        self.exit_hypercall & (1 << 12) != 0
-    }
-
-    /// Reads the capabilities of `vm` (the VM type fields stay at the default type's).
-    pub fn of(vm: &VmFd) -> Self {
-        let int = |c: Cap| vm.check_extension_int(c).max(0) as u64;
-        HostCaps {
-            vm_types: 0,
-            vm_type: KVM_X86_DEFAULT_VM,
-            user_memory2: int(Cap::UserMemory2) != 0,
-            guest_memfd: int(Cap::GuestMemfd) != 0,
-            guest_memfd_flags: vm
-                .check_extension_raw(u64::from(KVM_CAP_GUEST_MEMFD_FLAGS))
-                .max(0) as u64,
-            memory_attributes: int(Cap::MemoryAttributes),
-            exit_hypercall: int(Cap::ExitHypercall),
-            sync_regs: int(Cap::SyncRegs) != 0,
-        }
-    }
-
-    /// The best guest_memfd backing the host supports: in place if guest_memfd can be mmap'd
-    /// and start shared, else guest_memfd with separate shared memory, else anonymous memory.
-    pub fn best_backing(&self) -> Backing {
-        let in_place = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-        if self.guest_memfd && self.guest_memfd_flags & in_place == in_place {
-            Backing::GuestMemfdInPlace
-        } else if self.guest_memfd {
-            Backing::GuestMemfdSeparate
-        } else {
-            Backing::Anonymous
-        }
-    }
-}
-
-impl fmt::Display for HostCaps {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "vm type {} (types {:#x}), user_memory2 {}, guest_memfd {} (flags {:#x}), memory_attributes {:#x}, exit_hypercall {:#x}, sync_regs {}",
-            self.vm_type_name(),
-            self.vm_types,
-            self.user_memory2,
-            self.guest_memfd,
-            self.guest_memfd_flags,
-            self.memory_attributes,
-            self.exit_hypercall,
-            self.sync_regs
-        )
-    }
-}
-
 /// The VM that runs the guest program. Field order matters: the vCPU goes first, then the
 /// memory (which deletes its memslots), then the boot slot, then the VM.
 pub(crate) struct GuestVm {
@@ -138,8 +32,8 @@ pub(crate) struct GuestVm {
     pub(crate) memory: CvmMemory,
     boot: BootSlot,
     pub(crate) caps: HostCaps,
-    /// The guest's transport: `vmmcall` at CPL 0 (true) or the port at CPL 3.
-    pub(crate) hypercall: bool,
+    /// How this run uses the host (transport, backing, guest-memfd slots).
+    pub(crate) path: HostPath,
     _vm: Arc<VmFd>,
 }
 
@@ -287,10 +181,8 @@ impl GuestVm {
             vm_type,
             ..HostCaps::of(&vm)
         };
-        if !caps.user_memory2 {
-            return Err(Error::missing("KVM_CAP_USER_MEMORY2"));
-        }
-        if caps.hypercall_exits() {
+        let path = caps.path()?;
+        if path.hypercall {
             let mut cap = kvm_enable_cap {
                 cap: KVM_CAP_EXIT_HYPERCALL,
                 ..Default::default()
@@ -337,16 +229,10 @@ impl GuestVm {
             memory,
             boot,
             caps,
-            hypercall: false,
+            path,
             _vm: vm,
         };
-        // vmmcall at CPL 0 only on a KVM with memory attributes: a nested, paravirtualised KVM
-        // advertises hypercall exits it does not deliver (its KVM_RUN of a CPL 0 vmmcall never
-        // returns), and emulates CPL 0 code ~1 us per instruction.
-        let hypercall = caps.hypercall_exits()
-            && caps.memory_attributes & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        vm.set_cpl(sregs, if hypercall { 0 } else { 3 })?;
-        vm.hypercall = hypercall;
+        vm.set_cpl(sregs, if path.hypercall { 0 } else { 3 })?;
         if caps.sync_regs {
             vm.vcpu.set_sync_valid_reg(SyncReg::Register);
         }
@@ -377,7 +263,7 @@ impl GuestVm {
         let regs = kvm_regs {
             rip: BOOT_GPA + CODE_OFFSET,
             rdi: BOOT_GPA + SCRIPT_OFFSET,
-            rsi: u64::from(self.hypercall),
+            rsi: u64::from(self.path.hypercall),
             rsp: BOOT_GPA + BOOT_SLOT_SIZE,
             rflags: 2 | 3 << 12, // IOPL 3: port I/O from CPL 3
             ..Default::default()

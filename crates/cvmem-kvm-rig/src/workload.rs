@@ -3,11 +3,11 @@
 use cvmem::{Level, PAGE_SIZE};
 use cvmem_oplog::{Line, Op};
 
+use crate::caps::HostCaps;
 use crate::error::{Error, Result};
 use crate::report::LineResult;
 use crate::run::Workload;
 use crate::script::Script;
-use crate::vm::HostCaps;
 use cvmem_kvm::{Backing, MmuConfig, SlotSpec};
 
 const PRIVATE: u64 = cvmem::hypercall::KVM_MAP_GPA_RANGE_ENCRYPTED;

@@ -40,6 +40,9 @@ struct Tally {
     documented: std::collections::BTreeMap<&'static str, u64>,
     /// KVM's answers to the queries compared (`4K`, `2M`, `no-slot`, ...).
     answers: std::collections::BTreeMap<String, u64>,
+    /// Queries where the host's memory, not cvmem, capped KVM's level (and KVM agreed with
+    /// the capped answer), by why.
+    capped: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The host's guest-physical address width (MAXPHYADDR), from /proc/cpuinfo.
@@ -77,30 +80,17 @@ fn documented(
     }
 }
 
-/// The largest level KVM can map where the host memory limits it: private memory comes from a
-/// 6.12 guest_memfd (4K pages only); shared memory is anonymous, 2M where transparent huge
-/// pages are on.
-fn host_level(private: bool) -> Level {
-    // Read once: the setting does not change during a run.
-    static THP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let thp = *THP.get_or_init(|| {
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .is_ok_and(|s| !s.contains("[never]"))
-    });
-    if private || !thp {
-        Level::K4
-    } else {
-        Level::M2
-    }
-}
-
-/// The core's answer to the access KVM makes (of the page's own kind), capped by the host.
-fn core_answer(core: &Replayer, gpa: u64) -> MaxLevel {
+/// The core's answer to the access KVM makes (of the page's own kind), capped where the
+/// kernel oracle's host memory maps less than the op-log's slot asked for (with why).
+fn core_answer(core: &Replayer, kernel: &KernelVm, gpa: u64) -> (MaxLevel, Option<&'static str>) {
     let t = core.tracker();
     let private = t.is_private(Gpa(gpa).gfn());
-    match t.max_mapping_level(Gpa(gpa), Access::from_private(private)) {
-        MaxLevel::Level(l) => MaxLevel::Level(l.min(host_level(private))),
-        other => other,
+    match (
+        t.max_mapping_level(Gpa(gpa), Access::from_private(private)),
+        kernel.host_limit(Gpa(gpa), private),
+    ) {
+        (MaxLevel::Level(l), Some((host, why))) if host < l => (MaxLevel::Level(host), Some(why)),
+        (other, _) => (other, None),
     }
 }
 
@@ -139,8 +129,12 @@ fn compare(
             (Op::Query { gpa, .. }, _, Outcome::Query(k)) => {
                 let kind = result_text(&got).unwrap_or_default();
                 *tally.answers.entry(kind).or_default() += 1;
-                let c = core_answer(&core, *gpa);
-                (!same(&c, k)).then(|| {
+                let (c, capped) = core_answer(&core, &kernel, *gpa);
+                let differs = !same(&c, k);
+                if let (false, Some(why)) = (differs, capped) {
+                    *tally.capped.entry(why).or_default() += 1;
+                }
+                differs.then(|| {
                     format!(
                         "cvmem {} / KVM {}",
                         result_text(&Outcome::Query(c)).unwrap_or_default(),
@@ -261,9 +255,22 @@ impl Gen {
                 dirty_log: self.below(8) == 0,
                 readonly: self.below(16) == 0,
             },
-            uaddr: (self.below(8) == 0).then(|| self.gpa()),
-            backing: None,
+            uaddr: self.uaddr(gpa),
+            backing: [None, Some(Level::K4), Some(Level::M2), Some(Level::G1)]
+                [self.below(4) as usize],
         }
+    }
+    /// A slot's host address: mostly none (the gpa), else congruent to the gpa modulo 4K or
+    /// 2M only, 1G apart, or anywhere (sometimes unaligned: EINVAL).
+    fn uaddr(&mut self, gpa: u64) -> Option<u64> {
+        let offset = match self.below(8) {
+            0 => 4096 * (1 + self.below(511)),
+            1 => (2 << 20) * (1 + self.below(511)),
+            2 => 1 << 30,
+            3 => return Some(self.gpa()),
+            _ => return None,
+        };
+        Some(gpa.wrapping_add(offset))
     }
 }
 
@@ -306,6 +313,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     println!("queries answered by KVM: {}", answers.join(", "));
+    for (why, n) in &tally.capped {
+        println!("capped by the host's memory, as KVM maps it: {n} x {why}");
+    }
     for (kind, n) in &tally.documented {
         println!("documented in docs/oplog-v1.md: {n} x {kind}");
     }

@@ -5,7 +5,7 @@
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Layout, Recovery};
 use cvmem::{Access, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
-use cvmem_oplog::{Driver, Executor, Line, Outcome};
+use cvmem_oplog::{Driver, Executor, Line, Op, Outcome};
 
 use super::Runner;
 use crate::abi::BOOT_SLOT;
@@ -28,13 +28,47 @@ impl OplogExecutor<'_> {
     /// Runs every line through the driver, recording what each did in the report.
     pub(super) fn run(&mut self, lines: &[Line]) {
         let mut driver = Driver::new();
+        let mut adapted = 0;
         for line in lines {
-            let outcome = driver.apply(self, &line.op);
+            let op = self.as_run(line.op);
+            adapted += usize::from(op != line.op);
+            let outcome = driver.apply(self, &op);
             self.runner.report.lines.push(LineResult {
                 line: line.number,
-                op: line.op,
+                op,
                 outcome,
             });
+        }
+        if let (Some(missing), 1..) = (self.runner.vm.path.guest_memfd_slots_without, adapted) {
+            self.runner.report.adaptations.push(format!(
+                "{adapted} guest-memfd memslot line(s) ran as anonymous slots: the host lacks {missing}"
+            ));
+        }
+    }
+
+    /// `op` as this host runs it: a `guest-memfd` slot without the flag where KVM has no
+    /// guest_memfd (the report's lines hold it so, for a replay to compare with).
+    fn as_run(&self, op: Op) -> Op {
+        match op {
+            Op::Memslot {
+                mut flags,
+                slot,
+                gpa,
+                size,
+                uaddr,
+                backing,
+            } if flags.guest_memfd && self.runner.vm.path.guest_memfd_slots_without.is_some() => {
+                flags.guest_memfd = false;
+                Op::Memslot {
+                    slot,
+                    gpa,
+                    size,
+                    flags,
+                    uaddr,
+                    backing,
+                }
+            }
+            other => other,
         }
     }
 
@@ -74,7 +108,7 @@ impl Executor for OplogExecutor<'_> {
         }
         let mem = &self.runner.vm.memory;
         let backing = if region.flags.guest_memfd {
-            self.runner.vm.caps.best_backing()
+            self.runner.vm.path.backing
         } else {
             Backing::Anonymous
         };
