@@ -109,14 +109,16 @@ prepare() {
 	echo "$krel" >"$CACHE/KREL"
 }
 
-# run [-f HOST[:GUEST]]... [-t SECONDS] [-m MEM] -- COMMAND LINE
+# run [-f HOST[:GUEST]]... [-t SECONDS] [-m MEM] [-g PAGES] -- COMMAND LINE
+# -g reserves PAGES hugetlbfs 1G pages at boot (for kvm-diff's backing=1G slots).
 run() {
-	local timeout=900 mem=4G files=()
+	local timeout=900 mem=4G files=() gigapages=0
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		-f) files+=("$2"); shift 2 ;;
 		-t) timeout=$2; shift 2 ;;
 		-m) mem=$2; shift 2 ;;
+		-g) gigapages=$2; shift 2 ;;
 		--) shift; break ;;
 		*) break ;;
 		esac
@@ -158,7 +160,7 @@ run() {
 export PATH=/bin:/opt/bin HOME=/tmp
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 for m in irqbypass ccp kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "REALKVM: insmod $m failed"; done
-echo "REALKVM: $(uname -r), /dev/kvm: $(ls /dev/kvm 2>&1), tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
+echo "REALKVM: $(uname -r), /dev/kvm: $(ls /dev/kvm 2>&1), tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null), 1G pages $(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages 2>/dev/null || echo 0), THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
 cd /tmp
 sh /cmd.sh
 echo "REALKVM-EXIT=$?"
@@ -175,7 +177,7 @@ EOT
 		-cpu EPYC,+svm,+npt,+vgif,+svme-addr-chk -smp 1 -m "$mem" \
 		-nographic -no-reboot -nodefaults -serial stdio -display none \
 		-kernel "$root/boot/vmlinuz-$krel" -initrd "$ir.gz" \
-		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off" </dev/null \
+		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off hugepagesz=1G hugepages=$gigapages" </dev/null \
 		2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) | tee "$out"
 	rc=${PIPESTATUS[0]}
 	set -e
@@ -203,7 +205,8 @@ ci() {
 		grep -o '"executable":"[^"]*kvm_guest-[^"]*"' | cut -d'"' -f4 | head -1)
 	[ -n "$tests" ] || { say "no kvm_guest test binary"; return 1; }
 	local fx=crates/cvmem-cli/tests/fixtures
-	run -t 1500 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
+	# 2 GiB more than the default for two 1G pages that kvm-diff's backing=1G slots take.
+	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" -- '
 set -e
@@ -213,7 +216,7 @@ private_mem_kvm_exits_test
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
 CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
-cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog --random 1000
+cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog --random 12000
 '
 }
 

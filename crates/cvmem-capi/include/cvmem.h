@@ -98,6 +98,10 @@ int cvmem_set_memory_attributes(const struct CvmemTracker *t, uint64_t gpa, uint
 int cvmem_map_gpa_range_decode(uint64_t gpa, uint64_t npages, uint64_t attributes, struct CvmemMapGpaRequest *out);
 
 // Applies a guest's KVM_HC_MAP_GPA_RANGE: the status to return to the guest (0 or -errno).
+// Only memory inside memslots converts: a request to make private memory outside every
+// memslot is refused (-EINVAL), and the parts of a request to make memory shared that no
+// memslot holds are left alone, so a guest cannot grow the tracking beyond its memslots.
+// (`cvmem_set_memory_attributes`, the VMM's own call, keeps KVM's semantics.)
 int cvmem_map_gpa_range(const struct CvmemTracker *t, uint64_t gpa, uint64_t npages, uint64_t attributes);
 
 // The fault path's question: the largest level an access (`is_private`: private, else

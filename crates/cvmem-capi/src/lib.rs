@@ -281,6 +281,10 @@ pub extern "C" fn cvmem_map_gpa_range_decode(
 }
 
 /// Applies a guest's KVM_HC_MAP_GPA_RANGE: the status to return to the guest (0 or -errno).
+/// Only memory inside memslots converts: a request to make private memory outside every
+/// memslot is refused (-EINVAL), and the parts of a request to make memory shared that no
+/// memslot holds are left alone, so a guest cannot grow the tracking beyond its memslots.
+/// (`cvmem_set_memory_attributes`, the VMM's own call, keeps KVM's semantics.)
 #[no_mangle]
 pub extern "C" fn cvmem_map_gpa_range(
     t: *const CvmemTracker,
@@ -290,7 +294,7 @@ pub extern "C" fn cvmem_map_gpa_range(
 ) -> c_int {
     with_tracker(t, |t| {
         let applied = MapGpaRange::decode(gpa, npages, attributes)
-            .and_then(|r| t.map_gpa_range(&r, |_| {}).map(drop));
+            .and_then(|r| t.guest_map_gpa_range(&r, |_| {}).map(drop));
         status(applied)
     })
 }

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use cvmem::PAGE_SIZE;
 use cvmem_kvm::Error as MemoryError;
-use cvmem_kvm::{Backing, RequestSource};
+use cvmem_kvm::{Backing, ConversionRequest, RequestSource};
 use cvmem_kvm_rig::{kvm_run, Error, ExitKind, MmuText, Report, RunOptions, Workload};
 use cvmem_oplog::render::result_text;
 use cvmem_oplog::{Op, Outcome, Replayer};
@@ -248,6 +249,39 @@ fn without_guest_memfd(op: Op) -> Op {
     }
 }
 
+/// What the core's replay gives for `op` when a VMM built on cvmem-kvm handles it: a `map-gpa`
+/// line is a guest's request, which converts only inside memslots ([`cvmem_kvm::guest_scope`]);
+/// op-log v1 gives it KVM's attribute semantics (anywhere). Every other line as the replay does.
+fn replay_as_vmm(replay: &mut Replayer, op: &Op) -> Outcome {
+    let &Op::MapGpa { gpa, npages, flags } = op else {
+        return replay.apply(op);
+    };
+    let Ok(req) = ConversionRequest::from_map_gpa_range(RequestSource::PortIo, gpa, npages, flags)
+    else {
+        return replay.apply(op); // malformed: the same refusal either way
+    };
+    match cvmem_kvm::guest_scope(replay.tracker(), &req) {
+        Ok(scope) if scope.parts == [req.range] => replay.apply(op),
+        Ok(scope) => {
+            for part in scope.parts {
+                let attrs = Op::Attrs {
+                    gpa: part.start * PAGE_SIZE,
+                    size: part.len() * PAGE_SIZE,
+                    attributes: req.to.attributes(),
+                };
+                if let e @ Outcome::Error(_) = replay.apply(&attrs) {
+                    return e;
+                }
+            }
+            Outcome::Done
+        }
+        Err(refusal) => Outcome::Error(cvmem_oplog::Rejected {
+            errno: "EINVAL",
+            message: refusal.to_string(),
+        }),
+    }
+}
+
 /// Runs an op-log through kvm-run and through the core's replay engine: every line with a
 /// result must agree (errors by errno), and so must the final attributes and page tables.
 /// Where the host made kvm-run adapt a line (a `guest-memfd` slot without guest_memfd), the core
@@ -277,7 +311,7 @@ fn same_as_replay(path: &Path) -> Option<Report> {
                 line.op
             );
         }
-        let want = replay.apply(&ran.op);
+        let want = replay_as_vmm(&mut replay, &ran.op);
         let got = &ran.outcome;
         match (&want, got) {
             // The same refusal; the messages may differ in who refused (`tracker: …`).

@@ -98,7 +98,7 @@ pub use observe::MemoryStats;
 pub use query::MmuSnapshot;
 pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
 pub use request::{
-    ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
+    guest_scope, ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
     KVM_MEMORY_EXIT_FLAG_PRIVATE, PORT_MAP_GPA,
 };
 

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::listener::{self, Cause, ConversionListener, MemoryEvent, SlotRange};
 use crate::observe::{Counters, MemoryStats};
 use crate::query::MemoryQuery;
-use crate::request::{ConversionRequest, RequestSource};
+use crate::request::{guest_scope, ConversionRequest, RequestSource};
 
 pub(crate) mod access;
 mod model;
@@ -107,6 +107,17 @@ pub struct ConversionCost {
     pub listeners: Duration,
 }
 
+impl ConversionCost {
+    /// Adds `other`'s time to each step (a request converted in parts).
+    fn add(&mut self, other: &ConversionCost) {
+        self.tracking += other.tracking;
+        self.invalidate += other.invalidate;
+        self.kvm += other.kvm;
+        self.discard += other.discard;
+        self.listeners += other.listeners;
+    }
+}
+
 /// The result of a conversion that succeeded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Conversion {
@@ -116,6 +127,10 @@ pub struct Conversion {
     pub slot_ranges: Vec<SlotRange>,
     /// Bytes whose old contents were discarded.
     pub discarded_bytes: u64,
+    /// Pages of a guest's request to make memory shared that lie outside every memslot and were
+    /// left alone (see [`RequestError::OutsideMemslots`](crate::RequestError) for the other
+    /// direction).
+    pub outside_pages: u64,
     /// Time per step.
     pub cost: ConversionCost,
 }
@@ -374,7 +389,7 @@ impl CvmMemory {
             source = req.source.name(),
         )
         .entered();
-        let result = self.convert_locked(req);
+        let result = self.convert_in_scope(req);
         self.counters.conversion(&result);
         match &result {
             Ok(c) => {
@@ -393,9 +408,32 @@ impl CvmMemory {
         result
     }
 
-    /// What [`CvmMemory::convert`] does, without its span and counters.
-    fn convert_locked(&self, req: &ConversionRequest) -> Result<Conversion> {
+    /// What [`CvmMemory::convert`] does, without its span and counters: the parts of the
+    /// request its source may convert ([`guest_scope`]), each converted in turn under the
+    /// memory lock (so the memslots cannot change in between).
+    fn convert_in_scope(&self, req: &ConversionRequest) -> Result<Conversion> {
         let memory = self.lock_memory();
+        let scope = self.shared.tracker(|t| guest_scope(t, req))?;
+        let mut out = Conversion {
+            outside_pages: scope.outside_pages,
+            ..Conversion::default()
+        };
+        for range in scope.parts {
+            let part = self.convert_locked(&memory, &ConversionRequest { range, ..*req })?;
+            out.changed_pages += part.changed_pages;
+            out.slot_ranges.extend(part.slot_ranges);
+            out.discarded_bytes += part.discarded_bytes;
+            out.cost.add(&part.cost);
+        }
+        Ok(out)
+    }
+
+    /// Converts `req.range` (inside the caller's memory lock).
+    fn convert_locked(
+        &self,
+        memory: &BTreeMap<u32, SlotMemory>,
+        req: &ConversionRequest,
+    ) -> Result<Conversion> {
         let mut out = Conversion::default();
         let request = AttrRequest::new(req.range, req.to)?;
         let target = request.attributes();
@@ -455,7 +493,7 @@ impl CvmMemory {
         let stored = self.shared.tracker.update(
             req.range,
             |_| {
-                let _ = before.set(self.before_store(request, &memory, &event, &mut host));
+                let _ = before.set(self.before_store(request, memory, &event, &mut host));
             },
             |tracker| match before.get() {
                 Some(Ok(_)) => match tracker.set_range_attributes(req.range, target) {
@@ -507,7 +545,7 @@ impl CvmMemory {
         match req.to {
             Access::Private => {
                 let t = Instant::now();
-                let r = discard(&memory, &slot_ranges, Access::Private);
+                let r = discard(memory, &slot_ranges, Access::Private);
                 out.cost.discard += t.elapsed();
                 out.discarded_bytes = r.map_err(undo_tracker)?;
             }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::memory::Conversion;
+use crate::request::RequestError;
 
 /// Counts since a [`CvmMemory`](crate::CvmMemory) was made; cheap to read from any thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +27,10 @@ pub struct MemoryStats {
     pub inconsistent: u64,
     /// Memslot changes applied.
     pub slot_changes: u64,
+    /// Of `refused`: guest requests to make memory private outside every memslot.
+    pub outside_memslots_refused: u64,
+    /// Pages outside every memslot that guests asked to make shared, left alone.
+    pub outside_memslots_ignored_pages: u64,
 }
 
 /// The atomic counters behind [`MemoryStats`].
@@ -39,6 +44,8 @@ pub(crate) struct Counters {
     rolled_back: AtomicU64,
     inconsistent: AtomicU64,
     slot_changes: AtomicU64,
+    outside_memslots_refused: AtomicU64,
+    outside_memslots_ignored_pages: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -59,6 +66,7 @@ impl Counters {
                 add(&self.unchanged, u64::from(c.changed_pages == 0));
                 add(&self.changed_pages, c.changed_pages);
                 add(&self.discarded_bytes, c.discarded_bytes);
+                add(&self.outside_memslots_ignored_pages, c.outside_pages);
             }
             Err(e) => self.failure(e),
         }
@@ -67,7 +75,11 @@ impl Counters {
     pub(crate) fn failure(&self, e: &Error) {
         match e {
             Error::Inconsistent { .. } => add(&self.inconsistent, 1),
-            e if is_refusal(e) => add(&self.refused, 1),
+            e if is_refusal(e) => {
+                add(&self.refused, 1);
+                let outside = matches!(e, Error::Request(RequestError::OutsideMemslots(_)));
+                add(&self.outside_memslots_refused, u64::from(outside));
+            }
             _ => add(&self.rolled_back, 1),
         }
     }
@@ -87,6 +99,8 @@ impl Counters {
             rolled_back: get(&self.rolled_back),
             inconsistent: get(&self.inconsistent),
             slot_changes: get(&self.slot_changes),
+            outside_memslots_refused: get(&self.outside_memslots_refused),
+            outside_memslots_ignored_pages: get(&self.outside_memslots_ignored_pages),
         }
     }
 }

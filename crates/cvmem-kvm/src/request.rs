@@ -12,7 +12,9 @@
 //! [`cvmem::MapGpaRange::decode`]): page-size hint bits are a hint, bit 4 is the direction,
 //! reserved bits are rejected, ranges are checked.
 
-use cvmem::{Access, GfnRange, Level, MapGpaRange, KVM_HC_MAP_GPA_RANGE, PAGE_SIZE};
+use cvmem::{
+    Access, GfnRange, GuestScope, Level, MapGpaRange, Tracker, KVM_HC_MAP_GPA_RANGE, PAGE_SIZE,
+};
 
 /// The I/O port of this crate's conversion transport, for hosts without hypercall exits: the
 /// guest loads RAX = 12 (KVM_HC_MAP_GPA_RANGE), RBX = gpa, RCX = number of 4K pages, RDX =
@@ -105,6 +107,10 @@ pub enum RequestError {
     /// A memory-fault exit whose size is zero or not a multiple of 4 KiB.
     #[error("memory fault size {0:#x} is not a non-zero multiple of 4 KiB")]
     FaultSize(u64),
+    /// A guest asked for more than its memslots hold ([`guest_scope`]): private memory
+    /// outside every memslot.
+    #[error("{0}")]
+    OutsideMemslots(cvmem::Error),
 }
 
 impl RequestError {
@@ -116,6 +122,23 @@ impl RequestError {
             _ => (libc::EINVAL as u64).wrapping_neg(),
         }
     }
+}
+
+/// What [`CvmMemory::convert`](crate::CvmMemory::convert) converts of `req` on a VM with
+/// `tracker`'s memslots: the whole range for the VMM ([`RequestSource::Vmm`], KVM's semantics:
+/// attributes anywhere); for a guest, only memory inside its memslots
+/// ([`Tracker::guest_scope`]: to private reaching outside them is refused, to shared leaves the
+/// outside alone). This bounds the tracking a guest can cause by its memslots.
+pub fn guest_scope(tracker: &Tracker, req: &ConversionRequest) -> Result<GuestScope, RequestError> {
+    if req.source == RequestSource::Vmm {
+        return Ok(GuestScope {
+            parts: vec![req.range],
+            outside_pages: 0,
+        });
+    }
+    tracker
+        .guest_scope(req.range, req.to)
+        .map_err(RequestError::OutsideMemslots)
 }
 
 impl ConversionRequest {

@@ -8,7 +8,7 @@ use cvmem::{
 
 use crate::fault::{FaultAnswer, FaultTicket};
 use crate::invalidate::InvalidateSeq;
-use crate::left_right::{Apply, LeftRight};
+use crate::left_right::{Apply, LeftRight, Writer};
 
 /// One committed state: the tracker and how many changes led to it.
 #[derive(Clone, Debug, Default)]
@@ -158,8 +158,19 @@ impl ConcurrentTracker {
     /// A checked attribute change (see [`AttrRequest`]) in KVM's order, as
     /// [`set_memory_attributes_with`](Self::set_memory_attributes_with).
     pub fn convert_with(&self, request: AttrRequest, zap: impl FnOnce(GfnRange)) -> Result<bool> {
-        let (range, attributes) = (request.range(), request.attributes());
         let mut writer = self.state.writer();
+        self.convert_range(&mut writer, request.range(), request.attributes(), zap)
+    }
+
+    /// Sets `range` to `attributes` under `writer`, in KVM's order (see
+    /// [`convert_with`](Self::convert_with)).
+    fn convert_range(
+        &self,
+        writer: &mut Writer<'_, Snapshot>,
+        range: GfnRange,
+        attributes: u64,
+        zap: impl FnOnce(GfnRange),
+    ) -> Result<bool> {
         if writer.read(|s| s.tracker.range_has_attributes(range, attributes, u64::MAX)) {
             return Ok(false);
         }
@@ -171,9 +182,31 @@ impl ConcurrentTracker {
         })
     }
 
-    /// A guest's KVM_HC_MAP_GPA_RANGE, already decoded: the attribute change it asks for.
+    /// KVM_HC_MAP_GPA_RANGE's attribute change with KVM's semantics (the range anywhere, as
+    /// KVM_SET_MEMORY_ATTRIBUTES): for a VMM that checked the request itself. A guest's request
+    /// goes through [`guest_map_gpa_range`](Self::guest_map_gpa_range).
     pub fn map_gpa_range(&self, req: &MapGpaRange, zap: impl FnOnce(GfnRange)) -> Result<bool> {
         self.convert_with(req.request()?, zap)
+    }
+
+    /// A guest's KVM_HC_MAP_GPA_RANGE, already decoded, converting only inside the memslots
+    /// ([`Tracker::guest_scope`]): to private reaching outside them is refused
+    /// ([`cvmem::Error::OutsideMemslots`]), to shared leaves the outside alone. Each part is
+    /// converted as [`convert_with`](Self::convert_with) does, with `zap` called on it; the
+    /// memslots cannot change in between. Returns whether anything changed.
+    pub fn guest_map_gpa_range(
+        &self,
+        req: &MapGpaRange,
+        mut zap: impl FnMut(GfnRange),
+    ) -> Result<bool> {
+        let request = req.request()?;
+        let mut writer = self.state.writer();
+        let scope = writer.read(|s| s.tracker.guest_scope(request.range(), request.to()))?;
+        let mut changed = false;
+        for range in scope.parts {
+            changed |= self.convert_range(&mut writer, range, request.attributes(), &mut zap)?;
+        }
+        Ok(changed)
     }
 
     /// KVM_SET_USER_MEMORY_REGION2 (see [`Tracker::set_user_memory_region`]).

@@ -157,6 +157,16 @@ pub enum Error {
         /// What and why.
         what: &'static str,
     },
+    /// A guest asked to make private memory outside every memslot: no memory is there
+    /// ([`Tracker::guest_scope`](crate::Tracker::guest_scope)).
+    OutsideMemslots {
+        /// Start of the requested range.
+        gpa: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// How many of its pages no memslot holds.
+        outside_pages: u64,
+    },
     /// An allocation failed before anything changed.
     NoMemory {
         /// Bytes that could not be allocated.
@@ -229,6 +239,14 @@ impl fmt::Display for Error {
             }
             Error::InvalidFlags { why } => write!(f, "invalid flags: {why}"),
             Error::Unsupported { what } => write!(f, "unsupported: {what}"),
+            Error::OutsideMemslots {
+                gpa,
+                size,
+                outside_pages,
+            } => write!(
+                f,
+                "gpa {gpa:#x} + {size:#x} to private: {outside_pages} page(s) lie outside every memslot"
+            ),
             Error::NoMemory { bytes } => write!(f, "could not allocate {bytes} bytes"),
         }
     }

@@ -88,6 +88,15 @@ int main(void)
     CHECK(cvmem_map_gpa_range_decode(0x1000000, 16, 1u << 7, &req) == -EINVAL);
     CHECK(cvmem_map_gpa_range(t, 0x1000800, 1, 0) == -EINVAL);
     CHECK(cvmem_map_gpa_range(t, 0x2000000, 512, 0x10 | 2) == 0); /* private, 2M hint */
+    /* Outside every memslot: to private is refused, to shared succeeds and tracks nothing, so
+     * a guest cannot grow the tracking (one private page per 512 GiB, 1000 times). */
+    size_t before = cvmem_heap_bytes(t);
+    for (uint64_t i = 1; i <= 1000; i++) {
+        CHECK(cvmem_map_gpa_range(t, i << 39, 1, 0x10) == -EINVAL);
+        CHECK(cvmem_map_gpa_range(t, (i << 39) + 4096, 1, 0) == 0);
+    }
+    CHECK(cvmem_map_gpa_range(t, 2 * GiB - 4096, 2, 0x10) == -EINVAL); /* straddles slot 0's end */
+    CHECK(cvmem_heap_bytes(t) == before && !cvmem_is_private(t, 2 * GiB));
 
     /* The 2M page holding the buffer is mixed: 4K there, 2M next door, 1G elsewhere. */
     CHECK(cvmem_max_mapping_level(t, 0x1000000, false, &a) == 0 && a.level == 1);

@@ -12,7 +12,7 @@ use crate::abi::BOOT_SLOT;
 use crate::error::{Error, Result};
 use crate::report::LineResult;
 use crate::script::Script;
-use cvmem_kvm::{Backing, MmuConfig, RequestSource};
+use cvmem_kvm::{guest_scope, Backing, ConversionRequest, MmuConfig, RequestSource};
 
 /// `-EINVAL` as the guest sees it in its status register.
 const EINVAL: u64 = (libc::EINVAL as u64).wrapping_neg();
@@ -128,9 +128,19 @@ impl Executor for OplogExecutor<'_> {
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
         self.runner.last_refusal = None;
-        self.guest_map(request.gpa, request.npages, request.flags(), 0)?;
-        // The guest saw its status (a refusal is also a mismatch: it expected success); the
-        // refusal is this line's outcome too.
+        // The guest expects the VMM's answer: a refusal where it asks for private memory
+        // outside every memslot (cvmem_kvm::guest_scope), else success.
+        let req = ConversionRequest::from_map_gpa_range(
+            RequestSource::PortIo,
+            request.gpa,
+            request.npages,
+            request.flags(),
+        )?;
+        let scope = (self.runner.vm.memory.query()).with_tracker(|t| guest_scope(t, &req));
+        let expect = scope.err().map_or(0, |e| e.guest_status());
+        self.guest_map(request.gpa, request.npages, request.flags(), expect)?;
+        // The guest saw its status (another one than expected is a mismatch); a refusal is this
+        // line's outcome too.
         match self.runner.last_refusal.take() {
             Some(e) => Err(e.into()),
             None => Ok(()),

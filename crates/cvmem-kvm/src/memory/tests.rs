@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::iommu::{IommuListener, RecordingIommu};
 use crate::listener::ListenerError;
+use crate::request::RequestError;
 
 const P: u64 = KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
@@ -80,8 +81,11 @@ fn listeners_get_exact_changed_ranges_clipped_to_slots() {
         vec![(0, 1024), (0x40000, 0x40400)]
     );
     m.convert(&req(0x1000, 4, true)).unwrap();
-    // Overlaps the private pages and runs past the end of slot 0 into no slot.
-    let c = m.convert(&req(0, 2048, true)).unwrap();
+    // Overlaps the private pages and runs past the end of slot 0 into no slot (the VMM may
+    // convert anywhere; a guest may not: see a_guest_makes_nothing_private_outside_its_memslots).
+    let c = m
+        .convert(&guest(RequestSource::Vmm, 0, 2048, true))
+        .unwrap();
     assert_eq!(c.changed_pages, 2048 - 4);
     let events = rec.events.lock().unwrap().clone();
     assert_eq!(
@@ -264,4 +268,103 @@ fn host_writes_land_byte_exact_at_any_alignment() {
     // Past the end of the slot: refused, nothing written.
     assert!(m.write_bytes(Gpa((4 << 20) - 4), &[1; 8]).is_err());
     assert_eq!(m.read_u64(Gpa((4 << 20) - 8)).unwrap(), 0);
+}
+
+/// A guest's request from the given transport.
+fn guest(source: RequestSource, gpa: u64, npages: u64, private: bool) -> ConversionRequest {
+    ConversionRequest {
+        source,
+        ..req(gpa, npages, private)
+    }
+}
+
+#[test]
+fn a_guest_makes_nothing_private_outside_its_memslots() {
+    let m = memory();
+    let before = m.query().snapshot();
+    // Wholly outside (between the slots) and straddling slot 0's end: refused whole, with
+    // -EINVAL for the guest, from every guest transport.
+    for source in [
+        RequestSource::Hypercall,
+        RequestSource::PortIo,
+        RequestSource::MemoryFault,
+    ] {
+        for (gpa, npages) in [(8 << 20, 1), ((4 << 20) - 0x1000, 2)] {
+            let e = m.convert(&guest(source, gpa, npages, true)).unwrap_err();
+            assert!(
+                matches!(e, Error::Request(RequestError::OutsideMemslots(_))),
+                "{e}"
+            );
+            assert_eq!(
+                guest_status_of(&Err::<(), _>(e)),
+                (libc::EINVAL as u64).wrapping_neg()
+            );
+        }
+    }
+    assert_eq!(m.query().snapshot(), before, "nothing changed");
+    let s = m.stats();
+    assert_eq!((s.refused, s.outside_memslots_refused), (6, 6));
+    // The VMM keeps KVM's semantics: attributes anywhere.
+    m.set_attributes(Gpa(8 << 20), 0x1000, P).unwrap();
+    assert!(m.query().is_private(Gpa(8 << 20)));
+}
+
+#[test]
+fn a_guest_makes_shared_only_what_is_inside_its_memslots() {
+    let m = memory();
+    m.set_attributes(Gpa(0), 4 << 20, P).unwrap();
+    m.set_attributes(Gpa(1 << 30), 4 << 20, P).unwrap();
+    // The VMM made a page outside the slots private; a guest cannot change it.
+    m.set_attributes(Gpa(8 << 20), 0x1000, P).unwrap();
+    // From the last 2 pages of slot 0 to the first 2 of slot 1: the gap is left alone.
+    let gap = ((1 << 30) - (4 << 20)) / PAGE_SIZE;
+    let c = m
+        .convert(&guest(
+            RequestSource::Hypercall,
+            (4 << 20) - 0x2000,
+            gap + 4,
+            false,
+        ))
+        .unwrap();
+    assert_eq!((c.changed_pages, c.outside_pages), (4, gap));
+    assert_eq!(
+        c.slot_ranges.iter().map(|r| r.slot).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert!(!m.query().is_private(Gpa((4 << 20) - 0x1000)));
+    assert!(!m.query().is_private(Gpa(1 << 30)));
+    assert!(m.query().is_private(Gpa(8 << 20)), "outside: unchanged");
+    assert!(m.query().is_private(Gpa((1 << 30) + 0x2000)));
+    // Wholly outside: success for the guest, nothing done.
+    let c = m
+        .convert(&guest(RequestSource::PortIo, 8 << 20, 1, false))
+        .unwrap();
+    assert_eq!((c.changed_pages, c.outside_pages), (0, 1));
+    assert!(m.query().is_private(Gpa(8 << 20)));
+    assert_eq!(m.stats().outside_memslots_ignored_pages, gap + 1);
+}
+
+#[test]
+fn conversions_outside_memslots_grow_no_tracking() {
+    // A hostile guest: one private page per 256 GiB outside its memslots, and
+    // shared pages among VMM-made private memory outside them.
+    let m = memory();
+    m.set_attributes(Gpa(1 << 40), 1 << 30, P).unwrap();
+    let heap = || m.query().with_tracker(Tracker::heap_bytes);
+    let before = heap();
+    for i in 1..=10_000u64 {
+        let gpa = i << 38;
+        assert!(m
+            .convert(&guest(RequestSource::Hypercall, gpa, 1, true))
+            .is_err());
+        m.convert(&guest(
+            RequestSource::Hypercall,
+            (1 << 40) + (i % 4096) * 0x2000,
+            1,
+            false,
+        ))
+        .unwrap();
+    }
+    assert_eq!(heap(), before);
+    assert_eq!(m.stats().outside_memslots_refused, 10_000);
 }
