@@ -8,7 +8,9 @@
 //! - [`oplog_replay()`]: raw bytes to the op-log parser and the replay engine; [`oplog_tokens()`]:
 //!   the same checks on op-log text assembled from the bytes;
 //! - [`hypercall_decode()`]: register values to `MapGpaRange::decode` and (on Linux) the KVM
-//!   crate's request decoders.
+//!   crate's request decoders;
+//! - [`snapshot_restore()`]: hostile snapshots (JSON, or records from the bytes) to
+//!   `Tracker::restore`: no panic, exact round trips, memory bounded by the snapshot's size.
 //!
 //! The same functions run three ways: `tests/corpus.rs` replays the checked-in corpus and a few
 //! thousand deterministic inputs per target in `cargo test`; the `cvmem-fuzz` binary is a stable
@@ -19,10 +21,12 @@ pub mod hypercall;
 pub mod input;
 pub mod mutate;
 pub mod oplog;
+pub mod snapshot;
 pub mod tracker_oracle;
 
 pub use hypercall::hypercall_decode;
 pub use oplog::{oplog_replay, oplog_tokens};
+pub use snapshot::snapshot_restore;
 pub use tracker_oracle::tracker_oracle;
 
 /// A fuzz target: its name (the corpus directory and the libFuzzer binary) and its body.
@@ -37,7 +41,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     Target {
         name: "tracker_oracle",
         run: tracker_oracle,
@@ -57,6 +61,11 @@ pub const TARGETS: [Target; 4] = [
         name: "hypercall_decode",
         run: hypercall_decode,
         max_len: 96,
+    },
+    Target {
+        name: "snapshot_restore",
+        run: snapshot_restore,
+        max_len: 2048,
     },
 ];
 

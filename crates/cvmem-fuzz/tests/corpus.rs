@@ -48,3 +48,8 @@ fn oplog_tokens() {
 fn hypercall_decode() {
     run(named("hypercall_decode"), 20_000);
 }
+
+#[test]
+fn snapshot_restore() {
+    run(named("snapshot_restore"), 3000);
+}

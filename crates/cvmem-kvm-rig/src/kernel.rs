@@ -299,7 +299,10 @@ impl Executor for KernelVm {
                 r.slot,
                 KernelSlot {
                     mem,
-                    pages: pages.unwrap_or_default(),
+                    pages: pages.unwrap_or(HostPages {
+                        backing: Some(r.new_slot_backing()),
+                        ..HostPages::default()
+                    }),
                     uaddr: r.new_slot_uaddr(),
                     size: r.size,
                     gpa: r.gpa,
@@ -316,10 +319,14 @@ impl Executor for KernelVm {
             }
             None => (old.uaddr, 0),
         };
-        let hva = match r.uaddr {
-            Some(u) => hva.wrapping_add(u.wrapping_sub(old.uaddr)),
-            None => hva,
+        // Another `uaddr=` or another `backing=` is other host memory: another address, which
+        // KVM refuses for a live slot and ignores for a delete.
+        let other_backing = r.backing.is_some_and(|b| Some(b) != old.pages.backing);
+        let delta = match r.uaddr {
+            Some(u) => u.wrapping_sub(old.uaddr),
+            None => 0,
         };
+        let hva = other_host_address(hva, delta, other_backing);
         let old_range = GfnRange::new(old.gpa / PAGE_SIZE, (old.gpa + old.size) / PAGE_SIZE);
         let (old_gpa, old_dirty_log) = (old.gpa, old.dirty_log);
         self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
@@ -393,6 +400,25 @@ impl Executor for KernelVm {
             }
             Err(e) => Err(Error::os("KVM_PRE_FAULT_MEMORY", e)),
         }
+    }
+}
+
+/// The host address KVM is given for an existing slot whose op-log line moves its host memory
+/// by `delta` bytes (or names `other_backing`): `hva` itself when neither, else another
+/// address inside the user address space with the same offset within a page (so that an
+/// unaligned `uaddr=` stays unaligned). The op-log's addresses are of an abstract host; a raw
+/// offset could leave this process's address space, which KVM refuses even for a delete.
+fn other_host_address(hva: u64, delta: u64, other_backing: bool) -> u64 {
+    const SPAN: u64 = 1 << 40;
+    let moved = match delta % SPAN {
+        0 if delta == 0 && !other_backing => return hva,
+        0 => 1 << 30,
+        d => d,
+    };
+    if hva > moved + PAGE_SIZE {
+        hva - moved
+    } else {
+        hva + moved
     }
 }
 

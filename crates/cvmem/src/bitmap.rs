@@ -1,74 +1,225 @@
-//! A fixed-size bitmap whose only allocation is fallible and happens up front.
+//! A set of large-page indices (GUEST_INHIBIT of one slot at one level) that costs what is set,
+//! never more than a flat bitmap, and allocates only fallibly, before it changes.
+//!
+//! Sparse (a sorted vector of indices, 8 bytes each) while that is smaller than a bitmap of
+//! the slot's large pages, dense (the bitmap) from then on. A TDX guest inhibits the 2M pages
+//! it accepts at 4K — thousands during boot, a handful of KiB sparse — while a bitmap of an
+//! 8 TiB slot is 512 KiB: sparse keeps a snapshot with one inhibit per huge slot from costing
+//! a bitmap per slot (issue 22). A lookup is a binary search of at most
+//! log2(len / 64) steps (16 for an 8 TiB slot's 2M pages), or one bit probe.
 
 use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
 
-/// `len` bits, all allocated by [`Bitmap::try_new`].
+/// A subset of `0..len`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Bitmap {
-    words: Vec<u64>,
+pub(crate) struct IndexSet {
     len: u64,
+    repr: Repr,
 }
 
-impl Bitmap {
-    /// A bitmap of `len` clear bits, or `NoMemory` without side effects.
-    pub(crate) fn try_new(len: u64) -> Result<Self> {
-        let n =
-            usize::try_from(len.div_ceil(64)).map_err(|_| Error::NoMemory { bytes: usize::MAX })?;
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Repr {
+    /// Sorted, distinct indices.
+    #[default]
+    Empty,
+    Sparse(Vec<u64>),
+    /// One bit per index, and how many are set.
+    Dense {
+        words: Vec<u64>,
+        ones: u64,
+    },
+}
+
+impl IndexSet {
+    /// An empty subset of `0..len`: no allocation.
+    pub(crate) const fn new(len: u64) -> Self {
+        IndexSet {
+            len,
+            repr: Repr::Empty,
+        }
+    }
+
+    /// Indices a sparse set holds before it turns dense: where the bitmap is smaller.
+    fn sparse_limit(&self) -> u64 {
+        self.len.div_ceil(64)
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, i: u64) -> bool {
+        match &self.repr {
+            Repr::Empty => false,
+            Repr::Sparse(v) => v.binary_search(&i).is_ok(),
+            Repr::Dense { words, .. } => words
+                .get((i / 64) as usize)
+                .is_some_and(|w| w >> (i % 64) & 1 != 0),
+        }
+    }
+
+    /// Makes sure the next [`IndexSet::insert`] does not allocate: room for one more index,
+    /// or the dense form. `NoMemory` leaves the set as it was.
+    pub(crate) fn reserve_one(&mut self) -> Result<()> {
+        let limit = self.sparse_limit();
+        match &mut self.repr {
+            Repr::Dense { .. } => Ok(()),
+            Repr::Sparse(v) if (v.len() as u64) < limit => try_reserve(v, 1),
+            Repr::Empty if limit > 0 => {
+                let mut v = Vec::new();
+                try_reserve(&mut v, 1)?;
+                self.repr = Repr::Sparse(v);
+                Ok(())
+            }
+            _ => self.densify(),
+        }
+    }
+
+    /// The dense form of the set (fallible; the set is unchanged on `NoMemory`).
+    fn densify(&mut self) -> Result<()> {
+        let n = usize::try_from(self.len.div_ceil(64))
+            .map_err(|_| Error::NoMemory { bytes: usize::MAX })?;
         let mut words = Vec::new();
         words
             .try_reserve_exact(n)
             .map_err(|_| Error::NoMemory { bytes: n * 8 })?;
         words.resize(n, 0);
-        Ok(Bitmap { words, len })
+        let mut ones = 0;
+        for i in self.iter() {
+            words[(i / 64) as usize] |= 1 << (i % 64);
+            ones += 1;
+        }
+        self.repr = Repr::Dense { words, ones };
+        Ok(())
     }
 
-    pub(crate) fn len(&self) -> u64 {
-        self.len
-    }
-
-    #[inline]
-    pub(crate) fn get(&self, i: u64) -> bool {
+    /// Adds `i` (< len). Returns whether it was new. Call [`IndexSet::reserve_one`] first;
+    /// without the room this adds nothing and returns false (never allocates).
+    pub(crate) fn insert(&mut self, i: u64) -> bool {
         debug_assert!(i < self.len);
-        (self.words[(i / 64) as usize] >> (i % 64)) & 1 != 0
-    }
-
-    #[inline]
-    pub(crate) fn set(&mut self, i: u64, v: bool) {
-        let w = &mut self.words[(i / 64) as usize];
-        let bit = 1u64 << (i % 64);
-        if v {
-            *w |= bit;
-        } else {
-            *w &= !bit;
+        match &mut self.repr {
+            Repr::Empty => false,
+            Repr::Sparse(v) => match v.binary_search(&i) {
+                Ok(_) => false,
+                Err(at) if v.len() < v.capacity() => {
+                    v.insert(at, i);
+                    true
+                }
+                Err(_) => false,
+            },
+            Repr::Dense { words, ones } => {
+                let w = &mut words[(i / 64) as usize];
+                let bit = 1u64 << (i % 64);
+                let new = *w & bit == 0;
+                *w |= bit;
+                *ones += u64::from(new);
+                new
+            }
         }
     }
 
-    /// Number of set bits.
-    pub(crate) fn count_ones(&self) -> u64 {
-        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    /// Removes `i`. Returns whether it was there.
+    pub(crate) fn remove(&mut self, i: u64) -> bool {
+        match &mut self.repr {
+            Repr::Empty => false,
+            Repr::Sparse(v) => match v.binary_search(&i) {
+                Ok(at) => {
+                    v.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+            Repr::Dense { words, ones } => {
+                let Some(w) = words.get_mut((i / 64) as usize) else {
+                    return false;
+                };
+                let bit = 1u64 << (i % 64);
+                let was = *w & bit != 0;
+                *w &= !bit;
+                *ones -= u64::from(was);
+                was
+            }
+        }
+    }
+
+    /// Number of indices in the set.
+    pub(crate) fn count(&self) -> u64 {
+        match &self.repr {
+            Repr::Empty => 0,
+            Repr::Sparse(v) => v.len() as u64,
+            Repr::Dense { ones, .. } => *ones,
+        }
+    }
+
+    /// The indices in ascending order: O(count) sparse, O(len / 64) dense.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (sparse, dense): (&[u64], &[u64]) = match &self.repr {
+            Repr::Empty => (&[], &[]),
+            Repr::Sparse(v) => (v, &[]),
+            Repr::Dense { words, .. } => (&[], words),
+        };
+        let dense = dense.iter().enumerate().flat_map(|(k, &w)| {
+            let mut w = w;
+            core::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = u64::from(w.trailing_zeros());
+                    w &= w - 1;
+                    k as u64 * 64 + bit
+                })
+            })
+        });
+        sparse.iter().copied().chain(dense)
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.words.capacity() * 8
+        match &self.repr {
+            Repr::Empty => 0,
+            Repr::Sparse(v) => v.capacity() * 8,
+            Repr::Dense { words, .. } => words.capacity() * 8,
+        }
     }
+}
+
+fn try_reserve(v: &mut Vec<u64>, n: usize) -> Result<()> {
+    v.try_reserve(n).map_err(|_| Error::NoMemory {
+        bytes: (v.len() + n) * 8,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn add(s: &mut IndexSet, i: u64) -> bool {
+        s.reserve_one().unwrap();
+        s.insert(i)
+    }
+
     #[test]
-    fn set_get_and_count() {
-        let mut a = Bitmap::try_new(200).unwrap();
-        for i in [0, 63, 64, 199] {
-            a.set(i, true);
+    fn sparse_until_a_bitmap_is_smaller_then_dense() {
+        let mut s = IndexSet::new(64 * 4);
+        assert_eq!(s.heap_bytes(), 0);
+        for i in [200, 3, 100, 64] {
+            assert!(add(&mut s, i));
         }
-        assert_eq!(a.count_ones(), 4);
-        assert!(a.get(63) && a.get(64) && !a.get(65));
-        a.set(63, false);
-        assert_eq!(a.count_ones(), 3);
-        assert_eq!(a.heap_bytes(), 32);
+        assert!(matches!(s.repr, Repr::Sparse(_)), "{s:?}");
+        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 200]);
+        assert!(s.contains(100) && !s.contains(101));
+        // Room for a fifth index: four words of bitmap beat five of indices.
+        assert!(!add(&mut s, 3));
+        assert!(add(&mut s, 255));
+        assert!(matches!(s.repr, Repr::Dense { .. }), "{s:?}");
+        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 200, 255]);
+        assert_eq!(s.count(), 5);
+        assert!(s.contains(64) && !s.contains(65));
+        assert!(s.remove(64) && !s.remove(64));
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.heap_bytes(), 32);
+    }
+
+    #[test]
+    fn insert_without_room_changes_nothing() {
+        let mut s = IndexSet::new(1 << 20);
+        assert!(!s.insert(5));
+        assert!(!s.contains(5) && s.count() == 0);
     }
 }

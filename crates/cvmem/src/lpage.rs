@@ -11,7 +11,7 @@
 //! until a TDX guest accepts at 4K.
 
 use crate::addr::{GfnRange, Level};
-use crate::bitmap::Bitmap;
+use crate::bitmap::IndexSet;
 use crate::error::Result;
 
 /// GUEST_INHIBIT of one slot at one level, and the geometry of its large pages.
@@ -22,8 +22,8 @@ pub(crate) struct LpageInfo {
     first: u64,
     /// Large pages wholly inside the slot.
     count: u64,
-    /// GUEST_INHIBIT; empty until first needed.
-    inhibit: Bitmap,
+    /// GUEST_INHIBIT: large-page indices; no memory until first needed.
+    inhibit: IndexSet,
 }
 
 impl LpageInfo {
@@ -35,7 +35,7 @@ impl LpageInfo {
             level,
             first,
             count,
-            inhibit: Bitmap::default(),
+            inhibit: IndexSet::new(count),
         }
     }
 
@@ -55,52 +55,40 @@ impl LpageInfo {
     /// Whether the large page holding `gfn` carries GUEST_INHIBIT.
     #[inline]
     pub(crate) fn is_inhibited(&self, gfn: u64) -> bool {
-        self.inhibit.len() != 0 && self.index(gfn).is_some_and(|i| self.inhibit.get(i))
+        self.index(gfn).is_some_and(|i| self.inhibit.contains(i))
     }
 
-    /// Makes sure [`LpageInfo::set_inhibit`] will not allocate.
+    /// Makes sure the next [`LpageInfo::set_inhibit`] will not allocate.
     pub(crate) fn reserve_inhibit(&mut self) -> Result<()> {
-        if self.inhibit.len() == 0 && self.count != 0 {
-            self.inhibit = Bitmap::try_new(self.count)?;
-        }
-        Ok(())
+        self.inhibit.reserve_one()
     }
 
     /// Sets GUEST_INHIBIT on the large page holding `gfn` (if wholly inside the slot).
     /// Returns whether the bit was newly set. Call [`LpageInfo::reserve_inhibit`] first.
     pub(crate) fn set_inhibit(&mut self, gfn: u64) -> bool {
-        match self.index(gfn) {
-            Some(i) if self.inhibit.len() != 0 && !self.inhibit.get(i) => {
-                self.inhibit.set(i, true);
-                true
-            }
-            _ => false,
-        }
+        self.index(gfn).is_some_and(|i| self.inhibit.insert(i))
     }
 
     /// Clears GUEST_INHIBIT on the large page holding `gfn`. Returns whether it was set.
     pub(crate) fn clear_inhibit(&mut self, gfn: u64) -> bool {
-        match self.index(gfn) {
-            Some(i) if self.is_inhibited(gfn) => {
-                self.inhibit.set(i, false);
-                true
-            }
-            _ => false,
-        }
+        self.index(gfn).is_some_and(|i| self.inhibit.remove(i))
+    }
+
+    /// The first gfn of every large page with GUEST_INHIBIT, ascending: O(inhibits) while
+    /// sparse, O(pages / 64) once dense.
+    pub(crate) fn inhibited_gfns(&self) -> impl Iterator<Item = u64> + '_ {
+        let (first, shift) = (self.first, self.level.page_shift());
+        self.inhibit.iter().map(move |i| (first + i) << shift)
     }
 
     /// Whether any large page carries GUEST_INHIBIT.
     pub(crate) fn any_inhibited(&self) -> bool {
-        self.inhibit.len() != 0 && self.inhibit.count_ones() != 0
+        self.inhibit.count() != 0
     }
 
     /// Number of large pages with GUEST_INHIBIT.
     pub(crate) fn inhibited_count(&self) -> u64 {
-        if self.inhibit.len() == 0 {
-            0
-        } else {
-            self.inhibit.count_ones()
-        }
+        self.inhibit.count()
     }
 
     /// Number of large pages wholly inside the slot.

@@ -160,10 +160,6 @@ impl Memslot {
     pub fn misaligned(&self, level: Level) -> bool {
         misaligned(self.base_gfn, self.uaddr, level)
     }
-    /// Whether any large page of `level` (2M or 1G) in the slot has GUEST_INHIBIT.
-    pub(crate) fn any_inhibited(&self, level: Level) -> bool {
-        level != Level::K4 && self.lpage(level).any_inhibited()
-    }
 
     pub(crate) fn lpage(&self, level: Level) -> &LpageInfo {
         &self.lpage[level.index() - 1]

@@ -7,11 +7,18 @@
 //! snapshot. With the `serde` feature it serialises with any serde format; `version` lets a
 //! newer cvmem refuse (or convert) an older layout.
 //!
-//! [`Tracker::restore`] rebuilds a tracker from a snapshot through the same operations a VMM
-//! would perform (memslot creation, attribute changes, inhibits) and then checks that the
-//! result snapshots to exactly the input: a snapshot that no tracker could have produced
-//! (overlapping runs, unsupported attributes, inhibits outside memslots...) is refused with
+//! A snapshot is hostile input (it crosses a migration): [`Tracker::restore`] costs time and
+//! memory in proportion to the snapshot's size, never to the size of the memslots it names —
+//! slots cost no memory per page, runs must come sorted (each is an append), GUEST_INHIBIT is
+//! sparse (8 bytes a record, never more than a bitmap of the slot). It checks the order of runs
+//! and records as it goes, rebuilds through the same operations a VMM would perform (memslot
+//! creation, attribute changes, inhibits), and then checks that the result snapshots to
+//! exactly the input: a snapshot that no tracker could have produced (overlapping runs,
+//! unsupported attributes, inhibits outside memslots...) is refused with
 //! [`Error::BadSnapshot`] or the operation's own error.
+//!
+//! No host virtual address is carried: a slot records only its host offset, `(uaddr - gpa)`
+//! modulo 1 GiB, which is all that bounds its mapping level.
 
 use alloc::vec::Vec;
 
@@ -20,12 +27,18 @@ use crate::error::{Error, Result};
 use crate::memslot::{MemoryRegion, SlotFlags};
 use crate::tracker::Tracker;
 
-/// The format version [`Tracker::snapshot`] writes and [`Tracker::restore`] reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The format version [`Tracker::snapshot`] writes and [`Tracker::restore`] reads (2: host
+/// offsets instead of host addresses).
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The part of a slot's host address that bounds its mapping level: congruence modulo the
+/// largest level.
+const HOST_OFFSET_MASK: u64 = (1 << 30) - 1;
 
 /// One memslot of a [`TrackerSnapshot`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct SlotRecord {
     /// Slot id.
     pub id: u32,
@@ -35,8 +48,9 @@ pub struct SlotRecord {
     pub size: u64,
     /// Flags.
     pub flags: SlotFlags,
-    /// Host address (its alignment against `gpa` limits huge mappings).
-    pub uaddr: u64,
+    /// `(uaddr - gpa)` modulo 1 GiB: how the host memory is aligned against the guest's,
+    /// which limits huge mappings (the host address itself stays on the source).
+    pub host_offset: u64,
     /// The largest mapping the host memory allows.
     pub backing: Level,
 }
@@ -44,6 +58,7 @@ pub struct SlotRecord {
 /// A run of gfns `[start, end)` with non-zero attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RunRecord {
     /// First gfn.
     pub start: u64,
@@ -56,6 +71,7 @@ pub struct RunRecord {
 /// A large page with GUEST_INHIBIT: its first gfn and its level (2M or 1G).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct InhibitRecord {
     /// First gfn of the large page.
     pub gfn: u64,
@@ -66,6 +82,7 @@ pub struct InhibitRecord {
 /// A tracker's state, for save/restore (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct TrackerSnapshot {
     /// [`SNAPSHOT_VERSION`] when written.
     pub version: u32,
@@ -82,8 +99,7 @@ pub struct TrackerSnapshot {
 }
 
 impl Tracker {
-    /// The state of this tracker, for save/restore. O(slots + runs), plus one check per
-    /// large page of the slots that have GUEST_INHIBIT bits.
+    /// The state of this tracker, for save/restore. O(slots + runs + inhibits).
     pub fn snapshot(&self) -> TrackerSnapshot {
         let memslots = self
             .memslots()
@@ -92,7 +108,7 @@ impl Tracker {
                 gpa: s.gpa(),
                 size: s.size(),
                 flags: s.flags(),
-                uaddr: s.uaddr(),
+                host_offset: s.uaddr().wrapping_sub(s.gpa()) & HOST_OFFSET_MASK,
                 backing: s.backing(),
             })
             .collect();
@@ -106,15 +122,9 @@ impl Tracker {
             .collect();
         let mut inhibited = Vec::new();
         for level in [Level::M2, Level::G1] {
-            for s in self.memslots().filter(|s| s.any_inhibited(level)) {
-                let range = s.range();
-                let mut gfn = level.align_down(range.start);
-                while gfn < range.end {
-                    if self.is_guest_inhibited(Gfn(gfn.max(range.start)), level) {
-                        inhibited.push(InhibitRecord { gfn, level });
-                    }
-                    gfn += level.pages();
-                }
+            for s in self.memslots() {
+                let gfns = s.lpage(level).inhibited_gfns();
+                inhibited.extend(gfns.map(|gfn| InhibitRecord { gfn, level }));
             }
         }
         TrackerSnapshot {
@@ -128,65 +138,77 @@ impl Tracker {
     }
 
     /// A tracker in the state `snapshot` describes (see the module docs). Refuses another
-    /// format version, and anything no tracker could have produced.
+    /// format version, and anything no tracker could have produced. Time and memory
+    /// O(snapshot size); nothing is shared with any other tracker, so a refusal changes
+    /// nothing.
     pub fn restore(snapshot: &TrackerSnapshot) -> Result<Tracker> {
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(Error::BadSnapshot {
                 why: "unknown format version",
             });
         }
+        let bad = |why| Err(Error::BadSnapshot { why });
         let mut t = Tracker::with_supported_attributes(snapshot.supported_attributes)
             .with_gpa_bits(snapshot.gpa_bits);
-        for s in &snapshot.memslots {
+        for (i, s) in snapshot.memslots.iter().enumerate() {
+            if i > 0 && snapshot.memslots[i - 1].gpa >= s.gpa {
+                return bad("memslots out of address order");
+            }
+            if s.host_offset & !HOST_OFFSET_MASK != 0 || s.host_offset % crate::PAGE_SIZE != 0 {
+                return bad("a host offset that is not page aligned below 1 GiB");
+            }
             t.set_user_memory_region(&MemoryRegion {
                 slot: s.id,
                 gpa: s.gpa,
                 size: s.size,
                 flags: s.flags,
-                uaddr: Some(s.uaddr),
+                uaddr: Some(s.gpa.wrapping_add(s.host_offset)),
                 backing: Some(s.backing),
             })?;
         }
+        let mut last_end = 0;
         for r in &snapshot.runs {
-            if r.start >= r.end {
-                return Err(Error::BadSnapshot {
-                    why: "an empty or reversed run",
-                });
+            if r.start >= r.end || r.start < last_end {
+                return bad("runs empty, reversed, overlapping or out of order");
             }
+            last_end = r.end;
             t.set_range_attributes(GfnRange::new(r.start, r.end), r.attributes)?;
         }
         t.restore_inhibits(&snapshot.inhibited)?;
         if t.snapshot() != *snapshot {
-            return Err(Error::BadSnapshot {
-                why: "it does not describe a state a tracker can be in (unsorted, overlapping \
-                      or adjacent equal runs, or inhibits outside memslots)",
-            });
+            return bad(
+                "it does not describe a state a tracker can be in (adjacent equal runs, \
+                 unsupported attributes, or inhibits outside memslots)",
+            );
         }
         Ok(t)
     }
 }
 
 impl Tracker {
-    /// Gives the large pages of `records` GUEST_INHIBIT, and clears it from those it leaves
-    /// out: afterwards [`Tracker::snapshot`]'s `inhibited` is `records` (those inside
-    /// memslots). Returns whether a bit changed.
+    /// Gives exactly the large pages of `records` GUEST_INHIBIT: afterwards
+    /// [`Tracker::snapshot`]'s `inhibited` is `records`. Each record must name the first gfn of
+    /// a large page wholly inside a memslot, in the order `snapshot` writes them (2M first,
+    /// then 1G; by address within each), else [`Error::BadSnapshot`]. All or nothing: the new
+    /// bits are built aside, then swapped in. O(records + memslots). Returns whether a bit
+    /// changed.
     pub fn restore_inhibits(&mut self, records: &[InhibitRecord]) -> Result<bool> {
-        let mut changed = false;
-        for i in records {
-            // Accepting at the level below sets the inhibit of `i.level` (and of the levels
-            // above it, corrected below where `records` does not have them).
-            let below = match i.level {
-                Level::G1 => Level::M2,
-                _ => Level::K4,
-            };
-            changed |= self.set_guest_inhibit(Gfn(i.gfn), below)?;
-        }
-        for s in self.snapshot().inhibited {
-            if !records.contains(&s) {
-                changed |= self.clear_guest_inhibit(Gfn(s.gfn), s.level);
+        let mut fresh = self.fresh_inhibits()?;
+        let mut last: Option<(Level, u64)> = None;
+        for r in records {
+            if r.level == Level::K4 || last.is_some_and(|l| l >= (r.level, r.gfn)) {
+                return Err(Error::BadSnapshot {
+                    why: "inhibit records of 4K, repeated or out of order",
+                });
+            }
+            last = Some((r.level, r.gfn));
+            if !self.add_inhibit(&mut fresh, Gfn(r.gfn), r.level)? {
+                return Err(Error::BadSnapshot {
+                    why: "an inhibit record that is not a large page wholly inside a memslot",
+                });
             }
         }
-        Ok(changed)
+        Ok(self.swap_inhibits(fresh))
     }
 }
 

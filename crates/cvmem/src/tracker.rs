@@ -553,6 +553,56 @@ impl Tracker {
         Ok(changed)
     }
 
+    /// Empty GUEST_INHIBIT info for every memslot, in slot order: built aside by
+    /// [`Tracker::restore_inhibits`] and swapped in whole.
+    pub(crate) fn fresh_inhibits(&self) -> Result<Vec<[LpageInfo; 2]>> {
+        let mut fresh = Vec::new();
+        fresh
+            .try_reserve_exact(self.slots.len())
+            .map_err(|_| Error::NoMemory {
+                bytes: self.slots.len() * size_of::<[LpageInfo; 2]>(),
+            })?;
+        fresh.extend(self.slots.iter().map(|s| Self::new_lpage(s.range())));
+        Ok(fresh)
+    }
+
+    /// Sets GUEST_INHIBIT in `fresh` (from [`Tracker::fresh_inhibits`]) on the large page of
+    /// `level` that starts at `gfn`. Returns false where no such page lies wholly inside a
+    /// memslot (or it was set already).
+    pub(crate) fn add_inhibit(
+        &self,
+        fresh: &mut [[LpageInfo; 2]],
+        gfn: Gfn,
+        level: Level,
+    ) -> Result<bool> {
+        let i = self.slots.partition_point(|s| s.base_gfn <= gfn.0);
+        let Some(info) = i
+            .checked_sub(1)
+            .and_then(|i| fresh.get_mut(i))
+            .map(|f| &mut f[level.index() - 1])
+        else {
+            return Ok(false);
+        };
+        if level.align_down(gfn.0) != gfn.0 || !info.inside(gfn.0) {
+            return Ok(false);
+        }
+        info.reserve_inhibit()?;
+        Ok(info.set_inhibit(gfn.0))
+    }
+
+    /// Puts `fresh` in place of every memslot's GUEST_INHIBIT info. Returns whether any bit
+    /// changed.
+    pub(crate) fn swap_inhibits(&mut self, fresh: Vec<[LpageInfo; 2]>) -> bool {
+        let mut changed = false;
+        for (slot, new) in self.slots.iter_mut().zip(fresh) {
+            for (old, new) in slot.lpage.iter_mut().zip(new) {
+                changed |= !old.inhibited_gfns().eq(new.inhibited_gfns());
+                *old = new;
+            }
+        }
+        changed
+    }
+
     /// Clears GUEST_INHIBIT on the large page of `level` that holds `gfn` (a policy that lifts
     /// the inhibit once the guest has accepted the whole large page). Returns whether it was set.
     pub fn clear_guest_inhibit(&mut self, gfn: Gfn, level: Level) -> bool {

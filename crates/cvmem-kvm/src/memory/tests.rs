@@ -368,3 +368,49 @@ fn conversions_outside_memslots_grow_no_tracking() {
     assert_eq!(heap(), before);
     assert_eq!(m.stats().outside_memslots_refused, 10_000);
 }
+
+/// The memory state a guest or VMM can observe (not the store's spare room).
+fn state(m: &CvmMemory) -> (Vec<crate::SlotSnapshot>, Vec<(u64, u64)>) {
+    let map = m.query().snapshot();
+    (map.slots, map.private)
+}
+
+#[test]
+fn a_refused_restore_leaves_the_destination_unchanged() {
+    let source = memory();
+    for (gpa, size) in [(0, 0x10000), (0x40000, 0x1000), (1 << 30, 0x3000)] {
+        source.set_attributes(Gpa(gpa), size, P).unwrap();
+    }
+    source.set_attributes(Gpa(1 << 40), 1 << 21, P).unwrap(); // outside every slot
+    let snapshot = source.snapshot();
+    assert_eq!(snapshot.runs.len(), 4);
+
+    // A listener refuses the third run: the first two are converted back.
+    let m = memory();
+    let rec = Arc::new(Recorder::default());
+    m.add_listener(rec.clone()).unwrap();
+    let before = state(&m);
+    let registered = rec.events.lock().unwrap().len();
+    rec.fail.lock().unwrap().push(registered + 2);
+    assert!(matches!(m.restore(&snapshot), Err(Error::Listener(_))));
+    assert_eq!(state(&m), before);
+    // Then it works, in full.
+    rec.fail.lock().unwrap().clear();
+    m.restore(&snapshot).unwrap();
+    assert_eq!(m.snapshot(), snapshot);
+
+    // A run that ends at the top of the gfn space (the overflow of issue 22) after valid ones:
+    // refused or restored whole, never half.
+    let mut top = snapshot.clone();
+    top.runs.push(cvmem::snapshot::RunRecord {
+        start: cvmem::GFN_END - 1,
+        end: cvmem::GFN_END,
+        attributes: P,
+    });
+    let m = memory();
+    let before = state(&m);
+    match m.restore(&top) {
+        Ok(()) => assert_eq!(m.snapshot(), top),
+        Err(e) => assert_eq!(state(&m), before, "{e}"),
+    }
+}
