@@ -112,9 +112,11 @@ int cvmem_max_mapping_level(const struct CvmemTracker *t, uint64_t gpa, bool is_
 bool cvmem_is_private(const struct CvmemTracker *t, uint64_t gpa);
 
 // Calls `callback(opaque, &run)` for every run of equal attributes in `[gpa, gpa + size)`
-// (clipped to it), in address order, from one committed state. A non-zero return from the
-// callback stops the walk and is returned. The callback may call any cvmem function (the
-// runs are copied out first).
+// (clipped to it), in address order. A non-zero return from the callback stops the walk and
+// is returned. Streams: runs are read 256 at a time, each batch from one committed state, into
+// one buffer for the whole walk (memory does not grow with the number of runs); the callback
+// runs outside the tracker's read side and may call any cvmem function. A conversion between
+// two batches can make two adjacent runs of equal attributes.
 int cvmem_for_each_run(const struct CvmemTracker *t, uint64_t gpa, uint64_t size, int (*callback)(void *opaque, const struct CvmemRun *run), void *opaque);
 
 // Heap bytes of the tracker (one copy; the concurrent front keeps two).

@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cvmem::{
@@ -348,9 +349,11 @@ pub extern "C" fn cvmem_is_private(t: *const CvmemTracker, gpa: u64) -> bool {
 }
 
 /// Calls `callback(opaque, &run)` for every run of equal attributes in `[gpa, gpa + size)`
-/// (clipped to it), in address order, from one committed state. A non-zero return from the
-/// callback stops the walk and is returned. The callback may call any cvmem function (the
-/// runs are copied out first).
+/// (clipped to it), in address order. A non-zero return from the callback stops the walk and
+/// is returned. Streams: runs are read 256 at a time, each batch from one committed state, into
+/// one buffer for the whole walk (memory does not grow with the number of runs); the callback
+/// runs outside the tracker's read side and may call any cvmem function. A conversion between
+/// two batches can make two adjacent runs of equal attributes.
 #[no_mangle]
 pub extern "C" fn cvmem_for_each_run(
     t: *const CvmemTracker,
@@ -363,30 +366,23 @@ pub extern "C" fn cvmem_for_each_run(
         return null("callback");
     };
     with_tracker(t, |t| {
-        let runs = t.read(|s| -> Result<Vec<CvmemRun>, Error> {
-            let tracker = s.tracker();
-            let range: GfnRange = tracker.validate_attributes(Gpa(gpa), size, 0)?.range();
-            Ok(tracker
-                .runs(range)
-                .map(|r| CvmemRun {
-                    gpa: r.start << PAGE_SHIFT,
-                    size: (r.end - r.start) << PAGE_SHIFT,
-                    attributes: r.attributes,
-                })
-                .collect())
-        });
-        match runs {
-            Ok(runs) => {
-                for run in &runs {
-                    let r = callback(opaque, run);
-                    if r != 0 {
-                        return r;
-                    }
-                }
-                0
+        let range = t.read(|s| s.tracker().validate_attributes(Gpa(gpa), size, 0));
+        let range: GfnRange = match range {
+            Ok(r) => r.range(),
+            Err(e) => return status(Err(e)),
+        };
+        let stopped = t.for_each_run(range, |r| {
+            let run = CvmemRun {
+                gpa: r.start << PAGE_SHIFT,
+                size: (r.end - r.start) << PAGE_SHIFT,
+                attributes: r.attributes,
+            };
+            match callback(opaque, &run) {
+                0 => ControlFlow::Continue(()),
+                stop => ControlFlow::Break(stop),
             }
-            Err(e) => status(Err(e)),
-        }
+        });
+        stopped.unwrap_or(0)
     })
 }
 

@@ -323,6 +323,7 @@ fn same_as_replay(path: &Path) -> Option<Report> {
     }
     let summary = replay.summary();
     let attributes: Vec<(u64, u64)> = summary.attributes.iter().map(|&(g, s, _)| (g, s)).collect();
+    assert!(!r.final_state.private_truncated());
     assert_eq!(r.final_state.private, attributes);
     let ours = r.mmu.as_ref().unwrap().stats;
     assert_eq!(ours, summary.mmu, "kvm-run's model against replay's");

@@ -71,10 +71,25 @@ pub struct SlotSnapshot {
 pub struct MemoryMap {
     /// Memslots in address order.
     pub slots: Vec<SlotSnapshot>,
-    /// Maximal private ranges `(gpa, size)` in address order (inside or outside memslots).
+    /// Maximal private ranges `(gpa, size)` in address order (inside or outside memslots):
+    /// the first [`MemoryMap::PRIVATE_RUNS_MAX`] of them (stream them all with
+    /// [`MemoryQuery::for_each_run`]).
     pub private: Vec<(u64, u64)>,
+    /// How many maximal private ranges there are (more than `private` holds when truncated).
+    pub private_runs: u64,
     /// Heap bytes the tracker holds.
     pub tracker_heap_bytes: usize,
+}
+
+impl MemoryMap {
+    /// The most private ranges a snapshot lists (1 MiB of them): a fragmented guest has
+    /// millions, which would make a diagnostic snapshot cost gigabytes.
+    pub const PRIVATE_RUNS_MAX: usize = 65_536;
+
+    /// Whether `private` lists only the first of the private ranges.
+    pub fn private_truncated(&self) -> bool {
+        self.private_runs > self.private.len() as u64
+    }
 }
 
 /// The MMU model's state: page tables, events, and hugepage coverage.
@@ -211,10 +226,26 @@ impl MemoryQuery {
         })
     }
 
-    /// A snapshot of every memslot and every private range.
+    /// A snapshot of every memslot and of the private ranges (the first
+    /// [`MemoryMap::PRIVATE_RUNS_MAX`]), from one committed state. Memory bounded whatever the
+    /// fragmentation; time O(memslots + private runs), in one pass.
     pub fn snapshot(&self) -> MemoryMap {
         let infos = self.shared.slots.read(std::collections::BTreeMap::clone);
         self.with_tracker(|t| self.map_of(t, &infos))
+    }
+
+    /// Visits the attribute runs covering `[gpa, gpa + size)` (checked as
+    /// KVM_SET_MEMORY_ATTRIBUTES checks its range), clipped to it, in address order, until `f`
+    /// breaks; returns its value. Streams (see [`cvmem_sync::ConcurrentTracker::for_each_run`]):
+    /// no allocation per run, the read side held for one batch at a time.
+    pub fn for_each_run<B>(
+        &self,
+        gpa: Gpa,
+        size: u64,
+        f: impl FnMut(&AttrRun) -> std::ops::ControlFlow<B>,
+    ) -> Result<Option<B>, cvmem::Error> {
+        let range = self.with_tracker(|t| t.validate_attributes(gpa, size, 0))?;
+        Ok(self.shared.tracker.for_each_run(range.range(), f))
     }
 
     fn map_of(
@@ -222,15 +253,36 @@ impl MemoryQuery {
         t: &Tracker,
         infos: &std::collections::BTreeMap<u32, crate::memory::SlotInfo>,
     ) -> MemoryMap {
-        let slots = t
-            .memslots()
-            .map(|s| {
+        // Private pages per slot and the first private ranges, in one merge of the private runs
+        // with the memslots (both in address order).
+        let memslots: Vec<&cvmem::Memslot> = t.memslots().collect();
+        let mut private_pages = vec![0u64; memslots.len()];
+        let (mut private, mut private_runs) = (Vec::new(), 0u64);
+        let mut next = 0;
+        for r in t.nonzero_runs() {
+            if r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
+                continue;
+            }
+            let run = GfnRange::new(r.start, r.end);
+            while next < memslots.len() && memslots[next].range().end <= run.start {
+                next += 1;
+            }
+            for (i, s) in memslots.iter().enumerate().skip(next) {
+                if s.range().start >= run.end {
+                    break;
+                }
+                private_pages[i] += s.range().intersect(&run).map_or(0, |x| x.len());
+            }
+            private_runs += 1;
+            if private.len() < MemoryMap::PRIVATE_RUNS_MAX {
+                private.push((run.start * PAGE_SIZE, run.bytes()));
+            }
+        }
+        let slots = memslots
+            .iter()
+            .zip(private_pages)
+            .map(|(s, private_pages)| {
                 let e = t.eligibility(s.id()).unwrap_or_default();
-                let private_pages: u64 = t
-                    .runs(s.range())
-                    .filter(|r| r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0)
-                    .map(|r| r.end - r.start)
-                    .sum();
                 SlotSnapshot {
                     slot: s.id(),
                     gpa: s.gpa(),
@@ -246,13 +298,10 @@ impl MemoryQuery {
                 }
             })
             .collect();
-        let private = t
-            .nonzero_runs()
-            .map(|r| (r.start * PAGE_SIZE, GfnRange::new(r.start, r.end).bytes()))
-            .collect();
         MemoryMap {
             slots,
             private,
+            private_runs,
             tracker_heap_bytes: t.heap_bytes(),
         }
     }

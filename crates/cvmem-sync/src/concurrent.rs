@@ -6,6 +6,8 @@ use cvmem::{
     Result, SlotChange, Tracker, GFN_END, PAGE_SHIFT, PAGE_SIZE,
 };
 
+use core::ops::ControlFlow;
+
 use crate::fault::{FaultAnswer, FaultTicket};
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
@@ -86,6 +88,39 @@ impl ConcurrentTracker {
     /// Whether every gfn of `range` has `attributes` under `mask`, in one state.
     pub fn range_has_attributes(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
         self.read(|s| s.tracker.range_has_attributes(range, attributes, mask))
+    }
+
+    /// Visits the attribute runs covering `range`, clipped to it, in address order, until `f`
+    /// breaks (its value is returned). Streams: the runs are read [`RUN_BATCH`] at a time, each
+    /// batch from one committed state into one buffer reused for the whole walk, and `f` runs
+    /// outside the read side — so a walk over millions of runs allocates once, never holds a
+    /// copy for long, and `f` may call back into this tracker. Where a change lands between two
+    /// batches, the runs on either side come from different states (two adjacent runs may then
+    /// have equal attributes).
+    pub fn for_each_run<B>(
+        &self,
+        range: GfnRange,
+        mut f: impl FnMut(&AttrRun) -> ControlFlow<B>,
+    ) -> Option<B> {
+        let mut batch: Vec<AttrRun> = Vec::with_capacity(RUN_BATCH);
+        let mut from = range.start;
+        while from < range.end {
+            batch.clear();
+            self.read(|s| {
+                batch.extend(
+                    s.tracker
+                        .runs(GfnRange::new(from, range.end))
+                        .take(RUN_BATCH),
+                )
+            });
+            for run in &batch {
+                if let ControlFlow::Break(b) = f(run) {
+                    return Some(b);
+                }
+            }
+            from = batch.last().map_or(range.end, |r| r.end);
+        }
+        None
     }
 
     /// The attribute runs covering `range`, clipped to it, all from one state; at most `limit`
@@ -283,6 +318,9 @@ impl ConcurrentTracker {
         })
     }
 }
+
+/// Runs [`ConcurrentTracker::for_each_run`] reads from one state at a time.
+pub const RUN_BATCH: usize = 256;
 
 /// Turns the core's "changed?" result into a left-right application, counting generations.
 fn commit(s: &mut Snapshot, result: Result<bool>) -> Apply<Result<bool>> {

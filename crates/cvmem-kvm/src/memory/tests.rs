@@ -414,3 +414,47 @@ fn a_refused_restore_leaves_the_destination_unchanged() {
         Err(e) => assert_eq!(state(&m), before, "{e}"),
     }
 }
+
+#[test]
+fn reads_of_a_fragmented_guest_stay_bounded() {
+    let m = CvmMemory::detached();
+    m.add_slot(&SlotSpec {
+        slot: 0,
+        gpa: 0,
+        size: 1 << 30,
+        backing: Backing::Anonymous,
+        max_level: Level::G1,
+    })
+    .unwrap();
+    for page in (0..(1u64 << 18)).step_by(2) {
+        m.set_attributes(Gpa(page * PAGE_SIZE), PAGE_SIZE, P)
+            .unwrap();
+    }
+    let map = m.query().snapshot();
+    assert_eq!(map.private_runs, 1 << 17);
+    assert_eq!(map.private.len(), crate::MemoryMap::PRIVATE_RUNS_MAX);
+    assert!(map.private_truncated());
+    assert_eq!(map.slots[0].private_bytes, (1 << 17) * PAGE_SIZE);
+    // Streaming visits every run, and stops when told.
+    let mut runs = 0u64;
+    let all = m.query().for_each_run(Gpa(0), 1 << 30, |_| {
+        runs += 1;
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    assert_eq!((all, runs), (Ok(None), 1 << 18));
+    let mut seen = 0;
+    let stopped = m.query().for_each_run(Gpa(0), 1 << 30, |r| {
+        seen += 1;
+        if seen == 1000 {
+            std::ops::ControlFlow::Break(r.start)
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
+    assert_eq!(stopped, Ok(Some(999)));
+    // A byte range is checked as KVM checks its own.
+    assert!(m
+        .query()
+        .for_each_run(Gpa(0x10), 64, |_| std::ops::ControlFlow::<()>::Continue(()))
+        .is_err());
+}
