@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod limits;
 mod map;
 mod report;
 mod scenario;
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cvmem: {e}");
+            eprintln!("cvmem: {}", limits::printable(&e));
             ExitCode::from(2)
         }
     }

@@ -504,3 +504,66 @@ fn unreadable_inputs_and_a_closed_stdout() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(matches!(out.status.code(), Some(0 | 2)), "{stderr}");
 }
+
+#[test]
+fn a_line_past_the_limit_is_refused_before_it_is_read_whole() {
+    // 5 MiB of comment with no newline: past the 4 MiB line limit, refused with exit 2.
+    let text = format!("memslot 0 0 1G # {}", "x".repeat(5 << 20));
+    let run = replay("over-long-line", text.as_bytes());
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("line 1 is longer than"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.len() < 1024);
+}
+
+#[test]
+fn terminal_control_bytes_are_echoed_escaped() {
+    let run = replay(
+        "escapes",
+        b"memslot 0 0 1G\nattrs 0 \x1b[2J\x1b]0;title\x07 private\n",
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        !run.stderr.bytes().any(|b| b == 0x1b || b == 0x07),
+        "{:?}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("\\u{1b}[2J"), "{}", run.stderr);
+}
+
+/// `cvmem ARGS` (any command): its exit code and standard error.
+fn command(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmem"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    (out.status.code().expect("no signal"), stderr)
+}
+
+#[test]
+fn counts_and_sizes_that_cannot_be_honoured_exit_2() {
+    for (args, says) in [
+        (
+            "compare --sizes 4G --designs cvmem --workload random-flips --flips 100000000 --repeat 1",
+            "memory budget",
+        ),
+        (
+            "bench --size 4G --flips 18446744073709551615 --designs cvmem --repeat 1",
+            "overflows",
+        ),
+        ("bench --size 0", "guest size"),
+        ("compare --sizes 4G --designs cvmem --memory-budget 1", "--memory-budget"),
+        ("compare --sizes 0x1001 --designs cvmem", "guest size"),
+    ] {
+        let args: Vec<&str> = args.split(' ').collect();
+        let (code, stderr) = command(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

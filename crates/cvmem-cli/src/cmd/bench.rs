@@ -6,6 +6,7 @@ use cvmem_designs::eval::bench::{bench, bench_table, BenchConfig};
 use cvmem_designs::DESIGNS;
 
 use super::compare::size;
+use crate::limits;
 use crate::report::emit;
 
 /// Arguments of `cvmem bench`.
@@ -42,10 +43,14 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
+    // A flip is a range and attributes in the plan, a query a gpa and a kind.
+    let budget = u64::MAX;
+    limits::fits("flips", args.flips, 24, budget)?;
+    limits::fits("queries", args.queries, 16, budget)?;
     let cfg = BenchConfig {
         designs: args.designs,
-        guest_bytes: size(&args.size)?,
-        linux_bytes: size(&args.linux_size)?,
+        guest_bytes: limits::guest_size("size", size(&args.size)?)?,
+        linux_bytes: limits::guest_size("linux-size", size(&args.linux_size)?)?,
         flips: args.flips,
         queries: args.queries,
         seed: args.seed,

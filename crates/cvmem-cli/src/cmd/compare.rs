@@ -12,6 +12,7 @@ use cvmem_designs::DESIGNS;
 use cvmem_oplog::parse_number;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::limits;
 use crate::report::emit;
 
 /// Arguments of `cvmem compare`.
@@ -85,8 +86,12 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     let sizes = args
         .sizes
         .iter()
-        .map(|s| size(s))
+        .map(|s| size(s).and_then(|b| limits::guest_size("sizes", b)))
         .collect::<Result<Vec<u64>, String>>()?;
+    let memory_budget = limits::memory_budget(size(&args.memory_budget)?)?;
+    let op = std::mem::size_of::<cvmem_oplog::Op>();
+    limits::fits("flips", args.flips, op, memory_budget)?;
+    limits::fits("queries", args.queries, op, memory_budget)?;
     let cfg = Config {
         designs: args.designs.clone(),
         workload: args.workload.clone(),
@@ -96,7 +101,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         flips: args.flips,
         queries: args.queries,
         budget_secs: args.budget,
-        memory_budget: size(&args.memory_budget)?,
+        memory_budget,
         repeat: args.repeat,
     };
     if let Some(path) = &args.oplog_out {

@@ -277,7 +277,7 @@ impl Gen {
 pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     let mut tally = Tally::default();
     for file in &args.files {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = crate::limits::read_oplog(file)?;
         let lines = cvmem_oplog::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
         let mut ops = lines.into_iter().map(|l| (l.number, l.op));
         compare(&file.display().to_string(), |_| ops.next(), &mut tally)?;

@@ -65,7 +65,7 @@ pub(crate) struct Args {
 }
 
 fn read_oplog(path: &PathBuf) -> Result<Vec<Op>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::limits::read_oplog(path)?;
     ops(text.lines())
         .map(|l| {
             l.map(|l| l.op)

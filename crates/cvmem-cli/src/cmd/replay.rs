@@ -20,21 +20,8 @@ pub(crate) struct Args {
     json: bool,
 }
 
-/// Reads the whole op-log; invalid UTF-8 is kept (lossily) so the parser reports the line.
-fn read(file: &PathBuf) -> Result<String, String> {
-    let bytes = if file.as_os_str() == "-" {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
-            .map_err(|e| format!("stdin: {e}"))?;
-        v
-    } else {
-        std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?
-    };
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
 pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
-    let text = read(&args.file)?;
+    let text = crate::limits::read_oplog(&args.file)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     match replay_text(&text, args.json, &mut out).and_then(|code| out.flush().map(|_| code)) {
@@ -62,6 +49,7 @@ pub(crate) fn replay_text(
                     )?;
                 }
                 out.flush()?;
+                let e = crate::limits::printable(&e.to_string());
                 eprintln!("cvmem replay: parse error at {e}");
                 return Ok(ExitCode::from(1));
             }

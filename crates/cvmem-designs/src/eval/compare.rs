@@ -425,6 +425,19 @@ pub fn compare(cfg: &Config, progress: &mut dyn FnMut(Event<'_>)) -> Result<Repo
                             s.after_ops, s.of_ops, s.seconds
                         ));
                     }
+                    Ok(run)
+                        if run.host_bytes.max(run.measured_peak_bytes.unwrap_or(0))
+                            > cfg.memory_budget =>
+                    {
+                        // The prediction let it run; what it held is what counts.
+                        outcomes[di] = Err(format!(
+                            "stopped: held {} > memory budget {}",
+                            cvmem_oplog::fmt_bytes(
+                                run.host_bytes.max(run.measured_peak_bytes.unwrap_or(0))
+                            ),
+                            cvmem_oplog::fmt_bytes(cfg.memory_budget)
+                        ));
+                    }
                     Ok(mut run) => {
                         check_agreement(&w, design, &run.answers, &mut reference)?;
                         run.answers = Vec::new();
