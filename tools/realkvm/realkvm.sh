@@ -208,7 +208,8 @@ ci() {
 	# 2 GiB more than the default for two 1G pages that kvm-diff's backing=1G slots take.
 	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
-		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" -- '
+		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" \
+		-f "crates/cvmem-kvm-rig/tests/fixtures/backing.oplog:/work/fixtures/backing.oplog" -- '
 set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2
@@ -216,7 +217,7 @@ private_mem_kvm_exits_test
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
 CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
-cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog --random 12000
+cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog /work/fixtures/backing.oplog --random 12000
 '
 }
 

@@ -76,29 +76,6 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_that_cannot_fit_are_refused() {
-        assert!(fits("flips", 1000, 64, 8 << 30).is_ok());
-        let e = fits("flips", u64::MAX, 24, 8 << 30).unwrap_err();
-        assert!(e.contains("overflows"), "{e}");
-        let e = fits("flips", 100_000_000, 64, 8 << 30).unwrap_err();
-        assert!(e.contains("memory budget"), "{e}");
-        assert!(guest_size("size", 0).is_err());
-        assert!(guest_size("size", 4 << 30).is_ok());
-        assert!(memory_budget(1).is_err());
-    }
-
-    #[test]
-    fn control_bytes_are_shown_escaped() {
-        assert_eq!(printable("a\u{1b}[2Jb\tc"), "a\\u{1b}[2Jb\tc");
-        assert_eq!(printable("0x10 private"), "0x10 private");
-    }
-}
-
 /// The longest op-log line read (comments included): a longer one is refused before it is read
 /// whole.
 pub(crate) const MAX_OPLOG_LINE: usize = 4 << 20;
@@ -133,5 +110,28 @@ pub(crate) fn read_oplog(file: &std::path::Path) -> Result<String, String> {
             ));
         }
         text.push_str(&String::from_utf8_lossy(&line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_that_cannot_fit_are_refused() {
+        assert!(fits("flips", 1000, 64, 8 << 30).is_ok());
+        let e = fits("flips", u64::MAX, 24, 8 << 30).unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+        let e = fits("flips", 100_000_000, 64, 8 << 30).unwrap_err();
+        assert!(e.contains("memory budget"), "{e}");
+        assert!(guest_size("size", 0).is_err());
+        assert!(guest_size("size", 4 << 30).is_ok());
+        assert!(memory_budget(1).is_err());
+    }
+
+    #[test]
+    fn control_bytes_are_shown_escaped() {
+        assert_eq!(printable("a\u{1b}[2Jb\tc"), "a\\u{1b}[2Jb\tc");
+        assert_eq!(printable("0x10 private"), "0x10 private");
     }
 }

@@ -79,26 +79,33 @@ pub(crate) fn advise(addr: u64, len: u64, advice: libc::c_int) -> Result<(), io:
 
 /// Replaces the 1 GiB at `addr` (1 GiB aligned, inside an anonymous private mapping the caller
 /// owns and nothing refers to yet) with one hugetlbfs 1G page. Fails (ENOMEM) where the kernel
-/// has no free 1G page reserved; the old mapping is then unchanged.
+/// has no free 1G page reserved; the range is then anonymous memory with THP advice again (a
+/// failed MAP_FIXED may already have unmapped it).
 pub(crate) fn map_hugetlb_1g(addr: u64) -> Result<(), io::Error> {
-    // SAFETY: MAP_FIXED replaces only [addr, addr + 1 GiB), part of the caller's own mapping,
-    // whose contents nobody has read or handed out yet; the owner unmaps it whole later.
-    let mapped = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            1 << 30,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_FIXED
-                | libc::MAP_HUGETLB
-                | libc::MAP_HUGE_1GB,
-            -1,
-            0,
-        )
+    const G1: usize = 1 << 30;
+    let map = |flags: libc::c_int| {
+        // SAFETY: MAP_FIXED replaces only [addr, addr + 1 GiB), part of the caller's own
+        // mapping, whose contents nobody has read or handed out yet; the owner unmaps it whole
+        // later.
+        let mapped = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                G1,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | flags,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     };
-    if mapped == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    map(libc::MAP_HUGETLB | libc::MAP_HUGE_1GB).or_else(|e| {
+        map(libc::MAP_NORESERVE)?;
+        advise(addr, G1 as u64, libc::MADV_HUGEPAGE)?;
+        Err(e)
+    })
 }

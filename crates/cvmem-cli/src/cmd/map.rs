@@ -64,7 +64,7 @@ pub(crate) struct Args {
     json: bool,
 }
 
-fn read_oplog(path: &PathBuf) -> Result<Vec<Op>, String> {
+fn read_oplog(path: &std::path::Path) -> Result<Vec<Op>, String> {
     let text = crate::limits::read_oplog(path)?;
     ops(text.lines())
         .map(|l| {
