@@ -29,7 +29,8 @@ typedef enum CvmemAnswerKind {
   CVMEM_ANSWER_KIND_MEMORY_FAULT,
 } CvmemAnswerKind;
 
-// A tracker: memslots, memory attributes and large-page info of one VM. Opaque.
+// A tracker: memslots, memory attributes and large-page info of one VM. Opaque: a handle,
+// never dereferenced (see [`handles`]).
 typedef struct CvmemTracker CvmemTracker;
 
 // A decoded, validated KVM_HC_MAP_GPA_RANGE (TDX MapGPA, SNP page state change).
@@ -73,15 +74,13 @@ extern "C" {
 #endif // __cplusplus
 
 // A new, empty tracker (no memslots, every page shared). Free it with `cvmem_tracker_free`.
-// Returns NULL only if memory ran out.
+// Returns NULL only if memory ran out or 16,777,215 trackers are alive.
 struct CvmemTracker *cvmem_tracker_new(void);
 
-// Frees a tracker made by `cvmem_tracker_new`. NULL is ignored.
-//
-// # Safety
-// `t` is NULL or a tracker from `cvmem_tracker_new` that no other thread is using and that is
-// not used afterwards.
-void cvmem_tracker_free(struct CvmemTracker *t);
+// Frees a tracker made by `cvmem_tracker_new`: 0, or `-EBADF` for a handle that is not live
+// (freed already, or foreign). NULL is ignored (0). A call on the tracker still running in
+// another thread finishes on it; later calls with the handle get `-EBADF`.
+int cvmem_tracker_free(struct CvmemTracker *t);
 
 // KVM_SET_USER_MEMORY_REGION2: creates (new `slot`), deletes (`size` 0), moves or re-flags a
 // memslot, with KVM's rules. `flags` are `CVMEM_MEM_*`; `userspace_addr` is the host address
@@ -95,6 +94,9 @@ int cvmem_set_memory_attributes(const struct CvmemTracker *t, uint64_t gpa, uint
 
 // Decodes and validates a guest's KVM_HC_MAP_GPA_RANGE (`a0` gpa, `a1` pages, `a2`
 // attributes) into `*out`, without applying it.
+//
+// # Safety
+// `out` is NULL (`-EINVAL`) or valid for a write of a `CvmemMapGpaRequest`.
 int cvmem_map_gpa_range_decode(uint64_t gpa, uint64_t npages, uint64_t attributes, struct CvmemMapGpaRequest *out);
 
 // Applies a guest's KVM_HC_MAP_GPA_RANGE: the status to return to the guest (0 or -errno).
@@ -106,10 +108,14 @@ int cvmem_map_gpa_range(const struct CvmemTracker *t, uint64_t gpa, uint64_t npa
 
 // The fault path's question: the largest level an access (`is_private`: private, else
 // shared) at `gpa` may be mapped at, no slot, or a memory fault. Never blocks.
+//
+// # Safety
+// `out` is NULL (`-EINVAL`) or valid for a write of a `CvmemFaultAnswer`.
 int cvmem_max_mapping_level(const struct CvmemTracker *t, uint64_t gpa, bool is_private, struct CvmemFaultAnswer *out);
 
-// Whether the page at `gpa` is private (false for a NULL tracker).
-bool cvmem_is_private(const struct CvmemTracker *t, uint64_t gpa);
+// Whether the page at `gpa` is private: 1, 0 (shared), or a negative errno (`-EINVAL` for
+// NULL, `-EBADF` for a handle that is not live) — never an answer that looks real.
+int cvmem_is_private(const struct CvmemTracker *t, uint64_t gpa);
 
 // Calls `callback(opaque, &run)` for every run of equal attributes in `[gpa, gpa + size)`
 // (clipped to it), in address order. A non-zero return from the callback stops the walk and
@@ -119,8 +125,31 @@ bool cvmem_is_private(const struct CvmemTracker *t, uint64_t gpa);
 // two batches can make two adjacent runs of equal attributes.
 int cvmem_for_each_run(const struct CvmemTracker *t, uint64_t gpa, uint64_t size, int (*callback)(void *opaque, const struct CvmemRun *run), void *opaque);
 
-// Heap bytes of the tracker (one copy; the concurrent front keeps two).
-uintptr_t cvmem_heap_bytes(const struct CvmemTracker *t);
+// Heap bytes of the tracker (one copy; the concurrent front keeps two), or a negative errno
+// (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
+int64_t cvmem_heap_bytes(const struct CvmemTracker *t);
+
+// The version of this library (`major.minor.patch`), NUL-terminated, static.
+const char *cvmem_version(void);
+
+// Saves the tracker as JSON (a `cvmem::TrackerSnapshot`: memslots with host offsets, never host
+// addresses, private runs, GUEST_INHIBIT pages) into `buf`, NUL-terminated, and stores its
+// length (without the NUL) in `*len_out`. `-E2BIG` when `buf_len` is too small (then only
+// `*len_out` is written: call again with a larger buffer); `buf` may be NULL to ask the length.
+//
+// # Safety
+// `buf` is NULL or valid for `buf_len` bytes of writes; `len_out` is NULL (`-EINVAL`) or valid
+// for a write of a `size_t`.
+int cvmem_snapshot(const struct CvmemTracker *t, char *buf, uintptr_t buf_len, uintptr_t *len_out);
+
+// A new tracker in the state a JSON snapshot (from `cvmem_snapshot`) describes, into `*out`.
+// The snapshot is hostile input: time and memory are bounded by its `len` bytes, unknown
+// fields and states no tracker can reach are refused (`-EINVAL`, nothing made).
+//
+// # Safety
+// `json` is valid for `len` bytes of reads (NULL: `-EINVAL`); `out` is NULL (`-EINVAL`) or
+// valid for a write of a pointer.
+int cvmem_tracker_restore(const char *json, uintptr_t len, struct CvmemTracker **out);
 
 // Copies the text of this thread's last failure (NUL-terminated, truncated to `len`) into
 // `buf` and returns its full length in bytes (without the NUL); `buf` may be NULL to ask the

@@ -10,8 +10,14 @@
 //! - every function that can fail returns `0` or a negative errno (`-EINVAL`, `-EEXIST`,
 //!   `-ENOENT`, `-ENOMEM`, `-E2BIG`, as KVM's ioctls would), and leaves the tracker unchanged
 //!   on failure; `cvmem_last_error` gives the reason as text;
-//! - null pointers are `-EINVAL`; no Rust panic crosses the boundary (one would be `-EFAULT`);
-//! - levels are KVM's `PG_LEVEL_*`: 1 = 4K, 2 = 2M, 3 = 1G.
+//! - null pointers are `-EINVAL`; a tracker handle that is not live (freed, or never made by
+//!   `cvmem_tracker_new`) is `-EBADF`, detected without touching memory (see [`handles`]);
+//!   no Rust panic crosses the boundary (one would be `-EFAULT`);
+//! - functions that write through a caller's pointer are `unsafe` with a `# Safety` section:
+//!   the pointer must be NULL or valid for that write;
+//! - levels are KVM's `PG_LEVEL_*`: 1 = 4K, 2 = 2M, 3 = 1G;
+//! - the shared library's SONAME is `libcvmem_capi.so.0` (`cvmem_version()` gives the crate
+//!   version); trackers are saved and restored as JSON (`cvmem_snapshot`, `cvmem_tracker_restore`).
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
@@ -23,6 +29,8 @@ use cvmem::{
     PAGE_SHIFT,
 };
 use cvmem_sync::ConcurrentTracker;
+
+pub mod handles;
 
 /// The PRIVATE memory attribute (`KVM_MEMORY_ATTRIBUTE_PRIVATE`).
 pub const CVMEM_ATTRIBUTE_PRIVATE: u64 = 1 << 3;
@@ -38,10 +46,17 @@ pub const CVMEM_MEM_GUEST_MEMFD: u32 = 1 << 2;
 const EFAULT: c_int = 14;
 /// `-EINVAL`.
 const EINVAL: c_int = 22;
+/// `-EBADF`: not a live tracker handle.
+const EBADF: c_int = 9;
+/// `-E2BIG`: the caller's buffer is too small.
+const E2BIG: c_int = 7;
+/// `-ENOMEM`.
+const ENOMEM: c_int = 12;
 
-/// A tracker: memslots, memory attributes and large-page info of one VM. Opaque.
+/// A tracker: memslots, memory attributes and large-page info of one VM. Opaque: a handle,
+/// never dereferenced (see [`handles`]).
 pub struct CvmemTracker {
-    inner: ConcurrentTracker,
+    _opaque: [u8; 0],
 }
 
 /// One run of pages with the same attributes.
@@ -147,19 +162,25 @@ fn level_from(n: u8) -> Option<Level> {
     }
 }
 
-/// Runs `f` on the tracker behind `t`, or returns `-EINVAL` for a null handle.
+/// Runs `f` on the tracker behind `t`: `-EINVAL` for NULL, `-EBADF` for a handle that is not
+/// live.
 fn with_tracker(t: *const CvmemTracker, f: impl FnOnce(&ConcurrentTracker) -> c_int) -> c_int {
-    // SAFETY: a non-null `t` was returned by `cvmem_tracker_new` and not yet freed (the
-    // caller's contract); the tracker is only used through shared references.
-    match unsafe { t.as_ref() } {
-        Some(t) => guarded(|| f(&t.inner)),
-        None => null("tracker"),
-    }
+    guarded(|| match handles::get(t) {
+        Ok(tracker) => f(&tracker),
+        Err(handles::BadHandle::Null) => null("tracker"),
+        Err(handles::BadHandle::Stale) => {
+            set_error("not a live tracker handle (freed, or not from cvmem_tracker_new)".into());
+            -EBADF
+        }
+    })
 }
 
 /// Writes `value` through `out`, or returns `-EINVAL` for a null pointer.
-fn put<T>(out: *mut T, value: T) -> c_int {
-    // SAFETY: a non-null `out` points to a writable `T` (the caller's contract).
+///
+/// # Safety
+/// `out` is NULL or valid for a write of a `T`.
+unsafe fn put<T>(out: *mut T, value: T) -> c_int {
+    // SAFETY: a non-null `out` points to a writable `T` (our caller's contract).
     match unsafe { out.as_mut() } {
         Some(slot) => {
             *slot = value;
@@ -170,28 +191,27 @@ fn put<T>(out: *mut T, value: T) -> c_int {
 }
 
 /// A new, empty tracker (no memslots, every page shared). Free it with `cvmem_tracker_free`.
-/// Returns NULL only if memory ran out.
+/// Returns NULL only if memory ran out or 16,777,215 trackers are alive.
 #[no_mangle]
 pub extern "C" fn cvmem_tracker_new() -> *mut CvmemTracker {
-    catch_unwind(|| {
-        Box::into_raw(Box::new(CvmemTracker {
-            inner: ConcurrentTracker::new(Tracker::new()),
-        }))
-    })
-    .unwrap_or(std::ptr::null_mut())
+    catch_unwind(|| handles::insert(ConcurrentTracker::new(Tracker::new())))
+        .ok()
+        .flatten()
+        .unwrap_or(std::ptr::null_mut())
 }
 
-/// Frees a tracker made by `cvmem_tracker_new`. NULL is ignored.
-///
-/// # Safety
-/// `t` is NULL or a tracker from `cvmem_tracker_new` that no other thread is using and that is
-/// not used afterwards.
+/// Frees a tracker made by `cvmem_tracker_new`: 0, or `-EBADF` for a handle that is not live
+/// (freed already, or foreign). NULL is ignored (0). A call on the tracker still running in
+/// another thread finishes on it; later calls with the handle get `-EBADF`.
 #[no_mangle]
-pub unsafe extern "C" fn cvmem_tracker_free(t: *mut CvmemTracker) {
-    if !t.is_null() {
-        // SAFETY: per the contract above, `t` came from `Box::into_raw` and is freed once.
-        drop(unsafe { Box::from_raw(t) });
-    }
+pub extern "C" fn cvmem_tracker_free(t: *mut CvmemTracker) -> c_int {
+    guarded(|| match handles::remove(t) {
+        Ok(()) | Err(handles::BadHandle::Null) => 0,
+        Err(handles::BadHandle::Stale) => {
+            set_error("cvmem_tracker_free: not a live tracker handle".into());
+            -EBADF
+        }
+    })
 }
 
 /// KVM_SET_USER_MEMORY_REGION2: creates (new `slot`), deletes (`size` 0), moves or re-flags a
@@ -260,23 +280,29 @@ pub extern "C" fn cvmem_set_memory_attributes(
 
 /// Decodes and validates a guest's KVM_HC_MAP_GPA_RANGE (`a0` gpa, `a1` pages, `a2`
 /// attributes) into `*out`, without applying it.
+///
+/// # Safety
+/// `out` is NULL (`-EINVAL`) or valid for a write of a `CvmemMapGpaRequest`.
 #[no_mangle]
-pub extern "C" fn cvmem_map_gpa_range_decode(
+pub unsafe extern "C" fn cvmem_map_gpa_range_decode(
     gpa: u64,
     npages: u64,
     attributes: u64,
     out: *mut CvmemMapGpaRequest,
 ) -> c_int {
     guarded(|| match MapGpaRange::decode(gpa, npages, attributes) {
-        Ok(r) => put(
-            out,
-            CvmemMapGpaRequest {
-                gpa: r.gpa,
-                size: r.npages << PAGE_SHIFT,
-                to_private: r.private,
-                hint_level: level_number(r.hint),
-            },
-        ),
+        // SAFETY: forwarded from our caller.
+        Ok(r) => unsafe {
+            put(
+                out,
+                CvmemMapGpaRequest {
+                    gpa: r.gpa,
+                    size: r.npages << PAGE_SHIFT,
+                    to_private: r.private,
+                    hint_level: level_number(r.hint),
+                },
+            )
+        },
         Err(e) => status(Err(e)),
     })
 }
@@ -302,8 +328,11 @@ pub extern "C" fn cvmem_map_gpa_range(
 
 /// The fault path's question: the largest level an access (`is_private`: private, else
 /// shared) at `gpa` may be mapped at, no slot, or a memory fault. Never blocks.
+///
+/// # Safety
+/// `out` is NULL (`-EINVAL`) or valid for a write of a `CvmemFaultAnswer`.
 #[no_mangle]
-pub extern "C" fn cvmem_max_mapping_level(
+pub unsafe extern "C" fn cvmem_max_mapping_level(
     t: *const CvmemTracker,
     gpa: u64,
     is_private: bool,
@@ -333,19 +362,18 @@ pub extern "C" fn cvmem_max_mapping_level(
                 fault_private: f.private,
             },
         };
-        put(out, answer)
+        // SAFETY: forwarded from our caller.
+        unsafe { put(out, answer) }
     })
 }
 
-/// Whether the page at `gpa` is private (false for a NULL tracker).
+/// Whether the page at `gpa` is private: 1, 0 (shared), or a negative errno (`-EINVAL` for
+/// NULL, `-EBADF` for a handle that is not live) — never an answer that looks real.
 #[no_mangle]
-pub extern "C" fn cvmem_is_private(t: *const CvmemTracker, gpa: u64) -> bool {
-    let mut private = false;
+pub extern "C" fn cvmem_is_private(t: *const CvmemTracker, gpa: u64) -> c_int {
     with_tracker(t, |t| {
-        private = t.read(|s| s.tracker().is_private(Gpa(gpa).gfn()));
-        0
-    });
-    private
+        c_int::from(t.read(|s| s.tracker().is_private(Gpa(gpa).gfn())))
+    })
 }
 
 /// Calls `callback(opaque, &run)` for every run of equal attributes in `[gpa, gpa + size)`
@@ -386,15 +414,112 @@ pub extern "C" fn cvmem_for_each_run(
     })
 }
 
-/// Heap bytes of the tracker (one copy; the concurrent front keeps two).
+/// Heap bytes of the tracker (one copy; the concurrent front keeps two), or a negative errno
+/// (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
 #[no_mangle]
-pub extern "C" fn cvmem_heap_bytes(t: *const CvmemTracker) -> usize {
-    let mut bytes = 0;
-    with_tracker(t, |t| {
-        bytes = t.read(|s| s.tracker().heap_bytes());
+pub extern "C" fn cvmem_heap_bytes(t: *const CvmemTracker) -> i64 {
+    let mut bytes = 0i64;
+    let status = with_tracker(t, |t| {
+        bytes = t.read(|s| s.tracker().heap_bytes()) as i64;
         0
     });
-    bytes
+    if status < 0 {
+        i64::from(status)
+    } else {
+        bytes
+    }
+}
+
+/// The version of this library (`major.minor.patch`), NUL-terminated, static.
+#[no_mangle]
+pub extern "C" fn cvmem_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Saves the tracker as JSON (a `cvmem::TrackerSnapshot`: memslots with host offsets, never host
+/// addresses, private runs, GUEST_INHIBIT pages) into `buf`, NUL-terminated, and stores its
+/// length (without the NUL) in `*len_out`. `-E2BIG` when `buf_len` is too small (then only
+/// `*len_out` is written: call again with a larger buffer); `buf` may be NULL to ask the length.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes; `len_out` is NULL (`-EINVAL`) or valid
+/// for a write of a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn cvmem_snapshot(
+    t: *const CvmemTracker,
+    buf: *mut c_char,
+    buf_len: usize,
+    len_out: *mut usize,
+) -> c_int {
+    if len_out.is_null() {
+        return null("len_out");
+    }
+    with_tracker(t, |t| {
+        let json = match serde_json::to_string(&t.read(|s| s.tracker().snapshot())) {
+            Ok(json) => json,
+            Err(e) => {
+                set_error(format!("snapshot: {e}"));
+                return -ENOMEM;
+            }
+        };
+        // SAFETY: `len_out` is non-null and valid (the contract).
+        unsafe { *len_out = json.len() };
+        if buf.is_null() || buf_len <= json.len() {
+            set_error(format!("snapshot: {} bytes needed", json.len() + 1));
+            return -E2BIG;
+        }
+        // SAFETY: `buf` has `buf_len > json.len()` writable bytes (the contract), and our own
+        // string does not overlap it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(json.as_ptr().cast::<c_char>(), buf, json.len());
+            *buf.add(json.len()) = 0;
+        }
+        0
+    })
+}
+
+/// A new tracker in the state a JSON snapshot (from `cvmem_snapshot`) describes, into `*out`.
+/// The snapshot is hostile input: time and memory are bounded by its `len` bytes, unknown
+/// fields and states no tracker can reach are refused (`-EINVAL`, nothing made).
+///
+/// # Safety
+/// `json` is valid for `len` bytes of reads (NULL: `-EINVAL`); `out` is NULL (`-EINVAL`) or
+/// valid for a write of a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn cvmem_tracker_restore(
+    json: *const c_char,
+    len: usize,
+    out: *mut *mut CvmemTracker,
+) -> c_int {
+    if json.is_null() {
+        return null("json");
+    }
+    if out.is_null() {
+        return null("out");
+    }
+    guarded(|| {
+        // SAFETY: `json` is valid for `len` bytes (the contract).
+        let bytes = unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) };
+        let snapshot: cvmem::TrackerSnapshot = match serde_json::from_slice(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                set_error(format!("snapshot: {e}"));
+                return -EINVAL;
+            }
+        };
+        let tracker = match Tracker::restore(&snapshot) {
+            Ok(t) => t,
+            Err(e) => return status(Err(e)),
+        };
+        match handles::insert(ConcurrentTracker::new(tracker)) {
+            // SAFETY: `out` is non-null and valid (the contract).
+            Some(h) => unsafe { put(out, h) },
+            None => {
+                set_error("no room for another tracker".into());
+                -ENOMEM
+            }
+        }
+    })
 }
 
 /// Copies the text of this thread's last failure (NUL-terminated, truncated to `len`) into

@@ -111,7 +111,7 @@ int main(void)
     CHECK(cvmem_map_gpa_range(t, 0x2000000, 512, 0x10 | 2) == 0); /* private, 2M hint */
     /* Outside every memslot: to private is refused, to shared succeeds and tracks nothing, so
      * a guest cannot grow the tracking (one private page per 512 GiB, 1000 times). */
-    size_t before = cvmem_heap_bytes(t);
+    int64_t before = cvmem_heap_bytes(t);
     for (uint64_t i = 1; i <= 1000; i++) {
         CHECK(cvmem_map_gpa_range(t, i << 39, 1, 0x10) == -EINVAL);
         CHECK(cvmem_map_gpa_range(t, (i << 39) + 4096, 1, 0) == 0);
@@ -136,10 +136,10 @@ int main(void)
     CHECK(cvmem_last_error(why, sizeof why) > 0 && strlen(why) > 0);
 
     /* Tracking stays small: a few hundred bytes for 6 GiB with one shared buffer. */
-    size_t heap = cvmem_heap_bytes(t);
-    CHECK(heap > 0 && heap < 64 * KiB);
-    printf("cvmem C API: 6 GiB guest, one shared buffer: %zu bytes of tracking; discarded %llu MiB shared, %llu KiB private\n",
-           heap, (unsigned long long)(discarded_shared / MiB), (unsigned long long)(discarded_private / KiB));
+    int64_t heap = cvmem_heap_bytes(t);
+    CHECK(heap > 0 && heap < 64 * (int64_t)KiB);
+    printf("cvmem C API: 6 GiB guest, one shared buffer: %lld bytes of tracking; discarded %llu MiB shared, %llu KiB private\n",
+           (long long)heap, (unsigned long long)(discarded_shared / MiB), (unsigned long long)(discarded_private / KiB));
 
     /* A walk streams: 4 GiB of alternating pages (a million runs) adds no memory per run (a
      * copy of the runs would be 24 MiB), and a non-zero return stops it. */
@@ -158,11 +158,49 @@ int main(void)
            (unsigned long long)w.runs, grown);
     cvmem_tracker_free(frag);
 
-    /* NULL is an error, never a crash. */
+    /* Save and restore as JSON: the copy answers as the original; a short buffer is -E2BIG
+     * with the length needed; garbage, unknown fields and unreachable states are -EINVAL. */
+    size_t need = 0;
+    CHECK(cvmem_snapshot(t, NULL, 0, &need) == -E2BIG && need > 0);
+    char *json = malloc(need + 1);
+    CHECK(json != NULL);
+    CHECK(cvmem_snapshot(t, json, need, &need) == -E2BIG);
+    CHECK(cvmem_snapshot(t, json, need + 1, &need) == 0 && strlen(json) == need);
+    CHECK(strstr(json, "0x7f0") == NULL && strstr(json, "139637976727552") == NULL); /* no host address */
+    CvmemTracker *copy = NULL;
+    CHECK(cvmem_tracker_restore(json, need, &copy) == 0 && copy != NULL);
+    CHECK(cvmem_is_private(copy, 0x1000000) == 0 && cvmem_is_private(copy, 0x1010000) == 1);
+    CHECK(cvmem_heap_bytes(copy) > 0);
+    CvmemTracker *none = NULL;
+    CHECK(cvmem_tracker_restore("{\"version\":2", 12, &none) == -EINVAL && none == NULL);
+    const char *unknown = "{\"version\":2,\"supported_attributes\":8,\"gpa_bits\":52,\"memslots\":[],\"runs\":[],\"inhibited\":[],\"uaddr\":1}";
+    CHECK(cvmem_tracker_restore(unknown, strlen(unknown), &none) == -EINVAL && none == NULL);
+    const char *overlap = "{\"version\":2,\"supported_attributes\":8,\"gpa_bits\":52,\"memslots\":[],\"runs\":[{\"start\":0,\"end\":9,\"attributes\":8},{\"start\":4,\"end\":12,\"attributes\":8}],\"inhibited\":[]}";
+    CHECK(cvmem_tracker_restore(overlap, strlen(overlap), &none) == -EINVAL && none == NULL);
+    CHECK(cvmem_tracker_restore(NULL, 0, &none) == -EINVAL);
+    free(json);
+    CHECK(cvmem_tracker_free(copy) == 0);
+
+    /* The library says what it is. */
+    CHECK(cvmem_version() != NULL && strlen(cvmem_version()) >= 5);
+
+    /* NULL is an error, never a crash or an answer that looks real. */
     CHECK(cvmem_set_memory_attributes(NULL, 0, 4096, 0) == -EINVAL);
     CHECK(cvmem_max_mapping_level(t, 0, true, NULL) == -EINVAL);
-    cvmem_tracker_free(t);
-    cvmem_tracker_free(NULL);
+    CHECK(cvmem_is_private(NULL, 0) == -EINVAL);
+    CHECK(cvmem_heap_bytes(NULL) == -EINVAL);
+    CHECK(cvmem_snapshot(t, NULL, 0, NULL) == -EINVAL);
+    /* A freed, foreign or forged handle is -EBADF, not a crash or a hang. */
+    CHECK(cvmem_tracker_free(t) == 0);
+    CHECK(cvmem_is_private(t, 0) == -EBADF);
+    CHECK(cvmem_heap_bytes(t) == -EBADF);
+    CHECK(cvmem_map_gpa_range(t, 0, 1, 0) == -EBADF);
+    CHECK(cvmem_tracker_free(t) == -EBADF); /* double free */
+    uint64_t local = 0;
+    CvmemTracker *foreign = (CvmemTracker *)&local;
+    CHECK(cvmem_set_memory_attributes(foreign, 0, 4096, 0) == -EBADF);
+    CHECK(cvmem_is_private((CvmemTracker *)(uintptr_t)0xc7e3000001000000ull, 0) == -EBADF);
+    CHECK(cvmem_tracker_free(NULL) == 0);
     if (failures) {
         fprintf(stderr, "%d checks failed\n", failures);
         return 1;
