@@ -50,7 +50,10 @@ impl Rng {
     }
 }
 
-fn strategies() -> Vec<(&'static str, Box<dyn Fn(&CvmMemory)>)> {
+/// A named way for a guest to fragment its memory.
+type Strategy = (&'static str, Box<dyn Fn(&CvmMemory)>);
+
+fn strategies() -> Vec<Strategy> {
     let pages = RAM / PAGE_SIZE;
     vec![
         (
