@@ -9,6 +9,12 @@
 //!   hole, the IO-APIC page) to be shared. Gfns outside memslots are shared unless the VMM
 //!   said otherwise, so nothing the guest could observe differs.
 //!
+//! What the guest gets back, per transport: through KVM_HC_MAP_GPA_RANGE (hypercall exit or the
+//! port transport) `-EINVAL` in its status register, as for any malformed request; a
+//! memory-fault exit has no status to return — the conversion error is the VMM's, whose only
+//! useful answer is to stop the vCPU (re-entering would fault again), as QEMU does when
+//! `kvm_convert_memory()` fails.
+//!
 //! The VMM's own changes ([`Tracker::set_memory_attributes`]) keep KVM's semantics: attributes
 //! anywhere. So whatever a guest asks, the tracking it causes is bounded by its memslots
 //! (DESIGN.md, "What a guest can make cvmem track").
