@@ -200,13 +200,14 @@ ci() {
 	cd "$root"
 	# The same profiles as the unit tests before this step, so little is rebuilt.
 	cargo build -p cvmem-cli >&2
+	cargo build -p cvmem-kvm --example vmm >&2
 	local tests
 	tests=$(cargo test -p cvmem-kvm-rig --test kvm_guest --no-run --message-format=json 2>/dev/null |
 		grep -o '"executable":"[^"]*kvm_guest-[^"]*"' | cut -d'"' -f4 | head -1)
 	[ -n "$tests" ] || { say "no kvm_guest test binary"; return 1; }
 	local fx=crates/cvmem-cli/tests/fixtures
 	# 2 GiB more than the default for two 1G pages that kvm-diff's backing=1G slots take.
-	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" \
+	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" -f target/debug/examples/vmm \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/backing.oplog:/work/fixtures/backing.oplog" -- '
@@ -214,6 +215,8 @@ set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2
 private_mem_kvm_exits_test
+vmm | tee /tmp/vmm.out
+grep -q "^hypercall exit" /tmp/vmm.out
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
 CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1

@@ -11,7 +11,8 @@ use std::fmt;
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use cvmem_kvm::{
-    Backing, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    Backing, GuestTransport, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
+    KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 
 use crate::error::{Error, Result};
@@ -132,17 +133,18 @@ impl HostCaps {
     ///
     /// - memslots need KVM_CAP_USER_MEMORY2 (the guest_memfd fields of the memslot ioctl);
     /// - the guest converts by `vmmcall` at CPL 0 only where KVM both delivers the hypercall
-    ///   exit and keeps memory attributes: a nested, paravirtualised KVM advertises exits it
-    ///   never delivers (its KVM_RUN of a CPL 0 `vmmcall` does not return) and emulates CPL 0
-    ///   code at ~1 µs an instruction; everywhere else the port transport at CPL 3;
+    ///   exit and keeps memory attributes ([`GuestTransport::for_host`], the published rule);
+    ///   everywhere else through the port at CPL 3 (a nested, paravirtualised KVM also emulates
+    ///   CPL 0 code at ~1 µs an instruction);
     /// - without guest_memfd an op-log's `guest-memfd` slots run as anonymous slots, on KVM
     ///   and in the core alike (the comparison stays exact, the guest_memfd paths are not run).
     pub fn path(&self) -> Result<HostPath> {
         if !self.user_memory2 {
             return Err(Error::missing("KVM_CAP_USER_MEMORY2"));
         }
+        let transport = GuestTransport::for_host(self.hypercall_exits(), self.private_attribute());
         Ok(HostPath {
-            hypercall: self.hypercall_exits() && self.private_attribute(),
+            hypercall: transport == GuestTransport::Hypercall,
             backing: self.best_backing(),
             guest_memfd_slots_without: (!self.guest_memfd).then_some("KVM_CAP_GUEST_MEMFD"),
         })

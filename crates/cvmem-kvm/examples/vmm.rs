@@ -1,24 +1,34 @@
 //! A minimal VMM on kvm-ioctls + vm-memory that attaches cvmem-kvm to its own guest memory and
 //! runs a guest that converts memory: `cargo run -p cvmem-kvm --example vmm`.
 //!
-//! The guest (sixteen bytes of real-mode code) asks, through cvmem-kvm's port transport, for 64
-//! KiB to become private and then shared again, and halts. The vCPU loop handles the three
-//! ways a guest converts — `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE, TDX/SNP), the port
-//! transport, `KVM_EXIT_MEMORY_FAULT` (implicit conversion) — and stops on anything else.
+//! The VM is the first confidential type KVM offers (SW_PROTECTED on a development host), with
+//! KVM_HC_MAP_GPA_RANGE exits enabled ([`cvmem_kvm::ConfidentialVm`]); where KVM has neither,
+//! a default VM. The guest (a few bytes of real-mode code) asks for 64 KiB to become private and
+//! then shared again — by `vmmcall` where KVM delivers the hypercall exit, else through
+//! cvmem-kvm's port transport — and halts. The vCPU loop handles the three ways a guest
+//! converts — `KVM_EXIT_HYPERCALL` (KVM_HC_MAP_GPA_RANGE, TDX/SNP), the port transport,
+//! `KVM_EXIT_MEMORY_FAULT` (implicit conversion) — and stops on anything else.
 
 use std::sync::Arc;
 
 use cvmem::{Gpa, Level};
-use cvmem_kvm::{ConversionRequest, CvmMemory, GuestMemfd, HostMemory, TransportRegs};
-use kvm_ioctls::{Cap, Kvm, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use cvmem_kvm::kvm_ioctls::{Kvm, VcpuExit};
+use cvmem_kvm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use cvmem_kvm::{
+    ConfidentialVm, ConversionRequest, CvmMemory, GuestMemfd, GuestTransport, HostMemory,
+    TransportRegs, VmType,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// `out 0xe0, eax` (convert: RAX 12, RBX gpa, RCX pages, RDX attributes; RAX gets the status);
 /// `xor edx, edx` (attributes 0: shared); `mov eax, 12`; `out 0xe0, eax`; `hlt`.
-const GUEST: [u8; 16] = [
+const PORT_GUEST: [u8; 16] = [
     0x66, 0xe7, 0xe0, 0x66, 0x31, 0xd2, 0x66, 0xb8, 12, 0, 0, 0, 0x66, 0xe7, 0xe0, 0xf4,
+];
+/// The same with `vmmcall` (KVM_HC_MAP_GPA_RANGE; real mode is CPL 0, where KVM takes it).
+const HYPERCALL_GUEST: [u8; 16] = [
+    0x0f, 0x01, 0xd9, 0x66, 0x31, 0xd2, 0x66, 0xb8, 12, 0, 0, 0, 0x0f, 0x01, 0xd9, 0xf4,
 ];
 const RAM: usize = 2 << 20;
 const CODE: u64 = 0x1000;
@@ -26,14 +36,18 @@ const CODE: u64 = 0x1000;
 fn main() -> Result<()> {
     // ANCHOR: setup
     let kvm = Kvm::new()?;
-    let vm = Arc::new(kvm.create_vm()?);
+    // A production VMM lists [Tdx, SevSnp]; Default last opts in to a VM without private memory.
+    let cvm = ConfidentialVm::create(&kvm, &[VmType::SwProtected, VmType::Default])?;
+    let transport = cvm.guest_transport();
+    let gmem_here = cvm.guest_memfd;
+    let vm = Arc::new(cvm.vm);
     // The VMM's own memory: a vm-memory region (and a guest_memfd where KVM has one).
     let region = Arc::new(GuestRegionMmap::new(
         MmapRegion::new(RAM)?,
         GuestAddress(0),
     )?);
     let guest = GuestMemoryMmap::from_arc_regions(vec![Arc::clone(&region)])?;
-    let gmem = kvm.check_extension(Cap::GuestMemfd).then(|| {
+    let gmem = gmem_here.then(|| {
         let file = cvmem_kvm::create_guest_memfd(&vm, RAM as u64, 0);
         file.map(|file| GuestMemfd {
             file,
@@ -51,7 +65,12 @@ fn main() -> Result<()> {
     let query = memory.query(); // for device threads: never blocks
                                 // ANCHOR_END: setup
 
-    guest.write_slice(&GUEST, GuestAddress(CODE))?;
+    let program = match transport {
+        GuestTransport::Hypercall => HYPERCALL_GUEST,
+        GuestTransport::PortIo => PORT_GUEST,
+    };
+    println!("VM type {}, guest converts by {transport:?}", cvm.vm_type);
+    guest.write_slice(&program, GuestAddress(CODE))?;
     let mut vcpu = vm.create_vcpu(0)?;
     let mut sregs = vcpu.get_sregs()?;
     (sregs.cs.base, sregs.cs.selector) = (0, 0);
@@ -66,7 +85,11 @@ fn main() -> Result<()> {
         match vcpu.run()? {
             VcpuExit::Hypercall(hc) => {
                 *hc.ret = match ConversionRequest::from_hypercall(hc.nr, &hc.args) {
-                    Ok(req) => cvmem_kvm::guest_status(&memory.convert(&req)),
+                    Ok(req) => {
+                        let result = memory.convert(&req);
+                        println!("hypercall exit: {:?} {:?}", req.to, req.range);
+                        cvmem_kvm::guest_status(&result)
+                    }
                     Err(e) => e.guest_status(),
                 };
             }

@@ -33,15 +33,20 @@
 //!
 //! ## Wiring into a rust-vmm vCPU loop
 //!
+//! The VM must be one whose guest's conversions reach the VMM: [`ConfidentialVm::create`] picks
+//! the confidential VM type and enables KVM_HC_MAP_GPA_RANGE exits (a plain
+//! `Kvm::create_vm()` has neither, and private memory would then live in cvmem alone).
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use cvmem::{Gpa, Level};
-//! use cvmem_kvm::{Backing, ConversionRequest, CvmMemory, SlotSpec};
-//! use kvm_ioctls::{Kvm, VcpuExit};
+//! use cvmem_kvm::{Backing, ConfidentialVm, ConversionRequest, CvmMemory, SlotSpec, VmType};
+//! use cvmem_kvm::kvm_ioctls::{Kvm, VcpuExit};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let kvm = Kvm::new()?;
-//! let vm = Arc::new(kvm.create_vm()?);
+//! let cvm = ConfidentialVm::create(&kvm, &[VmType::Tdx, VmType::SevSnp, VmType::SwProtected])?;
+//! let vm = Arc::new(cvm.vm);
 //! let memory = CvmMemory::new(Arc::clone(&vm));
 //! memory.add_slot(&SlotSpec {
 //!     slot: 0, gpa: 0, size: 2 << 30,
@@ -83,6 +88,7 @@ mod memory;
 mod observe;
 mod query;
 mod request;
+mod setup;
 mod sys;
 
 pub use backing::{
@@ -90,7 +96,12 @@ pub use backing::{
     GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 pub use error::{Error, Result};
+pub use setup::{ConfidentialVm, GuestTransport, VmType};
+
+// The crates whose types this API exposes, so that a VMM uses the same versions.
 pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
+pub use kvm_bindings;
+pub use kvm_ioctls;
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
 pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
 pub use observe::MemoryStats;
@@ -101,6 +112,8 @@ pub use request::{
     guest_scope, ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
     KVM_MEMORY_EXIT_FLAG_PRIVATE, PORT_MAP_GPA,
 };
+#[cfg(feature = "vm-memory")]
+pub use vm_memory;
 
 /// The status a guest gets for a conversion: 0, or a negative errno as a two's-complement u64
 /// (`hypercall.ret` / RAX): `-EINVAL` for a request KVM's rules reject, `-ENOMEM` when memory ran
