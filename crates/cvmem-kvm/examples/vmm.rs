@@ -90,7 +90,7 @@ fn main() -> Result<()> {
                         println!("hypercall exit: {:?} {:?}", req.to, req.range);
                         cvmem_kvm::guest_status(&result)
                     }
-                    Err(e) => e.guest_status(),
+                    Err(e) => memory.refuse(&e),
                 };
             }
             VcpuExit::MemoryFault { flags, gpa, size } => {
@@ -114,7 +114,7 @@ fn main() -> Result<()> {
                         );
                         cvmem_kvm::guest_status(&result)
                     }
-                    Err(e) => e.guest_status(),
+                    Err(e) => memory.refuse(&e),
                 };
                 vcpu.set_regs(&regs)?;
             }

@@ -100,6 +100,8 @@ struct SharedFile {
 #[derive(Debug)]
 pub struct HostMemory {
     pub(crate) backing: Backing,
+    /// The guest address the memory was placed at by its owner (a vm-memory region's), if any.
+    guest_addr: Option<u64>,
     /// The memory KVM uses for shared accesses (`userspace_addr`).
     pub(crate) shared: Mapping,
     shared_file: Option<SharedFile>,
@@ -150,6 +152,7 @@ impl HostMemory {
             .map_err(|e| Error::os("mmap guest memory", e))?;
         Ok(HostMemory {
             backing,
+            guest_addr: None,
             shared,
             shared_file: None,
             gmem: gmem.map(|f| (f, 0)),
@@ -190,6 +193,7 @@ impl HostMemory {
         }
         Ok(HostMemory {
             backing,
+            guest_addr: None,
             // SAFETY: forwarded to our caller (see `# Safety`).
             shared: unsafe { Mapping::borrowed(host_addr as usize, len) },
             shared_file: shared_file.map(|(file, offset)| SharedFile { file, offset }),
@@ -200,6 +204,32 @@ impl HostMemory {
     /// The host memory's kind.
     pub fn backing(&self) -> Backing {
         self.backing
+    }
+
+    /// The guest address the memory's owner placed it at (a vm-memory region's), if known.
+    pub fn guest_addr(&self) -> Option<u64> {
+        self.guest_addr
+    }
+
+    /// For [`Backing::GuestMemfdInPlace`]: that the shared mapping really is an mmap of the
+    /// guest_memfd at the slot's offset (`/proc/self/maps` against the file's inode), so that
+    /// a conversion to private really takes the bytes from the host's view. Other backings:
+    /// nothing to check.
+    pub(crate) fn check_in_place(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (Backing::GuestMemfdInPlace, Some((file, offset))) = (self.backing, &self.gmem) else {
+            return Ok(());
+        };
+        let inode = file
+            .metadata()
+            .map_err(|e| Error::os("fstat guest_memfd", e))?
+            .ino();
+        match sys::mapped_file_at(self.host_addr()) {
+            Some((ino, off)) if ino == inode && off == *offset => Ok(()),
+            _ => Err(Error::Attach(
+                "in_place: the host memory is not an mmap of the guest_memfd at its offset",
+            )),
+        }
     }
 
     /// Host address of the first byte of the shared mapping (`userspace_addr`).
@@ -300,6 +330,7 @@ impl HostMemory {
         let (addr, len) = (region.as_ptr() as u64, region.len());
         // SAFETY: the mapping belongs to `region`, which this value keeps alive.
         let mut memory = unsafe { Self::from_raw_parts(addr, len, shared_file, guest_memfd)? };
+        memory.guest_addr = Some(region.start_addr().0);
         memory.shared.keep_alive(region);
         Ok(memory)
     }

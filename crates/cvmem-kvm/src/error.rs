@@ -45,6 +45,22 @@ pub enum Error {
         /// Why the rollback failed.
         why: String,
     },
+    /// A memslot with this id exists already (creating one is EEXIST).
+    #[error("memslot {slot} exists already")]
+    SlotExists {
+        /// The id.
+        slot: u32,
+    },
+    /// Memory handed to [`CvmMemory::attach_slot`](crate::CvmMemory::attach_slot) does not fit
+    /// the slot: nothing was attached.
+    #[error("attach: {0}")]
+    Attach(&'static str),
+    /// The host memory is attached to another memslot already.
+    #[error("attach: the host memory already backs memslot {slot}")]
+    AlreadyAttached {
+        /// The slot it backs.
+        slot: u32,
+    },
     /// A guest-physical range is not backed by a memslot of this VM.
     #[error("gpa {gpa:#x} + {size:#x} is not inside one memslot")]
     NotInSlot {
@@ -63,7 +79,8 @@ impl Error {
     pub fn errno_name(&self) -> &'static str {
         let code = match self {
             Error::Tracker(e) => return e.errno().name(),
-            Error::Request(_) => return "EINVAL",
+            Error::Request(_) | Error::Attach(_) => return "EINVAL",
+            Error::SlotExists { .. } | Error::AlreadyAttached { .. } => return "EEXIST",
             Error::Kvm { source, .. } => source.errno(),
             Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EFAULT),
             _ => libc::EFAULT,

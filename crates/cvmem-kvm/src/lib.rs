@@ -61,7 +61,7 @@
 //!         VcpuExit::Hypercall(hc) => {
 //!             *hc.ret = match ConversionRequest::from_hypercall(hc.nr, &hc.args) {
 //!                 Ok(req) => cvmem_kvm::guest_status(&memory.convert(&req)),
-//!                 Err(e) => e.guest_status(),
+//!                 Err(e) => memory.refuse(&e),
 //!             };
 //!         }
 //!         VcpuExit::MemoryFault { flags, gpa, size } => {
@@ -107,7 +107,7 @@ pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
 pub use observe::MemoryStats;
 #[cfg(feature = "mmu-model")]
 pub use query::MmuSnapshot;
-pub use query::{MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
+pub use query::{pages_of, MemoryMap, MemoryQuery, RangeKind, SlotSnapshot};
 pub use request::{
     guest_scope, ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
     KVM_MEMORY_EXIT_FLAG_PRIVATE, PORT_MAP_GPA,

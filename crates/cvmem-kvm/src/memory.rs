@@ -339,6 +339,18 @@ impl CvmMemory {
         Ok(())
     }
 
+    /// A guest request that did not decode (a malformed hypercall, a port write of the wrong
+    /// size, unknown memory-fault flags): counted as refused in [`MemoryStats`] like every
+    /// other refusal, and the status to give the guest (`-EINVAL`, or `-KVM_ENOSYS` for an
+    /// unknown hypercall).
+    pub fn refuse(&self, e: &crate::RequestError) -> u64 {
+        let status = e.guest_status();
+        let e = Error::Request(e.clone());
+        self.counters.failure(&e);
+        tracing::debug!(target: "cvmem_kvm", error = %e, "guest request refused");
+        status
+    }
+
     /// KVM_SET_MEMORY_ATTRIBUTES on the VMM's own initiative (e.g. everything private at
     /// start-up, as QEMU does for guest_memfd slots), with discards and listeners as for a
     /// guest request. Only 0 (shared) and PRIVATE are accepted.

@@ -108,6 +108,21 @@ pub struct MmuSnapshot {
     pub touched_all: Coverage,
 }
 
+/// The one address rule of every [`MemoryQuery`] range: the bytes `[gpa, gpa + size)` at any
+/// alignment, rounded out to the pages that hold them (as [`MemoryQuery::is_private`] takes any
+/// address). `ZeroSize` for an empty range, `Overflow` past the end of the address space.
+pub fn pages_of(gpa: Gpa, size: u64) -> Result<GfnRange, cvmem::Error> {
+    if size == 0 {
+        return Err(cvmem::Error::ZeroSize { what: "range size" });
+    }
+    let end = gpa.0.checked_add(size).ok_or(cvmem::Error::Overflow {
+        what: "range",
+        start: gpa.0,
+        size,
+    })?;
+    Ok(GfnRange::new(gpa.gfn().0, end.div_ceil(PAGE_SIZE)))
+}
+
 /// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state that never blocks.
 #[derive(Clone, Debug)]
 pub struct MemoryQuery {
@@ -131,11 +146,11 @@ impl MemoryQuery {
         self.shared.tracker.generation()
     }
 
-    /// Whether `[gpa, gpa + size)` is private, shared or mixed. The range is checked as
-    /// KVM_SET_MEMORY_ATTRIBUTES checks its own.
+    /// Whether the pages holding the bytes `[gpa, gpa + size)` are private, shared or mixed
+    /// (any byte range: a device model's DMA buffer; see [`pages_of`]).
     pub fn range_kind(&self, gpa: Gpa, size: u64) -> Result<RangeKind, cvmem::Error> {
         self.with_tracker(|tracker| {
-            let range = tracker.validate_attributes(gpa, size, 0)?.range();
+            let range = pages_of(gpa, size)?;
             let p = KVM_MEMORY_ATTRIBUTE_PRIVATE;
             Ok(if tracker.range_has_attributes(range, p, p) {
                 RangeKind::Private
@@ -152,10 +167,11 @@ impl MemoryQuery {
         self.with_tracker(|t| t.is_private(gpa.gfn()))
     }
 
-    /// The attribute runs covering `[gpa, gpa + size)`, clipped to it.
+    /// The attribute runs covering the pages of the bytes `[gpa, gpa + size)`, clipped to them
+    /// ([`pages_of`]).
     pub fn runs(&self, gpa: Gpa, size: u64) -> Result<Vec<AttrRun>, cvmem::Error> {
         self.with_tracker(|tracker| {
-            let range = tracker.validate_attributes(gpa, size, 0)?.range();
+            let range = pages_of(gpa, size)?;
             Ok(tracker.runs(range).collect())
         })
     }
@@ -234,9 +250,8 @@ impl MemoryQuery {
         self.with_tracker(|t| self.map_of(t, &infos))
     }
 
-    /// Visits the attribute runs covering `[gpa, gpa + size)` (checked as
-    /// KVM_SET_MEMORY_ATTRIBUTES checks its range), clipped to it, in address order, until `f`
-    /// breaks; returns its value. Streams (see [`cvmem_sync::ConcurrentTracker::for_each_run`]):
+    /// Visits the attribute runs covering the pages of the bytes `[gpa, gpa + size)`
+    /// ([`pages_of`]), clipped to them, in address order, until `f` breaks; returns its value. Streams (see [`cvmem_sync::ConcurrentTracker::for_each_run`]):
     /// no allocation per run, the read side held for one batch at a time.
     pub fn for_each_run<B>(
         &self,
@@ -244,8 +259,7 @@ impl MemoryQuery {
         size: u64,
         f: impl FnMut(&AttrRun) -> std::ops::ControlFlow<B>,
     ) -> Result<Option<B>, cvmem::Error> {
-        let range = self.with_tracker(|t| t.validate_attributes(gpa, size, 0))?;
-        Ok(self.shared.tracker.for_each_run(range.range(), f))
+        Ok(self.shared.tracker.for_each_run(pages_of(gpa, size)?, f))
     }
 
     fn map_of(

@@ -247,3 +247,25 @@ pub(crate) fn set_user_memory_region2(
     // SAFETY: see above: the host memory outlives the slot; KVM validates everything else.
     unsafe { vm.set_user_memory_region2(region) }
 }
+
+/// The inode and file offset of the mapping holding host address `addr` in this process
+/// (`/proc/self/maps`), if that mapping is of a file.
+pub(crate) fn mapped_file_at(addr: u64) -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let _perms = fields.next()?;
+        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let _dev = fields.next()?;
+        let inode: u64 = fields.next()?.parse().ok()?;
+        (inode != 0).then_some((inode, offset + (addr - start)))
+    })
+}

@@ -124,3 +124,93 @@ fn attached_memory_is_checked_before_anything_changes() {
     let again = HostMemory::from_region(region, None).unwrap();
     assert!(memory.attach_slot(0, Gpa(0), again, Level::M2).is_err());
 }
+
+fn memfd(size: usize) -> File {
+    // SAFETY: a fresh memfd; the name is a valid C string.
+    let fd = unsafe { libc::memfd_create(c"cvmem-gmem-stand-in".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
+    let file: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    file.set_len(size as u64).unwrap();
+    file
+}
+
+#[test]
+fn an_attach_is_checked_against_what_it_is_told() {
+    let memory = CvmMemory::detached();
+    let region = anonymous_region(); // placed at GPA by its owner
+                                     // At another gpa than the region's own: EINVAL, nothing attached.
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    let e = memory.attach_slot(1, Gpa(0), host, Level::M2).unwrap_err();
+    assert_eq!(e.errno_name(), "EINVAL", "{e}");
+    assert!(memory.query().snapshot().slots.is_empty());
+    // Where it belongs: attached.
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    memory.attach_slot(1, Gpa(GPA), host, Level::M2).unwrap();
+    // The same id again: EEXIST.
+    let other = anonymous_region();
+    let host = HostMemory::from_region(other, None).unwrap();
+    let e = memory
+        .attach_slot(1, Gpa(GPA), host, Level::M2)
+        .unwrap_err();
+    assert!(matches!(e, cvmem_kvm::Error::SlotExists { slot: 1 }), "{e}");
+    assert_eq!(e.errno_name(), "EEXIST");
+    // The same memory under another id: EEXIST (a conversion of one would discard the other).
+    // SAFETY: the region stays mapped for the test (`region` is alive).
+    let alias = unsafe {
+        HostMemory::from_raw_parts(region.as_ptr() as u64, SIZE as u64, None, None).unwrap()
+    };
+    let e = memory
+        .attach_slot(2, Gpa(GPA + SIZE as u64), alias, Level::M2)
+        .unwrap_err();
+    assert!(
+        matches!(e, cvmem_kvm::Error::AlreadyAttached { slot: 1 }),
+        "{e}"
+    );
+    assert_eq!(memory.query().snapshot().slots.len(), 1);
+}
+
+#[test]
+fn an_in_place_guest_memfd_must_be_what_is_mapped() {
+    use cvmem_kvm::GuestMemfd;
+    let memory = CvmMemory::detached();
+    // Anonymous memory claimed to be an in-place mapping of a (stand-in) guest_memfd: EINVAL.
+    let region = anonymous_region();
+    let gmem = GuestMemfd {
+        file: memfd(SIZE),
+        offset: 0,
+        in_place: true,
+    };
+    let host = HostMemory::from_region(region, Some(gmem)).unwrap();
+    let e = memory
+        .attach_slot(1, Gpa(GPA), host, Level::M2)
+        .unwrap_err();
+    assert_eq!(e.errno_name(), "EINVAL", "{e}");
+    assert!(e.to_string().contains("in_place"), "{e}");
+    // The file really mapped there, at another offset than claimed: EINVAL too.
+    let file = memfd(2 * SIZE);
+    let mmap = MmapRegion::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
+    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
+    let gmem = GuestMemfd {
+        file,
+        offset: SIZE as u64,
+        in_place: true,
+    };
+    let host = HostMemory::from_region(region, Some(gmem)).unwrap();
+    let e = memory
+        .attach_slot(1, Gpa(GPA), host, Level::M2)
+        .unwrap_err();
+    assert_eq!(e.errno_name(), "EINVAL", "{e}");
+    assert!(memory.query().snapshot().slots.is_empty());
+    // Mapped at the offset claimed: attached.
+    let file = memfd(SIZE);
+    let mmap = MmapRegion::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
+    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
+    let gmem = GuestMemfd {
+        file,
+        offset: 0,
+        in_place: true,
+    };
+    let host = HostMemory::from_region(region, Some(gmem)).unwrap();
+    memory.attach_slot(1, Gpa(GPA), host, Level::M2).unwrap();
+}

@@ -33,10 +33,7 @@ impl CvmMemory {
     pub fn add_slot(&self, spec: &SlotSpec) -> Result<()> {
         let mut memory = self.lock_memory();
         if memory.contains_key(&spec.slot) {
-            return Err(cvmem::Error::Unsupported {
-                what: "creating a memslot whose id exists",
-            }
-            .into());
+            return Err(Error::SlotExists { slot: spec.slot });
         }
         let region = MemoryRegion {
             slot: spec.slot,
@@ -60,6 +57,12 @@ impl CvmMemory {
     /// guest_memfd). Conversions discard and notify as on memory this crate allocated; the
     /// memory is handed back (dropped) when the slot is removed. On error nothing is left
     /// behind.
+    ///
+    /// Checked first: an existing id is EEXIST ([`Error::SlotExists`]); memory that backs
+    /// another slot already is EEXIST ([`Error::AlreadyAttached`]: a conversion of one would
+    /// discard the other's bytes); a vm-memory region placed at another guest address than
+    /// `gpa`, and an in-place guest_memfd whose file is not what is mapped at the host address,
+    /// are EINVAL ([`Error::Attach`]).
     pub fn attach_slot(
         &self,
         slot: u32,
@@ -69,11 +72,9 @@ impl CvmMemory {
     ) -> Result<()> {
         let mut memory = self.lock_memory();
         if memory.contains_key(&slot) {
-            return Err(cvmem::Error::Unsupported {
-                what: "creating a memslot whose id exists",
-            }
-            .into());
+            return Err(Error::SlotExists { slot });
         }
+        check_attach(&memory, gpa, &host)?;
         let region = MemoryRegion {
             slot,
             gpa: gpa.0,
@@ -428,4 +429,22 @@ impl CvmMemory {
             let _ = sys::set_user_memory_region2(vm, region);
         }
     }
+}
+
+/// The checks of an attach that the core's rules do not make (see
+/// [`CvmMemory::attach_slot`]).
+fn check_attach(memory: &Slots, gpa: Gpa, host: &HostMemory) -> Result<()> {
+    if host.guest_addr().is_some_and(|a| a != gpa.0) {
+        return Err(Error::Attach(
+            "the vm-memory region is placed at another guest address than the slot's gpa",
+        ));
+    }
+    let (start, end) = (host.host_addr(), host.host_addr() + host.size());
+    for (&slot, m) in memory {
+        let (s, e) = (m.host.host_addr(), m.host.host_addr() + m.host.size());
+        if start < e && s < end {
+            return Err(Error::AlreadyAttached { slot });
+        }
+    }
+    host.check_in_place()
 }

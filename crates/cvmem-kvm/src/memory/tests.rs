@@ -452,9 +452,35 @@ fn reads_of_a_fragmented_guest_stay_bounded() {
         }
     });
     assert_eq!(stopped, Ok(Some(999)));
-    // A byte range is checked as KVM checks its own.
-    assert!(m
-        .query()
-        .for_each_run(Gpa(0x10), 64, |_| std::ops::ControlFlow::<()>::Continue(()))
-        .is_err());
+    // A byte range at any alignment is the pages that hold it; an empty one is refused.
+    let mut pages = Vec::new();
+    let done = m.query().for_each_run(Gpa(0x1ff0), 0x20, |r| {
+        pages.push((r.start, r.end));
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    assert_eq!((done, pages), (Ok(None), vec![(1, 2), (2, 3)]));
+    assert_eq!(
+        m.query().range_kind(Gpa(0x10), 64),
+        Ok(crate::RangeKind::Private)
+    );
+    assert_eq!(
+        m.query().range_kind(Gpa(0x1010), 64),
+        Ok(crate::RangeKind::Shared)
+    );
+    assert_eq!(
+        m.query().range_kind(Gpa(0x1ff0), 0x20),
+        Ok(crate::RangeKind::Mixed)
+    );
+    assert!(m.query().runs(Gpa(0x10), 0).is_err());
+    assert!(m.query().runs(Gpa(u64::MAX - 0xfff), 0x2000).is_err());
+}
+
+#[test]
+fn requests_that_do_not_decode_are_counted_as_refused() {
+    let m = memory();
+    let e = ConversionRequest::from_hypercall(13, &[0; 6]).unwrap_err();
+    assert_eq!(m.refuse(&e), e.guest_status());
+    let e = ConversionRequest::from_map_gpa_range(RequestSource::PortIo, 0x1001, 1, 0).unwrap_err();
+    assert_eq!(m.refuse(&e), (libc::EINVAL as u64).wrapping_neg());
+    assert_eq!(m.stats().refused, 2);
 }
