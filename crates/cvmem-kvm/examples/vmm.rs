@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cvmem::{Gpa, Level};
 use cvmem_kvm::kvm_ioctls::{Kvm, VcpuExit};
-use cvmem_kvm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use cvmem_kvm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use cvmem_kvm::{
     ConfidentialVm, ConversionRequest, CvmMemory, GuestMemfd, GuestTransport, HostMemory,
     TransportRegs, VmType,
@@ -41,12 +41,8 @@ fn main() -> Result<()> {
     let transport = cvm.guest_transport();
     let gmem_here = cvm.guest_memfd;
     let vm = Arc::new(cvm.vm);
-    // The VMM's own memory: a vm-memory region (and a guest_memfd where KVM has one).
-    let region = Arc::new(GuestRegionMmap::new(
-        MmapRegion::new(RAM)?,
-        GuestAddress(0),
-    )?);
-    let guest = GuestMemoryMmap::from_arc_regions(vec![Arc::clone(&region)])?;
+    // The VMM's own memory (vm-memory; any dirty bitmap), and a guest_memfd where KVM has one.
+    let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)])?;
     let gmem = gmem_here.then(|| {
         let file = cvmem_kvm::create_guest_memfd(&vm, RAM as u64, 0);
         file.map(|file| GuestMemfd {
@@ -59,7 +55,7 @@ fn main() -> Result<()> {
     memory.attach_slot(
         0,
         Gpa(0),
-        HostMemory::from_region(region, gmem.transpose()?)?,
+        HostMemory::from_guest_memory(&guest, GuestAddress(0), gmem.transpose()?)?,
         Level::M2,
     )?;
     let query = memory.query(); // for device threads: never blocks

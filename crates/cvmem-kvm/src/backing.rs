@@ -316,11 +316,44 @@ fn punch(file: &File, off: u64, len: u64, what: &'static str) -> Result<()> {
 
 #[cfg(feature = "vm-memory")]
 impl HostMemory {
-    /// A vm-memory region the VMM already has, with the slot's guest_memfd if it has one. The
-    /// region stays alive (and mapped) as long as this value; a file-backed region (memfd,
-    /// hugetlbfs) is discarded by punching its file.
-    pub fn from_region(
-        region: Arc<vm_memory::GuestRegionMmap>,
+    /// A vm-memory region the VMM already has (with any dirty bitmap `B`: `()`,
+    /// `AtomicBitmap`...), with the slot's guest_memfd if it has one. The region stays alive
+    /// (and mapped) as long as this value; a file-backed region (memfd, hugetlbfs) is discarded
+    /// by punching its file. Its guest address is checked against the slot's by
+    /// [`crate::CvmMemory::attach_slot`].
+    pub fn from_region<B>(
+        region: Arc<vm_memory::GuestRegionMmap<B>>,
+        guest_memfd: Option<GuestMemfd>,
+    ) -> Result<Self>
+    where
+        B: vm_memory::bitmap::Bitmap + Send + Sync + 'static,
+    {
+        let keep: Arc<dyn Send + Sync> = region.clone();
+        Self::from_region_ref(&region, keep, guest_memfd)
+    }
+
+    /// The region of `memory` that starts at `start` (see [`HostMemory::from_region`]); the
+    /// whole `memory` (a cheap clone of its region list) keeps it mapped.
+    pub fn from_guest_memory<B>(
+        memory: &vm_memory::GuestMemoryMmap<B>,
+        start: vm_memory::GuestAddress,
+        guest_memfd: Option<GuestMemfd>,
+    ) -> Result<Self>
+    where
+        B: vm_memory::bitmap::Bitmap + Send + Sync + 'static,
+    {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let region = memory
+            .find_region(start)
+            .filter(|r| r.start_addr() == start)
+            .ok_or(Error::Attach("no region of the guest memory starts there"))?;
+        let keep: Arc<dyn Send + Sync> = Arc::new(memory.clone());
+        Self::from_region_ref(region, keep, guest_memfd)
+    }
+
+    fn from_region_ref<B: vm_memory::bitmap::Bitmap>(
+        region: &vm_memory::GuestRegionMmap<B>,
+        keep: Arc<dyn Send + Sync>,
         guest_memfd: Option<GuestMemfd>,
     ) -> Result<Self> {
         use vm_memory::GuestMemoryRegion;
@@ -328,10 +361,10 @@ impl HostMemory {
             .file_offset()
             .map(|f| (Arc::clone(f.arc()), f.start()));
         let (addr, len) = (region.as_ptr() as u64, region.len());
-        // SAFETY: the mapping belongs to `region`, which this value keeps alive.
+        // SAFETY: the mapping belongs to `region`, which `keep` keeps alive with this value.
         let mut memory = unsafe { Self::from_raw_parts(addr, len, shared_file, guest_memfd)? };
         memory.guest_addr = Some(region.start_addr().0);
-        memory.shared.keep_alive(region);
+        memory.shared.keep_alive(keep);
         Ok(memory)
     }
 }

@@ -15,7 +15,7 @@ const GPA: u64 = 0x1_0000_0000;
 const SIZE: usize = 4 << 20;
 
 fn anonymous_region() -> Arc<GuestRegionMmap> {
-    let mmap = MmapRegion::new(SIZE).unwrap();
+    let mmap = MmapRegion::<()>::new(SIZE).unwrap();
     Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap())
 }
 
@@ -26,7 +26,7 @@ fn memfd_region() -> Arc<GuestRegionMmap> {
     // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
     let file: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
     file.set_len(SIZE as u64).unwrap();
-    let mmap = MmapRegion::from_file(FileOffset::new(file, 0), SIZE).unwrap();
+    let mmap = MmapRegion::<()>::from_file(FileOffset::new(file, 0), SIZE).unwrap();
     Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap())
 }
 
@@ -189,7 +189,8 @@ fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     assert!(e.to_string().contains("in_place"), "{e}");
     // The file really mapped there, at another offset than claimed: EINVAL too.
     let file = memfd(2 * SIZE);
-    let mmap = MmapRegion::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
+    let mmap =
+        MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
     let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
     let gmem = GuestMemfd {
         file,
@@ -204,7 +205,8 @@ fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     assert!(memory.query().snapshot().slots.is_empty());
     // Mapped at the offset claimed: attached.
     let file = memfd(SIZE);
-    let mmap = MmapRegion::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
+    let mmap =
+        MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
     let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
     let gmem = GuestMemfd {
         file,
@@ -213,4 +215,37 @@ fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     };
     let host = HostMemory::from_region(region, Some(gmem)).unwrap();
     memory.attach_slot(1, Gpa(GPA), host, Level::M2).unwrap();
+}
+
+#[test]
+fn guest_memory_with_a_dirty_bitmap_attaches_region_by_region() {
+    use vm_memory::bitmap::AtomicBitmap;
+    // A cloud-hypervisor-style guest memory: two regions with dirty bitmaps.
+    let guest = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[
+        (GuestAddress(0), SIZE),
+        (GuestAddress(GPA), SIZE),
+    ])
+    .unwrap();
+    let memory = CvmMemory::detached();
+    for (slot, start) in [(0, 0), (1, GPA)] {
+        let host = HostMemory::from_guest_memory(&guest, GuestAddress(start), None).unwrap();
+        assert_eq!(host.guest_addr(), Some(start));
+        memory
+            .attach_slot(slot, Gpa(start), host, Level::M2)
+            .unwrap();
+    }
+    // No region starts there: refused.
+    assert!(HostMemory::from_guest_memory(&guest, GuestAddress(0x1000), None).is_err());
+    // A region with a bitmap, handed over as an Arc.
+    let mmap = MmapRegion::<AtomicBitmap>::new(SIZE).unwrap();
+    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(2 * GPA)).unwrap());
+    let host = HostMemory::from_region(region, None).unwrap();
+    memory
+        .attach_slot(2, Gpa(2 * GPA), host, Level::M2)
+        .unwrap();
+    memory
+        .set_attributes(Gpa(GPA), 0x2000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        .unwrap();
+    assert_eq!(memory.query().snapshot().slots.len(), 3);
+    assert_eq!(memory.query().snapshot().slots[1].private_bytes, 0x2000);
 }
