@@ -18,6 +18,7 @@
 //! - levels are KVM's `PG_LEVEL_*`: 1 = 4K, 2 = 2M, 3 = 1G;
 //! - the shared library's SONAME is `libcvmem_capi.so.0` (`cvmem_version()` gives the crate
 //!   version); trackers are saved and restored as JSON (`cvmem_snapshot`, `cvmem_tracker_restore`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};

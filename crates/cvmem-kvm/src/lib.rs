@@ -31,6 +31,14 @@
 //!
 //! Linux x86-64 only.
 //!
+//! ## Features
+//!
+//! - `vm-memory` (default): attach vm-memory 0.18 regions with any dirty bitmap
+//!   ([`HostMemory::from_region`], [`HostMemory::from_guest_memory`]); `Gpa` ↔ `GuestAddress`.
+//! - `serde`: `Serialize`/`Deserialize` on the core's state types and `TrackerSnapshot`, for
+//!   [`CvmMemory::snapshot`] / [`CvmMemory::restore`] across a migration.
+//! - `mmu-model`: the TDP page tables KVM would build, as an observer (`CvmMemory::with_mmu`).
+//!
 //! ## Wiring into a rust-vmm vCPU loop
 //!
 //! The VM must be one whose guest's conversions reach the VMM: [`ConfidentialVm::create`] picks
@@ -78,6 +86,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg(target_os = "linux")]
 
 mod backing;

@@ -43,6 +43,7 @@
 //! # Ok::<(), cvmem_oplog::ParseError>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -113,6 +113,7 @@
 //! live state. `tests/loom.rs` model-checks the publication and invalidation protocols:
 //! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`; without loom the
 //! same scenarios run a few hundred times on real threads.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod concurrent;
 mod fault;

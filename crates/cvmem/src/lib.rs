@@ -10,6 +10,9 @@
 //!
 //! `#![no_std]` + `alloc`, no unsafe code, no OS calls: embeddable in a hypervisor.
 //!
+//! Features: `serde` (`Serialize`/`Deserialize` on the state types and [`TrackerSnapshot`]),
+//! `vm-memory` (`Gpa` to and from vm-memory's `GuestAddress`; needs std).
+//!
 //! Addresses are typed: a guest physical address is a [`Gpa`], a frame number a [`Gfn`], so a
 //! gpa passed where a gfn is meant does not compile.
 //!
@@ -28,6 +31,7 @@
 //! assert!(!vm.is_private(Gpa(0x1000_0000).gfn()) && vm.is_private(Gfn(0x1000_1)));
 //! # Ok::<(), cvmem::Error>(())
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![forbid(unsafe_code)]
 
