@@ -76,8 +76,10 @@ pub(crate) struct GpaMap {
     pub(crate) rows: Vec<MapRow>,
     /// Memslots intersecting the range.
     pub(crate) slots: Vec<MapSlot>,
-    /// Cells of each kind: private, shared, mixed, split.
+    /// Cells of each kind inside memslots: private, shared, mixed, split.
     pub(crate) counts: [u64; 4],
+    /// Cells outside every memslot (no memory: not counted as shared).
+    pub(crate) outside: u64,
 }
 
 /// What to draw.
@@ -140,7 +142,20 @@ const M2: u64 = 2 << 20;
 const G1: u64 = 1 << 30;
 
 /// Classifies the cells of `tracker`'s memory.
+/// Cells classified between two calls of `build`'s progress callback.
+const PROGRESS_EVERY: u64 = 1 << 14;
+
+#[cfg(test)]
 pub(crate) fn build(tracker: &Tracker, opts: &MapOptions) -> Result<GpaMap, MapError> {
+    build_with_progress(tracker, opts, &mut |_, _| {})
+}
+
+/// [`build`], calling `progress(done, total)` every few thousand cells (long maps take seconds).
+pub(crate) fn build_with_progress(
+    tracker: &Tracker,
+    opts: &MapOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GpaMap, MapError> {
     let slots_end = tracker
         .memslots()
         .map(|s| s.gpa() + s.size())
@@ -174,13 +189,20 @@ pub(crate) fn build(tracker: &Tracker, opts: &MapOptions) -> Result<GpaMap, MapE
         .map(|s| (s.gpa(), s.gpa() + s.size()))
         .collect();
     let mut rows: Vec<MapRow> = Vec::new();
-    let mut counts = [0u64; 4];
+    let (mut counts, mut outside) = ([0u64; 4], 0u64);
     for i in 0..ncells {
+        if i % PROGRESS_EVERY == 0 {
+            progress(i, ncells);
+        }
         let a = start + i * cell;
         let b = a + cell;
         let kind = classify(tracker, a, b);
         let in_slot = slots.iter().any(|&(s, e)| s < b && a < e);
-        counts[kind as usize] += 1;
+        if in_slot {
+            counts[kind as usize] += 1;
+        } else {
+            outside += 1;
+        }
         if i as usize % cols == 0 {
             rows.push(MapRow {
                 gpa: a,
@@ -215,6 +237,7 @@ pub(crate) fn build(tracker: &Tracker, opts: &MapOptions) -> Result<GpaMap, MapE
         rows,
         slots: map_slots,
         counts,
+        outside,
     })
 }
 
@@ -306,15 +329,12 @@ impl GpaMap {
         );
         let _ = writeln!(
             out,
-            r#"<text x="10" y="38">{:#x} .. {:#x} · cell {} · {} per row · cells: {} private, {} shared, {} mixed, {} split</text>"#,
+            r#"<text x="10" y="38">{:#x} .. {:#x} · cell {} · {} per row · {}</text>"#,
             self.start,
             self.end,
             fmt_bytes(self.cell_bytes),
             fmt_bytes(self.cell_bytes * self.cols as u64),
-            self.counts[0],
-            self.counts[1],
-            self.counts[2],
-            self.counts[3]
+            escape(&self.cell_summary())
         );
         for (k, s) in self.slots.iter().enumerate() {
             let _ = writeln!(
@@ -499,55 +519,44 @@ impl GpaMap {
         out
     }
 
-    /// The grid as an RGB raster without text: `(width, height, pixels)`. Cells are `px`
-    /// pixels wide (at least 1) and 16 high (8 beyond 64 rows); memslot edges black, 1G edges dark grey.
-    pub(crate) fn to_rgb(&self) -> (u32, u32, Vec<u8>) {
-        let cw = (1024 / self.cols).max(1);
-        let ch = if self.rows.len() <= 64 { 16usize } else { 8 };
-        let w = cw * self.cols;
-        let h = ch * self.rows.len().max(1);
-        let mut px = vec![255u8; w * h * 3];
-        let mut put = |x: usize, y: usize, c: [u8; 3]| {
-            if x < w && y < h {
-                let i = (y * w + x) * 3;
-                px[i..i + 3].copy_from_slice(&c);
-            }
-        };
-        for (r, row) in self.rows.iter().enumerate() {
-            for (c, cell) in row.cells.iter().enumerate() {
-                let color = rgb(*cell);
-                for y in r * ch..r * ch + ch - 1 {
-                    for x in c * cw..c * cw + cw {
-                        put(x, y, color);
-                    }
-                }
-            }
-            if self.cell_bytes < G1 {
-                for c in 0..row.cells.len() {
-                    let gpa = row.gpa + c as u64 * self.cell_bytes;
-                    if gpa % G1 == 0 && c > 0 {
-                        for y in r * ch..r * ch + ch {
-                            put(c * cw, y, [0x44, 0x44, 0x44]);
-                        }
-                    }
-                }
-            }
-        }
-        for s in &self.slots {
-            for edge in [s.gpa, s.gpa + s.size] {
-                if edge < self.start || edge > self.end {
-                    continue;
-                }
-                let (c, r) = self.position(edge);
-                let (x, r) = ((c as usize * cw).min(w.saturating_sub(1)), r as usize);
-                for y in r * ch..(r * ch + ch).min(h) {
-                    put(x, y, [0, 0, 0]);
-                    put(x + 1, y, [0, 0, 0]);
-                }
-            }
-        }
-        (w as u32, h as u32, px)
+    /// What the cells hold, in words: memslot cells by kind, and those outside every memslot
+    /// apart (they have no memory, so they are neither private nor shared).
+    pub(crate) fn cell_summary(&self) -> String {
+        let [p, sh, m, sp] = self.counts;
+        format!("cells in memslots: {p} private, {sh} shared, {m} mixed, {sp} split; {} outside memslots", self.outside)
     }
+}
+
+/// `svg` rasterised as a PNG (resvg), text and legend included, with the system's fonts.
+pub(crate) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    let mut options = usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_system_fonts();
+    // The SVG names generic families; map them to faces this system has (fontdb's defaults
+    // are Windows fonts).
+    let family = |mono: bool| {
+        let named = |f: &&resvg::usvg::fontdb::FaceInfo| {
+            f.monospaced == mono && f.families.iter().any(|(n, _)| n.contains("Sans"))
+        };
+        let face = fonts.faces().find(named);
+        face.or_else(|| fonts.faces().find(|f| f.monospaced == mono))
+            .and_then(|f| f.families.first().map(|(name, _)| name.clone()))
+    };
+    let (mono, sans) = (family(true), family(false));
+    if let Some(mono) = mono.clone().or_else(|| sans.clone()) {
+        fonts.set_monospace_family(mono);
+    }
+    if let Some(sans) = sans.or(mono) {
+        fonts.set_sans_serif_family(sans.clone());
+        fonts.set_serif_family(sans);
+    }
+    let tree = usvg::Tree::from_str(svg, &options).map_err(|e| format!("svg: {e}"))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| format!("a {}x{} picture is too large", size.width(), size.height()))?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap.encode_png().map_err(|e| format!("png: {e}"))
 }
 
 fn escape(s: &str) -> String {
@@ -588,13 +597,59 @@ mod tests {
         assert_eq!(m.cell_bytes, M2);
         assert_eq!(m.rows.len(), 4);
         assert_eq!(m.counts, [2046, 1, 1, 0]);
+        assert_eq!(m.outside, 0);
         assert_eq!(m.rows[1].cells[0].kind, CellKind::Shared);
         assert_eq!(m.rows[2].cells[0].kind, CellKind::Mixed);
         assert_eq!(m.slots[0].mixed_2m, 1);
         let svg = m.to_svg("test");
         assert!(svg.starts_with("<svg") && svg.contains("slot 0"));
-        let (w, h, px) = m.to_rgb();
-        assert_eq!(px.len(), (w * h * 3) as usize);
+    }
+
+    #[test]
+    fn the_png_is_the_svg_with_its_text() {
+        use resvg::tiny_skia::Pixmap;
+        let m = build(&guest(), &MapOptions::default()).unwrap();
+        let svg = m.to_svg("a title");
+        let png = Pixmap::decode_png(&svg_to_png(&svg).unwrap()).unwrap();
+        let width: u32 = svg
+            .split("width=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(png.width(), width);
+        let mut fonts = resvg::usvg::fontdb::Database::new();
+        fonts.load_system_fonts();
+        if fonts.is_empty() {
+            eprintln!("skipped the text check: this system has no fonts");
+            return;
+        }
+        // The title line (y 8..24) is drawn: dark pixels where the bare grid had none.
+        let dark = (8..24)
+            .flat_map(|y| (0..200).map(move |x| (x, y)))
+            .filter(|&(x, y)| png.pixel(x, y).is_some_and(|p| p.red() < 128))
+            .count();
+        assert!(dark > 50, "{dark} dark pixels in the title");
+    }
+
+    #[test]
+    fn cells_outside_memslots_are_counted_apart() {
+        let mut t = guest();
+        t.set_user_memory_region(&cvmem::MemoryRegion {
+            slot: 9,
+            gpa: 8 * G1,
+            size: M2,
+            ..Default::default()
+        })
+        .unwrap();
+        let m = build(&t, &MapOptions::default()).unwrap();
+        // Between the first slot's end (4G) and the last (8G + 2M): no memory, not shared.
+        assert_eq!(m.outside, 4 * 512);
+        assert_eq!(m.counts[1], 1 + 1, "the shared cell and the small slot");
+        assert!(m.cell_summary().contains("2048 outside memslots"));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub(crate) fn mmu_text(m: &MmuStats, c: &cvmem::mmu::Coverage) -> String {
         out += &format!("  {kind:>8}  {:>10}  {:>10}  {:>10}\n", l.k4, l.m2, l.g1);
     }
     out += &format!(
-        "  table pages {} ({}; optimum {}), splits {}, zaps {}, collapses {}, replaced {}, retries {}\n",
+        "  table pages {} ({}; {} to map all mappable memory at its largest level), splits {}, zaps {}, collapses {}, replaced {}, retries {}\n",
         m.table_pages,
         fmt_bytes(m.table_pages * 4096),
         c.optimum_table_pages,

@@ -72,13 +72,13 @@ fn replay(ops: &[Op]) -> Result<(Replayer, Duration), String> {
 /// One row per recovery policy: the page tables at the end of the same boot.
 fn policy_table(flips: usize) -> Result<String, String> {
     let mut out = String::from("recovery policies on the same boot (TDX layout):\n");
-    out += "  policy    coverage  TLB entries  table pages (optimum)  splits    zaps  collapses\n";
+    out += "  policy    coverage  TLB entries  table pages (all mapped at best)  splits    zaps  collapses\n";
     for policy in [Policy::Off, Policy::OnFault, Policy::Eager] {
         let (r, _) = replay(&scenario::tdx_boot_4g(flips, Some(policy.into())))?;
         let (m, c) = (r.vm().stats(), r.vm().coverage());
         let leaves = m.leaves();
         out += &format!(
-            "  {:<8} {:>8.1}%  {:>11}  {:>11} ({:>7})  {:>6}  {:>6}  {:>9}\n",
+            "  {:<8} {:>8.1}%  {:>11}  {:>11} ({:>18})  {:>6}  {:>6}  {:>9}\n",
             Recovery::from(policy).name(),
             c.ratio() * 100.0,
             leaves.k4 + leaves.m2 + leaves.g1,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::map::{build, MapOptions};
+use crate::map::{build_with_progress, svg_to_png, MapOptions};
 use cvmem_designs::workloads::{generate, Params};
 use cvmem_oplog::Replayer;
 use cvmem_oplog::{ops, Op};
@@ -116,24 +116,29 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         cols: args.cols,
         ..MapOptions::default()
     };
-    let map = build(vm.tracker(), &opts).map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("classifying cells {bar:30} {pos}/{len} ({eta})")
+            .expect("a valid template"),
+    );
+    let map = build_with_progress(vm.tracker(), &opts, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
     let title = format!("{title} · after {n} of {} operations", ops.len());
-    std::fs::write(&args.out, map.to_svg(&title))
-        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let svg = map.to_svg(&title);
+    std::fs::write(&args.out, &svg).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let mut written = vec![args.out.display().to_string()];
     if !args.no_png {
         let path = args
             .png
             .clone()
             .unwrap_or_else(|| args.out.with_extension("png"));
-        let (w, h, pixels) = map.to_rgb();
-        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.write_header()
-            .and_then(|mut wr| wr.write_image_data(&pixels))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // The same picture as the SVG: text, legend and all.
+        let png = svg_to_png(&svg)?;
+        std::fs::write(&path, png).map_err(|e| format!("{}: {e}", path.display()))?;
         written.push(path.display().to_string());
     }
     let mut out = String::new();
@@ -141,14 +146,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         out = serde_json::to_string_pretty(&map).map_err(|e| e.to_string())? + "\n";
     } else {
         out.push_str(&format!(
-            "{} · cell {} · {} rows · cells {} private, {} shared, {} mixed, {} split\n",
+            "{} · cell {} · {} rows · {}\n",
             title,
             cvmem_oplog::fmt_bytes(map.cell_bytes),
             map.rows.len(),
-            map.counts[0],
-            map.counts[1],
-            map.counts[2],
-            map.counts[3]
+            map.cell_summary()
         ));
         for s in &map.slots {
             out.push_str(&format!(

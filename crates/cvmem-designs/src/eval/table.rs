@@ -266,7 +266,13 @@ pub fn query_chart(report: &Report) -> Chart {
         series: done_series(report, &|_, s| s.query_p50_ns.median.max(0.5)),
         notes: {
             let mut n = skipped_notes(report);
-            n.push("bars: min to max over the repeated runs; points: median".into());
+            // Only where bars are drawn (a design ran more than once somewhere).
+            if spread_bars(report, |s| s.query_p50_ns)
+                .iter()
+                .any(|(_, bars)| !bars.is_empty())
+            {
+                n.push("bars: min to max over the repeated runs; points: median".into());
+            }
             n
         },
         bars: spread_bars(report, |s| s.query_p50_ns),
