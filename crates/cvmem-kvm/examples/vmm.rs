@@ -15,8 +15,7 @@ use cvmem::{Gpa, Level};
 use cvmem_kvm::kvm_ioctls::{Kvm, VcpuExit};
 use cvmem_kvm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use cvmem_kvm::{
-    ConfidentialVm, ConversionRequest, CvmMemory, GuestMemfd, GuestTransport, HostMemory,
-    TransportRegs, VmType,
+    ConfidentialVm, CvmMemory, GuestMemfd, GuestTransport, HostMemory, TransportRegs, VmType,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -43,14 +42,7 @@ fn main() -> Result<()> {
     let vm = Arc::new(cvm.vm);
     // The VMM's own memory (vm-memory; any dirty bitmap), and a guest_memfd where KVM has one.
     let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)])?;
-    let gmem = gmem_here.then(|| {
-        let file = cvmem_kvm::create_guest_memfd(&vm, RAM as u64, 0);
-        file.map(|file| GuestMemfd {
-            file,
-            offset: 0,
-            in_place: false,
-        })
-    });
+    let gmem = gmem_here.then(|| GuestMemfd::create(&vm, RAM as u64));
     let memory = CvmMemory::new(Arc::clone(&vm));
     memory.attach_slot(
         0,
@@ -80,39 +72,21 @@ fn main() -> Result<()> {
     loop {
         match vcpu.run()? {
             VcpuExit::Hypercall(hc) => {
-                *hc.ret = match ConversionRequest::from_hypercall(hc.nr, &hc.args) {
-                    Ok(req) => {
-                        let result = memory.convert(&req);
-                        println!("hypercall exit: {:?} {:?}", req.to, req.range);
-                        cvmem_kvm::guest_status(&result)
-                    }
-                    Err(e) => memory.refuse(&e),
-                };
+                *hc.ret = memory.handle_hypercall(hc.nr, &hc.args);
+                println!("hypercall exit: {:?}", query.runs(Gpa(0x10000), 0x10000));
             }
+            // Implicit conversion: make the range the kind the access wanted, then re-enter.
             VcpuExit::MemoryFault { flags, gpa, size } => {
-                // Implicit conversion: make the range the kind the access wanted, re-enter.
-                memory.convert(&ConversionRequest::from_memory_fault(flags, gpa, size)?)?;
+                memory.handle_memory_fault(flags, gpa, size)?;
             }
             VcpuExit::IoOut(port, data) if port == cvmem_kvm::PORT_MAP_GPA => {
                 let data = data.to_vec();
                 let mut regs = vcpu.get_regs()?;
                 let (rax, rbx, rcx, rdx) = (regs.rax, regs.rbx, regs.rcx, regs.rdx);
-                let transport = TransportRegs { rax, rbx, rcx, rdx };
-                regs.rax = match ConversionRequest::from_port_io(port, &data, &transport) {
-                    Ok(req) => {
-                        let result = memory.convert(&req);
-                        println!(
-                            "{:?} {:#x}+{} pages: {:?}",
-                            req.to,
-                            rbx,
-                            rcx,
-                            query.range_kind(Gpa(rbx), rcx << 12)
-                        );
-                        cvmem_kvm::guest_status(&result)
-                    }
-                    Err(e) => memory.refuse(&e),
-                };
+                regs.rax =
+                    memory.handle_port_io(port, &data, &TransportRegs { rax, rbx, rcx, rdx });
                 vcpu.set_regs(&regs)?;
+                println!("port exit: {:?}", query.range_kind(Gpa(rbx), rcx << 12));
             }
             VcpuExit::Hlt => break,
             // Devices' MMIO and port I/O go here; never spin on an exit you do not handle.

@@ -82,6 +82,18 @@ pub struct GuestMemfd {
     pub in_place: bool,
 }
 
+impl GuestMemfd {
+    /// A new guest_memfd of `size` bytes on `vm` for one slot (offset 0), its shared memory
+    /// kept separately (`in_place: false`: the layout every guest_memfd-capable KVM supports).
+    pub fn create(vm: &VmFd, size: u64) -> Result<Self> {
+        Ok(GuestMemfd {
+            file: create_guest_memfd(vm, size, 0)?,
+            offset: 0,
+            in_place: false,
+        })
+    }
+}
+
 /// Separate shared memory backed by a file (memfd, hugetlbfs...): discarding it must punch the
 /// file, since `MADV_DONTNEED` on a shared file mapping keeps the file's pages.
 #[derive(Clone, Debug)]
@@ -378,12 +390,20 @@ pub(crate) struct SlotMemory {
     pub(crate) gpa: u64,
     /// `dirty_log` and `readonly` as KVM has them (`guest_memfd` follows the backing).
     pub(crate) flags: SlotFlags,
+    /// The VMM created the slot in KVM itself ([`crate::CvmMemory::adopt_slot`]): cvmem never
+    /// issues KVM_SET_USER_MEMORY_REGION2 for it.
+    pub(crate) adopted: bool,
 }
 
 impl SlotMemory {
     /// `host` as a slot at `gpa` with `flags`.
     pub(crate) fn new(host: HostMemory, gpa: u64, flags: SlotFlags) -> Self {
-        SlotMemory { host, gpa, flags }
+        SlotMemory {
+            host,
+            gpa,
+            flags,
+            adopted: false,
+        }
     }
 
     /// The `KVM_SET_USER_MEMORY_REGION2` payload of this memory as slot `slot`.

@@ -48,7 +48,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use cvmem::{Gpa, Level};
-//! use cvmem_kvm::{Backing, ConfidentialVm, ConversionRequest, CvmMemory, SlotSpec, VmType};
+//! use cvmem_kvm::{Backing, ConfidentialVm, CvmMemory, SlotSpec, VmType};
 //! use cvmem_kvm::kvm_ioctls::{Kvm, VcpuExit};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,16 +66,10 @@
 //! // ... set up registers and load the guest ...
 //! loop {
 //!     match vcpu.run()? {
-//!         VcpuExit::Hypercall(hc) => {
-//!             *hc.ret = match ConversionRequest::from_hypercall(hc.nr, &hc.args) {
-//!                 Ok(req) => cvmem_kvm::guest_status(&memory.convert(&req)),
-//!                 Err(e) => memory.refuse(&e),
-//!             };
-//!         }
+//!         VcpuExit::Hypercall(hc) => *hc.ret = memory.handle_hypercall(hc.nr, &hc.args),
+//!         // Implicit conversion: make the page the kind the access wanted, re-enter.
 //!         VcpuExit::MemoryFault { flags, gpa, size } => {
-//!             // Implicit conversion: make the page the kind the access wanted, re-enter.
-//!             let req = ConversionRequest::from_memory_fault(flags, gpa, size)?;
-//!             memory.convert(&req)?;
+//!             memory.handle_memory_fault(flags, gpa, size)?;
 //!         }
 //!         VcpuExit::Hlt => break,
 //!         // Handle your devices' MMIO and port I/O here; never spin on an exit you do not know.

@@ -339,6 +339,37 @@ impl CvmMemory {
         Ok(())
     }
 
+    /// `KVM_EXIT_HYPERCALL`: the guest's KVM_HC_MAP_GPA_RANGE decoded and converted; the
+    /// status to put in the exit's `ret` (0, `-EINVAL`, `-KVM_ENOSYS` for another hypercall, or
+    /// the errno of a failed conversion). Every refusal is counted in [`MemoryStats`].
+    pub fn handle_hypercall(&self, nr: u64, args: &[u64; 6]) -> u64 {
+        match ConversionRequest::from_hypercall(nr, args) {
+            Ok(req) => crate::guest_status(&self.convert(&req)),
+            Err(e) => self.refuse(&e),
+        }
+    }
+
+    /// An `out` to this crate's port transport ([`crate::PORT_MAP_GPA`]): the request in the
+    /// registers decoded and converted; the status for the guest's RAX.
+    pub fn handle_port_io(&self, port: u16, data: &[u8], regs: &crate::TransportRegs) -> u64 {
+        match ConversionRequest::from_port_io(port, data, regs) {
+            Ok(req) => crate::guest_status(&self.convert(&req)),
+            Err(e) => self.refuse(&e),
+        }
+    }
+
+    /// `KVM_EXIT_MEMORY_FAULT`: the implicit conversion of the faulting range to the kind of
+    /// the access. An error means the vCPU cannot usefully re-enter (stop it, as QEMU does).
+    pub fn handle_memory_fault(&self, flags: u64, gpa: u64, size: u64) -> Result<Conversion> {
+        match ConversionRequest::from_memory_fault(flags, gpa, size) {
+            Ok(req) => self.convert(&req),
+            Err(e) => {
+                self.refuse(&e);
+                Err(e.into())
+            }
+        }
+    }
+
     /// A guest request that did not decode (a malformed hypercall, a port write of the wrong
     /// size, unknown memory-fault flags): counted as refused in [`MemoryStats`] like every
     /// other refusal, and the status to give the guest (`-EINVAL`, or `-KVM_ENOSYS` for an

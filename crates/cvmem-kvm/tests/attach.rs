@@ -249,3 +249,68 @@ fn guest_memory_with_a_dirty_bitmap_attaches_region_by_region() {
     assert_eq!(memory.query().snapshot().slots.len(), 3);
     assert_eq!(memory.query().snapshot().slots[1].private_bytes, 0x2000);
 }
+
+/// A VM on this host's /dev/kvm, or `None` (printed) where there is none.
+fn vm() -> Option<Arc<kvm_ioctls::VmFd>> {
+    let kvm = match kvm_ioctls::Kvm::new() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("skipped: open /dev/kvm: {e}");
+            return None;
+        }
+    };
+    if !kvm.check_extension(kvm_ioctls::Cap::UserMemory2) {
+        eprintln!("skipped: KVM lacks KVM_CAP_USER_MEMORY2");
+        return None;
+    }
+    match kvm.create_vm() {
+        Ok(vm) => Some(Arc::new(vm)),
+        Err(e) => {
+            eprintln!("skipped: KVM_CREATE_VM: {e}");
+            None
+        }
+    }
+}
+
+/// Creates KVM memslot `slot` over `region` at its guest address, as a VMM's memory manager
+/// does; the errno on failure.
+fn kvm_slot(vm: &kvm_ioctls::VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), i32> {
+    let r = kvm_bindings::kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: GPA,
+        memory_size: SIZE as u64,
+        userspace_addr: region.as_ptr() as u64,
+    };
+    // SAFETY: `region` stays mapped until the end of the test, after the VM is gone.
+    unsafe { vm.set_user_memory_region(r) }.map_err(|e| e.errno())
+}
+
+#[test]
+fn an_adopted_slot_is_the_vmms_in_kvm() {
+    let Some(vm) = vm() else { return };
+    let region = anonymous_region();
+    // The VMM's memory manager created slot 0 itself.
+    kvm_slot(&vm, 0, &region).unwrap();
+    let memory = CvmMemory::new(Arc::clone(&vm));
+    let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
+    memory.adopt_slot(0, Gpa(GPA), host, Level::M2).unwrap();
+    memory
+        .set_attributes(Gpa(GPA), 0x1000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        .unwrap();
+    assert!(memory.query().is_private(Gpa(GPA)));
+    // Forgotten by cvmem, still in KVM: another slot over the same range is EEXIST there.
+    memory.remove_slot(0).unwrap();
+    assert_eq!(kvm_slot(&vm, 1, &region), Err(libc::EEXIST));
+    // An attached slot, by contrast, is cvmem's: removing it deletes it from KVM.
+    let other = anonymous_region();
+    let vm2 = match self::vm() {
+        Some(v) => v,
+        None => return,
+    };
+    let memory = CvmMemory::new(Arc::clone(&vm2));
+    let host = HostMemory::from_region(Arc::clone(&other), None).unwrap();
+    memory.attach_slot(0, Gpa(GPA), host, Level::M2).unwrap();
+    memory.remove_slot(0).unwrap();
+    assert_eq!(kvm_slot(&vm2, 1, &other), Ok(()));
+}

@@ -23,6 +23,8 @@ pub(super) enum NewMemory {
     Allocate(Backing),
     /// The VMM's own memory.
     Attached(HostMemory),
+    /// The VMM's own memory in a memslot the VMM created in KVM itself.
+    Adopted(HostMemory),
 }
 
 impl CvmMemory {
@@ -87,6 +89,39 @@ impl CvmMemory {
             backing: Some(max_level),
         };
         self.apply_locked(&mut memory, &region, NewMemory::Attached(host))
+            .map(drop)
+    }
+
+    /// Adopts memslot `slot` that the VMM's own memory manager has already created in KVM at
+    /// `gpa` on `host` (same id, place and memory): cvmem tracks it — conversions, discards,
+    /// listeners, queries — exactly as an attached slot, with the same checks, but never issues
+    /// KVM_SET_USER_MEMORY_REGION2 for it: creating, moving, re-flagging and deleting it in KVM
+    /// stay the VMM's ([`CvmMemory::remove_slot`] then only forgets it). For VMMs whose memory
+    /// manager registers slots before cvmem is involved (cloud-hypervisor, crosvm).
+    pub fn adopt_slot(
+        &self,
+        slot: u32,
+        gpa: Gpa,
+        host: HostMemory,
+        max_level: Level,
+    ) -> Result<()> {
+        let mut memory = self.lock_memory();
+        if memory.contains_key(&slot) {
+            return Err(Error::SlotExists { slot });
+        }
+        check_attach(&memory, gpa, &host)?;
+        let region = MemoryRegion {
+            slot,
+            gpa: gpa.0,
+            size: host.size(),
+            flags: SlotFlags {
+                guest_memfd: host.backing().has_guest_memfd(),
+                ..SlotFlags::default()
+            },
+            uaddr: Some(host.host_addr()),
+            backing: Some(max_level),
+        };
+        self.apply_locked(&mut memory, &region, NewMemory::Adopted(host))
             .map(drop)
     }
 
@@ -216,8 +251,9 @@ impl CvmMemory {
     ) -> Result<SlotChange> {
         let backing = match &new {
             NewMemory::Allocate(backing) => *backing,
-            NewMemory::Attached(host) => host.backing(),
+            NewMemory::Attached(host) | NewMemory::Adopted(host) => host.backing(),
         };
+        let adopted = matches!(new, NewMemory::Adopted(_));
         if backing.has_guest_memfd() != region.flags.guest_memfd {
             return Err(cvmem::Error::InvalidFlags {
                 why: "the guest-memfd flag and the slot's backing disagree",
@@ -234,9 +270,10 @@ impl CvmMemory {
                 region.uaddr.unwrap_or(region.gpa),
                 max_level,
             )?,
-            NewMemory::Attached(host) => host,
+            NewMemory::Attached(host) | NewMemory::Adopted(host) => host,
         };
-        let mem = SlotMemory::new(host, region.gpa, region.flags);
+        let mut mem = SlotMemory::new(host, region.gpa, region.flags);
+        mem.adopted = adopted;
         self.kvm_set(slot, &mem)?;
         let hva = mem.shared().addr();
         let model = MemoryRegion {
@@ -415,6 +452,8 @@ impl CvmMemory {
     /// KVM_SET_USER_MEMORY_REGION2 with `mem` as slot `slot` (nothing without a VM).
     fn kvm_set(&self, slot: u32, mem: &SlotMemory) -> Result<()> {
         match &self.vm {
+            // An adopted slot is the VMM's to create, move and delete in KVM.
+            Some(_) if mem.adopted => Ok(()),
             Some(vm) => sys::set_user_memory_region2(vm, mem.region(slot))
                 .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION2", e)),
             None => Ok(()),
@@ -423,7 +462,7 @@ impl CvmMemory {
 
     /// Deletes slot `slot` from KVM; cannot fail for a slot KVM has (the memory is freed after).
     fn kvm_delete(&self, slot: u32, mem: &SlotMemory) {
-        if let Some(vm) = &self.vm {
+        if let Some(vm) = self.vm.as_ref().filter(|_| !mem.adopted) {
             let mut region = mem.region(slot);
             region.memory_size = 0;
             let _ = sys::set_user_memory_region2(vm, region);
