@@ -2,7 +2,6 @@
 //! (behind cvmem-sync's concurrent front), KVM's memory attributes, discards, listeners and,
 //! optionally, the TDP MMU model — kept consistent.
 
-use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -116,6 +115,37 @@ impl ConversionCost {
         self.discard += other.discard;
         self.listeners += other.listeners;
     }
+}
+
+/// What a conversion changes (see [`CvmMemory::plan`]).
+struct Plan {
+    /// The runs of another kind in the range, with their old attributes.
+    changed: Vec<(GfnRange, u64)>,
+    /// Their parts inside memslots (what listeners hear).
+    slot_ranges: Vec<SlotRange>,
+}
+
+impl Plan {
+    fn event(&self, to: Access) -> MemoryEvent<'_> {
+        MemoryEvent {
+            to,
+            cause: Cause::Conversion,
+            ranges: &self.slot_ranges,
+        }
+    }
+}
+
+/// The steps of a conversion done so far: what [`CvmMemory::roll_back`] undoes.
+#[derive(Default)]
+struct Progress {
+    /// The model's invalidation window, open until it ends or is aborted.
+    model_window: Option<Token>,
+    /// Listeners heard of a change to private (step 2).
+    listeners_told: bool,
+    /// KVM has the new attributes (step 3).
+    kvm_set: bool,
+    /// The tracker holds the new attributes (step 4).
+    stored: bool,
 }
 
 /// The result of a conversion that succeeded.
@@ -471,203 +501,171 @@ impl CvmMemory {
         Ok(out)
     }
 
-    /// Converts `req.range` (inside the caller's memory lock).
+    /// Converts `req.range` (inside the caller's memory lock): the steps of
+    /// [`CvmMemory::convert`] in order ([`CvmMemory::convert_steps`]); on any failure one
+    /// rollback path ([`CvmMemory::roll_back`]) undoes what [`Progress`] says was done.
     fn convert_locked(
         &self,
         memory: &BTreeMap<u32, SlotMemory>,
         req: &ConversionRequest,
     ) -> Result<Conversion> {
-        let mut out = Conversion::default();
         let request = AttrRequest::new(req.range, req.to)?;
-        let target = request.attributes();
-
-        // What changes: the memory lock serialises writers, so this holds until step 4.
-        let ((changed, slot_ranges), took) = self.timed(|| {
-            let changed: Vec<(GfnRange, u64)> = self.shared.tracker(|t| {
-                t.runs(req.range)
-                    .filter(|r| r.attributes != target)
-                    .map(|r| (r.range(), r.attributes))
-                    .collect()
-            });
-            let slot_ranges = self.clip_to_slots(changed.iter().map(|c| c.0));
-            (changed, slot_ranges)
-        });
-        out.cost.tracking += took;
-        if changed.is_empty() {
+        let (plan, took) = self.timed(|| self.plan(request));
+        let mut out = Conversion::default();
+        out.cost.tracking = took;
+        // KVM's early exit: nothing changes, nothing is done.
+        if plan.changed.is_empty() {
             return Ok(out);
         }
-        out.changed_pages = changed.iter().map(|c| c.0.len()).sum();
+        out.changed_pages = plan.changed.iter().map(|c| c.0.len()).sum();
         let listeners = self.listeners();
-        let event = MemoryEvent {
-            to: req.to,
-            cause: Cause::Conversion,
-            ranges: &slot_ranges,
-        };
-        let undo_listeners = |cause: Error| -> Error {
-            if req.to == Access::Private {
-                if let Err(why) = listener::undo(&listeners, &event) {
-                    return Error::Inconsistent {
-                        cause: cause.to_string(),
-                        why,
-                    };
-                }
-            }
-            cause
-        };
-        let undo_kvm = |cause: Error| -> Error {
-            if self.kvm_attributes {
-                for &(range, old) in &changed {
-                    if let Err(e) = self.set_kvm_attributes(range, old) {
-                        return Error::Inconsistent {
-                            cause: cause.to_string(),
-                            why: e.to_string(),
-                        };
-                    }
-                }
-            }
-            undo_listeners(cause)
-        };
-
-        // Steps 1-3 run as the concurrent front's zap callback, inside its invalidation; the
-        // store (step 4) happens only if they succeeded.
-        let before: OnceCell<Result<(Token, u64)>> = OnceCell::new();
-        let mut host = ConversionCost::default();
+        let mut done = Progress::default();
         let t = Instant::now();
-        let stored = self.shared.tracker.update(
-            req.range,
-            |_| {
-                let _ = before.set(self.before_store(request, memory, &event, &mut host));
-            },
-            |tracker| match before.get() {
-                Some(Ok(_)) => match tracker.set_range_attributes(req.range, target) {
-                    Ok(changed) => (changed, Ok(())),
-                    Err(e) => (false, Err(e)),
-                },
-                _ => (false, Ok(())),
-            },
-        );
-        let took = t
-            .elapsed()
-            .saturating_sub(host.listeners + host.discard + host.kvm);
+        let result = self.convert_steps(memory, request, &plan, &listeners, &mut done, &mut out);
+        let host = out.cost.listeners + out.cost.discard + out.cost.kvm;
+        let took = t.elapsed().saturating_sub(host);
         self.tracking_ns.fetch_add(nanos(took), Ordering::Relaxed);
         out.cost.tracking += took;
-        out.cost.invalidate = host.invalidate;
-        out.cost.listeners += host.listeners;
-        out.cost.discard += host.discard;
-        out.cost.kvm += host.kvm;
-        let token = match before.into_inner() {
-            Some(Ok((token, discarded))) => {
-                out.discarded_bytes = discarded;
-                token
+        match result {
+            Ok(()) => {
+                out.slot_ranges = plan.slot_ranges;
+                Ok(out)
             }
-            // before_store has undone its own steps.
-            Some(Err(e)) => return Err(e),
-            None => unreachable!("the concurrent front calls zap before every change"),
-        };
-        if let Err(e) = stored {
-            // The tracker is unchanged: close the model's window, undo KVM and listeners.
-            return Err(self.cancel(token, undo_kvm(e.into())));
+            Err(cause) => Err(self.roll_back(request.to(), &plan, &listeners, done, cause)),
         }
-        let (ended, took) = self.timed(|| self.shared.model.end(token));
-        out.cost.tracking += took;
-        let undo_tracker = |cause: Error| -> Error {
-            let (r, _) = self.timed(|| self.restore_runs(&changed));
-            match r {
-                Ok(()) => undo_kvm(cause),
-                Err(e) => Error::Inconsistent {
-                    cause: cause.to_string(),
-                    why: e.to_string(),
-                },
-            }
-        };
-        if let Err(e) = ended {
-            return Err(undo_tracker(e.into()));
-        }
-
-        // 5.
-        match req.to {
-            Access::Private => {
-                let t = Instant::now();
-                let r = discard(memory, &slot_ranges, Access::Private);
-                out.cost.discard += t.elapsed();
-                out.discarded_bytes = r.map_err(undo_tracker)?;
-            }
-            Access::Shared => {
-                let t = Instant::now();
-                let r = listener::notify_all(&listeners, &event);
-                out.cost.listeners += t.elapsed();
-                r.map_err(undo_tracker)?;
-            }
-        }
-        out.slot_ranges = slot_ranges;
-        Ok(out)
     }
 
-    /// Steps 1-3 of [`CvmMemory::convert`], returning the model's token and the bytes
-    /// discarded; on failure, undoes what it did.
-    fn before_store(
+    /// What a conversion changes: the runs of another kind in the range (with their old
+    /// attributes) and their parts inside memslots. The memory lock keeps it true until the
+    /// store.
+    fn plan(&self, request: AttrRequest) -> Plan {
+        let target = request.attributes();
+        let changed: Vec<(GfnRange, u64)> = self.shared.tracker(|t| {
+            t.runs(request.range())
+                .filter(|r| r.attributes != target)
+                .map(|r| (r.range(), r.attributes))
+                .collect()
+        });
+        let slot_ranges = self.clip_to_slots(changed.iter().map(|c| c.0));
+        Plan {
+            changed,
+            slot_ranges,
+        }
+    }
+
+    /// The steps of a conversion, each recorded in `done` once it succeeded. Steps 1-4 run
+    /// inside one invalidation of the range: readers keep the old state, faults retry.
+    fn convert_steps(
         &self,
-        request: AttrRequest,
         memory: &BTreeMap<u32, SlotMemory>,
-        event: &MemoryEvent<'_>,
-        cost: &mut ConversionCost,
-    ) -> Result<(Token, u64)> {
-        // 1.
-        let t = Instant::now();
-        let token = self.shared.model.begin(request)?;
-        cost.invalidate = t.elapsed();
-        // 2.
-        let mut discarded = 0;
-        let step = match event.to {
+        request: AttrRequest,
+        plan: &Plan,
+        listeners: &[Arc<dyn ConversionListener>],
+        done: &mut Progress,
+        out: &mut Conversion,
+    ) -> Result<()> {
+        let (to, range, target) = (request.to(), request.range(), request.attributes());
+        let event = plan.event(to);
+        let pending = self.shared.tracker.begin_update(range);
+        // 1. The model, if kept, zaps and splits.
+        let (token, took) = self.timed(|| self.shared.model.begin(request));
+        out.cost.invalidate = took;
+        done.model_window = Some(token?);
+        // 2. To private: DMA users let go of the shared ranges (`notify_all` undoes its own
+        //    partial notifications); to shared: the old private contents go.
+        match to {
             Access::Private => {
                 let t = Instant::now();
-                let r = listener::notify_all(&self.listeners(), event);
-                cost.listeners += t.elapsed();
-                r
+                let told = listener::notify_all(listeners, &event);
+                out.cost.listeners += t.elapsed();
+                told?;
+                done.listeners_told = true;
             }
             Access::Shared => {
                 let t = Instant::now();
-                let r = discard(memory, event.ranges, Access::Shared);
-                cost.discard += t.elapsed();
-                r.map(|bytes| discarded = bytes)
+                let discarded = discard(memory, &plan.slot_ranges, Access::Shared);
+                out.cost.discard += t.elapsed();
+                out.discarded_bytes = discarded?;
             }
-        };
-        if let Err(e) = step {
-            // notify_all has undone its own partial notifications.
-            return Err(self.cancel(token, e));
         }
-        // 3.
+        // 3. KVM's attributes, where KVM has them.
         if self.kvm_attributes {
             let t = Instant::now();
-            let r = self.set_kvm_attributes(request.range(), request.attributes());
-            cost.kvm += t.elapsed();
-            if let Err(e) = r {
-                let e = if event.to == Access::Private {
-                    match listener::undo(&self.listeners(), event) {
-                        Ok(()) => e,
-                        Err(why) => Error::Inconsistent {
-                            cause: e.to_string(),
-                            why,
-                        },
-                    }
-                } else {
-                    e
-                };
-                return Err(self.cancel(token, e));
+            let set = self.set_kvm_attributes(range, target);
+            out.cost.kvm += t.elapsed();
+            set?;
+            done.kvm_set = true;
+        }
+        // 4. The tracker stores and publishes; the model ends its window.
+        pending.commit(|t| match t.set_range_attributes(range, target) {
+            Ok(changed) => (changed, Ok(())),
+            Err(e) => (false, Err(e)),
+        })?;
+        done.stored = true;
+        if let Some(token) = done.model_window.take() {
+            self.shared.model.end(token)?;
+        }
+        // 5. To private: separately backed shared memory goes; to shared: DMA users hear of the
+        //    new shared ranges.
+        match to {
+            Access::Private => {
+                let t = Instant::now();
+                let discarded = discard(memory, &plan.slot_ranges, Access::Private);
+                out.cost.discard += t.elapsed();
+                out.discarded_bytes = discarded?;
+            }
+            Access::Shared => {
+                let t = Instant::now();
+                let told = listener::notify_all(listeners, &event);
+                out.cost.listeners += t.elapsed();
+                told?;
             }
         }
-        Ok((token, discarded))
+        Ok(())
     }
 
-    /// Abandons a begun conversion after a failure: the attributes were never stored, so
-    /// closing the model's invalidation window is the whole undo (zapped pages fault in again).
-    fn cancel(&self, token: Token, cause: Error) -> Error {
-        let (r, _) = self.timed(|| self.shared.model.abort(token));
-        match r {
-            Ok(()) => cause,
-            Err(e) => Error::Inconsistent {
+    /// The one rollback path: undoes, newest first, what `done` says a failed conversion did,
+    /// and returns `cause` — or [`Error::Inconsistent`] with the first undo that failed (the
+    /// others are still tried). Contents already discarded stay discarded: the guest gave them
+    /// up by asking; zapped mappings simply fault in again.
+    fn roll_back(
+        &self,
+        to: Access,
+        plan: &Plan,
+        listeners: &[Arc<dyn ConversionListener>],
+        done: Progress,
+        cause: Error,
+    ) -> Error {
+        let mut why: Option<String> = None;
+        let mut note = |r: std::result::Result<(), String>| {
+            if let (Err(e), None) = (r, &why) {
+                why = Some(e);
+            }
+        };
+        if done.stored {
+            let (r, _) = self.timed(|| self.restore_runs(&plan.changed));
+            note(r.map_err(|e| e.to_string()));
+        }
+        if let Some(token) = done.model_window {
+            let (r, _) = self.timed(|| self.shared.model.abort(token));
+            note(r.map_err(|e| e.to_string()));
+        }
+        if done.kvm_set {
+            for &(range, old) in &plan.changed {
+                note(
+                    self.set_kvm_attributes(range, old)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+        if done.listeners_told {
+            note(listener::undo(listeners, &plan.event(to)));
+        }
+        match why {
+            None => cause,
+            Some(why) => Error::Inconsistent {
                 cause: cause.to_string(),
-                why: e.to_string(),
+                why,
             },
         }
     }

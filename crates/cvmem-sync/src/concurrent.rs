@@ -296,6 +296,19 @@ impl ConcurrentTracker {
         })
     }
 
+    /// The first half of [`update`](Self::update), for a writer with steps of its own between
+    /// invalidating and storing (the VMM's host steps of a conversion): takes the writers' lock
+    /// and begins the invalidation of `range`. Readers keep answering from the committed state;
+    /// faults in `range` retry. [`PendingUpdate::commit`] stores and publishes; dropping it
+    /// without a commit ends the invalidation with nothing changed.
+    pub fn begin_update(&self, range: GfnRange) -> PendingUpdate<'_> {
+        let writer = self.state.writer();
+        PendingUpdate {
+            invalidation: self.invalidate.begin(range),
+            writer,
+        }
+    }
+
     /// Any other change to the tracker, for core operations this front does not wrap yet.
     /// `change` must be deterministic (it runs once on each copy) and may only change answers
     /// for gfns inside `range`, which is invalidated (and passed to `zap`) around it. It
@@ -304,18 +317,38 @@ impl ConcurrentTracker {
         &self,
         range: GfnRange,
         zap: impl FnOnce(GfnRange),
-        mut change: impl FnMut(&mut Tracker) -> (bool, R),
+        change: impl FnMut(&mut Tracker) -> (bool, R),
     ) -> R {
-        let mut writer = self.state.writer();
-        let _invalidation = self.invalidate.begin(range);
+        let pending = self.begin_update(range);
         zap(range);
-        writer.apply(|s| match change(&mut s.tracker) {
+        pending.commit(change)
+    }
+}
+
+/// A change begun by [`ConcurrentTracker::begin_update`]: the writers' lock held and the range
+/// invalidated until it is committed or dropped.
+#[derive(Debug)]
+pub struct PendingUpdate<'a> {
+    // Dropped first: the invalidation ends before the writers' lock is released.
+    invalidation: crate::invalidate::Invalidation<'a>,
+    writer: Writer<'a, Snapshot>,
+}
+
+impl PendingUpdate<'_> {
+    /// Applies `change` to the tracker and publishes it, then ends the invalidation. `change`
+    /// must be deterministic (it runs once on each copy) and may only change answers inside
+    /// the invalidated range; it returns whether it changed anything, and a value returned to
+    /// the caller.
+    pub fn commit<R>(mut self, mut change: impl FnMut(&mut Tracker) -> (bool, R)) -> R {
+        let r = self.writer.apply(|s| match change(&mut s.tracker) {
             (true, r) => {
                 s.generation += 1;
                 Apply::Changed(r)
             }
             (false, r) => Apply::Unchanged(r),
-        })
+        });
+        drop(self.invalidation);
+        r
     }
 }
 

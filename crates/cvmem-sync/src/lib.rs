@@ -121,6 +121,6 @@ mod invalidate;
 pub mod left_right;
 mod sync;
 
-pub use concurrent::{ConcurrentTracker, Snapshot, RUN_BATCH};
+pub use concurrent::{ConcurrentTracker, PendingUpdate, Snapshot, RUN_BATCH};
 pub use fault::{FaultAnswer, FaultTicket};
 pub use left_right::{Apply, LeftRight, Writer};
