@@ -15,6 +15,8 @@ use cvmem_kvm::{
     KVM_CAP_GUEST_MEMFD_FLAGS,
 };
 
+use cvmem_oplog::Op;
+
 use crate::error::{Error, Result};
 
 /// `KVM_CAP_VM_TYPES`: the VM types KVM_CREATE_VM accepts, one bit per type.
@@ -149,6 +151,15 @@ impl HostCaps {
             guest_memfd_slots_without: (!self.guest_memfd).then_some("KVM_CAP_GUEST_MEMFD"),
         })
     }
+}
+
+/// An op-log line as a host without guest_memfd runs it (`path.guest_memfd_slots_without`):
+/// a `guest-memfd` memslot without the flag; every other line as it is.
+pub fn without_guest_memfd(mut op: Op) -> Op {
+    if let Op::Memslot { flags, .. } = &mut op {
+        flags.guest_memfd = false;
+    }
+    op
 }
 
 impl fmt::Display for HostCaps {

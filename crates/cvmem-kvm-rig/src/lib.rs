@@ -24,7 +24,7 @@ mod sys;
 mod vm;
 mod workload;
 
-pub use caps::{HostCaps, HostPath};
+pub use caps::{without_guest_memfd, HostCaps, HostPath};
 pub use error::{Error, Result};
 pub use kernel::KernelVm;
 pub use report::{

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use cvmem::PAGE_SIZE;
 use cvmem_kvm::Error as MemoryError;
 use cvmem_kvm::{Backing, ConversionRequest, RequestSource};
-use cvmem_kvm_rig::{kvm_run, Error, ExitKind, MmuText, Report, RunOptions, Workload};
+use cvmem_kvm_rig::{
+    kvm_run, without_guest_memfd, Error, ExitKind, MmuText, Report, RunOptions, Workload,
+};
 use cvmem_oplog::render::result_text;
 use cvmem_oplog::{Op, Outcome, Replayer};
 
@@ -222,31 +224,6 @@ fn result_of(r: &Report, line: usize) -> String {
         .find(|l| l.line == line)
         .and_then(|l| result_text(&l.outcome))
         .unwrap_or_default()
-}
-
-/// `op` as a host without guest_memfd runs it (kvm-run's one adaptation).
-fn without_guest_memfd(op: Op) -> Op {
-    match op {
-        Op::Memslot {
-            slot,
-            gpa,
-            size,
-            mut flags,
-            uaddr,
-            backing,
-        } => {
-            flags.guest_memfd = false;
-            Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing,
-            }
-        }
-        other => other,
-    }
 }
 
 /// What the core's replay gives for `op` when a VMM built on cvmem-kvm handles it: a `map-gpa`

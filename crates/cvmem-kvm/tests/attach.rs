@@ -170,6 +170,21 @@ fn an_attach_is_checked_against_what_it_is_told() {
     assert_eq!(memory.query().snapshot().slots.len(), 1);
 }
 
+/// A memfd of `len` bytes (a stand-in guest_memfd) mapped from offset 0 as a region at GPA,
+/// and claimed in place at `claimed_offset`.
+fn mapped_memfd(len: usize, claimed_offset: u64) -> (Arc<GuestRegionMmap>, cvmem_kvm::GuestMemfd) {
+    let file = memfd(len);
+    let mmap =
+        MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
+    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
+    let gmem = cvmem_kvm::GuestMemfd {
+        file,
+        offset: claimed_offset,
+        in_place: true,
+    };
+    (region, gmem)
+}
+
 #[test]
 fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     use cvmem_kvm::GuestMemfd;
@@ -188,15 +203,7 @@ fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     assert_eq!(e.errno_name(), "EINVAL", "{e}");
     assert!(e.to_string().contains("in_place"), "{e}");
     // The file really mapped there, at another offset than claimed: EINVAL too.
-    let file = memfd(2 * SIZE);
-    let mmap =
-        MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
-    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
-    let gmem = GuestMemfd {
-        file,
-        offset: SIZE as u64,
-        in_place: true,
-    };
+    let (region, gmem) = mapped_memfd(2 * SIZE, SIZE as u64);
     let host = HostMemory::from_region(region, Some(gmem)).unwrap();
     let e = memory
         .attach_slot(1, Gpa(GPA), host, Level::M2)
@@ -204,15 +211,7 @@ fn an_in_place_guest_memfd_must_be_what_is_mapped() {
     assert_eq!(e.errno_name(), "EINVAL", "{e}");
     assert!(memory.query().snapshot().slots.is_empty());
     // Mapped at the offset claimed: attached.
-    let file = memfd(SIZE);
-    let mmap =
-        MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), SIZE).unwrap();
-    let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(GPA)).unwrap());
-    let gmem = GuestMemfd {
-        file,
-        offset: 0,
-        in_place: true,
-    };
+    let (region, gmem) = mapped_memfd(SIZE, 0);
     let host = HostMemory::from_region(region, Some(gmem)).unwrap();
     memory.attach_slot(1, Gpa(GPA), host, Level::M2).unwrap();
 }

@@ -46,29 +46,12 @@ impl OplogExecutor<'_> {
         }
     }
 
-    /// `op` as this host runs it: a `guest-memfd` slot without the flag where KVM has no
-    /// guest_memfd (the report's lines hold it so, for a replay to compare with).
+    /// `op` as this host runs it ([`crate::without_guest_memfd`] where KVM has no
+    /// guest_memfd); the report's lines hold it so, for a replay to compare with.
     fn as_run(&self, op: Op) -> Op {
-        match op {
-            Op::Memslot {
-                mut flags,
-                slot,
-                gpa,
-                size,
-                uaddr,
-                backing,
-            } if flags.guest_memfd && self.runner.vm.path.guest_memfd_slots_without.is_some() => {
-                flags.guest_memfd = false;
-                Op::Memslot {
-                    slot,
-                    gpa,
-                    size,
-                    flags,
-                    uaddr,
-                    backing,
-                }
-            }
-            other => other,
+        match self.runner.vm.path.guest_memfd_slots_without {
+            Some(_) => crate::without_guest_memfd(op),
+            None => op,
         }
     }
 

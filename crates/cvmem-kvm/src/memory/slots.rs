@@ -72,24 +72,7 @@ impl CvmMemory {
         host: HostMemory,
         max_level: Level,
     ) -> Result<()> {
-        let mut memory = self.lock_memory();
-        if memory.contains_key(&slot) {
-            return Err(Error::SlotExists { slot });
-        }
-        check_attach(&memory, gpa, &host)?;
-        let region = MemoryRegion {
-            slot,
-            gpa: gpa.0,
-            size: host.size(),
-            flags: SlotFlags {
-                guest_memfd: host.backing().has_guest_memfd(),
-                ..SlotFlags::default()
-            },
-            uaddr: Some(host.host_addr()),
-            backing: Some(max_level),
-        };
-        self.apply_locked(&mut memory, &region, NewMemory::Attached(host))
-            .map(drop)
+        self.attach_locked(slot, gpa, host, max_level, false)
     }
 
     /// Adopts memslot `slot` that the VMM's own memory manager has already created in KVM at
@@ -104,6 +87,19 @@ impl CvmMemory {
         gpa: Gpa,
         host: HostMemory,
         max_level: Level,
+    ) -> Result<()> {
+        self.attach_locked(slot, gpa, host, max_level, true)
+    }
+
+    /// [`CvmMemory::attach_slot`] and (`adopted`) [`CvmMemory::adopt_slot`]: the VMM's memory
+    /// `host` as slot `slot` at `gpa`, checked first.
+    fn attach_locked(
+        &self,
+        slot: u32,
+        gpa: Gpa,
+        host: HostMemory,
+        max_level: Level,
+        adopted: bool,
     ) -> Result<()> {
         let mut memory = self.lock_memory();
         if memory.contains_key(&slot) {
@@ -121,8 +117,12 @@ impl CvmMemory {
             uaddr: Some(host.host_addr()),
             backing: Some(max_level),
         };
-        self.apply_locked(&mut memory, &region, NewMemory::Adopted(host))
-            .map(drop)
+        let new = if adopted {
+            NewMemory::Adopted(host)
+        } else {
+            NewMemory::Attached(host)
+        };
+        self.apply_locked(&mut memory, &region, new).map(drop)
     }
 
     /// Removes a memslot: listeners hear its shared memory go, then KVM and the MMU model drop
