@@ -243,11 +243,43 @@ impl MemoryQuery {
     }
 
     /// A snapshot of every memslot and of the private ranges (the first
-    /// [`MemoryMap::PRIVATE_RUNS_MAX`]), from one committed state. Memory bounded whatever the
-    /// fragmentation; time O(memslots + private runs), in one pass.
+    /// [`MemoryMap::PRIVATE_RUNS_MAX`]). Memory bounded whatever the fragmentation. The
+    /// memslots and their eligibility come from one committed state; the private ranges are
+    /// streamed ([`MemoryQuery::for_each_run`]: the read side held one batch at a time, so a
+    /// fragmented guest's snapshot never stalls conversions), so a conversion made meanwhile
+    /// may show in the ranges after it.
     pub fn snapshot(&self) -> MemoryMap {
         let infos = self.shared.slots.read(std::collections::BTreeMap::clone);
-        self.with_tracker(|t| self.map_of(t, &infos))
+        let (mut map, ranges): (MemoryMap, Vec<GfnRange>) = self.with_tracker(|t| {
+            let ranges = t.memslots().map(|s| s.range()).collect();
+            (self.slots_of(t, &infos), ranges)
+        });
+        let mut next = 0;
+        let everything = GfnRange::new(0, cvmem::GFN_END);
+        self.shared.tracker.for_each_run(everything, |r| {
+            if r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
+                return std::ops::ControlFlow::<()>::Continue(());
+            }
+            let run = GfnRange::new(r.start, r.end);
+            // Runs and memslots are both in address order: one merge.
+            while next < ranges.len() && ranges[next].end <= run.start {
+                next += 1;
+            }
+            for (i, s) in ranges.iter().enumerate().skip(next) {
+                if s.start >= run.end {
+                    break;
+                }
+                if let Some(slot) = map.slots.get_mut(i) {
+                    slot.private_bytes += s.intersect(&run).map_or(0, |x| x.bytes());
+                }
+            }
+            map.private_runs += 1;
+            if map.private.len() < MemoryMap::PRIVATE_RUNS_MAX {
+                map.private.push((run.start * PAGE_SIZE, run.bytes()));
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        map
     }
 
     /// Visits the attribute runs covering the pages of the bytes `[gpa, gpa + size)`
@@ -262,40 +294,17 @@ impl MemoryQuery {
         Ok(self.shared.tracker.for_each_run(pages_of(gpa, size)?, f))
     }
 
-    fn map_of(
+    /// The memslots of `t` with their eligibility (private bytes and ranges are added by
+    /// [`MemoryQuery::snapshot`]).
+    fn slots_of(
         &self,
         t: &Tracker,
         infos: &std::collections::BTreeMap<u32, crate::memory::SlotInfo>,
     ) -> MemoryMap {
-        // Private pages per slot and the first private ranges, in one merge of the private runs
-        // with the memslots (both in address order).
         let memslots: Vec<&cvmem::Memslot> = t.memslots().collect();
-        let mut private_pages = vec![0u64; memslots.len()];
-        let (mut private, mut private_runs) = (Vec::new(), 0u64);
-        let mut next = 0;
-        for r in t.nonzero_runs() {
-            if r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
-                continue;
-            }
-            let run = GfnRange::new(r.start, r.end);
-            while next < memslots.len() && memslots[next].range().end <= run.start {
-                next += 1;
-            }
-            for (i, s) in memslots.iter().enumerate().skip(next) {
-                if s.range().start >= run.end {
-                    break;
-                }
-                private_pages[i] += s.range().intersect(&run).map_or(0, |x| x.len());
-            }
-            private_runs += 1;
-            if private.len() < MemoryMap::PRIVATE_RUNS_MAX {
-                private.push((run.start * PAGE_SIZE, run.bytes()));
-            }
-        }
         let slots = memslots
             .iter()
-            .zip(private_pages)
-            .map(|(s, private_pages)| {
+            .map(|s| {
                 let e = t.eligibility(s.id()).unwrap_or_default();
                 SlotSnapshot {
                     slot: s.id(),
@@ -303,7 +312,7 @@ impl MemoryQuery {
                     size: s.size(),
                     backing: infos.get(&s.id()).map_or(Backing::Anonymous, |i| i.backing),
                     flags: s.flags(),
-                    private_bytes: private_pages * PAGE_SIZE,
+                    private_bytes: 0,
                     mixed_2m: e.mixed[0],
                     mixed_1g: e.mixed[1],
                     bytes_1g: e.bytes_1g,
@@ -314,8 +323,8 @@ impl MemoryQuery {
             .collect();
         MemoryMap {
             slots,
-            private,
-            private_runs,
+            private: Vec::new(),
+            private_runs: 0,
             tracker_heap_bytes: t.heap_bytes(),
         }
     }
