@@ -1,12 +1,12 @@
 //! A set of large-page indices (GUEST_INHIBIT of one slot at one level) that costs what is set,
 //! never more than a flat bitmap, and allocates only fallibly, before it changes.
 //!
-//! Sparse (a sorted vector of indices, 8 bytes each) while that is smaller than a bitmap of
-//! the slot's large pages, dense (the bitmap) from then on. A TDX guest inhibits the 2M pages
-//! it accepts at 4K — thousands during boot, a handful of KiB sparse — while a bitmap of an
-//! 8 TiB slot is 512 KiB: sparse keeps a snapshot with one inhibit per huge slot from costing
-//! a bitmap per slot (issue 22). A lookup is a binary search of at most
-//! log2(len / 64) steps (16 for an 8 TiB slot's 2M pages), or one bit probe.
+//! Sparse (a sorted vector of indices, 8 bytes each) while that is under an eighth of a bitmap
+//! of the slot's large pages, dense (the bitmap) from then on. A bitmap of an 8 TiB slot's 2M
+//! pages is 512 KiB: sparse keeps a snapshot with one inhibit per huge slot from costing a
+//! bitmap per slot, and the switch keeps the memory under 64 bytes a set index. The fault path
+//! asks: an empty set answers at once, a sparse one with a binary search of at most
+//! log2(len / 512) steps (13 for an 8 TiB slot, 10 for 1 TiB), a dense one with one bit probe.
 
 use alloc::vec::Vec;
 
@@ -41,9 +41,17 @@ impl IndexSet {
         }
     }
 
-    /// Indices a sparse set holds before it turns dense: where the bitmap is smaller.
+    /// Indices a sparse set holds before it turns dense: an eighth of the bitmap's bytes, which
+    /// bounds the fault path's binary search.
     fn sparse_limit(&self) -> u64 {
-        self.len.div_ceil(64)
+        self.len / 512
+    }
+
+    /// Whether nothing was ever set (or everything was cleared by a swap): the fault path's
+    /// first, cheapest answer.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self.repr, Repr::Empty)
     }
 
     #[inline]
@@ -196,24 +204,25 @@ mod tests {
 
     #[test]
     fn sparse_until_a_bitmap_is_smaller_then_dense() {
-        let mut s = IndexSet::new(64 * 4);
+        let mut s = IndexSet::new(512 * 4);
         assert_eq!(s.heap_bytes(), 0);
-        for i in [200, 3, 100, 64] {
+        assert!(s.is_empty());
+        for i in [2000, 3, 100, 64] {
             assert!(add(&mut s, i));
         }
         assert!(matches!(s.repr, Repr::Sparse(_)), "{s:?}");
-        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 200]);
-        assert!(s.contains(100) && !s.contains(101));
-        // Room for a fifth index: four words of bitmap beat five of indices.
+        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 2000]);
+        assert!(s.contains(100) && !s.contains(101) && !s.is_empty());
+        // Room for a fifth index: 32 bytes of indices reach an eighth of the 256-byte bitmap.
         assert!(!add(&mut s, 3));
-        assert!(add(&mut s, 255));
+        assert!(add(&mut s, 2047));
         assert!(matches!(s.repr, Repr::Dense { .. }), "{s:?}");
-        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 200, 255]);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [3, 64, 100, 2000, 2047]);
         assert_eq!(s.count(), 5);
         assert!(s.contains(64) && !s.contains(65));
         assert!(s.remove(64) && !s.remove(64));
         assert_eq!(s.count(), 4);
-        assert_eq!(s.heap_bytes(), 32);
+        assert_eq!(s.heap_bytes(), 256);
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl LpageInfo {
     /// Whether the large page holding `gfn` carries GUEST_INHIBIT.
     #[inline]
     pub(crate) fn is_inhibited(&self, gfn: u64) -> bool {
-        self.index(gfn).is_some_and(|i| self.inhibit.contains(i))
+        !self.inhibit.is_empty() && self.index(gfn).is_some_and(|i| self.inhibit.contains(i))
     }
 
     /// Makes sure the next [`LpageInfo::set_inhibit`] will not allocate.
