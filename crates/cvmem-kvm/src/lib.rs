@@ -106,7 +106,9 @@ pub use iommu::{DmaMap, IommuListener, IommuStats, RecordingIommu};
 pub use kvm_bindings;
 pub use kvm_ioctls;
 pub use listener::{Cause, ConversionListener, ListenerError, MemoryEvent, SlotRange};
-pub use memory::{Conversion, ConversionCost, CvmMemory, MmuConfig, SlotSpec};
+#[cfg(feature = "mmu-model")]
+pub use memory::MmuConfig;
+pub use memory::{Conversion, ConversionCost, CvmMemory, SlotSpec};
 pub use observe::MemoryStats;
 #[cfg(feature = "mmu-model")]
 pub use query::MmuSnapshot;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "mmu-model")]
 use cvmem::mmu::{Layout, Recovery};
 use cvmem::{
     Access, AttrRequest, GfnRange, Gpa, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
@@ -47,6 +48,7 @@ pub struct SlotSpec {
 
 /// The TDP MMU model a [`CvmMemory`] may keep as an observer (feature `mmu-model`,
 /// [`CvmMemory::with_mmu`]): its page-table layout and hugepage recovery policy.
+#[cfg(feature = "mmu-model")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmuConfig {
     /// `split` (TDX-like: a private and a shared root) or `unified` (SNP-like: one root).
@@ -55,6 +57,7 @@ pub struct MmuConfig {
     pub recovery: Recovery,
 }
 
+#[cfg(feature = "mmu-model")]
 impl Default for MmuConfig {
     /// The op-log's default: `mmu split recovery=on-fault` (TDX-like, shared bit 47).
     fn default() -> Self {
@@ -204,42 +207,37 @@ impl CvmMemory {
     /// `KVM_CAP_MEMORY_ATTRIBUTES` with the PRIVATE bit; otherwise this object's state is the
     /// only record of which memory is private, and a note says so once.
     pub fn new(vm: Arc<VmFd>) -> Self {
-        Self::build(Some(vm), None)
+        Self::build(Some(vm), Model::none())
     }
 
     /// As [`CvmMemory::new`], with the TDP MMU model kept as an observer of every conversion,
     /// memslot change and reported guest access.
     #[cfg(feature = "mmu-model")]
     pub fn with_mmu(vm: Arc<VmFd>, mmu: MmuConfig) -> Self {
-        Self::build(Some(vm), Some(mmu))
+        Self::build(Some(vm), Model::new(Some(mmu)))
     }
 
     /// Memory without a VM: anonymous slots only, no KVM calls (for tests and tools).
     pub fn detached() -> Self {
-        Self::build(None, None)
+        Self::build(None, Model::none())
     }
 
     /// As [`CvmMemory::detached`], with the MMU model kept.
     #[cfg(feature = "mmu-model")]
     pub fn detached_with_mmu(mmu: MmuConfig) -> Self {
-        Self::build(None, Some(mmu))
+        Self::build(None, Model::new(Some(mmu)))
     }
 
-    fn build(vm: Option<Arc<VmFd>>, mmu: Option<MmuConfig>) -> Self {
+    fn build(vm: Option<Arc<VmFd>>, model: Model) -> Self {
         let caps = vm.as_ref().map_or(0, |vm| {
             vm.check_extension_int(kvm_ioctls::Cap::MemoryAttributes) as u64
         });
         let kvm_attributes = caps & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        #[cfg(not(feature = "mmu-model"))]
-        let _: Option<MmuConfig> = mmu;
         let mem = CvmMemory {
             shared: Arc::new(Shared {
                 tracker: ConcurrentTracker::new(Tracker::new()),
                 slots: LeftRight::new(BTreeMap::new()),
-                #[cfg(feature = "mmu-model")]
-                model: Model::new(mmu),
-                #[cfg(not(feature = "mmu-model"))]
-                model: Model,
+                model,
             }),
             memory: Mutex::new(BTreeMap::new()),
             listeners: RwLock::new(Vec::new()),

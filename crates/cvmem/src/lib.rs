@@ -11,7 +11,8 @@
 //! `#![no_std]` + `alloc`, no unsafe code, no OS calls: embeddable in a hypervisor.
 //!
 //! Features: `serde` (`Serialize`/`Deserialize` on the state types and [`TrackerSnapshot`]),
-//! `vm-memory` (`Gpa` to and from vm-memory's `GuestAddress`; needs std).
+//! `vm-memory` (`Gpa` to and from vm-memory's `GuestAddress`; needs std), `mmu` (the TDP MMU
+//! model, `cvmem::mmu`: an instrument, off by default).
 //!
 //! Addresses are typed: a guest physical address is a [`Gpa`], a frame number a [`Gfn`], so a
 //! gpa passed where a gfn is meant does not compile.
@@ -45,6 +46,7 @@ mod guest_scope;
 pub mod hypercall;
 mod lpage;
 pub mod memslot;
+#[cfg(feature = "mmu")]
 pub mod mmu;
 pub mod snapshot;
 pub mod tracker;

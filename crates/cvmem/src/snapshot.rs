@@ -212,6 +212,7 @@ impl Tracker {
     }
 }
 
+#[cfg(feature = "mmu")]
 impl crate::mmu::Vm {
     /// The tracker's state for save/restore (the page tables are not saved: after a restore
     /// every access faults in again, as after a migration). Refused with

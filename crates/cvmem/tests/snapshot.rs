@@ -2,7 +2,6 @@
 //! query as before, and states no tracker can reach are refused; a VM mid-conversion cannot be
 //! snapshotted.
 
-use cvmem::mmu::{Layout, Recovery, Vm};
 use cvmem::{
     Access, AttrRequest, Errno, Error, Gfn, GfnRange, Gpa, Level, MemoryRegion, SlotFlags, Tracker,
     TrackerSnapshot, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE, SNAPSHOT_VERSION,
@@ -164,8 +163,10 @@ fn states_no_tracker_can_reach_are_refused() {
     assert!(matches!(refused(&s), Error::BadSnapshot { .. }));
 }
 
+#[cfg(feature = "mmu")]
 #[test]
 fn a_vm_mid_conversion_cannot_be_snapshotted() {
+    use cvmem::mmu::{Layout, Recovery, Vm};
     let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
     vm.set_user_memory_region(&region(0, 0, GIB)).unwrap();
     let pending = vm

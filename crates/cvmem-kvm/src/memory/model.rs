@@ -21,6 +21,11 @@ mod imp {
     pub(crate) type Token = Option<Conversion>;
 
     impl Model {
+        /// No model (a memory made without `with_mmu`).
+        pub(crate) const fn none() -> Self {
+            Model(None)
+        }
+
         pub(crate) fn new(config: Option<MmuConfig>) -> Self {
             Model(config.map(|c| Mutex::new(Vm::new(c.layout, c.recovery))))
         }
@@ -77,7 +82,7 @@ mod imp {
     use cvmem::{AttrRequest, GfnRange, MemoryRegion, Result};
 
     /// No model: the `mmu-model` feature is off.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(crate) struct Model;
 
     /// Nothing to carry between the phases of a conversion.
@@ -85,6 +90,11 @@ mod imp {
     pub(crate) struct Token;
 
     impl Model {
+        /// No model (the only one without the feature).
+        pub(crate) const fn none() -> Self {
+            Model
+        }
+
         pub(crate) fn begin(&self, _: AttrRequest) -> Result<Token> {
             Ok(Token)
         }
