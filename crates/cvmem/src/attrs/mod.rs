@@ -38,6 +38,8 @@ use region::{Region, Update, DENSE_BYTES};
 /// Regions and nodes kept for reuse, so that a page flipping between uniform and mixed does not
 /// allocate and free on every flip, and so that an update finds what it needs ready.
 const SPARE: usize = 2;
+/// Regions a range set inside a uniform 512G unit makes: its (at most two) edge 1G entries.
+const FRESH_REGIONS: usize = 2;
 /// 512G units in the gfn space.
 const UNITS: u64 = GFN_END / NODE_GFNS;
 
@@ -485,7 +487,7 @@ impl AttrStore {
         }
         let (nv, nr) = (self.spare_vecs.len(), self.spare_regions.len());
         for v in &mut self.spare_vecs[nv - vecs..] {
-            grow(v, 2, 512)?;
+            grow(v, FRESH_REGIONS, 512)?;
         }
         for r in &mut self.spare_regions[nr - regions..] {
             r.reserve_fresh()?;
