@@ -7,6 +7,7 @@ use crate::error::Error;
 
 /// Why a listener is notified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Cause {
     /// A conversion (guest request or VMM attribute change).
     Conversion,
@@ -22,6 +23,7 @@ pub enum Cause {
 
 /// A range of one memslot's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SlotRange {
     /// The memslot.
     pub slot: u32,
@@ -49,6 +51,7 @@ impl SlotRange {
 /// memory the guest owns. The ranges are exact: only pages whose kind changed, clipped to
 /// memslots, in address order, never overlapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryEvent<'a> {
     /// The new kind of the ranges.
     pub to: Access,

@@ -94,6 +94,7 @@ impl Shared {
 
 /// Time spent in each step of one conversion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConversionCost {
     /// The tracker (and the MMU model, if kept): reading the runs that change, storing the
     /// attributes and large-page info in both copies of the concurrent front and publishing
@@ -153,6 +154,7 @@ struct Progress {
 
 /// The result of a conversion that succeeded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Conversion {
     /// Pages whose kind changed (0: the range already had it; nothing was done).
     pub changed_pages: u64,

@@ -10,6 +10,7 @@ use crate::request::RequestError;
 
 /// Counts since a [`CvmMemory`](crate::CvmMemory) was made; cheap to read from any thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryStats {
     /// Conversions applied (including those that found nothing to change).
     pub conversions: u64,

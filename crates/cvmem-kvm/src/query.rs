@@ -19,6 +19,7 @@ use crate::memory::Shared;
 
 /// Whether a range is wholly private, wholly shared, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RangeKind {
     /// Every page is private.
     Private,
@@ -41,6 +42,7 @@ impl RangeKind {
 
 /// One memslot in a [`MemoryMap`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotSnapshot {
     /// Slot id.
     pub slot: u32,
@@ -68,6 +70,7 @@ pub struct SlotSnapshot {
 
 /// A snapshot of the whole memory state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryMap {
     /// Memslots in address order.
     pub slots: Vec<SlotSnapshot>,

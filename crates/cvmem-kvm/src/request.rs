@@ -131,10 +131,7 @@ impl RequestError {
 /// outside alone). This bounds the tracking a guest can cause by its memslots.
 pub fn guest_scope(tracker: &Tracker, req: &ConversionRequest) -> Result<GuestScope, RequestError> {
     if req.source == RequestSource::Vmm {
-        return Ok(GuestScope {
-            parts: vec![req.range],
-            outside_pages: 0,
-        });
+        return Ok(GuestScope::whole(req.range));
     }
     tracker
         .guest_scope(req.range, req.to)

@@ -25,11 +25,22 @@ use crate::{Access, Error, GfnRange, Result, Tracker, PAGE_SIZE};
 
 /// What a guest's conversion of a range converts.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GuestScope {
     /// The ranges to convert, in address order (adjacent memslots joined into one).
     pub parts: Vec<GfnRange>,
     /// Pages of the range left alone because no memslot holds them (to shared only).
     pub outside_pages: u64,
+}
+
+impl GuestScope {
+    /// All of `range`, as converted for the VMM (KVM's semantics: attributes anywhere).
+    pub fn whole(range: GfnRange) -> Self {
+        GuestScope {
+            parts: alloc::vec![range],
+            outside_pages: 0,
+        }
+    }
 }
 
 impl Tracker {

@@ -12,7 +12,8 @@
 //!
 //! Features: `serde` (`Serialize`/`Deserialize` on the state types and [`TrackerSnapshot`]),
 //! `vm-memory` (`Gpa` to and from vm-memory's `GuestAddress`; needs std), `mmu` (the TDP MMU
-//! model, `cvmem::mmu`: an instrument, off by default).
+//! model, `cvmem::mmu`: an instrument, off by default), `test-hooks` (the store's invariant
+//! check, its memory bound and shape, for tests and fuzzing; off by default).
 //!
 //! Addresses are typed: a guest physical address is a [`Gpa`], a frame number a [`Gfn`], so a
 //! gpa passed where a gfn is meant does not compile.
@@ -52,7 +53,9 @@ pub mod snapshot;
 pub mod tracker;
 
 pub use addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
-pub use attrs::{AttrRun, AttrStore, Probe, StoreShape, WORST_BYTES_PER_GIB};
+#[cfg(feature = "test-hooks")]
+pub use attrs::StoreShape;
+pub use attrs::{AttrRun, AttrStore, Probe, WORST_BYTES_PER_GIB};
 pub use error::{Errno, Error, Result};
 pub use guest_scope::GuestScope;
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};

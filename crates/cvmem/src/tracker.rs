@@ -117,6 +117,7 @@ pub enum MaxLevel {
 
 /// Per-slot summary of large-page eligibility.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotEligibility {
     /// Bytes that may be mapped with 1G pages.
     pub bytes_1g: u64,

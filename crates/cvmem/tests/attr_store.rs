@@ -232,12 +232,15 @@ fn whole_aligned_entries_of_an_existing_node() {
         store.set(GfnRange::new(e * G1, (e + 1) * G1), P).unwrap();
     }
     store.check_invariants().unwrap();
+    let shape = store.shape();
     assert_eq!(
-        store.shape(),
-        cvmem::StoreShape {
-            private_runs: 1,
-            ..Default::default()
-        }
+        (
+            shape.nodes,
+            shape.regions,
+            shape.dense_regions,
+            shape.private_runs
+        ),
+        (0, 0, 0, 1)
     );
 }
 

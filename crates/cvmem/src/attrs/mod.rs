@@ -51,6 +51,7 @@ const REGION_WORST: usize = DENSE_BYTES + size_of::<Region>() * 9 / 8 + NODE_WOR
 /// its table index.
 const NODE_WORST: usize = (size_of::<Node>() + size_of::<u64>()) * 9 / 8 + node::TABLE_BYTES;
 /// What the store holds whatever its contents: spare regions and nodes and small vectors.
+#[cfg(feature = "test-hooks")]
 const FIXED_WORST: usize =
     SPARE * (size_of::<Region>() + 64 * 8 + 8 * 64) + SPARE * NODE_WORST + 3 * 64;
 
@@ -80,6 +81,7 @@ impl AttrRun {
 
 /// What the fault path needs to know about one gfn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Probe {
     /// The gfn is private.
     pub private: bool,
@@ -89,6 +91,8 @@ pub struct Probe {
 
 /// How the store holds its memory, for reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[cfg(feature = "test-hooks")]
 pub struct StoreShape {
     /// 512G units with a node.
     pub nodes: usize,
@@ -592,6 +596,7 @@ impl AttrStore {
     /// whole `span` is one run): one worst-case region per 1G page and one node per 512G unit
     /// that `span` touches, two runs of units per unit, and the fixed spares. Tested against
     /// hostile operation sequences in `tests/attr_store.rs`.
+    #[cfg(feature = "test-hooks")]
     pub fn bound_for(span: GfnRange) -> usize {
         if span.is_empty() {
             return FIXED_WORST;
@@ -638,6 +643,7 @@ impl AttrStore {
     }
 
     /// How the store holds its memory.
+    #[cfg(feature = "test-hooks")]
     pub fn shape(&self) -> StoreShape {
         StoreShape {
             nodes: self.nodes.len(),
@@ -669,6 +675,7 @@ impl AttrStore {
 
     /// Checks the invariants (canonical form: nothing uniform is stored as mixed, runs maximal,
     /// every index up to date). For tests and fuzzing.
+    #[cfg(feature = "test-hooks")]
     pub fn check_invariants(&self) -> core::result::Result<(), &'static str> {
         if self.keys.len() != self.nodes.len() {
             return Err("node keys and nodes differ in number");

@@ -414,11 +414,13 @@ impl Node {
     }
 
     /// Number of regions in the dense form.
+    #[cfg(feature = "test-hooks")]
     pub(super) fn dense_regions(&self) -> usize {
         self.regions.iter().filter(|r| r.is_dense()).count()
     }
 
     /// Checks the node's invariants.
+    #[cfg(feature = "test-hooks")]
     pub(super) fn check(&self) -> core::result::Result<(), &'static str> {
         let present: u32 = self.present.iter().map(|w| w.count_ones()).sum();
         if present as usize != self.region_count() {

@@ -22,7 +22,7 @@
 use alloc::vec::Vec;
 use core::mem::size_of;
 
-use super::block::{self, Block, BLOCK_REF, INLINE_BACK, INLINE_MAX, PAGE_GFNS};
+use super::block::{self, Block, BLOCK_REF, INLINE_BACK, PAGE_GFNS};
 use super::{grow, Summary};
 use crate::error::Result;
 
@@ -872,6 +872,7 @@ impl Region {
     }
 
     /// Checks the region's invariants (not that it is non-uniform: its node does).
+    #[cfg(feature = "test-hooks")]
     pub(super) fn check(&self) -> core::result::Result<(), &'static str> {
         let mut rank = [0u16; 8];
         for w in 1..8 {
@@ -915,7 +916,7 @@ impl Region {
                             return Err("a block with few boundaries was not made inline");
                         }
                         refs += 1;
-                    } else if !(1..=INLINE_MAX).contains(&block::inline_count(slot)) {
+                    } else if !(1..=block::INLINE_MAX).contains(&block::inline_count(slot)) {
                         return Err("inline slot with a bad boundary count");
                     }
                 }
