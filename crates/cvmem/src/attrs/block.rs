@@ -76,6 +76,25 @@ pub(super) fn fill_changed(b: &mut Block, lo: u32, hi: u32, v: bool) -> bool {
     diff != 0
 }
 
+/// Whether [`fill`] of `[lo, hi)` with `v` would change a bit of `b` (read only).
+#[inline]
+pub(super) fn fill_would_change(b: &Block, lo: u32, hi: u32, v: bool) -> bool {
+    debug_assert!(lo < hi && hi <= PAGE_GFNS);
+    if hi == lo + 1 {
+        return get(b, lo) != v; // one gfn, the common change of a fragmented page
+    }
+    let (first, last) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
+    let head = u64::MAX << (lo % 64);
+    let tail = u64::MAX >> (63 - (hi - 1) % 64);
+    let differs = |w: u64, mask: u64| (if v { !w } else { w }) & mask != 0;
+    if first == last {
+        return differs(b[first], head & tail);
+    }
+    differs(b[first], head)
+        || b[first + 1..last].iter().any(|&w| differs(w, u64::MAX))
+        || differs(b[last], tail)
+}
+
 /// Whether no bit of `b` is set (an OR of the words: no call to `memcmp`).
 #[inline]
 pub(super) fn is_clear(b: &Block) -> bool {

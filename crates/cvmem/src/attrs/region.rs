@@ -82,7 +82,8 @@ enum Stored {
 #[derive(Clone, Copy, Debug)]
 struct At {
     page: u32,
-    /// Its slot's position (the mixed pages before it), whether or not it has a slot.
+    /// Its slot's position (the mixed pages before it), whether or not it has a slot (sparse
+    /// form; 0 in a dense region, which has no slots).
     rank: u32,
     stored: Stored,
 }
@@ -94,14 +95,10 @@ enum Content {
     Uniform(bool),
     /// Mixed with few boundaries: an inline code and the first gfn's kind.
     Inline { code: u64, first: bool },
-    /// Mixed, kept in a block: the page's bits with offsets `[a, b)` set to `v`, made where
-    /// they are stored (so that a plan stays small); `first` is the first gfn's kind after.
-    Fill {
-        a: u32,
-        b: u32,
-        v: bool,
-        first: bool,
-    },
+    /// The page's bits with offsets `[a, b)` set to `v`, made where they are stored (a block,
+    /// or a new one for an inline page outgrowing its code); the page's form then follows its
+    /// bits ([`Region::store_fill`]).
+    Fill { a: u32, b: u32, v: bool },
 }
 
 /// What setting a range of a region to one kind does, worked out on the region as it is: the
@@ -181,17 +178,6 @@ impl Stored {
     }
 }
 
-impl Content {
-    /// The mask bits of a page with these contents: (mixed, first gfn's kind).
-    fn masks(&self) -> (bool, bool) {
-        match *self {
-            Content::Uniform(v) => (false, v),
-            Content::Inline { first, .. } => (true, first),
-            Content::Fill { first, .. } => (true, first),
-        }
-    }
-}
-
 impl Region {
     /// An all-shared region with no heap memory (it gets some from [`Region::reserve_fresh`]).
     pub(super) const fn new() -> Self {
@@ -213,26 +199,31 @@ impl Region {
     #[inline(always)]
     fn at(&self, page: u32) -> At {
         let first = block::get(&self.first, page);
-        let rank = self.rank_of(page) as u32;
-        let stored = if !self.is_mixed(page) {
-            Stored::Uniform(first)
-        } else {
-            match &self.leaves {
-                Leaves::Dense(_) => Stored::Dense { first },
-                Leaves::Sparse { slots, .. } => {
-                    let slot = slots[rank as usize];
-                    if slot & BLOCK_REF != 0 {
-                        Stored::Block {
-                            index: (slot & !BLOCK_REF) as u32,
-                            first,
-                        }
-                    } else {
-                        Stored::Inline { code: slot, first }
+        let mixed = self.is_mixed(page);
+        let (rank, stored) = match &self.leaves {
+            // A dense page has no slot: no rank to count.
+            Leaves::Dense(_) if mixed => (0, Stored::Dense { first }),
+            Leaves::Dense(_) => (0, Stored::Uniform(first)),
+            Leaves::Sparse { .. } if !mixed => (self.rank_of(page), Stored::Uniform(first)),
+            Leaves::Sparse { slots, .. } => {
+                let rank = self.rank_of(page);
+                let slot = slots[rank];
+                let stored = if slot & BLOCK_REF != 0 {
+                    Stored::Block {
+                        index: (slot & !BLOCK_REF) as u32,
+                        first,
                     }
-                }
+                } else {
+                    Stored::Inline { code: slot, first }
+                };
+                (rank, stored)
             }
         };
-        At { page, rank, stored }
+        At {
+            page,
+            rank: rank as u32,
+            stored,
+        }
     }
 
     /// The bits of a page as stored.
@@ -449,47 +440,13 @@ impl Region {
                 };
             }
         }
-        // A block or a mixed page of a dense region, one gfn changing (the common change of a
-        // fragmented page): its form told from the bit's neighbours, without a copy.
-        if b == a + 1 {
-            if let Some(bits) = self.stored_block(&at) {
-                if block::get(bits, a) == v {
-                    return None;
-                }
-                // It stays mixed, and a block, while it keeps more boundaries than these (a
-                // stored block has more than INLINE_BACK; a dense page at least one).
-                let keep = if self.is_dense() { 0 } else { INLINE_BACK };
-                let delta = block::flip_delta(bits, a);
-                if delta >= 0 || block::boundaries_above(bits, keep + delta.unsigned_abs()) {
-                    let first = if a == 0 { v } else { at.stored.first() };
-                    return Some((at, Content::Fill { a, b, v, first }));
-                }
-            }
-        }
-        // Anything else that is no inline edit (a code outgrowing the inline form, a wider
-        // range in a block): the bits worked out aside to choose the form, made again where
-        // they are stored.
-        let mut bits = self.bits_of(&at);
-        if !block::fill_changed(&mut bits, a, b, v) {
-            return None;
-        }
-        let first = bits[0] & 1 != 0;
-        let fill = Content::Fill { a, b, v, first };
-        // Many boundaries: stays (or becomes) a block, and cannot be uniform.
-        if block::boundaries_above(&bits, INLINE_BACK) {
-            return Some((at, fill));
-        }
-        let content = match block::uniform(&bits) {
-            Some(u) => Content::Uniform(u),
-            // A dense region's pages stay blocks; a sparse one's go back inline (hysteresis:
-            // only at INLINE_BACK boundaries or fewer).
-            None if self.is_dense() => fill,
-            None => Content::Inline {
-                code: block::encode(&bits).expect("few boundaries fit inline"),
-                first,
-            },
+        // A block, a mixed page of a dense region, or a code outgrowing the inline form: a
+        // fill of the page's bits, made where they are stored, whose form then follows them.
+        let changes = match self.stored_block(&at) {
+            Some(bits) => block::fill_would_change(bits, a, b, v),
+            None => true, // an inline code that outgrows its form has changed
         };
-        Some((at, content))
+        changes.then_some((at, Content::Fill { a, b, v }))
     }
 
     /// The slots and blocks carrying out `plan` adds (sparse form; a dense region has a block
@@ -516,9 +473,10 @@ impl Region {
                 slots: new_slot,
                 blocks: 0,
             },
+            // A block or a dense page fills in place; an inline page gets a block.
             Content::Fill { .. } => Room {
-                slots: new_slot,
-                blocks: usize::from(!matches!(at.stored, Stored::Block { .. })),
+                slots: 0,
+                blocks: usize::from(matches!(at.stored, Stored::Inline { .. })),
             },
         }
     }
@@ -642,57 +600,33 @@ impl Region {
     /// Returns whether the page changed and is uniform now, so that the region may be.
     #[inline(always)]
     fn store(&mut self, at: At, content: Content) -> bool {
-        let (page, rank) = (at.page, at.rank as usize);
-        let (now_mixed, first) = content.masks();
-        let was_mixed = at.stored.is_mixed();
-        // A page that is and stays a block (the common change of a fragmented page): its bits
-        // and its first gfn's kind, nothing else moves.
-        if let Content::Fill { a, b, v, .. } = content {
-            let stays = match (at.stored, &mut self.leaves) {
-                (Stored::Block { index, .. }, Leaves::Sparse { blocks, .. }) => {
-                    Some(&mut blocks[index as usize])
-                }
-                (Stored::Dense { .. }, Leaves::Dense(blocks)) => Some(&mut blocks[page as usize]),
-                _ => None,
-            };
-            if let Some(bits) = stays {
-                block::fill(bits, a, b, v);
-                block::set(&mut self.first, page, first);
-                return false;
-            }
+        match content {
+            Content::Fill { a, b, v } => self.store_fill(at, a, b, v),
+            _ => self.store_form(at, content),
         }
+    }
+
+    /// The writer's part for a page stored as a code or as uniform (not a fill).
+    #[inline(always)]
+    fn store_form(&mut self, at: At, content: Content) -> bool {
+        let (page, rank) = (at.page, at.rank as usize);
+        let (now_mixed, first) = match content {
+            Content::Uniform(v) => (false, v),
+            Content::Inline { first, .. } => (true, first),
+            Content::Fill { .. } => unreachable!("fills go to store_fill"),
+        };
+        let was_mixed = at.stored.is_mixed();
         match &mut self.leaves {
             Leaves::Dense(blocks) => {
-                let bits = &mut blocks[page as usize];
-                match content {
-                    Content::Uniform(v) => *bits = block::filled(v),
-                    Content::Inline { code, first } => *bits = block::decode(code, first),
-                    Content::Fill { a, b, v, .. } => block::fill(bits, a, b, v),
-                }
+                blocks[page as usize] = match content {
+                    Content::Inline { code, first } => block::decode(code, first),
+                    _ => block::filled(first),
+                };
             }
             Leaves::Sparse { slots, blocks } => {
-                let old_block = match at.stored {
-                    Stored::Block { index, .. } => Some(index as usize),
+                let slot = match content {
+                    Content::Inline { code, .. } => Some(code),
                     _ => None,
-                };
-                let slot = match (content, old_block) {
-                    (Content::Uniform(_), _) => None,
-                    (Content::Inline { code, .. }, _) => Some(code),
-                    (Content::Fill { a, b, v, .. }, Some(index)) => {
-                        block::fill(&mut blocks[index], a, b, v);
-                        Some(BLOCK_REF | index as u64)
-                    }
-                    (Content::Fill { a, b, v, .. }, None) => {
-                        // An inline page outgrowing its code (a uniform one never does).
-                        let Stored::Inline { code, first } = at.stored else {
-                            unreachable!("only an inline page outgrows its code");
-                        };
-                        let mut bits = block::decode(code, first);
-                        block::fill(&mut bits, a, b, v);
-                        debug_assert!(blocks.len() < blocks.capacity(), "room was made");
-                        blocks.push(bits);
-                        Some(BLOCK_REF | (blocks.len() - 1) as u64)
-                    }
                 };
                 match (slot, was_mixed) {
                     (Some(s), true) => slots[rank] = s,
@@ -705,8 +639,8 @@ impl Region {
                     }
                     (None, false) => {}
                 }
-                if let (Some(index), None) = (old_block, slot.filter(|s| s & BLOCK_REF != 0)) {
-                    free_block(slots, blocks, index);
+                if let Stored::Block { index, .. } = at.stored {
+                    free_block(slots, blocks, index as usize);
                 }
             }
         }
@@ -717,6 +651,69 @@ impl Region {
             self.rank_moved(page, now_mixed);
         }
         !now_mixed && (was_mixed || first_was != first)
+    }
+
+    /// The writer's fill: offsets `[a, b)` of page `at` set to `v` in the page's block (a dense
+    /// region's, a sparse one's, or a new one for an inline page outgrowing its code), then the
+    /// page's form made to follow its bits: uniform, back inline at few boundaries (sparse), or
+    /// a block. Returns whether the page turned uniform.
+    #[inline(always)]
+    fn store_fill(&mut self, at: At, a: u32, b: u32, v: bool) -> bool {
+        let page = at.page;
+        let dense = self.is_dense();
+        let bits = match (at.stored, &mut self.leaves) {
+            (Stored::Block { index, .. }, Leaves::Sparse { blocks, .. }) => {
+                &mut blocks[index as usize]
+            }
+            (_, Leaves::Dense(blocks)) => &mut blocks[page as usize],
+            (Stored::Inline { code, first }, Leaves::Sparse { slots, blocks }) => {
+                debug_assert!(blocks.len() < blocks.capacity(), "room was made");
+                blocks.push(block::decode(code, first));
+                slots[at.rank as usize] = BLOCK_REF | (blocks.len() - 1) as u64;
+                blocks.last_mut().expect("just pushed")
+            }
+            _ => unreachable!("a uniform page's edit is an inline code"),
+        };
+        // One gfn whose flip adds boundaries (told from its two neighbours): the page keeps
+        // its form, with no count and no copy — the common change of a fragmented page.
+        let keeps_form = if b == a + 1 {
+            let keeps = block::flip_delta(bits, a) >= 0;
+            block::set(bits, a, v);
+            keeps
+        } else {
+            block::fill(bits, a, b, v);
+            false
+        };
+        let first = bits[0] & 1 != 0;
+        // What the bits call for, if not the block they are in.
+        let form = if keeps_form {
+            None
+        } else if dense {
+            block::uniform(bits).map(Content::Uniform)
+        } else if block::boundaries_above(bits, INLINE_BACK) {
+            None
+        } else {
+            Some(match block::uniform(bits) {
+                Some(u) => Content::Uniform(u),
+                None => Content::Inline {
+                    code: block::encode(bits).expect("few boundaries fit inline"),
+                    first,
+                },
+            })
+        };
+        match form {
+            // The page is (now) a block, or a mixed page of a dense region.
+            None => {
+                block::set(&mut self.first, page, first);
+                if !at.stored.is_mixed() {
+                    block::set(&mut self.mixed, page, true);
+                    self.rank_moved(page, true);
+                }
+                false
+            }
+            // Stored as its bits call for, from the block it is in now.
+            Some(content) => self.store_form(self.at(page), content),
+        }
     }
 
     /// The writer for whole pages: makes 2M pages `[a, b)` all `v`, dropping their slots and
