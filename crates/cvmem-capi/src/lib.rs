@@ -248,7 +248,7 @@ pub extern "C" fn cvmem_set_user_memory_region(
         };
         let region = MemoryRegion {
             slot,
-            gpa,
+            gpa: Gpa(gpa),
             size,
             flags: SlotFlags {
                 guest_memfd: flags & CVMEM_MEM_GUEST_MEMFD != 0,
@@ -297,7 +297,7 @@ pub unsafe extern "C" fn cvmem_map_gpa_range_decode(
             put(
                 out,
                 CvmemMapGpaRequest {
-                    gpa: r.gpa,
+                    gpa: r.gpa.0,
                     size: r.npages << PAGE_SHIFT,
                     to_private: r.private,
                     hint_level: level_number(r.hint),
@@ -358,7 +358,7 @@ pub unsafe extern "C" fn cvmem_max_mapping_level(
             MaxLevel::MemoryFault(f) => CvmemFaultAnswer {
                 kind: CvmemAnswerKind::MemoryFault,
                 level: 0,
-                fault_gpa: f.gpa,
+                fault_gpa: f.gpa.0,
                 fault_size: f.size,
                 fault_private: f.private,
             },
@@ -402,8 +402,8 @@ pub extern "C" fn cvmem_for_each_run(
         };
         let stopped = t.for_each_run(range, |r| {
             let run = CvmemRun {
-                gpa: r.start << PAGE_SHIFT,
-                size: (r.end - r.start) << PAGE_SHIFT,
+                gpa: r.start.gpa().0,
+                size: (r.end.0 - r.start.0) << PAGE_SHIFT,
                 attributes: r.attributes,
             };
             match callback(opaque, &run) {

@@ -578,7 +578,7 @@ mod tests {
         };
         t.set_user_memory_region(&MemoryRegion {
             slot: 0,
-            gpa: 0,
+            gpa: cvmem::Gpa(0),
             size: 4 * G1,
             flags,
             ..Default::default()
@@ -640,7 +640,7 @@ mod tests {
         let mut t = guest();
         t.set_user_memory_region(&cvmem::MemoryRegion {
             slot: 9,
-            gpa: 8 * G1,
+            gpa: cvmem::Gpa(8 * G1),
             size: M2,
             ..Default::default()
         })

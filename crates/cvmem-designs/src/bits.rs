@@ -15,7 +15,7 @@ pub struct PageBits {
 impl PageBits {
     /// Clear bits covering `range` (rounded out to 1G at the start).
     pub fn new(range: GfnRange) -> Self {
-        let origin = Level::G1.align_down(range.start);
+        let origin = Level::G1.align_down(cvmem::Gfn(range.start)).0;
         let len = range.end - origin;
         PageBits {
             origin,

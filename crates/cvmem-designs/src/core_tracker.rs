@@ -27,7 +27,7 @@ impl CvmemDesign {
 fn region(slot: &Slot) -> MemoryRegion {
     MemoryRegion {
         slot: slot.id,
-        gpa: slot.base_gfn << PAGE_SHIFT,
+        gpa: Gpa(slot.base_gfn << PAGE_SHIFT),
         size: slot.size(),
         flags: slot.flags,
         uaddr: Some(slot.uaddr),

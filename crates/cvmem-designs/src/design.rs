@@ -64,7 +64,7 @@ impl Slot {
     }
     /// The large page of `level` around `gfn`, if it lies wholly inside the slot.
     pub const fn large_page(&self, gfn: u64, level: Level) -> Option<GfnRange> {
-        let start = level.align_down(gfn);
+        let start = level.align_down(cvmem::Gfn(gfn)).0;
         let end = start + level.pages();
         if self.base_gfn <= start && end <= self.end_gfn() {
             Some(GfnRange::new(start, end))
@@ -161,7 +161,7 @@ pub fn answer(
         return MaxLevel::NoSlot;
     };
     let fault = MaxLevel::MemoryFault(MemoryFault {
-        gpa: gfn << PAGE_SHIFT,
+        gpa: cvmem::Gpa(gfn << PAGE_SHIFT),
         size: PAGE_SIZE,
         private: access.is_private(),
     });

@@ -83,7 +83,7 @@ impl Design for FlatBitmap {
             || found.is_some_and(|(_, b)| b.get(gfn)),
             |level| {
                 let (_, b) = found.expect("answer() asks only inside a slot");
-                b.uniform_block(level.align_down(gfn), level.pages() / 64)
+                b.uniform_block(level.align_down(cvmem::Gfn(gfn)).0, level.pages() / 64)
                     .is_some()
             },
         )

@@ -31,7 +31,7 @@ pub struct FullyMapped {
 fn region(slot: &Slot, size: u64) -> MemoryRegion {
     MemoryRegion {
         slot: slot.id,
-        gpa: slot.base_gfn << PAGE_SHIFT,
+        gpa: Gpa(slot.base_gfn << PAGE_SHIFT),
         size,
         flags: slot.flags,
         uaddr: (size != 0).then_some(slot.uaddr),
@@ -160,7 +160,7 @@ impl FullyMapped {
 
 fn fault(gfn: u64, access: Access) -> MaxLevel {
     MaxLevel::MemoryFault(MemoryFault {
-        gpa: gfn << PAGE_SHIFT,
+        gpa: Gpa(gfn << PAGE_SHIFT),
         size: PAGE_SIZE,
         private: access.is_private(),
     })

@@ -64,7 +64,7 @@ impl Arrays {
         for level in Level::LARGE {
             let nr = level.pages();
             let first = range.start.div_ceil(nr) * nr;
-            let last = level.align_down(range.end);
+            let last = level.align_down(cvmem::Gfn(range.end)).0;
             if first < last {
                 let (a, b) = ((first - origin) / nr, (last - origin) / nr);
                 match level {
@@ -72,8 +72,8 @@ impl Arrays {
                     _ => self.g1.fill(a, b, uniform),
                 }
             }
-            let head = level.align_down(range.start);
-            let tail = level.align_down(range.end - 1);
+            let head = level.align_down(cvmem::Gfn(range.start)).0;
+            let tail = level.align_down(cvmem::Gfn(range.end - 1)).0;
             for page in [head, tail] {
                 let wholly_covered = page >= range.start && page + nr <= range.end;
                 if !wholly_covered && slot.large_page(page, level).is_some() {

@@ -31,7 +31,7 @@ impl RangeMapDesign {
     }
 
     fn uniform(&self, gfn: u64, level: Level) -> bool {
-        let start = level.align_down(gfn);
+        let start = level.align_down(cvmem::Gfn(gfn)).0;
         let page: Range<u64> = start..start + level.pages();
         match self.map.get_key_value(&gfn) {
             Some((run, _)) => run.start <= page.start && page.end <= run.end,

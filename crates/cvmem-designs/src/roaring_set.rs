@@ -46,7 +46,7 @@ impl RoaringDesign {
     }
 
     fn uniform(&self, gfn: u64, level: Level) -> bool {
-        let start = level.align_down(gfn);
+        let start = level.align_down(cvmem::Gfn(gfn)).0;
         let private = match self.map.get(&((start >> 32) as u32)) {
             Some(b) => {
                 let lo = start as u32;

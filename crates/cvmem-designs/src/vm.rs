@@ -5,7 +5,7 @@
 
 use cvmem::{
     Access, Errno, Error, GfnRange, Gpa, MapGpaRange, MaxLevel, MemoryRegion, SlotChange, Tracker,
-    PAGE_SHIFT, PAGE_SIZE,
+    PAGE_SIZE,
 };
 use cvmem_oplog::{Driver, Executor, Op, Outcome};
 
@@ -81,7 +81,7 @@ impl Rules {
         let change = self.slots.check_user_memory_region(region)?;
         let old = self.slot(region.slot);
         let moved = |old: Slot| Slot {
-            base_gfn: region.gpa >> PAGE_SHIFT,
+            base_gfn: region.gpa.gfn().0,
             flags: cvmem::SlotFlags {
                 dirty_log: region.flags.dirty_log,
                 ..old.flags
@@ -91,7 +91,7 @@ impl Rules {
         Ok(match (change, old) {
             (SlotChange::Created, _) => Action::Create(Slot {
                 id: region.slot,
-                base_gfn: region.gpa >> PAGE_SHIFT,
+                base_gfn: region.gpa.gfn().0,
                 npages: region.size / PAGE_SIZE,
                 flags: region.flags,
                 uaddr: region.new_slot_uaddr(),
@@ -202,7 +202,7 @@ impl Executor for Vm {
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
-        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
+        self.set_attributes(request.gpa, request.size(), request.attributes())
     }
 
     fn query(&mut self, gpa: Gpa, access: Access) -> Result<MaxLevel, Error> {

@@ -54,7 +54,7 @@ pub fn check_map_gpa_range(gpa: u64, npages: u64, attrs: u64) {
     );
     match decoded {
         Ok(r) => {
-            assert_eq!((r.gpa, r.npages), (gpa, npages), "{args}");
+            assert_eq!((r.gpa.0, r.npages), (gpa, npages), "{args}");
             assert_eq!(r.private, attrs & 0x10 != 0, "{args}");
             assert_eq!(r.hint, Level::ALL[(attrs & 0xf) as usize], "{args}");
             assert_eq!(r.flags(), attrs, "{args}: flags() re-encodes");

@@ -60,7 +60,7 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
             } else {
                 u32::from(input.u16())
             },
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size: pages << 12,
             flags: SlotFlags {
                 guest_memfd: input.flag(),
@@ -78,8 +78,8 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
         let start = gfn.saturating_add(u64::from(input.u16()));
         let end = start.saturating_add(1 + u64::from(input.u16()));
         runs.push(RunRecord {
-            start,
-            end,
+            start: cvmem::Gfn(start),
+            end: cvmem::Gfn(end),
             attributes: if input.below(16) == 0 {
                 input.wild_u64()
             } else {
@@ -93,13 +93,13 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
         let level = if input.flag() { Level::M2 } else { Level::G1 };
         let base = memslots
             .get(usize::from(input.below(8)))
-            .map_or(0, |s: &SlotRecord| s.gpa >> 12);
+            .map_or(0, |s: &SlotRecord| s.gpa.gfn().0);
         let gfn = base.saturating_add(u64::from(input.u16()) << level.page_shift());
         inhibited.push(InhibitRecord {
             gfn: if input.below(16) == 0 {
-                input.wild_u64()
+                cvmem::Gfn(input.wild_u64())
             } else {
-                gfn
+                cvmem::Gfn(gfn)
             },
             level,
         });

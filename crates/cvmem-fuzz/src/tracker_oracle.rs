@@ -138,20 +138,20 @@ impl Run<'_> {
         match self.input.below(4) {
             0 => {}
             1 => {
-                self.apply_memslot(slot(0, 0, 2 * G1, gmem));
+                self.apply_memslot(slot(0, Gpa(0), 2 * G1, gmem));
                 self.attrs(0, 2 * G1, PRIVATE);
             }
             2 => {
-                self.apply_memslot(slot(0, 0, G1, gmem));
+                self.apply_memslot(slot(0, Gpa(0), G1, gmem));
                 self.apply_memslot(MemoryRegion {
                     uaddr: Some(G1 + M2 + PAGE_SIZE),
                     backing: Some(Level::M2),
-                    ..slot(1, G1 + M2, G1 + 3 * M2, SlotFlags::default())
+                    ..slot(1, Gpa(G1 + M2), G1 + 3 * M2, SlotFlags::default())
                 });
                 self.attrs(0, 3 * M2 + G1 / 2, PRIVATE);
             }
             _ => {
-                self.apply_memslot(slot(2, M2 + PAGE_SIZE, 3 * G1 - 4 * M2, gmem));
+                self.apply_memslot(slot(2, Gpa(M2 + PAGE_SIZE), 3 * G1 - 4 * M2, gmem));
                 self.attrs(0, 3 * G1, PRIVATE);
             }
         }
@@ -177,7 +177,7 @@ impl Run<'_> {
                 };
                 let t = MapGpaRange::decode(gpa, npages, flags).and_then(|r| {
                     self.tracker
-                        .set_memory_attributes(Gpa(r.gpa), r.size(), r.attributes())
+                        .set_memory_attributes(r.gpa, r.size(), r.attributes())
                         .map(|_| r)
                 });
                 let m = self.model.map_gpa(gpa, npages, flags);
@@ -186,7 +186,7 @@ impl Run<'_> {
                 assert_eq!(errno(&t), m, "map-gpa {gpa:#x} {npages:#x} {flags:#x}");
                 assert_eq!(t, f, "front: map-gpa {gpa:#x} {npages:#x} {flags:#x}");
                 if let Ok(r) = t {
-                    self.probe_edges(r.gpa, r.size());
+                    self.probe_edges(r.gpa.0, r.size());
                 }
             }
             10..=13 => {
@@ -204,7 +204,7 @@ impl Run<'_> {
                 assert_eq!(t, f, "front: inhibit {gfn:#x} {level}");
                 if t.is_ok() {
                     self.model.set_guest_inhibit(gfn, level);
-                    self.probe_edges(Level::G1.align_down(gfn) * PAGE_SIZE, G1);
+                    self.probe_edges(Level::G1.align_down(Gfn(gfn)).0 * PAGE_SIZE, G1);
                 }
             }
         }
@@ -237,7 +237,7 @@ impl Run<'_> {
         };
         self.apply_memslot(MemoryRegion {
             slot: id,
-            gpa,
+            gpa: Gpa(gpa),
             size,
             flags,
             uaddr,
@@ -270,7 +270,7 @@ impl Run<'_> {
         let t = self.tracker.set_user_memory_region(&r);
         let m = self.model.set_memslot(
             id,
-            gpa,
+            gpa.0,
             size,
             flags.guest_memfd,
             flags.dirty_log,
@@ -282,7 +282,7 @@ impl Run<'_> {
         assert_eq!(errno(&t), m, "memslot {r:?}");
         assert_eq!(t, f, "front: memslot {r:?}");
         if t.is_ok() {
-            self.probe_edges(gpa, size);
+            self.probe_edges(gpa.0, size);
         }
     }
 
@@ -317,8 +317,8 @@ impl Run<'_> {
         let runs: Vec<(u64, u64, u64)> = self
             .tracker
             .nonzero_runs()
-            .filter(|r| r.start < WINDOW)
-            .map(|r| (r.start, r.end.min(WINDOW), r.attributes))
+            .filter(|r| r.start.0 < WINDOW)
+            .map(|r| (r.start.0, r.end.0.min(WINDOW), r.attributes))
             .collect();
         assert_eq!(runs, self.model.nonzero_runs(), "attribute runs");
         assert_eq!(

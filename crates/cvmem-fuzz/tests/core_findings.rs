@@ -20,7 +20,7 @@ fn a_reversed_gfn_range_is_empty_and_has_no_length() {
 #[test]
 fn a_hand_built_map_gpa_range_does_not_panic() {
     let forged = MapGpaRange {
-        gpa: 0xffff_ffff_ffff_f000,
+        gpa: cvmem::Gpa(0xffff_ffff_ffff_f000),
         npages: u64::MAX,
         private: true,
         hint: Level::K4,

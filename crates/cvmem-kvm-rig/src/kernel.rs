@@ -218,7 +218,7 @@ impl KernelVm {
     /// address space) is passed on without any, so that KVM, not an mmap, says why.
     fn memory_for(&self, r: &MemoryRegion) -> Option<(HostMemory, HostPages)> {
         let plausible = r.size % PAGE_SIZE == 0
-            && r.gpa % PAGE_SIZE == 0
+            && r.gpa.is_aligned(cvmem::Level::K4)
             && r.size / PAGE_SIZE <= cvmem::MAX_SLOT_PAGES
             && r.gpa.checked_add(r.size).is_some()
             && r.new_slot_uaddr() % PAGE_SIZE == 0;
@@ -284,13 +284,13 @@ impl Executor for KernelVm {
             let mut region = kvm_bindings::kvm_userspace_memory_region2 {
                 slot: r.slot,
                 flags,
-                guest_phys_addr: r.gpa,
+                guest_phys_addr: r.gpa.0,
                 memory_size: r.size,
                 userspace_addr: r.new_slot_uaddr(),
                 ..Default::default()
             };
             if let Some(m) = &mem {
-                let base = m.user_memory_region(r.slot, r.gpa, r.flags);
+                let base = m.user_memory_region(r.slot, r.gpa.0, r.flags);
                 region.userspace_addr = base.userspace_addr;
                 region.guest_memfd = base.guest_memfd;
             }
@@ -305,7 +305,7 @@ impl Executor for KernelVm {
                     }),
                     uaddr: r.new_slot_uaddr(),
                     size: r.size,
-                    gpa: r.gpa,
+                    gpa: r.gpa.0,
                     dirty_log: r.flags.dirty_log,
                 },
             );
@@ -314,7 +314,7 @@ impl Executor for KernelVm {
         // An existing slot: the same host memory, unless the request names another address.
         let (hva, gmem) = match &old.mem {
             Some(m) => {
-                let base = m.user_memory_region(r.slot, r.gpa, r.flags);
+                let base = m.user_memory_region(r.slot, r.gpa.0, r.flags);
                 (base.userspace_addr, base.guest_memfd)
             }
             None => (old.uaddr, 0),
@@ -332,7 +332,7 @@ impl Executor for KernelVm {
         self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
             slot: r.slot,
             flags,
-            guest_phys_addr: r.gpa,
+            guest_phys_addr: r.gpa.0,
             memory_size: r.size,
             userspace_addr: hva,
             guest_memfd: gmem,
@@ -343,9 +343,9 @@ impl Executor for KernelVm {
             return Ok(SlotChange::Deleted { old: old_range });
         }
         if let Some(s) = self.slots.get_mut(&r.slot) {
-            (s.gpa, s.dirty_log) = (r.gpa, r.flags.dirty_log);
+            (s.gpa, s.dirty_log) = (r.gpa.0, r.flags.dirty_log);
         }
-        Ok(if r.gpa != old_gpa {
+        Ok(if r.gpa != Gpa(old_gpa) {
             SlotChange::Moved { old: old_range }
         } else if r.flags.dirty_log != old_dirty_log {
             SlotChange::DirtyLog {
@@ -365,7 +365,7 @@ impl Executor for KernelVm {
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
-        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
+        self.set_attributes(request.gpa, request.size(), request.attributes())
     }
 
     /// KVM's answer for an access of the page's own kind (a SW_PROTECTED VM's accesses are of
@@ -393,7 +393,7 @@ impl Executor for KernelVm {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(MaxLevel::NoSlot),
             Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                 Ok(MaxLevel::MemoryFault(MemoryFault {
-                    gpa: page.0,
+                    gpa: page,
                     size: PAGE_SIZE,
                     private: own != 0 || access.is_private(),
                 }))

@@ -479,7 +479,7 @@ impl Runner {
                 }
                 for r in query.runs(Gpa(s.gpa), s.size)? {
                     if r.attributes != 0 {
-                        let (gpa, size) = (r.start * PAGE_SIZE, (r.end - r.start) * PAGE_SIZE);
+                        let (gpa, size) = (r.start.gpa().0, (r.end.0 - r.start.0) * PAGE_SIZE);
                         match actual.last_mut() {
                             Some(last) if last.0 + last.1 == gpa => last.1 += size,
                             _ => actual.push((gpa, size)),
@@ -515,7 +515,7 @@ impl Runner {
         for s in &map.slots {
             for r in query.runs(Gpa(s.gpa), s.size)? {
                 if r.attributes == 0 {
-                    let (start, end) = (r.start * PAGE_SIZE, r.end * PAGE_SIZE);
+                    let (start, end) = (r.start.gpa().0, r.end.gpa().0);
                     match shared.last_mut() {
                         Some(last) if last.1 == start => last.1 = end,
                         _ => shared.push((start, end)),

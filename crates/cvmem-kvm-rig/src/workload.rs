@@ -94,7 +94,7 @@ pub(crate) fn build(src: &Source, caps: &HostCaps, attributes_in_kvm: bool) -> P
 fn slot(slot: u32, gpa: u64, size: u64, backing: Backing) -> SlotSpec {
     SlotSpec {
         slot,
-        gpa,
+        gpa: cvmem::Gpa(gpa),
         size,
         backing,
         max_level: Level::G1,

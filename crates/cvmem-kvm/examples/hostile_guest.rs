@@ -19,7 +19,7 @@ fn guest() -> CvmMemory {
     let m = CvmMemory::detached();
     m.add_slot(&SlotSpec {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: RAM,
         backing: Backing::Anonymous,
         max_level: Level::G1,
@@ -161,7 +161,7 @@ fn snapshots() -> Vec<(String, TrackerSnapshot)> {
             let gpa = u64::from(i) << 43;
             t.set_user_memory_region(&cvmem::MemoryRegion {
                 slot: i,
-                gpa,
+                gpa: Gpa(gpa),
                 size: cvmem::MAX_SLOT_PAGES * PAGE_SIZE,
                 ..Default::default()
             })
@@ -177,7 +177,7 @@ fn snapshots() -> Vec<(String, TrackerSnapshot)> {
     let mut t = Tracker::new();
     t.set_user_memory_region(&cvmem::MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: 1 << 40,
         ..Default::default()
     })
@@ -190,7 +190,7 @@ fn snapshots() -> Vec<(String, TrackerSnapshot)> {
     let mut t = Tracker::new();
     t.set_user_memory_region(&cvmem::MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: RAM,
         ..Default::default()
     })

@@ -57,7 +57,7 @@
 //! let vm = Arc::new(cvm.vm);
 //! let memory = CvmMemory::new(Arc::clone(&vm));
 //! memory.add_slot(&SlotSpec {
-//!     slot: 0, gpa: 0, size: 2 << 30,
+//!     slot: 0, gpa: Gpa(0), size: 2 << 30,
 //!     backing: Backing::GuestMemfdInPlace, max_level: Level::G1,
 //! })?;
 //! memory.set_attributes(Gpa(0), 2 << 30, cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // boot private

@@ -36,7 +36,7 @@ pub struct SlotSpec {
     /// Slot id (0 ..= 32763).
     pub slot: u32,
     /// First guest-physical byte (4 KiB aligned).
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes (4 KiB aligned, non-zero).
     pub size: u64,
     /// Host memory behind it.
@@ -340,7 +340,7 @@ impl CvmMemory {
                 .map(|r| SlotRange {
                     slot,
                     range: r.range(),
-                    hva: info.hva + (r.start - base) * PAGE_SIZE,
+                    hva: info.hva + (r.start.0 - base) * PAGE_SIZE,
                 })
                 .collect()
         })

@@ -227,8 +227,8 @@ impl MemoryQuery {
             .flat_map(|s| all.tracker().runs(s.range()))
             .map(|r| {
                 (
-                    r.start * PAGE_SIZE,
-                    (r.end - r.start) * PAGE_SIZE,
+                    r.start.gpa().0,
+                    (r.end.0 - r.start.0) * PAGE_SIZE,
                     Access::from_private(r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
                 )
             })
@@ -263,7 +263,7 @@ impl MemoryQuery {
             if r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
                 return std::ops::ControlFlow::<()>::Continue(());
             }
-            let run = GfnRange::new(r.start, r.end);
+            let run = r.range();
             // Runs and memslots are both in address order: one merge.
             while next < ranges.len() && ranges[next].end <= run.start {
                 next += 1;

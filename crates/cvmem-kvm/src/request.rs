@@ -217,7 +217,7 @@ impl ConversionRequest {
         } else {
             0
         };
-        Self::from_memory_fault(flags, fault.gpa, fault.size)
+        Self::from_memory_fault(flags, fault.gpa.0, fault.size)
     }
 
     /// First byte of the range.

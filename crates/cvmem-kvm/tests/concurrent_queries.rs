@@ -27,7 +27,7 @@ fn memory() -> CvmMemory {
     let m = CvmMemory::detached();
     m.add_slot(&SlotSpec {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: SLOT_SIZE,
         backing: Backing::Anonymous,
         max_level: Level::G1,

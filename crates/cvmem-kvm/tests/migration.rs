@@ -11,7 +11,7 @@ fn vm(slots: &[(u32, u64, u64)]) -> CvmMemory {
     for &(slot, gpa, size) in slots {
         m.add_slot(&SlotSpec {
             slot,
-            gpa,
+            gpa: Gpa(gpa),
             size,
             backing: Backing::Anonymous,
             max_level: Level::G1,

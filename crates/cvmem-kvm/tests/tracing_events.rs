@@ -71,7 +71,7 @@ fn conversions_failures_and_rollbacks_are_traced() {
         let m = CvmMemory::detached();
         m.add_slot(&SlotSpec {
             slot: 0,
-            gpa: 0,
+            gpa: Gpa(0),
             size: 4 << 20,
             backing: Backing::Anonymous,
             max_level: Level::G1,

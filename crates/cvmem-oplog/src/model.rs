@@ -8,7 +8,7 @@ use cvmem::mmu::{
 };
 use cvmem::{
     Access, Errno, Error, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange,
-    SlotEligibility, Tracker, PAGE_SHIFT, PAGE_SIZE,
+    SlotEligibility, Tracker, PAGE_SIZE,
 };
 
 use crate::exec::{Driver, Executor, Outcome};
@@ -155,8 +155,8 @@ impl Replayer {
             .nonzero_runs()
             .map(|r| {
                 (
-                    r.start << PAGE_SHIFT,
-                    (r.end - r.start).saturating_mul(PAGE_SIZE),
+                    r.start.gpa().0,
+                    (r.end.0 - r.start.0).saturating_mul(PAGE_SIZE),
                     r.attributes,
                 )
             })

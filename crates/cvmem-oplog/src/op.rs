@@ -152,7 +152,7 @@ impl Op {
             match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
                 Some(slot) => Ok(MemoryRegion {
                     slot,
-                    gpa,
+                    gpa: cvmem::Gpa(gpa),
                     size,
                     flags,
                     uaddr,
@@ -177,8 +177,7 @@ impl Op {
                 attributes,
             } => Some(Ok((Gpa(gpa), size, attributes))),
             Op::MapGpa { gpa, npages, flags } => Some(
-                MapGpaRange::decode(gpa, npages, flags)
-                    .map(|r| (Gpa(r.gpa), r.size(), r.attributes())),
+                MapGpaRange::decode(gpa, npages, flags).map(|r| (r.gpa, r.size(), r.attributes())),
             ),
             _ => None,
         }

@@ -115,7 +115,7 @@ pub fn json(line: usize, op: &Op, outcome: &Outcome) -> Option<serde_json::Value
             if let MaxLevel::MemoryFault(f) = m {
                 obj.insert(
                     "exit".into(),
-                    json!({"gpa": f.gpa, "size": f.size, "private": f.private}),
+                    json!({"gpa": f.gpa.0, "size": f.size, "private": f.private}),
                 );
             }
         }

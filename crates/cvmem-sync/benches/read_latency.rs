@@ -38,7 +38,7 @@ fn fragmented_guest() -> Tracker {
     let mut t = Tracker::new();
     t.set_user_memory_region(&MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: T1,
         flags: SlotFlags {
             guest_memfd: true,

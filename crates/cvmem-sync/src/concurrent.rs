@@ -3,7 +3,7 @@
 
 use cvmem::{
     Access, AttrRequest, AttrRun, Gfn, GfnRange, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion,
-    Result, SlotChange, Tracker, GFN_END, PAGE_SHIFT, PAGE_SIZE,
+    Result, SlotChange, Tracker, GFN_END, PAGE_SIZE,
 };
 
 use core::ops::ControlFlow;
@@ -118,7 +118,7 @@ impl ConcurrentTracker {
                     return Some(b);
                 }
             }
-            from = batch.last().map_or(range.end, |r| r.end);
+            from = batch.last().map_or(range.end, |r| r.end.0);
         }
         None
     }
@@ -286,8 +286,7 @@ impl ConcurrentTracker {
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
         let mut writer = self.state.writer();
-        let start = Level::G1.align_down(gfn.0.min(GFN_END - 1));
-        let range = GfnRange::new(start, start + Level::G1.pages());
+        let range = Level::G1.page_of(Gfn(gfn.0.min(GFN_END - 1)));
         let _invalidation = self.invalidate.begin(range);
         zap(range);
         writer.apply(|s| {
@@ -373,7 +372,7 @@ fn slot_change_range(old: Option<GfnRange>, r: &MemoryRegion) -> GfnRange {
         .gpa
         .checked_add(r.size)
         .filter(|_| r.size != 0)
-        .map(|end| GfnRange::new(r.gpa >> PAGE_SHIFT, end.div_ceil(PAGE_SIZE).min(GFN_END)));
+        .map(|end| GfnRange::new(r.gpa.gfn().0, end.0.div_ceil(PAGE_SIZE).min(GFN_END)));
     match (old, new) {
         (Some(a), Some(b)) => GfnRange::new(a.start.min(b.start), a.end.max(b.end)),
         (Some(a), None) | (None, Some(a)) => a,

@@ -36,10 +36,7 @@ impl FaultTicket {
     pub fn range(&self) -> GfnRange {
         let gfn = self.gpa.gfn().0;
         match self.answer {
-            MaxLevel::Level(level) => {
-                let start = level.align_down(gfn);
-                GfnRange::new(start, start + level.pages())
-            }
+            MaxLevel::Level(level) => level.page_of(cvmem::Gfn(gfn)),
             MaxLevel::NoSlot | MaxLevel::MemoryFault(_) => GfnRange::new(gfn, gfn + 1),
         }
     }

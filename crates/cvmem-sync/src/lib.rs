@@ -21,7 +21,7 @@
 //!
 //! let vm = ConcurrentTracker::new(Tracker::new());
 //! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
-//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags, ..Default::default() })?;
+//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: Gpa(0), size: 4 << 30, flags, ..Default::default() })?;
 //! vm.set_memory_attributes(Gpa(0), 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
 //! std::thread::scope(|s| {
 //!     s.spawn(|| vm.set_memory_attributes(Gpa(0x1000_0000), 4096, 0)); // a vCPU converts a page

@@ -106,7 +106,7 @@ fn small_guest() -> ConcurrentTracker {
     let mut t = Tracker::new();
     t.set_user_memory_region(&MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: 4 << 20,
         flags: SlotFlags {
             guest_memfd: true,

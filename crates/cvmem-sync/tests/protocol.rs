@@ -25,7 +25,7 @@ fn private_guest() -> ConcurrentTracker {
     };
     vm.set_user_memory_region(&MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: 4 * G1,
         flags,
         ..Default::default()
@@ -140,13 +140,13 @@ fn memslot_changes_invalidate_old_and_new_ranges() {
         ..Default::default()
     };
     let mut seen = Vec::new();
-    vm.set_user_memory_region_with(&slot(G1, G1, false), |r| seen.push(r))
+    vm.set_user_memory_region_with(&slot(Gpa(G1), G1, false), |r| seen.push(r))
         .unwrap();
-    vm.set_user_memory_region_with(&slot(3 * G1, G1, false), |r| seen.push(r))
+    vm.set_user_memory_region_with(&slot(Gpa(3 * G1), G1, false), |r| seen.push(r))
         .unwrap();
-    vm.set_user_memory_region_with(&slot(3 * G1, G1, true), |r| seen.push(r))
+    vm.set_user_memory_region_with(&slot(Gpa(3 * G1), G1, true), |r| seen.push(r))
         .unwrap();
-    vm.set_user_memory_region_with(&slot(3 * G1, 0, false), |r| seen.push(r))
+    vm.set_user_memory_region_with(&slot(Gpa(3 * G1), 0, false), |r| seen.push(r))
         .unwrap();
     let gfns = |a: u64, b: u64| GfnRange::new(a / K4, b / K4);
     assert_eq!(

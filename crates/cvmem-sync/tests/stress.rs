@@ -68,7 +68,7 @@ enum Change {
 fn slots() -> [MemoryRegion; 2] {
     let gmem = MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: 4 * G1,
         flags: SlotFlags {
             guest_memfd: true,
@@ -78,7 +78,7 @@ fn slots() -> [MemoryRegion; 2] {
     };
     let plain = MemoryRegion {
         slot: 1,
-        gpa: 4 * G1,
+        gpa: Gpa(4 * G1),
         size: G1 + 256 * M2,
         ..Default::default()
     };
@@ -94,7 +94,7 @@ fn changes(rng: &mut Rng) -> Vec<Change> {
             0 => {
                 // Move the plain slot between 4G and 4G + 512M, or toggle dirty logging.
                 if rng.below(2) == 0 {
-                    plain_at = 4 * G1 + rng.below(256) * M2;
+                    plain_at = Gpa(4 * G1 + rng.below(256) * M2);
                 } else {
                     dirty = !dirty;
                 }
@@ -153,7 +153,7 @@ struct Mmu {
 impl Mmu {
     fn zap(&self, range: GfnRange) {
         let mut leaves = self.leaves.lock().unwrap();
-        let from = (Level::G1.align_down(range.start), Level::K4, false);
+        let from = (Level::G1.align_down(Gfn(range.start)).0, Level::K4, false);
         let hit: Vec<Leaf> = leaves
             .range(from..(range.end, Level::K4, false))
             .filter(|&&(start, level, _)| start + level.pages() > range.start)

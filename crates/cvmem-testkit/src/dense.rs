@@ -190,7 +190,7 @@ impl DenseModel {
             return;
         };
         for l in Level::LARGE.into_iter().filter(|&l| l > level) {
-            let start = l.align_down(gfn);
+            let start = l.align_down(cvmem::Gfn(gfn)).0;
             if slot.base <= start && start + l.pages() <= slot.base + slot.npages {
                 self.inhibit.insert((slot.id, l.page_shift().into(), start));
             }
@@ -205,7 +205,7 @@ impl DenseModel {
         };
         let private = access == Access::Private;
         let fault = MaxLevel::MemoryFault(MemoryFault {
-            gpa: gfn << PAGE_SHIFT,
+            gpa: cvmem::Gpa(gfn << PAGE_SHIFT),
             size: PAGE_SIZE,
             private,
         });
@@ -232,7 +232,7 @@ impl DenseModel {
             slot.backing
         };
         for level in [Level::G1, Level::M2] {
-            let start = level.align_down(gfn);
+            let start = level.align_down(cvmem::Gfn(gfn)).0;
             let end = start + level.pages();
             let ok = level <= max
                 && slot.base <= start
@@ -253,7 +253,7 @@ impl DenseModel {
     pub fn eligibility(&self, id: u32) -> Option<[u64; 3]> {
         let slot = self.slots.iter().find(|s| s.id == id)?;
         let (mut g1, mut m2) = (0, 0);
-        let mut gfn = Level::M2.align_down(slot.base);
+        let mut gfn = Level::M2.align_down(cvmem::Gfn(slot.base)).0;
         while gfn < slot.base + slot.npages {
             match self.slot_level(slot, gfn.max(slot.base)) {
                 Level::G1 => g1 += Level::M2.size(),

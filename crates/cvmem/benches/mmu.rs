@@ -39,7 +39,7 @@ fn guest(layout: Layout, recovery: Recovery, backing: Level) -> Vm {
     let mut vm = Vm::new(layout, recovery);
     vm.set_user_memory_region(&MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: GUEST,
         flags: gmem(),
         uaddr: None,
@@ -192,7 +192,7 @@ fn fragmenting_workload(recovery: Recovery) -> Vm {
     let mut vm = guest(Layout::SPLIT, recovery, Level::G1);
     vm.set_user_memory_region(&MemoryRegion {
         slot: 1,
-        gpa: 128 * G1,
+        gpa: Gpa(128 * G1),
         size: 4 * G1,
         flags: SlotFlags::default(),
         uaddr: None,
@@ -225,7 +225,7 @@ fn fragmenting_workload(recovery: Recovery) -> Vm {
     }
     let slot1 = |dirty_log| MemoryRegion {
         slot: 1,
-        gpa: 128 * G1,
+        gpa: Gpa(128 * G1),
         size: 4 * G1,
         flags: SlotFlags {
             dirty_log,

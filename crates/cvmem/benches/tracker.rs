@@ -30,7 +30,7 @@ fn guest_1t() -> Tracker {
     };
     t.set_user_memory_region(&MemoryRegion {
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: T1,
         flags,
         uaddr: None,

@@ -28,12 +28,35 @@ impl Gpa {
     pub const fn is_aligned(self, level: Level) -> bool {
         self.0 & (level.size() - 1) == 0
     }
+    /// The address `bytes` further on, if it does not pass the end of the 64-bit space.
+    pub const fn checked_add(self, bytes: u64) -> Option<Gpa> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(Gpa(a)),
+            None => None,
+        }
+    }
 }
 
 impl Gfn {
     /// The first byte of the frame.
     pub const fn gpa(self) -> Gpa {
         Gpa(self.0 << PAGE_SHIFT)
+    }
+}
+
+/// The address `bytes` further on (wrapping is the caller's to rule out, as with `u64`).
+impl core::ops::Add<u64> for Gpa {
+    type Output = Gpa;
+    fn add(self, bytes: u64) -> Gpa {
+        Gpa(self.0 + bytes)
+    }
+}
+
+/// The frame `pages` further on.
+impl core::ops::Add<u64> for Gfn {
+    type Output = Gfn;
+    fn add(self, pages: u64) -> Gfn {
+        Gfn(self.0 + pages)
     }
 }
 
@@ -126,11 +149,24 @@ impl Level {
         }
     }
     /// The first gfn of the page of this level that contains `gfn`.
-    pub const fn align_down(self, gfn: u64) -> u64 {
-        gfn & !(self.pages() - 1)
+    pub const fn align_down(self, gfn: Gfn) -> Gfn {
+        Gfn(self.align_gfn(gfn.0))
     }
     /// Whether `gfn` is the first gfn of a page of this level.
-    pub const fn is_aligned(self, gfn: u64) -> bool {
+    pub const fn is_aligned(self, gfn: Gfn) -> bool {
+        self.is_aligned_gfn(gfn.0)
+    }
+    /// The gfns of the page of this level that holds `gfn`.
+    pub const fn page_of(self, gfn: Gfn) -> GfnRange {
+        let start = self.align_gfn(gfn.0);
+        GfnRange::new(start, start + self.pages())
+    }
+    /// [`Level::align_down`] of a gfn's number, for the store's and the model's arithmetic.
+    pub(crate) const fn align_gfn(self, gfn: u64) -> u64 {
+        gfn & !(self.pages() - 1)
+    }
+    /// [`Level::is_aligned`] of a gfn's number.
+    pub(crate) const fn is_aligned_gfn(self, gfn: u64) -> bool {
         gfn & (self.pages() - 1) == 0
     }
     /// The name used by KVM and the op-log: `4K`, `2M` or `1G`.

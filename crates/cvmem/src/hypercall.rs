@@ -1,6 +1,6 @@
 //! Decoding of the guest's KVM_HC_MAP_GPA_RANGE hypercall.
 
-use crate::addr::{GfnRange, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::tracker::{Access, AttrRequest};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -16,7 +16,7 @@ pub const KVM_MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0xf;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MapGpaRange {
     /// First byte, page aligned.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Number of 4 KiB pages, at least 1.
     pub npages: u64,
     /// Make private (bit 4 set) or shared.
@@ -61,7 +61,7 @@ impl MapGpaRange {
         let size = npages.checked_mul(PAGE_SIZE).ok_or(overflow.clone())?;
         gpa.checked_add(size).ok_or(overflow)?;
         Ok(MapGpaRange {
-            gpa,
+            gpa: Gpa(gpa),
             npages,
             private: attrs & KVM_MAP_GPA_RANGE_ENCRYPTED != 0,
             hint,
@@ -75,7 +75,7 @@ impl MapGpaRange {
 
     /// The gfns the request covers (clipped to the gfn space for a hand-built value).
     pub const fn range(&self) -> GfnRange {
-        let start = self.gpa >> PAGE_SHIFT;
+        let start = self.gpa.gfn().0;
         let end = start.saturating_add(self.npages);
         GfnRange::new(start, if end > GFN_END { GFN_END } else { end })
     }

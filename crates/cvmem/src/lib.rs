@@ -23,7 +23,7 @@
 //!
 //! let mut vm = Tracker::new();
 //! let guest_memfd = SlotFlags { guest_memfd: true, ..Default::default() };
-//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 4 << 30, flags: guest_memfd, ..Default::default() })?;
+//! vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: Gpa(0), size: 4 << 30, flags: guest_memfd, ..Default::default() })?;
 //! vm.set_memory_attributes(Gpa(0), 4 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?; // all private
 //! vm.set_memory_attributes(Gpa(0x1000_0000), 4096, 0)?;                      // one page shared
 //! assert_eq!(vm.max_mapping_level(Gpa(0x4000_0000), Access::Private), MaxLevel::Level(Level::G1));

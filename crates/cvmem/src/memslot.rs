@@ -1,6 +1,6 @@
 //! Memslots as KVM_SET_USER_MEMORY_REGION2 defines them.
 
-use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{GfnRange, Gpa, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::lpage::LpageInfo;
 
@@ -47,7 +47,7 @@ pub struct MemoryRegion {
     /// Slot id, 0 ..= [`MAX_SLOT_ID`].
     pub slot: u32,
     /// Guest physical address of the first byte.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes; 0 deletes the slot.
     pub size: u64,
     /// Flags.
@@ -65,7 +65,7 @@ impl MemoryRegion {
     pub const fn new_slot_uaddr(&self) -> u64 {
         match self.uaddr {
             Some(uaddr) => uaddr,
-            None => self.gpa,
+            None => self.gpa.0,
         }
     }
     /// The backing a new slot gets: `backing`, or 1G when none is given.
@@ -178,10 +178,10 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
             max: MAX_SLOT_ID,
         });
     }
-    if r.gpa % PAGE_SIZE != 0 {
+    if !r.gpa.is_aligned(Level::K4) {
         return Err(Error::Unaligned {
             what: "memslot gpa",
-            value: r.gpa,
+            value: r.gpa.0,
             align: PAGE_SIZE,
         });
     }
@@ -202,7 +202,7 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
     if r.gpa.checked_add(r.size).is_none() {
         return Err(Error::Overflow {
             what: "memslot",
-            start: r.gpa,
+            start: r.gpa.0,
             size: r.size,
         });
     }

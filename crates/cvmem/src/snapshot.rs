@@ -22,7 +22,7 @@
 
 use alloc::vec::Vec;
 
-use crate::addr::{Gfn, GfnRange, Level};
+use crate::addr::{Gfn, GfnRange, Gpa, Level};
 use crate::error::{Error, Result};
 use crate::memslot::{MemoryRegion, SlotFlags};
 use crate::tracker::Tracker;
@@ -43,7 +43,7 @@ pub struct SlotRecord {
     /// Slot id.
     pub id: u32,
     /// First byte.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes.
     pub size: u64,
     /// Flags.
@@ -61,11 +61,18 @@ pub struct SlotRecord {
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RunRecord {
     /// First gfn.
-    pub start: u64,
+    pub start: Gfn,
     /// One past the last gfn.
-    pub end: u64,
+    pub end: Gfn,
     /// The attributes.
     pub attributes: u64,
+}
+
+impl RunRecord {
+    /// The run's gfns.
+    pub const fn range(&self) -> GfnRange {
+        GfnRange::new(self.start.0, self.end.0)
+    }
 }
 
 /// A large page with GUEST_INHIBIT: its first gfn and its level (2M or 1G).
@@ -74,7 +81,7 @@ pub struct RunRecord {
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct InhibitRecord {
     /// First gfn of the large page.
-    pub gfn: u64,
+    pub gfn: Gfn,
     /// Its level.
     pub level: Level,
 }
@@ -105,7 +112,7 @@ impl Tracker {
             .memslots()
             .map(|s| SlotRecord {
                 id: s.id(),
-                gpa: s.gpa(),
+                gpa: Gpa(s.gpa()),
                 size: s.size(),
                 flags: s.flags(),
                 host_offset: s.uaddr().wrapping_sub(s.gpa()) & HOST_OFFSET_MASK,
@@ -124,7 +131,10 @@ impl Tracker {
         for level in [Level::M2, Level::G1] {
             for s in self.memslots() {
                 let gfns = s.lpage(level).inhibited_gfns();
-                inhibited.extend(gfns.map(|gfn| InhibitRecord { gfn, level }));
+                inhibited.extend(gfns.map(|gfn| InhibitRecord {
+                    gfn: Gfn(gfn),
+                    level,
+                }));
             }
         }
         TrackerSnapshot {
@@ -162,17 +172,17 @@ impl Tracker {
                 gpa: s.gpa,
                 size: s.size,
                 flags: s.flags,
-                uaddr: Some(s.gpa.wrapping_add(s.host_offset)),
+                uaddr: Some(s.gpa.0.wrapping_add(s.host_offset)),
                 backing: Some(s.backing),
             })?;
         }
-        let mut last_end = 0;
+        let mut last_end = Gfn(0);
         for r in &snapshot.runs {
             if r.start >= r.end || r.start < last_end {
                 return bad("runs empty, reversed, overlapping or out of order");
             }
             last_end = r.end;
-            t.set_range_attributes(GfnRange::new(r.start, r.end), r.attributes)?;
+            t.set_range_attributes(GfnRange::new(r.start.0, r.end.0), r.attributes)?;
         }
         t.restore_inhibits(&snapshot.inhibited)?;
         if t.snapshot() != *snapshot {
@@ -196,13 +206,13 @@ impl Tracker {
         let mut fresh = self.fresh_inhibits()?;
         let mut last: Option<(Level, u64)> = None;
         for r in records {
-            if r.level == Level::K4 || last.is_some_and(|l| l >= (r.level, r.gfn)) {
+            if r.level == Level::K4 || last.is_some_and(|l| l >= (r.level, r.gfn.0)) {
                 return Err(Error::BadSnapshot {
                     why: "inhibit records of 4K, repeated or out of order",
                 });
             }
-            last = Some((r.level, r.gfn));
-            if !self.add_inhibit(&mut fresh, Gfn(r.gfn), r.level)? {
+            last = Some((r.level, r.gfn.0));
+            if !self.add_inhibit(&mut fresh, r.gfn, r.level)? {
                 return Err(Error::BadSnapshot {
                     why: "an inhibit record that is not a large page wholly inside a memslot",
                 });

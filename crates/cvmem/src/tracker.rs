@@ -96,7 +96,7 @@ impl AttrRequest {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MemoryFault {
     /// Page-aligned guest physical address.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes (one page).
     pub size: u64,
     /// KVM_MEMORY_EXIT_FLAG_PRIVATE: the access was private.
@@ -344,7 +344,7 @@ impl Tracker {
     /// logging. A slot costs a fixed few dozen bytes, whatever its size.
     pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
         let change = self.check_user_memory_region(r)?;
-        let base_gfn = r.gpa >> PAGE_SHIFT;
+        let base_gfn = r.gpa.gfn().0;
         let new_range = GfnRange::new(base_gfn, base_gfn + r.size / PAGE_SIZE);
         let idx = self
             .memslot(r.slot)
@@ -404,7 +404,7 @@ impl Tracker {
     pub fn check_user_memory_region(&self, r: &MemoryRegion) -> Result<SlotChange> {
         memslot::validate(r)?;
         // `validate` made sure the end fits in 64 bits.
-        let end = r.gpa + r.size;
+        let end = r.gpa.0 + r.size;
         if self.gpa_bits < 64 && r.size != 0 && end > 1u64 << self.gpa_bits {
             return Err(Error::SlotBeyondAddressWidth {
                 end,
@@ -412,7 +412,7 @@ impl Tracker {
             });
         }
         let npages = r.size / PAGE_SIZE;
-        let base_gfn = r.gpa >> PAGE_SHIFT;
+        let base_gfn = r.gpa.gfn().0;
         let new_range = GfnRange::new(base_gfn, base_gfn + npages);
         let Some(old) = self.memslot(r.slot) else {
             if npages == 0 {
@@ -469,12 +469,12 @@ impl Tracker {
     /// page around it ([`AttrStore::probe`]), then the slot's geometry and GUEST_INHIBIT.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        let (gpa, gfn) = (gpa.0, gpa.gfn());
+        let gfn = gpa.gfn();
         let Some(slot) = self.slot_for_gfn(gfn) else {
             return MaxLevel::NoSlot;
         };
         let fault = MaxLevel::MemoryFault(MemoryFault {
-            gpa: gpa & !(PAGE_SIZE - 1),
+            gpa: gfn.gpa(),
             size: PAGE_SIZE,
             private: access.is_private(),
         });
@@ -584,7 +584,7 @@ impl Tracker {
         else {
             return Ok(false);
         };
-        if level.align_down(gfn.0) != gfn.0 || !info.inside(gfn.0) {
+        if level.align_gfn(gfn.0) != gfn.0 || !info.inside(gfn.0) {
             return Ok(false);
         }
         info.reserve_inhibit()?;

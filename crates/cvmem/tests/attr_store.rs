@@ -74,13 +74,13 @@ proptest! {
             let (lo, hi) = if i % 32 == 0 { (BASE, BASE + SPACE) } else {
                 (range.start.saturating_sub(600).max(BASE), (range.end + 600).min(BASE + SPACE))
             };
-            let runs: Vec<_> = store.runs(GfnRange::new(lo, hi)).map(|r| (r.start, r.end, r.attributes)).collect();
+            let runs: Vec<_> = store.runs(GfnRange::new(lo, hi)).map(|r| (r.start.0, r.end.0, r.attributes)).collect();
             prop_assert_eq!(&runs, &dense_runs(&dense, lo, hi));
         }
         // Per large page of the window: uniform, and of which kind (outside: shared).
         let kind_of = |x: u64| (BASE..BASE + SPACE).contains(&x) && dense[(x - BASE) as usize];
         let uniform_at = |level: Level, g: u64| {
-            let page = level.align_down(g);
+            let page = level.align_down(Gfn(g)).0;
             let k = kind_of(page);
             let inside = page.max(BASE)..(page + level.pages()).min(BASE + SPACE);
             let outside_ok = !k || (BASE <= page && page + level.pages() <= BASE + SPACE);
@@ -93,12 +93,12 @@ proptest! {
             prop_assert_eq!(probe.private, d);
             for level in [Level::M2, Level::G1] {
                 let uniform = *memo
-                    .entry((level, level.align_down(g)))
+                    .entry((level, level.align_down(Gfn(g)).0))
                     .or_insert_with(|| uniform_at(level, g));
                 prop_assert_eq!(probe.uniform >= level, uniform, "gfn {:#x} level {:?}", g, level);
             }
             let run = store.run_from(Gfn(g));
-            prop_assert!(run.end > g);
+            prop_assert!(run.end.0 > g);
         }
         // Boundaries as a list of runs would store them (nothing is private outside the window).
         let mut expected = usize::from(dense[0]) ;

@@ -32,7 +32,7 @@ proptest! {
         for (i, &(first, pages)) in slots.iter().enumerate() {
             t.set_user_memory_region(&MemoryRegion {
                 slot: i as u32,
-                gpa: first * PAGE_SIZE,
+                gpa: cvmem::Gpa(first * PAGE_SIZE),
                 size: pages * PAGE_SIZE,
                 ..Default::default()
             })

@@ -152,14 +152,14 @@ fn regions() -> [MemoryRegion; 4] {
     [
         MemoryRegion {
             slot: 0,
-            gpa: 0,
+            gpa: Gpa(0),
             size: G1,
             flags: gmem,
             ..Default::default()
         },
         MemoryRegion {
             slot: 1,
-            gpa: G1,
+            gpa: Gpa(G1),
             size: 8 * M2,
             flags: gmem,
             backing: Some(Level::M2),
@@ -167,13 +167,13 @@ fn regions() -> [MemoryRegion; 4] {
         },
         MemoryRegion {
             slot: 2,
-            gpa: 2 * G1,
+            gpa: Gpa(2 * G1),
             size: 3 * M2 + 3 * K4,
             ..Default::default()
         },
         MemoryRegion {
             slot: 3,
-            gpa: 3 * G1 + 5 * M2 + 8 * K4,
+            gpa: Gpa(3 * G1 + 5 * M2 + 8 * K4),
             size: 4 * K4,
             ..Default::default()
         },
@@ -183,7 +183,7 @@ fn regions() -> [MemoryRegion; 4] {
 /// A checked request to make `[gpa, gpa + size)` have `attrs`.
 fn req(vm: &Vm, gpa: u64, size: u64, attrs: u64) -> cvmem::AttrRequest {
     vm.tracker()
-        .validate_attributes(cvmem::Gpa(gpa), size, attrs)
+        .validate_attributes(Gpa(gpa), size, attrs)
         .unwrap()
 }
 
@@ -220,7 +220,7 @@ fn retries(vm: &Vm, window: Option<GfnRange>, gpa: u64) -> bool {
 /// The window of a conversion of `range`: widened to the 1G pages of its head and tail.
 fn window_of(range: GfnRange) -> GfnRange {
     GfnRange::new(
-        Level::G1.align_down(range.start),
+        Level::G1.align_down(Gfn(range.start)).0,
         range.end.div_ceil(Level::G1.pages()) * Level::G1.pages(),
     )
 }
@@ -432,17 +432,17 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
         Op::DirtyLog { on, touch } => {
             if let Some(s) = vm.tracker().memslot(2) {
                 let mut r = regions()[2];
-                r.gpa = s.gpa();
+                r.gpa = Gpa(s.gpa());
                 r.flags.dirty_log = on;
                 vm.set_user_memory_region(&r).unwrap();
                 if touch {
-                    vm.fault_range(Gpa(r.gpa), r.size, Access::Shared).unwrap();
+                    vm.fault_range(r.gpa, r.size, Access::Shared).unwrap();
                 }
             }
         }
         Op::MoveSlot2 { place, dirty } => {
             let mut r = regions()[2];
-            r.gpa = SLOT2_PLACES[place];
+            r.gpa = Gpa(SLOT2_PLACES[place]);
             r.flags.dirty_log = dirty;
             let before = vm.tracker().memslot(2).map(|s| s.range());
             let result = vm.set_user_memory_region(&r);
@@ -484,12 +484,8 @@ fn quiesce(vm: &mut Vm) {
         let runs: Vec<_> = vm.tracker().runs(slot).collect();
         for run in runs {
             let private = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-            vm.fault_range(
-                Gpa(run.start * K4),
-                (run.end - run.start) * K4,
-                kind(private),
-            )
-            .unwrap();
+            vm.fault_range(run.start.gpa(), run.range().bytes(), kind(private))
+                .unwrap();
         }
     }
 }

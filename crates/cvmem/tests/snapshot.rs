@@ -21,7 +21,7 @@ fn gmem() -> SlotFlags {
 fn region(slot: u32, gpa: u64, size: u64) -> MemoryRegion {
     MemoryRegion {
         slot,
-        gpa,
+        gpa: Gpa(gpa),
         size,
         flags: gmem(),
         ..MemoryRegion::default()
@@ -157,7 +157,7 @@ fn states_no_tracker_can_reach_are_refused() {
     assert!(Tracker::restore(&s).is_err());
     let mut s = good;
     s.inhibited.push(cvmem::snapshot::InhibitRecord {
-        gfn: 1 << 30,
+        gfn: Gfn(1 << 30),
         level: Level::M2,
     });
     assert!(matches!(refused(&s), Error::BadSnapshot { .. }));
@@ -192,7 +192,7 @@ fn huge_slots_one_inhibit_each(slots: u32) -> TrackerSnapshot {
         let gpa = u64::from(i) << 43;
         t.set_user_memory_region(&MemoryRegion {
             slot: i,
-            gpa,
+            gpa: Gpa(gpa),
             size,
             ..MemoryRegion::default()
         })

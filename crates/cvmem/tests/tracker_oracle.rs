@@ -140,7 +140,7 @@ fn apply(
         } => {
             let r = MemoryRegion {
                 slot: id,
-                gpa,
+                gpa: Gpa(gpa),
                 size,
                 flags,
                 uaddr,
@@ -177,7 +177,7 @@ fn apply(
         }
         Op::MapGpa { gpa, npages, flags } => {
             let a = MapGpaRange::decode(gpa, npages, flags)
-                .and_then(|m| t.set_memory_attributes(Gpa(m.gpa), m.size(), m.attributes()))
+                .and_then(|m| t.set_memory_attributes(m.gpa, m.size(), m.attributes()))
                 .err()
                 .map(|e| e.errno());
             (a, o.map_gpa(gpa, npages, flags).err())
@@ -207,7 +207,7 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) -> Result<(), TestCaseErro
                 level,
                 s.id
             );
-            let lp = level.align_down(s.base) + level.pages();
+            let lp = level.align_down(Gfn(s.base)).0 + level.pages();
             gfns.extend([lp, lp.saturating_sub(1)]);
         }
     }
@@ -265,7 +265,7 @@ proptest! {
             );
         }
         // The runs, compared once per sequence: the oracle's brute-force scan is the slow part.
-        let runs: Vec<_> = t.nonzero_runs().map(|r| (r.start, r.end, r.attributes)).collect();
+        let runs: Vec<_> = t.nonzero_runs().map(|r| (r.start.0, r.end.0, r.attributes)).collect();
         prop_assert_eq!(runs, o.nonzero_runs());
     }
 }

@@ -21,7 +21,7 @@ fn gmem() -> SlotFlags {
 fn region(slot: u32, gpa: u64, size: u64, flags: SlotFlags) -> MemoryRegion {
     MemoryRegion {
         slot,
-        gpa,
+        gpa: Gpa(gpa),
         size,
         flags,
         uaddr: None,
@@ -123,7 +123,7 @@ fn memslot_errors_leave_state_unchanged() {
     rejects(&mut t, EINVAL, plain(|r| r.flags.guest_memfd = true));
     rejects(&mut t, EINVAL, plain(|r| r.uaddr = Some(0x7f00_4000_0000)));
     rejects(&mut t, EINVAL, plain(|r| r.backing = Some(Level::G1)));
-    rejects(&mut t, EEXIST, plain(|r| r.gpa = G1));
+    rejects(&mut t, EEXIST, plain(|r| r.gpa = Gpa(G1)));
     // And what is allowed: an identical line, a dirty-log toggle, a move.
     assert_eq!(
         t.set_user_memory_region(&region(1, 4 * G1, G1, SlotFlags::default()))
@@ -172,7 +172,7 @@ fn attribute_and_map_gpa_errors_leave_state_unchanged() {
     let map = |gpa: u64, npages: u64, flags: u64| {
         move |t: &mut Tracker| {
             let m = MapGpaRange::decode(gpa, npages, flags)?;
-            t.set_memory_attributes(Gpa(m.gpa), m.size(), m.attributes())
+            t.set_memory_attributes(m.gpa, m.size(), m.attributes())
                 .map(drop)
         }
     };
@@ -274,7 +274,7 @@ fn conversions_layout(nr_memslots: u64) {
     assert_eq!(
         level(&t, BASE, Access::Shared),
         MaxLevel::MemoryFault(cvmem::MemoryFault {
-            gpa: BASE,
+            gpa: Gpa(BASE),
             size: K4,
             private: false
         })
@@ -452,7 +452,7 @@ fn the_address_width_limits_memslots_as_maxphyaddr_limits_kvm() {
     };
     let slot = |gpa: u64, size: u64| MemoryRegion {
         slot: 0,
-        gpa,
+        gpa: Gpa(gpa),
         size,
         flags,
         ..Default::default()

@@ -141,7 +141,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
 /// per 64 private pages plus upper nodes, and one 4-byte `disallow_lpage` per large page per slot.
 fn linux_bytes(r: &Replayer) -> u64 {
     let t = r.tracker();
-    let private_pages: u64 = t.nonzero_runs().map(|run| run.end - run.start).sum();
+    let private_pages: u64 = t.nonzero_runs().map(|run| run.range().len()).sum();
     let leaves = private_pages.div_ceil(64);
     let nodes = leaves + leaves.div_ceil(64) + leaves.div_ceil(4096) + 1;
     let lpage: u64 = t

@@ -194,7 +194,7 @@ impl Executor for Timed {
     }
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<(), Error> {
-        self.set_attributes(Gpa(request.gpa), request.size(), request.attributes())
+        self.set_attributes(request.gpa, request.size(), request.attributes())
     }
 
     #[inline]

@@ -27,10 +27,10 @@ impl LpageInfo {
         let base = slot.base_gfn >> shift;
         let lpages = ((slot.end_gfn() - 1) >> shift) - base + 1;
         let mut ints = vec![0u32; lpages as usize];
-        if !level.is_aligned(slot.base_gfn) {
+        if !level.is_aligned(cvmem::Gfn(slot.base_gfn)) {
             ints[0] += 1;
         }
-        if !level.is_aligned(slot.end_gfn()) {
+        if !level.is_aligned(cvmem::Gfn(slot.end_gfn())) {
             ints[lpages as usize - 1] += 1;
         }
         if slot.misaligned(level) {

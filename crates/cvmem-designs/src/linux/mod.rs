@@ -95,7 +95,7 @@ impl Linux {
     fn post_set(&self, slot: &Slot, lpage: &mut SlotLpage, range: GfnRange, attrs: u32) {
         for (k, level) in Level::LARGE.into_iter().enumerate() {
             let nr = level.pages();
-            let mut gfn = level.align_down(range.start);
+            let mut gfn = level.align_down(cvmem::Gfn(range.start)).0;
             if gfn != range.start || gfn + nr > range.end {
                 if gfn >= slot.base_gfn && gfn + nr <= slot.end_gfn() {
                     if self.hugepage_has_attrs(lpage, gfn, level, attrs) {
@@ -128,8 +128,8 @@ impl Linux {
         ];
         for (k, level) in Level::LARGE.into_iter().enumerate() {
             let nr = level.pages();
-            let end = level.align_down(slot.end_gfn());
-            let mut start = level.align_down(slot.base_gfn);
+            let end = level.align_down(cvmem::Gfn(slot.end_gfn())).0;
+            let mut start = level.align_down(cvmem::Gfn(slot.base_gfn)).0;
             if start < slot.base_gfn {
                 start += nr;
             }
@@ -226,7 +226,7 @@ impl Design for Linux {
             return MaxLevel::NoSlot;
         };
         let fault = MaxLevel::MemoryFault(MemoryFault {
-            gpa: gfn << PAGE_SHIFT,
+            gpa: cvmem::Gpa(gfn << PAGE_SHIFT),
             size: PAGE_SIZE,
             private: access.is_private(),
         });

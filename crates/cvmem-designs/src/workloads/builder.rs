@@ -175,8 +175,8 @@ impl Builder {
             }
             let range = cvmem::GfnRange::new(start / PAGE_SIZE, end / PAGE_SIZE);
             for run in tracker.runs(range).filter(|r| r.attributes == 0) {
-                edges.push(run.start * PAGE_SIZE);
-                edges.push(run.end * PAGE_SIZE - PAGE_SIZE);
+                edges.push(run.start.gpa().0);
+                edges.push(run.end.gpa().0 - PAGE_SIZE);
                 if edges.len() as u64 >= budget / 4 {
                     break;
                 }

@@ -115,13 +115,13 @@ impl Executor for OplogExecutor<'_> {
         // outside every memslot (cvmem_kvm::guest_scope), else success.
         let req = ConversionRequest::from_map_gpa_range(
             RequestSource::PortIo,
-            request.gpa,
+            request.gpa.0,
             request.npages,
             request.flags(),
         )?;
         let scope = (self.runner.vm.memory.query()).with_tracker(|t| guest_scope(t, &req));
         let expect = scope.err().map_or(0, |e| e.guest_status());
-        self.guest_map(request.gpa, request.npages, request.flags(), expect)?;
+        self.guest_map(request.gpa.0, request.npages, request.flags(), expect)?;
         // The guest saw its status (another one than expected is a mismatch); a refusal is this
         // line's outcome too.
         match self.runner.last_refusal.take() {

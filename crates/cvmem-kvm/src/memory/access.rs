@@ -84,7 +84,7 @@ impl CvmMemory {
     /// 2M pages) those of the model.
     #[cfg(feature = "mmu-model")]
     fn copy_inhibits(&self, gfn: Gfn) -> cvmem::Result<()> {
-        let g1 = Level::G1.align_down(gfn.0);
+        let g1 = Level::G1.align_down(gfn).0;
         let pages_2m = (0..512).map(|i| Gfn(g1 + i * Level::M2.pages()));
         let want = |t: &Tracker| -> (bool, Vec<bool>) {
             (

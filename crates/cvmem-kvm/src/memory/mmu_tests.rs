@@ -21,7 +21,7 @@ fn memory(recovery: Recovery) -> CvmMemory {
     });
     m.add_slot(&SlotSpec {
         slot: 1,
-        gpa: G1,
+        gpa: cvmem::Gpa(G1),
         size: 2 * M2,
         backing: Backing::Anonymous,
         max_level: Level::G1,
@@ -165,7 +165,7 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     // Onto another slot: EEXIST, and nothing changes (no listener traffic either).
     m.add_slot(&SlotSpec {
         slot: 2,
-        gpa: 5 * G1,
+        gpa: cvmem::Gpa(5 * G1),
         size: M2,
         backing: Backing::Anonymous,
         max_level: Level::G1,
@@ -218,16 +218,16 @@ fn memslot_requests_are_checked_before_memory_is_allocated() {
     };
     let cases = [
         // 2^50 pages: mmap would fail with ENOMEM; the rules say EINVAL first.
-        (region(3, 0, 1 << 62, anon), Errno::EINVAL),
-        (region(3, 0, !0xfff, anon), Errno::EINVAL),
-        (region(40_000, 0, M2, anon), Errno::EINVAL),
-        (region(3, 0x800, M2, anon), Errno::EINVAL),
-        (region(3, G1, M2, anon), Errno::EEXIST),
-        (region(9, 0, 0, anon), Errno::EINVAL),
+        (region(3, cvmem::Gpa(0), 1 << 62, anon), Errno::EINVAL),
+        (region(3, cvmem::Gpa(0), !0xfff, anon), Errno::EINVAL),
+        (region(40_000, cvmem::Gpa(0), M2, anon), Errno::EINVAL),
+        (region(3, cvmem::Gpa(0x800), M2, anon), Errno::EINVAL),
+        (region(3, cvmem::Gpa(G1), M2, anon), Errno::EEXIST),
+        (region(9, cvmem::Gpa(0), 0, anon), Errno::EINVAL),
         (
             MemoryRegion {
                 uaddr: Some(0x1234),
-                ..region(3, 0, M2, anon)
+                ..region(3, cvmem::Gpa(0), M2, anon)
             },
             Errno::EINVAL,
         ),
@@ -235,7 +235,7 @@ fn memslot_requests_are_checked_before_memory_is_allocated() {
         (
             region(
                 3,
-                0,
+                cvmem::Gpa(0),
                 M2,
                 SlotFlags {
                     guest_memfd: true,
@@ -245,11 +245,11 @@ fn memslot_requests_are_checked_before_memory_is_allocated() {
             ),
             Errno::EINVAL,
         ),
-        (region(1, G1, M2, anon), Errno::EINVAL),
+        (region(1, cvmem::Gpa(G1), M2, anon), Errno::EINVAL),
         (
             region(
                 3,
-                0,
+                cvmem::Gpa(0),
                 M2,
                 SlotFlags {
                     guest_memfd: true,
@@ -275,7 +275,7 @@ fn a_declared_uaddr_sets_the_congruence_and_must_stay() {
     // uaddr = gpa + 4K: host and guest addresses disagree modulo 2M, so 2M is disallowed.
     let r = MemoryRegion {
         slot: 3,
-        gpa: 4 * G1,
+        gpa: cvmem::Gpa(4 * G1),
         size: 2 * M2,
         flags: SlotFlags::default(),
         uaddr: Some(4 * G1 + 0x1000),
@@ -292,13 +292,16 @@ fn a_declared_uaddr_sets_the_congruence_and_must_stay() {
         FaultOutcome::Mapped { level: Level::K4 }
     );
     // A move restating the uaddr is fine; another uaddr is EINVAL (immutable).
-    let moved = MemoryRegion { gpa: 6 * G1, ..r };
+    let moved = MemoryRegion {
+        gpa: cvmem::Gpa(6 * G1),
+        ..r
+    };
     assert!(matches!(
         m.set_user_memory_region(&moved, Backing::Anonymous),
         Ok(SlotChange::Moved { .. })
     ));
     let other = MemoryRegion {
-        gpa: 8 * G1,
+        gpa: cvmem::Gpa(8 * G1),
         uaddr: Some(0x4000_0000),
         ..r
     };

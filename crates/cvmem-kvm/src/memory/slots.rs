@@ -108,7 +108,7 @@ impl CvmMemory {
         check_attach(&memory, gpa, &host)?;
         let region = MemoryRegion {
             slot,
-            gpa: gpa.0,
+            gpa,
             size: host.size(),
             flags: SlotFlags {
                 guest_memfd: host.backing().has_guest_memfd(),
@@ -145,7 +145,7 @@ impl CvmMemory {
         let gpa = gpa.0;
         let mut memory = self.lock_memory();
         let mut region = self.current_region(slot)?;
-        region.gpa = gpa;
+        region.gpa = Gpa(gpa);
         self.apply_locked(
             &mut memory,
             &region,
@@ -195,7 +195,7 @@ impl CvmMemory {
             .ok_or(cvmem::Error::UnknownSlot { slot })?;
         Ok(MemoryRegion {
             slot,
-            gpa: s.gpa(),
+            gpa: Gpa(s.gpa()),
             size: s.size(),
             flags: s.flags(),
             uaddr: None,
@@ -267,12 +267,12 @@ impl CvmMemory {
                 self.vm.as_deref(),
                 backing,
                 region.size,
-                region.uaddr.unwrap_or(region.gpa),
+                region.new_slot_uaddr(),
                 max_level,
             )?,
             NewMemory::Attached(host) | NewMemory::Adopted(host) => host,
         };
-        let mut mem = SlotMemory::new(host, region.gpa, region.flags);
+        let mut mem = SlotMemory::new(host, region.gpa.0, region.flags);
         mem.adopted = adopted;
         self.kvm_set(slot, &mem)?;
         let hva = mem.shared().addr();
@@ -370,7 +370,7 @@ impl CvmMemory {
             return Err(undo_gone(cvmem::Error::UnknownSlot { slot }.into()));
         };
         let (old_gpa, old_flags) = (mem.gpa, mem.flags);
-        mem.gpa = region.gpa;
+        mem.gpa = region.gpa.0;
         mem.flags.dirty_log = region.flags.dirty_log;
         if let Err(e) = self.kvm_set(slot, mem) {
             (mem.gpa, mem.flags) = (old_gpa, old_flags);
@@ -400,7 +400,7 @@ impl CvmMemory {
             };
             if let Err(e) = listener::notify_all(&listeners, &arrived) {
                 let back = MemoryRegion {
-                    gpa: old_gpa,
+                    gpa: Gpa(old_gpa),
                     flags: old_flags,
                     uaddr: None,
                     backing: None,

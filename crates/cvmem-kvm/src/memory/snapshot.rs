@@ -33,7 +33,7 @@ impl CvmMemory {
     pub fn restore(&self, snapshot: &TrackerSnapshot) -> Result<()> {
         let (slots_differ, fresh) = self.shared.tracker(|t| {
             let ours = t.memslots().map(|s| (s.id(), s.gpa(), s.size(), s.flags()));
-            let theirs = (snapshot.memslots.iter()).map(|s| (s.id, s.gpa, s.size, s.flags));
+            let theirs = (snapshot.memslots.iter()).map(|s| (s.id, s.gpa.0, s.size, s.flags));
             (!ours.eq(theirs), t.nonzero_runs().next().is_none())
         });
         if slots_differ {
@@ -52,7 +52,7 @@ impl CvmMemory {
         cvmem::Tracker::restore(snapshot)?;
         for (done, run) in snapshot.runs.iter().enumerate() {
             let applied = self.convert(&ConversionRequest {
-                range: GfnRange::new(run.start, run.end),
+                range: run.range(),
                 to: Access::from_attributes(run.attributes),
                 hint: Level::K4,
                 source: RequestSource::Vmm,
@@ -70,7 +70,7 @@ impl CvmMemory {
     fn undo_runs(&self, runs: &[RunRecord], cause: Error) -> Error {
         for run in runs.iter().rev() {
             let undone = self.convert(&ConversionRequest {
-                range: GfnRange::new(run.start, run.end),
+                range: run.range(),
                 to: Access::Shared,
                 hint: Level::K4,
                 source: RequestSource::Vmm,

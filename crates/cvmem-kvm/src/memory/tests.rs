@@ -15,7 +15,7 @@ fn memory() -> CvmMemory {
     for (slot, gpa) in [(0, 0), (1, 1 << 30)] {
         m.add_slot(&SlotSpec {
             slot,
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size: 4 << 20,
             backing: Backing::Anonymous,
             max_level: Level::G1,
@@ -182,7 +182,7 @@ fn slots_come_and_go_through_listeners() {
     // Overlapping slots are refused by the tracker, and leave nothing behind.
     let overlap = SlotSpec {
         slot: 7,
-        gpa: 0x1000,
+        gpa: cvmem::Gpa(0x1000),
         size: 4096,
         backing: Backing::Anonymous,
         max_level: Level::K4,
@@ -191,7 +191,7 @@ fn slots_come_and_go_through_listeners() {
     // Re-adding an existing id is refused and leaves the slot alone.
     let again = SlotSpec {
         slot: 0,
-        gpa: 0x4000_0000,
+        gpa: cvmem::Gpa(0x4000_0000),
         size: 4096,
         backing: Backing::Anonymous,
         max_level: Level::K4,
@@ -403,8 +403,8 @@ fn a_refused_restore_leaves_the_destination_unchanged() {
     // refused or restored whole, never half.
     let mut top = snapshot.clone();
     top.runs.push(cvmem::snapshot::RunRecord {
-        start: cvmem::GFN_END - 1,
-        end: cvmem::GFN_END,
+        start: cvmem::Gfn(cvmem::GFN_END - 1),
+        end: cvmem::Gfn(cvmem::GFN_END),
         attributes: P,
     });
     let m = memory();
@@ -420,7 +420,7 @@ fn reads_of_a_fragmented_guest_stay_bounded() {
     let m = CvmMemory::detached();
     m.add_slot(&SlotSpec {
         slot: 0,
-        gpa: 0,
+        gpa: cvmem::Gpa(0),
         size: 1 << 30,
         backing: Backing::Anonymous,
         max_level: Level::G1,
@@ -451,11 +451,11 @@ fn reads_of_a_fragmented_guest_stay_bounded() {
             std::ops::ControlFlow::Continue(())
         }
     });
-    assert_eq!(stopped, Ok(Some(999)));
+    assert_eq!(stopped, Ok(Some(cvmem::Gfn(999))));
     // A byte range at any alignment is the pages that hold it; an empty one is refused.
     let mut pages = Vec::new();
     let done = m.query().for_each_run(Gpa(0x1ff0), 0x20, |r| {
-        pages.push((r.start, r.end));
+        pages.push((r.start.0, r.end.0));
         std::ops::ControlFlow::<()>::Continue(())
     });
     assert_eq!((done, pages), (Ok(None), vec![(1, 2), (2, 3)]));

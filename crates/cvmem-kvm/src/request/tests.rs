@@ -187,7 +187,7 @@ fn memory_fault_valid() {
     let r = ConversionRequest::from_memory_fault(0, 0x20_0000, 0x20_0000).unwrap();
     assert_eq!((r.to, r.npages()), (Access::Shared, 512));
     let f = cvmem::MemoryFault {
-        gpa: 0x7000,
+        gpa: cvmem::Gpa(0x7000),
         size: 4096,
         private: true,
     };

@@ -65,9 +65,9 @@ pub const WORST_BYTES_PER_GIB: usize = REGION_WORST;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AttrRun {
     /// First gfn of the run.
-    pub start: u64,
+    pub start: Gfn,
     /// One past the last gfn of the run.
-    pub end: u64,
+    pub end: Gfn,
     /// The attributes of every gfn in the run.
     pub attributes: u64,
 }
@@ -75,7 +75,7 @@ pub struct AttrRun {
 impl AttrRun {
     /// The run as a gfn range.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.start, self.end)
+        GfnRange::new(self.start.0, self.end.0)
     }
 }
 
@@ -331,8 +331,8 @@ impl AttrStore {
     /// The run from `gfn` to the next change of kind.
     pub fn run_from(&self, gfn: Gfn) -> AttrRun {
         AttrRun {
-            start: gfn.0,
-            end: self.next_change(gfn),
+            start: gfn,
+            end: Gfn(self.next_change(gfn)),
             attributes: self.get(gfn),
         }
     }
@@ -730,8 +730,8 @@ impl Iterator for Runs<'_> {
             .find(self.start, private)
             .map_or(self.end, |g| g.min(self.end));
         let run = AttrRun {
-            start: self.start,
-            end,
+            start: Gfn(self.start),
+            end: Gfn(end),
             attributes: attr(private),
         };
         self.start = end;

@@ -197,7 +197,7 @@ impl Vm {
         }
         if !slot.flags().guest_memfd || !self.tracker.is_private(Gfn(gfn)) {
             return Ok(AcceptOutcome::MemoryFault(MemoryFault {
-                gpa,
+                gpa: Gfn(gfn).gpa(),
                 size: PAGE_SIZE,
                 private: true,
             }));

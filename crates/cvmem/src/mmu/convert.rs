@@ -44,7 +44,7 @@ impl Conversion {
 pub(crate) fn window_of(range: GfnRange) -> GfnRange {
     let g = Level::G1.pages();
     let end = range.end.div_ceil(g).saturating_mul(g).min(GFN_END);
-    GfnRange::new(Level::G1.align_down(range.start), end)
+    GfnRange::new(Level::G1.align_gfn(range.start), end)
 }
 
 impl Vm {

@@ -113,7 +113,7 @@ impl Vm {
         let mut level = max;
         if self.recovery == Recovery::Off {
             while let Some(smaller) = level.smaller() {
-                let start = level.align_down(gfn);
+                let start = level.align_gfn(gfn);
                 if !self
                     .trees
                     .has_leaf(GfnRange::new(start, start + level.pages()), private)

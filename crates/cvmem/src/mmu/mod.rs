@@ -42,7 +42,7 @@
 //! const G1: u64 = 1 << 30;
 //! let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
 //! let gmem = SlotFlags { guest_memfd: true, ..Default::default() };
-//! let slot = MemoryRegion { slot: 0, gpa: 0, size: 2 * G1, flags: gmem, ..Default::default() };
+//! let slot = MemoryRegion { slot: 0, gpa: Gpa(0), size: 2 * G1, flags: gmem, ..Default::default() };
 //! vm.set_user_memory_region(&slot)?;
 //! vm.set_memory_attributes(Gpa(0), 2 * G1, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
 //!

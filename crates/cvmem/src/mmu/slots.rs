@@ -1,6 +1,6 @@
 //! Memslot changes on the VM: delete and move zap, dirty logging splits and un-splits.
 
-use crate::addr::{GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{GfnRange, Level};
 use crate::error::Result;
 use crate::memslot::{MemoryRegion, SlotChange};
 
@@ -18,7 +18,7 @@ impl Vm {
         let mut tables = 2 * usize::from(self.trees.nroots());
         if let Some(old) = self.tracker.memslot(r.slot) {
             let enabling = r.size != 0 && r.flags.dirty_log && !old.flags().dirty_log;
-            if enabling && r.gpa == old.gpa() {
+            if enabling && r.gpa.0 == old.gpa() {
                 tables += self.trees.tables_to_split(old.range(), Level::K4);
             }
         }
@@ -31,7 +31,7 @@ impl Vm {
                 self.forget_accepts(old);
             }
             SlotChange::DirtyLog { enabled } => {
-                let range = GfnRange::new(r.gpa >> PAGE_SHIFT, (r.gpa + r.size) / PAGE_SIZE);
+                let range = GfnRange::new(r.gpa.gfn().0, (r.gpa + r.size).gfn().0);
                 if enabled {
                     self.counters.splits += self.trees.split_down(range, Level::K4);
                 } else {

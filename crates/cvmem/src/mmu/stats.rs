@@ -207,7 +207,7 @@ impl Vm {
             let range = slot.range();
             let mut g = range.start;
             while g < range.end {
-                if Level::G1.is_aligned(g) && g + g1 <= range.end {
+                if Level::G1.is_aligned_gfn(g) && g + g1 <= range.end {
                     if let Some(p) = self.uniform_kind(GfnRange::new(g, g + g1)) {
                         if self.allowed(g, p) == Some(Level::G1) {
                             opt.add(g, g1, Level::G1, p);
@@ -216,8 +216,8 @@ impl Vm {
                         }
                     }
                 }
-                let end = (Level::M2.align_down(g) + m2).min(range.end);
-                let whole = Level::M2.is_aligned(g) && end - g == m2;
+                let end = (Level::M2.align_gfn(g) + m2).min(range.end);
+                let whole = Level::M2.is_aligned_gfn(g) && end - g == m2;
                 match self.uniform_kind(GfnRange::new(g, end)) {
                     Some(p) if whole => match self.allowed(g, p) {
                         Some(l) if l >= Level::M2 => opt.add(g, m2, Level::M2, p),
@@ -227,8 +227,8 @@ impl Vm {
                     _ => {
                         for run in self.tracker.runs(GfnRange::new(g, end)) {
                             let p = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-                            if self.allowed(run.start, p).is_some() {
-                                opt.add(run.start, run.end - run.start, Level::K4, p);
+                            if self.allowed(run.start.0, p).is_some() {
+                                opt.add(run.start.0, run.end.0 - run.start.0, Level::K4, p);
                             }
                         }
                     }

@@ -15,7 +15,7 @@ const G1: u64 = 1 << 30;
 fn region(slot: u32, gpa: u64, size: u64, flags: SlotFlags) -> MemoryRegion {
     MemoryRegion {
         slot,
-        gpa,
+        gpa: crate::Gpa(gpa),
         size,
         flags,
         ..Default::default()

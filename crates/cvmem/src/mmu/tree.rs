@@ -1,7 +1,7 @@
 //! The TDP MMU's trees: one root (unified layout) or a private and a shared root (split), and
 //! the walks that install, split, zap and collapse leaves. Every walk is a [`TdpIter`].
 
-use crate::addr::{GfnRange, Level};
+use crate::addr::{Gfn, GfnRange, Level};
 use crate::error::Result;
 
 use super::iter::TdpIter;
@@ -11,7 +11,7 @@ use super::table::{leaf_level, table_level_of, PageTables, Spte, TableId, ENTRIE
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Leaf {
     /// First gfn mapped.
-    pub gfn: u64,
+    pub gfn: Gfn,
     /// The mapping level.
     pub level: Level,
     /// Whether it maps private memory.
@@ -21,7 +21,7 @@ pub struct Leaf {
 impl Leaf {
     /// The gfns it maps.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.gfn, self.gfn + self.level.pages())
+        GfnRange::new(self.gfn.0, self.gfn.0 + self.level.pages())
     }
 }
 
@@ -124,7 +124,7 @@ impl Trees {
             let e = it.spte(&self.tables);
             if e.is_leaf() {
                 return (e.is_private() == private).then(|| Leaf {
-                    gfn: it.gfn(),
+                    gfn: Gfn(it.gfn()),
                     level: leaf_level(it.level()).expect("leaves live in levels 1-3"),
                     private,
                 });

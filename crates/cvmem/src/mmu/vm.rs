@@ -150,7 +150,7 @@ pub(crate) struct Window {
 ///
 /// let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager);
 /// let gmem = SlotFlags { guest_memfd: true, ..Default::default() };
-/// vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: 0, size: 1 << 30, flags: gmem, ..Default::default() })?;
+/// vm.set_user_memory_region(&MemoryRegion { slot: 0, gpa: Gpa(0), size: 1 << 30, flags: gmem, ..Default::default() })?;
 /// vm.set_memory_attributes(Gpa(0), 1 << 30, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
 /// assert_eq!(vm.fault(Gpa(0x1000), Access::Private)?, FaultOutcome::Mapped { level: Level::G1 });
 /// vm.set_memory_attributes(Gpa(0x200000), 4096, 0)?; // split 1G -> 2M -> 4K, zap one page
@@ -361,7 +361,7 @@ impl Iterator for Leaves<'_> {
             while self.it.valid() {
                 let e = self.it.spte(tables);
                 let found = e.is_leaf().then(|| Leaf {
-                    gfn: self.it.gfn(),
+                    gfn: crate::addr::Gfn(self.it.gfn()),
                     level: super::table::leaf_level(self.it.level())
                         .expect("leaves live in levels 1-3"),
                     private: e.is_private(),
