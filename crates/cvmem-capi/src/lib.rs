@@ -233,7 +233,7 @@ pub extern "C" fn cvmem_set_user_memory_region(
         let known = CVMEM_MEM_LOG_DIRTY_PAGES | CVMEM_MEM_READONLY | CVMEM_MEM_GUEST_MEMFD;
         if flags & !known != 0 {
             return status(Err(Error::InvalidFlags {
-                why: "unknown memslot flag bits",
+                why: cvmem::FlagsFault::UnknownBits,
             }));
         }
         let backing = match max_level {

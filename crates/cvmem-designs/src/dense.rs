@@ -44,7 +44,7 @@ impl Design for Dense {
         self.model
             .set_memory_attributes(range.start * PAGE_SIZE, range.len() * PAGE_SIZE, attributes)
             .map_err(|_| Error::Unsupported {
-                what: "the dense oracle rejected a validated range",
+                what: cvmem::Unsupported::OracleRejected,
             })
     }
 

@@ -187,9 +187,9 @@ impl HostMemory {
         shared_file: Option<(Arc<File>, u64)>,
         guest_memfd: Option<GuestMemfd>,
     ) -> Result<Self> {
-        let bad = |why: &'static str| cvmem::Error::InvalidFlags { why };
+        let bad = Error::Attach;
         if size == 0 || size % PAGE_SIZE != 0 || host_addr % PAGE_SIZE != 0 {
-            return Err(bad("attached memory must be page aligned and non-empty").into());
+            return Err(bad("attached memory must be page aligned and non-empty"));
         }
         let len = usize::try_from(size).map_err(|_| bad("attached memory too large"))?;
         let backing = match &guest_memfd {
@@ -201,7 +201,7 @@ impl HostMemory {
             .as_ref()
             .is_some_and(|g| g.offset % PAGE_SIZE != 0)
         {
-            return Err(bad("the guest_memfd offset must be page aligned").into());
+            return Err(bad("the guest_memfd offset must be page aligned"));
         }
         Ok(HostMemory {
             backing,

@@ -116,10 +116,12 @@ pub struct MmuSnapshot {
 /// address). `ZeroSize` for an empty range, `Overflow` past the end of the address space.
 pub fn pages_of(gpa: Gpa, size: u64) -> Result<GfnRange, cvmem::Error> {
     if size == 0 {
-        return Err(cvmem::Error::ZeroSize { what: "range size" });
+        return Err(cvmem::Error::ZeroSize {
+            what: cvmem::Arg::Size,
+        });
     }
     let end = gpa.0.checked_add(size).ok_or(cvmem::Error::Overflow {
-        what: "range",
+        what: cvmem::Arg::Range,
         start: gpa.0,
         size,
     })?;

@@ -30,7 +30,7 @@ pub trait Executor {
     ) -> Result<Outcome, Self::Error> {
         let _ = (layout, recovery);
         Err(cvmem::Error::Unsupported {
-            what: "MMU operations need an MMU model",
+            what: cvmem::Unsupported::NoMmuModel,
         }
         .into())
     }
@@ -81,7 +81,7 @@ pub trait Executor {
 
 fn no_mmu<E: From<cvmem::Error>>() -> E {
     cvmem::Error::Unsupported {
-        what: "MMU operations need an MMU model",
+        what: cvmem::Unsupported::NoMmuModel,
     }
     .into()
 }
@@ -176,7 +176,7 @@ impl Driver {
             Op::Mmu { layout, recovery } => {
                 if self.ops != 0 {
                     return Err(cvmem::Error::Unsupported {
-                        what: "`mmu` is only allowed as the first operation",
+                        what: cvmem::Unsupported::MmuNotFirst,
                     }
                     .into());
                 }

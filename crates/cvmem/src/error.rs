@@ -50,6 +50,134 @@ impl fmt::Display for Errno {
     }
 }
 
+/// Which value of a request an argument error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Arg {
+    /// A memslot's guest physical address.
+    MemslotGpa,
+    /// A memslot's size.
+    MemslotSize,
+    /// A memslot's host address.
+    MemslotUaddr,
+    /// A memslot's range (address + size).
+    Memslot,
+    /// An attribute change's or a query's guest physical address.
+    Gpa,
+    /// An attribute change's or a query's size.
+    Size,
+    /// An attribute change's or a query's range (address + size).
+    Range,
+    /// KVM_HC_MAP_GPA_RANGE's address (a0).
+    MapGpaGpa,
+    /// KVM_HC_MAP_GPA_RANGE's page count (a1).
+    MapGpaPages,
+    /// KVM_HC_MAP_GPA_RANGE's range (a0 + a1 pages).
+    MapGpaRange,
+    /// KVM_HC_MAP_GPA_RANGE's attributes (a2).
+    MapGpaFlags,
+    /// A TDX accept's guest physical address.
+    AcceptGpa,
+}
+
+impl Arg {
+    /// How messages name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arg::MemslotGpa => "memslot gpa",
+            Arg::MemslotSize => "memslot size",
+            Arg::MemslotUaddr => "memslot uaddr",
+            Arg::Memslot => "memslot",
+            Arg::Gpa => "address",
+            Arg::Size => "size",
+            Arg::Range => "range",
+            Arg::MapGpaGpa => "map-gpa gpa",
+            Arg::MapGpaPages => "map-gpa npages",
+            Arg::MapGpaRange => "map-gpa range",
+            Arg::MapGpaFlags => "map-gpa flags",
+            Arg::AcceptGpa => "accept gpa",
+        }
+    }
+}
+
+/// What an existing memslot cannot change (KVM_SET_USER_MEMORY_REGION2 moves and re-flags
+/// only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SlotField {
+    /// Anything of a guest-memfd slot: KVM only deletes it.
+    GuestMemfdSlot,
+    /// The size.
+    Size,
+    /// The readonly flag.
+    Readonly,
+    /// The guest-memfd flag.
+    GuestMemfd,
+    /// The host address.
+    Uaddr,
+    /// The host memory's largest mapping.
+    Backing,
+}
+
+/// Why memslot flags (or the memory behind them) were refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FlagsFault {
+    /// KVM_MEM_GUEST_MEMFD with KVM_MEM_LOG_DIRTY_PAGES.
+    GuestMemfdWithDirtyLog,
+    /// KVM_MEM_GUEST_MEMFD with KVM_MEM_READONLY.
+    GuestMemfdWithReadonly,
+    /// Bits KVM does not define.
+    UnknownBits,
+    /// The guest-memfd flag and the memory attached to the slot disagree.
+    BackingDisagrees,
+}
+
+/// Why a snapshot was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SnapshotFault {
+    /// Another format version.
+    Version,
+    /// Memslots out of address order.
+    SlotOrder,
+    /// A host offset that is not page aligned below 1 GiB.
+    HostOffset,
+    /// Attribute runs empty, reversed, overlapping or out of order.
+    RunOrder,
+    /// Inhibit records of 4K, repeated or out of order.
+    InhibitOrder,
+    /// An inhibit record that is not a large page wholly inside a memslot.
+    InhibitOutsideSlot,
+    /// Not a state a tracker can be in (adjacent equal runs, unsupported attributes, or
+    /// inhibits outside memslots).
+    Unreachable,
+    /// The destination already has private memory.
+    DestinationNotFresh,
+    /// The destination's memslots differ from the snapshot's.
+    SlotsDiffer,
+}
+
+/// An operation this configuration does not support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unsupported {
+    /// An attribute range empty or reaching past the gfn space.
+    OutsideGfnSpace,
+    /// A TDX accept on a model without the split (private/shared) layout.
+    AcceptNeedsSplitLayout,
+    /// Closing a conversion another VM opened.
+    ForeignConversion,
+    /// An MMU operation on a machine without an MMU model.
+    NoMmuModel,
+    /// `mmu` anywhere but as an op-log's first operation.
+    MmuNotFirst,
+    /// Attribute values above 32 bits (the `linux` design's xarray values).
+    AttributesAbove32Bits,
+    /// The dense oracle refused a range the rules accepted.
+    OracleRejected,
+}
+
 /// Why an operation was refused. Every refused operation leaves the state unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -57,7 +185,7 @@ pub enum Error {
     /// An address or size is not aligned as required.
     Unaligned {
         /// Which argument.
-        what: &'static str,
+        what: Arg,
         /// Its value.
         value: u64,
         /// The alignment it needs, in bytes.
@@ -66,12 +194,12 @@ pub enum Error {
     /// A size or page count of zero where one is required.
     ZeroSize {
         /// Which argument.
-        what: &'static str,
+        what: Arg,
     },
     /// `start + size` does not fit in 64 bits.
     Overflow {
         /// Which range.
-        what: &'static str,
+        what: Arg,
         /// Its start.
         start: u64,
         /// Its size.
@@ -87,7 +215,7 @@ pub enum Error {
     /// Reserved bits set in a hypercall argument.
     ReservedBits {
         /// Which argument.
-        what: &'static str,
+        what: Arg,
         /// The offending bits.
         bits: u64,
     },
@@ -126,7 +254,7 @@ pub enum Error {
     /// tracker could have reached.
     BadSnapshot {
         /// What is wrong with it.
-        why: &'static str,
+        why: SnapshotFault,
     },
     /// The new memslot range overlaps another slot.
     SlotOverlap {
@@ -145,17 +273,17 @@ pub enum Error {
         /// The slot.
         slot: u32,
         /// What the request tried to change.
-        what: &'static str,
+        what: SlotField,
     },
     /// A combination of flags KVM rejects.
     InvalidFlags {
         /// Why.
-        why: &'static str,
+        why: FlagsFault,
     },
     /// An operation the current configuration does not support.
     Unsupported {
         /// What and why.
-        what: &'static str,
+        what: Unsupported,
     },
     /// A guest asked to make private memory outside every memslot: no memory is there
     /// ([`Tracker::guest_scope`](crate::Tracker::guest_scope)).
@@ -190,11 +318,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Unaligned { what, value, align } => {
-                write!(f, "{what} {value:#x} is not aligned to {align:#x}")
+                write!(f, "{} {value:#x} is not aligned to {align:#x}", what.name())
             }
-            Error::ZeroSize { what } => write!(f, "{what} must not be zero"),
+            Error::ZeroSize { what } => write!(f, "{} must not be zero", what.name()),
             Error::Overflow { what, start, size } => {
-                write!(f, "{what} {start:#x} + {size:#x} overflows 64 bits")
+                write!(f, "{} {start:#x} + {size:#x} overflows 64 bits", what.name())
             }
             Error::UnsupportedAttributes {
                 attributes,
@@ -205,7 +333,7 @@ impl fmt::Display for Error {
                 attributes & !supported
             ),
             Error::ReservedBits { what, bits } => {
-                write!(f, "{what} has reserved bits {bits:#x} set")
+                write!(f, "{} has reserved bits {bits:#x} set", what.name())
             }
             Error::InvalidHint { hint } => {
                 write!(f, "page-size hint {hint} is not 0 (4K), 1 (2M) or 2 (1G)")
@@ -256,3 +384,70 @@ impl core::error::Error for Error {}
 
 /// Shorthand for results of the core.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+impl fmt::Display for Arg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for SlotField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SlotField::GuestMemfdSlot => "a guest-memfd slot",
+            SlotField::Size => "the size",
+            SlotField::Readonly => "readonly",
+            SlotField::GuestMemfd => "guest-memfd",
+            SlotField::Uaddr => "uaddr",
+            SlotField::Backing => "backing",
+        })
+    }
+}
+
+impl fmt::Display for FlagsFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlagsFault::GuestMemfdWithDirtyLog => "guest-memfd cannot be combined with dirty-log",
+            FlagsFault::GuestMemfdWithReadonly => "guest-memfd cannot be combined with readonly",
+            FlagsFault::UnknownBits => "unknown memslot flag bits",
+            FlagsFault::BackingDisagrees => "the guest-memfd flag and the slot's backing disagree",
+        })
+    }
+}
+
+impl fmt::Display for SnapshotFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotFault::Version => "unknown format version",
+            SnapshotFault::SlotOrder => "memslots out of address order",
+            SnapshotFault::HostOffset => "a host offset that is not page aligned below 1 GiB",
+            SnapshotFault::RunOrder => "runs empty, reversed, overlapping or out of order",
+            SnapshotFault::InhibitOrder => "inhibit records of 4K, repeated or out of order",
+            SnapshotFault::InhibitOutsideSlot => {
+                "an inhibit record that is not a large page wholly inside a memslot"
+            }
+            SnapshotFault::Unreachable => {
+                "it does not describe a state a tracker can be in (adjacent equal runs, \
+                 unsupported attributes, or inhibits outside memslots)"
+            }
+            SnapshotFault::DestinationNotFresh => "the destination already has private memory",
+            SnapshotFault::SlotsDiffer => "the destination's memslots differ from the snapshot's",
+        })
+    }
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unsupported::OutsideGfnSpace => "attribute range empty or outside the gfn space",
+            Unsupported::AcceptNeedsSplitLayout => "accept needs the split layout (TDX)",
+            Unsupported::ForeignConversion => "closing a conversion of another VM",
+            Unsupported::NoMmuModel => "MMU operations need an MMU model",
+            Unsupported::MmuNotFirst => "`mmu` is only allowed as the first operation",
+            Unsupported::AttributesAbove32Bits => {
+                "attribute values above 32 bits in the linux model"
+            }
+            Unsupported::OracleRejected => "the dense oracle rejected a validated range",
+        })
+    }
+}

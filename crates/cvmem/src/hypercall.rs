@@ -31,7 +31,7 @@ impl MapGpaRange {
         let reserved = attrs & !(KVM_MAP_GPA_RANGE_ENCRYPTED | KVM_MAP_GPA_RANGE_PAGE_SZ_MASK);
         if reserved != 0 {
             return Err(Error::ReservedBits {
-                what: "map-gpa flags",
+                what: crate::Arg::MapGpaFlags,
                 bits: reserved,
             });
         }
@@ -43,18 +43,18 @@ impl MapGpaRange {
         };
         if gpa % PAGE_SIZE != 0 {
             return Err(Error::Unaligned {
-                what: "map-gpa gpa",
+                what: crate::Arg::MapGpaGpa,
                 value: gpa,
                 align: PAGE_SIZE,
             });
         }
         if npages == 0 {
             return Err(Error::ZeroSize {
-                what: "map-gpa npages",
+                what: crate::Arg::MapGpaPages,
             });
         }
         let overflow = Error::Overflow {
-            what: "map-gpa range",
+            what: crate::Arg::MapGpaRange,
             start: gpa,
             size: npages,
         };

@@ -180,28 +180,28 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
     }
     if !r.gpa.is_aligned(Level::K4) {
         return Err(Error::Unaligned {
-            what: "memslot gpa",
+            what: crate::Arg::MemslotGpa,
             value: r.gpa.0,
             align: PAGE_SIZE,
         });
     }
     if r.size % PAGE_SIZE != 0 {
         return Err(Error::Unaligned {
-            what: "memslot size",
+            what: crate::Arg::MemslotSize,
             value: r.size,
             align: PAGE_SIZE,
         });
     }
     if let Some(uaddr) = r.uaddr.filter(|u| u % PAGE_SIZE != 0) {
         return Err(Error::Unaligned {
-            what: "memslot uaddr",
+            what: crate::Arg::MemslotUaddr,
             value: uaddr,
             align: PAGE_SIZE,
         });
     }
     if r.gpa.checked_add(r.size).is_none() {
         return Err(Error::Overflow {
-            what: "memslot",
+            what: crate::Arg::Memslot,
             start: r.gpa.0,
             size: r.size,
         });
@@ -213,14 +213,14 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
     }
     if r.flags.guest_memfd && r.flags.dirty_log {
         return Err(Error::InvalidFlags {
-            why: "guest-memfd cannot be combined with dirty-log",
+            why: crate::FlagsFault::GuestMemfdWithDirtyLog,
         });
     }
     // KVM has no read-only private memory: it refuses KVM_MEM_READONLY with KVM_MEM_GUEST_MEMFD
     // (found by `cvmem kvm-diff` against Linux 6.12; op-log v1 did not say).
     if r.flags.guest_memfd && r.flags.readonly {
         return Err(Error::InvalidFlags {
-            why: "guest-memfd cannot be combined with readonly",
+            why: crate::FlagsFault::GuestMemfdWithReadonly,
         });
     }
     Ok(())

@@ -154,7 +154,7 @@ impl Tracker {
     pub fn restore(snapshot: &TrackerSnapshot) -> Result<Tracker> {
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(Error::BadSnapshot {
-                why: "unknown format version",
+                why: crate::SnapshotFault::Version,
             });
         }
         let bad = |why| Err(Error::BadSnapshot { why });
@@ -162,10 +162,10 @@ impl Tracker {
             .with_gpa_bits(snapshot.gpa_bits);
         for (i, s) in snapshot.memslots.iter().enumerate() {
             if i > 0 && snapshot.memslots[i - 1].gpa >= s.gpa {
-                return bad("memslots out of address order");
+                return bad(crate::SnapshotFault::SlotOrder);
             }
             if s.host_offset & !HOST_OFFSET_MASK != 0 || s.host_offset % crate::PAGE_SIZE != 0 {
-                return bad("a host offset that is not page aligned below 1 GiB");
+                return bad(crate::SnapshotFault::HostOffset);
             }
             t.set_user_memory_region(&MemoryRegion {
                 slot: s.id,
@@ -179,17 +179,14 @@ impl Tracker {
         let mut last_end = Gfn(0);
         for r in &snapshot.runs {
             if r.start >= r.end || r.start < last_end {
-                return bad("runs empty, reversed, overlapping or out of order");
+                return bad(crate::SnapshotFault::RunOrder);
             }
             last_end = r.end;
             t.set_range_attributes(GfnRange::new(r.start.0, r.end.0), r.attributes)?;
         }
         t.restore_inhibits(&snapshot.inhibited)?;
         if t.snapshot() != *snapshot {
-            return bad(
-                "it does not describe a state a tracker can be in (adjacent equal runs, \
-                 unsupported attributes, or inhibits outside memslots)",
-            );
+            return bad(crate::SnapshotFault::Unreachable);
         }
         Ok(t)
     }
@@ -208,13 +205,13 @@ impl Tracker {
         for r in records {
             if r.level == Level::K4 || last.is_some_and(|l| l >= (r.level, r.gfn.0)) {
                 return Err(Error::BadSnapshot {
-                    why: "inhibit records of 4K, repeated or out of order",
+                    why: crate::SnapshotFault::InhibitOrder,
                 });
             }
             last = Some((r.level, r.gfn.0));
             if !self.add_inhibit(&mut fresh, r.gfn, r.level)? {
                 return Err(Error::BadSnapshot {
-                    why: "an inhibit record that is not a large page wholly inside a memslot",
+                    why: crate::SnapshotFault::InhibitOutsideSlot,
                 });
             }
         }

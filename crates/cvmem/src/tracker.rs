@@ -69,7 +69,7 @@ impl AttrRequest {
     pub fn new(range: GfnRange, to: Access) -> Result<Self> {
         if range.is_empty() || range.end > GFN_END {
             return Err(Error::Unsupported {
-                what: "attribute range empty or outside the gfn space",
+                what: crate::Unsupported::OutsideGfnSpace,
             });
         }
         Ok(AttrRequest {
@@ -199,24 +199,26 @@ impl Tracker {
             });
         }
         if size == 0 {
-            return Err(Error::ZeroSize { what: "size" });
+            return Err(Error::ZeroSize {
+                what: crate::Arg::Size,
+            });
         }
         if gpa % PAGE_SIZE != 0 {
             return Err(Error::Unaligned {
-                what: "address",
+                what: crate::Arg::Gpa,
                 value: gpa,
                 align: PAGE_SIZE,
             });
         }
         if size % PAGE_SIZE != 0 {
             return Err(Error::Unaligned {
-                what: "size",
+                what: crate::Arg::Size,
                 value: size,
                 align: PAGE_SIZE,
             });
         }
         let end = gpa.checked_add(size).ok_or(Error::Overflow {
-            what: "range",
+            what: crate::Arg::Range,
             start: gpa,
             size,
         })?;
@@ -243,7 +245,7 @@ impl Tracker {
     pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
         if range.is_empty() || range.end > GFN_END || attributes & !self.supported != 0 {
             return Err(Error::Unsupported {
-                what: "attribute range outside the gfn space",
+                what: crate::Unsupported::OutsideGfnSpace,
             });
         }
         self.attrs.set(range, attributes)
@@ -432,17 +434,26 @@ impl Tracker {
         if old.flags.guest_memfd {
             return Err(Error::SlotImmutable {
                 slot: r.slot,
-                what: "a guest-memfd slot",
+                what: crate::SlotField::GuestMemfdSlot,
             });
         }
         let immutable = [
-            (npages != old.npages, "the size"),
-            (r.flags.readonly != old.flags.readonly, "readonly"),
-            (r.flags.guest_memfd, "guest-memfd"),
-            (r.uaddr.is_some_and(|u| u != old.uaddr), "uaddr"),
-            (r.backing.is_some_and(|b| b != old.backing), "backing"),
+            (npages != old.npages, crate::SlotField::Size),
+            (
+                r.flags.readonly != old.flags.readonly,
+                crate::SlotField::Readonly,
+            ),
+            (r.flags.guest_memfd, crate::SlotField::GuestMemfd),
+            (
+                r.uaddr.is_some_and(|u| u != old.uaddr),
+                crate::SlotField::Uaddr,
+            ),
+            (
+                r.backing.is_some_and(|b| b != old.backing),
+                crate::SlotField::Backing,
+            ),
         ];
-        if let Some((_, what)) = immutable.iter().find(|(changed, _)| *changed) {
+        if let Some(&(_, what)) = immutable.iter().find(|(changed, _)| *changed) {
             return Err(Error::SlotImmutable { slot: r.slot, what });
         }
         if base_gfn == old.base_gfn {

@@ -44,7 +44,7 @@ fn attr_value(attributes: u64) -> Result<u32, Error> {
         .ok()
         .filter(|&v| v < u32::MAX - 2)
         .ok_or(Error::Unsupported {
-            what: "attribute values above 32 bits in the linux model",
+            what: cvmem::Unsupported::AttributesAbove32Bits,
         })
 }
 

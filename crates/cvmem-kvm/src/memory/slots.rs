@@ -256,7 +256,7 @@ impl CvmMemory {
         let adopted = matches!(new, NewMemory::Adopted(_));
         if backing.has_guest_memfd() != region.flags.guest_memfd {
             return Err(cvmem::Error::InvalidFlags {
-                why: "the guest-memfd flag and the slot's backing disagree",
+                why: cvmem::FlagsFault::BackingDisagrees,
             }
             .into());
         }

@@ -38,13 +38,13 @@ impl CvmMemory {
         });
         if slots_differ {
             return Err(cvmem::Error::BadSnapshot {
-                why: "the destination's memslots differ from the snapshot's",
+                why: cvmem::SnapshotFault::SlotsDiffer,
             }
             .into());
         }
         if !fresh {
             return Err(cvmem::Error::BadSnapshot {
-                why: "the destination already has private memory",
+                why: cvmem::SnapshotFault::DestinationNotFresh,
             }
             .into());
         }

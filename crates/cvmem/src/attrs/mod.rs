@@ -412,7 +412,7 @@ impl AttrStore {
         }
         if range.is_empty() || range.end > GFN_END {
             return Err(Error::Unsupported {
-                what: "attribute range outside the gfn space",
+                what: crate::Unsupported::OutsideGfnSpace,
             });
         }
         let v = attributes != 0;

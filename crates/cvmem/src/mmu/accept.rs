@@ -177,12 +177,12 @@ impl Vm {
         let gpa = gpa.0;
         if !self.layout.is_split() {
             return Err(Error::Unsupported {
-                what: "accept needs the split layout (TDX)",
+                what: crate::Unsupported::AcceptNeedsSplitLayout,
             });
         }
         if gpa % level.size() != 0 {
             return Err(Error::Unaligned {
-                what: "accept gpa",
+                what: crate::Arg::AcceptGpa,
                 value: gpa,
                 align: level.size(),
             });

@@ -163,7 +163,7 @@ impl Vm {
     /// A conversion begun by another VM is refused, whatever its window id.
     fn take_window(&mut self, conversion: &Conversion) -> Result<Option<Window>> {
         let foreign = crate::Error::Unsupported {
-            what: "closing a conversion of another VM",
+            what: crate::Unsupported::ForeignConversion,
         };
         if conversion.vm != self.brand {
             return Err(foreign);
