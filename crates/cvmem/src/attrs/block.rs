@@ -50,6 +50,7 @@ pub(super) fn fill(b: &mut Block, lo: u32, hi: u32, v: bool) {
 }
 
 /// [`fill`], returning whether any bit changed (no copy of the block to compare).
+#[inline]
 pub(super) fn fill_changed(b: &mut Block, lo: u32, hi: u32, v: bool) -> bool {
     debug_assert!(lo <= hi && hi <= PAGE_GFNS);
     if lo >= hi {
