@@ -81,7 +81,7 @@ pub fn check_map_gpa_range(gpa: u64, npages: u64, attrs: u64) {
 
 #[cfg(all(target_os = "linux", feature = "kvm"))]
 mod kvm {
-    use cvmem::{Access, PAGE_SIZE};
+    use cvmem::{Kind, PAGE_SIZE};
     use cvmem_kvm::PORT_MAP_GPA;
     use cvmem_kvm::{
         ConversionRequest, RequestError, RequestSource, TransportRegs, KVM_ENOSYS,
@@ -106,7 +106,7 @@ mod kvm {
             Ok(req) => {
                 assert_eq!(req.source, source, "{what}");
                 assert_eq!((req.gpa(), req.npages()), (gpa, npages), "{what}");
-                let to = Access::from_private(attrs & 0x10 != 0);
+                let to = Kind::from_private(attrs & 0x10 != 0);
                 assert_eq!(req.to, to, "{what}");
                 assert_eq!(req.range.start, gpa / PAGE_SIZE, "{what}");
             }

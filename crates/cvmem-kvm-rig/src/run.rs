@@ -310,7 +310,7 @@ impl Runner {
                         )));
                     }
                     // The vCPU re-enters and faults again, now of the right kind.
-                    let outcome = self.vm.memory.fault(Gpa(gpa), req.to)?;
+                    let outcome = self.vm.memory.fault(Gpa(gpa), req.to.access())?;
                     *self.report.probes.entry(outcome.name()).or_default() += 1;
                     (ExitKind::MemoryFault, false)
                 }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use cvmem::{Access, GfnRange, Level, SlotFlags, PAGE_SIZE};
+use cvmem::{GfnRange, Kind, Level, SlotFlags, PAGE_SIZE};
 use kvm_bindings::{
     kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
@@ -285,9 +285,9 @@ impl HostMemory {
     /// Discards the old contents of `[off, off + len)`, which just became `to`: punches the
     /// guest_memfd when it became shared, drops separate shared memory when it became private.
     /// Returns whether anything was discarded.
-    pub(crate) fn discard(&self, off: u64, len: u64, to: Access) -> Result<bool> {
+    pub(crate) fn discard(&self, off: u64, len: u64, to: Kind) -> Result<bool> {
         match (to, self.backing) {
-            (Access::Shared, Backing::GuestMemfdInPlace | Backing::GuestMemfdSeparate) => {
+            (Kind::Shared, Backing::GuestMemfdInPlace | Backing::GuestMemfdSeparate) => {
                 let (gmem, base) = self
                     .gmem
                     .as_ref()
@@ -300,7 +300,7 @@ impl HostMemory {
                 )?;
                 Ok(true)
             }
-            (Access::Private, Backing::GuestMemfdSeparate | Backing::Anonymous) => {
+            (Kind::Private, Backing::GuestMemfdSeparate | Backing::Anonymous) => {
                 match &self.shared_file {
                     Some(f) => punch(
                         &f.file,
@@ -315,8 +315,9 @@ impl HostMemory {
                 }
                 Ok(true)
             }
-            (Access::Private, Backing::GuestMemfdInPlace)
-            | (Access::Shared, Backing::Anonymous) => Ok(false),
+            (Kind::Private, Backing::GuestMemfdInPlace) | (Kind::Shared, Backing::Anonymous) => {
+                Ok(false)
+            }
         }
     }
 }
@@ -417,7 +418,7 @@ impl SlotMemory {
     }
 
     /// Discards the old contents of `range` (inside this slot), which just became `to`.
-    pub(crate) fn discard(&self, range: GfnRange, to: Access) -> Result<bool> {
+    pub(crate) fn discard(&self, range: GfnRange, to: Kind) -> Result<bool> {
         let off = range.start * PAGE_SIZE - self.gpa;
         self.host.discard(off, range.len() * PAGE_SIZE, to)
     }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use cvmem::Access;
+use cvmem::Kind;
 
 use crate::listener::{ConversionListener, ListenerError, MemoryEvent};
 
@@ -281,8 +281,8 @@ impl<D: DmaMap> ConversionListener for IommuListener<D> {
         for r in event.ranges {
             let (start, end) = (r.gpa(), r.gpa() + r.size());
             result = match event.to {
-                Access::Shared => t.map(start, end, r.hva, &mut steps),
-                Access::Private => t.unmap_range(start, end, &mut steps),
+                Kind::Shared => t.map(start, end, r.hva, &mut steps),
+                Kind::Private => t.unmap_range(start, end, &mut steps),
             };
             if result.is_err() {
                 break;

@@ -1,7 +1,7 @@
 //! Listeners: who must hear which guest memory became shared or private (VFIO/IOMMU users,
 //! vhost back-ends), with the exact ranges.
 
-use cvmem::{Access, GfnRange};
+use cvmem::{GfnRange, Kind};
 
 use crate::error::Error;
 
@@ -54,7 +54,7 @@ impl SlotRange {
 #[non_exhaustive]
 pub struct MemoryEvent<'a> {
     /// The new kind of the ranges.
-    pub to: Access,
+    pub to: Kind,
     /// Why.
     pub cause: Cause,
     /// The ranges.
@@ -81,14 +81,6 @@ pub trait ConversionListener: Send + Sync {
     fn name(&self) -> &str;
     /// Applies one event.
     fn notify(&self, event: &MemoryEvent<'_>) -> Result<(), ListenerError>;
-}
-
-/// The reverse of an event's direction.
-pub(crate) const fn opposite(to: Access) -> Access {
-    match to {
-        Access::Private => Access::Shared,
-        Access::Shared => Access::Private,
-    }
 }
 
 /// Notifies every listener in order; if one fails, the ones already notified get the reverse
@@ -121,7 +113,7 @@ pub(crate) fn undo(
         return Ok(());
     }
     let reverse = MemoryEvent {
-        to: opposite(event.to),
+        to: event.to.opposite(),
         cause: Cause::Rollback,
         ranges: event.ranges,
     };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "mmu-model")]
 use cvmem::mmu::{Layout, Recovery};
 use cvmem::{
-    Access, AttrRequest, GfnRange, Gpa, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+    AttrRequest, GfnRange, Gpa, Kind, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
 use cvmem_sync::{ConcurrentTracker, LeftRight};
 use kvm_bindings::kvm_memory_attributes;
@@ -130,7 +130,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn event(&self, to: Access) -> MemoryEvent<'_> {
+    fn event(&self, to: Kind) -> MemoryEvent<'_> {
         MemoryEvent {
             to,
             cause: Cause::Conversion,
@@ -325,7 +325,7 @@ impl CvmMemory {
     }
 
     /// The ranges of `slot` that are of kind `kind` now.
-    fn slot_runs(&self, slot: u32, kind: Access) -> Vec<SlotRange> {
+    fn slot_runs(&self, slot: u32, kind: Kind) -> Vec<SlotRange> {
         let Some(info) = self.shared.slots.read(|slots| slots.get(&slot).copied()) else {
             return Vec::new();
         };
@@ -352,12 +352,12 @@ impl CvmMemory {
         let memory = self.lock_memory();
         let mut shared = Vec::new();
         for &slot in memory.keys() {
-            shared.extend(self.slot_runs(slot, Access::Shared));
+            shared.extend(self.slot_runs(slot, Kind::Shared));
         }
         shared.sort_by_key(|r| r.range.start);
         if !shared.is_empty() {
             l.notify(&MemoryEvent {
-                to: Access::Shared,
+                to: Kind::Shared,
                 cause: Cause::Registered,
                 ranges: &shared,
             })?;
@@ -574,16 +574,16 @@ impl CvmMemory {
         // 2. To private: DMA users let go of the shared ranges (`notify_all` undoes its own
         //    partial notifications); to shared: the old private contents go.
         match to {
-            Access::Private => {
+            Kind::Private => {
                 let t = Instant::now();
                 let told = listener::notify_all(listeners, &event);
                 out.cost.listeners += t.elapsed();
                 told?;
                 done.listeners_told = true;
             }
-            Access::Shared => {
+            Kind::Shared => {
                 let t = Instant::now();
-                let discarded = discard(memory, &plan.slot_ranges, Access::Shared);
+                let discarded = discard(memory, &plan.slot_ranges, Kind::Shared);
                 out.cost.discard += t.elapsed();
                 out.discarded_bytes = discarded?;
             }
@@ -608,13 +608,13 @@ impl CvmMemory {
         // 5. To private: separately backed shared memory goes; to shared: DMA users hear of the
         //    new shared ranges.
         match to {
-            Access::Private => {
+            Kind::Private => {
                 let t = Instant::now();
-                let discarded = discard(memory, &plan.slot_ranges, Access::Private);
+                let discarded = discard(memory, &plan.slot_ranges, Kind::Private);
                 out.cost.discard += t.elapsed();
                 out.discarded_bytes = discarded?;
             }
-            Access::Shared => {
+            Kind::Shared => {
                 let t = Instant::now();
                 let told = listener::notify_all(listeners, &event);
                 out.cost.listeners += t.elapsed();
@@ -630,7 +630,7 @@ impl CvmMemory {
     /// up by asking; zapped mappings simply fault in again.
     fn roll_back(
         &self,
-        to: Access,
+        to: Kind,
         plan: &Plan,
         listeners: &[Arc<dyn ConversionListener>],
         done: Progress,
@@ -673,7 +673,7 @@ impl CvmMemory {
     /// Stores the old attributes of every changed run back, in the tracker and the model.
     fn restore_runs(&self, changed: &[(GfnRange, u64)]) -> cvmem::Result<()> {
         for &(range, old) in changed {
-            let request = AttrRequest::new(range, Access::from_attributes(old))?;
+            let request = AttrRequest::new(range, Kind::from_attributes(old))?;
             self.shared.tracker.convert_with(request, |_| {})?;
         }
         self.shared.model.restore(changed)
@@ -725,7 +725,7 @@ impl Drop for CvmMemory {
     }
 }
 
-fn discard(memory: &BTreeMap<u32, SlotMemory>, ranges: &[SlotRange], to: Access) -> Result<u64> {
+fn discard(memory: &BTreeMap<u32, SlotMemory>, ranges: &[SlotRange], to: Kind) -> Result<u64> {
     let mut bytes = 0;
     for r in ranges {
         if let Some(m) = memory.get(&r.slot) {

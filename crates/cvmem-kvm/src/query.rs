@@ -223,7 +223,7 @@ impl MemoryQuery {
         let stats = all.stats();
         let coverage = all.coverage();
         let collapsible = all.collapsible();
-        let runs: Vec<(u64, u64, Access)> = all
+        let runs: Vec<(u64, u64, cvmem::Kind)> = all
             .tracker()
             .memslots()
             .flat_map(|s| all.tracker().runs(s.range()))
@@ -231,13 +231,13 @@ impl MemoryQuery {
                 (
                     r.start.gpa().0,
                     (r.end.0 - r.start.0) * PAGE_SIZE,
-                    Access::from_private(r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
+                    cvmem::Kind::from_private(r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
                 )
             })
             .collect();
-        for (gpa, size, access) in runs {
+        for (gpa, size, kind) in runs {
             // Only NoMemory can fail: the figure is then what could be mapped.
-            let _ = all.fault_range(Gpa(gpa), size, access);
+            let _ = all.fault_range(Gpa(gpa), size, kind.access());
         }
         Some(MmuSnapshot {
             stats,

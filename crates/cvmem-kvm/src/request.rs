@@ -13,7 +13,7 @@
 //! reserved bits are rejected, ranges are checked.
 
 use cvmem::{
-    Access, GfnRange, GuestScope, Level, MapGpaRange, Tracker, KVM_HC_MAP_GPA_RANGE, PAGE_SIZE,
+    GfnRange, GuestScope, Kind, Level, MapGpaRange, Tracker, KVM_HC_MAP_GPA_RANGE, PAGE_SIZE,
 };
 
 /// The I/O port of this crate's conversion transport, for hosts without hypercall exits: the
@@ -58,7 +58,7 @@ pub struct ConversionRequest {
     /// The gfns to convert (never empty, never wrapping).
     pub range: GfnRange,
     /// The kind the range must become.
-    pub to: Access,
+    pub to: Kind,
     /// The guest's page-size hint (a hint only: it never changes the range).
     pub hint: Level,
     /// Where the request came from.
@@ -149,7 +149,7 @@ impl ConversionRequest {
         let m = MapGpaRange::decode(gpa, npages, attrs).map_err(RequestError::MapGpaRange)?;
         Ok(ConversionRequest {
             range: m.range(),
-            to: Access::from_private(m.private),
+            to: Kind::from_private(m.private),
             hint: m.hint,
             source,
         })
@@ -233,8 +233,8 @@ impl ConversionRequest {
     /// The memory attributes the range must get.
     pub const fn attributes(&self) -> u64 {
         match self.to {
-            Access::Private => cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE,
-            Access::Shared => 0,
+            Kind::Private => cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            Kind::Shared => 0,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use cvmem::{Access, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+use cvmem::{Gpa, Kind, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 use cvmem_kvm::{ConversionListener, CvmMemory, HostMemory, ListenerError, MemoryEvent, SlotRange};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -31,7 +31,7 @@ fn memfd_region() -> Arc<GuestRegionMmap> {
 }
 
 #[derive(Default)]
-struct Seen(Mutex<Vec<(Access, Vec<SlotRange>)>>);
+struct Seen(Mutex<Vec<(Kind, Vec<SlotRange>)>>);
 
 impl ConversionListener for Seen {
     fn name(&self) -> &str {
@@ -60,7 +60,7 @@ fn check(region: Arc<GuestRegionMmap>) {
     {
         let events = seen.0.lock().unwrap();
         let (to, ranges) = events.last().unwrap();
-        assert_eq!(*to, Access::Shared);
+        assert_eq!(*to, Kind::Shared);
         assert_eq!((ranges[0].hva, ranges[0].size()), (hva, SIZE as u64));
     }
 

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cvmem::{Access, Gpa, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{Access, Gpa, Kind, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use cvmem_kvm::{
     Backing, ConversionListener, CvmMemory, ListenerError, MemoryEvent, RangeKind, SlotSpec,
 };
@@ -118,7 +118,7 @@ impl ConversionListener for Holder {
         "holder"
     }
     fn notify(&self, e: &MemoryEvent<'_>) -> Result<(), ListenerError> {
-        if e.to == Access::Private {
+        if e.to == Kind::Private {
             self.entered.lock().unwrap().send(()).unwrap();
             let released = self
                 .release

@@ -54,7 +54,7 @@ impl ConversionListener for Refuse {
         "refuse"
     }
     fn notify(&self, e: &MemoryEvent<'_>) -> Result<(), ListenerError> {
-        if e.to == cvmem::Access::Shared && e.ranges.iter().any(|r| r.range.start == 0x100) {
+        if e.to == cvmem::Kind::Shared && e.ranges.iter().any(|r| r.range.start == 0x100) {
             return Err(ListenerError {
                 listener: "refuse".into(),
                 message: "no".into(),

@@ -21,7 +21,7 @@
 
 use alloc::vec::Vec;
 
-use crate::{Access, Error, GfnRange, Result, Tracker, PAGE_SIZE};
+use crate::{Error, GfnRange, Kind, Result, Tracker, PAGE_SIZE};
 
 /// What a guest's conversion of a range converts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl Tracker {
     /// What a guest's request to make `range` of kind `to` converts: its parts inside
     /// memslots, or [`Error::OutsideMemslots`] for a request to private that reaches outside
     /// them. Allocates only when the range covers more than one run of memslots.
-    pub fn guest_scope(&self, range: GfnRange, to: Access) -> Result<GuestScope> {
+    pub fn guest_scope(&self, range: GfnRange, to: Kind) -> Result<GuestScope> {
         let mut parts: Vec<GfnRange> = Vec::new();
         for slot in self.memslots() {
             if slot.range().start >= range.end {
@@ -68,7 +68,7 @@ impl Tracker {
         }
         let inside: u64 = parts.iter().map(GfnRange::len).sum();
         let outside_pages = range.len() - inside;
-        if outside_pages != 0 && to == Access::Private {
+        if outside_pages != 0 && to == Kind::Private {
             return Err(Error::OutsideMemslots {
                 gpa: range.start * PAGE_SIZE,
                 size: range.len() * PAGE_SIZE,

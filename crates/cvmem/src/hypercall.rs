@@ -2,7 +2,7 @@
 
 use crate::addr::{GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::tracker::{Access, AttrRequest};
+use crate::tracker::{AttrRequest, Kind};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// The hypercall number of KVM_HC_MAP_GPA_RANGE.
@@ -92,7 +92,7 @@ impl MapGpaRange {
     /// The checked KVM_SET_MEMORY_ATTRIBUTES request the VMM makes for it (an error only for a
     /// value built by hand with an empty or out-of-space range: `decode` never makes one).
     pub fn request(&self) -> Result<AttrRequest> {
-        AttrRequest::new(self.range(), Access::from_private(self.private))
+        AttrRequest::new(self.range(), Kind::from_private(self.private))
     }
 
     /// Encodes the request back into the hypercall's attributes argument.

@@ -53,6 +53,74 @@ impl Access {
     }
 }
 
+/// The kind a conversion makes memory — what KVM_SET_MEMORY_ATTRIBUTES' PRIVATE bit says —
+/// as distinct from the kind of an access ([`Access`]), which a fault compares with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Kind {
+    /// Shared (unencrypted) memory: no attributes.
+    Shared,
+    /// Private (encrypted) memory: KVM_MEMORY_ATTRIBUTE_PRIVATE.
+    Private,
+}
+
+impl Kind {
+    /// Whether the kind is private.
+    pub const fn is_private(self) -> bool {
+        matches!(self, Kind::Private)
+    }
+    /// The kind that matches `private`.
+    pub const fn from_private(private: bool) -> Self {
+        if private {
+            Kind::Private
+        } else {
+            Kind::Shared
+        }
+    }
+    /// The kind of a page with memory attributes `attributes`.
+    pub const fn from_attributes(attributes: u64) -> Self {
+        Self::from_private(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0)
+    }
+    /// The memory attributes of a page of this kind (PRIVATE or none).
+    pub const fn attributes(self) -> u64 {
+        match self {
+            Kind::Shared => 0,
+            Kind::Private => KVM_MEMORY_ATTRIBUTE_PRIVATE,
+        }
+    }
+    /// The other kind.
+    pub const fn opposite(self) -> Self {
+        match self {
+            Kind::Shared => Kind::Private,
+            Kind::Private => Kind::Shared,
+        }
+    }
+    /// The access that this kind of memory serves without a memory fault.
+    pub const fn access(self) -> Access {
+        match self {
+            Kind::Shared => Access::Shared,
+            Kind::Private => Access::Private,
+        }
+    }
+    /// `private` or `shared`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Shared => "shared",
+            Kind::Private => "private",
+        }
+    }
+}
+
+impl Access {
+    /// The kind of memory this access needs.
+    pub const fn kind(self) -> Kind {
+        match self {
+            Access::Shared => Kind::Shared,
+            Access::Private => Kind::Private,
+        }
+    }
+}
+
 /// A checked KVM_SET_MEMORY_ATTRIBUTES request: a non-empty gfn range inside the gfn space and
 /// the attributes it is to have. [`Tracker::validate_attributes`] makes one from a (gpa, size)
 /// request, [`AttrRequest::new`] from a range already decoded (a hypercall, a memory-fault exit);
@@ -66,7 +134,7 @@ pub struct AttrRequest {
 impl AttrRequest {
     /// A request to make `range` of kind `to`; `Err` for an empty range or one reaching past
     /// the gfn space.
-    pub fn new(range: GfnRange, to: Access) -> Result<Self> {
+    pub fn new(range: GfnRange, to: Kind) -> Result<Self> {
         if range.is_empty() || range.end > GFN_END {
             return Err(Error::Unsupported {
                 what: crate::Unsupported::OutsideGfnSpace,
@@ -86,8 +154,8 @@ impl AttrRequest {
         self.attributes
     }
     /// The kind they get.
-    pub const fn to(&self) -> Access {
-        Access::from_attributes(self.attributes)
+    pub const fn to(&self) -> Kind {
+        Kind::from_attributes(self.attributes)
     }
 }
 

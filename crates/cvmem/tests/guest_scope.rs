@@ -2,7 +2,7 @@
 //! hold, and to private is refused whenever any gfn of the range lies outside them — checked
 //! page by page against brute force over random memslot layouts.
 
-use cvmem::{Access, Errno, GfnRange, MemoryRegion, Tracker, PAGE_SIZE};
+use cvmem::{Errno, GfnRange, Kind, MemoryRegion, Tracker, PAGE_SIZE};
 use proptest::prelude::*;
 
 /// Up to four memslots in the first 256 pages (some adjacent), as (first page, pages).
@@ -41,7 +41,7 @@ proptest! {
         let range = GfnRange::new(start, start + len);
         let inside = |g: u64| slots.iter().any(|&(f, p)| (f..f + p).contains(&g));
         let want: Vec<u64> = (range.start..range.end).filter(|&g| inside(g)).collect();
-        match t.guest_scope(range, Access::from_private(private)) {
+        match t.guest_scope(range, Kind::from_private(private)) {
             Ok(scope) => {
                 prop_assert!(!private || want.len() as u64 == len);
                 let got: Vec<u64> = scope.parts.iter().flat_map(|r| r.start..r.end).collect();

@@ -3,8 +3,8 @@
 //! snapshotted.
 
 use cvmem::{
-    Access, AttrRequest, Errno, Error, Gfn, GfnRange, Gpa, Level, MemoryRegion, SlotFlags, Tracker,
-    TrackerSnapshot, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE, SNAPSHOT_VERSION,
+    Access, AttrRequest, Errno, Error, Gfn, GfnRange, Gpa, Kind, Level, MemoryRegion, SlotFlags,
+    Tracker, TrackerSnapshot, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE, SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
 
@@ -170,7 +170,7 @@ fn a_vm_mid_conversion_cannot_be_snapshotted() {
     let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
     vm.set_user_memory_region(&region(0, 0, GIB)).unwrap();
     let pending = vm
-        .begin_conversion(AttrRequest::new(GfnRange::new(0, 512), Access::Private).unwrap())
+        .begin_conversion(AttrRequest::new(GfnRange::new(0, 512), Kind::Private).unwrap())
         .unwrap();
     let e = vm.snapshot().unwrap_err();
     assert_eq!(e, Error::ConversionInProgress { count: 1 });

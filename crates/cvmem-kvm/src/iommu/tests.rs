@@ -12,7 +12,7 @@ fn range(start: u64, end: u64) -> SlotRange {
     }
 }
 
-fn event(to: Access, ranges: &[SlotRange]) -> MemoryEvent<'_> {
+fn event(to: Kind, ranges: &[SlotRange]) -> MemoryEvent<'_> {
     MemoryEvent {
         to,
         cause: Cause::Conversion,
@@ -45,12 +45,11 @@ fn recording_iommu_enforces_vfio_rules() {
 #[test]
 fn listener_splits_mappings_without_partial_unmaps() {
     let l = IommuListener::new("t", RecordingIommu::new());
-    l.notify(&event(Access::Shared, &[range(0, 512)])).unwrap();
+    l.notify(&event(Kind::Shared, &[range(0, 512)])).unwrap();
     // One page in the middle, then the first page, then the rest.
-    l.notify(&event(Access::Private, &[range(100, 101)]))
-        .unwrap();
+    l.notify(&event(Kind::Private, &[range(100, 101)])).unwrap();
     assert_eq!(l.mapped(), vec![(0, 100 * 4096), (101 * 4096, 512 * 4096)]);
-    l.notify(&event(Access::Private, &[range(0, 1), range(200, 300)]))
+    l.notify(&event(Kind::Private, &[range(0, 1), range(200, 300)]))
         .unwrap();
     assert_eq!(
         l.mapped(),
@@ -66,7 +65,7 @@ fn listener_splits_mappings_without_partial_unmaps() {
     assert_eq!(l.splits(), 5);
     // Back to shared: adjacent pieces are separate mappings, never overlapping.
     l.notify(&event(
-        Access::Shared,
+        Kind::Shared,
         &[range(0, 1), range(100, 101), range(200, 300)],
     ))
     .unwrap();
@@ -77,30 +76,28 @@ fn listener_splits_mappings_without_partial_unmaps() {
 #[test]
 fn listener_rejects_events_that_contradict_its_mappings() {
     let l = IommuListener::new("t", RecordingIommu::new());
-    l.notify(&event(Access::Shared, &[range(0, 16)])).unwrap();
+    l.notify(&event(Kind::Shared, &[range(0, 16)])).unwrap();
     // Private memory that was never shared.
-    assert!(l.notify(&event(Access::Private, &[range(8, 32)])).is_err());
+    assert!(l.notify(&event(Kind::Private, &[range(8, 32)])).is_err());
     // Shared memory that already is.
-    assert!(l.notify(&event(Access::Shared, &[range(4, 5)])).is_err());
+    assert!(l.notify(&event(Kind::Shared, &[range(4, 5)])).is_err());
     assert_eq!(l.mapped(), vec![(0, 16 * 4096)]);
 }
 
 #[test]
 fn a_failed_event_leaves_the_listener_as_it_was() {
     let l = IommuListener::new("t", RecordingIommu::new());
-    l.notify(&event(Access::Shared, &[range(0, 16)])).unwrap();
+    l.notify(&event(Kind::Shared, &[range(0, 16)])).unwrap();
     // The split's second remap fails: the whole event is undone.
     l.with_dma(|d| d.fail_map_in(2));
-    let e = l
-        .notify(&event(Access::Private, &[range(4, 8)]))
-        .unwrap_err();
+    let e = l.notify(&event(Kind::Private, &[range(4, 8)])).unwrap_err();
     assert!(e.message.contains("injected"), "{e}");
     assert_eq!(l.mapped(), vec![(0, 16 * 4096)]);
     assert_eq!(l.with_dma(|d| d.mapped()), vec![(0, 16 * 4096)]);
     // A multi-range map whose second range fails.
     l.with_dma(|d| d.fail_map_in(2));
     assert!(l
-        .notify(&event(Access::Shared, &[range(20, 21), range(30, 31)]))
+        .notify(&event(Kind::Shared, &[range(20, 21), range(30, 31)]))
         .is_err());
     assert_eq!(l.with_dma(|d| d.mapped()), vec![(0, 16 * 4096)]);
 }

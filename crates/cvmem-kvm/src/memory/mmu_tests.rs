@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use cvmem::mmu::FaultOutcome;
-use cvmem::{Errno, MemoryRegion, SlotChange, SlotFlags};
+use cvmem::{Access, Errno, MemoryRegion, SlotChange, SlotFlags};
 
 use super::*;
 use crate::iommu::{IommuListener, RecordingIommu};

@@ -9,7 +9,7 @@ mod imp {
     use std::sync::{Mutex, MutexGuard, PoisonError};
 
     use cvmem::mmu::{Conversion, Vm};
-    use cvmem::{Access, AttrRequest, GfnRange, MemoryRegion, Result};
+    use cvmem::{AttrRequest, GfnRange, Kind, MemoryRegion, Result};
 
     use crate::memory::MmuConfig;
 
@@ -59,7 +59,7 @@ mod imp {
         pub(crate) fn restore(&self, changed: &[(GfnRange, u64)]) -> Result<()> {
             self.with(|vm| {
                 for &(range, old) in changed {
-                    vm.convert(AttrRequest::new(range, Access::from_attributes(old))?)?;
+                    vm.convert(AttrRequest::new(range, Kind::from_attributes(old))?)?;
                 }
                 Ok(())
             })

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cvmem::{Access, Gpa, Level, MemoryRegion, SlotChange, SlotFlags};
+use cvmem::{Gpa, Kind, Level, MemoryRegion, SlotChange, SlotFlags};
 
 use cvmem_sync::Apply;
 
@@ -287,9 +287,9 @@ impl CvmMemory {
             return Err(e.into());
         }
         memory.insert(slot, mem);
-        let shared = self.slot_runs(slot, Access::Shared);
+        let shared = self.slot_runs(slot, Kind::Shared);
         let event = MemoryEvent {
-            to: Access::Shared,
+            to: Kind::Shared,
             cause: Cause::SlotAdded,
             ranges: &shared,
         };
@@ -302,11 +302,11 @@ impl CvmMemory {
     }
 
     fn remove_locked(&self, memory: &mut Slots, slot: u32) -> Result<()> {
-        let shared = self.slot_runs(slot, Access::Shared);
+        let shared = self.slot_runs(slot, Kind::Shared);
         listener::notify_all(
             &self.listeners(),
             &MemoryEvent {
-                to: Access::Private,
+                to: Kind::Private,
                 cause: Cause::SlotRemoved,
                 ranges: &shared,
             },
@@ -347,12 +347,12 @@ impl CvmMemory {
         let moving = matches!(change, SlotChange::Moved { .. });
         let listeners = self.listeners();
         let old_shared = if moving {
-            self.slot_runs(slot, Access::Shared)
+            self.slot_runs(slot, Kind::Shared)
         } else {
             Vec::new()
         };
         let gone = MemoryEvent {
-            to: Access::Private,
+            to: Kind::Private,
             cause: Cause::SlotRemoved,
             ranges: &old_shared,
         };
@@ -392,9 +392,9 @@ impl CvmMemory {
             return Err(undo_kvm(mem, e.into()));
         }
         if moving {
-            let new_shared = self.slot_runs(slot, Access::Shared);
+            let new_shared = self.slot_runs(slot, Kind::Shared);
             let arrived = MemoryEvent {
-                to: Access::Shared,
+                to: Kind::Shared,
                 cause: Cause::SlotAdded,
                 ranges: &new_shared,
             };

@@ -4,7 +4,7 @@
 //! them — KVM's attributes, discards and listeners included, as if the guest had asked.
 
 use cvmem::snapshot::{InhibitRecord, RunRecord};
-use cvmem::{Access, GfnRange, Level, TrackerSnapshot};
+use cvmem::{GfnRange, Kind, Level, TrackerSnapshot};
 
 use super::CvmMemory;
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ impl CvmMemory {
         for (done, run) in snapshot.runs.iter().enumerate() {
             let applied = self.convert(&ConversionRequest {
                 range: run.range(),
-                to: Access::from_attributes(run.attributes),
+                to: Kind::from_attributes(run.attributes),
                 hint: Level::K4,
                 source: RequestSource::Vmm,
             });
@@ -71,7 +71,7 @@ impl CvmMemory {
         for run in runs.iter().rev() {
             let undone = self.convert(&ConversionRequest {
                 range: run.range(),
-                to: Access::Shared,
+                to: Kind::Shared,
                 hint: Level::K4,
                 source: RequestSource::Vmm,
             });

@@ -36,7 +36,7 @@ fn req(gpa: u64, npages: u64, private: bool) -> ConversionRequest {
 }
 
 /// One recorded event: direction, cause, gfn ranges.
-type Recorded = (Access, Cause, Vec<(u64, u64)>);
+type Recorded = (Kind, Cause, Vec<(u64, u64)>);
 
 /// Records every event; fails the events whose number is in `fail`.
 #[derive(Default)]
@@ -88,13 +88,10 @@ fn listeners_get_exact_changed_ranges_clipped_to_slots() {
         .unwrap();
     assert_eq!(c.changed_pages, 2048 - 4);
     let events = rec.events.lock().unwrap().clone();
-    assert_eq!(
-        events[1],
-        (Access::Private, Cause::Conversion, vec![(1, 5)])
-    );
+    assert_eq!(events[1], (Kind::Private, Cause::Conversion, vec![(1, 5)]));
     assert_eq!(
         events[2],
-        (Access::Private, Cause::Conversion, vec![(0, 1), (5, 1024)])
+        (Kind::Private, Cause::Conversion, vec![(0, 1), (5, 1024)])
     );
     // Nothing changes: no event.
     assert_eq!(m.convert(&req(0x2000, 1, true)).unwrap().changed_pages, 0);

@@ -21,17 +21,14 @@ fn map_gpa_errno(r: Result<ConversionRequest, RequestError>) -> Errno {
 fn hypercall_valid_private_and_shared() {
     let r = hc(0x20_0000, 512, PRIVATE | 1).unwrap();
     assert_eq!(r.range, GfnRange::new(0x200, 0x400));
-    assert_eq!(r.to, Access::Private);
+    assert_eq!(r.to, Kind::Private);
     assert_eq!(r.hint, Level::M2);
     assert_eq!(r.source, RequestSource::Hypercall);
     assert_eq!((r.gpa(), r.npages()), (0x20_0000, 512));
     assert_eq!(r.attributes(), cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE);
 
     let r = hc(0x1000, 1, 0).unwrap();
-    assert_eq!(
-        (r.to, r.hint, r.attributes()),
-        (Access::Shared, Level::K4, 0)
-    );
+    assert_eq!((r.to, r.hint, r.attributes()), (Kind::Shared, Level::K4, 0));
     assert_eq!(hc(0, 1, 2).unwrap().hint, Level::G1);
 }
 
@@ -39,8 +36,8 @@ fn hypercall_valid_private_and_shared() {
 fn hint_bits_are_not_the_direction() {
     // libkrun's bug: reading the page-size hint as "private". A 2M hint alone is shared.
     for hint in 0..=2 {
-        assert_eq!(hc(0, 1, hint).unwrap().to, Access::Shared);
-        assert_eq!(hc(0, 1, hint | PRIVATE).unwrap().to, Access::Private);
+        assert_eq!(hc(0, 1, hint).unwrap().to, Kind::Shared);
+        assert_eq!(hc(0, 1, hint | PRIVATE).unwrap().to, Kind::Private);
     }
 }
 
@@ -124,7 +121,7 @@ fn port_io_valid() {
     )
     .unwrap();
     assert_eq!(r.range, GfnRange::new(0x40000, 0x40010));
-    assert_eq!((r.to, r.source), (Access::Private, RequestSource::PortIo));
+    assert_eq!((r.to, r.source), (Kind::Private, RequestSource::PortIo));
 }
 
 #[test]
@@ -182,10 +179,10 @@ fn memory_fault_valid() {
     assert_eq!(r.range, GfnRange::new(5, 6));
     assert_eq!(
         (r.to, r.hint, r.source),
-        (Access::Private, Level::K4, RequestSource::MemoryFault)
+        (Kind::Private, Level::K4, RequestSource::MemoryFault)
     );
     let r = ConversionRequest::from_memory_fault(0, 0x20_0000, 0x20_0000).unwrap();
-    assert_eq!((r.to, r.npages()), (Access::Shared, 512));
+    assert_eq!((r.to, r.npages()), (Kind::Shared, 512));
     let f = cvmem::MemoryFault {
         gpa: cvmem::Gpa(0x7000),
         size: 4096,
