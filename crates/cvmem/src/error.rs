@@ -4,6 +4,7 @@ use core::fmt;
 
 /// The errno name an [`Error`] corresponds to in KVM's uAPI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Errno {
     /// Invalid argument.
     EINVAL,
@@ -17,6 +18,8 @@ pub enum Errno {
     E2BIG,
     /// Busy: the operation needs a quiescent state (no conversion in progress).
     EBUSY,
+    /// Try again: a page is still referenced elsewhere (guest_memfd shared → private).
+    EAGAIN,
 }
 
 impl Errno {
@@ -29,6 +32,7 @@ impl Errno {
             Errno::ENOMEM => "ENOMEM",
             Errno::E2BIG => "E2BIG",
             Errno::EBUSY => "EBUSY",
+            Errno::EAGAIN => "EAGAIN",
         }
     }
     /// The positive errno number on Linux.
@@ -40,6 +44,7 @@ impl Errno {
             Errno::ENOMEM => 12,
             Errno::E2BIG => 7,
             Errno::EBUSY => 16,
+            Errno::EAGAIN => 11,
         }
     }
 }
@@ -78,6 +83,12 @@ pub enum Arg {
     MapGpaFlags,
     /// A TDX accept's guest physical address.
     AcceptGpa,
+    /// An offset into a guest_memfd.
+    GmemOffset,
+    /// A size of (or in) a guest_memfd.
+    GmemSize,
+    /// KVM_SET_MEMORY_ATTRIBUTES2's flags.
+    GmemFlags,
 }
 
 impl Arg {
@@ -96,6 +107,9 @@ impl Arg {
             Arg::MapGpaRange => "map-gpa range",
             Arg::MapGpaFlags => "map-gpa flags",
             Arg::AcceptGpa => "accept gpa",
+            Arg::GmemOffset => "guest_memfd offset",
+            Arg::GmemSize => "guest_memfd size",
+            Arg::GmemFlags => "set-attributes2 flags",
         }
     }
 }
@@ -295,6 +309,31 @@ pub enum Error {
         /// How many of its pages no memslot holds.
         outside_pages: u64,
     },
+    /// A guest_memfd range reaching past the end of the file.
+    OutsideFile {
+        /// Start of the range (bytes into the file).
+        offset: u64,
+        /// Its size.
+        size: u64,
+        /// The file's size.
+        file_size: u64,
+    },
+    /// Shared → private of a guest_memfd range whose page at `offset` the host still
+    /// references (KVM_SET_MEMORY_ATTRIBUTES2's `-EAGAIN`, `offset` being its `error_offset`).
+    PageReferenced {
+        /// The first referenced page of the range.
+        offset: u64,
+    },
+    /// A reference asked for on a private guest_memfd page (the host cannot map it).
+    PrivatePage {
+        /// The page.
+        offset: u64,
+    },
+    /// A reference dropped on a guest_memfd page that holds none.
+    NotReferenced {
+        /// The page.
+        offset: u64,
+    },
     /// An allocation failed before anything changed.
     NoMemory {
         /// Bytes that could not be allocated.
@@ -309,6 +348,7 @@ impl Error {
             Error::SlotOverlap { .. } => Errno::EEXIST,
             Error::NoMemory { .. } => Errno::ENOMEM,
             Error::ConversionInProgress { .. } => Errno::EBUSY,
+            Error::PageReferenced { .. } => Errno::EAGAIN,
             _ => Errno::EINVAL,
         }
     }
@@ -375,6 +415,24 @@ impl fmt::Display for Error {
                 f,
                 "gpa {gpa:#x} + {size:#x} to private: {outside_pages} page(s) lie outside every memslot"
             ),
+            Error::OutsideFile {
+                offset,
+                size,
+                file_size,
+            } => write!(
+                f,
+                "guest_memfd range {offset:#x} + {size:#x} reaches past the file's {file_size:#x} bytes"
+            ),
+            Error::PageReferenced { offset } => write!(
+                f,
+                "the guest_memfd page at {offset:#x} is still referenced by the host"
+            ),
+            Error::PrivatePage { offset } => {
+                write!(f, "the guest_memfd page at {offset:#x} is private")
+            }
+            Error::NotReferenced { offset } => {
+                write!(f, "the guest_memfd page at {offset:#x} holds no reference")
+            }
             Error::NoMemory { bytes } => write!(f, "could not allocate {bytes} bytes"),
         }
     }

@@ -1,0 +1,225 @@
+//! Attributes per guest_memfd: in-place conversion's model of PRIVATE (queued for Linux 7.4).
+//!
+//! With `kvm.gmem_in_place_conversion`, PRIVATE is kept by each guest_memfd, keyed by file
+//! offset, and changed with `KVM_SET_MEMORY_ATTRIBUTES2` on the guest_memfd's fd (facts in
+//! `FACTS.md`, "Where the kernel stands at the end of 2026"). The contract modelled here:
+//!
+//! - offset and size page aligned, size non-zero, the range inside the file, only PRIVATE, no
+//!   flags — else `EINVAL`, nothing changed;
+//! - a range that already has the attributes returns at once (nothing to do);
+//! - shared → private is refused with `EAGAIN` and `error_offset` = the first page of the range
+//!   still referenced elsewhere (the host holds a reference on a shared page: a pin, a mapping
+//!   in use), nothing changed;
+//! - private → shared needs no reference check;
+//! - `ENOMEM` leaves everything as it was.
+//!
+//! The store is the tracker's own attribute store ([`AttrStore`]), keyed by page index instead
+//! of gfn: a file of any size costs what its non-uniform parts cost. References are host-side
+//! state (the VMM's pins), kept per page while non-zero.
+
+use alloc::collections::BTreeMap;
+
+use crate::addr::{Gfn, GfnRange, PAGE_SHIFT, PAGE_SIZE};
+use crate::attrs::AttrStore;
+use crate::error::{Arg, Error, Result};
+use crate::tracker::Kind;
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+/// A byte offset into a guest_memfd file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GmemOffset(pub u64);
+
+impl GmemOffset {
+    /// The index of the page holding this offset.
+    pub const fn page(self) -> u64 {
+        self.0 >> PAGE_SHIFT
+    }
+}
+
+/// `GUEST_MEMFD_FLAG_*` of `KVM_CREATE_GUEST_MEMFD` that the attribute model depends on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GmemFlags {
+    /// `GUEST_MEMFD_FLAG_MMAP`: the host may map (shared) pages of the file.
+    pub mmap: bool,
+    /// `GUEST_MEMFD_FLAG_INIT_SHARED`: every page starts shared (else private).
+    pub init_shared: bool,
+}
+
+/// One guest_memfd's PRIVATE attribute and the references the host holds on its pages.
+#[derive(Clone, Debug)]
+pub struct Gmem {
+    size: u64,
+    flags: GmemFlags,
+    /// PRIVATE per page index.
+    attrs: AttrStore,
+    /// References the host holds on a page (index → count), only while non-zero.
+    refs: BTreeMap<u64, u32>,
+}
+
+impl Gmem {
+    /// A guest_memfd of `size` bytes (page aligned, non-zero), all shared with
+    /// [`GmemFlags::init_shared`], else all private.
+    pub fn new(size: u64, flags: GmemFlags) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: Arg::GmemSize,
+            });
+        }
+        if size % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned {
+                what: Arg::GmemSize,
+                value: size,
+                align: PAGE_SIZE,
+            });
+        }
+        let mut attrs = AttrStore::new();
+        if !flags.init_shared {
+            attrs.set(
+                GfnRange::new(0, size / PAGE_SIZE),
+                KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            )?;
+        }
+        Ok(Gmem {
+            size,
+            flags,
+            attrs,
+            refs: BTreeMap::new(),
+        })
+    }
+
+    /// The file's size in bytes.
+    pub const fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The flags it was created with.
+    pub const fn flags(&self) -> GmemFlags {
+        self.flags
+    }
+
+    /// The kind of the page holding `offset` (inside the file).
+    pub fn kind(&self, offset: GmemOffset) -> Kind {
+        Kind::from_private(self.attrs.is_private(Gfn(offset.page())))
+    }
+
+    /// The kind of every page of `[offset, offset + size)` if they share one.
+    pub fn uniform(&self, offset: GmemOffset, size: u64) -> Option<Kind> {
+        let range = self.pages(offset, size).ok()?;
+        self.attrs.uniform(range).map(Kind::from_attributes)
+    }
+
+    /// References the host holds on the page at `offset`.
+    pub fn references(&self, offset: GmemOffset) -> u32 {
+        self.refs.get(&offset.page()).copied().unwrap_or(0)
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` on this guest_memfd: makes `[offset, offset + size)`
+    /// private (`attributes` = PRIVATE) or shared (0). `Ok(false)` when the range had them
+    /// already. Refused, with nothing changed: `EINVAL` for a bad request,
+    /// [`Error::PageReferenced`] (`EAGAIN`, its `offset` the kernel's `error_offset`) when a
+    /// shared page of the range is referenced elsewhere, `ENOMEM`.
+    pub fn set_memory_attributes2(
+        &mut self,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<bool> {
+        if flags != 0 {
+            return Err(Error::ReservedBits {
+                what: Arg::GmemFlags,
+                bits: flags,
+            });
+        }
+        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            });
+        }
+        let range = self.pages(offset, size)?;
+        if self.attrs.uniform(range) == Some(attributes) {
+            return Ok(false);
+        }
+        if attributes != 0 {
+            // Shared → private: every page must be the guest's alone.
+            if let Some((&page, _)) = self.refs.range(range.start..range.end).next() {
+                return Err(Error::PageReferenced {
+                    offset: page << PAGE_SHIFT,
+                });
+            }
+        }
+        self.attrs.set(range, attributes)
+    }
+
+    /// Takes a reference on the shared page at `offset` (the host maps or pins it). Refused
+    /// (`EINVAL`) for a private page or an offset outside the file.
+    pub fn get_page(&mut self, offset: GmemOffset) -> Result<()> {
+        let range = self.pages(GmemOffset(offset.page() << PAGE_SHIFT), PAGE_SIZE)?;
+        if self.attrs.is_private(Gfn(range.start)) {
+            return Err(Error::PrivatePage {
+                offset: offset.0 & !(PAGE_SIZE - 1),
+            });
+        }
+        let count = self.refs.entry(range.start).or_insert(0);
+        *count = count.checked_add(1).ok_or(Error::Overflow {
+            what: Arg::GmemOffset,
+            start: offset.0,
+            size: PAGE_SIZE,
+        })?;
+        Ok(())
+    }
+
+    /// Drops a reference [`Gmem::get_page`] took. Refused (`EINVAL`) when the page holds none.
+    pub fn put_page(&mut self, offset: GmemOffset) -> Result<()> {
+        let page = offset.page();
+        match self.refs.get_mut(&page) {
+            Some(1) => {
+                self.refs.remove(&page);
+                Ok(())
+            }
+            Some(count) => {
+                *count -= 1;
+                Ok(())
+            }
+            None => Err(Error::NotReferenced {
+                offset: page << PAGE_SHIFT,
+            }),
+        }
+    }
+
+    /// Bytes of heap memory held (the attribute store and the reference counts).
+    pub fn heap_bytes(&self) -> usize {
+        // A B-tree node holds up to 11 entries; count a node per 6 as the tree keeps them.
+        let per_entry = core::mem::size_of::<(u64, u32)>() * 2;
+        self.attrs.heap_bytes() + self.refs.len() * per_entry
+    }
+
+    /// The pages of `[offset, offset + size)`, checked: page aligned, non-empty, inside the file.
+    fn pages(&self, offset: GmemOffset, size: u64) -> Result<GfnRange> {
+        for (what, value) in [(Arg::GmemOffset, offset.0), (Arg::GmemSize, size)] {
+            if value % PAGE_SIZE != 0 {
+                return Err(Error::Unaligned {
+                    what,
+                    value,
+                    align: PAGE_SIZE,
+                });
+            }
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: Arg::GmemSize,
+            });
+        }
+        match offset.0.checked_add(size) {
+            Some(end) if end <= self.size => Ok(GfnRange::new(offset.page(), end >> PAGE_SHIFT)),
+            _ => Err(Error::OutsideFile {
+                offset: offset.0,
+                size,
+                file_size: self.size,
+            }),
+        }
+    }
+}
