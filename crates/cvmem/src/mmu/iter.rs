@@ -11,6 +11,10 @@ use super::table::{entry_index, entry_pages, PageTables, Spte, TableId, ENTRIES}
 
 /// The largest table level the model supports (a sixth level beyond 5-level paging keeps the
 /// whole 64-bit space mappable; see [`super::vm::Vm::paging_levels`]).
+///
+/// Table levels are numbers (1 = the 4K tables, up to 6), not [`crate::Level`]s: a
+/// [`crate::Level`] is a mapping size a leaf may have (4K, 2M, 1G); levels 4-6 hold tables only,
+/// and the model's public face ([`crate::mmu::Leaf`]) speaks in [`crate::Level`]s.
 pub(crate) const MAX_LEVEL: u8 = 6;
 
 /// What one step did.
