@@ -9,6 +9,8 @@
 //!   the same checks on op-log text assembled from the bytes;
 //! - [`hypercall_decode()`]: register values to `MapGpaRange::decode` and (on Linux) the KVM
 //!   crate's request decoders;
+//! - [`gmem_oracle()`]: operation sequences on one guest_memfd's attributes and its dense
+//!   oracle (KVM_SET_MEMORY_ATTRIBUTES2, host references), every answer compared;
 //! - [`snapshot_restore()`]: hostile snapshots (JSON, or records from the bytes) to
 //!   `Tracker::restore`: no panic, exact round trips, memory bounded by the snapshot's size.
 //!
@@ -17,6 +19,7 @@
 //! random front end for longer runs; `fuzz/` wraps them for libFuzzer (`cargo fuzz`, nightly).
 //! See `fuzz/README.md`.
 
+pub mod gmem;
 pub mod hypercall;
 pub mod input;
 pub mod mutate;
@@ -24,6 +27,7 @@ pub mod oplog;
 pub mod snapshot;
 pub mod tracker_oracle;
 
+pub use gmem::gmem_oracle;
 pub use hypercall::hypercall_decode;
 pub use oplog::{oplog_replay, oplog_tokens};
 pub use snapshot::snapshot_restore;
@@ -41,7 +45,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         name: "tracker_oracle",
         run: tracker_oracle,
@@ -66,6 +70,11 @@ pub const TARGETS: [Target; 5] = [
         name: "snapshot_restore",
         run: snapshot_restore,
         max_len: 2048,
+    },
+    Target {
+        name: "gmem_oracle",
+        run: gmem_oracle,
+        max_len: 512,
     },
 ];
 

@@ -53,3 +53,8 @@ fn hypercall_decode() {
 fn snapshot_restore() {
     run(named("snapshot_restore"), 3000);
 }
+
+#[test]
+fn gmem_oracle() {
+    run(named("gmem_oracle"), 3000);
+}
