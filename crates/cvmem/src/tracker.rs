@@ -311,7 +311,13 @@ impl Tracker {
     ///
     /// Large-page info needs no update: MIXED is read from the attribute store itself.
     pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
-        if range.is_empty() || range.end > GFN_END || attributes & !self.supported != 0 {
+        if attributes & !self.supported != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: self.supported,
+            });
+        }
+        if range.is_empty() || range.end > GFN_END {
             return Err(Error::Unsupported {
                 what: crate::Unsupported::OutsideGfnSpace,
             });
