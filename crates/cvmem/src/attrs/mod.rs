@@ -32,7 +32,7 @@ use core::mem::size_of;
 use crate::addr::{Gfn, GfnRange, Level, GFN_END};
 use crate::error::{Error, Result};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use node::{Node, NODE_GFNS};
+use node::{EdgePlans, Node, NODE_GFNS};
 use region::{Region, Update, DENSE_BYTES};
 
 /// Regions and nodes kept for reuse, so that a page flipping between uniform and mixed does not
@@ -436,9 +436,9 @@ impl AttrStore {
         if self.uniform(range) == Some(attr(v)) {
             return Ok(false);
         }
-        self.reserve(range, v)?;
+        let plans = self.reserve(range, v)?;
         // From here on nothing allocates and nothing can fail.
-        self.commit(range, v);
+        self.commit(range, v, &plans);
         Ok(true)
     }
 
@@ -539,12 +539,19 @@ impl AttrStore {
         self.ready_spares(fresh, SPARE)
     }
 
-    /// Allocates everything `commit(range, v)` may need.
-    fn reserve(&mut self, range: GfnRange, v: bool) -> Result<()> {
+    /// Allocates everything `commit(range, v)` may need, and plans the regions it changes at
+    /// the range's edges (per edge 512G unit, in `edges` order) for `commit` to carry out.
+    fn reserve(&mut self, range: GfnRange, v: bool) -> Result<[EdgePlans; 2]> {
         let (mut fresh_nodes, mut fresh_regions) = (0, 0);
-        for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
+        let mut plans = [[None, None], [None, None]];
+        for (slot, (unit, lo, hi)) in plans
+            .iter_mut()
+            .zip(edges(range.start, range.end, NODE_GFNS))
+        {
             if let Ok(i) = self.node_at(unit) {
-                fresh_regions += self.nodes[i].reserve(lo, hi, v)?;
+                let (fresh, node_plans) = self.nodes[i].reserve(lo, hi, v)?;
+                fresh_regions += fresh;
+                *slot = node_plans;
             } else if runs_contain(&self.private, unit) != v {
                 fresh_nodes += 1;
                 fresh_regions += edges(lo, hi, 1 << 18).count();
@@ -553,10 +560,11 @@ impl AttrStore {
         grow(&mut self.keys, fresh_nodes, usize::MAX)?;
         grow(&mut self.nodes, fresh_nodes, usize::MAX)?;
         grow(&mut self.private, 3, usize::MAX)?;
-        self.ready_spares(fresh_nodes, fresh_regions)
+        self.ready_spares(fresh_nodes, fresh_regions)?;
+        Ok(plans)
     }
 
-    fn commit(&mut self, range: GfnRange, v: bool) {
+    fn commit(&mut self, range: GfnRange, v: bool, plans: &[EdgePlans; 2]) {
         let (a, b) = (range.start.div_ceil(NODE_GFNS), range.end / NODE_GFNS);
         if a < b {
             let (i0, i1) = (
@@ -569,10 +577,12 @@ impl AttrStore {
             }
             runs_set(&mut self.private, a, b, v);
         }
-        for (unit, lo, hi) in edges(range.start, range.end, NODE_GFNS) {
+        for (unit_plans, (unit, lo, hi)) in
+            plans.iter().zip(edges(range.start, range.end, NODE_GFNS))
+        {
             match self.node_at(unit) {
                 Ok(i) => {
-                    self.nodes[i].set(lo, hi, v, &mut self.spare_regions);
+                    self.nodes[i].set(lo, hi, v, &mut self.spare_regions, unit_plans);
                     self.drop_if_uniform(i);
                 }
                 Err(i) => {
@@ -580,7 +590,7 @@ impl AttrStore {
                     if u != v {
                         let mut node =
                             Node::with_regions(self.spare_vecs.pop().unwrap_or_default(), u);
-                        node.set(lo, hi, v, &mut self.spare_regions);
+                        node.set(lo, hi, v, &mut self.spare_regions, &[None, None]);
                         self.keys.insert(i, unit);
                         self.nodes.insert(i, node);
                         if u {

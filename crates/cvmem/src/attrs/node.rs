@@ -11,11 +11,14 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use super::block::{self, Block};
-use super::region::{Region, Update, REGION_GFNS};
+use super::region::{Plan, Region, Update, REGION_GFNS};
 use super::{edges, grow, recycle, Summary};
 use crate::addr::Level;
 use crate::error::Result;
 
+/// The plans of a change's (at most two) edge entries that have regions: made while reserving,
+/// carried out by [`Node::set`].
+pub(super) type EdgePlans = [Option<(u32, Plan)>; 2];
 /// Gfns per node (512G).
 pub(super) const NODE_GFNS: u64 = 1 << 27;
 /// 1G entries per node.
@@ -124,23 +127,26 @@ impl Node {
     }
 
     /// Makes sure [`Node::set`] of `[lo, hi)` to `v` completes without allocating; returns how
-    /// many fresh regions it will take from the spares.
-    pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Result<usize> {
+    /// many fresh regions it will take from the spares, and the plans of its edge regions for
+    /// [`Node::set`] to carry out (a range is planned once).
+    pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Result<(usize, EdgePlans)> {
         let mut fresh = 0;
-        for (e, a, b) in edges(lo, hi, ENTRY_GFNS) {
+        let mut plans = [None, None];
+        for (slot, (e, a, b)) in plans.iter_mut().zip(edges(lo, hi, ENTRY_GFNS)) {
             let e = e as u32;
             if self.present(e) {
                 let i = self.slot(e);
                 let region = &mut self.regions[i];
                 let plan = region.plan(a as u32, b as u32, v);
                 region.reserve(&plan)?;
+                *slot = Some((e, plan));
             } else if block::get(&self.private, e) != v {
                 fresh += 1;
             }
         }
         grow(&mut self.regions, fresh, ENTRIES as usize)?;
         self.reserve_index(fresh)?;
-        Ok(fresh)
+        Ok((fresh, plans))
     }
 
     /// The kind of the gfn at offset `off` and the largest level whose page around it is
@@ -195,8 +201,16 @@ impl Node {
     }
 
     /// Sets offsets `[lo, hi)` to `v`, taking fresh regions from `spare` and returning dropped
-    /// ones there. Needs [`Node::reserve`] (and enough spares) first; never allocates.
-    pub(super) fn set(&mut self, lo: u64, hi: u64, v: bool, spare: &mut Vec<Region>) {
+    /// ones there, carrying out the edge regions' `plans` from [`Node::reserve`]. Needs that
+    /// reservation (and enough spares) first; never allocates.
+    pub(super) fn set(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        v: bool,
+        spare: &mut Vec<Region>,
+        plans: &EdgePlans,
+    ) {
         let (a, b) = (lo.div_ceil(ENTRY_GFNS) as u32, (hi / ENTRY_GFNS) as u32);
         if a < b {
             // Only the present entries: a word scan, then one swap-remove each.
@@ -211,7 +225,13 @@ impl Node {
             let (e, sub_lo, sub_hi) = (e as u32, sub_lo as u32, sub_hi as u32);
             if self.present(e) {
                 let i = self.slot(e);
-                self.regions[i].set(sub_lo, sub_hi, v);
+                // The plan made while reserving still holds: nothing changed the region since.
+                match plans.iter().flatten().find(|(planned, _)| *planned == e) {
+                    Some((_, plan)) => {
+                        self.regions[i].apply(plan);
+                    }
+                    None => self.regions[i].set(sub_lo, sub_hi, v),
+                }
                 self.settle(e, i, spare);
             } else {
                 if block::get(&self.private, e) != v {

@@ -57,7 +57,7 @@ impl Region {
     /// the whole pages, then the earlier edge page, each handed to the writer. Returns whether
     /// a page turned uniform. Never allocates.
     #[inline(always)]
-    pub(super) fn apply(&mut self, plan: &Plan) -> bool {
+    pub(in crate::attrs) fn apply(&mut self, plan: &Plan) -> bool {
         let mut turned = false;
         if let Some((at, content)) = &plan.edges[0] {
             // Nothing was stored yet: the plan's decoding still holds.
