@@ -23,33 +23,23 @@ pub enum Access {
 impl Access {
     /// Whether the access is private.
     pub const fn is_private(self) -> bool {
-        matches!(self, Access::Private)
+        self.kind().is_private()
     }
     /// The access kind that matches `private`.
     pub const fn from_private(private: bool) -> Self {
-        if private {
-            Access::Private
-        } else {
-            Access::Shared
-        }
+        Kind::from_private(private).access()
     }
-    /// The kind of a page with memory attributes `attributes`.
+    /// The kind of access a page with memory attributes `attributes` serves.
     pub const fn from_attributes(attributes: u64) -> Self {
-        Self::from_private(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0)
+        Kind::from_attributes(attributes).access()
     }
-    /// The memory attributes of a page of this kind (PRIVATE or none).
+    /// The memory attributes a page must have to serve this access (PRIVATE or none).
     pub const fn attributes(self) -> u64 {
-        match self {
-            Access::Shared => 0,
-            Access::Private => KVM_MEMORY_ATTRIBUTE_PRIVATE,
-        }
+        self.kind().attributes()
     }
     /// `private` or `shared`.
     pub const fn name(self) -> &'static str {
-        match self {
-            Access::Shared => "shared",
-            Access::Private => "private",
-        }
+        self.kind().name()
     }
 }
 
