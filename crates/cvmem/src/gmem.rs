@@ -190,9 +190,9 @@ impl Gmem {
         }
     }
 
-    /// Bytes of heap memory held (the attribute store and the reference counts).
+    /// Bytes of heap memory held: the attribute store exactly, the reference counts estimated
+    /// (a B-tree's nodes are at least half full, so at most twice an entry's size each).
     pub fn heap_bytes(&self) -> usize {
-        // A B-tree node holds up to 11 entries; count a node per 6 as the tree keeps them.
         let per_entry = core::mem::size_of::<(u64, u32)>() * 2;
         self.attrs.heap_bytes() + self.refs.len() * per_entry
     }
