@@ -247,6 +247,7 @@ pub extern "C" fn cvmem_set_user_memory_region(
             },
         };
         let region = MemoryRegion {
+            gmem: None,
             slot,
             gpa: Gpa(gpa),
             size,

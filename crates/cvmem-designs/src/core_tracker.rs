@@ -26,6 +26,7 @@ impl CvmemDesign {
 
 fn region(slot: &Slot) -> MemoryRegion {
     MemoryRegion {
+        gmem: None,
         slot: slot.id,
         gpa: Gpa(slot.base_gfn << PAGE_SHIFT),
         size: slot.size(),

@@ -30,6 +30,7 @@ pub struct FullyMapped {
 
 fn region(slot: &Slot, size: u64) -> MemoryRegion {
     MemoryRegion {
+        gmem: None,
         slot: slot.id,
         gpa: Gpa(slot.base_gfn << PAGE_SHIFT),
         size,

@@ -236,6 +236,7 @@ impl Run<'_> {
             _ => None,
         };
         self.apply_memslot(MemoryRegion {
+            gmem: None,
             slot: id,
             gpa: Gpa(gpa),
             size,
@@ -266,6 +267,7 @@ impl Run<'_> {
             flags,
             uaddr,
             backing,
+            gmem: _,
         } = r;
         let t = self.tracker.set_user_memory_region(&r);
         let m = self.model.set_memslot(

@@ -151,6 +151,7 @@ impl Op {
         Some(
             match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
                 Some(slot) => Ok(MemoryRegion {
+                    gmem: None,
                     slot,
                     gpa: cvmem::Gpa(gpa),
                     size,

@@ -12,6 +12,8 @@ use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use cvmem::{Access, MaxLevel, MemoryFault};
 use cvmem::{Level, PAGE_SHIFT, PAGE_SIZE};
 
+use crate::DenseGmem;
+
 /// A memslot in the dense model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DenseSlot {
@@ -31,6 +33,8 @@ pub struct DenseSlot {
     pub uaddr: u64,
     /// Backing size.
     pub backing: Level,
+    /// The guest_memfd and the byte offset of the slot's first page in it.
+    pub gmem: Option<(u32, u64)>,
 }
 
 /// The dense model: attributes of gfns `[0, window)`, memslots, GUEST_INHIBIT marks.
@@ -41,6 +45,10 @@ pub struct DenseModel {
     /// Memslots in creation order (no index, no sorting: brute force).
     pub slots: Vec<DenseSlot>,
     inhibit: BTreeSet<(u32, u64, u64)>,
+    /// PRIVATE kept per guest_memfd (in-place conversion) instead of per VM.
+    per_gmem: bool,
+    /// guest_memfds by id.
+    pub gmems: Vec<DenseGmem>,
 }
 
 impl DenseModel {
@@ -51,7 +59,27 @@ impl DenseModel {
             supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
             slots: Vec::new(),
             inhibit: BTreeSet::new(),
+            per_gmem: false,
+            gmems: Vec::new(),
         }
+    }
+
+    /// The same model keeping PRIVATE per guest_memfd: a gfn is private when the file page its
+    /// memslot binds is; the VM refuses PRIVATE.
+    pub fn per_gmem(mut self) -> Self {
+        self.per_gmem = true;
+        self.supported = 0;
+        self
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` of `pages` pages; `INIT_SHARED` only where the VM keeps no
+    /// private memory itself.
+    pub fn create_gmem(&mut self, pages: usize, init_shared: bool) -> Result<u32, Errno> {
+        if pages == 0 || (init_shared && !self.per_gmem && self.supported != 0) {
+            return Err(Errno::EINVAL);
+        }
+        self.gmems.push(DenseGmem::new(pages, init_shared));
+        Ok(self.gmems.len() as u32 - 1)
     }
 
     /// Number of gfns modelled.
@@ -59,9 +87,26 @@ impl DenseModel {
         self.attrs.len() as u64
     }
 
-    /// The attributes of `gfn` (0 outside the window).
+    /// The attributes of `gfn`: per VM, 0 outside the window; per guest_memfd, those of the
+    /// file page its memslot binds (0 outside memslots and files).
     pub fn attributes(&self, gfn: u64) -> u64 {
-        self.attrs.get(gfn as usize).copied().unwrap_or(0)
+        if !self.per_gmem {
+            return self.attrs.get(gfn as usize).copied().unwrap_or(0);
+        }
+        let page = self.slot_for_gfn(gfn).and_then(|s| {
+            let (id, offset) = s.gmem?;
+            let i = offset / PAGE_SIZE + (gfn - s.base);
+            self.gmems
+                .get(id as usize)?
+                .private
+                .get(i as usize)
+                .copied()
+        });
+        if page == Some(true) {
+            KVM_MEMORY_ATTRIBUTE_PRIVATE
+        } else {
+            0
+        }
     }
 
     /// KVM_SET_MEMORY_ATTRIBUTES. Pages beyond the window are validated but not stored.
@@ -114,13 +159,40 @@ impl DenseModel {
         uaddr: Option<u64>,
         backing: Option<Level>,
     ) -> Result<(), Errno> {
+        self.set_memslot_bound(
+            id,
+            gpa,
+            size,
+            (guest_memfd, dirty_log, readonly),
+            uaddr,
+            backing,
+            None,
+        )
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION2 with a guest_memfd range `(file, offset)` bound to the slot:
+    /// `flags` are (guest_memfd, dirty_log, readonly).
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_memslot_bound(
+        &mut self,
+        id: u32,
+        gpa: u64,
+        size: u64,
+        flags: (bool, bool, bool),
+        uaddr: Option<u64>,
+        backing: Option<Level>,
+        gmem: Option<(u32, u64)>,
+    ) -> Result<(), Errno> {
+        let (guest_memfd, dirty_log, readonly) = flags;
         let invalid = id > 32763
             || gpa % PAGE_SIZE != 0
             || size % PAGE_SIZE != 0
             || gpa.checked_add(size).is_none()
             || size / PAGE_SIZE > (1 << 31) - 1
             || uaddr.is_some_and(|u| u % PAGE_SIZE != 0)
-            || (guest_memfd && (dirty_log || readonly));
+            || (guest_memfd && (dirty_log || readonly))
+            || (gmem.is_some() && !guest_memfd && size != 0)
+            || gmem.is_some_and(|(_, off)| off % PAGE_SIZE != 0);
         if invalid {
             return Err(Errno::EINVAL);
         }
@@ -134,6 +206,7 @@ impl DenseModel {
             if self.slots.iter().any(overlaps) {
                 return Err(Errno::EEXIST);
             }
+            self.check_binding(guest_memfd, size, gmem)?;
             self.slots.push(DenseSlot {
                 id,
                 base,
@@ -143,6 +216,7 @@ impl DenseModel {
                 readonly,
                 uaddr: uaddr.unwrap_or(gpa),
                 backing: backing.unwrap_or(Level::G1),
+                gmem,
             });
             return Ok(());
         };
@@ -170,6 +244,57 @@ impl DenseModel {
         self.slots[pos].base = base;
         self.slots[pos].dirty_log = dirty_log;
         Ok(())
+    }
+
+    /// `kvm_gmem_bind`: the file exists (else EBADF), the range is inside it and no other slot
+    /// binds any of its pages (else EINVAL); per guest_memfd, a guest_memfd slot needs its file.
+    fn check_binding(
+        &self,
+        guest_memfd: bool,
+        size: u64,
+        gmem: Option<(u32, u64)>,
+    ) -> Result<(), Errno> {
+        let Some((file, offset)) = gmem else {
+            return if guest_memfd && self.per_gmem {
+                Err(Errno::EBADF)
+            } else {
+                Ok(())
+            };
+        };
+        let g = self.gmems.get(file as usize).ok_or(Errno::EBADF)?;
+        let file_size = g.private.len() as u64 * PAGE_SIZE;
+        if offset.checked_add(size).is_none_or(|end| end > file_size) {
+            return Err(Errno::EINVAL);
+        }
+        let taken = self.slots.iter().any(|s| {
+            s.gmem.is_some_and(|(f, o)| {
+                f == file && o < offset + size && offset < o + s.npages * PAGE_SIZE
+            })
+        });
+        if taken {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` on guest_memfd `file`; refused (EINVAL) where the VM keeps
+    /// PRIVATE, EBADF for an unknown file.
+    pub fn set_gmem_attributes(
+        &mut self,
+        file: u32,
+        offset: u64,
+        size: u64,
+        attributes: u64,
+    ) -> crate::gmem::Answer {
+        let per_gmem = self.per_gmem;
+        let g = self
+            .gmems
+            .get_mut(file as usize)
+            .ok_or((Errno::EBADF, None))?;
+        if !per_gmem {
+            return Err((Errno::EINVAL, None));
+        }
+        g.set_memory_attributes2(offset, size, attributes, 0)
     }
 
     /// The slot containing `gfn`, by linear search.

@@ -38,6 +38,7 @@ fn gmem() -> SlotFlags {
 fn guest(layout: Layout, recovery: Recovery, backing: Level) -> Vm {
     let mut vm = Vm::new(layout, recovery);
     vm.set_user_memory_region(&MemoryRegion {
+        gmem: None,
         slot: 0,
         gpa: Gpa(0),
         size: GUEST,
@@ -191,6 +192,7 @@ fn eager_recovery(c: &mut Criterion) {
 fn fragmenting_workload(recovery: Recovery) -> Vm {
     let mut vm = guest(Layout::SPLIT, recovery, Level::G1);
     vm.set_user_memory_region(&MemoryRegion {
+        gmem: None,
         slot: 1,
         gpa: Gpa(128 * G1),
         size: 4 * G1,
@@ -224,6 +226,7 @@ fn fragmenting_workload(recovery: Recovery) -> Vm {
         }
     }
     let slot1 = |dirty_log| MemoryRegion {
+        gmem: None,
         slot: 1,
         gpa: Gpa(128 * G1),
         size: 4 * G1,

@@ -29,6 +29,7 @@ fn guest_1t() -> Tracker {
         ..Default::default()
     };
     t.set_user_memory_region(&MemoryRegion {
+        gmem: None,
         slot: 0,
         gpa: Gpa(0),
         size: T1,

@@ -20,6 +20,8 @@ pub enum Errno {
     EBUSY,
     /// Try again: a page is still referenced elsewhere (guest_memfd shared → private).
     EAGAIN,
+    /// Bad file descriptor: no such guest_memfd.
+    EBADF,
 }
 
 impl Errno {
@@ -33,6 +35,7 @@ impl Errno {
             Errno::E2BIG => "E2BIG",
             Errno::EBUSY => "EBUSY",
             Errno::EAGAIN => "EAGAIN",
+            Errno::EBADF => "EBADF",
         }
     }
     /// The positive errno number on Linux.
@@ -45,6 +48,7 @@ impl Errno {
             Errno::E2BIG => 7,
             Errno::EBUSY => 16,
             Errno::EAGAIN => 11,
+            Errno::EBADF => 9,
         }
     }
 }
@@ -190,6 +194,12 @@ pub enum Unsupported {
     AttributesAbove32Bits,
     /// The dense oracle refused a range the rules accepted.
     OracleRejected,
+    /// PRIVATE set on a guest_memfd while the VM keeps it per VM (no in-place conversion).
+    AttributesPerVm,
+    /// PRIVATE set on the VM while each guest_memfd keeps its own (in-place conversion).
+    AttributesPerGmem,
+    /// `GUEST_MEMFD_FLAG_INIT_SHARED` on a VM with private memory kept per VM.
+    InitSharedWithPrivateMemory,
 }
 
 /// Why an operation was refused. Every refused operation leaves the state unchanged.
@@ -334,6 +344,27 @@ pub enum Error {
         /// The page.
         offset: u64,
     },
+    /// No guest_memfd has this id (a bad file descriptor to KVM).
+    UnknownGmem {
+        /// The id asked for.
+        gmem: u32,
+    },
+    /// A memslot bound to a guest_memfd range that another memslot already binds
+    /// (`kvm_gmem_bind`'s overlap check).
+    GmemBindingOverlap {
+        /// The guest_memfd.
+        gmem: u32,
+        /// The memslot that binds the range.
+        other: u32,
+    },
+    /// A memslot binding a guest_memfd without `KVM_MEM_GUEST_MEMFD`, or a guest_memfd slot
+    /// without its file where PRIVATE is kept per guest_memfd.
+    GmemBinding {
+        /// The memslot.
+        slot: u32,
+        /// Whether the file was given (without the flag) or missing (with it).
+        given: bool,
+    },
     /// An allocation failed before anything changed.
     NoMemory {
         /// Bytes that could not be allocated.
@@ -349,6 +380,8 @@ impl Error {
             Error::NoMemory { .. } => Errno::ENOMEM,
             Error::ConversionInProgress { .. } => Errno::EBUSY,
             Error::PageReferenced { .. } => Errno::EAGAIN,
+            Error::UnknownGmem { .. } => Errno::EBADF,
+            Error::GmemBinding { given: false, .. } => Errno::EBADF,
             _ => Errno::EINVAL,
         }
     }
@@ -426,6 +459,19 @@ impl fmt::Display for Error {
             Error::PageReferenced { offset } => write!(
                 f,
                 "the guest_memfd page at {offset:#x} is still referenced by the host"
+            ),
+            Error::UnknownGmem { gmem } => write!(f, "no guest_memfd {gmem}"),
+            Error::GmemBindingOverlap { gmem, other } => write!(
+                f,
+                "the guest_memfd {gmem} range is already bound to memslot {other}"
+            ),
+            Error::GmemBinding { slot, given: true } => write!(
+                f,
+                "memslot {slot} names a guest_memfd without KVM_MEM_GUEST_MEMFD"
+            ),
+            Error::GmemBinding { slot, given: false } => write!(
+                f,
+                "memslot {slot} has KVM_MEM_GUEST_MEMFD but no guest_memfd, which holds PRIVATE here"
             ),
             Error::PrivatePage { offset } => {
                 write!(f, "the guest_memfd page at {offset:#x} is private")
@@ -506,6 +552,15 @@ impl fmt::Display for Unsupported {
                 "attribute values above 32 bits in the linux model"
             }
             Unsupported::OracleRejected => "the dense oracle rejected a validated range",
+            Unsupported::AttributesPerVm => {
+                "PRIVATE is kept per VM here: set it with KVM_SET_MEMORY_ATTRIBUTES on the VM"
+            }
+            Unsupported::AttributesPerGmem => {
+                "PRIVATE is kept per guest_memfd here: set it with KVM_SET_MEMORY_ATTRIBUTES2 on the file"
+            }
+            Unsupported::InitSharedWithPrivateMemory => {
+                "INIT_SHARED needs a VM without per-VM private memory"
+            }
         })
     }
 }

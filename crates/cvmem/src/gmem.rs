@@ -37,6 +37,35 @@ impl GmemOffset {
     }
 }
 
+/// A guest_memfd of a [`Tracker`](crate::Tracker) (its file descriptor, to KVM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GmemId(pub u32);
+
+/// A memslot's guest_memfd range: the file and the offset of the slot's first page in it
+/// (KVM_SET_USER_MEMORY_REGION2's `guest_memfd` and `guest_memfd_offset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GmemBinding {
+    /// The file.
+    pub gmem: GmemId,
+    /// Where the slot's first page is in it (page aligned).
+    pub offset: GmemOffset,
+}
+
+/// Where a VM keeps PRIVATE (`kvm.gmem_in_place_conversion`; the two are exclusive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AttrMode {
+    /// Per VM, by gfn, with `KVM_SET_MEMORY_ATTRIBUTES` (every kernel up to 7.3).
+    #[default]
+    PerVm,
+    /// Per guest_memfd, by file offset, with `KVM_SET_MEMORY_ATTRIBUTES2` on the file
+    /// (in-place conversion, queued for 7.4): a gfn is private when its memslot's guest_memfd
+    /// page is.
+    PerGmem,
+}
+
 /// `GUEST_MEMFD_FLAG_*` of `KVM_CREATE_GUEST_MEMFD` that the attribute model depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -108,6 +137,11 @@ impl Gmem {
     pub fn uniform(&self, offset: GmemOffset, size: u64) -> Option<Kind> {
         let range = self.pages(offset, size).ok()?;
         self.attrs.uniform(range).map(Kind::from_attributes)
+    }
+
+    /// The PRIVATE store, by page index.
+    pub(crate) fn attrs(&self) -> &AttrStore {
+        &self.attrs
     }
 
     /// References the host holds on the page at `offset`.

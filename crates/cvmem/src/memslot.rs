@@ -2,6 +2,7 @@
 
 use crate::addr::{GfnRange, Gpa, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
+use crate::gmem::GmemBinding;
 use crate::lpage::LpageInfo;
 
 /// The largest user memslot id on x86 KVM (KVM_USER_MEM_SLOTS - 1).
@@ -58,6 +59,14 @@ pub struct MemoryRegion {
     /// The largest mapping the backing memory allows; `None`: 1G for a new slot, unchanged for
     /// an existing one.
     pub backing: Option<Level>,
+    /// The guest_memfd range that backs the slot's private memory (`guest_memfd` +
+    /// `guest_memfd_offset`), with [`SlotFlags::guest_memfd`] only. `None`: a file the tracker
+    /// does not model (PRIVATE kept per VM), or no file.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub gmem: Option<GmemBinding>,
 }
 
 impl MemoryRegion {
@@ -112,6 +121,8 @@ pub struct Memslot {
     pub(crate) backing: Level,
     /// Large-page info for 2M (index 0) and 1G (index 1).
     pub(crate) lpage: [LpageInfo; 2],
+    /// The guest_memfd range bound to the slot.
+    pub(crate) gmem: Option<GmemBinding>,
 }
 
 impl Memslot {
@@ -150,6 +161,10 @@ impl Memslot {
     /// The largest mapping the backing allows.
     pub fn backing(&self) -> Level {
         self.backing
+    }
+    /// The guest_memfd range bound to the slot, if the tracker models its file.
+    pub fn gmem(&self) -> Option<GmemBinding> {
+        self.gmem
     }
     /// The largest level any fault in this slot may use: the backing, or 4K under dirty logging.
     pub fn max_level(&self) -> Level {
@@ -221,6 +236,20 @@ pub fn validate(r: &MemoryRegion) -> Result<()> {
     if r.flags.guest_memfd && r.flags.readonly {
         return Err(Error::InvalidFlags {
             why: crate::FlagsFault::GuestMemfdWithReadonly,
+        });
+    }
+    // KVM ignores the file without the flag; a library that did so would hide a VMM's bug.
+    if r.gmem.is_some() && !r.flags.guest_memfd && r.size != 0 {
+        return Err(Error::GmemBinding {
+            slot: r.slot,
+            given: true,
+        });
+    }
+    if let Some(b) = r.gmem.filter(|b| b.offset.0 % PAGE_SIZE != 0) {
+        return Err(Error::Unaligned {
+            what: crate::Arg::GmemOffset,
+            value: b.offset.0,
+            align: PAGE_SIZE,
         });
     }
     Ok(())

@@ -168,6 +168,7 @@ impl Tracker {
                 return bad(crate::SnapshotFault::HostOffset);
             }
             t.set_user_memory_region(&MemoryRegion {
+                gmem: None,
                 slot: s.id,
                 gpa: s.gpa,
                 size: s.size,

@@ -139,6 +139,7 @@ fn apply(
             backing,
         } => {
             let r = MemoryRegion {
+                gmem: None,
                 slot: id,
                 gpa: Gpa(gpa),
                 size,

@@ -20,6 +20,7 @@ fn gmem() -> SlotFlags {
 
 fn region(slot: u32, gpa: u64, size: u64, flags: SlotFlags) -> MemoryRegion {
     MemoryRegion {
+        gmem: None,
         slot,
         gpa: Gpa(gpa),
         size,

@@ -209,6 +209,7 @@ fn memslot_requests_are_checked_before_memory_is_allocated() {
     m.add_listener(refuser.clone()).unwrap();
     let anon = SlotFlags::default();
     let region = |slot, gpa, size, flags| MemoryRegion {
+        gmem: None,
         slot,
         gpa,
         size,
@@ -274,6 +275,7 @@ fn a_declared_uaddr_sets_the_congruence_and_must_stay() {
     let m = memory(Recovery::OnFault);
     // uaddr = gpa + 4K: host and guest addresses disagree modulo 2M, so 2M is disallowed.
     let r = MemoryRegion {
+        gmem: None,
         slot: 3,
         gpa: cvmem::Gpa(4 * G1),
         size: 2 * M2,

@@ -38,6 +38,7 @@ impl CvmMemory {
             return Err(Error::SlotExists { slot: spec.slot });
         }
         let region = MemoryRegion {
+            gmem: None,
             slot: spec.slot,
             gpa: spec.gpa,
             size: spec.size,
@@ -107,6 +108,7 @@ impl CvmMemory {
         }
         check_attach(&memory, gpa, &host)?;
         let region = MemoryRegion {
+            gmem: None,
             slot,
             gpa,
             size: host.size(),
@@ -194,6 +196,7 @@ impl CvmMemory {
             .tracker(|t| t.memslot(slot).cloned())
             .ok_or(cvmem::Error::UnknownSlot { slot })?;
         Ok(MemoryRegion {
+            gmem: None,
             slot,
             gpa: Gpa(s.gpa()),
             size: s.size(),

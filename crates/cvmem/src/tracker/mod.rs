@@ -1,11 +1,14 @@
 //! The tracker: attributes of every gfn, memslots, and per-slot large-page info, kept in step.
 
+mod gmem;
+
 use alloc::vec::Vec;
 use core::mem::size_of;
 
 use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
 use crate::error::{Error, Result};
+use crate::gmem::{AttrMode, Gmem};
 use crate::lpage::LpageInfo;
 use crate::memslot::{self, MemoryRegion, Memslot, SlotChange, SlotFlags};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -203,6 +206,10 @@ pub struct Tracker {
     slots: Vec<Memslot>,
     /// (slot id, base gfn), sorted by id.
     ids: Vec<(u32, u64)>,
+    /// Where PRIVATE is kept: `attrs` (per VM) or each guest_memfd.
+    mode: AttrMode,
+    /// guest_memfds by id.
+    gmems: Vec<Gmem>,
 }
 
 impl Default for Tracker {
@@ -226,6 +233,8 @@ impl Tracker {
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
+            mode: AttrMode::PerVm,
+            gmems: Vec::new(),
         }
     }
 
@@ -250,6 +259,7 @@ impl Tracker {
     /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
     pub fn validate_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<AttrRequest> {
         let gpa = gpa.0;
+        self.check_per_vm(attributes)?;
         if attributes & !self.supported != 0 {
             return Err(Error::UnsupportedAttributes {
                 attributes,
@@ -301,6 +311,7 @@ impl Tracker {
     ///
     /// Large-page info needs no update: MIXED is read from the attribute store itself.
     pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        self.check_per_vm(attributes)?;
         if attributes & !self.supported != 0 {
             return Err(Error::UnsupportedAttributes {
                 attributes,
@@ -436,6 +447,7 @@ impl Tracker {
                     uaddr: r.new_slot_uaddr(),
                     backing: r.new_slot_backing(),
                     lpage,
+                    gmem: r.gmem,
                 };
                 let at = self.slots.partition_point(|s| s.base_gfn < base_gfn);
                 self.slots.insert(at, slot);
@@ -490,6 +502,7 @@ impl Tracker {
                     other,
                 });
             }
+            self.check_binding(r)?;
             return Ok(SlotChange::Created);
         };
         if npages == 0 {
@@ -556,7 +569,7 @@ impl Tracker {
         if access.is_private() && !slot.flags.guest_memfd {
             return fault;
         }
-        let probe = self.attrs.probe(gfn);
+        let probe = self.probe_in(slot, gfn);
         if probe.private != access.is_private() {
             return fault;
         }
@@ -583,17 +596,16 @@ impl Tracker {
     /// outside memslots.
     pub fn allowed_level(&self, gfn: Gfn) -> Option<Level> {
         self.slot_for_gfn(gfn)
-            .map(|s| Self::slot_level(s, gfn.0, self.attrs.probe(gfn)))
+            .map(|s| Self::slot_level(s, gfn.0, self.probe_in(s, gfn)))
     }
 
     /// Whether the large page of `level` holding `gfn` is mixed in its memslot (false when it is
     /// not wholly inside one, as KVM never marks those).
     pub fn is_mixed(&self, gfn: Gfn, level: Level) -> bool {
         level != Level::K4
-            && self
-                .slot_for_gfn(gfn)
-                .is_some_and(|s| s.lpage(level).inside(gfn.0))
-            && self.attrs.probe(gfn).uniform < level
+            && self.slot_for_gfn(gfn).is_some_and(|s| {
+                s.lpage(level).inside(gfn.0) && self.probe_in(s, gfn).uniform < level
+            })
     }
 
     /// Whether the large page of `level` holding `gfn` carries GUEST_INHIBIT.
@@ -694,10 +706,7 @@ impl Tracker {
 
     /// Counts of mixed large pages of slot `id` at `level` (0 for 4K or an unknown slot).
     pub fn mixed_count(&self, id: u32, level: Level) -> u64 {
-        match (self.memslot(id), level) {
-            (Some(s), Level::M2 | Level::G1) => self.attrs.mixed_pages(s.range(), level),
-            _ => 0,
-        }
+        self.memslot(id).map_or(0, |s| self.mixed_in(s, level))
     }
 
     /// How much of slot `id` may be mapped at 1G, at 2M, and only at 4K, for an access of the
@@ -705,12 +714,11 @@ impl Tracker {
     /// page only where a guest has set GUEST_INHIBIT).
     pub fn eligibility(&self, id: u32) -> Option<SlotEligibility> {
         let slot = self.memslot(id)?;
-        let range = slot.range();
         let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
         let mut e = SlotEligibility {
             mixed: [
-                self.attrs.mixed_pages(range, Level::M2),
-                self.attrs.mixed_pages(range, Level::G1),
+                self.mixed_in(slot, Level::M2),
+                self.mixed_in(slot, Level::G1),
             ],
             inhibited: [m2.inhibited_count(), g1.inhibited_count()],
             ..Default::default()
@@ -723,7 +731,7 @@ impl Tracker {
         let any_inhibited_2m = m2.any_inhibited();
         let both = if any_inhibited_2m {
             inhibited_2m(m2.first(), m2.first() + m2.len())
-                .filter(|&i| self.attrs.is_mixed_2m(Gfn(i << 9)))
+                .filter(|&i| self.probe_in(slot, Gfn(i << 9)).uniform < Level::M2)
                 .count() as u64
         } else {
             0
@@ -735,7 +743,7 @@ impl Tracker {
         if level_ok(Level::G1) {
             for i in g1.first()..g1.first() + g1.len() {
                 let gfn = i << 18;
-                if self.attrs.probe(Gfn(gfn)).uniform == Level::G1 && !g1.is_inhibited(gfn) {
+                if self.probe_in(slot, Gfn(gfn)).uniform == Level::G1 && !g1.is_inhibited(gfn) {
                     pages_1g += 1;
                     // Its 2M pages are counted as 1G, not 2M.
                     if level_ok(Level::M2) {
@@ -763,7 +771,9 @@ impl Tracker {
             .map(|s| s.lpage.iter().map(LpageInfo::heap_bytes).sum::<usize>())
             .sum();
         let ids = self.ids.capacity() * size_of::<(u32, u64)>();
-        self.attrs.heap_bytes() + self.slots.capacity() * size_of::<Memslot>() + ids + lpage
+        let gmems = self.gmems.capacity() * size_of::<Gmem>()
+            + self.gmems.iter().map(Gmem::heap_bytes).sum::<usize>();
+        self.attrs.heap_bytes() + self.slots.capacity() * size_of::<Memslot>() + ids + lpage + gmems
     }
 
     /// Slot flags of slot `id`.
