@@ -2,8 +2,8 @@
 # realkvm.sh — cvmem's harness for a real, attribute-capable Linux KVM.
 #
 # This machine's /dev/kvm is paravirtualised (no memory attributes, no SW_PROTECTED VMs, no
-# hypercall exits). Debian 12's Linux 6.12 booted under QEMU in pure emulation (TCG, an EPYC CPU
-# with SVM + NPT) has all of them once kvm.ko and kvm-amd.ko are rebuilt with
+# hypercall exits). A Debian kernel booted under QEMU in pure emulation (TCG, an EPYC CPU with
+# SVM + NPT) has all of them once kvm.ko and kvm-amd.ko are rebuilt with
 # CONFIG_KVM_SW_PROTECTED_VM=y. This script prepares that once (cached outside the clone) and runs
 # project binaries inside it.
 #
@@ -13,26 +13,79 @@
 #   tools/realkvm/realkvm.sh ci              the CI step: build cvmem's KVM tests and the CLI,
 #                                            run them and the kernel's own selftests inside
 #
+# CVMEM_REALKVM_KERNEL picks the kernel: 6.12 (default; Debian 12's, from the machine's own apt
+# sources) or 7.3 (Debian 13's trixie-backports, fetched through a private apt state built from
+# the machine's own mirror URI: the machine's package state is untouched).
 # Cache: $CVMEM_REALKVM_DIR (default /var/tmp/cvmem-realkvm). Exit status 3 from `prepare`
 # means the tools cannot be had here (no apt, no QEMU): `ci` then prints a SKIP line and passes.
 set -euo pipefail
 
 DIR=${CVMEM_REALKVM_DIR:-/var/tmp/cvmem-realkvm}
-CACHE=$DIR/cache
-SRC=$DIR/linux
+KSERIES=${CVMEM_REALKVM_KERNEL:-6.12}
+case "$KSERIES" in
+6.12)
+	# The paths of the first (6.12-only) harness, so that warm caches stay warm.
+	CACHE=$DIR/cache SRC=$DIR/linux ST_ARCH=x86_64 ;;
+7.3)
+	CACHE=$DIR/k7.3/cache SRC=$DIR/k7.3/linux ST_ARCH=x86 ;;
+*) echo "CVMEM_REALKVM_KERNEL must be 6.12 or 7.3, not '$KSERIES'" >&2; exit 2 ;;
+esac
 LOG=$CACHE/build.log
-TESTS="x86_64/private_mem_conversions_test x86_64/private_mem_kvm_exits_test"
-say() { echo "[realkvm] $*" >&2; }
+# 7.3 moved the x86 selftests from x86_64/ to x86/; guest_memfd_test is arch-independent.
+TESTS="$ST_ARCH/private_mem_conversions_test $ST_ARCH/private_mem_kvm_exits_test"
+[ "$KSERIES" = 6.12 ] || TESTS="$TESTS guest_memfd_test"
+say() { echo "[realkvm $KSERIES] $*" >&2; }
 
-# The kernel this harness uses: Debian 12's newest 6.12 amd64 image (pinned after the first run).
+# apt with the machine's own sources (6.12) or with a private state that adds Debian 13's
+# trixie-backports from the machine's own mirror (7.3).
+APT_DIR=$DIR/k7.3/apt
+apt_opts() {
+	[ "$KSERIES" = 6.12 ] && return 0
+	printf '%s\n' -o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$APT_DIR/sources" \
+		-o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
+}
+apt_private_sources() {
+	[ "$KSERIES" = 6.12 ] && return 0
+	[ -s "$APT_DIR/sources/backports.sources" ] && return 0
+	local uri
+	uri=$({ sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+		sed -n 's/^deb \(\[[^]]*\] \)\?\([^ ]*\) .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+	} | tr ' ' '\n' | grep -E '/debian/?$' | head -1)
+	[ -n "$uri" ] || { say "no Debian mirror among the machine's apt sources"; return 1; }
+	mkdir -p "$APT_DIR/sources" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+	printf 'Types: deb\nURIs: %s\nSuites: trixie-backports\nComponents: main\nSigned-By: %s\n' \
+		"$uri" /usr/share/keyrings/debian-archive-keyring.gpg >"$APT_DIR/sources/backports.sources.tmp"
+	mv "$APT_DIR/sources/backports.sources.tmp" "$APT_DIR/sources/backports.sources"
+}
+apt_q() { local o; mapfile -t o < <(apt_opts); "$@" "${o[@]}"; }
+
+# The kernel this harness uses: Debian's newest amd64 image of the series (pinned after the
+# first run).
 kernel_version() {
 	if [ ! -s "$CACHE/KVER" ]; then
-		apt-cache show linux-source-6.12 >/dev/null 2>&1 || apt-get update -qq
-		apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' |
-			awk '{print $1}' | sed 's/^linux-image-//; s/-amd64-unsigned$//' | sort -V | tail -1 >"$CACHE/KVER"
+		local re
+		if [ "$KSERIES" = 6.12 ]; then
+			re='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'
+		else
+			re='^linux-binary-unsigned-7\.3\.[0-9]+\+deb13-amd64$'
+		fi
+		apt_private_sources || return 1
+		apt_q apt-cache show "linux-source-$KSERIES" >/dev/null 2>&1 || apt_q apt-get update -qq
+		apt_q apt-cache search --names-only "$re" | awk '{print $1}' |
+			sed 's/^linux-image-//; s/^linux-binary-unsigned-//; s/-amd64\(-unsigned\)\?$//' |
+			sort -V | tail -1 >"$CACHE/KVER"
 		[ -s "$CACHE/KVER" ] || { rm -f "$CACHE/KVER"; return 1; }
 	fi
 	cat "$CACHE/KVER"
+}
+
+# Where the extracted packages keep the image and the modules (Debian 13 moved both under
+# /usr/lib/modules).
+kernel_image() {
+	if [ "$KSERIES" = 6.12 ]; then echo "$CACHE/root/boot/vmlinuz-$1"; else echo "$CACHE/root/usr/lib/modules/$1/vmlinuz.unsigned"; fi
+}
+module_dir() {
+	if [ "$KSERIES" = 6.12 ]; then echo "$CACHE/root/lib/modules/$1/kernel"; else echo "$CACHE/root/usr/lib/modules/$1/kernel"; fi
 }
 
 prepare() {
@@ -50,63 +103,83 @@ prepare() {
 			{ say "cannot install ${need[*]} (see $LOG)"; return 3; }
 	fi
 	local kv krel upv root
-	kv=$(kernel_version) || { say "apt knows no linux-image-6.12.*+deb12-amd64-unsigned"; return 3; }
+	kv=$(kernel_version) || { say "apt knows no Debian $KSERIES amd64 kernel image"; return 3; }
 	krel=$kv-amd64 upv=${kv%%+*} root=$CACHE/root
+	local debs=("linux-headers-$krel" "linux-headers-$kv-common" "linux-kbuild-$kv")
+	if [ "$KSERIES" = 6.12 ]; then
+		debs+=("linux-image-$krel-unsigned")
+	else
+		debs+=("linux-binary-unsigned-$krel" "linux-modules-$krel")
+	fi
 	(
 		cd "$CACHE"
-		for p in "linux-image-$krel-unsigned" "linux-headers-$krel" "linux-headers-$kv-common" "linux-kbuild-$kv"; do
-			ls "${p}"_*.deb >/dev/null 2>&1 || { say "downloading $p"; apt-get download "$p" >>"$LOG" 2>&1; }
+		for p in "${debs[@]}"; do
+			ls "${p}"_*.deb >/dev/null 2>&1 || { say "downloading $p"; apt_q apt-get download "$p" >>"$LOG" 2>&1; }
 		done
-		if ! ls linux-source-6.12_"$upv"-*.deb >/dev/null 2>&1; then
+		if ! ls linux-source-"$KSERIES"_"$upv"-*.deb >/dev/null 2>&1; then
 			local sv
-			sv=$(apt-cache madison linux-source-6.12 | awk '{print $3}' | grep "^$upv-" | head -1)
-			say "downloading linux-source-6.12=$sv"
-			apt-get download "linux-source-6.12=$sv" >>"$LOG" 2>&1
+			sv=$(apt_q apt-cache madison "linux-source-$KSERIES" | awk '{print $3}' | grep "^$upv-" | head -1)
+			say "downloading linux-source-$KSERIES=$sv"
+			apt_q apt-get download "linux-source-$KSERIES=$sv" >>"$LOG" 2>&1
 		fi
 	) || { say "kernel packages could not be downloaded (see $LOG)"; return 3; }
 	if [ ! -e "$root/.done-$kv" ]; then
 		rm -rf "$root" && mkdir -p "$root"
-		for f in "$CACHE"/linux-image-"$krel"-unsigned_*.deb "$CACHE"/linux-headers-"$krel"_*.deb \
-			"$CACHE"/linux-headers-"$kv"-common_*.deb "$CACHE"/linux-kbuild-"$kv"_*.deb; do
-			dpkg-deb -x "$f" "$root"
+		for p in "${debs[@]}"; do
+			dpkg-deb -x "$(ls "$CACHE/${p}"_*.deb | head -1)" "$root"
 		done
 		touch "$root/.done-$kv"
 	fi
 	if [ ! -e "$SRC/.done-$kv" ]; then
-		say "extracting linux-source-6.12 $upv"
+		say "extracting linux-source-$KSERIES $upv"
 		rm -rf "$SRC" "$SRC.tmp" && mkdir -p "$SRC.tmp"
-		dpkg-deb --fsys-tarfile "$CACHE"/linux-source-6.12_"$upv"-*.deb |
-			tar -xO --wildcards '*/linux-source-6.12.tar.xz' | tar -xJ -C "$SRC.tmp"
-		mv "$SRC.tmp/linux-source-6.12" "$SRC" && rmdir "$SRC.tmp"
+		dpkg-deb --fsys-tarfile "$CACHE"/linux-source-"$KSERIES"_"$upv"-*.deb |
+			tar -xO --wildcards "*/linux-source-$KSERIES.tar.xz" | tar -xJ -C "$SRC.tmp"
+		mv "$SRC.tmp/linux-source-$KSERIES" "$SRC" && rmdir "$SRC.tmp"
 		touch "$SRC/.done-$kv"
 	fi
 	local hdr=$root/usr/src/linux-headers-$krel
-	# The same compiler and release string as Debian's build; no Rust (Debian built without it).
+	# Debian's release string, bookworm's gcc-12 (Debian 13 built 7.3 with gcc-14, which this
+	# machine's suite lacks) and no Rust.
 	local kmake=(make -C "$SRC" CC=x86_64-linux-gnu-gcc-12 KERNELRELEASE="$krel" RUSTC=/nonexistent/rustc)
 	if [ ! -e "$SRC/.kvm-done" ]; then
 		say "rebuilding kvm.ko and kvm-amd.ko with CONFIG_KVM_SW_PROTECTED_VM=y (a few minutes)"
 		cp "$hdr/.config" "$hdr/Module.symvers" "$SRC/"
-		# Only this option may differ from Debian's config: anything else changes struct module
-		# and the rebuilt modules no longer load.
 		"$SRC"/scripts/config --file "$SRC/.config" --enable KVM_SW_PROTECTED_VM \
 			--set-str SYSTEM_TRUSTED_KEYS "" --set-str SYSTEM_REVOCATION_KEYS ""
 		"${kmake[@]}" olddefconfig >>"$LOG" 2>&1
+		# Only that option may differ from Debian's config, beside what the compiler decides
+		# (another gcc, no Rust: compiler capability and Rust-only symbols): anything else
+		# changes struct module and the rebuilt modules no longer load.
 		local d
 		d=$(diff <(grep '^CONFIG_' "$hdr/.config" | sort) <(grep '^CONFIG_' "$SRC/.config" | sort) |
-			grep '^[<>]' | grep -vE 'CONFIG_(KVM_SW_PROTECTED_VM|SYSTEM_TRUSTED_KEYS|SYSTEM_REVOCATION_KEYS)=' || true)
+			grep '^[<>]' | grep -vE 'CONFIG_(KVM_SW_PROTECTED_VM|SYSTEM_TRUSTED_KEYS|SYSTEM_REVOCATION_KEYS)=' |
+			grep -vE "$(compiler_symbols)" || true)
 		[ -z "$d" ] || { say "the config differs from Debian's beyond KVM_SW_PROTECTED_VM: $d"; return 1; }
 		"${kmake[@]}" -j"$(nproc)" modules_prepare >>"$LOG" 2>&1
 		"${kmake[@]}" -j"$(nproc)" M=arch/x86/kvm CONFIG_KVM_INTEL=n modules >>"$LOG" 2>&1
 		touch "$SRC/.kvm-done"
 	fi
-	local st=$SRC/tools/testing/selftests/kvm
-	if [ ! -x "$st/x86_64/private_mem_conversions_test" ]; then
+	local st=$SRC/tools/testing/selftests/kvm t missing=0
+	for t in $TESTS; do [ -x "$st/$t" ] || missing=1; done
+	if [ "$missing" = 1 ]; then
 		say "building the kernel's KVM selftests: $TESTS"
 		[ -e "$SRC/usr/include/linux/kvm.h" ] || "${kmake[@]}" -j"$(nproc)" headers >>"$LOG" 2>&1
-		make -C "$st" -j"$(nproc)" TARGET_ARCH=-static TEST_GEN_PROGS_x86_64="$TESTS" \
-			TEST_PROGS_x86_64= TEST_GEN_PROGS_EXTENDED_x86_64= >>"$LOG" 2>&1
+		make -C "$st" -j"$(nproc)" TARGET_ARCH=-static "TEST_GEN_PROGS_$ST_ARCH=$TESTS" \
+			"TEST_PROGS_$ST_ARCH=" "TEST_GEN_PROGS_EXTENDED_$ST_ARCH=" >>"$LOG" 2>&1
 	fi
 	echo "$krel" >"$CACHE/KREL"
+}
+
+# The config symbols another toolchain sets differently (6.12: none — Debian built it with
+# gcc-12 too): compiler, assembler, linker and pahole versions and capabilities, Rust and the
+# drivers only Rust builds, and the host openssl's ML-DSA support (Debian signs without it).
+compiler_symbols() {
+	if [ "$KSERIES" = 6.12 ]; then
+		echo '^$'
+	else
+		echo 'CONFIG_(CC_|GCC_|AS_VERSION|LD_VERSION|PAHOLE_VERSION|RUST|BINDGEN_|AMCC_QT2025_PHY|AX88796B_RUST_PHY|DRM_PANIC_SCREEN_QR|OPENSSL_SUPPORTS_ML_DSA)'
+	fi
 }
 
 # run [-f HOST[:GUEST]]... [-t SECONDS] [-m MEM] [-g PAGES] -- COMMAND LINE
@@ -139,7 +212,8 @@ run() {
 		chmod +x "$ir/opt/bin/$n"
 	done
 	cp "$SRC/arch/x86/kvm/kvm.ko" "$SRC/arch/x86/kvm/kvm-amd.ko" "$ir/lib/modules/"
-	local mods=$root/lib/modules/$krel/kernel
+	local mods
+	mods=$(module_dir "$krel")
 	xz -dc "$mods/virt/lib/irqbypass.ko.xz" >"$ir/lib/modules/irqbypass.ko"
 	xz -dc "$mods/drivers/crypto/ccp/ccp.ko.xz" >"$ir/lib/modules/ccp.ko"
 	local f host guest lib
@@ -176,7 +250,7 @@ EOT
 	timeout "$timeout" qemu-system-x86_64 -accel tcg,thread=single -machine q35 \
 		-cpu EPYC,+svm,+npt,+vgif,+svme-addr-chk -smp 1 -m "$mem" \
 		-nographic -no-reboot -nodefaults -serial stdio -display none \
-		-kernel "$root/boot/vmlinuz-$krel" -initrd "$ir.gz" \
+		-kernel "$(kernel_image "$krel")" -initrd "$ir.gz" \
 		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off hugepagesz=1G hugepages=$gigapages" </dev/null \
 		2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) | tee "$out"
 	rc=${PIPESTATUS[0]}
@@ -184,6 +258,17 @@ EOT
 	[ "$rc" = 124 ] && { say "timed out after ${timeout}s"; return 124; }
 	rc=$(grep -ao 'REALKVM-EXIT=[0-9]*' "$out" | tail -1 | cut -d= -f2)
 	return "${rc:-125}"
+}
+
+# The CI step on every kernel: 6.12, then 7.3 (CVMEM_REALKVM_KERNELS overrides the list).
+ci_all() {
+	local k
+	for k in ${CVMEM_REALKVM_KERNELS:-6.12 7.3}; do
+		echo "[realkvm] the CI step on Linux $k" >&2
+		local t0=$SECONDS
+		CVMEM_REALKVM_KERNEL=$k "$0" ci-one
+		echo "[realkvm] Linux $k: $((SECONDS - t0)) s" >&2
+	done
 }
 
 # The CI step: cvmem on the real KVM, next to the kernel's own conversion selftests.
@@ -215,6 +300,7 @@ set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2
 private_mem_kvm_exits_test
+if [ -x /opt/bin/guest_memfd_test ]; then guest_memfd_test; fi
 vmm | tee /tmp/vmm.out
 grep -q "^hypercall exit" /tmp/vmm.out
 cvmem kvm-run --workload selftest
@@ -229,6 +315,7 @@ shift || true
 case "$cmd" in
 prepare) prepare ;;
 run) run "$@" ;;
-ci) ci ;;
-*) echo "usage: $0 prepare | run [-f FILE[:PATH]]... [-t S] [-m MEM] -- 'CMD' | ci" >&2; exit 2 ;;
+ci) ci_all ;;
+ci-one) ci ;;
+*) echo "usage: $0 prepare | run [-f FILE[:PATH]]... [-t S] [-m MEM] -- 'CMD' | ci | ci-one" >&2; exit 2 ;;
 esac
