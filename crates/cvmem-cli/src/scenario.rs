@@ -59,6 +59,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     };
     // QEMU's memslots for a 4 GiB TD: low RAM, high RAM, and the firmware volume.
     ops.push(Op::Memslot {
+        gmem: None,
         slot: 0,
         gpa: 0,
         size: 2 * G1,
@@ -67,6 +68,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
         backing: None,
     });
     ops.push(Op::Memslot {
+        gmem: None,
         slot: 1,
         gpa: 4 * G1,
         size: 2 * G1,
@@ -75,6 +77,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
         backing: None,
     });
     ops.push(Op::Memslot {
+        gmem: None,
         slot: 2,
         gpa: 0xffc0_0000,
         size: 4 * M1,

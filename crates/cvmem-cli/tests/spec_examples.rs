@@ -95,7 +95,7 @@ fn examples(dir: &Path) -> Vec<String> {
 fn fixture_examples() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let names = examples(&dir);
-    assert_eq!(names, ["basic", "mmu"]);
+    assert_eq!(names, ["basic", "gmem", "mmu"]);
     for name in names {
         check(&dir, &name);
     }

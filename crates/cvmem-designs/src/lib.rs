@@ -25,7 +25,7 @@
 //!
 //! let mut vm = Vm::new(make_design("linux").unwrap());
 //! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
-//! vm.apply(&Op::Memslot { slot: 0, gpa: 0, size: 4 << 30, flags, uaddr: None, backing: None });
+//! vm.apply(&Op::Memslot { slot: 0, gpa: 0, size: 4 << 30, flags, uaddr: None, backing: None, gmem: None });
 //! assert_eq!(vm.apply(&Op::Attrs { gpa: 0, size: 4 << 30, attributes: 8 }), Outcome::Done);
 //! let q = Op::Query { gpa: 1 << 30, access: Access::Private };
 //! assert_eq!(vm.apply(&q), Outcome::Query(MaxLevel::Level(Level::G1)));

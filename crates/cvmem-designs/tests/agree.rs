@@ -64,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         .prop_map(|(slot, gpa, size, (memfd, dirty), uoff, backing)| {
             let gpa = gpa.min(4 * G - size.max(K4));
             Op::Memslot {
+                gmem: None,
                 slot,
                 gpa,
                 size,
@@ -184,6 +185,7 @@ fn prefix() -> impl Strategy<Value = Vec<Op>> {
         Just(vec![]),
         Just(vec![
             Op::Memslot {
+                gmem: None,
                 slot: 9,
                 gpa: 0,
                 size: 2 * G + 6 * M,
@@ -229,6 +231,7 @@ fn misaligned_uaddr_and_partial_pages() {
     };
     let mut ops = vec![
         Op::Memslot {
+            gmem: None,
             slot: 0,
             gpa: 2 * M - K4,
             size: G + 4 * M,
@@ -237,6 +240,7 @@ fn misaligned_uaddr_and_partial_pages() {
             backing: None,
         },
         Op::Memslot {
+            gmem: None,
             slot: 1,
             gpa: 2 * G,
             size: G,

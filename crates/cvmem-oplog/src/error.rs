@@ -88,6 +88,16 @@ pub enum ParseErrorKind {
         /// The policy (cut to 40 characters).
         token: String,
     },
+    /// An `attr-mode` other than `per-vm` or `per-gmem`.
+    BadAttrMode {
+        /// The token (cut to 40 characters).
+        token: String,
+    },
+    /// A `gmem=FILE:OFFSET` binding without its colon.
+    BadBinding {
+        /// The token (cut to 40 characters).
+        token: String,
+    },
     /// A flag the operation does not know.
     BadFlag {
         /// The operation keyword.
@@ -146,6 +156,14 @@ impl fmt::Display for ParseErrorKind {
             ParseErrorKind::BadRecovery { token } => write!(
                 f,
                 "mmu: bad recovery policy `{token}`: expected `off`, `on-fault` or `eager`"
+            ),
+            ParseErrorKind::BadAttrMode { token } => write!(
+                f,
+                "attr-mode: bad mode `{token}`: expected `per-vm` or `per-gmem`"
+            ),
+            ParseErrorKind::BadBinding { token } => write!(
+                f,
+                "memslot: bad binding `{token}`: expected gmem=FILE:OFFSET"
             ),
             ParseErrorKind::BadFlag { op, token } => write!(f, "{op}: unknown flag `{token}`"),
             ParseErrorKind::DuplicateFlag { op, flag } => {

@@ -8,8 +8,9 @@ use core::fmt;
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Recovery};
 use cvmem::{Access, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
+use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
 
-use crate::op::Op;
+use crate::op::{gmem_id, Op};
 
 /// Something that can run op-log operations: the core's MMU model, a tracking design, a VMM
 /// integration under a real guest. Every method gets a request that the format's rules have
@@ -77,11 +78,51 @@ pub trait Executor {
         let _ = (gpa, level);
         Err(no_mmu())
     }
+
+    /// `attr-mode` (v2), only before any other operation but `mmu`. The default accepts
+    /// per VM (what every executor without guest_memfd files runs) and refuses per gmem.
+    fn attr_mode(&mut self, mode: AttrMode) -> Result<(), Self::Error> {
+        match mode {
+            AttrMode::PerVm => Ok(()),
+            AttrMode::PerGmem => Err(no_gmem()),
+        }
+    }
+
+    /// `gmem` (v2): KVM_CREATE_GUEST_MEMFD; the file gets the next number.
+    fn create_gmem(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId, Self::Error> {
+        let _ = (size, flags);
+        Err(no_gmem())
+    }
+
+    /// `gmem-attrs` (v2): KVM_SET_MEMORY_ATTRIBUTES2 on a file.
+    fn gmem_attributes(
+        &mut self,
+        file: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+    ) -> Result<(), Self::Error> {
+        let _ = (file, offset, size, attributes);
+        Err(no_gmem())
+    }
+
+    /// `gmem-pin` / `gmem-unpin` (v2): the host takes (`pin`) or drops a page reference.
+    fn gmem_pin(&mut self, file: GmemId, offset: GmemOffset, pin: bool) -> Result<(), Self::Error> {
+        let _ = (file, offset, pin);
+        Err(no_gmem())
+    }
 }
 
 fn no_mmu<E: From<cvmem::Error>>() -> E {
     cvmem::Error::Unsupported {
         what: cvmem::Unsupported::NoMmuModel,
+    }
+    .into()
+}
+
+fn no_gmem<E: From<cvmem::Error>>() -> E {
+    cvmem::Error::Unsupported {
+        what: cvmem::Unsupported::NoGmemModel,
     }
     .into()
 }
@@ -116,6 +157,8 @@ pub enum Outcome {
     FaultRange(FaultRangeCounts),
     /// What an `accept` did.
     Accept(AcceptOutcome),
+    /// The file a `gmem` line created.
+    Gmem(GmemId),
     /// The `mmu` line was overridden: the model runs this layout and policy instead.
     Overridden {
         /// The layout the model runs.
@@ -139,12 +182,18 @@ impl Outcome {
 pub struct Driver {
     ops: u64,
     errors: u64,
+    /// `mmu` and `attr-mode` lines so far: `attr-mode` is refused after anything else.
+    setup: u64,
 }
 
 impl Driver {
     /// A driver at the start of an op-log.
     pub const fn new() -> Self {
-        Driver { ops: 0, errors: 0 }
+        Driver {
+            ops: 0,
+            errors: 0,
+            setup: 0,
+        }
     }
 
     /// Operations run so far.
@@ -167,6 +216,7 @@ impl Driver {
             }),
         };
         self.ops += 1;
+        self.setup += u64::from(matches!(op, Op::Mmu { .. } | Op::AttrMode { .. }));
         self.errors += u64::from(outcome.is_error());
         outcome
     }
@@ -210,6 +260,34 @@ impl Driver {
                 Outcome::FaultRange(executor.fault_range(Gpa(gpa), size, access)?)
             }
             Op::Accept { gpa, level } => Outcome::Accept(executor.accept(Gpa(gpa), level)?),
+            Op::AttrMode { mode } => {
+                if self.ops != self.setup {
+                    return Err(cvmem::Error::Unsupported {
+                        what: cvmem::Unsupported::AttrModeNotFirst,
+                    }
+                    .into());
+                }
+                executor.attr_mode(mode)?;
+                Outcome::Done
+            }
+            Op::Gmem { size, flags } => Outcome::Gmem(executor.create_gmem(size, flags)?),
+            Op::GmemAttrs {
+                file,
+                offset,
+                size,
+                attributes,
+            } => {
+                executor.gmem_attributes(gmem_id(file), GmemOffset(offset), size, attributes)?;
+                Outcome::Done
+            }
+            Op::GmemPin { file, offset } => {
+                executor.gmem_pin(gmem_id(file), GmemOffset(offset), true)?;
+                Outcome::Done
+            }
+            Op::GmemUnpin { file, offset } => {
+                executor.gmem_pin(gmem_id(file), GmemOffset(offset), false)?;
+                Outcome::Done
+            }
         })
     }
 }

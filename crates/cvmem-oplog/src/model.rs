@@ -10,6 +10,7 @@ use cvmem::{
     Access, Errno, Error, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange,
     SlotEligibility, Tracker, PAGE_SIZE,
 };
+use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
 
 use crate::exec::{Driver, Executor, Outcome};
 use crate::op::Op;
@@ -57,6 +58,33 @@ impl Executor for Vm {
 
     fn accept(&mut self, gpa: Gpa, level: Level) -> Result<AcceptOutcome, Error> {
         Vm::accept(self, gpa, level)
+    }
+
+    fn attr_mode(&mut self, mode: AttrMode) -> Result<(), Error> {
+        self.set_attr_mode(mode)
+    }
+
+    fn create_gmem(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId, Error> {
+        self.create_guest_memfd(size, flags)
+    }
+
+    fn gmem_attributes(
+        &mut self,
+        file: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+    ) -> Result<(), Error> {
+        self.set_gmem_attributes(file, offset, size, attributes, 0)
+            .map(drop)
+    }
+
+    fn gmem_pin(&mut self, file: GmemId, offset: GmemOffset, pin: bool) -> Result<(), Error> {
+        if pin {
+            self.gmem_get_page(file, offset)
+        } else {
+            self.gmem_put_page(file, offset)
+        }
     }
 }
 
@@ -152,7 +180,7 @@ impl Replayer {
     pub fn summary(&self) -> Summary {
         let t = self.vm.tracker();
         let attributes = t
-            .nonzero_runs()
+            .private_runs()
             .map(|r| {
                 (
                     r.start.gpa().0,

@@ -9,6 +9,7 @@ use cvmem::Error;
 use cvmem::Gpa;
 use cvmem::Level;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemId, GmemOffset};
 use cvmem::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
 
 /// The page-table layout of the TDP MMU model (`mmu LAYOUT`).
@@ -74,6 +75,8 @@ pub enum Op {
         uaddr: Option<u64>,
         /// `backing=4K|2M|1G`: largest host mapping of the backing memory (default: 1G).
         backing: Option<Level>,
+        /// `gmem=FILE:OFFSET` (op-log v2): the guest_memfd range bound to the slot.
+        gmem: Option<(u64, u64)>,
     },
     /// `attrs GPA SIZE ATTRIBUTES`: KVM_SET_MEMORY_ATTRIBUTES.
     Attrs {
@@ -130,6 +133,49 @@ pub enum Op {
         /// The level accepted at.
         level: Level,
     },
+    /// `attr-mode per-vm|per-gmem` (v2): where the VM keeps PRIVATE.
+    AttrMode {
+        /// The mode.
+        mode: AttrMode,
+    },
+    /// `gmem SIZE [mmap] [init-shared]` (v2): KVM_CREATE_GUEST_MEMFD; files are numbered 0,
+    /// 1, … in creation order.
+    Gmem {
+        /// Size in bytes.
+        size: u64,
+        /// `mmap`, `init-shared`.
+        flags: GmemFlags,
+    },
+    /// `gmem-attrs FILE OFFSET SIZE ATTRIBUTES` (v2): KVM_SET_MEMORY_ATTRIBUTES2 on a file.
+    GmemAttrs {
+        /// The file.
+        file: u64,
+        /// First byte of the range in the file.
+        offset: u64,
+        /// Size in bytes.
+        size: u64,
+        /// `private` (0x8) or `shared` (0), or a number.
+        attributes: u64,
+    },
+    /// `gmem-pin FILE OFFSET` (v2): the host takes a reference on a shared file page.
+    GmemPin {
+        /// The file.
+        file: u64,
+        /// A byte in the page.
+        offset: u64,
+    },
+    /// `gmem-unpin FILE OFFSET` (v2): the host drops a reference it took.
+    GmemUnpin {
+        /// The file.
+        file: u64,
+        /// A byte in the page.
+        offset: u64,
+    },
+}
+
+/// A file number of a v2 line as the core's id (numbers beyond 32 bits name no file).
+pub(crate) fn gmem_id(file: u64) -> GmemId {
+    GmemId(u32::try_from(file).unwrap_or(u32::MAX))
 }
 
 impl Op {
@@ -144,14 +190,19 @@ impl Op {
             flags,
             uaddr,
             backing,
+            gmem,
         } = *self
         else {
             return None;
         };
+        let gmem = gmem.map(|(file, offset)| GmemBinding {
+            gmem: gmem_id(file),
+            offset: GmemOffset(offset),
+        });
         Some(
             match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
                 Some(slot) => Ok(MemoryRegion {
-                    gmem: None,
+                    gmem,
                     slot,
                     gpa: cvmem::Gpa(gpa),
                     size,
@@ -196,6 +247,11 @@ impl Op {
             Op::FaultRange { .. } => "fault-range",
             Op::Mmu { .. } => "mmu",
             Op::Accept { .. } => "accept",
+            Op::AttrMode { .. } => "attr-mode",
+            Op::Gmem { .. } => "gmem",
+            Op::GmemAttrs { .. } => "gmem-attrs",
+            Op::GmemPin { .. } => "gmem-pin",
+            Op::GmemUnpin { .. } => "gmem-unpin",
         }
     }
 }
@@ -214,6 +270,7 @@ impl fmt::Display for Op {
                 flags,
                 uaddr,
                 backing,
+                gmem,
             } => {
                 write!(f, " {slot} {gpa:#x} {size:#x}")?;
                 if flags.guest_memfd {
@@ -231,6 +288,9 @@ impl fmt::Display for Op {
                 if let Some(backing) = backing {
                     write!(f, " backing={backing}")?;
                 }
+                if let Some((file, offset)) = gmem {
+                    write!(f, " gmem={file}:{offset:#x}")?;
+                }
                 Ok(())
             }
             Op::Attrs {
@@ -239,11 +299,7 @@ impl fmt::Display for Op {
                 attributes,
             } => {
                 write!(f, " {gpa:#x} {size:#x} ")?;
-                match attributes {
-                    0 => f.write_str("shared"),
-                    KVM_MEMORY_ATTRIBUTE_PRIVATE => f.write_str("private"),
-                    other => write!(f, "{other:#x}"),
-                }
+                write_attributes(f, attributes)
             }
             Op::MapGpa { gpa, npages, flags } => write!(f, " {gpa:#x} {npages:#x} {flags:#x}"),
             Op::Query { gpa, access } | Op::Fault { gpa, access } => {
@@ -260,6 +316,40 @@ impl fmt::Display for Op {
                 }
             }
             Op::Accept { gpa, level } => write!(f, " {gpa:#x} {level}"),
+            Op::AttrMode { mode } => f.write_str(match mode {
+                AttrMode::PerVm => " per-vm",
+                AttrMode::PerGmem => " per-gmem",
+            }),
+            Op::Gmem { size, flags } => {
+                write!(f, " {size:#x}")?;
+                if flags.mmap {
+                    f.write_str(" mmap")?;
+                }
+                if flags.init_shared {
+                    f.write_str(" init-shared")?;
+                }
+                Ok(())
+            }
+            Op::GmemAttrs {
+                file,
+                offset,
+                size,
+                attributes,
+            } => {
+                write!(f, " {file} {offset:#x} {size:#x} ")?;
+                write_attributes(f, attributes)
+            }
+            Op::GmemPin { file, offset } | Op::GmemUnpin { file, offset } => {
+                write!(f, " {file} {offset:#x}")
+            }
         }
+    }
+}
+
+fn write_attributes(f: &mut fmt::Formatter<'_>, attributes: u64) -> fmt::Result {
+    match attributes {
+        0 => f.write_str("shared"),
+        KVM_MEMORY_ATTRIBUTE_PRIVATE => f.write_str("private"),
+        other => write!(f, "{other:#x}"),
     }
 }

@@ -10,6 +10,7 @@ use cvmem::Access;
 use cvmem::Level;
 use cvmem::SlotFlags;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use cvmem::{AttrMode, GmemFlags};
 
 /// One operation with the number of the line it was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +117,7 @@ fn parse_memslot(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
     let mut flags = SlotFlags::default();
     let mut uaddr = None;
     let mut backing = None;
+    let mut gmem = None;
     for token in args.words.by_ref() {
         match token {
             "guest-memfd" => set_once(op, "guest-memfd", &mut flags.guest_memfd)?,
@@ -126,6 +128,15 @@ fn parse_memslot(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
                     store_once(op, "uaddr", &mut uaddr, number("uaddr", value)?)?;
                 } else if let Some(value) = token.strip_prefix("backing=") {
                     store_once(op, "backing", &mut backing, level("backing", value)?)?;
+                } else if let Some(value) = token.strip_prefix("gmem=") {
+                    let (file, offset) =
+                        value
+                            .split_once(':')
+                            .ok_or_else(|| ParseErrorKind::BadBinding {
+                                token: excerpt(token),
+                            })?;
+                    let binding = (number("FILE", file)?, number("OFFSET", offset)?);
+                    store_once(op, "gmem", &mut gmem, binding)?;
                 } else {
                     return Err(ParseErrorKind::BadFlag {
                         op,
@@ -142,7 +153,27 @@ fn parse_memslot(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
         flags,
         uaddr,
         backing,
+        gmem,
     })
+}
+
+fn parse_gmem(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
+    let op = args.op;
+    let size = args.number("SIZE")?;
+    let mut flags = GmemFlags::default();
+    for token in args.words.by_ref() {
+        match token {
+            "mmap" => set_once(op, "mmap", &mut flags.mmap)?,
+            "init-shared" => set_once(op, "init-shared", &mut flags.init_shared)?,
+            _ => {
+                return Err(ParseErrorKind::BadFlag {
+                    op,
+                    token: excerpt(token),
+                })
+            }
+        }
+    }
+    Ok(Op::Gmem { size, flags })
 }
 
 fn parse_mmu(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
@@ -226,6 +257,39 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
             Ok(Op::Accept {
                 gpa: a.number("GPA")?,
                 level: a.level("LEVEL")?,
+            })
+        }),
+        "attr-mode" => complete("attr-mode", words, |a| {
+            let mode = match a.next("MODE")? {
+                "per-vm" => AttrMode::PerVm,
+                "per-gmem" => AttrMode::PerGmem,
+                token => {
+                    return Err(ParseErrorKind::BadAttrMode {
+                        token: excerpt(token),
+                    })
+                }
+            };
+            Ok(Op::AttrMode { mode })
+        }),
+        "gmem" => complete("gmem", words, parse_gmem),
+        "gmem-attrs" => complete("gmem-attrs", words, |a| {
+            Ok(Op::GmemAttrs {
+                file: a.number("FILE")?,
+                offset: a.number("OFFSET")?,
+                size: a.number("SIZE")?,
+                attributes: a.attributes()?,
+            })
+        }),
+        "gmem-pin" => complete("gmem-pin", words, |a| {
+            Ok(Op::GmemPin {
+                file: a.number("FILE")?,
+                offset: a.number("OFFSET")?,
+            })
+        }),
+        "gmem-unpin" => complete("gmem-unpin", words, |a| {
+            Ok(Op::GmemUnpin {
+                file: a.number("FILE")?,
+                offset: a.number("OFFSET")?,
             })
         }),
         other => Err(ParseErrorKind::UnknownOperation {

@@ -36,6 +36,7 @@ pub fn result_text(outcome: &Outcome) -> Option<String> {
         Outcome::Fault(FaultOutcome::Mapped { level }) => format!("mapped {level}"),
         Outcome::Fault(f) => f.name().to_string(),
         Outcome::Accept(a) => a.name().to_string(),
+        Outcome::Gmem(id) => format!("file {}", id.0),
         Outcome::FaultRange(r) => {
             let mut s = format!(
                 "mapped 4K {} 2M {} 1G {}, spurious {}, memory-fault {}, no-slot {}",
@@ -109,6 +110,9 @@ pub fn json(line: usize, op: &Op, outcome: &Outcome) -> Option<serde_json::Value
         }
         Outcome::Accept(a) => {
             obj.insert("result".into(), json!(a.name()));
+        }
+        Outcome::Gmem(id) => {
+            obj.insert("file".into(), json!(id.0));
         }
         Outcome::Query(m) => {
             obj.insert("result".into(), json!(max_level_name(m)));

@@ -200,6 +200,10 @@ pub enum Unsupported {
     AttributesPerGmem,
     /// `GUEST_MEMFD_FLAG_INIT_SHARED` on a VM with private memory kept per VM.
     InitSharedWithPrivateMemory,
+    /// Choosing where PRIVATE is kept once memslots or guest_memfds exist.
+    AttrModeNotFirst,
+    /// guest_memfd files on an executor that does not model them.
+    NoGmemModel,
 }
 
 /// Why an operation was refused. Every refused operation leaves the state unchanged.
@@ -557,6 +561,10 @@ impl fmt::Display for Unsupported {
             }
             Unsupported::AttributesPerGmem => {
                 "PRIVATE is kept per guest_memfd here: set it with KVM_SET_MEMORY_ATTRIBUTES2 on the file"
+            }
+            Unsupported::NoGmemModel => "this executor does not model guest_memfd files",
+            Unsupported::AttrModeNotFirst => {
+                "where PRIVATE is kept is chosen before any memslot or guest_memfd exists"
             }
             Unsupported::InitSharedWithPrivateMemory => {
                 "INIT_SHARED needs a VM without per-VM private memory"

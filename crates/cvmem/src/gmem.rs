@@ -161,6 +161,22 @@ impl Gmem {
         attributes: u64,
         flags: u64,
     ) -> Result<bool> {
+        match self.check_attributes2(offset, size, attributes, flags)? {
+            Some(pages) => self.attrs.set(pages, attributes),
+            None => Ok(false),
+        }
+    }
+
+    /// What [`Gmem::set_memory_attributes2`] would do, without doing it: the pages that change
+    /// (`None`: the range has the attributes already), or why it is refused. The one place the
+    /// contract is checked.
+    pub fn check_attributes2(
+        &self,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<Option<GfnRange>> {
         if flags != 0 {
             return Err(Error::ReservedBits {
                 what: Arg::GmemFlags,
@@ -175,7 +191,7 @@ impl Gmem {
         }
         let range = self.pages(offset, size)?;
         if self.attrs.uniform(range) == Some(attributes) {
-            return Ok(false);
+            return Ok(None);
         }
         if attributes != 0 {
             // Shared → private: every page must be the guest's alone.
@@ -185,7 +201,12 @@ impl Gmem {
                 });
             }
         }
-        self.attrs.set(range, attributes)
+        Ok(Some(range))
+    }
+
+    /// Stores `attributes` on pages a [`Gmem::check_attributes2`] of this state returned.
+    pub(crate) fn store(&mut self, pages: GfnRange, attributes: u64) -> Result<bool> {
+        self.attrs.set(pages, attributes)
     }
 
     /// Takes a reference on the shared page at `offset` (the host maps or pins it). Refused

@@ -42,6 +42,7 @@ pub fn selftest(p: &Params) -> Vec<Op> {
     };
     for cpu in 0..vcpus {
         b.push(Op::Memslot {
+            gmem: None,
             slot: 10 + cpu,
             gpa: base + cpu * PER_CPU,
             size: PER_CPU,

@@ -95,6 +95,7 @@ impl Layout {
         slots
             .iter()
             .map(|s| Op::Memslot {
+                gmem: None,
                 slot: s.id,
                 gpa: s.gpa,
                 size: s.size,

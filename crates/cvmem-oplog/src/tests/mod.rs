@@ -68,6 +68,7 @@ fn slot_with(base: Op, flags: SlotFlags, uaddr: Option<u64>, backing: Option<Lev
         Op::Memslot {
             slot, gpa, size, ..
         } => Op::Memslot {
+            gmem: None,
             slot,
             gpa,
             size,
@@ -81,6 +82,7 @@ fn slot_with(base: Op, flags: SlotFlags, uaddr: Option<u64>, backing: Option<Lev
 
 fn memslot(slot: u64, gpa: u64, size: u64) -> Op {
     Op::Memslot {
+        gmem: None,
         slot,
         gpa,
         size,

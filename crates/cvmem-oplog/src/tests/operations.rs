@@ -12,6 +12,7 @@ fn memslot_plain_and_every_flag() {
     assert_eq!(
         op("memslot 1 0x1000 4K guest-memfd"),
         Op::Memslot {
+            gmem: None,
             slot: 1,
             gpa: 0x1000,
             size: 4 * K,
@@ -25,6 +26,7 @@ fn memslot_plain_and_every_flag() {
         }
     );
     let all = Op::Memslot {
+        gmem: None,
         slot: 7,
         gpa: 2 * M,
         size: G,

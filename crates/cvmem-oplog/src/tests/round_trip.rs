@@ -7,7 +7,7 @@ fn display_is_canonical() {
     let cases: &[(Op, &str)] = &[
         (memslot(0, 0, 2 * G), "memslot 0 0x0 0x80000000"),
         (
-            Op::Memslot {
+            Op::Memslot { gmem: None,
                 slot: 32763,
                 gpa: 1 << 32,
                 size: 4 * K,
@@ -27,6 +27,17 @@ fn display_is_canonical() {
         (Op::Mmu { layout: Layout::Unified, recovery: None }, "mmu unified"),
         (Op::Mmu { layout: Layout::Split, recovery: Some(Recovery::OnFault) }, "mmu split recovery=on-fault"),
         (Op::Accept { gpa: 0x40_0000, level: Level::G1 }, "accept 0x400000 1G"),
+        (Op::AttrMode { mode: cvmem::AttrMode::PerGmem }, "attr-mode per-gmem"),
+        (Op::AttrMode { mode: cvmem::AttrMode::PerVm }, "attr-mode per-vm"),
+        (Op::Gmem { size: 4 * G, flags: cvmem::GmemFlags { mmap: true, init_shared: true } }, "gmem 0x100000000 mmap init-shared"),
+        (Op::Gmem { size: 4 * K, flags: cvmem::GmemFlags::default() }, "gmem 0x1000"),
+        (Op::GmemAttrs { file: 2, offset: 2 * M, size: 4 * K, attributes: 8 }, "gmem-attrs 2 0x200000 0x1000 private"),
+        (Op::GmemPin { file: 0, offset: 0x1000 }, "gmem-pin 0 0x1000"),
+        (Op::GmemUnpin { file: 1, offset: 0 }, "gmem-unpin 1 0x0"),
+        (
+            Op::Memslot { gmem: Some((1, 2 * M)), slot: 3, gpa: 0, size: 2 * M, flags: SlotFlags { guest_memfd: true, ..SlotFlags::default() }, uaddr: None, backing: None },
+            "memslot 3 0x0 0x200000 guest-memfd gmem=1:0x200000",
+        ),
     ];
     for (op, text) in cases {
         assert_eq!(op.to_string(), *text);
@@ -62,16 +73,20 @@ fn any_op() -> impl Strategy<Value = Op> {
             any_number(),
             flags,
             proptest::option::of(any_number()),
-            proptest::option::of(any_level())
+            proptest::option::of(any_level()),
+            proptest::option::of((any_number(), any_number()))
         )
-            .prop_map(|(slot, gpa, size, flags, uaddr, backing)| Op::Memslot {
-                slot,
-                gpa,
-                size,
-                flags,
-                uaddr,
-                backing
-            }),
+            .prop_map(
+                |(slot, gpa, size, flags, uaddr, backing, gmem)| Op::Memslot {
+                    gmem,
+                    slot,
+                    gpa,
+                    size,
+                    flags,
+                    uaddr,
+                    backing
+                }
+            ),
         (
             any_number(),
             any_number(),
@@ -100,6 +115,28 @@ fn any_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(layout, recovery)| Op::Mmu { layout, recovery }),
         (any_number(), any_level()).prop_map(|(gpa, level)| Op::Accept { gpa, level }),
+        prop_oneof![Just(cvmem::AttrMode::PerVm), Just(cvmem::AttrMode::PerGmem)]
+            .prop_map(|mode| Op::AttrMode { mode }),
+        (any_number(), any::<bool>(), any::<bool>()).prop_map(|(size, mmap, init_shared)| {
+            Op::Gmem {
+                size,
+                flags: cvmem::GmemFlags { mmap, init_shared },
+            }
+        }),
+        (
+            any_number(),
+            any_number(),
+            any_number(),
+            prop_oneof![Just(0u64), Just(8), any_number()]
+        )
+            .prop_map(|(file, offset, size, attributes)| Op::GmemAttrs {
+                file,
+                offset,
+                size,
+                attributes
+            }),
+        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemPin { file, offset }),
+        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemUnpin { file, offset }),
     ]
 }
 

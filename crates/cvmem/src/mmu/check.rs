@@ -4,7 +4,6 @@ use alloc::format;
 use alloc::string::String;
 
 use crate::addr::{Gfn, GfnRange, Level};
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 use super::table::{entry_pages, leaf_level, TableId};
 use super::vm::{Recovery, Vm};
@@ -126,12 +125,8 @@ impl Vm {
             return Err(format!("{} in the wrong root", what()));
         }
         let range = GfnRange::new(gfn, gfn + level.pages());
-        let want = if private {
-            KVM_MEMORY_ATTRIBUTE_PRIVATE
-        } else {
-            0
-        };
-        if !self.tracker.range_has_attributes(range, want, u64::MAX) {
+        let want = crate::Kind::from_private(private);
+        if self.tracker.uniform_kind(range) != Some(want) {
             return Err(format!("{} maps pages of other attributes", what()));
         }
         match self.tracker.slot_for_gfn(Gfn(gfn)) {

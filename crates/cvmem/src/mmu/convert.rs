@@ -88,6 +88,8 @@ impl Vm {
                 supported: self.tracker.supported_attributes(),
             });
         }
+        // The VM's own attributes: where each guest_memfd keeps PRIVATE, the VM only ever
+        // stores shared, and its conversions never touch the files' pages.
         if self
             .tracker
             .range_has_attributes(range, attributes, u64::MAX)

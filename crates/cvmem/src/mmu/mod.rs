@@ -69,6 +69,7 @@ mod accept;
 mod check;
 mod convert;
 mod fault;
+mod gmem;
 mod iter;
 mod recovery;
 mod slots;

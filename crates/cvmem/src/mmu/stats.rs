@@ -2,7 +2,6 @@
 //! coverage against the optimum the attributes, memslots and backing allow.
 
 use crate::addr::{GfnRange, Level, PAGE_SIZE};
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 use super::iter::MAX_LEVEL;
 use super::table::table_level_of;
@@ -225,12 +224,13 @@ impl Vm {
                         None => {}
                     },
                     _ => {
-                        for run in self.tracker.runs(GfnRange::new(g, end)) {
-                            let p = run.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-                            if self.allowed(run.start.0, p).is_some() {
-                                opt.add(run.start.0, run.end.0 - run.start.0, Level::K4, p);
-                            }
-                        }
+                        self.tracker
+                            .for_each_kind_run(GfnRange::new(g, end), |run, kind| {
+                                let p = kind.is_private();
+                                if self.allowed(run.start, p).is_some() {
+                                    opt.add(run.start, run.len(), Level::K4, p);
+                                }
+                            });
                     }
                 }
                 g = end;
@@ -250,8 +250,7 @@ impl Vm {
     /// Whether every gfn of `range` is private (`Some(true)`) or shared (`Some(false)`).
     fn uniform_kind(&self, range: GfnRange) -> Option<bool> {
         self.tracker
-            .attribute_store()
-            .uniform(range)
-            .map(|a| a & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0)
+            .uniform_kind(range)
+            .map(crate::Kind::is_private)
     }
 }

@@ -8,10 +8,11 @@
 
 use super::Tracker;
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT};
-use crate::attrs::Probe;
+use crate::attrs::{AttrRun, Probe};
 use crate::error::{Error, Result, Unsupported};
 use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset};
 use crate::memslot::{MemoryRegion, Memslot};
+use crate::tracker::Kind;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 impl Tracker {
@@ -87,14 +88,55 @@ impl Tracker {
         attributes: u64,
         flags: u64,
     ) -> Result<bool> {
+        match self.check_gmem_attributes(id, offset, size, attributes, flags)? {
+            Some(pages) => self.store_gmem_attributes(id, pages, attributes),
+            None => Ok(false),
+        }
+    }
+
+    /// What [`Tracker::set_gmem_attributes`] would change (the file's pages; `None`: nothing),
+    /// or why it is refused, without changing anything.
+    pub fn check_gmem_attributes(
+        &self,
+        id: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<Option<GfnRange>> {
+        let gmem = self.gmem(id).ok_or(Error::UnknownGmem { gmem: id.0 })?;
         if self.mode == AttrMode::PerVm {
-            self.gmem_mut(id)?;
             return Err(Error::Unsupported {
                 what: Unsupported::AttributesPerVm,
             });
         }
-        self.gmem_mut(id)?
-            .set_memory_attributes2(offset, size, attributes, flags)
+        gmem.check_attributes2(offset, size, attributes, flags)
+    }
+
+    /// Stores what [`Tracker::check_gmem_attributes`] returned for this state.
+    pub(crate) fn store_gmem_attributes(
+        &mut self,
+        id: GmemId,
+        pages: GfnRange,
+        attributes: u64,
+    ) -> Result<bool> {
+        self.gmem_mut(id)?.store(pages, attributes)
+    }
+
+    /// Where memslots see pages `pages` of file `id`: for each bound memslot that overlaps,
+    /// the gfns and the file page at the first of them.
+    pub fn gmem_gfns(
+        &self,
+        id: GmemId,
+        pages: GfnRange,
+    ) -> impl Iterator<Item = (GfnRange, u64)> + '_ {
+        self.slots.iter().filter_map(move |s| {
+            let b = s.gmem.filter(|b| b.gmem == id)?;
+            let first = b.offset.page();
+            let file = GfnRange::new(first, first + s.npages).intersect(&pages)?;
+            let gfn = s.base_gfn + (file.start - first);
+            Some((GfnRange::new(gfn, gfn + file.len()), file.start))
+        })
     }
 
     /// The host takes a reference on a shared page of guest_memfd `id` ([`Gmem::get_page`]).
@@ -200,6 +242,114 @@ impl Tracker {
         })
     }
 
+    /// The kind every gfn of `range` has, if they share one, read from wherever PRIVATE is
+    /// kept. Per guest_memfd: one range check per memslot the range crosses, gfns outside
+    /// memslots or files being shared.
+    pub fn uniform_kind(&self, range: GfnRange) -> Option<Kind> {
+        if self.mode == AttrMode::PerVm {
+            return self.attrs.uniform(range).map(Kind::from_attributes);
+        }
+        let mut kind = None;
+        let mut same = true;
+        self.for_each_piece(range, |gfns, file| {
+            let piece = match file {
+                Some((gmem, page)) => {
+                    let pages = GfnRange::new(page, page + gfns.len());
+                    gmem.attrs().uniform(pages).map(Kind::from_attributes)
+                }
+                None => Some(Kind::Shared),
+            };
+            same &= piece.is_some() && (kind.is_none() || kind == piece);
+            kind = piece;
+            same
+        });
+        kind.filter(|_| same)
+    }
+
+    /// Calls `f` on each run of one kind in `range`, in address order (runs that meet at a
+    /// memslot boundary may come as two), read from wherever PRIVATE is kept.
+    pub fn for_each_kind_run(&self, range: GfnRange, mut f: impl FnMut(GfnRange, Kind)) {
+        if self.mode == AttrMode::PerVm {
+            for r in self.attrs.runs(range) {
+                f(r.range(), Kind::from_attributes(r.attributes));
+            }
+            return;
+        }
+        self.for_each_piece(range, |gfns, file| {
+            match file {
+                Some((gmem, page)) => {
+                    for r in gmem.attrs().runs(GfnRange::new(page, page + gfns.len())) {
+                        let start = gfns.start + (r.start.0 - page);
+                        let run = GfnRange::new(start, start + r.range().len());
+                        f(run, Kind::from_attributes(r.attributes));
+                    }
+                }
+                None => f(gfns, Kind::Shared),
+            }
+            true
+        });
+    }
+
+    /// Splits `range` into pieces that lie in one memslot or between memslots, each with the
+    /// file and file page behind its first gfn (`None`: no file, all shared), while `f` says
+    /// go on.
+    fn for_each_piece(
+        &self,
+        range: GfnRange,
+        mut f: impl FnMut(GfnRange, Option<(&Gmem, u64)>) -> bool,
+    ) {
+        let mut g = range.start;
+        while g < range.end {
+            let (end, file) = match self.slot_for_gfn(Gfn(g)) {
+                Some(s) => {
+                    let end = range.end.min(s.base_gfn + s.npages);
+                    let file = self
+                        .bound(s)
+                        .map(|(gmem, first)| (gmem, first + (g - s.base_gfn)));
+                    (end, file)
+                }
+                None => {
+                    let next = self.slots.partition_point(|s| s.base_gfn <= g);
+                    let end = self.slots.get(next).map_or(range.end, |s| s.base_gfn);
+                    (range.end.min(end), None)
+                }
+            };
+            if !f(GfnRange::new(g, end), file) {
+                return;
+            }
+            g = end;
+        }
+    }
+
+    /// The maximal runs of private gfns in address order, from wherever PRIVATE is kept (per
+    /// guest_memfd: each memslot's file pages seen through its binding, runs that meet at a
+    /// memslot boundary joined).
+    pub fn private_runs(&self) -> impl Iterator<Item = AttrRun> + '_ {
+        let per_vm = (self.mode == AttrMode::PerVm).then(|| self.nonzero_runs());
+        let per_gmem = (self.mode == AttrMode::PerGmem).then(|| {
+            self.slots.iter().flat_map(move |s| {
+                let bound = self.bound(s);
+                bound.into_iter().flat_map(move |(gmem, first)| {
+                    gmem.attrs()
+                        .runs(GfnRange::new(first, first + s.npages))
+                        .filter(|r| r.attributes != 0)
+                        .map(move |r| AttrRun {
+                            start: Gfn(s.base_gfn + (r.start.0 - first)),
+                            end: Gfn(s.base_gfn + (r.end.0 - first)),
+                            attributes: r.attributes,
+                        })
+                })
+            })
+        });
+        Joined {
+            runs: per_vm
+                .into_iter()
+                .flatten()
+                .chain(per_gmem.into_iter().flatten())
+                .peekable(),
+        }
+    }
+
     /// Large pages of `level` wholly inside `slot` whose pages are not all of one kind.
     pub(crate) fn mixed_in(&self, slot: &Memslot, level: Level) -> u64 {
         if level == Level::K4 {
@@ -227,4 +377,24 @@ impl Tracker {
 /// The end (bytes into its file) of the range memslot `s` binds with `b`.
 fn binding_end(b: GmemBinding, s: &Memslot) -> u64 {
     b.offset.0 + (s.npages << PAGE_SHIFT)
+}
+
+/// Runs with adjacent equal neighbours joined.
+struct Joined<I: Iterator<Item = AttrRun>> {
+    runs: core::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = AttrRun>> Iterator for Joined<I> {
+    type Item = AttrRun;
+
+    fn next(&mut self) -> Option<AttrRun> {
+        let mut run = self.runs.next()?;
+        while let Some(next) = self
+            .runs
+            .next_if(|n| n.start == run.end && n.attributes == run.attributes)
+        {
+            run.end = next.end;
+        }
+        Some(run)
+    }
 }

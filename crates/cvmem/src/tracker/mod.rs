@@ -326,27 +326,34 @@ impl Tracker {
         self.attrs.set(range, attributes)
     }
 
-    /// The attributes of `gfn`.
+    /// The attributes of `gfn`, from wherever PRIVATE is kept ([`Tracker::is_private`]).
     pub fn attributes(&self, gfn: Gfn) -> u64 {
-        self.attrs.get(gfn)
+        Kind::from_private(self.is_private(gfn)).attributes()
     }
 
-    /// Whether `gfn` is private.
+    /// Whether `gfn` is private: by the VM's attributes, or where each guest_memfd keeps
+    /// PRIVATE, by its memslot's file page (a gfn outside memslots or files is shared).
     pub fn is_private(&self, gfn: Gfn) -> bool {
-        self.attrs.is_private(gfn)
+        match self.mode {
+            AttrMode::PerVm => self.attrs.is_private(gfn),
+            AttrMode::PerGmem => self
+                .slot_for_gfn(gfn)
+                .is_some_and(|s| self.probe_in(s, gfn).private),
+        }
     }
 
-    /// Whether every gfn of `range` has `attributes` under `mask`.
+    /// Whether every gfn of `range` has `attributes` under `mask` in the VM's own attributes
+    /// (KVM_SET_MEMORY_ATTRIBUTES'); [`Tracker::uniform_kind`] reads the files too.
     pub fn range_has_attributes(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
         self.attrs.range_has(range, attributes, mask)
     }
 
-    /// The attribute runs covering `range`, clipped to it, in address order.
+    /// The VM's own attribute runs covering `range`, clipped to it, in address order.
     pub fn runs(&self, range: GfnRange) -> Runs<'_> {
         self.attrs.runs(range)
     }
 
-    /// The maximal runs with non-zero attributes over the whole gfn space.
+    /// The VM's own maximal runs with non-zero attributes over the whole gfn space.
     pub fn nonzero_runs(&self) -> impl Iterator<Item = AttrRun> + '_ {
         self.attrs
             .runs(GfnRange::new(0, GFN_END))

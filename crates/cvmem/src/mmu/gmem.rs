@@ -1,0 +1,85 @@
+//! guest_memfd operations on the MMU model: a file's attribute change zaps, through every
+//! memslot bound to the changing pages, the leaves of the old kind, as a VM conversion does.
+
+use alloc::vec::Vec;
+
+use crate::addr::GfnRange;
+use crate::error::{Error, Result, Unsupported};
+use crate::gmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
+use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+use super::accept::AcceptPolicy;
+use super::tree::Kinds;
+use super::vm::Vm;
+
+impl Vm {
+    /// Where the VM keeps PRIVATE (see [`AttrMode`]); only before any memslot or guest_memfd
+    /// exists, as a module parameter is read when the VM is created.
+    pub fn set_attr_mode(&mut self, mode: AttrMode) -> Result<()> {
+        if self.tracker.memslots().len() != 0 || self.tracker.gmems().len() != 0 {
+            return Err(Error::Unsupported {
+                what: Unsupported::AttrModeNotFirst,
+            });
+        }
+        self.tracker = core::mem::take(&mut self.tracker).with_attr_mode(mode);
+        Ok(())
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` ([`crate::Tracker::create_guest_memfd`]).
+    pub fn create_guest_memfd(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId> {
+        self.tracker.create_guest_memfd(size, flags)
+    }
+
+    /// The host takes a reference on a shared file page ([`crate::Tracker::gmem_get_page`]).
+    pub fn gmem_get_page(&mut self, id: GmemId, offset: GmemOffset) -> Result<()> {
+        self.tracker.gmem_get_page(id, offset)
+    }
+
+    /// The host drops a reference ([`crate::Tracker::gmem_put_page`]).
+    pub fn gmem_put_page(&mut self, id: GmemId, offset: GmemOffset) -> Result<()> {
+        self.tracker.gmem_put_page(id, offset)
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` on file `id`: checked first (nothing changes on a refusal),
+    /// then every leaf of the old kind over the changing pages, in every memslot bound to them,
+    /// is zapped — split first where the layout is split and the leaf private and reaches
+    /// outside — and the attributes stored. Returns whether anything changed.
+    pub fn set_gmem_attributes(
+        &mut self,
+        id: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<bool> {
+        let Some(pages) = self
+            .tracker
+            .check_gmem_attributes(id, offset, size, attributes, flags)?
+        else {
+            return Ok(false);
+        };
+        let bound: Vec<GfnRange> = self.tracker.gmem_gfns(id, pages).map(|(g, _)| g).collect();
+        let split = self.layout.is_split();
+        if split {
+            // Two splits per edge of each bound range: 1G -> 2M -> 4K.
+            self.trees.tables.reserve(4 * bound.len())?;
+        }
+        let new_private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+        for &gfns in &bound {
+            let count = self
+                .trees
+                .zap(gfns, Kinds::Only(!new_private), |private| split && private);
+            self.counters.zaps += count.zaps;
+            self.counters.splits += count.splits;
+            if !new_private && self.accept_policy == AcceptPolicy::ClearWhenAccepted {
+                // Every private page of the range becomes shared (a shared page has no accept).
+                self.forget_accepts(gfns);
+            }
+        }
+        let changed = self.tracker.store_gmem_attributes(id, pages, attributes)?;
+        for gfns in bound {
+            self.recover(gfns);
+        }
+        Ok(changed)
+    }
+}
