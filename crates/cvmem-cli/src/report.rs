@@ -71,9 +71,22 @@ pub(crate) fn summary_json(s: &Summary) -> Value {
             })
         })
         .collect();
+    let files: Vec<Value> = s
+        .files
+        .iter()
+        .map(|f| {
+            let [k4, m2, g1] = f.private_by_folio;
+            json!({
+                "file": f.file, "size": f.size, "folio": f.folio.name(), "merge": f.merge.name(),
+                "splits": f.counts.splits, "merges": f.counts.merges,
+                "private": {"4K": k4, "2M": m2, "1G": g1},
+            })
+        })
+        .collect();
     json!({"summary": {
         "attributes": s.attributes.iter().map(|&(g, z, a)| json!([g, z, a])).collect::<Vec<_>>(),
         "memslots": memslots,
+        "files": files,
         "mmu": mmu_json(&s.mmu, &s.coverage),
         "tracking": {"heap_bytes": s.heap_bytes, "boundaries": s.boundaries},
         "ops": s.ops,
@@ -102,6 +115,36 @@ pub(crate) fn summary_text(s: &Summary) -> String {
             m.mixed_2m,
             m.mixed_1g
         ));
+    }
+    if !s.files.is_empty() {
+        out.push_str(&format!("guest_memfd files ({}):\n", s.files.len()));
+        out.push_str(&format!(
+            "  {:>5}  {:>8}  {:>6}  {:>10}  {:>7}  {:>7}  {:>12}  {:>12}  {:>12}\n",
+            "file",
+            "size",
+            "folio",
+            "merge",
+            "splits",
+            "merges",
+            "private 1G",
+            "private 2M",
+            "private 4K"
+        ));
+        for f in &s.files {
+            let [k4, m2, g1] = f.private_by_folio;
+            out.push_str(&format!(
+                "  {:>5}  {:>8}  {:>6}  {:>10}  {:>7}  {:>7}  {:>12}  {:>12}  {:>12}\n",
+                f.file,
+                fmt_bytes(f.size),
+                f.folio.name(),
+                f.merge.name(),
+                f.counts.splits,
+                f.counts.merges,
+                fmt_bytes(g1),
+                fmt_bytes(m2),
+                fmt_bytes(k4)
+            ));
+        }
     }
     out.push_str(&format!(
         "attribute runs (non-shared): {}\n",

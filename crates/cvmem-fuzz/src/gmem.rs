@@ -18,6 +18,7 @@ pub fn gmem_oracle(data: &[u8]) {
     let mut g = Gmem::new(
         pages * PAGE,
         GmemFlags {
+            folio: cvmem::Level::K4,
             mmap: true,
             init_shared,
         },

@@ -8,7 +8,7 @@ use core::fmt;
 
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts, Recovery};
 use cvmem::{Access, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange};
-use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
+use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset, MergePolicy};
 
 use crate::op::{gmem_id, Op};
 
@@ -88,9 +88,26 @@ pub trait Executor {
         }
     }
 
-    /// `gmem` (v2): KVM_CREATE_GUEST_MEMFD; the file gets the next number.
-    fn create_gmem(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId, Self::Error> {
-        let _ = (size, flags);
+    /// `gmem` (v2): KVM_CREATE_GUEST_MEMFD; the file gets the next number. `merge`: the
+    /// file's merge policy, if the line names one.
+    fn create_gmem(
+        &mut self,
+        size: u64,
+        flags: GmemFlags,
+        merge: Option<MergePolicy>,
+    ) -> Result<GmemId, Self::Error> {
+        let _ = (size, flags, merge);
+        Err(no_gmem())
+    }
+
+    /// `punch-hole` (v2): `fallocate(PUNCH_HOLE)` on a file.
+    fn punch_hole(
+        &mut self,
+        file: GmemId,
+        offset: GmemOffset,
+        size: u64,
+    ) -> Result<(), Self::Error> {
+        let _ = (file, offset, size);
         Err(no_gmem())
     }
 
@@ -270,7 +287,13 @@ impl Driver {
                 executor.attr_mode(mode)?;
                 Outcome::Done
             }
-            Op::Gmem { size, flags } => Outcome::Gmem(executor.create_gmem(size, flags)?),
+            Op::Gmem { size, flags, merge } => {
+                Outcome::Gmem(executor.create_gmem(size, flags, merge)?)
+            }
+            Op::PunchHole { file, offset, size } => {
+                executor.punch_hole(gmem_id(file), GmemOffset(offset), size)?;
+                Outcome::Done
+            }
             Op::GmemAttrs {
                 file,
                 offset,

@@ -10,7 +10,7 @@ use cvmem::{
     Access, Errno, Error, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, SlotChange,
     SlotEligibility, Tracker, PAGE_SIZE,
 };
-use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
+use cvmem::{AttrMode, GmemFlags, GmemId, GmemOffset, MergePolicy};
 
 use crate::exec::{Driver, Executor, Outcome};
 use crate::op::Op;
@@ -64,8 +64,18 @@ impl Executor for Vm {
         self.set_attr_mode(mode)
     }
 
-    fn create_gmem(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId, Error> {
-        self.create_guest_memfd(size, flags)
+    fn create_gmem(
+        &mut self,
+        size: u64,
+        flags: GmemFlags,
+        merge: Option<MergePolicy>,
+    ) -> Result<GmemId, Error> {
+        let merge = merge.unwrap_or(self.tracker().merge_policy());
+        self.create_guest_memfd_merging(size, flags, merge)
+    }
+
+    fn punch_hole(&mut self, file: GmemId, offset: GmemOffset, size: u64) -> Result<(), Error> {
+        self.gmem_punch_hole(file, offset, size)
     }
 
     fn gmem_attributes(
@@ -105,6 +115,23 @@ pub struct SlotSummary {
     pub eligibility: SlotEligibility,
 }
 
+/// One guest_memfd in the replay summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSummary {
+    /// The file's number.
+    pub file: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its folio size.
+    pub folio: Level,
+    /// Its merge policy.
+    pub merge: cvmem::MergePolicy,
+    /// Folios split and merged.
+    pub counts: cvmem::FolioCounts,
+    /// Private bytes in 4K pages, whole 2M folios, whole 1G folios.
+    pub private_by_folio: [u64; 3],
+}
+
 /// The state at the end of a replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -112,6 +139,8 @@ pub struct Summary {
     pub attributes: Vec<(u64, u64, u64)>,
     /// Memslots by slot id.
     pub memslots: Vec<SlotSummary>,
+    /// guest_memfd files (op-log v2) by number.
+    pub files: Vec<FileSummary>,
     /// Attribute boundaries stored (places where the attributes change).
     pub boundaries: usize,
     /// Heap bytes of the tracker.
@@ -201,9 +230,21 @@ impl Replayer {
             })
             .collect();
         memslots.sort_by_key(|s| s.slot);
+        let files = t
+            .gmems()
+            .map(|(id, g)| FileSummary {
+                file: id.0,
+                size: g.size(),
+                folio: g.folios().order(),
+                merge: g.merge_policy(),
+                counts: g.folios().counts(),
+                private_by_folio: g.private_by_folio(),
+            })
+            .collect();
         Summary {
             attributes,
             memslots,
+            files,
             boundaries: t.attribute_store().boundaries(),
             heap_bytes: t.heap_bytes(),
             ops: self.driver.ops(),

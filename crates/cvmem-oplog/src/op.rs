@@ -9,7 +9,7 @@ use cvmem::Error;
 use cvmem::Gpa;
 use cvmem::Level;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemId, GmemOffset};
+use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use cvmem::{MemoryRegion, SlotFlags, MAX_SLOT_ID};
 
 /// The page-table layout of the TDP MMU model (`mmu LAYOUT`).
@@ -138,13 +138,24 @@ pub enum Op {
         /// The mode.
         mode: AttrMode,
     },
-    /// `gmem SIZE [mmap] [init-shared]` (v2): KVM_CREATE_GUEST_MEMFD; files are numbered 0,
-    /// 1, … in creation order.
+    /// `gmem SIZE [mmap] [init-shared] [folio=4K|2M|1G] [merge=never|punch-hole|eager]` (v2):
+    /// KVM_CREATE_GUEST_MEMFD; files are numbered 0, 1, … in creation order.
     Gmem {
         /// Size in bytes.
         size: u64,
-        /// `mmap`, `init-shared`.
+        /// `mmap`, `init-shared`, `folio=`.
         flags: GmemFlags,
+        /// `merge=`: when the file's split folios merge (default: the executor's).
+        merge: Option<MergePolicy>,
+    },
+    /// `punch-hole FILE OFFSET SIZE` (v2): `fallocate(PUNCH_HOLE)` on a file.
+    PunchHole {
+        /// The file.
+        file: u64,
+        /// First byte.
+        offset: u64,
+        /// Size in bytes.
+        size: u64,
     },
     /// `gmem-attrs FILE OFFSET SIZE ATTRIBUTES` (v2): KVM_SET_MEMORY_ATTRIBUTES2 on a file.
     GmemAttrs {
@@ -249,6 +260,7 @@ impl Op {
             Op::Accept { .. } => "accept",
             Op::AttrMode { .. } => "attr-mode",
             Op::Gmem { .. } => "gmem",
+            Op::PunchHole { .. } => "punch-hole",
             Op::GmemAttrs { .. } => "gmem-attrs",
             Op::GmemPin { .. } => "gmem-pin",
             Op::GmemUnpin { .. } => "gmem-unpin",
@@ -320,7 +332,7 @@ impl fmt::Display for Op {
                 AttrMode::PerVm => " per-vm",
                 AttrMode::PerGmem => " per-gmem",
             }),
-            Op::Gmem { size, flags } => {
+            Op::Gmem { size, flags, merge } => {
                 write!(f, " {size:#x}")?;
                 if flags.mmap {
                     f.write_str(" mmap")?;
@@ -328,8 +340,15 @@ impl fmt::Display for Op {
                 if flags.init_shared {
                     f.write_str(" init-shared")?;
                 }
+                if flags.folio != Level::K4 {
+                    write!(f, " folio={}", flags.folio)?;
+                }
+                if let Some(merge) = merge {
+                    write!(f, " merge={}", merge.name())?;
+                }
                 Ok(())
             }
+            Op::PunchHole { file, offset, size } => write!(f, " {file} {offset:#x} {size:#x}"),
             Op::GmemAttrs {
                 file,
                 offset,

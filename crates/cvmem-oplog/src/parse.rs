@@ -10,7 +10,7 @@ use cvmem::Access;
 use cvmem::Level;
 use cvmem::SlotFlags;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use cvmem::{AttrMode, GmemFlags};
+use cvmem::{AttrMode, GmemFlags, MergePolicy};
 
 /// One operation with the number of the line it was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -161,19 +161,32 @@ fn parse_gmem(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
     let op = args.op;
     let size = args.number("SIZE")?;
     let mut flags = GmemFlags::default();
+    let (mut folio, mut merge) = (None, None);
     for token in args.words.by_ref() {
         match token {
             "mmap" => set_once(op, "mmap", &mut flags.mmap)?,
             "init-shared" => set_once(op, "init-shared", &mut flags.init_shared)?,
             _ => {
-                return Err(ParseErrorKind::BadFlag {
-                    op,
-                    token: excerpt(token),
-                })
+                if let Some(value) = token.strip_prefix("folio=") {
+                    store_once(op, "folio", &mut folio, level("folio", value)?)?;
+                } else if let Some(value) = token.strip_prefix("merge=") {
+                    let policy =
+                        MergePolicy::from_name(value).ok_or_else(|| ParseErrorKind::BadFlag {
+                            op,
+                            token: excerpt(token),
+                        })?;
+                    store_once(op, "merge", &mut merge, policy)?;
+                } else {
+                    return Err(ParseErrorKind::BadFlag {
+                        op,
+                        token: excerpt(token),
+                    });
+                }
             }
         }
     }
-    Ok(Op::Gmem { size, flags })
+    flags.folio = folio.unwrap_or_default();
+    Ok(Op::Gmem { size, flags, merge })
 }
 
 fn parse_mmu(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
@@ -278,6 +291,13 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
                 offset: a.number("OFFSET")?,
                 size: a.number("SIZE")?,
                 attributes: a.attributes()?,
+            })
+        }),
+        "punch-hole" => complete("punch-hole", words, |a| {
+            Ok(Op::PunchHole {
+                file: a.number("FILE")?,
+                offset: a.number("OFFSET")?,
+                size: a.number("SIZE")?,
             })
         }),
         "gmem-pin" => complete("gmem-pin", words, |a| {

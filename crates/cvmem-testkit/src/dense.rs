@@ -75,11 +75,35 @@ impl DenseModel {
     /// `KVM_CREATE_GUEST_MEMFD` of `pages` pages; `INIT_SHARED` only where the VM keeps no
     /// private memory itself.
     pub fn create_gmem(&mut self, pages: usize, init_shared: bool) -> Result<u32, Errno> {
-        if pages == 0 || (init_shared && !self.per_gmem && self.supported != 0) {
+        self.create_gmem_folios(pages, init_shared, Level::K4, cvmem::MergePolicy::default())
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` backed by folios of `order` (the size a multiple of it).
+    pub fn create_gmem_folios(
+        &mut self,
+        pages: usize,
+        init_shared: bool,
+        order: Level,
+        merge: cvmem::MergePolicy,
+    ) -> Result<u32, Errno> {
+        let bad = pages == 0
+            || pages as u64 % order.pages() != 0
+            || (init_shared && !self.per_gmem && self.supported != 0);
+        if bad {
             return Err(Errno::EINVAL);
         }
-        self.gmems.push(DenseGmem::new(pages, init_shared));
+        self.gmems
+            .push(DenseGmem::with_folios(pages, init_shared, order, merge));
         Ok(self.gmems.len() as u32 - 1)
+    }
+
+    /// The folio cap of a private page at `gfn` of `slot`: its file's folio, or none.
+    fn folio_cap(&self, slot: &DenseSlot, gfn: u64) -> Level {
+        let Some((file, offset)) = slot.gmem else {
+            return Level::G1;
+        };
+        let page = offset / PAGE_SIZE + (gfn - slot.base);
+        self.gmems[file as usize].folio_cap(page, gfn)
     }
 
     /// Number of gfns modelled.
@@ -340,14 +364,25 @@ impl DenseModel {
         if (self.attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0) != private {
             return fault;
         }
-        MaxLevel::Level(self.slot_level(slot, gfn))
+        let level = self.slot_level(slot, gfn);
+        MaxLevel::Level(if private {
+            level.min(self.folio_cap(slot, gfn))
+        } else {
+            level
+        })
     }
 
     /// The largest level the slot's state allows at `gfn` for a page of its own kind, by brute
     /// force; `None` outside memslots.
     pub fn allowed_level(&self, gfn: u64) -> Option<Level> {
-        self.slot_for_gfn(gfn)
-            .map(|slot| self.slot_level(slot, gfn))
+        self.slot_for_gfn(gfn).map(|slot| {
+            let level = self.slot_level(slot, gfn);
+            if self.attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+                level.min(self.folio_cap(slot, gfn))
+            } else {
+                level
+            }
+        })
     }
 
     fn slot_level(&self, slot: &DenseSlot, gfn: u64) -> Level {

@@ -90,11 +90,12 @@ impl fmt::Display for Gfn {
 
 /// A mapping level: the size of one leaf in the second-level page tables.
 ///
-/// Ordered by size, so `Level::G1 > Level::M2 > Level::K4`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Ordered by size, so `Level::G1 > Level::M2 > Level::K4`; the default is the base page, 4K.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Level {
     /// A 4 KiB page (PG_LEVEL_4K).
+    #[default]
     K4,
     /// A 2 MiB page (PG_LEVEL_2M).
     M2,

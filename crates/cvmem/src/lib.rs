@@ -58,7 +58,9 @@ pub use addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 pub use attrs::StoreShape;
 pub use attrs::{AttrRun, AttrStore, Probe, WORST_BYTES_PER_GIB};
 pub use error::{Arg, Errno, Error, FlagsFault, Result, SlotField, SnapshotFault, Unsupported};
-pub use gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset};
+pub use gmem::{
+    AttrMode, FolioCounts, Folios, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy,
+};
 pub use guest_scope::GuestScope;
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};

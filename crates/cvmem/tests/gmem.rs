@@ -54,7 +54,7 @@ proptest! {
         init_shared in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        let flags = GmemFlags { mmap: true, init_shared };
+        let flags = GmemFlags { folio: cvmem::Level::K4, mmap: true, init_shared };
         let mut g = Gmem::new(PAGES * PAGE, flags).unwrap();
         let mut o = DenseGmem::new(PAGES as usize, init_shared);
         for op in &ops {
@@ -104,6 +104,7 @@ fn shared_to_private_waits_for_references_private_to_shared_does_not() {
     let mut g = Gmem::new(
         16 * PAGE,
         GmemFlags {
+            folio: cvmem::Level::K4,
             mmap: true,
             init_shared: true,
         },

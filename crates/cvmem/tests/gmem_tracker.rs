@@ -2,11 +2,12 @@
 //! memslots bound to them at offsets (congruent or not with the gfns), attribute changes on
 //! the files with host references, and after every step the fault path's answer for both
 //! access kinds, the allowed level, MIXED and each slot's counts and eligibility — all of it
-//! read through the bindings.
+//! read through the bindings — and the files' huge folios: split where a change cuts them,
+//! merged by each policy, capping private mappings.
 
 use cvmem::{
     Access, AttrMode, GmemBinding, GmemFlags, GmemId, GmemOffset, Gpa, Level, MemoryRegion,
-    SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    MergePolicy, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
 use cvmem_testkit::DenseModel;
 use proptest::prelude::*;
@@ -20,6 +21,12 @@ enum Op {
     File {
         pages: u64,
         init_shared: bool,
+        order: Level,
+    },
+    Punch {
+        file: u32,
+        page: u64,
+        pages: u64,
     },
     Slot {
         id: u32,
@@ -52,12 +59,23 @@ fn page_in(limit: u64, big: bool) -> impl Strategy<Value = u64> {
     ]
 }
 
+fn folio_order(big: bool) -> impl Strategy<Value = Level> {
+    if big {
+        prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)].boxed()
+    } else {
+        prop_oneof![Just(Level::K4), Just(Level::M2)].boxed()
+    }
+}
+
 fn ops(big: bool) -> impl Strategy<Value = Vec<Op>> {
     // Small: ~4 2M pages per file. Big: a file of 2 1G pages and a little.
     let file_pages = if big { 2 * G1 + 700 } else { 4 * M2 + 90 };
     let space = if big { 3 * G1 } else { 12 * M2 };
     let op = prop_oneof![
-        1 => (1..=file_pages, any::<bool>()).prop_map(|(pages, init_shared)| Op::File { pages, init_shared }),
+        2 => (1..=file_pages, any::<bool>(), folio_order(big))
+            .prop_map(|(pages, init_shared, order)| Op::File { pages: pages.div_ceil(order.pages()) * order.pages(), init_shared, order }),
+        2 => (0u32..3, page_in(file_pages, big), prop_oneof![1u64..40, (1u64..4).prop_map(|n| n * M2), 1..=file_pages])
+            .prop_map(|(file, page, pages)| Op::Punch { file, page, pages }),
         3 => (0u32..4, prop_oneof![1 => (0..3u64).prop_map(move |u| u * if big { G1 } else { M2 }), 2 => page_in(space, big)], prop_oneof![1..=file_pages / 2, (1..5u64).prop_map(|n| n * M2), Just(if big { G1 } else { 2 * M2 })],
               proptest::option::weighted(0.85, (0u32..3, prop_oneof![Just(0u64), page_in(file_pages / 2, big)])))
             .prop_map(|(id, gfn, pages, file)| Op::Slot { id, gfn, pages, file }),
@@ -68,14 +86,17 @@ fn ops(big: bool) -> impl Strategy<Value = Vec<Op>> {
         1 => (0..space, 1u64..600, any::<bool>()).prop_map(|(gfn, pages, private)| Op::VmAttr { gfn, pages, private }),
     ];
     // Two files first, so that most operations find one.
+    let huge = if big { Level::G1 } else { Level::M2 };
     let first = Just(vec![
         Op::File {
-            pages: file_pages,
+            pages: file_pages.div_ceil(huge.pages()) * huge.pages(),
             init_shared: false,
+            order: huge,
         },
         Op::File {
-            pages: file_pages,
+            pages: file_pages.div_ceil(M2) * M2,
             init_shared: true,
+            order: Level::M2,
         },
     ]);
     (
@@ -88,15 +109,28 @@ fn ops(big: bool) -> impl Strategy<Value = Vec<Op>> {
         })
 }
 
-fn apply(t: &mut Tracker, o: &mut DenseModel, op: &Op) {
+fn apply(t: &mut Tracker, o: &mut DenseModel, op: &Op, policy: MergePolicy) {
     match *op {
-        Op::File { pages, init_shared } => {
+        Op::File {
+            pages,
+            init_shared,
+            order,
+        } => {
             let flags = GmemFlags {
                 mmap: true,
                 init_shared,
+                folio: order,
             };
             let a = t.create_guest_memfd(pages * PAGE, flags).map(|id| id.0);
-            let b = o.create_gmem(pages as usize, init_shared);
+            let b = o.create_gmem_folios(pages as usize, init_shared, order, policy);
+            assert_eq!(a.map_err(|e| e.errno()), b, "{op:?}");
+        }
+        Op::Punch { file, page, pages } => {
+            let a = t.gmem_punch_hole(GmemId(file), GmemOffset(page * PAGE), pages * PAGE);
+            let b = match o.gmems.get_mut(file as usize) {
+                Some(g) => g.punch_hole(page * PAGE, pages * PAGE),
+                None => Err(cvmem::Errno::EBADF),
+            };
             assert_eq!(a.map_err(|e| e.errno()), b, "{op:?}");
         }
         Op::Slot {
@@ -206,6 +240,36 @@ fn apply(t: &mut Tracker, o: &mut DenseModel, op: &Op) {
 
 /// Every answer the fault path and the reports give, at the gfns that matter.
 fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) {
+    for ((id, g), d) in t.gmems().zip(&o.gmems) {
+        let counts = g.folios().counts();
+        assert_eq!(
+            (counts.splits, counts.merges),
+            (d.splits, d.merges),
+            "file {id:?} splits, merges"
+        );
+        // A whole folio has one kind, so a private page's folio size says where it counts.
+        let mut by_folio = [0u64; 3];
+        for (p, &private) in d.private.iter().enumerate() {
+            if private {
+                by_folio[d.order[p].index()] += PAGE;
+            }
+        }
+        assert_eq!(
+            g.private_by_folio(),
+            by_folio,
+            "file {id:?} private bytes by folio"
+        );
+        let pages = d.order.len() as u64;
+        let mut at: Vec<u64> = probes.iter().map(|p| p % pages).collect();
+        at.extend([0, pages - 1, pages / 2]);
+        for page in at {
+            assert_eq!(
+                g.folios().level_at(page),
+                d.order[page as usize],
+                "file {id:?} folio at page {page:#x}"
+            );
+        }
+    }
     for slot in &o.slots {
         let end = slot.base + slot.npages;
         let mut gfns = vec![slot.base, end - 1, slot.base + slot.npages / 2];
@@ -242,13 +306,23 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) {
     }
 }
 
-fn run(ops: &[Op], probes: &[u64]) {
-    let mut t = Tracker::new().with_attr_mode(AttrMode::PerGmem);
+fn run(ops: &[Op], probes: &[u64], policy: MergePolicy) {
+    let mut t = Tracker::new()
+        .with_attr_mode(AttrMode::PerGmem)
+        .with_merge_policy(policy);
     let mut o = DenseModel::new(16).per_gmem();
     for op in ops {
-        apply(&mut t, &mut o, op);
+        apply(&mut t, &mut o, op, policy);
         check(&t, &o, probes);
     }
+}
+
+fn policies() -> impl Strategy<Value = MergePolicy> {
+    prop_oneof![
+        Just(MergePolicy::Never),
+        Just(MergePolicy::OnPunchHole),
+        Just(MergePolicy::Eager)
+    ]
 }
 
 proptest! {
@@ -257,8 +331,9 @@ proptest! {
     fn per_gmem_small_files_match_the_dense_oracle(
         ops in ops(false),
         probes in proptest::collection::vec(any::<u64>(), 6),
+        policy in policies(),
     ) {
-        run(&ops, &probes);
+        run(&ops, &probes, policy);
     }
 }
 
@@ -269,8 +344,9 @@ proptest! {
     fn per_gmem_1g_files_match_the_dense_oracle(
         ops in ops(true),
         probes in proptest::collection::vec(any::<u64>(), 1),
+        policy in policies(),
     ) {
-        run(&ops, &probes);
+        run(&ops, &probes, policy);
     }
 }
 
@@ -279,6 +355,7 @@ fn the_vm_keeps_private_or_the_files_do_never_both() {
     // Per VM: the files' attributes are refused, INIT_SHARED too (the VM has private memory).
     let mut vm = Tracker::new();
     let flags = GmemFlags {
+        folio: cvmem::Level::K4,
         mmap: true,
         init_shared: false,
     };
@@ -297,8 +374,14 @@ fn the_vm_keeps_private_or_the_files_do_never_both() {
     assert!(plain.create_guest_memfd(4 << 20, shared).is_ok());
 
     // Per guest_memfd: the VM refuses PRIVATE; a file's change shows through its memslot.
+    // The file is backed by 2M HugeTLB folios (order-0 pages, the default, would cap every
+    // private mapping at 4K, as in Linux 7.3).
     let mut vm = Tracker::new().with_attr_mode(AttrMode::PerGmem);
-    let f = vm.create_guest_memfd(8 << 20, shared).unwrap();
+    let huge = GmemFlags {
+        folio: Level::M2,
+        ..shared
+    };
+    let f = vm.create_guest_memfd(8 << 20, huge).unwrap();
     let e = vm
         .set_memory_attributes(Gpa(0), 4096, KVM_MEMORY_ATTRIBUTE_PRIVATE)
         .unwrap_err();
@@ -346,5 +429,24 @@ fn the_vm_keeps_private_or_the_files_do_never_both() {
         vm.max_mapping_level(Gpa((1 << 30) + (2 << 20)), Access::Private),
         cvmem::MaxLevel::MemoryFault(_)
     ));
+    assert_eq!(vm.mixed_count(1, Level::M2), 0);
+
+    // The same with order-0 pages: attributes allow 2M, the folio only 4K.
+    let mut vm = Tracker::new().with_attr_mode(AttrMode::PerGmem);
+    let f = vm.create_guest_memfd(8 << 20, shared).unwrap();
+    vm.set_user_memory_region(&MemoryRegion {
+        gmem: Some(GmemBinding {
+            gmem: f,
+            offset: GmemOffset(0),
+        }),
+        ..slot
+    })
+    .unwrap();
+    vm.set_gmem_attributes(f, GmemOffset(0), 2 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0)
+        .unwrap();
+    assert_eq!(
+        vm.max_mapping_level(Gpa(1 << 30), Access::Private),
+        cvmem::MaxLevel::Level(Level::K4)
+    );
     assert_eq!(vm.mixed_count(1, Level::M2), 0);
 }

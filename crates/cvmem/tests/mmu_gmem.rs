@@ -7,7 +7,7 @@
 use cvmem::mmu::{AcceptPolicy, Layout, Recovery, Vm};
 use cvmem::{
     Access, AttrMode, GfnRange, GmemBinding, GmemFlags, GmemId, GmemOffset, Gpa, Kind, Level,
-    MemoryRegion, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    MemoryRegion, MergePolicy, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
 use proptest::prelude::*;
 
@@ -88,6 +88,10 @@ enum Op {
         offset: u64,
         pin: bool,
     },
+    Punch {
+        offset: u64,
+        size: u64,
+    },
     DeleteSlot {
         slot: u32,
     },
@@ -136,6 +140,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (gpa(), prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)])
             .prop_map(|(gpa, level)| Op::Accept { gpa: gpa & !(level.size() - 1), level }),
         1 => (offset(), any::<bool>()).prop_map(|(offset, pin)| Op::Pin { offset, pin }),
+        1 => (offset(), size()).prop_map(|(offset, size)| Op::Punch { offset, size }),
         1 => (0u32..4).prop_map(|slot| Op::DeleteSlot { slot }),
         1 => Just(Op::RecreateSlots),
     ]
@@ -186,6 +191,12 @@ fn apply(vm: &mut Vm, op: &Op) -> Result<(), TestCaseError> {
             } else {
                 vm.gmem_put_page(FILE, GmemOffset(offset))
             };
+        }
+        Op::Punch { offset, size } => {
+            let leaves_before = vm.stats().leaves();
+            if vm.gmem_punch_hole(FILE, GmemOffset(offset), size).is_err() {
+                prop_assert_eq!(vm.stats().leaves(), leaves_before);
+            }
         }
         Op::DeleteSlot { slot } => {
             let r = MemoryRegion {
@@ -238,13 +249,17 @@ proptest! {
         layout in layouts(),
         recovery in recoveries(),
         clear in any::<bool>(),
+        folio in prop_oneof![Just(Level::K4), Just(Level::M2), Just(Level::G1)],
+        merge in prop_oneof![Just(MergePolicy::Never), Just(MergePolicy::OnPunchHole), Just(MergePolicy::Eager)],
         init_shared in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..24),
     ) {
         let policy = if clear { AcceptPolicy::ClearWhenAccepted } else { AcceptPolicy::OneWay };
-        let mut vm = Vm::new(layout, recovery).with_accept_policy(policy);
+        let mut vm = Vm::new(layout, recovery)
+            .with_accept_policy(policy)
+            .with_merge_policy(merge);
         vm.set_attr_mode(AttrMode::PerGmem).unwrap();
-        let flags = GmemFlags { mmap: true, init_shared };
+        let flags = GmemFlags { mmap: true, init_shared, folio };
         prop_assert_eq!(vm.create_guest_memfd(8 * G1, flags).unwrap(), FILE);
         for r in regions() {
             vm.set_user_memory_region(&r).unwrap();

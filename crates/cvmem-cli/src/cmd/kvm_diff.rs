@@ -126,6 +126,7 @@ fn compare(
                 | Op::Accept { .. }
                 | Op::AttrMode { .. }
                 | Op::Gmem { .. }
+                | Op::PunchHole { .. }
                 | Op::GmemAttrs { .. }
                 | Op::GmemPin { .. }
                 | Op::GmemUnpin { .. },

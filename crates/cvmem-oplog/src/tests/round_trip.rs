@@ -29,8 +29,9 @@ fn display_is_canonical() {
         (Op::Accept { gpa: 0x40_0000, level: Level::G1 }, "accept 0x400000 1G"),
         (Op::AttrMode { mode: cvmem::AttrMode::PerGmem }, "attr-mode per-gmem"),
         (Op::AttrMode { mode: cvmem::AttrMode::PerVm }, "attr-mode per-vm"),
-        (Op::Gmem { size: 4 * G, flags: cvmem::GmemFlags { mmap: true, init_shared: true } }, "gmem 0x100000000 mmap init-shared"),
-        (Op::Gmem { size: 4 * K, flags: cvmem::GmemFlags::default() }, "gmem 0x1000"),
+        (Op::Gmem { size: 4 * G, flags: cvmem::GmemFlags { folio: Level::G1, mmap: true, init_shared: true }, merge: Some(cvmem::MergePolicy::Eager) }, "gmem 0x100000000 mmap init-shared folio=1G merge=eager"),
+        (Op::PunchHole { file: 1, offset: 2 * M, size: 2 * M }, "punch-hole 1 0x200000 0x200000"),
+        (Op::Gmem { size: 4 * K, flags: cvmem::GmemFlags::default(), merge: None }, "gmem 0x1000"),
         (Op::GmemAttrs { file: 2, offset: 2 * M, size: 4 * K, attributes: 8 }, "gmem-attrs 2 0x200000 0x1000 private"),
         (Op::GmemPin { file: 0, offset: 0x1000 }, "gmem-pin 0 0x1000"),
         (Op::GmemUnpin { file: 1, offset: 0 }, "gmem-unpin 1 0x0"),
@@ -117,11 +118,30 @@ fn any_op() -> impl Strategy<Value = Op> {
         (any_number(), any_level()).prop_map(|(gpa, level)| Op::Accept { gpa, level }),
         prop_oneof![Just(cvmem::AttrMode::PerVm), Just(cvmem::AttrMode::PerGmem)]
             .prop_map(|mode| Op::AttrMode { mode }),
-        (any_number(), any::<bool>(), any::<bool>()).prop_map(|(size, mmap, init_shared)| {
-            Op::Gmem {
+        (
+            any_number(),
+            any::<bool>(),
+            any::<bool>(),
+            any_level(),
+            proptest::option::of(prop_oneof![
+                Just(cvmem::MergePolicy::Never),
+                Just(cvmem::MergePolicy::OnPunchHole),
+                Just(cvmem::MergePolicy::Eager)
+            ])
+        )
+            .prop_map(|(size, mmap, init_shared, folio, merge)| Op::Gmem {
                 size,
-                flags: cvmem::GmemFlags { mmap, init_shared },
-            }
+                flags: cvmem::GmemFlags {
+                    folio,
+                    mmap,
+                    init_shared,
+                },
+                merge,
+            }),
+        (any_number(), any_number(), any_number()).prop_map(|(file, offset, size)| Op::PunchHole {
+            file,
+            offset,
+            size
         }),
         (
             any_number(),

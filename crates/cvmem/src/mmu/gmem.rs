@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::addr::GfnRange;
 use crate::error::{Error, Result, Unsupported};
-use crate::gmem::{AttrMode, GmemFlags, GmemId, GmemOffset};
+use crate::gmem::{AttrMode, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 use super::accept::AcceptPolicy;
@@ -25,9 +25,25 @@ impl Vm {
         Ok(())
     }
 
+    /// The same VM merging its files' split folios by `policy` (set it before creating files).
+    pub fn with_merge_policy(mut self, policy: MergePolicy) -> Self {
+        self.tracker = core::mem::take(&mut self.tracker).with_merge_policy(policy);
+        self
+    }
+
     /// `KVM_CREATE_GUEST_MEMFD` ([`crate::Tracker::create_guest_memfd`]).
     pub fn create_guest_memfd(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId> {
         self.tracker.create_guest_memfd(size, flags)
+    }
+
+    /// [`Vm::create_guest_memfd`] with a merge policy of the file's own.
+    pub fn create_guest_memfd_merging(
+        &mut self,
+        size: u64,
+        flags: GmemFlags,
+        merge: MergePolicy,
+    ) -> Result<GmemId> {
+        self.tracker.create_guest_memfd_merging(size, flags, merge)
     }
 
     /// The host takes a reference on a shared file page ([`crate::Tracker::gmem_get_page`]).
@@ -38,6 +54,30 @@ impl Vm {
     /// The host drops a reference ([`crate::Tracker::gmem_put_page`]).
     pub fn gmem_put_page(&mut self, id: GmemId, offset: GmemOffset) -> Result<()> {
         self.tracker.gmem_put_page(id, offset)
+    }
+
+    /// `fallocate(PUNCH_HOLE)` on file `id`: every private leaf over the punched pages, in
+    /// every memslot bound to them, is zapped (split first where the layout is split and the
+    /// leaf reaches outside), then the file frees the pages and merges what its policy allows
+    /// ([`crate::Gmem::punch_hole`]).
+    pub fn gmem_punch_hole(&mut self, id: GmemId, offset: GmemOffset, size: u64) -> Result<()> {
+        let gmem = self
+            .tracker
+            .gmem(id)
+            .ok_or(Error::UnknownGmem { gmem: id.0 })?;
+        // The checks first, on a copy of nothing: a refusal changes nothing.
+        let pages = gmem.check_range(offset, size)?;
+        let bound: Vec<GfnRange> = self.tracker.gmem_gfns(id, pages).map(|(g, _)| g).collect();
+        let split = self.layout.is_split();
+        if split {
+            self.trees.tables.reserve(4 * bound.len())?;
+        }
+        for &gfns in &bound {
+            let count = self.trees.zap(gfns, Kinds::Only(true), |_| split);
+            self.counters.zaps += count.zaps;
+            self.counters.splits += count.splits;
+        }
+        self.tracker.gmem_punch_hole(id, offset, size)
     }
 
     /// `KVM_SET_MEMORY_ATTRIBUTES2` on file `id`: checked first (nothing changes on a refusal),

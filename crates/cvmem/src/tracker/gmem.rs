@@ -10,7 +10,7 @@ use super::Tracker;
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT};
 use crate::attrs::{AttrRun, Probe};
 use crate::error::{Error, Result, Unsupported};
-use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset};
+use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use crate::memslot::{MemoryRegion, Memslot};
 use crate::tracker::Kind;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -20,6 +20,12 @@ impl Tracker {
     /// module parameter: chosen before the VM exists).
     pub const fn with_attr_mode(mut self, mode: AttrMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The same tracker merging its files' split folios by `policy` (see [`MergePolicy`]).
+    pub const fn with_merge_policy(mut self, policy: MergePolicy) -> Self {
+        self.merge = policy;
         self
     }
 
@@ -42,6 +48,16 @@ impl Tracker {
     /// `KVM_CREATE_GUEST_MEMFD`: a file of `size` bytes. `INIT_SHARED` is refused on a VM that
     /// keeps private memory per VM (`kvm_arch_supports_gmem_init_shared`).
     pub fn create_guest_memfd(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId> {
+        self.create_guest_memfd_merging(size, flags, self.merge)
+    }
+
+    /// [`Tracker::create_guest_memfd`] with a merge policy of the file's own.
+    pub fn create_guest_memfd_merging(
+        &mut self,
+        size: u64,
+        flags: GmemFlags,
+        merge: MergePolicy,
+    ) -> Result<GmemId> {
         if flags.init_shared && self.mode == AttrMode::PerVm && self.supported != 0 {
             return Err(Error::Unsupported {
                 what: Unsupported::InitSharedWithPrivateMemory,
@@ -50,7 +66,7 @@ impl Tracker {
         let id = u32::try_from(self.gmems.len()).map_err(|_| Error::NoMemory {
             bytes: core::mem::size_of::<Gmem>(),
         })?;
-        let gmem = Gmem::new(size, flags)?;
+        let gmem = Gmem::new(size, flags)?.with_merge_policy(merge);
         self.gmems.try_reserve(1).map_err(|_| Error::NoMemory {
             bytes: core::mem::size_of::<Gmem>(),
         })?;
@@ -147,6 +163,29 @@ impl Tracker {
     /// The host drops a reference ([`Gmem::put_page`]).
     pub fn gmem_put_page(&mut self, id: GmemId, offset: GmemOffset) -> Result<()> {
         self.gmem_mut(id)?.put_page(offset)
+    }
+
+    /// The merge policy new files get.
+    pub const fn merge_policy(&self) -> MergePolicy {
+        self.merge
+    }
+
+    /// `fallocate(PUNCH_HOLE)` on file `id` ([`Gmem::punch_hole`]).
+    pub fn gmem_punch_hole(&mut self, id: GmemId, offset: GmemOffset, size: u64) -> Result<()> {
+        self.gmem_mut(id)?.punch_hole(offset, size)
+    }
+
+    /// The level the slot's state allows at `gfn` for a page of the kind `probe` found, no
+    /// larger than the folio backing it when it is private in a file the tracker models.
+    #[inline]
+    pub(crate) fn folio_cap(&self, slot: &Memslot, gfn: Gfn, probe: Probe) -> Level {
+        let level = Self::slot_level(slot, gfn.0, probe);
+        match self.bound(slot) {
+            Some((gmem, first)) if probe.private && level > Level::K4 => {
+                level.min(gmem.folio_cap(first + (gfn.0 - slot.base_gfn), gfn))
+            }
+            _ => level,
+        }
     }
 
     /// `kvm_gmem_bind`'s checks for a new memslot: the file exists, the slot's range lies in

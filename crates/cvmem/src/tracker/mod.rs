@@ -8,7 +8,7 @@ use core::mem::size_of;
 use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
 use crate::error::{Error, Result};
-use crate::gmem::{AttrMode, Gmem};
+use crate::gmem::{AttrMode, Gmem, MergePolicy};
 use crate::lpage::LpageInfo;
 use crate::memslot::{self, MemoryRegion, Memslot, SlotChange, SlotFlags};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -208,6 +208,8 @@ pub struct Tracker {
     ids: Vec<(u32, u64)>,
     /// Where PRIVATE is kept: `attrs` (per VM) or each guest_memfd.
     mode: AttrMode,
+    /// When the files' split folios merge.
+    merge: MergePolicy,
     /// guest_memfds by id.
     gmems: Vec<Gmem>,
 }
@@ -234,6 +236,7 @@ impl Tracker {
             slots: Vec::new(),
             ids: Vec::new(),
             mode: AttrMode::PerVm,
+            merge: MergePolicy::OnPunchHole,
             gmems: Vec::new(),
         }
     }
@@ -580,12 +583,12 @@ impl Tracker {
         if probe.private != access.is_private() {
             return fault;
         }
-        MaxLevel::Level(Self::slot_level(slot, gfn.0, probe))
+        MaxLevel::Level(self.folio_cap(slot, gfn, probe))
     }
 
     /// The largest level the slot's state allows at `gfn`, ignoring the access kind.
     #[inline]
-    fn slot_level(slot: &Memslot, gfn: u64, probe: Probe) -> Level {
+    pub(crate) fn slot_level(slot: &Memslot, gfn: u64, probe: Probe) -> Level {
         let max = slot.max_level().min(probe.uniform);
         for level in [Level::G1, Level::M2] {
             if level <= max
@@ -603,7 +606,7 @@ impl Tracker {
     /// outside memslots.
     pub fn allowed_level(&self, gfn: Gfn) -> Option<Level> {
         self.slot_for_gfn(gfn)
-            .map(|s| Self::slot_level(s, gfn.0, self.probe_in(s, gfn)))
+            .map(|s| self.folio_cap(s, gfn, self.probe_in(s, gfn)))
     }
 
     /// Whether the large page of `level` holding `gfn` is mixed in its memslot (false when it is

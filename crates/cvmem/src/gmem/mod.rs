@@ -17,9 +17,13 @@
 //! of gfn: a file of any size costs what its non-uniform parts cost. References are host-side
 //! state (the VMM's pins), kept per page while non-zero.
 
+mod folio;
+
 use alloc::collections::BTreeMap;
 
-use crate::addr::{Gfn, GfnRange, PAGE_SHIFT, PAGE_SIZE};
+pub use folio::{FolioCounts, Folios, MergePolicy};
+
+use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::attrs::AttrStore;
 use crate::error::{Arg, Error, Result};
 use crate::tracker::Kind;
@@ -74,6 +78,10 @@ pub struct GmemFlags {
     pub mmap: bool,
     /// `GUEST_MEMFD_FLAG_INIT_SHARED`: every page starts shared (else private).
     pub init_shared: bool,
+    /// The folio size backing the file: 4K (order-0 pages, every kernel up to 7.3), or 2M or
+    /// 1G HugeTLB pages (the guest_memfd HugeTLB series); the size must be a multiple of it.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub folio: Level,
 }
 
 /// One guest_memfd's PRIVATE attribute and the references the host holds on its pages.
@@ -85,6 +93,10 @@ pub struct Gmem {
     attrs: AttrStore,
     /// References the host holds on a page (index → count), only while non-zero.
     refs: BTreeMap<u64, u32>,
+    /// The backing folios.
+    folios: Folios,
+    /// When split folios merge.
+    merge: MergePolicy,
 }
 
 impl Gmem {
@@ -96,11 +108,11 @@ impl Gmem {
                 what: Arg::GmemSize,
             });
         }
-        if size % PAGE_SIZE != 0 {
+        if size % flags.folio.size() != 0 {
             return Err(Error::Unaligned {
                 what: Arg::GmemSize,
                 value: size,
-                align: PAGE_SIZE,
+                align: flags.folio.size(),
             });
         }
         let mut attrs = AttrStore::new();
@@ -115,7 +127,77 @@ impl Gmem {
             flags,
             attrs,
             refs: BTreeMap::new(),
+            folios: Folios::new(flags.folio),
+            merge: MergePolicy::default(),
         })
+    }
+
+    /// The same file merging split folios by `policy` (default [`MergePolicy::OnPunchHole`]).
+    pub fn with_merge_policy(mut self, policy: MergePolicy) -> Self {
+        self.merge = policy;
+        self
+    }
+
+    /// Bytes of private memory in whole 1G folios, whole 2M folios and 4K pages (`[4K, 2M,
+    /// 1G]`): what can be mapped huge. One step per 1G folio of a private run, one per 2M folio
+    /// of a split 1G folio, never per 4K page.
+    pub fn private_by_folio(&self) -> [u64; 3] {
+        let mut bytes = [0u64; 3];
+        let whole = GfnRange::new(0, self.size / PAGE_SIZE);
+        for run in self.attrs.runs(whole).filter(|r| r.attributes != 0) {
+            let mut p = run.start.0;
+            while p < run.end.0 {
+                let level = self.folios.level_at(p);
+                let folio_end = (p / level.pages() + 1) * level.pages();
+                let end = if level == Level::K4 {
+                    // 4K pages up to the next folio that may be huge.
+                    run.end.0.min((p / 512 + 1) * 512)
+                } else {
+                    folio_end.min(run.end.0)
+                };
+                // A folio counts as huge only if the run covers it whole.
+                let huge = level > Level::K4 && p % level.pages() == 0 && end == folio_end;
+                let at = if huge { level.index() } else { 0 };
+                bytes[at] += (end - p) * PAGE_SIZE;
+                p = end;
+            }
+        }
+        bytes
+    }
+
+    /// When split folios merge.
+    pub const fn merge_policy(&self) -> MergePolicy {
+        self.merge
+    }
+
+    /// The backing folios.
+    pub fn folios(&self) -> &Folios {
+        &self.folios
+    }
+
+    /// The largest mapping of file page `page` at `gfn` that its folio allows: the folio's size,
+    /// lowered until gfn and page are congruent modulo it.
+    #[inline]
+    pub fn folio_cap(&self, page: u64, gfn: Gfn) -> Level {
+        let mut level = self.folios.level_at(page);
+        while page.wrapping_sub(gfn.0) % level.pages() != 0 {
+            level = level.smaller().unwrap_or(Level::K4);
+        }
+        level
+    }
+
+    /// `fallocate(PUNCH_HOLE)` on `[offset, offset + size)`: the pages are freed (their kind
+    /// stays); a split folio wholly inside whose pages share one kind is whole again, unless
+    /// the policy is [`MergePolicy::Never`]. EINVAL for a range not page aligned, empty or
+    /// past the file.
+    pub fn punch_hole(&mut self, offset: GmemOffset, size: u64) -> Result<()> {
+        let pages = self.pages(offset, size)?;
+        if self.merge == MergePolicy::Never {
+            return Ok(());
+        }
+        let attrs = &self.attrs;
+        self.folios
+            .merge(pages, true, |r| attrs.uniform(r).is_some())
     }
 
     /// The file's size in bytes.
@@ -162,7 +244,7 @@ impl Gmem {
         flags: u64,
     ) -> Result<bool> {
         match self.check_attributes2(offset, size, attributes, flags)? {
-            Some(pages) => self.attrs.set(pages, attributes),
+            Some(pages) => self.store(pages, attributes),
             None => Ok(false),
         }
     }
@@ -204,9 +286,21 @@ impl Gmem {
         Ok(Some(range))
     }
 
-    /// Stores `attributes` on pages a [`Gmem::check_attributes2`] of this state returned.
+    /// Stores `attributes` on pages a [`Gmem::check_attributes2`] of this state returned:
+    /// the folios the change cuts split first; under [`MergePolicy::Eager`] those it made whole
+    /// in kind (and unreferenced) merge after.
     pub(crate) fn store(&mut self, pages: GfnRange, attributes: u64) -> Result<bool> {
-        self.attrs.set(pages, attributes)
+        let attrs = &self.attrs;
+        self.folios
+            .cut(pages, |r| attrs.uniform(r) != Some(attributes))?;
+        let changed = self.attrs.set(pages, attributes)?;
+        if self.merge == MergePolicy::Eager {
+            let (attrs, refs) = (&self.attrs, &self.refs);
+            self.folios.merge(pages, false, |r| {
+                attrs.uniform(r).is_some() && refs.range(r.start..r.end).next().is_none()
+            })?;
+        }
+        Ok(changed)
     }
 
     /// Takes a reference on the shared page at `offset` (the host maps or pins it). Refused
@@ -249,7 +343,13 @@ impl Gmem {
     /// (a B-tree's nodes are at least half full, so at most twice an entry's size each).
     pub fn heap_bytes(&self) -> usize {
         let per_entry = core::mem::size_of::<(u64, u32)>() * 2;
-        self.attrs.heap_bytes() + self.refs.len() * per_entry
+        self.attrs.heap_bytes() + self.refs.len() * per_entry + self.folios.heap_bytes()
+    }
+
+    /// The pages of `[offset, offset + size)`, checked: page aligned, non-empty, inside the
+    /// file (EINVAL otherwise).
+    pub fn check_range(&self, offset: GmemOffset, size: u64) -> Result<GfnRange> {
+        self.pages(offset, size)
     }
 
     /// The pages of `[offset, offset + size)`, checked: page aligned, non-empty, inside the file.
