@@ -64,7 +64,7 @@ mod tests;
 
 pub use error::{NumberError, ParseError, ParseErrorKind};
 pub use exec::{Driver, Executor, Outcome, Rejected};
-pub use model::{Replayer, SlotSummary, Summary};
+pub use model::{FileSummary, Replayer, SlotSummary, Summary};
 pub use number::parse_number;
 pub use op::{Layout, Op, Recovery};
 pub use parse::{ops, parse, parse_line, Line, Ops};

@@ -67,6 +67,10 @@ pub(crate) struct Args {
     /// List the workloads and designs, and exit.
     #[arg(long)]
     list: bool,
+    /// Compare huge-folio policies instead of designs: the workload per guest_memfd with 4K,
+    /// 2M and 1G folios under never / punch-hole / eager merging, at each size.
+    #[arg(long)]
+    folios: bool,
 }
 
 /// Parses a size such as `4G` or `0x100000000`.
@@ -89,6 +93,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         .map(|s| size(s).and_then(|b| limits::guest_size("sizes", b)))
         .collect::<Result<Vec<u64>, String>>()?;
     let memory_budget = limits::memory_budget(size(&args.memory_budget)?)?;
+    if args.folios {
+        return folios(&args, &sizes);
+    }
     let op = std::mem::size_of::<cvmem_oplog::Op>();
     limits::fits("flips", args.flips, op, memory_budget)?;
     limits::fits("queries", args.queries, op, memory_budget)?;
@@ -190,5 +197,33 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         }
         out
     };
+    emit(&out)
+}
+
+/// `cvmem compare --folios`: the folio policies under the workload at each size.
+fn folios(args: &Args, sizes: &[u64]) -> Result<ExitCode, String> {
+    let mut out = String::new();
+    let mut all = Vec::new();
+    for &guest_bytes in sizes {
+        let params = Params {
+            guest_bytes,
+            vcpus: args.vcpus,
+            seed: args.seed,
+            flips: args.flips,
+            queries: args.queries,
+        };
+        let w = generate(&args.workload, &params).map_err(|e| e.to_string())?;
+        let rows = cvmem_designs::eval::folios::compare(&w.ops);
+        let guest = cvmem_oplog::fmt_bytes(guest_bytes).to_string();
+        out.push_str(&cvmem_designs::eval::folios::table(
+            &args.workload,
+            &guest,
+            &rows,
+        ));
+        all.push(serde_json::json!({"workload": args.workload, "guest_bytes": guest_bytes, "rows": rows}));
+    }
+    if args.json {
+        out = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())? + "\n";
+    }
     emit(&out)
 }

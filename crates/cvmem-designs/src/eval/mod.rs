@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod chart;
 pub mod compare;
+pub mod folios;
 pub mod run;
 pub mod sweep;
 pub mod table;
