@@ -39,6 +39,8 @@ fn mmu_json(m: &MmuStats, c: &cvmem::mmu::Coverage) -> Value {
         "table_pages": m.table_pages,
         "splits": m.splits,
         "zaps": m.zaps,
+        "demotes": m.demotes,
+        "psmash": m.psmash,
         "collapses": m.collapses,
         "replaced": m.replaced,
         "retries": m.retries,
@@ -224,6 +226,10 @@ pub(crate) fn mmu_text(m: &MmuStats, c: &cvmem::mmu::Coverage) -> String {
         m.collapses,
         m.replaced,
         m.retries
+    );
+    out += &format!(
+        "  cut huge private leaves: {} demoted (split layout: TDX demote), {} dropped whole (unified layout: SNP PSMASH)\n",
+        m.demotes, m.psmash
     );
     out += &format!(
         "  hugepage coverage {:.1}% ({} mapped huge of {} possible; {} mapped in all)\n",

@@ -117,6 +117,8 @@ impl Vm {
             .zap(range, Kinds::Only(!new_private), |private| split && private);
         self.counters.zaps += count.zaps;
         self.counters.splits += count.splits;
+        self.counters.demotes += count.splits;
+        self.counters.psmash += count.straddling;
         let id = self.next_window;
         self.next_window += 1;
         self.windows.push(Window {

@@ -76,6 +76,10 @@ impl Vm {
             let count = self.trees.zap(gfns, Kinds::Only(true), |_| split);
             self.counters.zaps += count.zaps;
             self.counters.splits += count.splits;
+            self.counters.demotes += count.splits;
+            self.counters.psmash += count.straddling;
+            self.counters.demotes += count.splits;
+            self.counters.psmash += count.straddling;
         }
         self.tracker.gmem_punch_hole(id, offset, size)
     }
@@ -111,6 +115,10 @@ impl Vm {
                 .zap(gfns, Kinds::Only(!new_private), |private| split && private);
             self.counters.zaps += count.zaps;
             self.counters.splits += count.splits;
+            self.counters.demotes += count.splits;
+            self.counters.psmash += count.straddling;
+            self.counters.demotes += count.splits;
+            self.counters.psmash += count.straddling;
             if !new_private && self.accept_policy == AcceptPolicy::ClearWhenAccepted {
                 // Every private page of the range becomes shared (a shared page has no accept).
                 self.forget_accepts(gfns);

@@ -70,6 +70,12 @@ pub struct MmuStats {
     pub splits: u64,
     /// Leaves removed by conversions and memslot deletes and moves.
     pub zaps: u64,
+    /// Private leaves a conversion or punch-hole split because the change cut them (split
+    /// layout: TDX's `tdh_mem_page_demote`, `kvm_split_cross_boundary_leafs`).
+    pub demotes: u64,
+    /// Huge private leaves a conversion or punch-hole removed whole though it changed only part
+    /// of them (unified layout: SNP must PSMASH the 2M RMP entry before a 4K change inside it).
+    pub psmash: u64,
     /// Regions collapsed into one leaf by eager recovery.
     pub collapses: u64,
     /// Smaller leaves replaced by a fault's huge leaf.
@@ -183,6 +189,8 @@ impl Vm {
             table_pages_by_root: [t.allocated_in(0), t.allocated_in(1)],
             splits: self.counters.splits,
             zaps: self.counters.zaps,
+            demotes: self.counters.demotes,
+            psmash: self.counters.psmash,
             collapses: self.counters.collapses,
             replaced: self.counters.replaced,
             retries: self.counters.retries,

@@ -48,6 +48,8 @@ impl Kinds {
 pub(crate) struct ZapCount {
     pub(crate) zaps: u64,
     pub(crate) splits: u64,
+    /// Huge private leaves removed whole though the range changes only part of them.
+    pub(crate) straddling: u64,
 }
 
 /// The page-table trees.
@@ -219,6 +221,9 @@ impl Trees {
                         self.split_at(&it);
                         count.splits += 1;
                     } else {
+                        let huge = it.pages() > 1;
+                        count.straddling +=
+                            u64::from(huge && e.is_private() && !range.covers(&leaf));
                         self.tables.set(it.table(), it.index(), Spte::NONE);
                         count.zaps += 1;
                     }

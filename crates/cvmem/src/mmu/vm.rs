@@ -118,6 +118,8 @@ impl fmt::Display for Recovery {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counters {
     pub(crate) splits: u64,
+    pub(crate) demotes: u64,
+    pub(crate) psmash: u64,
     pub(crate) zaps: u64,
     pub(crate) collapses: u64,
     pub(crate) replaced: u64,
