@@ -295,7 +295,8 @@ ci() {
 	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" -f target/debug/examples/vmm \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" \
-		-f "crates/cvmem-kvm-rig/tests/fixtures/backing.oplog:/work/fixtures/backing.oplog" -- '
+		-f "crates/cvmem-kvm-rig/tests/fixtures/backing.oplog:/work/fixtures/backing.oplog" \
+		-f "crates/cvmem-kvm-rig/tests/fixtures/gmem-bind.oplog:/work/fixtures/gmem-bind.oplog" -- '
 set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2
@@ -306,7 +307,7 @@ grep -q "^hypercall exit" /tmp/vmm.out
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
 CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
-cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog /work/fixtures/backing.oplog --random 12000
+cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog /work/fixtures/backing.oplog /work/fixtures/gmem-bind.oplog --random 12000
 '
 }
 

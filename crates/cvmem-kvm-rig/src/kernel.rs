@@ -167,6 +167,8 @@ pub struct KernelVm {
     /// What KVM was told the attributes are (the kernel has no GET): only to restore a page's
     /// attribute after the toggle that zaps its leaf, never to decide an answer.
     told: AttrStore,
+    /// The op-log's guest_memfd files (v2 `gmem` lines), in creation order.
+    files: Vec<File>,
     vm: Arc<VmFd>,
 }
 
@@ -194,6 +196,7 @@ impl KernelVm {
             stats: LeafStats::open(&vm)?,
             slots: HashMap::new(),
             told: AttrStore::new(),
+            files: Vec::new(),
             vm,
         })
     }
@@ -212,6 +215,14 @@ impl KernelVm {
                 flags: 0,
             })
             .map_err(|e| Error::kvm("KVM_SET_MEMORY_ATTRIBUTES", e))
+    }
+
+    /// Whether this VM's guest_memfd takes `GUEST_MEMFD_FLAG_MMAP` (`KVM_CAP_GUEST_MEMFD_FLAGS`).
+    pub fn gmem_mmap(&self) -> bool {
+        let flags = self
+            .vm
+            .check_extension_raw(u64::from(cvmem_kvm::KVM_CAP_GUEST_MEMFD_FLAGS));
+        flags > 0 && (flags as u64) & cvmem_kvm::GUEST_MEMFD_FLAG_MMAP != 0
     }
 
     /// A slot KVM accepts needs host memory; one it must refuse (unaligned, too large, past the
@@ -294,6 +305,17 @@ impl Executor for KernelVm {
                 region.userspace_addr = base.userspace_addr;
                 region.guest_memfd = base.guest_memfd;
             }
+            // A v2 binding: the op-log's file at its offset (an unknown file is fd -1, for
+            // KVM to refuse), whatever the flags say — KVM itself ignores it without
+            // KVM_MEM_GUEST_MEMFD.
+            if let Some(b) = r.gmem {
+                use std::os::fd::AsRawFd;
+                region.guest_memfd = self
+                    .files
+                    .get(b.gmem.0 as usize)
+                    .map_or(u32::MAX, |f| f.as_raw_fd() as u32);
+                region.guest_memfd_offset = b.offset.0;
+            }
             self.set_region(region)?;
             self.slots.insert(
                 r.slot,
@@ -366,6 +388,24 @@ impl Executor for KernelVm {
 
     fn map_gpa(&mut self, request: &MapGpaRange) -> Result<()> {
         self.set_attributes(request.gpa, request.size(), request.attributes())
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` as the line asks: `mmap` and `init-shared` as their flags, and
+    /// a HugeTLB folio size as a flag bit no kernel up to 7.3 knows, so that KVM says EINVAL
+    /// itself.
+    fn create_gmem(
+        &mut self,
+        size: u64,
+        flags: cvmem::GmemFlags,
+        _merge: Option<cvmem::MergePolicy>,
+    ) -> Result<cvmem::GmemId> {
+        let flag = |on: bool, bit: u64| if on { bit } else { 0 };
+        let bits = flag(flags.mmap, cvmem_kvm::GUEST_MEMFD_FLAG_MMAP)
+            | flag(flags.init_shared, cvmem_kvm::GUEST_MEMFD_FLAG_INIT_SHARED)
+            | flag(flags.folio != Level::K4, 1 << 63);
+        let file = cvmem_kvm::create_guest_memfd(&self.vm, size, bits)?;
+        self.files.push(file);
+        Ok(cvmem::GmemId(self.files.len() as u32 - 1))
     }
 
     /// KVM's answer for an access of the page's own kind (a SW_PROTECTED VM's accesses are of

@@ -95,6 +95,8 @@ impl Error {
             libc::EPERM => "EPERM",
             libc::ENOTTY => "ENOTTY",
             libc::EOPNOTSUPP => "EOPNOTSUPP",
+            libc::EBADF => "EBADF",
+            libc::EAGAIN => "EAGAIN",
             _ => "EFAULT",
         }
     }

@@ -270,8 +270,9 @@ impl DenseModel {
         Ok(())
     }
 
-    /// `kvm_gmem_bind`: the file exists (else EBADF), the range is inside it and no other slot
-    /// binds any of its pages (else EINVAL); per guest_memfd, a guest_memfd slot needs its file.
+    /// `kvm_gmem_bind`: the file exists (else EBADF), the range is inside it (else EINVAL) and
+    /// no other slot binds any of its pages (else EEXIST); per guest_memfd, a guest_memfd slot
+    /// needs its file.
     fn check_binding(
         &self,
         guest_memfd: bool,
@@ -296,7 +297,7 @@ impl DenseModel {
             })
         });
         if taken {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EEXIST);
         }
         Ok(())
     }

@@ -354,7 +354,7 @@ pub enum Error {
         gmem: u32,
     },
     /// A memslot bound to a guest_memfd range that another memslot already binds
-    /// (`kvm_gmem_bind`'s overlap check).
+    /// (`kvm_gmem_bind`'s overlap check: EEXIST).
     GmemBindingOverlap {
         /// The guest_memfd.
         gmem: u32,
@@ -385,6 +385,8 @@ impl Error {
             Error::ConversionInProgress { .. } => Errno::EBUSY,
             Error::PageReferenced { .. } => Errno::EAGAIN,
             Error::UnknownGmem { .. } => Errno::EBADF,
+            // kvm_gmem_bind's answer (found by `cvmem kvm-diff` on 6.12 and 7.3).
+            Error::GmemBindingOverlap { .. } => Errno::EEXIST,
             Error::GmemBinding { given: false, .. } => Errno::EBADF,
             _ => Errno::EINVAL,
         }
