@@ -292,11 +292,13 @@ ci() {
 	[ -n "$tests" ] || { say "no kvm_guest test binary"; return 1; }
 	local fx=crates/cvmem-cli/tests/fixtures
 	# 2 GiB more than the default for two 1G pages that kvm-diff's backing=1G slots take.
+	local in_place=0
+	[ "$KSERIES" = 6.12 ] || in_place=1
 	run -t 1500 -m 6G -g 2 -f target/debug/cvmem -f "$tests:/opt/bin/kvm_guest" -f target/debug/examples/vmm \
 		-f "$fx/basic.oplog:/work/fixtures/basic.oplog" -f "$fx/mmu.oplog:/work/fixtures/mmu.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/slots.oplog:/work/fixtures/slots.oplog" \
 		-f "crates/cvmem-kvm-rig/tests/fixtures/backing.oplog:/work/fixtures/backing.oplog" \
-		-f "crates/cvmem-kvm-rig/tests/fixtures/gmem-bind.oplog:/work/fixtures/gmem-bind.oplog" -- '
+		-f "crates/cvmem-kvm-rig/tests/fixtures/gmem-bind.oplog:/work/fixtures/gmem-bind.oplog" -- "REALKVM_IN_PLACE=$in_place"'
 set -e
 private_mem_conversions_test
 private_mem_conversions_test -n 2 -m 2
@@ -307,6 +309,12 @@ grep -q "^hypercall exit" /tmp/vmm.out
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
 CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
+if [ "${REALKVM_IN_PLACE:-0}" = 1 ]; then
+  # A default VM whose MMAP|INIT_SHARED guest_memfd is the memslot'"'"'s only memory (Linux 6.18+).
+  CVMEM_KVM_VM_TYPE=default CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1 --show-output 2>&1 | tee /tmp/in-place.out | grep -E "^(note: path|test result)"
+  grep -q "^test result: ok" /tmp/in-place.out
+  grep -q "^note: path: default VM.*guest_memfd (in place)" /tmp/in-place.out
+fi
 cvmem kvm-diff /work/fixtures/basic.oplog /work/fixtures/mmu.oplog /work/fixtures/slots.oplog /work/fixtures/backing.oplog /work/fixtures/gmem-bind.oplog --random 12000
 '
 }

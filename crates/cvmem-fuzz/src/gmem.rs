@@ -1,9 +1,10 @@
 //! `gmem_oracle`: operation sequences on one guest_memfd's attributes (`cvmem::Gmem`) and the
 //! dense oracle (`cvmem_testkit::DenseGmem`), every answer compared — including the `-EAGAIN`
 //! error_offset — with wild offsets and sizes, so that no request panics or changes state when
-//! refused.
+//! refused; with 4K or 2M folios under every merge policy, punch-holes, and the folios, their
+//! splits and merges compared at the end.
 
-use cvmem::{Error, Gmem, GmemFlags, GmemOffset, Kind};
+use cvmem::{Error, Gmem, GmemFlags, GmemOffset, Kind, Level, MergePolicy};
 use cvmem_testkit::DenseGmem;
 
 use crate::input::Input;
@@ -15,23 +16,31 @@ pub fn gmem_oracle(data: &[u8]) {
     let mut input = Input::new(data);
     let pages = 1 + u64::from(input.u16() % 1200);
     let init_shared = input.flag();
+    let folio = if input.flag() { Level::M2 } else { Level::K4 };
+    let merge = [
+        MergePolicy::Never,
+        MergePolicy::OnPunchHole,
+        MergePolicy::Eager,
+    ][input.below(3) as usize];
+    let pages = pages.div_ceil(folio.pages()) * folio.pages();
     let mut g = Gmem::new(
         pages * PAGE,
         GmemFlags {
-            folio: cvmem::Level::K4,
+            folio,
             mmap: true,
             init_shared,
         },
     )
-    .expect("a page-aligned, non-empty size");
-    let mut o = DenseGmem::new(pages as usize, init_shared);
+    .expect("a non-empty size, a multiple of the folio")
+    .with_merge_policy(merge);
+    let mut o = DenseGmem::with_folios(pages as usize, init_shared, folio, merge);
     let offset = |input: &mut Input<'_>| match input.below(8) {
         0 => input.wild_u64(),
         1 => u64::from(input.u16()),
         _ => u64::from(input.u16()) % (pages + 4) * PAGE,
     };
     while !input.is_empty() {
-        match input.below(4) {
+        match input.below(5) {
             0 | 1 => {
                 let at = offset(&mut input);
                 let size = match input.below(6) {
@@ -68,6 +77,15 @@ pub fn gmem_oracle(data: &[u8]) {
                 let got = g.get_page(GmemOffset(at)).map_err(|e| e.errno());
                 assert_eq!(got, o.get_page(at), "get-page {at:#x}");
             }
+            3 => {
+                let at = offset(&mut input);
+                let size = match input.below(4) {
+                    0 => input.wild_u64(),
+                    _ => u64::from(input.u16() % 1100 + 1) * PAGE,
+                };
+                let got = g.punch_hole(GmemOffset(at), size).map_err(|e| e.errno());
+                assert_eq!(got, o.punch_hole(at, size), "punch-hole {at:#x} {size:#x}");
+            }
             _ => {
                 let at = offset(&mut input);
                 let got = g.put_page(GmemOffset(at)).map_err(|e| e.errno());
@@ -79,5 +97,16 @@ pub fn gmem_oracle(data: &[u8]) {
         let at = GmemOffset(i as u64 * PAGE);
         assert_eq!(g.kind(at), Kind::from_private(private), "page {i}");
         assert_eq!(g.references(at), o.refs[i], "references of page {i}");
+        assert_eq!(
+            g.folios().level_at(i as u64),
+            o.order[i],
+            "folio of page {i}"
+        );
     }
+    let counts = g.folios().counts();
+    assert_eq!(
+        (counts.splits, counts.merges),
+        (o.splits, o.merges),
+        "splits, merges"
+    );
 }

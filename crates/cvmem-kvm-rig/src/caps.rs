@@ -65,8 +65,14 @@ pub struct HostPath {
 impl HostCaps {
     /// The VM type to create: SW_PROTECTED where KVM offers it (private memory, attributes and
     /// guest_memfd exist only there on Linux 6.12), else the default type.
+    /// `CVMEM_KVM_VM_TYPE=default` asks for the default type anyway: a VM without private
+    /// memory, whose guest_memfd (`MMAP | INIT_SHARED`, Linux 6.18+) can be a memslot's only
+    /// memory.
     pub fn vm_type_of(kvm: &Kvm) -> (u64, u64) {
         let types = kvm.check_extension_raw(KVM_CAP_VM_TYPES).max(0) as u64;
+        if std::env::var_os("CVMEM_KVM_VM_TYPE").is_some_and(|v| v == "default") {
+            return (types, KVM_X86_DEFAULT_VM);
+        }
         (types, Self::vm_type_for(types))
     }
 
