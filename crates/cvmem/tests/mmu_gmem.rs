@@ -281,3 +281,59 @@ proptest! {
         }
     }
 }
+
+/// One 4K change inside a 2M private leaf: the split layout demotes the leaf (2M -> 4K), the
+/// unified one drops it whole (an SNP PSMASH) — once, whether the VM or a file changes it.
+#[test]
+fn a_cut_huge_leaf_is_one_demote_or_one_psmash() {
+    for (layout, demotes, psmash) in [(Layout::SPLIT, 1, 0), (Layout::Unified, 0, 1)] {
+        for per_gmem in [false, true] {
+            let mut vm = Vm::new(layout, Recovery::OnFault);
+            let region = MemoryRegion {
+                slot: 0,
+                gpa: Gpa(0),
+                size: M2,
+                flags: SlotFlags {
+                    guest_memfd: true,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            if per_gmem {
+                vm.set_attr_mode(AttrMode::PerGmem).unwrap();
+                let flags = GmemFlags {
+                    mmap: true,
+                    init_shared: false,
+                    folio: Level::M2,
+                };
+                vm.create_guest_memfd(M2, flags).unwrap();
+                vm.set_user_memory_region(&MemoryRegion {
+                    gmem: Some(GmemBinding {
+                        gmem: FILE,
+                        offset: GmemOffset(0),
+                    }),
+                    ..region
+                })
+                .unwrap();
+            } else {
+                vm.set_user_memory_region(&region).unwrap();
+                vm.set_memory_attributes(Gpa(0), M2, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+                    .unwrap();
+            }
+            vm.fault(Gpa(0), Access::Private).unwrap();
+            assert_eq!(vm.stats().private.m2, 1, "{layout} per_gmem {per_gmem}");
+            if per_gmem {
+                vm.set_gmem_attributes(FILE, GmemOffset(K4), K4, 0, 0)
+                    .unwrap();
+            } else {
+                vm.set_memory_attributes(Gpa(K4), K4, 0).unwrap();
+            }
+            let s = vm.stats();
+            assert_eq!(
+                (s.demotes, s.psmash),
+                (demotes, psmash),
+                "{layout} per_gmem {per_gmem}"
+            );
+        }
+    }
+}

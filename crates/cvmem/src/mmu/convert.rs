@@ -48,6 +48,29 @@ pub(crate) fn window_of(range: GfnRange) -> GfnRange {
 }
 
 impl Vm {
+    /// The tables [`Vm::zap_changing`] may need for `ranges` changing ranges: two splits per
+    /// edge of each (1G -> 2M -> 4K), in the split layout only.
+    pub(crate) fn reserve_zaps(&mut self, ranges: usize) -> Result<()> {
+        if self.layout.is_split() {
+            self.trees.tables.reserve(4 * ranges)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the leaves of `kinds` over a changing range (a conversion's, a file change's, a
+    /// punch-hole's); a private leaf reaching outside is split first in the split layout (TDX
+    /// demotes private pages rather than drop them), dropped whole otherwise (SNP must PSMASH a
+    /// 2M RMP entry before a 4K change inside it). Counts zaps, splits, demotes and PSMASHes.
+    /// Call [`Vm::reserve_zaps`] first.
+    pub(crate) fn zap_changing(&mut self, range: GfnRange, kinds: Kinds) {
+        let split = self.layout.is_split();
+        let count = self.trees.zap(range, kinds, |private| split && private);
+        self.counters.zaps += count.zaps;
+        self.counters.splits += count.splits;
+        self.counters.demotes += count.splits;
+        self.counters.psmash += count.straddling;
+    }
+
     /// KVM_SET_MEMORY_ATTRIBUTES on the VM: [`Vm::begin_conversion`] then
     /// [`Vm::end_conversion`]. Returns whether anything changed. On error nothing changed.
     pub fn set_memory_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<bool> {
@@ -106,19 +129,9 @@ impl Vm {
             .map_err(|_| crate::Error::NoMemory {
                 bytes: core::mem::size_of::<Window>(),
             })?;
-        let split = self.layout.is_split();
-        if split {
-            // Two splits per edge of the range: 1G -> 2M -> 4K.
-            self.trees.tables.reserve(4)?;
-        }
+        self.reserve_zaps(1)?;
         let new_private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        let count = self
-            .trees
-            .zap(range, Kinds::Only(!new_private), |private| split && private);
-        self.counters.zaps += count.zaps;
-        self.counters.splits += count.splits;
-        self.counters.demotes += count.splits;
-        self.counters.psmash += count.straddling;
+        self.zap_changing(range, Kinds::Only(!new_private));
         let id = self.next_window;
         self.next_window += 1;
         self.windows.push(Window {

@@ -65,29 +65,18 @@ impl Vm {
             .tracker
             .gmem(id)
             .ok_or(Error::UnknownGmem { gmem: id.0 })?;
-        // The checks first, on a copy of nothing: a refusal changes nothing.
+        // Checked before anything is zapped: a refusal changes nothing.
         let pages = gmem.check_range(offset, size)?;
-        let bound: Vec<GfnRange> = self.tracker.gmem_gfns(id, pages).map(|(g, _)| g).collect();
-        let split = self.layout.is_split();
-        if split {
-            self.trees.tables.reserve(4 * bound.len())?;
-        }
-        for &gfns in &bound {
-            let count = self.trees.zap(gfns, Kinds::Only(true), |_| split);
-            self.counters.zaps += count.zaps;
-            self.counters.splits += count.splits;
-            self.counters.demotes += count.splits;
-            self.counters.psmash += count.straddling;
-            self.counters.demotes += count.splits;
-            self.counters.psmash += count.straddling;
+        for gfns in self.bound_gfns(id, pages)? {
+            self.zap_changing(gfns, Kinds::Only(true));
         }
         self.tracker.gmem_punch_hole(id, offset, size)
     }
 
     /// `KVM_SET_MEMORY_ATTRIBUTES2` on file `id`: checked first (nothing changes on a refusal),
     /// then every leaf of the old kind over the changing pages, in every memslot bound to them,
-    /// is zapped — split first where the layout is split and the leaf private and reaches
-    /// outside — and the attributes stored. Returns whether anything changed.
+    /// is zapped ([`Vm::zap_changing`]) and the attributes stored. Returns whether anything
+    /// changed.
     pub fn set_gmem_attributes(
         &mut self,
         id: GmemId,
@@ -102,23 +91,10 @@ impl Vm {
         else {
             return Ok(false);
         };
-        let bound: Vec<GfnRange> = self.tracker.gmem_gfns(id, pages).map(|(g, _)| g).collect();
-        let split = self.layout.is_split();
-        if split {
-            // Two splits per edge of each bound range: 1G -> 2M -> 4K.
-            self.trees.tables.reserve(4 * bound.len())?;
-        }
+        let bound = self.bound_gfns(id, pages)?;
         let new_private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
         for &gfns in &bound {
-            let count = self
-                .trees
-                .zap(gfns, Kinds::Only(!new_private), |private| split && private);
-            self.counters.zaps += count.zaps;
-            self.counters.splits += count.splits;
-            self.counters.demotes += count.splits;
-            self.counters.psmash += count.straddling;
-            self.counters.demotes += count.splits;
-            self.counters.psmash += count.straddling;
+            self.zap_changing(gfns, Kinds::Only(!new_private));
             if !new_private && self.accept_policy == AcceptPolicy::ClearWhenAccepted {
                 // Every private page of the range becomes shared (a shared page has no accept).
                 self.forget_accepts(gfns);
@@ -129,5 +105,13 @@ impl Vm {
             self.recover(gfns);
         }
         Ok(changed)
+    }
+
+    /// The gfns through which memslots see pages `pages` of file `id`, with the tables zapping
+    /// them may need reserved.
+    fn bound_gfns(&mut self, id: GmemId, pages: GfnRange) -> Result<Vec<GfnRange>> {
+        let bound: Vec<GfnRange> = self.tracker.gmem_gfns(id, pages).map(|(g, _)| g).collect();
+        self.reserve_zaps(bound.len())?;
+        Ok(bound)
     }
 }

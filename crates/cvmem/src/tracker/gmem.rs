@@ -180,11 +180,12 @@ impl Tracker {
     #[inline]
     pub(crate) fn folio_cap(&self, slot: &Memslot, gfn: Gfn, probe: Probe) -> Level {
         let level = Self::slot_level(slot, gfn.0, probe);
+        if !probe.private || level == Level::K4 {
+            return level;
+        }
         match self.bound(slot) {
-            Some((gmem, first)) if probe.private && level > Level::K4 => {
-                level.min(gmem.folio_cap(first + (gfn.0 - slot.base_gfn), gfn))
-            }
-            _ => level,
+            Some((gmem, first)) => level.min(gmem.folio_cap(first + (gfn.0 - slot.base_gfn), gfn)),
+            None => level,
         }
     }
 
