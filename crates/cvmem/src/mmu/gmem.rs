@@ -75,7 +75,7 @@ impl Vm {
 
     /// `KVM_SET_MEMORY_ATTRIBUTES2` on file `id`: checked first (nothing changes on a refusal),
     /// then every leaf of the old kind over the changing pages, in every memslot bound to them,
-    /// is zapped ([`Vm::zap_changing`]) and the attributes stored. Returns whether anything
+    /// is zapped as a VM conversion zaps and the attributes stored. Returns whether anything
     /// changed.
     pub fn set_gmem_attributes(
         &mut self,
