@@ -71,6 +71,11 @@ pub(crate) struct Args {
     /// 2M and 1G folios under never / punch-hole / eager merging, at each size.
     #[arg(long)]
     folios: bool,
+    /// Compare how guests accept memory instead of designs: a TD boot's accepts under each
+    /// GUEST_INHIBIT policy, and an SNP guest's lazy 4 MiB acceptance with and without
+    /// pre-faulting on order-0 pages and 2M folios, at each size (the workload is ignored).
+    #[arg(long, conflicts_with = "folios")]
+    accept: bool,
 }
 
 /// Parses a size such as `4G` or `0x100000000`.
@@ -95,6 +100,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     let memory_budget = limits::memory_budget(size(&args.memory_budget)?)?;
     if args.folios {
         return folios(&args, &sizes);
+    }
+    if args.accept {
+        return accept(&args, &sizes);
     }
     let op = std::mem::size_of::<cvmem_oplog::Op>();
     limits::fits("flips", args.flips, op, memory_budget)?;
@@ -197,6 +205,31 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         }
         out
     };
+    emit(&out)
+}
+
+/// `cvmem compare --accept`: TDX accept and SNP lazy-acceptance patterns at each size.
+fn accept(args: &Args, sizes: &[u64]) -> Result<ExitCode, String> {
+    use cvmem_designs::eval::accept;
+    let mut out = String::new();
+    let mut all = Vec::new();
+    for &guest_bytes in sizes {
+        let params = Params {
+            guest_bytes,
+            vcpus: args.vcpus,
+            seed: args.seed,
+            flips: args.flips,
+            queries: args.queries,
+        };
+        let guest = cvmem_oplog::fmt_bytes(guest_bytes).to_string();
+        let (tdx, snp) = (accept::tdx(&params), accept::snp(&params));
+        out.push_str(&accept::tdx_table(&guest, &tdx));
+        out.push_str(&accept::snp_table(&guest, &snp));
+        all.push(serde_json::json!({"guest_bytes": guest_bytes, "tdx": tdx, "snp": snp}));
+    }
+    if args.json {
+        out = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())? + "\n";
+    }
     emit(&out)
 }
 

@@ -5,6 +5,7 @@
 //! - [`sweep::conversion_sweep`]: conversion time against range size;
 //! - [`table`], [`chart`]: text tables and SVG charts.
 
+pub mod accept;
 pub mod bench;
 pub mod chart;
 pub mod compare;

@@ -129,6 +129,73 @@ pub fn lazy_accept(p: &Params) -> Vec<Op> {
     b.finish()
 }
 
+/// Linux's unit of lazy acceptance on SNP (`accept_memory` works in 4 MiB chunks here).
+pub const ACCEPT_CHUNK: u64 = 4 << 20;
+
+/// An SNP guest accepting its memory lazily in 4 MiB chunks, with or without the VMM
+/// pre-faulting each chunk (QEMU's `KVM_PRE_FAULT_MEMORY` on a page-state change). Start-up;
+/// the chunks holding the boot's shared ranges accepted first (the allocator hands them out
+/// accepted), those ranges made shared, then the other chunks in random order — at most
+/// `queries / 64` chunks in all. A chunk's acceptance: a PSC to private (2M entries; KVM finds
+/// them private already), then, if `prefault`, `fault-range` over the chunk (the pre-fault),
+/// then the guest's PVALIDATE of every 4K page (`query` lines; a replay for the MMU model turns
+/// them into faults: each one that maps a leaf is a nested page fault exit).
+pub fn lazy_accept_chunks(p: &Params, prefault: bool) -> Vec<Op> {
+    let mut b = Builder::new(p);
+    b.startup();
+    let guest = super::guest::LinuxGuest::plan(&b.layout, p.vcpus, &mut b.rng);
+    let chunks = b.layout.ram_bytes() / ACCEPT_CHUNK;
+    let budget = (p.queries / 64).clamp(1, chunks.max(1));
+    let chunk_of = |gpa: u64| gpa & !(ACCEPT_CHUNK - 1);
+    let mut first: Vec<u64> = guest.shared.iter().map(|r| chunk_of(r.gpa)).collect();
+    first.sort_unstable();
+    first.dedup();
+    first.truncate(budget as usize);
+    let mut done = std::collections::BTreeSet::new();
+    for &gpa in &first {
+        accept_chunk(&mut b, gpa, prefault);
+        done.insert(gpa);
+    }
+    for r in &guest.shared {
+        b.convert(r.gpa, r.size, false, Via::MapGpa(0));
+    }
+    // The other chunks in a random order, by a multiplicative walk over all of them.
+    let step = loop {
+        let s = b.rng.range(1, chunks.max(2)) | 1;
+        if gcd(s, chunks) == 1 {
+            break s;
+        }
+    };
+    let start = b.rng.below(chunks);
+    let mut i = 0;
+    while (done.len() as u64) < budget && i < chunks {
+        let gpa = chunk_of(
+            b.layout
+                .ram_at(((start + i * step) % chunks) * ACCEPT_CHUNK),
+        );
+        i += 1;
+        if done.insert(gpa) {
+            accept_chunk(&mut b, gpa, prefault);
+        }
+    }
+    b.finish()
+}
+
+/// One 4 MiB chunk accepted: the PSC, the optional pre-fault, the guest's 1,024 PVALIDATEs.
+fn accept_chunk(b: &mut Builder, gpa: u64, prefault: bool) {
+    send_psc(b, &psc_entries(gpa, ACCEPT_CHUNK), true);
+    if prefault {
+        b.push(Op::FaultRange {
+            gpa,
+            size: ACCEPT_CHUNK,
+            access: cvmem::Access::Private,
+        });
+    }
+    for page in (gpa..gpa + ACCEPT_CHUNK).step_by(PAGE_SIZE as usize) {
+        b.fault(page);
+    }
+}
+
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);

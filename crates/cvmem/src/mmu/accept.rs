@@ -30,6 +30,24 @@ pub enum AcceptPolicy {
     OneWay,
     /// Once the whole inhibited large page has been accepted (cvmem's recommendation).
     ClearWhenAccepted,
+    /// Never set: an accept splits the leaf over the page down to its level and maps it there,
+    /// but a later fault may map the large page again once its range is empty (the "without
+    /// the inhibit" column of the huge page series' published boot figures). Meaningful with
+    /// [`Recovery::Off`](super::Recovery::Off) or `OnFault` only: under eager recovery (TDX
+    /// PROMOTE) the 4K mapping the guest's accept needs is collapsed again at once — the
+    /// livelock the inhibit exists to prevent.
+    NoInhibit,
+}
+
+impl AcceptPolicy {
+    /// Short name for reports: `one-way`, `clear-when-accepted` or `no-inhibit`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AcceptPolicy::OneWay => "one-way",
+            AcceptPolicy::ClearWhenAccepted => "clear-when-accepted",
+            AcceptPolicy::NoInhibit => "no-inhibit",
+        }
+    }
 }
 
 /// The result of a guest accept.
@@ -215,7 +233,9 @@ impl Vm {
             self.recover_accepted(gfn, level);
             return Ok(AcceptOutcome::Accepted);
         }
-        self.tracker.set_guest_inhibit(Gfn(gfn), level)?;
+        if self.accept_policy != AcceptPolicy::NoInhibit {
+            self.tracker.set_guest_inhibit(Gfn(gfn), level)?;
+        }
         self.counters.splits += self.trees.split_down(GfnRange::new(gfn, gfn + 1), level);
         if self.trees.lookup(gfn, true).is_none() {
             let outcome = self.fault_capped(gfn, Access::Private, level)?;

@@ -601,7 +601,11 @@ fn eager_reaches_the_optimum_at_quiescence() {
 /// 0x800-0x9ff, 0x7e800-0x7e9ff), Linux accepts the rest lazily in 2M units, a 64 MiB bounce
 /// pool is shared; then the guest touches everything.
 fn td_boot(policy: AcceptPolicy) -> (MmuStats, Coverage) {
-    let mut vm = Vm::new(Layout::SPLIT, Recovery::Eager).with_accept_policy(policy);
+    td_boot_with(policy, Recovery::Eager)
+}
+
+fn td_boot_with(policy: AcceptPolicy, recovery: Recovery) -> (MmuStats, Coverage) {
+    let mut vm = Vm::new(Layout::SPLIT, recovery).with_accept_policy(policy);
     vm.set_user_memory_region(&region(0, 0, 2 * G1, gmem()))
         .unwrap();
     vm.set_user_memory_region(&region(1, 4 * G1, 2 * G1, gmem()))
@@ -657,6 +661,40 @@ fn accept_policy_clear_when_accepted_restores_huge_pages() {
     assert_eq!(clear_cov.ratio(), 1.0);
     let tlb = |s: &MmuStats| s.leaves().total();
     assert_eq!((tlb(&one_way), tlb(&clear)), (3070, 515));
+}
+
+#[test]
+fn accept_without_the_inhibit_differs_only_where_a_zapped_range_faults_in_again() {
+    // No promotion (the TDX huge page series): the firmware's two 2M pages were split by their
+    // 4K accepts and stay at 4K with or without the inhibit, because their tables hold leaves.
+    let (none, _) = td_boot_with(AcceptPolicy::NoInhibit, Recovery::Off);
+    let (one_way, _) = td_boot_with(AcceptPolicy::OneWay, Recovery::Off);
+    assert_eq!(none.private, one_way.private);
+    assert_eq!(none.private.k4, 1024);
+    // Once a 2M page of the firmware's is converted
+    // back and forth, only the run without the inhibit may map it huge again.
+    for policy in [AcceptPolicy::NoInhibit, AcceptPolicy::OneWay] {
+        let mut vm = Vm::new(Layout::SPLIT, Recovery::Off).with_accept_policy(policy);
+        vm.set_user_memory_region(&region(0, 0, 2 * G1, gmem()))
+            .unwrap();
+        vm.set_memory_attributes(Gpa(0), 2 * G1, PRIVATE).unwrap();
+        for gfn in 0x800..0xa00 {
+            vm.accept(Gpa(gfn * K4), Level::K4).unwrap();
+        }
+        vm.set_memory_attributes(Gpa(0x80_0000), M2, 0).unwrap();
+        vm.set_memory_attributes(Gpa(0x80_0000), M2, PRIVATE)
+            .unwrap();
+        vm.fault(Gpa(0x80_0000), Access::Private).unwrap();
+        let leaf = vm.lookup(Gpa(0x80_0000), Access::Private).unwrap();
+        // Nothing else is mapped in its 1G page: without the inhibit the fault maps it whole.
+        let want = if policy == AcceptPolicy::NoInhibit {
+            Level::G1
+        } else {
+            Level::K4
+        };
+        assert_eq!(leaf.level, want, "{policy:?}");
+        ok(&vm);
+    }
 }
 
 fn all_runs(vm: &Vm) -> std::vec::Vec<crate::AttrRun> {
