@@ -335,3 +335,66 @@ fn oplog_slot_moves_and_dirty_logging_match_replay() {
     let s = r.mmu.as_ref().unwrap().stats;
     assert!(s.splits > 0 && s.zaps > 0 && s.collapses > 0, "{s:?}");
 }
+
+/// PRIVATE goes where the VM keeps it: the probe agrees with the host's capabilities, and a
+/// VMM that forces the guest_memfd ioctl on a kernel without it gets the kernel's refusal with
+/// nothing changed (tracker, KVM and the query handle agree on the old state).
+#[test]
+fn private_goes_where_the_vm_keeps_it() {
+    use cvmem::{Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+    use cvmem_kvm::kvm_ioctls::Kvm;
+    use cvmem_kvm::{Attributes2Abi, CvmMemory, KvmAttributes, SlotSpec};
+    use cvmem_kvm_rig::HostCaps;
+    use std::sync::Arc;
+
+    let Ok(kvm) = Kvm::new() else {
+        eprintln!("skipped: /dev/kvm cannot be opened");
+        return;
+    };
+    let (_, vm_type) = HostCaps::vm_type_of(&kvm);
+    let Ok(vm) = kvm.create_vm_with_type(vm_type) else {
+        eprintln!("skipped: KVM_CREATE_VM of type {vm_type} failed");
+        return;
+    };
+    let caps = HostCaps::of(&vm);
+    let (found, why) = KvmAttributes::probe(&vm, Attributes2Abi::default());
+    eprintln!("note: attributes {}: {why}", found.name());
+    // No released kernel has guest_memfd attributes: per VM exactly where the VM says so.
+    let want = if caps.private_attribute() {
+        KvmAttributes::PerVm
+    } else {
+        KvmAttributes::None
+    };
+    assert_eq!(found, want, "{why}");
+    if !caps.guest_memfd {
+        eprintln!("skipped: no guest_memfd on this host to issue KVM_SET_MEMORY_ATTRIBUTES2 on");
+        return;
+    }
+    let memory = CvmMemory::with_attributes(
+        Arc::new(vm),
+        KvmAttributes::PerGmem(Attributes2Abi::default()),
+    );
+    let slot = memory.add_slot(&SlotSpec {
+        slot: 0,
+        gpa: Gpa(0),
+        size: 4 << 20,
+        backing: Backing::GuestMemfdSeparate,
+        max_level: Level::M2,
+    });
+    if let Err(e) = slot {
+        eprintln!("skipped: KVM refuses a guest_memfd memslot on this VM type: {e}");
+        return;
+    }
+    let before = memory.stats();
+    let err = memory
+        .set_attributes(Gpa(0x1000), 0x2000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        .expect_err("a kernel without KVM_SET_MEMORY_ATTRIBUTES2 refuses it");
+    eprintln!("note: forced KVM_SET_MEMORY_ATTRIBUTES2: {err}");
+    assert!(
+        matches!(&err, MemoryError::Os { what, .. } if what.contains("KVM_SET_MEMORY_ATTRIBUTES2")),
+        "{err}"
+    );
+    assert!(!memory.query().is_private(Gpa(0x1000)));
+    assert!(!memory.query().is_private(Gpa(0x2000)));
+    assert_eq!(memory.stats().conversions, before.conversions);
+}

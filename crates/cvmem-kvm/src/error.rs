@@ -45,6 +45,21 @@ pub enum Error {
         /// Why the rollback failed.
         why: String,
     },
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` refused to make a guest_memfd page private because it is
+    /// still referenced elsewhere (`EAGAIN`): drop the host's references (mappings, pins) to
+    /// it and convert again. Nothing changed.
+    #[error(
+        "guest_memfd of memslot {slot}: the page at offset {offset:#x}{} is still referenced (EAGAIN)",
+        gpa.map(|g| format!(" (gpa {:#x})", g.0)).unwrap_or_default()
+    )]
+    GmemBusy {
+        /// The memslot whose guest_memfd refused.
+        slot: u32,
+        /// `error_offset`: the file offset of the page.
+        offset: u64,
+        /// Its gpa, when the offset lies in the range asked for.
+        gpa: Option<cvmem::Gpa>,
+    },
     /// A memslot with this id exists already (creating one is EEXIST).
     #[error("memslot {slot} exists already")]
     SlotExists {

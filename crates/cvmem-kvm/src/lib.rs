@@ -83,6 +83,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg(target_os = "linux")]
 
+mod attributes;
 mod backing;
 mod error;
 mod iommu;
@@ -94,6 +95,7 @@ mod request;
 mod setup;
 mod sys;
 
+pub use attributes::{Attributes2Abi, KvmAttributes};
 pub use backing::{
     create_guest_memfd, Backing, GuestMemfd, HostMemory, GUEST_MEMFD_FLAG_INIT_SHARED,
     GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,

@@ -13,9 +13,9 @@ use cvmem::{
     AttrRequest, GfnRange, Gpa, Kind, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
 use cvmem_sync::{ConcurrentTracker, LeftRight};
-use kvm_bindings::kvm_memory_attributes;
 use kvm_ioctls::VmFd;
 
+use crate::attributes::{Attributes2Abi, KvmAttributes};
 use crate::backing::{Backing, SlotMemory};
 use crate::error::{Error, Result};
 use crate::listener::{self, Cause, ConversionListener, MemoryEvent, SlotRange};
@@ -184,7 +184,8 @@ pub struct CvmMemory {
     memory: Mutex<BTreeMap<u32, SlotMemory>>,
     listeners: RwLock<Vec<Arc<dyn ConversionListener>>>,
     vm: Option<Arc<VmFd>>,
-    kvm_attributes: bool,
+    /// Where KVM keeps PRIVATE (decided once, from the VM's capabilities).
+    attributes: KvmAttributes,
     notes: Mutex<Vec<String>>,
     /// Nanoseconds spent in the tracker and the MMU model (locks included), ever.
     tracking_ns: AtomicU64,
@@ -194,7 +195,7 @@ pub struct CvmMemory {
 impl std::fmt::Debug for CvmMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CvmMemory")
-            .field("kvm_attributes", &self.kvm_attributes)
+            .field("attributes", &self.attributes)
             .field("vm", &self.vm.is_some())
             .finish_non_exhaustive()
     }
@@ -205,36 +206,47 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl CvmMemory {
-    /// Memory of the VM `vm`. `KVM_SET_MEMORY_ATTRIBUTES` is used only if the VM reports
-    /// `KVM_CAP_MEMORY_ATTRIBUTES` with the PRIVATE bit; otherwise this object's state is the
-    /// only record of which memory is private, and a note says so once.
+    /// Memory of the VM `vm`. PRIVATE goes where the VM keeps it ([`KvmAttributes::probe`]
+    /// with the default [`Attributes2Abi`]): `KVM_SET_MEMORY_ATTRIBUTES` on the VM, or
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` on each memslot's guest_memfd; where it keeps none, this
+    /// object's state is the only record of which memory is private. A note says which, once.
     pub fn new(vm: Arc<VmFd>) -> Self {
-        Self::build(Some(vm), Model::none())
+        let (attributes, why) = KvmAttributes::probe(&vm, Attributes2Abi::default());
+        Self::build(Some(vm), Model::none(), attributes, why)
+    }
+
+    /// As [`CvmMemory::new`], with where KVM keeps PRIVATE decided by the caller (e.g. from
+    /// [`KvmAttributes::probe`] with the guest_memfd ABI numbers of its kernel's headers).
+    pub fn with_attributes(vm: Arc<VmFd>, attributes: KvmAttributes) -> Self {
+        let why = format!("KVM attributes: {} (chosen by the VMM)", attributes.name());
+        Self::build(Some(vm), Model::none(), attributes, why)
     }
 
     /// As [`CvmMemory::new`], with the TDP MMU model kept as an observer of every conversion,
     /// memslot change and reported guest access.
     #[cfg(feature = "mmu-model")]
     pub fn with_mmu(vm: Arc<VmFd>, mmu: MmuConfig) -> Self {
-        Self::build(Some(vm), Model::new(Some(mmu)))
+        let (attributes, why) = KvmAttributes::probe(&vm, Attributes2Abi::default());
+        Self::build(Some(vm), Model::new(Some(mmu)), attributes, why)
     }
 
     /// Memory without a VM: anonymous slots only, no KVM calls (for tests and tools).
     pub fn detached() -> Self {
-        Self::build(None, Model::none())
+        Self::build(None, Model::none(), KvmAttributes::None, String::new())
     }
 
     /// As [`CvmMemory::detached`], with the MMU model kept.
     #[cfg(feature = "mmu-model")]
     pub fn detached_with_mmu(mmu: MmuConfig) -> Self {
-        Self::build(None, Model::new(Some(mmu)))
+        Self::build(
+            None,
+            Model::new(Some(mmu)),
+            KvmAttributes::None,
+            String::new(),
+        )
     }
 
-    fn build(vm: Option<Arc<VmFd>>, model: Model) -> Self {
-        let caps = vm.as_ref().map_or(0, |vm| {
-            vm.check_extension_int(kvm_ioctls::Cap::MemoryAttributes) as u64
-        });
-        let kvm_attributes = caps & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+    fn build(vm: Option<Arc<VmFd>>, model: Model, attributes: KvmAttributes, why: String) -> Self {
         let mem = CvmMemory {
             shared: Arc::new(Shared {
                 tracker: ConcurrentTracker::new(Tracker::new()),
@@ -243,17 +255,14 @@ impl CvmMemory {
             }),
             memory: Mutex::new(BTreeMap::new()),
             listeners: RwLock::new(Vec::new()),
-            kvm_attributes,
+            attributes,
             notes: Mutex::new(Vec::new()),
             tracking_ns: AtomicU64::new(0),
             counters: Counters::default(),
             vm,
         };
-        if mem.vm.is_some() && !kvm_attributes {
-            mem.note(format!(
-                "KVM_CAP_MEMORY_ATTRIBUTES is {caps:#x} (no PRIVATE): KVM keeps no attributes, \
-                 cvmem-kvm's state is the source of truth for private/shared"
-            ));
+        if mem.vm.is_some() && attributes != KvmAttributes::PerVm {
+            mem.note(why);
         }
         mem
     }
@@ -273,9 +282,14 @@ impl CvmMemory {
             .clone()
     }
 
-    /// Whether KVM_SET_MEMORY_ATTRIBUTES is used.
+    /// Whether KVM keeps PRIVATE (per VM or per guest_memfd).
     pub fn kvm_attributes(&self) -> bool {
-        self.kvm_attributes
+        self.attributes.in_kvm()
+    }
+
+    /// Where KVM keeps PRIVATE.
+    pub fn attributes_in_kvm(&self) -> KvmAttributes {
+        self.attributes
     }
 
     /// The MMU model's layout and recovery policy, if this memory keeps one.
@@ -531,7 +545,7 @@ impl CvmMemory {
                 out.slot_ranges = plan.slot_ranges;
                 Ok(out)
             }
-            Err(cause) => Err(self.roll_back(request.to(), &plan, &listeners, done, cause)),
+            Err(cause) => Err(self.roll_back(memory, request.to(), &plan, &listeners, done, cause)),
         }
     }
 
@@ -589,9 +603,9 @@ impl CvmMemory {
             }
         }
         // 3. KVM's attributes, where KVM has them.
-        if self.kvm_attributes {
+        if self.attributes.in_kvm() {
             let t = Instant::now();
-            let set = self.set_kvm_attributes(range, target);
+            let set = self.set_kvm_attributes(memory, range, target);
             out.cost.kvm += t.elapsed();
             set?;
             done.kvm_set = true;
@@ -630,6 +644,7 @@ impl CvmMemory {
     /// up by asking; zapped mappings simply fault in again.
     fn roll_back(
         &self,
+        memory: &BTreeMap<u32, SlotMemory>,
         to: Kind,
         plan: &Plan,
         listeners: &[Arc<dyn ConversionListener>],
@@ -653,7 +668,7 @@ impl CvmMemory {
         if done.kvm_set {
             for &(range, old) in &plan.changed {
                 note(
-                    self.set_kvm_attributes(range, old)
+                    self.set_kvm_attributes(memory, range, old)
                         .map_err(|e| e.to_string()),
                 );
             }
@@ -703,15 +718,19 @@ impl CvmMemory {
         })
     }
 
-    fn set_kvm_attributes(&self, range: GfnRange, attributes: u64) -> Result<()> {
-        let Some(vm) = &self.vm else { return Ok(()) };
-        vm.set_memory_attributes(kvm_memory_attributes {
-            address: range.start * PAGE_SIZE,
-            size: range.len() * PAGE_SIZE,
+    fn set_kvm_attributes(
+        &self,
+        memory: &BTreeMap<u32, SlotMemory>,
+        range: GfnRange,
+        attributes: u64,
+    ) -> Result<()> {
+        crate::attributes::set(
+            self.attributes,
+            self.vm.as_deref(),
+            memory,
+            range,
             attributes,
-            flags: 0,
-        })
-        .map_err(|e| Error::kvm("KVM_SET_MEMORY_ATTRIBUTES", e))
+        )
     }
 }
 

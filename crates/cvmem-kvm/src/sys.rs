@@ -235,6 +235,47 @@ pub(crate) fn create_guest_memfd(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// `struct kvm_memory_attributes2` of the in-place conversion series (`offset` is the union
+/// with `address`; `error_offset` is written by KVM on `EAGAIN`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KvmMemoryAttributes2 {
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    pub(crate) attributes: u64,
+    pub(crate) flags: u64,
+    pub(crate) error_offset: u64,
+    pub(crate) reserved: [u64; 11],
+}
+
+/// `KVM_SET_MEMORY_ATTRIBUTES2` (request number `request`) on a guest_memfd.
+pub(crate) fn set_memory_attributes2(
+    file: &File,
+    request: u64,
+    arg: &mut KvmMemoryAttributes2,
+) -> io::Result<()> {
+    // SAFETY: `arg` is a live, exclusively borrowed `repr(C)` value of the size the request
+    // encodes (128 bytes, checked by a test), which KVM reads and may write within; the fd is
+    // open for the call. A kernel without the ioctl fails it (ENOTTY) without touching `arg`.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            request as libc::Ioctl,
+            arg as *mut KvmMemoryAttributes2,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `KVM_CHECK_EXTENSION` on the VM for a capability number kvm-ioctls does not name.
+pub(crate) fn check_extension_raw(vm: &VmFd, cap: u32) -> i32 {
+    vm.check_extension_raw(libc::c_ulong::from(cap))
+}
+
 /// `KVM_SET_USER_MEMORY_REGION2`.
 ///
 /// The caller keeps the memory at `userspace_addr` mapped for as long as the slot exists: every
