@@ -33,6 +33,10 @@ pub(crate) struct Cell {
     pub(crate) kind: CellKind,
     /// Whether a memslot covers any of it.
     pub(crate) in_slot: bool,
+    /// For private memory in a memslot bound to a guest_memfd: the smallest folio backing it
+    /// (`4K` once a conversion split its folio; no private mapping is larger than its folio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) folio: Option<Level>,
 }
 
 /// A row of cells.
@@ -80,6 +84,8 @@ pub(crate) struct GpaMap {
     pub(crate) counts: [u64; 4],
     /// Cells outside every memslot (no memory: not counted as shared).
     pub(crate) outside: u64,
+    /// Private or mixed cells backed by guest_memfd, by their smallest folio: 4K, 2M, 1G.
+    pub(crate) folio_cells: [u64; 3],
 }
 
 /// What to draw.
@@ -189,7 +195,7 @@ pub(crate) fn build_with_progress(
         .map(|s| (s.gpa(), s.gpa() + s.size()))
         .collect();
     let mut rows: Vec<MapRow> = Vec::new();
-    let (mut counts, mut outside) = ([0u64; 4], 0u64);
+    let (mut counts, mut outside, mut folio_cells) = ([0u64; 4], 0u64, [0u64; 3]);
     for i in 0..ncells {
         if i % PROGRESS_EVERY == 0 {
             progress(i, ncells);
@@ -203,16 +209,23 @@ pub(crate) fn build_with_progress(
         } else {
             outside += 1;
         }
+        let folio = (kind != CellKind::Shared)
+            .then(|| smallest_folio(tracker, a, b))
+            .flatten();
+        if let Some(level) = folio {
+            folio_cells[level.index()] += 1;
+        }
         if i as usize % cols == 0 {
             rows.push(MapRow {
                 gpa: a,
                 cells: Vec::with_capacity(cols),
             });
         }
-        rows.last_mut()
-            .expect("pushed above")
-            .cells
-            .push(Cell { kind, in_slot });
+        rows.last_mut().expect("pushed above").cells.push(Cell {
+            kind,
+            in_slot,
+            folio,
+        });
     }
     let map_slots = tracker
         .memslots()
@@ -238,25 +251,52 @@ pub(crate) fn build_with_progress(
         slots: map_slots,
         counts,
         outside,
+        folio_cells,
     })
+}
+
+/// The smallest folio behind `[a, b)` where memslots bound to a guest_memfd hold it (`None`
+/// where none does). One look per 2M of the cell: split marks are kept per 2M and per 1G.
+fn smallest_folio(tracker: &Tracker, a: u64, b: u64) -> Option<Level> {
+    let mut smallest: Option<Level> = None;
+    let mut gpa = a;
+    while gpa < b {
+        let gfn = cvmem::Gfn(gpa >> PAGE_SHIFT);
+        let level = tracker.slot_for_gfn(gfn).and_then(|slot| {
+            let binding = slot.gmem()?;
+            let page = binding.offset.0 / cvmem::PAGE_SIZE + (gfn.0 - slot.base_gfn());
+            Some(tracker.gmem(binding.gmem)?.folios().level_at(page))
+        });
+        if let Some(level) = level {
+            smallest = Some(smallest.map_or(level, |s| s.min(level)));
+            if level == Level::K4 {
+                break;
+            }
+        }
+        gpa = (gpa | (M2 - 1)) + 1;
+    }
+    smallest
 }
 
 fn classify(tracker: &Tracker, a: u64, b: u64) -> CellKind {
     let range = GfnRange::new(a >> PAGE_SHIFT, b >> PAGE_SHIFT);
     let (mut private, mut shared, mut mixed) = (false, false, false);
-    let mut first = true;
-    for run in tracker.runs(range) {
-        if run.attributes & cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+    let mut last: Option<(u64, cvmem::Kind)> = None;
+    // Read from wherever PRIVATE is kept (per VM, or per guest_memfd through the bindings).
+    tracker.for_each_kind_run(range, |run, kind| {
+        if kind.is_private() {
             private = true;
         } else {
             shared = true;
         }
-        // A run starting inside a 2M page (not at the cell's start) splits that 2M page.
-        if !first && !Level::M2.is_aligned(run.start) {
+        // A change of kind inside a 2M page (not at the cell's start) splits that 2M page.
+        if last.is_some_and(|(end, k)| k != kind && end == run.start)
+            && !Level::M2.is_aligned(cvmem::Gfn(run.start))
+        {
             mixed = true;
         }
-        first = false;
-    }
+        last = Some((run.end, kind));
+    });
     match (private, shared) {
         (true, false) => CellKind::Private,
         (false, _) => CellKind::Shared,
@@ -265,8 +305,14 @@ fn classify(tracker: &Tracker, a: u64, b: u64) -> CellKind {
     }
 }
 
-/// Fill colours (RGB) per kind, inside memslots and outside them.
+/// Fill colours (RGB) per kind, inside memslots and outside them; private memory of a
+/// guest_memfd by its folio (darker: larger).
 fn rgb(cell: Cell) -> [u8; 3] {
+    match (cell.kind, cell.folio) {
+        (CellKind::Private, Some(Level::G1)) => return [0x15, 0x2a, 0x6e],
+        (CellKind::Private, Some(Level::K4)) => return [0x6f, 0xb7, 0xe8],
+        _ => {}
+    }
     match (cell.kind, cell.in_slot) {
         (CellKind::Private, true) => [0x2b, 0x59, 0xc3],
         (CellKind::Shared, true) => [0xf2, 0xa5, 0x41],
@@ -449,6 +495,7 @@ impl GpaMap {
                 Cell {
                     kind: CellKind::Private,
                     in_slot: true,
+                    folio: None,
                 },
                 "private",
             ),
@@ -456,6 +503,7 @@ impl GpaMap {
                 Cell {
                     kind: CellKind::Shared,
                     in_slot: true,
+                    folio: None,
                 },
                 "shared",
             ),
@@ -463,6 +511,7 @@ impl GpaMap {
                 Cell {
                     kind: CellKind::Mixed,
                     in_slot: true,
+                    folio: None,
                 },
                 "mixed (no hugepage)",
             ),
@@ -470,6 +519,7 @@ impl GpaMap {
                 Cell {
                     kind: CellKind::Split,
                     in_slot: true,
+                    folio: None,
                 },
                 "uniform 2M pages of both kinds",
             ),
@@ -477,10 +527,22 @@ impl GpaMap {
                 Cell {
                     kind: CellKind::Shared,
                     in_slot: false,
+                    folio: None,
                 },
                 "no memslot",
             ),
         ];
+        let mut legend = legend.to_vec();
+        if self.folio_cells != [0; 3] {
+            let private = |folio| Cell {
+                kind: CellKind::Private,
+                in_slot: true,
+                folio: Some(folio),
+            };
+            legend.insert(1, (private(Level::K4), "(split to 4K pages)"));
+            legend.insert(1, (private(Level::M2), "(2M folio)"));
+            legend.insert(1, (private(Level::G1), "(1G folio)"));
+        }
         let mut x = 10.0;
         for (cell, name) in legend {
             let _ = writeln!(
@@ -523,7 +585,14 @@ impl GpaMap {
     /// apart (they have no memory, so they are neither private nor shared).
     pub(crate) fn cell_summary(&self) -> String {
         let [p, sh, m, sp] = self.counts;
-        format!("cells in memslots: {p} private, {sh} shared, {m} mixed, {sp} split; {} outside memslots", self.outside)
+        let mut out = format!("cells in memslots: {p} private, {sh} shared, {m} mixed, {sp} split; {} outside memslots", self.outside);
+        if self.folio_cells != [0; 3] {
+            let [k4, m2, g1] = self.folio_cells;
+            out.push_str(&format!(
+                "; private in guest_memfd by smallest folio: {g1} 1G, {m2} 2M, {k4} 4K"
+            ));
+        }
+        out
     }
 }
 
@@ -569,6 +638,63 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
     use cvmem::{Gpa, MemoryRegion, SlotFlags};
+
+    #[test]
+    fn private_memory_per_guest_memfd_is_drawn_with_its_folios() {
+        use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset};
+        let mut t = Tracker::new().with_attr_mode(AttrMode::PerGmem);
+        let file = t
+            .create_guest_memfd(
+                2 * G1,
+                GmemFlags {
+                    mmap: true,
+                    init_shared: false,
+                    folio: Level::G1,
+                },
+            )
+            .unwrap();
+        t.set_user_memory_region(&MemoryRegion {
+            slot: 0,
+            gpa: Gpa(0),
+            size: 2 * G1,
+            flags: SlotFlags {
+                guest_memfd: true,
+                ..Default::default()
+            },
+            gmem: Some(GmemBinding {
+                gmem: file,
+                offset: GmemOffset(0),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        // One 4K page of the second 1G folio made shared: 1G -> 2M -> 4K around it.
+        t.set_gmem_attributes(file, GmemOffset(G1 + 4 * M2 + 4096), 4096, 0, 0)
+            .unwrap();
+        let map = build(&t, &MapOptions::default()).unwrap();
+        // Private though no per-VM attribute is set: PRIVATE is read from the file.
+        assert_eq!(map.counts, [1023, 0, 1, 0]);
+        // The first 1G folio is whole; the second split to 2M, one 2M folio to 4K pages.
+        assert_eq!(map.folio_cells, [1, 511, 512]);
+        let cell = |gpa: u64| {
+            let i = (gpa / M2) as usize;
+            map.rows[i / map.cols].cells[i % map.cols]
+        };
+        assert_eq!(cell(0).folio, Some(Level::G1));
+        assert_eq!(cell(G1).folio, Some(Level::M2));
+        assert_eq!(
+            (cell(G1 + 4 * M2).kind, cell(G1 + 4 * M2).folio),
+            (CellKind::Mixed, Some(Level::K4))
+        );
+        assert!(map
+            .cell_summary()
+            .ends_with("by smallest folio: 512 1G, 511 2M, 1 4K"));
+        let svg = map.to_svg("folios");
+        assert!(svg.contains("(1G folio)") && svg.contains("(split to 4K pages)"));
+        // The slot's report follows the folios: 1 GiB at 1G, the rest at 2M but one 2M page.
+        let e = t.eligibility(0).unwrap();
+        assert_eq!([e.bytes_1g, e.bytes_2m, e.bytes_4k], [G1, G1 - M2, M2]);
+    }
 
     fn guest() -> Tracker {
         let mut t = Tracker::new();

@@ -410,13 +410,20 @@ impl DenseModel {
         Level::K4
     }
 
-    /// Bytes of slot `id` mappable at 1G, at 2M (not 1G), and only at 4K, by brute force.
+    /// Bytes of slot `id` mappable at 1G, at 2M (not 1G), and only at 4K, by brute force;
+    /// private memory no larger than its folio.
     pub fn eligibility(&self, id: u32) -> Option<[u64; 3]> {
         let slot = self.slots.iter().find(|s| s.id == id)?;
         let (mut g1, mut m2) = (0, 0);
         let mut gfn = Level::M2.align_down(cvmem::Gfn(slot.base)).0;
         while gfn < slot.base + slot.npages {
-            match self.slot_level(slot, gfn.max(slot.base)) {
+            let at = gfn.max(slot.base);
+            let mut level = self.slot_level(slot, at);
+            // No private mapping above its folio (the page is uniform when level > 4K).
+            if self.attributes(at) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+                level = level.min(self.folio_cap(slot, at));
+            }
+            match level {
                 Level::G1 => g1 += Level::M2.size(),
                 Level::M2 => m2 += Level::M2.size(),
                 Level::K4 => {}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::map::{build_with_progress, svg_to_png, MapOptions};
+use cvmem::{Level, MergePolicy};
 use cvmem_designs::workloads::{generate, Params};
 use cvmem_oplog::Replayer;
 use cvmem_oplog::{ops, Op};
@@ -62,6 +63,22 @@ pub(crate) struct Args {
     /// Print the map's cells and memslots as JSON.
     #[arg(long)]
     json: bool,
+    /// Run the workload per guest_memfd (in-place conversion) with folios of this size (4K,
+    /// 2M or 1G), as `cvmem compare --folios` does, and colour private memory by its folio.
+    #[arg(long, requires = "workload", value_parser = folio_size)]
+    folio: Option<Level>,
+    /// With --folio: when split folios merge (never, punch-hole, eager).
+    #[arg(long, requires = "folio", default_value = "punch-hole", value_parser = merge_policy)]
+    merge: MergePolicy,
+}
+
+fn folio_size(s: &str) -> Result<Level, String> {
+    Level::from_name(s).ok_or_else(|| format!("`{s}` is not a folio size (4K, 2M or 1G)"))
+}
+
+fn merge_policy(s: &str) -> Result<MergePolicy, String> {
+    MergePolicy::from_name(s)
+        .ok_or_else(|| format!("`{s}` is not a merge policy (never, punch-hole, eager)"))
 }
 
 fn read_oplog(path: &std::path::Path) -> Result<Vec<Op>, String> {
@@ -84,16 +101,26 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
                 flips: args.flips,
                 ..Params::default()
             };
-            let w = generate(name, &params).map_err(|e| e.to_string())?;
+            let mut w = generate(name, &params).map_err(|e| e.to_string())?;
+            if let Some(folio) = args.folio {
+                w.ops = cvmem_designs::eval::folios::to_per_gmem(&w.ops, folio, args.merge);
+            }
             if let Some(path) = &args.oplog_out {
                 let mut f =
                     std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 w.write_oplog(&mut f)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
+            let per_gmem = args.folio.map_or(String::new(), |f| {
+                format!(
+                    ", per guest_memfd with {} folios (merge {})",
+                    f.name(),
+                    args.merge.name()
+                )
+            });
             (
                 format!(
-                    "workload {name}: {} guest, {} vCPUs, seed {}",
+                    "workload {name}: {} guest, {} vCPUs, seed {}{per_gmem}",
                     cvmem_oplog::fmt_bytes(params.guest_bytes),
                     params.vcpus,
                     params.seed

@@ -189,6 +189,61 @@ impl Tracker {
         }
     }
 
+    /// For [`Tracker::eligibility`]: the private 2M pages of `slot` that its state allows at
+    /// 1G or 2M but whose folio (or a binding not congruent at that size) allows less, as
+    /// `[1G → 2M, 1G → 4K, 2M → 4K]` counts of 2M pages. `level_ok` is the slot's geometry.
+    pub(super) fn folio_demotions(
+        &self,
+        slot: &Memslot,
+        level_ok: impl Fn(Level) -> bool,
+    ) -> [u64; 3] {
+        let mut down = [0u64; 3];
+        let Some((gmem, first)) = self.bound(slot) else {
+            return down;
+        };
+        let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
+        let mut g1_counted: Option<(u64, bool)> = None;
+        let base = slot.base_gfn;
+        self.for_each_kind_run(slot.range(), |run, kind| {
+            if !kind.is_private() {
+                return;
+            }
+            let mut p = run.start.div_ceil(512) * 512;
+            while p + 512 <= run.end {
+                let g = p & !(Level::G1.pages() - 1);
+                let whole_1g = match g1_counted {
+                    Some((at, counted)) if at == g => counted,
+                    _ => {
+                        // Only a 1G page wholly inside the slot may count at 1G.
+                        let inside = g >= base && g + Level::G1.pages() <= base + slot.npages;
+                        let counted = level_ok(Level::G1)
+                            && inside
+                            && self.probe_in(slot, Gfn(g)).uniform == Level::G1
+                            && !g1.is_inhibited(g);
+                        g1_counted = Some((g, counted));
+                        counted
+                    }
+                };
+                let allowed = if whole_1g {
+                    Level::G1
+                } else if level_ok(Level::M2) && !m2.is_inhibited(p) {
+                    Level::M2
+                } else {
+                    Level::K4
+                };
+                let cap = gmem.folio_cap(first + (p - base), Gfn(p));
+                match (allowed, allowed.min(cap)) {
+                    (Level::G1, Level::M2) => down[0] += 1,
+                    (Level::G1, Level::K4) => down[1] += 1,
+                    (Level::M2, Level::K4) => down[2] += 1,
+                    _ => {}
+                }
+                p += 512;
+            }
+        });
+        down
+    }
+
     /// `kvm_gmem_bind`'s checks for a new memslot: the file exists, the slot's range lies in
     /// it, no other memslot binds any of it; and where each file holds PRIVATE, a guest_memfd
     /// slot names its file.

@@ -720,8 +720,9 @@ impl Tracker {
     }
 
     /// How much of slot `id` may be mapped at 1G, at 2M, and only at 4K, for an access of the
-    /// pages' own kind. O(1G pages of the slot) probes and popcounts, never per 4K page (per 2M
-    /// page only where a guest has set GUEST_INHIBIT).
+    /// pages' own kind, private memory no larger than its folio. O(1G pages of the slot) probes
+    /// and popcounts, never per 4K page (per 2M page only where a guest has set GUEST_INHIBIT,
+    /// and per private 2M page of a slot bound to a guest_memfd).
     pub fn eligibility(&self, id: u32) -> Option<SlotEligibility> {
         let slot = self.memslot(id)?;
         let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
@@ -769,6 +770,11 @@ impl Tracker {
         }
         e.bytes_1g = pages_1g * Level::G1.size();
         e.bytes_2m = huge_pages_2m * Level::M2.size();
+        // No private mapping above its folio: a bound slot's private huge pages whose folio
+        // was split count at the folio's size.
+        let [down_1g_2m, down_1g_4k, down_2m_4k] = self.folio_demotions(slot, level_ok);
+        e.bytes_1g -= (down_1g_2m + down_1g_4k) * Level::M2.size();
+        e.bytes_2m = e.bytes_2m + down_1g_2m * Level::M2.size() - down_2m_4k * Level::M2.size();
         e.bytes_4k = slot.size() - e.bytes_1g - e.bytes_2m;
         Some(e)
     }
