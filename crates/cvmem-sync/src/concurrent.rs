@@ -2,8 +2,8 @@
 //! invalidation protocol.
 
 use cvmem::{
-    Access, AttrRequest, AttrRun, Gfn, GfnRange, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion,
-    Result, SlotChange, Tracker, GFN_END, PAGE_SIZE,
+    Access, AttrRequest, AttrRun, Gfn, GfnRange, GmemFlags, GmemId, GmemOffset, Gpa, Level,
+    MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END, PAGE_SIZE,
 };
 
 use core::ops::ControlFlow;
@@ -291,6 +291,118 @@ impl ConcurrentTracker {
         zap(range);
         writer.apply(|s| {
             let result = s.tracker.set_guest_inhibit(gfn, level);
+            commit(s, result)
+        })
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` in the model (see [`Tracker::create_guest_memfd`]): no gfn's
+    /// answer changes until a memslot binds the file.
+    pub fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GmemId> {
+        let mut writer = self.state.writer();
+        writer.apply(|s| match s.tracker.create_guest_memfd(size, flags) {
+            Ok(id) => {
+                s.generation += 1;
+                Apply::Changed(Ok(id))
+            }
+            Err(e) => Apply::Unchanged(Err(e)),
+        })
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES2` on guest_memfd `id` (see
+    /// [`Tracker::set_gmem_attributes`]) in KVM's order: check (refusals, `EAGAIN` while a
+    /// shared page is referenced, `Ok(false)` when nothing changes); then invalidate the gfns of
+    /// every memslot bound to the changing pages (one invalidation of their hull), call `zap`
+    /// on each bound gfn range, store, publish, end the invalidation.
+    pub fn set_gmem_attributes_with(
+        &self,
+        id: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        attributes: u64,
+        zap: impl FnMut(GfnRange),
+    ) -> Result<bool> {
+        let mut writer = self.state.writer();
+        let check = |s: &Snapshot| {
+            s.tracker
+                .check_gmem_attributes(id, offset, size, attributes, 0)
+        };
+        let Some(pages) = writer.read(check)? else {
+            return Ok(false);
+        };
+        self.change_file(&mut writer, id, pages, zap, |t| {
+            t.set_gmem_attributes(id, offset, size, attributes, 0)
+        })
+    }
+
+    /// `fallocate(PUNCH_HOLE)` on guest_memfd `id` (see [`Tracker::gmem_punch_hole`]): the
+    /// bound gfns are invalidated and zapped (their memory is freed), then split folios of the
+    /// range may merge.
+    pub fn gmem_punch_hole_with(
+        &self,
+        id: GmemId,
+        offset: GmemOffset,
+        size: u64,
+        zap: impl FnMut(GfnRange),
+    ) -> Result<()> {
+        let mut writer = self.state.writer();
+        let pages = writer.read(|s| {
+            let gmem = s
+                .tracker
+                .gmem(id)
+                .ok_or(cvmem::Error::UnknownGmem { gmem: id.0 })?;
+            gmem.check_range(offset, size)
+        })?;
+        self.change_file(&mut writer, id, pages, zap, |t| {
+            t.gmem_punch_hole(id, offset, size).map(|()| true)
+        })
+        .map(|_| ())
+    }
+
+    /// The host takes (`get`) or drops a reference on a shared page of guest_memfd `id` (see
+    /// [`Tracker::gmem_get_page`]): no answer changes, only whether a later change to private
+    /// is refused.
+    pub fn gmem_reference(&self, id: GmemId, offset: GmemOffset, get: bool) -> Result<()> {
+        let mut writer = self.state.writer();
+        writer.apply(|s| {
+            let result = if get {
+                s.tracker.gmem_get_page(id, offset)
+            } else {
+                s.tracker.gmem_put_page(id, offset)
+            };
+            match result {
+                Ok(()) => {
+                    s.generation += 1;
+                    Apply::Changed(Ok(()))
+                }
+                Err(e) => Apply::Unchanged(Err(e)),
+            }
+        })
+    }
+
+    /// A change to file pages `pages` of guest_memfd `id`: the gfns bound to them invalidated
+    /// (their hull; nothing bound: no gfn's answer changes, the sequence still moves), each
+    /// bound range zapped, `change` stored and published.
+    fn change_file(
+        &self,
+        writer: &mut Writer<'_, Snapshot>,
+        id: GmemId,
+        pages: GfnRange,
+        mut zap: impl FnMut(GfnRange),
+        mut change: impl FnMut(&mut Tracker) -> Result<bool>,
+    ) -> Result<bool> {
+        let bound: Vec<GfnRange> =
+            writer.read(|s| s.tracker.gmem_gfns(id, pages).map(|(r, _)| r).collect());
+        let hull = bound.iter().fold(None, |h: Option<GfnRange>, r| {
+            Some(h.map_or(*r, |h| {
+                GfnRange::new(h.start.min(r.start), h.end.max(r.end))
+            }))
+        });
+        let _invalidation = self.invalidate.begin(hull.unwrap_or(GfnRange::new(0, 0)));
+        for r in bound {
+            zap(r);
+        }
+        writer.apply(|s| {
+            let result = change(&mut s.tracker);
             commit(s, result)
         })
     }

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use std::thread;
 
 use cvmem::{
-    Access, Gfn, GfnRange, Gpa, Level, MaxLevel, MemoryRegion, SlotFlags, Tracker,
+    Access, AttrMode, Gfn, GfnRange, GmemBinding, GmemFlags, GmemId, GmemOffset, Gpa, Level,
+    MaxLevel, MemoryRegion, MergePolicy, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
 };
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
@@ -60,9 +61,27 @@ impl Rng {
 
 #[derive(Clone, Copy, Debug)]
 enum Change {
-    Attrs { gpa: u64, size: u64, private: bool },
+    Attrs {
+        gpa: u64,
+        size: u64,
+        private: bool,
+    },
     Slot(MemoryRegion),
-    Accept { gfn: u64, level: Level },
+    Accept {
+        gfn: u64,
+        level: Level,
+    },
+    /// KVM_SET_MEMORY_ATTRIBUTES2 on file 0 (per-gmem mode).
+    GmemAttrs {
+        offset: u64,
+        size: u64,
+        private: bool,
+    },
+    /// fallocate(PUNCH_HOLE) on file 0.
+    PunchHole {
+        offset: u64,
+        size: u64,
+    },
 }
 
 fn slots() -> [MemoryRegion; 2] {
@@ -139,7 +158,89 @@ fn apply_core(t: &mut Tracker, c: &Change) -> bool {
             cvmem::SlotChange::Unchanged
         ),
         Change::Accept { gfn, level } => t.set_guest_inhibit(Gfn(gfn), level).unwrap(),
+        Change::GmemAttrs {
+            offset,
+            size,
+            private,
+        } => t
+            .set_gmem_attributes(FILE, GmemOffset(offset), size, attrs(private), 0)
+            .unwrap(),
+        Change::PunchHole { offset, size } => {
+            t.gmem_punch_hole(FILE, GmemOffset(offset), size).unwrap();
+            true
+        }
     }
+}
+
+fn attrs(private: bool) -> u64 {
+    if private {
+        PRIVATE
+    } else {
+        0
+    }
+}
+
+/// The per-gmem guest's file: 6 GiB of 2M folios; slot 0 binds its first 4 GiB at gpa 0, slot 1
+/// 1 GiB - 2 MiB at 4 GiB from file offset 5 GiB + 4 KiB (not congruent: 4K mappings only); the
+/// file's 4-5 GiB are bound to no memslot.
+const FILE: GmemId = GmemId(0);
+const FILE_BYTES: u64 = 6 * G1;
+
+fn per_gmem_start() -> Tracker {
+    let mut t = Tracker::new()
+        .with_attr_mode(AttrMode::PerGmem)
+        .with_merge_policy(MergePolicy::OnPunchHole);
+    let flags = GmemFlags {
+        mmap: true,
+        init_shared: false,
+        folio: Level::M2,
+    };
+    assert_eq!(t.create_guest_memfd(FILE_BYTES, flags).unwrap(), FILE);
+    let gmem = SlotFlags {
+        guest_memfd: true,
+        ..Default::default()
+    };
+    for (slot, gpa, size, offset) in [(0, 0, 4 * G1, 0), (1, 4 * G1, G1 - M2, 5 * G1 + K4)] {
+        t.set_user_memory_region(&MemoryRegion {
+            slot,
+            gpa: Gpa(gpa),
+            size,
+            flags: gmem,
+            gmem: Some(GmemBinding {
+                gmem: FILE,
+                offset: GmemOffset(offset),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    t
+}
+
+/// Changes to the file only: conversions of every size and alignment, and punch-holes that
+/// free memory and let split folios merge.
+fn gmem_changes(rng: &mut Rng) -> Vec<Change> {
+    (0..CHANGES)
+        .map(|_| {
+            let offset = (rng.gpa() % FILE_BYTES).min(FILE_BYTES - K4);
+            let size = match rng.below(4) {
+                0 => K4 * (1 + rng.below(8)),
+                1 => M2 * (1 + rng.below(3)),
+                2 => K4 * (1 + rng.below(3000)),
+                _ => G1 + K4 * rng.below(2),
+            }
+            .min(FILE_BYTES - offset);
+            if rng.below(8) == 0 {
+                Change::PunchHole { offset, size }
+            } else {
+                Change::GmemAttrs {
+                    offset,
+                    size,
+                    private: rng.below(3) != 0,
+                }
+            }
+        })
+        .collect()
 }
 
 /// A leaf of the mock page tables: first gfn, level, kind.
@@ -184,10 +285,24 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
     start
         .set_memory_attributes(Gpa(0), 4 * G1, PRIVATE)
         .unwrap();
+    storm(start, &changes);
+}
+
+/// The same storm where each guest_memfd keeps PRIVATE: conversions and punch-holes of a file
+/// bound to two memslots (one not congruent) and partly to none, with 2M folios that split
+/// and merge.
+#[test]
+fn per_gmem_readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let changes = gmem_changes(&mut rng);
+    storm(per_gmem_start(), &changes);
+}
+
+fn storm(start: Tracker, changes: &[Change]) {
     // The recorded state of every generation.
     let mut states = vec![start.clone()];
     let mut expected = Vec::new();
-    for c in &changes {
+    for c in changes {
         let mut next = states.last().unwrap().clone();
         let changed = apply_core(&mut next, c);
         expected.push(changed);
@@ -223,6 +338,24 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
                     ),
                     Change::Accept { gfn, level } => {
                         vm.set_guest_inhibit_with(Gfn(gfn), level, zap).unwrap()
+                    }
+                    Change::GmemAttrs {
+                        offset,
+                        size,
+                        private,
+                    } => vm
+                        .set_gmem_attributes_with(
+                            FILE,
+                            GmemOffset(offset),
+                            size,
+                            attrs(private),
+                            zap,
+                        )
+                        .unwrap(),
+                    Change::PunchHole { offset, size } => {
+                        vm.gmem_punch_hole_with(FILE, GmemOffset(offset), size, zap)
+                            .unwrap();
+                        true
                     }
                 };
                 assert_eq!(changed, want, "{c:?}");
@@ -314,8 +447,8 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
     let last = states.last().unwrap();
     assert_eq!(vm.generation() as usize, states.len() - 1);
     assert_eq!(
-        vm.read(|s| s.tracker().nonzero_runs().collect::<Vec<_>>()),
-        last.nonzero_runs().collect::<Vec<_>>()
+        vm.read(|s| s.tracker().private_runs().collect::<Vec<_>>()),
+        last.private_runs().collect::<Vec<_>>()
     );
     for leaf in mmu.leaves.lock().unwrap().iter() {
         assert!(allowed(last, leaf), "leaf {leaf:?} outlived a change");
