@@ -4,7 +4,10 @@
 //! times the snapshot's records, whatever the memslots it names.
 
 use cvmem::snapshot::{InhibitRecord, RunRecord, SlotRecord};
-use cvmem::{Level, SlotFlags, Tracker, TrackerSnapshot, SNAPSHOT_VERSION};
+use cvmem::{
+    AttrMode, FileRecord, GmemBinding, GmemFlags, GmemId, GmemOffset, IndexRun, Level, MergePolicy,
+    PageRefs, SlotFlags, Tracker, TrackerSnapshot, SNAPSHOT_VERSION,
+};
 
 use crate::input::Input;
 
@@ -26,8 +29,19 @@ fn check(s: &TrackerSnapshot) {
     let Ok(t) = Tracker::restore(s) else {
         return;
     };
-    assert_eq!(&t.snapshot(), s, "a restore gives back its snapshot");
-    let records = s.memslots.len() + s.runs.len() + s.inhibited.len();
+    // A version 2 snapshot (no files) comes back as version 3, the same otherwise.
+    let again = TrackerSnapshot {
+        version: s.version,
+        ..t.snapshot()
+    };
+    assert_eq!(&again, s, "a restore gives back its snapshot");
+    assert!(s.version == SNAPSHOT_VERSION || (s.version == 2 && s.files.is_empty()));
+    let file_records: usize = s
+        .files
+        .iter()
+        .map(|f| 1 + f.private.len() + f.split_1g.len() + f.split_2m.len() + f.references.len())
+        .sum();
+    let records = s.memslots.len() + s.runs.len() + s.inhibited.len() + file_records;
     assert!(
         t.heap_bytes() <= BYTES_BASE + BYTES_PER_RECORD * records,
         "{} heap bytes for {records} records",
@@ -44,6 +58,7 @@ fn check(s: &TrackerSnapshot) {
 fn from_records(data: &[u8]) -> TrackerSnapshot {
     let mut input = Input::new(data);
     let level = |b: u8| [Level::K4, Level::M2, Level::G1][usize::from(b % 3)];
+    let files: Vec<FileRecord> = (0..input.below(4)).map(|_| file(&mut input)).collect();
     let mut memslots = Vec::new();
     let mut gpa = 0u64;
     for id in 0..u32::from(input.below(8)) {
@@ -69,6 +84,10 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
             },
             host_offset: u64::from(input.u16()) << 12 & ((1 << 30) - 1),
             backing: level(input.byte()),
+            gmem: (!files.is_empty() && input.flag()).then(|| GmemBinding {
+                gmem: GmemId(u32::from(input.below(4))),
+                offset: GmemOffset(u64::from(input.u16()) << 12),
+            }),
         });
         gpa = gpa.saturating_add(pages << 12);
     }
@@ -119,6 +138,61 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
         memslots,
         runs,
         inhibited,
+        attr_mode: if input.flag() {
+            AttrMode::PerGmem
+        } else {
+            AttrMode::PerVm
+        },
+        files,
+    }
+}
+
+/// A guest_memfd record: mostly plausible runs (sorted, inside the file), now and then not.
+fn file(input: &mut Input<'_>) -> FileRecord {
+    let folio = [Level::K4, Level::M2, Level::G1][usize::from(input.below(3))];
+    let folios = 1 + u64::from(input.below(8));
+    let size = if input.below(16) == 0 {
+        input.wild_u64() & !0xfff
+    } else {
+        folios * folio.size()
+    };
+    let pages = size >> 12;
+    let runs = |input: &mut Input<'_>, end: u64| {
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for _ in 0..input.below(6) {
+            let start = at.saturating_add(u64::from(input.u16()) % end.max(1));
+            let stop = start.saturating_add(1 + u64::from(input.u16()) % end.max(1));
+            out.push(IndexRun { start, end: stop });
+            at = stop.saturating_add(u64::from(input.flag()));
+        }
+        out
+    };
+    let private = runs(input, pages);
+    let split_1g = runs(input, pages >> 18);
+    let split_2m = runs(input, pages >> 9);
+    let references = (0..input.below(4))
+        .map(|i| PageRefs {
+            page: u64::from(input.u16()).saturating_add(u64::from(i) << 16) % pages.max(1),
+            count: u32::from(input.below(3)),
+        })
+        .collect();
+    FileRecord {
+        size,
+        flags: GmemFlags {
+            mmap: input.flag(),
+            init_shared: input.flag(),
+            folio,
+        },
+        merge: [
+            MergePolicy::Never,
+            MergePolicy::OnPunchHole,
+            MergePolicy::Eager,
+        ][usize::from(input.below(3))],
+        private,
+        split_1g,
+        split_2m,
+        references,
     }
 }
 
@@ -126,13 +200,13 @@ fn from_records(data: &[u8]) -> TrackerSnapshot {
 mod tests {
     use super::*;
 
-    /// The JSON seeds of the corpus: two restore (the huge slots within the memory bound),
-    /// one is refused for its unknown field.
+    /// The JSON seeds of the corpus: three restore (the huge slots within the memory bound; a
+    /// per-gmem VM with its file, split folios and a pin), one is refused for its unknown field.
     #[test]
     fn the_json_seeds_restore_or_are_refused_as_meant() {
         let corpus = crate::corpus("snapshot_restore").unwrap();
         let seed = |name: &str| &corpus.iter().find(|(n, _)| n == name).unwrap().1;
-        for name in ["boot-like.json", "huge-slots.json"] {
+        for name in ["boot-like.json", "huge-slots.json", "per-gmem.json"] {
             let s: TrackerSnapshot = serde_json::from_slice(seed(name)).unwrap();
             assert!(Tracker::restore(&s).is_ok(), "{name}");
             check(&s);

@@ -170,6 +170,11 @@ pub enum SnapshotFault {
     /// Not a state a tracker can be in (adjacent equal runs, unsupported attributes, or
     /// inhibits outside memslots).
     Unreachable,
+    /// A guest_memfd record whose runs are out of order or outside the file, whose split
+    /// folios its folio size cannot have, or with references on private pages.
+    FileRecord,
+    /// A memslot binding to a guest_memfd the snapshot does not have, or outside it.
+    Binding,
     /// The destination already has private memory.
     DestinationNotFresh,
     /// The destination's memslots differ from the snapshot's.
@@ -540,6 +545,11 @@ impl fmt::Display for SnapshotFault {
                 "it does not describe a state a tracker can be in (adjacent equal runs, \
                  unsupported attributes, or inhibits outside memslots)"
             }
+            SnapshotFault::FileRecord => {
+                "a guest_memfd record with runs out of order or outside the file, splits its \
+                 folio size cannot have, or references on private pages"
+            }
+            SnapshotFault::Binding => "a memslot bound to a guest_memfd the snapshot lacks",
             SnapshotFault::DestinationNotFresh => "the destination already has private memory",
             SnapshotFault::SlotsDiffer => "the destination's memslots differ from the snapshot's",
         })

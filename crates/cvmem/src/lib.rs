@@ -59,7 +59,8 @@ pub use attrs::StoreShape;
 pub use attrs::{AttrRun, AttrStore, Probe, WORST_BYTES_PER_GIB};
 pub use error::{Arg, Errno, Error, FlagsFault, Result, SlotField, SnapshotFault, Unsupported};
 pub use gmem::{
-    AttrMode, FolioCounts, Folios, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy,
+    AttrMode, FileRecord, FolioCounts, Folios, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset,
+    IndexRun, MergePolicy, PageRefs,
 };
 pub use guest_scope::GuestScope;
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};

@@ -19,17 +19,22 @@
 //!
 //! No host virtual address is carried: a slot records only its host offset, `(uaddr - gpa)`
 //! modulo 1 GiB, which is all that bounds its mapping level.
+//!
+//! Version 3 adds where PRIVATE is kept and the guest_memfd files ([`FileRecord`]: private
+//! runs, split folios, references, by index) with each memslot's binding; a version 2 snapshot
+//! (no files) is still read. Folio split and merge counters are statistics and start again.
 
 use alloc::vec::Vec;
 
 use crate::addr::{Gfn, GfnRange, Gpa, Level};
 use crate::error::{Error, Result};
+use crate::gmem::{AttrMode, FileRecord, Gmem, GmemBinding};
 use crate::memslot::{MemoryRegion, SlotFlags};
 use crate::tracker::Tracker;
 
 /// The format version [`Tracker::snapshot`] writes and [`Tracker::restore`] reads (2: host
-/// offsets instead of host addresses).
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// offsets instead of host addresses; 3: guest_memfd files and bindings, version 2 still read).
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// The part of a slot's host address that bounds its mapping level: congruence modulo the
 /// largest level.
@@ -53,6 +58,9 @@ pub struct SlotRecord {
     pub host_offset: u64,
     /// The largest mapping the host memory allows.
     pub backing: Level,
+    /// The guest_memfd range bound to the slot (version 3).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub gmem: Option<GmemBinding>,
 }
 
 /// A run of gfns `[start, end)` with non-zero attributes.
@@ -103,6 +111,12 @@ pub struct TrackerSnapshot {
     pub runs: Vec<RunRecord>,
     /// Large pages with GUEST_INHIBIT, in address order per level (2M first).
     pub inhibited: Vec<InhibitRecord>,
+    /// Where PRIVATE is kept (version 3; per VM before).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub attr_mode: AttrMode,
+    /// The guest_memfd files, in id order (version 3).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub files: Vec<FileRecord>,
 }
 
 impl Tracker {
@@ -117,6 +131,7 @@ impl Tracker {
                 flags: s.flags(),
                 host_offset: s.uaddr().wrapping_sub(s.gpa()) & HOST_OFFSET_MASK,
                 backing: s.backing(),
+                gmem: s.gmem(),
             })
             .collect();
         let runs = self
@@ -144,6 +159,8 @@ impl Tracker {
             memslots,
             runs,
             inhibited,
+            attr_mode: self.attr_mode(),
+            files: self.gmems().map(|(_, g)| g.record()).collect(),
         }
     }
 
@@ -152,14 +169,21 @@ impl Tracker {
     /// O(snapshot size); nothing is shared with any other tracker, so a refusal changes
     /// nothing.
     pub fn restore(snapshot: &TrackerSnapshot) -> Result<Tracker> {
-        if snapshot.version != SNAPSHOT_VERSION {
+        let files = !snapshot.files.is_empty() || snapshot.attr_mode != AttrMode::PerVm;
+        let v2 =
+            snapshot.version == 2 && !files && snapshot.memslots.iter().all(|s| s.gmem.is_none());
+        if snapshot.version != SNAPSHOT_VERSION && !v2 {
             return Err(Error::BadSnapshot {
                 why: crate::SnapshotFault::Version,
             });
         }
         let bad = |why| Err(Error::BadSnapshot { why });
         let mut t = Tracker::with_supported_attributes(snapshot.supported_attributes)
-            .with_gpa_bits(snapshot.gpa_bits);
+            .with_gpa_bits(snapshot.gpa_bits)
+            .with_attr_mode(snapshot.attr_mode);
+        for f in &snapshot.files {
+            t.restore_gmem(Gmem::from_record(f)?)?;
+        }
         for (i, s) in snapshot.memslots.iter().enumerate() {
             if i > 0 && snapshot.memslots[i - 1].gpa >= s.gpa {
                 return bad(crate::SnapshotFault::SlotOrder);
@@ -167,8 +191,11 @@ impl Tracker {
             if s.host_offset & !HOST_OFFSET_MASK != 0 || s.host_offset % crate::PAGE_SIZE != 0 {
                 return bad(crate::SnapshotFault::HostOffset);
             }
+            if s.gmem.is_some_and(|b| t.gmem(b.gmem).is_none()) {
+                return bad(crate::SnapshotFault::Binding);
+            }
             t.set_user_memory_region(&MemoryRegion {
-                gmem: None,
+                gmem: s.gmem,
                 slot: s.id,
                 gpa: s.gpa,
                 size: s.size,
@@ -186,7 +213,16 @@ impl Tracker {
             t.set_range_attributes(GfnRange::new(r.start.0, r.end.0), r.attributes)?;
         }
         t.restore_inhibits(&snapshot.inhibited)?;
-        if t.snapshot() != *snapshot {
+        let again = t.snapshot();
+        let same = if v2 {
+            TrackerSnapshot {
+                version: 2,
+                ..again
+            } == *snapshot
+        } else {
+            again == *snapshot
+        };
+        if !same {
             return bad(crate::SnapshotFault::Unreachable);
         }
         Ok(t)

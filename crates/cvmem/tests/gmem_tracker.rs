@@ -314,6 +314,27 @@ fn run(ops: &[Op], probes: &[u64], policy: MergePolicy) {
     for op in ops {
         apply(&mut t, &mut o, op, policy);
         check(&t, &o, probes);
+        round_trips(&t, &o, probes);
+    }
+}
+
+/// Every reachable state survives save/restore: the snapshot again, and every fault-path
+/// answer at the probes.
+fn round_trips(t: &Tracker, o: &DenseModel, probes: &[u64]) {
+    let snap = t.snapshot();
+    let back = Tracker::restore(&snap).expect("a reachable state restores");
+    assert_eq!(back.snapshot(), snap);
+    for slot in &o.slots {
+        for p in probes.iter().chain(&[0, slot.npages - 1]) {
+            let gpa = Gpa((slot.base + p % slot.npages) * PAGE);
+            for access in [Access::Private, Access::Shared] {
+                assert_eq!(
+                    back.max_mapping_level(gpa, access),
+                    t.max_mapping_level(gpa, access),
+                    "restored answer at {gpa:?} {access:?}"
+                );
+            }
+        }
     }
 }
 

@@ -282,3 +282,117 @@ fn a_snapshot_carries_no_host_address() {
         t.allowed_level(Gfn((2 * GIB) / PAGE_SIZE))
     );
 }
+
+/// A VM whose guest_memfd keeps PRIVATE: one 4 GiB file of 1G folios bound to two memslots,
+/// conversions that split folios, a pinned shared page.
+fn per_gmem_guest() -> Tracker {
+    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset};
+    let mut t = Tracker::new().with_attr_mode(AttrMode::PerGmem);
+    let flags = GmemFlags {
+        mmap: true,
+        init_shared: false,
+        folio: Level::G1,
+    };
+    let file = t.create_guest_memfd(4 * GIB, flags).unwrap();
+    for (slot, gpa, offset) in [(0, 0, 0), (1, 8 * GIB, 2 * GIB)] {
+        t.set_user_memory_region(&MemoryRegion {
+            gmem: Some(GmemBinding {
+                gmem: file,
+                offset: GmemOffset(offset),
+            }),
+            ..region(slot, gpa, 2 * GIB)
+        })
+        .unwrap();
+    }
+    t.set_gmem_attributes(file, GmemOffset(GIB + 0x20_1000), 0x3000, 0, 0)
+        .unwrap();
+    t.set_gmem_attributes(file, GmemOffset(3 * GIB), 2 << 20, 0, 0)
+        .unwrap();
+    t.gmem_get_page(file, GmemOffset(GIB + 0x20_2000)).unwrap();
+    t
+}
+
+#[test]
+fn a_per_gmem_vm_round_trips_with_its_files_folios_and_pins() {
+    let t = per_gmem_guest();
+    let snap = t.snapshot();
+    assert_eq!(snap.version, SNAPSHOT_VERSION);
+    let file = &snap.files[0];
+    assert_eq!(file.private.len(), 3, "{file:?}");
+    assert_eq!(
+        (file.split_1g.len(), file.split_2m.len()),
+        (2, 1),
+        "{file:?}"
+    );
+    assert_eq!(file.references.len(), 1);
+    let back = round_trip(&t);
+    assert_eq!(back.snapshot(), snap);
+    let gfns: Vec<u64> = [
+        0,
+        GIB + 0x20_1000,
+        GIB + 0x20_0000,
+        3 * GIB,
+        8 * GIB + GIB + 0x20_2000,
+    ]
+    .iter()
+    .map(|b| b / PAGE_SIZE)
+    .collect();
+    assert_eq!(answers(&back, &gfns), answers(&t, &gfns));
+    // The pin came along: making its page private again is refused as before.
+    let file_id = cvmem::GmemId(0);
+    let pinned = cvmem::GmemOffset(GIB + 0x20_2000);
+    let mut back = back;
+    assert_eq!(
+        back.set_gmem_attributes(file_id, pinned, 0x1000, P, 0)
+            .unwrap_err()
+            .errno(),
+        Errno::EAGAIN
+    );
+}
+
+#[test]
+fn hostile_file_records_are_refused() {
+    use cvmem::{GmemBinding, GmemId, GmemOffset, IndexRun, PageRefs, SnapshotFault};
+    let good = per_gmem_guest().snapshot();
+    let refused = |f: &dyn Fn(&mut TrackerSnapshot)| {
+        let mut s = good.clone();
+        f(&mut s);
+        match Tracker::restore(&s) {
+            Err(Error::BadSnapshot { why }) => why,
+            other => panic!("{other:?}"),
+        }
+    };
+    // A reference on a private page; runs out of order; a split 2M folio inside a whole 1G.
+    assert_eq!(
+        refused(&|s| s.files[0].references[0] = PageRefs { page: 0, count: 1 }),
+        SnapshotFault::FileRecord
+    );
+    assert_eq!(
+        refused(&|s| s.files[0].private.reverse()),
+        SnapshotFault::FileRecord
+    );
+    assert_eq!(
+        refused(&|s| s.files[0].split_2m.push(IndexRun {
+            start: 1500,
+            end: 1501
+        })),
+        SnapshotFault::FileRecord
+    );
+    assert_eq!(
+        refused(&|s| s.files[0].private.push(IndexRun {
+            start: 1 << 40,
+            end: (1 << 40) + 1
+        })),
+        SnapshotFault::FileRecord
+    );
+    // A binding to a file the snapshot lacks.
+    assert_eq!(
+        refused(&|s| s.memslots[0].gmem = Some(GmemBinding {
+            gmem: GmemId(7),
+            offset: GmemOffset(0),
+        })),
+        SnapshotFault::Binding
+    );
+    // The snapshot as written restores.
+    assert!(Tracker::restore(&good).is_ok());
+}

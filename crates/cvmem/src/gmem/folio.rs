@@ -12,7 +12,8 @@
 use crate::addr::{Gfn, GfnRange, Level};
 use crate::attrs::AttrStore;
 use crate::error::Result;
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE as SPLIT;
+/// The mark of a split folio in the split stores.
+pub(super) use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE as SPLIT;
 
 /// When a split huge folio becomes whole again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -78,6 +79,22 @@ impl Folios {
                 splits: 0,
                 merges: 0,
             },
+        }
+    }
+
+    /// The split marks: per 2M folio, per 1G folio (for save/restore).
+    pub(crate) fn split_stores(&self) -> (&AttrStore, &AttrStore) {
+        (&self.split_2m, &self.split_1g)
+    }
+
+    /// Folios of `order` with these split marks (checked by the caller); no splits or merges
+    /// counted yet.
+    pub(crate) fn restored(order: Level, split_2m: AttrStore, split_1g: AttrStore) -> Self {
+        Folios {
+            order,
+            split_2m,
+            split_1g,
+            counts: FolioCounts::default(),
         }
     }
 

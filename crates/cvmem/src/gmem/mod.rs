@@ -18,10 +18,12 @@
 //! state (the VMM's pins), kept per page while non-zero.
 
 mod folio;
+mod record;
 
 use alloc::collections::BTreeMap;
 
 pub use folio::{FolioCounts, Folios, MergePolicy};
+pub use record::{FileRecord, IndexRun, PageRefs};
 
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::attrs::AttrStore;

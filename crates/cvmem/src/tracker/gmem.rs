@@ -74,6 +74,15 @@ impl Tracker {
         Ok(GmemId(id))
     }
 
+    /// Adds a file restored from a snapshot (ids in order), under the rules
+    /// [`Tracker::create_guest_memfd`] applies.
+    pub(crate) fn restore_gmem(&mut self, gmem: Gmem) -> Result<GmemId> {
+        let flags = gmem.flags();
+        let id = self.create_guest_memfd_merging(gmem.size(), flags, gmem.merge_policy())?;
+        self.gmems[id.0 as usize] = gmem;
+        Ok(id)
+    }
+
     /// The guest_memfd `id`.
     pub fn gmem(&self, id: GmemId) -> Option<&Gmem> {
         self.gmems.get(id.0 as usize)
