@@ -15,7 +15,7 @@ use super::folios::to_per_gmem;
 use crate::workloads::{snp, tdx, Params};
 
 /// Guest accesses (`query` lines) as faults through the MMU model.
-fn as_faults(ops: Vec<Op>) -> Vec<Op> {
+pub(crate) fn as_faults(ops: Vec<Op>) -> Vec<Op> {
     ops.into_iter()
         .map(|op| match op {
             Op::Query { gpa, access } => Op::Fault { gpa, access },

@@ -36,6 +36,12 @@ pub struct FolioRow {
     pub merges: u64,
     /// The final sweep's private queries answered at 1G, 2M, 4K.
     pub private_queries: [u64; 3],
+    /// Huge private leaves a conversion or punch-hole cut, with every guest access faulted in
+    /// through the MMU model: TDX demotes (split layout) and SNP PSMASHes of 2M RMP entries
+    /// (unified layout).
+    pub demotes: u64,
+    /// See `demotes`.
+    pub psmash: u64,
     /// Operations the model refused (should be none).
     pub refused: u64,
 }
@@ -144,6 +150,8 @@ pub fn run(ops: &[Op], folio: Level, merge: MergePolicy) -> FolioRow {
         splits: 0,
         merges: 0,
         private_queries: [0; 3],
+        demotes: 0,
+        psmash: 0,
         refused: 0,
     };
     for op in &ops {
@@ -168,6 +176,7 @@ pub fn run(ops: &[Op], folio: Level, merge: MergePolicy) -> FolioRow {
     while row.huge_share_over_time.len() < SAMPLES {
         row.huge_share_over_time.push(huge_share(&r));
     }
+    (row.demotes, row.psmash) = cut_leaves(&ops);
     for (_, g) in r.tracker().gmems() {
         let [k4, m2, g1] = g.private_by_folio();
         row.private_4k += k4;
@@ -177,6 +186,29 @@ pub fn run(ops: &[Op], folio: Level, merge: MergePolicy) -> FolioRow {
         row.merges += g.folios().counts().merges;
     }
     row
+}
+
+/// The per-gmem run `ops` with every access faulted in, in the split layout (TDX demotes) and
+/// in the unified one (SNP PSMASHes).
+fn cut_leaves(ops: &[Op]) -> (u64, u64) {
+    let faulted = super::accept::as_faults(ops.to_vec());
+    let mut counts = [0u64; 2];
+    for (i, layout) in [cvmem_oplog::Layout::Split, cvmem_oplog::Layout::Unified]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = Replayer::new();
+        r.apply(&Op::Mmu {
+            layout,
+            recovery: None,
+        });
+        for op in &faulted {
+            r.apply(op);
+        }
+        let stats = r.vm().stats();
+        counts[i] = if i == 0 { stats.demotes } else { stats.psmash };
+    }
+    (counts[0], counts[1])
 }
 
 /// Percent of private memory in whole 2M or 1G folios now.
@@ -216,7 +248,7 @@ pub fn table(workload: &str, guest: &str, rows: &[FolioRow]) -> String {
         "huge folios, workload {workload} at {guest} (per guest_memfd; a change to shared punches the private copy, as QEMU does):\n"
     );
     out.push_str(&format!(
-        "  {:>5}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>22}  {}\n",
+        "  {:>5}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>7}  {:>6}  {:>22}  {}\n",
         "folio",
         "merge",
         "priv 1G",
@@ -224,6 +256,8 @@ pub fn table(workload: &str, guest: &str, rows: &[FolioRow]) -> String {
         "priv 4K",
         "splits",
         "merges",
+        "demotes",
+        "PSMASH",
         "private queries 1G/2M/4K",
         "huge share over time (%)"
     ));
@@ -234,7 +268,7 @@ pub fn table(workload: &str, guest: &str, rows: &[FolioRow]) -> String {
             .map(|s| format!("{s:.0}"))
             .collect();
         out.push_str(&format!(
-            "  {:>5}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>22}  {}\n",
+            "  {:>5}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>7}  {:>6}  {:>22}  {}\n",
             r.folio,
             r.merge,
             cvmem_oplog::fmt_bytes(r.private_1g),
@@ -242,6 +276,8 @@ pub fn table(workload: &str, guest: &str, rows: &[FolioRow]) -> String {
             cvmem_oplog::fmt_bytes(r.private_4k),
             r.splits,
             r.merges,
+            r.demotes,
+            r.psmash,
             format!(
                 "{}/{}/{}",
                 r.private_queries[0], r.private_queries[1], r.private_queries[2]
@@ -274,6 +310,8 @@ mod tests {
         // Order-0 pages: nothing huge, every private query at 4K.
         assert_eq!(huge(&rows[0]), 0);
         assert_eq!(rows[0].private_queries[..2], [0, 0]);
+        // No huge leaf to cut.
+        assert_eq!((rows[0].demotes, rows[0].psmash), (0, 0));
         assert!(rows[0].private_queries[2] > 0);
         // The same private memory whatever the folios.
         for r in &rows[1..] {
