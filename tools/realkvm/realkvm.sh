@@ -308,7 +308,10 @@ vmm | tee /tmp/vmm.out
 grep -q "^hypercall exit" /tmp/vmm.out
 cvmem kvm-run --workload selftest
 cvmem kvm-run --workload boot
-CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1
+CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1 --show-output 2>&1 | tee /tmp/kvm-guest.out | grep -E "^(test |note: (attributes|forced)|skipped)"
+grep -q "^test result: ok" /tmp/kvm-guest.out
+# A conversion forced through KVM_SET_MEMORY_ATTRIBUTES2 is refused by a kernel without it.
+grep -q "^note: forced KVM_SET_MEMORY_ATTRIBUTES2" /tmp/kvm-guest.out
 if [ "${REALKVM_IN_PLACE:-0}" = 1 ]; then
   # A default VM whose MMAP|INIT_SHARED guest_memfd is the memslot'"'"'s only memory (Linux 6.18+).
   CVMEM_KVM_VM_TYPE=default CVMEM_FIXTURES=/work/fixtures kvm_guest --test-threads 1 --show-output 2>&1 | tee /tmp/in-place.out | grep -E "^(note: path|test result)"
