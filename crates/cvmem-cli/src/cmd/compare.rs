@@ -78,6 +78,19 @@ pub(crate) struct Args {
     accept: bool,
 }
 
+impl Args {
+    /// The workload parameters at one guest size.
+    fn params(&self, guest_bytes: u64) -> Params {
+        Params {
+            guest_bytes,
+            vcpus: self.vcpus,
+            seed: self.seed,
+            flips: self.flips,
+            queries: self.queries,
+        }
+    }
+}
+
 /// Parses a size such as `4G` or `0x100000000`.
 pub(crate) fn size(s: &str) -> Result<u64, String> {
     parse_number(s.trim()).map_err(|e| format!("bad size `{s}`: {e}"))
@@ -214,13 +227,7 @@ fn accept(args: &Args, sizes: &[u64]) -> Result<ExitCode, String> {
     let mut out = String::new();
     let mut all = Vec::new();
     for &guest_bytes in sizes {
-        let params = Params {
-            guest_bytes,
-            vcpus: args.vcpus,
-            seed: args.seed,
-            flips: args.flips,
-            queries: args.queries,
-        };
+        let params = args.params(guest_bytes);
         let guest = cvmem_oplog::fmt_bytes(guest_bytes).to_string();
         let (tdx, snp) = (accept::tdx(&params), accept::snp(&params));
         out.push_str(&accept::tdx_table(&guest, &tdx));
@@ -238,13 +245,7 @@ fn folios(args: &Args, sizes: &[u64]) -> Result<ExitCode, String> {
     let mut out = String::new();
     let mut all = Vec::new();
     for &guest_bytes in sizes {
-        let params = Params {
-            guest_bytes,
-            vcpus: args.vcpus,
-            seed: args.seed,
-            flips: args.flips,
-            queries: args.queries,
-        };
+        let params = args.params(guest_bytes);
         let w = generate(&args.workload, &params).map_err(|e| e.to_string())?;
         let rows = cvmem_designs::eval::folios::compare(&w.ops);
         let guest = cvmem_oplog::fmt_bytes(guest_bytes).to_string();

@@ -34,16 +34,7 @@ pub fn profile_4g(p: &Params) -> Vec<Op> {
     for gfn in accepts {
         b.access(gfn * PAGE_SIZE, Access::Private);
     }
-    let (lo, hi) = FLIP_GFNS;
-    let hot = b.rng.range(lo, hi);
-    let hot_every = (p.flips / HOT_FLIPS).max(1);
-    for i in 0..p.flips {
-        let gfn = if i % hot_every == 0 && i / hot_every < HOT_FLIPS {
-            hot
-        } else {
-            b.rng.range(lo, hi)
-        };
-        let gpa = gfn * PAGE_SIZE;
+    for gpa in hot_range_flips(&mut b, p.flips) {
         let private = !b.is_private(gpa);
         b.convert(gpa, PAGE_SIZE, private, Via::TdxMapGpa);
         b.fault(gpa);
@@ -107,16 +98,7 @@ pub fn boot_accepts(p: &Params) -> Vec<Op> {
         }
     }
     boot_guest(&mut b, &guest, false);
-    let (lo, hi) = FLIP_GFNS;
-    let hot = b.rng.range(lo, hi);
-    let hot_every = (p.flips / HOT_FLIPS).max(1);
-    for i in 0..p.flips {
-        let gfn = if i % hot_every == 0 && i / hot_every < HOT_FLIPS {
-            hot
-        } else {
-            b.rng.range(lo, hi)
-        };
-        let gpa = gfn * PAGE_SIZE;
+    for gpa in hot_range_flips(&mut b, p.flips) {
         let private = !b.is_private(gpa);
         b.convert(gpa, PAGE_SIZE, private, Via::TdxMapGpa);
         if private {
@@ -132,6 +114,24 @@ pub fn boot_accepts(p: &Params) -> Vec<Op> {
         b.fault(gpa);
     }
     b.finish()
+}
+
+/// The pages `flips` single-page flips hit across [`FLIP_GFNS`]: one hot gfn [`HOT_FLIPS`]
+/// times, evenly spread, the others uniformly.
+fn hot_range_flips(b: &mut Builder, flips: u64) -> Vec<u64> {
+    let (lo, hi) = FLIP_GFNS;
+    let hot = b.rng.range(lo, hi);
+    let hot_every = (flips / HOT_FLIPS).max(1);
+    (0..flips)
+        .map(|i| {
+            let gfn = if i % hot_every == 0 && i / hot_every < HOT_FLIPS {
+                hot
+            } else {
+                b.rng.range(lo, hi)
+            };
+            gfn * PAGE_SIZE
+        })
+        .collect()
 }
 
 /// Faults at login in the published boot (its ~1,144 2M mappings).
