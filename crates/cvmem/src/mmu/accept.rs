@@ -24,6 +24,7 @@ use super::vm::Vm;
 
 /// When GUEST_INHIBIT is cleared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AcceptPolicy {
     /// Never (the TDX huge page series, and the op-log's `accept`).
     #[default]
