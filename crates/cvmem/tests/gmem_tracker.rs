@@ -471,3 +471,46 @@ fn the_vm_keeps_private_or_the_files_do_never_both() {
     );
     assert_eq!(vm.mixed_count(1, Level::M2), 0);
 }
+
+/// A slot all private in one file: mappable at its folio's size wherever the binding is
+/// congruent — whole 1G pages at 1G only with 1G folios, nothing above 4K with order-0 pages.
+#[test]
+fn a_private_slot_is_mappable_no_larger_than_its_folios() {
+    let g = 1u64 << 30;
+    for (folio, offset, want) in [
+        (Level::K4, 0, [0, 0, 2 * g]),
+        (Level::M2, 0, [0, 2 * g, 0]),
+        (Level::G1, 0, [2 * g, 0, 0]),
+        // Congruent modulo 2M only: the 1G folios map at 2M.
+        (Level::G1, 2 << 20, [0, 2 * g, 0]),
+    ] {
+        let mut t = Tracker::new().with_attr_mode(AttrMode::PerGmem);
+        let flags = GmemFlags {
+            mmap: true,
+            init_shared: false,
+            folio,
+        };
+        let file = t.create_guest_memfd(4 * g, flags).unwrap();
+        t.set_user_memory_region(&MemoryRegion {
+            slot: 0,
+            gpa: Gpa(0),
+            size: 2 * g,
+            flags: SlotFlags {
+                guest_memfd: true,
+                ..Default::default()
+            },
+            gmem: Some(GmemBinding {
+                gmem: file,
+                offset: GmemOffset(offset),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = t.eligibility(0).unwrap();
+        assert_eq!(
+            [e.bytes_1g, e.bytes_2m, e.bytes_4k],
+            want,
+            "{folio:?} at {offset:#x}"
+        );
+    }
+}

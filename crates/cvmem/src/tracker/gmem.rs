@@ -201,6 +201,8 @@ impl Tracker {
     /// For [`Tracker::eligibility`]: the private 2M pages of `slot` that its state allows at
     /// 1G or 2M but whose folio (or a binding not congruent at that size) allows less, as
     /// `[1G → 2M, 1G → 4K, 2M → 4K]` counts of 2M pages. `level_ok` is the slot's geometry.
+    /// One probe per 1G page of the private runs; per 2M page only for files of huge folios
+    /// (and where GUEST_INHIBIT is set): order-0 files, every kernel's so far, are counted.
     pub(super) fn folio_demotions(
         &self,
         slot: &Memslot,
@@ -211,43 +213,59 @@ impl Tracker {
             return down;
         };
         let (m2, g1) = (slot.lpage(Level::M2), slot.lpage(Level::G1));
-        let mut g1_counted: Option<(u64, bool)> = None;
-        let base = slot.base_gfn;
+        let any_inhibited_2m = m2.any_inhibited();
+        let order_0 = gmem.folios().order() == Level::K4;
+        let (base, g1_pages) = (slot.base_gfn, Level::G1.pages());
         self.for_each_kind_run(slot.range(), |run, kind| {
             if !kind.is_private() {
                 return;
             }
-            let mut p = run.start.div_ceil(512) * 512;
-            while p + 512 <= run.end {
-                let g = p & !(Level::G1.pages() - 1);
-                let whole_1g = match g1_counted {
-                    Some((at, counted)) if at == g => counted,
-                    _ => {
-                        // Only a 1G page wholly inside the slot may count at 1G.
-                        let inside = g >= base && g + Level::G1.pages() <= base + slot.npages;
-                        let counted = level_ok(Level::G1)
-                            && inside
-                            && self.probe_in(slot, Gfn(g)).uniform == Level::G1
-                            && !g1.is_inhibited(g);
-                        g1_counted = Some((g, counted));
-                        counted
+            // The 2M pages wholly inside the run, one 1G page at a time.
+            let (mut p, end) = (run.start.div_ceil(512) * 512, run.end / 512 * 512);
+            while p < end {
+                let g = p & !(g1_pages - 1);
+                let stop = end.min(g + g1_pages);
+                // Only a 1G page wholly inside the slot may count at 1G.
+                let inside = g >= base && g + g1_pages <= base + slot.npages;
+                let whole_1g = level_ok(Level::G1)
+                    && inside
+                    && self.probe_in(slot, Gfn(g)).uniform == Level::G1
+                    && !g1.is_inhibited(g);
+                let allowed_2m =
+                    |q: u64| level_ok(Level::M2) && !(any_inhibited_2m && m2.is_inhibited(q));
+                if order_0 {
+                    // Every private page is its own folio: all of them map at 4K.
+                    if whole_1g {
+                        down[1] += (stop - p) / 512;
+                    } else if level_ok(Level::M2) {
+                        let inhibited = if any_inhibited_2m {
+                            let pages = (p..stop).step_by(512);
+                            pages.filter(|&q| m2.is_inhibited(q)).count() as u64
+                        } else {
+                            0
+                        };
+                        down[2] += (stop - p) / 512 - inhibited;
                     }
-                };
-                let allowed = if whole_1g {
-                    Level::G1
-                } else if level_ok(Level::M2) && !m2.is_inhibited(p) {
-                    Level::M2
-                } else {
-                    Level::K4
-                };
-                let cap = gmem.folio_cap(first + (p - base), Gfn(p));
-                match (allowed, allowed.min(cap)) {
-                    (Level::G1, Level::M2) => down[0] += 1,
-                    (Level::G1, Level::K4) => down[1] += 1,
-                    (Level::M2, Level::K4) => down[2] += 1,
-                    _ => {}
+                    p = stop;
+                    continue;
                 }
-                p += 512;
+                while p < stop {
+                    let allowed = if whole_1g {
+                        Level::G1
+                    } else if allowed_2m(p) {
+                        Level::M2
+                    } else {
+                        Level::K4
+                    };
+                    let cap = gmem.folio_cap(first + (p - base), Gfn(p));
+                    match (allowed, allowed.min(cap)) {
+                        (Level::G1, Level::M2) => down[0] += 1,
+                        (Level::G1, Level::K4) => down[1] += 1,
+                        (Level::M2, Level::K4) => down[2] += 1,
+                        _ => {}
+                    }
+                    p += 512;
+                }
             }
         });
         down
