@@ -128,29 +128,30 @@ pub(crate) struct GmemCall {
     pub(crate) size: u64,
 }
 
-/// The guest_memfd ranges behind `range`: one call per memslot part with a guest_memfd (the
-/// other parts have no file to keep PRIVATE in). In slot order.
+/// The guest_memfd ranges behind `range`, each with its file: one call per memslot part with a
+/// guest_memfd (the other parts have no file to keep PRIVATE in). In gpa order.
 pub(crate) fn gmem_calls<'a>(
     memory: impl IntoIterator<Item = (&'a u32, &'a SlotMemory)>,
     range: GfnRange,
-) -> Vec<GmemCall> {
+) -> Vec<(&'a File, GmemCall)> {
     let mut calls = Vec::new();
     for (&slot, mem) in memory {
-        let Some((_, base)) = &mem.host.gmem else {
+        let Some((file, base)) = &mem.host.gmem else {
             continue;
         };
         let slot_range =
             GfnRange::new(mem.gpa / PAGE_SIZE, (mem.gpa + mem.host.size()) / PAGE_SIZE);
         if let Some(part) = slot_range.intersect(&range) {
-            calls.push(GmemCall {
+            let call = GmemCall {
                 slot,
                 gpa: part.start * PAGE_SIZE,
                 offset: base + (part.start * PAGE_SIZE - mem.gpa),
                 size: part.len() * PAGE_SIZE,
-            });
+            };
+            calls.push((file, call));
         }
     }
-    calls.sort_by_key(|c| c.gpa);
+    calls.sort_by_key(|(_, c)| c.gpa);
     calls
 }
 
@@ -174,12 +175,7 @@ pub(crate) fn set(
             })
             .map_err(|e| Error::kvm("KVM_SET_MEMORY_ATTRIBUTES", e)),
         (KvmAttributes::PerGmem(abi), Some(_)) => {
-            for call in gmem_calls(memory, range) {
-                let file: &File = memory
-                    .get(&call.slot)
-                    .and_then(|m| m.host.gmem.as_ref())
-                    .map(|(f, _)| f)
-                    .ok_or(Error::MissingCapability("guest_memfd"))?;
+            for (file, call) in gmem_calls(memory, range) {
                 set_on_file(abi, file, &call, attributes)?;
             }
             Ok(())

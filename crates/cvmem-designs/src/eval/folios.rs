@@ -192,11 +192,7 @@ pub fn run(ops: &[Op], folio: Level, merge: MergePolicy) -> FolioRow {
 /// in the unified one (SNP PSMASHes).
 fn cut_leaves(ops: &[Op]) -> (u64, u64) {
     let faulted = super::accept::as_faults(ops.to_vec());
-    let mut counts = [0u64; 2];
-    for (i, layout) in [cvmem_oplog::Layout::Split, cvmem_oplog::Layout::Unified]
-        .into_iter()
-        .enumerate()
-    {
+    let stats = |layout| {
         let mut r = Replayer::new();
         r.apply(&Op::Mmu {
             layout,
@@ -205,10 +201,11 @@ fn cut_leaves(ops: &[Op]) -> (u64, u64) {
         for op in &faulted {
             r.apply(op);
         }
-        let stats = r.vm().stats();
-        counts[i] = if i == 0 { stats.demotes } else { stats.psmash };
-    }
-    (counts[0], counts[1])
+        r.vm().stats()
+    };
+    let split = stats(cvmem_oplog::Layout::Split);
+    let unified = stats(cvmem_oplog::Layout::Unified);
+    (split.demotes, unified.psmash)
 }
 
 /// Percent of private memory in whole 2M or 1G folios now.
