@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use cvmem::{GfnRange, Level, Tracker, PAGE_SHIFT};
+use cvmem::{Gfn, GfnRange, Level, Tracker, PAGE_SHIFT};
 use cvmem_oplog::fmt_bytes;
 use serde::Serialize;
 
@@ -279,9 +279,9 @@ fn smallest_folio(tracker: &Tracker, a: u64, b: u64) -> Option<Level> {
 }
 
 fn classify(tracker: &Tracker, a: u64, b: u64) -> CellKind {
-    let range = GfnRange::new(a >> PAGE_SHIFT, b >> PAGE_SHIFT);
+    let range = GfnRange::new(Gfn(a >> PAGE_SHIFT), Gfn(b >> PAGE_SHIFT));
     let (mut private, mut shared, mut mixed) = (false, false, false);
-    let mut last: Option<(u64, cvmem::Kind)> = None;
+    let mut last: Option<(Gfn, cvmem::Kind)> = None;
     // Read from wherever PRIVATE is kept (per VM, or per guest_memfd through the bindings).
     tracker.for_each_kind_run(range, |run, kind| {
         if kind.is_private() {
@@ -291,7 +291,7 @@ fn classify(tracker: &Tracker, a: u64, b: u64) -> CellKind {
         }
         // A change of kind inside a 2M page (not at the cell's start) splits that 2M page.
         if last.is_some_and(|(end, k)| k != kind && end == run.start)
-            && !Level::M2.is_aligned(cvmem::Gfn(run.start))
+            && !Level::M2.is_aligned(run.start)
         {
             mixed = true;
         }

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use cvmem::{Access, GfnRange, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{Access, Gfn, GfnRange, PAGE_SHIFT, PAGE_SIZE};
 use cvmem_designs::workloads::{Layout, Rng};
 use cvmem_designs::Vm;
 use cvmem_designs::{make_design, Design, DESIGNS};
@@ -22,7 +22,7 @@ fn with_slots(name: &str, bytes: u64) -> (Box<dyn Design>, Layout) {
 
 fn make_private(d: &mut dyn Design, layout: &Layout) {
     for s in layout.ram.iter().chain(std::iter::once(&layout.firmware)) {
-        let r = GfnRange::new(s.gpa >> PAGE_SHIFT, s.end() >> PAGE_SHIFT);
+        let r = GfnRange::new(Gfn(s.gpa >> PAGE_SHIFT), Gfn(s.end() >> PAGE_SHIFT));
         d.set_attributes(r, 8).expect("converted");
     }
 }
@@ -65,7 +65,7 @@ fn bench_flips(c: &mut Criterion) {
             b.iter(|| {
                 let gfn = pages[i % pages.len()];
                 i += 1;
-                let r = GfnRange::new(gfn, gfn + 1);
+                let r = GfnRange::new(Gfn(gfn), Gfn(gfn + 1));
                 d.set_attributes(r, 0).expect("shared");
                 d.set_attributes(r, 8).expect("private");
             })
@@ -80,7 +80,7 @@ fn bench_queries(c: &mut Criterion) {
         let (mut d, layout) = with_slots(name, 64 << 30);
         make_private(d.as_mut(), &layout);
         for gfn in random_pages(&layout, 10_000, 3) {
-            d.set_attributes(GfnRange::new(gfn, gfn + 1), 0)
+            d.set_attributes(GfnRange::new(Gfn(gfn), Gfn(gfn + 1)), 0)
                 .expect("shared");
         }
         let probes = random_pages(&layout, 4096, 11);

@@ -1,7 +1,7 @@
 //! Word-level bit arrays for the per-page designs: one bit per 4 KiB gfn of a memslot (the
 //! PRIVATE attribute), and two bits per large page (shared, private, mixed).
 
-use cvmem::{GfnRange, Level};
+use cvmem::{Gfn, GfnRange, Level};
 
 /// One bit per gfn over `[origin, origin + len)`, where `origin` is 1G aligned so that every
 /// 2M page is 8 whole words and every 1G page 4096 whole words.
@@ -15,8 +15,8 @@ pub struct PageBits {
 impl PageBits {
     /// Clear bits covering `range` (rounded out to 1G at the start).
     pub fn new(range: GfnRange) -> Self {
-        let origin = Level::G1.align_down(cvmem::Gfn(range.start)).0;
-        let len = range.end - origin;
+        let origin = Level::G1.align_down(range.start).0;
+        let len = range.end.0 - origin;
         PageBits {
             origin,
             len,
@@ -40,8 +40,8 @@ impl PageBits {
     pub fn fill(&mut self, range: GfnRange, v: bool) {
         fill_bits(
             &mut self.words,
-            range.start - self.origin,
-            range.end - self.origin,
+            range.start.0 - self.origin,
+            range.end.0 - self.origin,
             v,
         );
     }
@@ -61,6 +61,7 @@ impl PageBits {
 
     /// The maximal runs of set bits inside `range`, in address order.
     pub fn set_runs(&self, range: GfnRange) -> Vec<GfnRange> {
+        let range = range.gfns();
         let mut runs = Vec::new();
         let mut gfn = range.start;
         let mut run_start: Option<u64> = None;
@@ -79,7 +80,7 @@ impl PageBits {
                 run_start.get_or_insert(gfn);
             } else if bits == 0 {
                 if let Some(s) = run_start.take() {
-                    runs.push(GfnRange::new(s, gfn));
+                    runs.push(GfnRange::new(Gfn(s), Gfn(gfn)));
                 }
             } else {
                 for k in 0..span {
@@ -87,7 +88,7 @@ impl PageBits {
                     match (set, run_start) {
                         (true, None) => run_start = Some(gfn + k),
                         (false, Some(s)) => {
-                            runs.push(GfnRange::new(s, gfn + k));
+                            runs.push(GfnRange::new(Gfn(s), Gfn(gfn + k)));
                             run_start = None;
                         }
                         _ => {}
@@ -97,7 +98,7 @@ impl PageBits {
             gfn += span;
         }
         if let Some(s) = run_start {
-            runs.push(GfnRange::new(s, range.end));
+            runs.push(GfnRange::new(Gfn(s), Gfn(range.end)));
         }
         runs
     }
@@ -277,15 +278,15 @@ mod tests {
 
     #[test]
     fn runs_of_page_bits() {
-        let mut b = PageBits::new(GfnRange::new(0x40000 + 5, 0x40000 + 1000));
-        b.fill(GfnRange::new(0x40000 + 10, 0x40000 + 20), true);
-        b.fill(GfnRange::new(0x40000 + 64, 0x40000 + 300), true);
-        let runs = b.set_runs(GfnRange::new(0x40000 + 5, 0x40000 + 1000));
+        let mut b = PageBits::new(GfnRange::new(Gfn(0x40000 + 5), Gfn(0x40000 + 1000)));
+        b.fill(GfnRange::new(Gfn(0x40000 + 10), Gfn(0x40000 + 20)), true);
+        b.fill(GfnRange::new(Gfn(0x40000 + 64), Gfn(0x40000 + 300)), true);
+        let runs = b.set_runs(GfnRange::new(Gfn(0x40000 + 5), Gfn(0x40000 + 1000)));
         assert_eq!(
             runs,
             vec![
-                GfnRange::new(0x40000 + 10, 0x40000 + 20),
-                GfnRange::new(0x40000 + 64, 0x40000 + 300)
+                GfnRange::new(Gfn(0x40000 + 10), Gfn(0x40000 + 20)),
+                GfnRange::new(Gfn(0x40000 + 64), Gfn(0x40000 + 300))
             ]
         );
         assert_eq!(b.uniform_block(0x40000 + 64, 2), Some(true));

@@ -42,7 +42,7 @@ impl Design for Dense {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         self.model
-            .set_memory_attributes(range.start * PAGE_SIZE, range.len() * PAGE_SIZE, attributes)
+            .set_memory_attributes(range.start.gpa().0, range.len() * PAGE_SIZE, attributes)
             .map_err(|_| Error::Unsupported {
                 what: cvmem::Unsupported::OracleRejected,
             })

@@ -6,7 +6,7 @@
 //! that every design can be checked against every other on every query.
 
 use cvmem::{
-    Access, Error, GfnRange, Level, MaxLevel, MemoryFault, SlotFlags, PAGE_SHIFT, PAGE_SIZE,
+    Access, Error, Gfn, GfnRange, Level, MaxLevel, MemoryFault, SlotFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// A valid memslot as a design sees it: the core's memslot without its large-page info (the
@@ -47,7 +47,7 @@ impl Slot {
     }
     /// The gfns the slot covers.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.base_gfn, self.end_gfn())
+        GfnRange::new(Gfn(self.base_gfn), Gfn(self.end_gfn()))
     }
     /// Whether `gfn` lies in the slot.
     pub const fn contains(&self, gfn: u64) -> bool {
@@ -67,7 +67,7 @@ impl Slot {
         let start = level.align_down(cvmem::Gfn(gfn)).0;
         let end = start + level.pages();
         if self.base_gfn <= start && end <= self.end_gfn() {
-            Some(GfnRange::new(start, end))
+            Some(GfnRange::new(Gfn(start), Gfn(end)))
         } else {
             None
         }

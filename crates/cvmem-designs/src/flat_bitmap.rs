@@ -3,7 +3,7 @@
 //! bits (8 words) of a 2M page, and the 2M states of a 1G page, i.e. its 262,144 bits (4,096
 //! words). Conversions only fill bits. Attributes outside memslots live in a side table.
 
-use cvmem::{Access, Error, GfnRange, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT};
+use cvmem::{Access, Error, Gfn, GfnRange, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT};
 
 use crate::bits::PageBits;
 use crate::design::{answer, Design, Slot};
@@ -32,11 +32,11 @@ impl Design for FlatBitmap {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         let private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        for (slot, bits) in self.slots.overlapping_mut(range.start, range.end) {
+        for (slot, bits) in self.slots.overlapping_mut(range.start.0, range.end.0) {
             bits.fill(
                 GfnRange::new(
-                    range.start.max(slot.base_gfn),
-                    range.end.min(slot.end_gfn()),
+                    range.start.max(Gfn(slot.base_gfn)),
+                    range.end.min(Gfn(slot.end_gfn())),
                 ),
                 private,
             );

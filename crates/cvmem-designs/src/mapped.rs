@@ -74,7 +74,7 @@ impl FullyMapped {
         };
         for (r, private) in runs {
             self.vm.fault_range(
-                Gpa(r.start * PAGE_SIZE),
+                r.start.gpa(),
                 r.len() * PAGE_SIZE,
                 Access::from_private(private),
             )?;
@@ -93,16 +93,13 @@ impl FullyMapped {
             let r = leaf.range();
             (r.intersect(&range).is_some()).then_some(r)
         };
-        let before: Vec<GfnRange> = [range.start.checked_sub(1), Some(range.end)]
+        let before: Vec<GfnRange> = [range.start.0.checked_sub(1), Some(range.end.0)]
             .into_iter()
             .flatten()
             .filter_map(|g| straddling(&self.vm, g))
             .collect();
-        self.vm.set_memory_attributes(
-            Gpa(range.start * PAGE_SIZE),
-            range.len() * PAGE_SIZE,
-            attributes,
-        )?;
+        self.vm
+            .set_memory_attributes(range.start.gpa(), range.len() * PAGE_SIZE, attributes)?;
         self.map(range)?;
         for leaf in before {
             if leaf.start < range.start {

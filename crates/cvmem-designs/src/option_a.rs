@@ -7,7 +7,9 @@
 //! inside a mixed 2M page) and the 1G state. Memory: 32 MiB of bits per TiB of memslots.
 //! Attributes of gfns outside every memslot live in a side table ([`crate::outside`]).
 
-use cvmem::{Access, Error, GfnRange, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT};
+use cvmem::{
+    Access, Error, Gfn, GfnRange, Level, MaxLevel, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT,
+};
 
 use crate::bits::{Crumb, Crumbs, PageBits};
 use crate::design::{answer, Design, Slot};
@@ -55,6 +57,7 @@ impl Arrays {
     /// After the bits of `range` (inside `slot`) were set to `private`: whole large pages take
     /// the state, head and tail are rescanned; levels in increasing order.
     fn update(&mut self, slot: &Slot, range: GfnRange, private: bool) {
+        let range = range.gfns();
         let uniform = if private {
             Crumb::Private
         } else {
@@ -137,11 +140,11 @@ pub(crate) fn set_outside<T>(
     private: bool,
 ) {
     let mut at = range.start;
-    for (slot, _) in slots.overlapping(range.start, range.end) {
-        if at < slot.base_gfn {
-            outside.set(GfnRange::new(at, slot.base_gfn), private);
+    for (slot, _) in slots.overlapping(range.start.0, range.end.0) {
+        if at < Gfn(slot.base_gfn) {
+            outside.set(GfnRange::new(at, Gfn(slot.base_gfn)), private);
         }
-        at = at.max(slot.end_gfn());
+        at = at.max(Gfn(slot.end_gfn()));
     }
     if at < range.end {
         outside.set(GfnRange::new(at, range.end), private);
@@ -155,10 +158,10 @@ impl Design for OptionA {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         let private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
-        for (slot, arrays) in self.slots.overlapping_mut(range.start, range.end) {
+        for (slot, arrays) in self.slots.overlapping_mut(range.start.0, range.end.0) {
             let clipped = GfnRange::new(
-                range.start.max(slot.base_gfn),
-                range.end.min(slot.end_gfn()),
+                range.start.max(Gfn(slot.base_gfn)),
+                range.end.min(Gfn(slot.end_gfn())),
             );
             arrays.bits.fill(clipped, private);
             arrays.update(slot, clipped, private);

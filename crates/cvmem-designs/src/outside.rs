@@ -7,6 +7,7 @@
 //! Creating a slot moves the runs it covers into the slot's arrays; deleting one moves its
 //! private pages back here.
 
+use cvmem::Gfn;
 use cvmem::GfnRange;
 
 /// Private runs outside memslots.
@@ -32,6 +33,7 @@ impl Outside {
         if range.is_empty() {
             return;
         }
+        let range = range.gfns();
         let (mut start, mut end) = (range.start, range.end);
         // Runs that overlap or touch the range.
         let lo = self.runs.partition_point(|&(_, e)| e < start);
@@ -65,11 +67,12 @@ impl Outside {
 
     /// The private runs inside `range`, clipped to it.
     pub fn runs_in(&self, range: GfnRange) -> Vec<GfnRange> {
+        let range = range.gfns();
         let lo = self.runs.partition_point(|&(_, e)| e <= range.start);
         self.runs[lo..]
             .iter()
             .take_while(|&&(s, _)| s < range.end)
-            .map(|&(s, e)| GfnRange::new(s.max(range.start), e.min(range.end)))
+            .map(|&(s, e)| GfnRange::new(Gfn(s.max(range.start)), Gfn(e.min(range.end))))
             .collect()
     }
 
@@ -96,16 +99,19 @@ mod tests {
     #[test]
     fn set_merges_and_splits() {
         let mut o = Outside::new();
-        o.set(GfnRange::new(10, 20), true);
-        o.set(GfnRange::new(20, 30), true);
-        o.set(GfnRange::new(40, 50), true);
+        o.set(GfnRange::new(Gfn(10), Gfn(20)), true);
+        o.set(GfnRange::new(Gfn(20), Gfn(30)), true);
+        o.set(GfnRange::new(Gfn(40), Gfn(50)), true);
         assert_eq!(o.runs, vec![(10, 30), (40, 50)]);
-        o.set(GfnRange::new(15, 45), false);
+        o.set(GfnRange::new(Gfn(15), Gfn(45)), false);
         assert_eq!(o.runs, vec![(10, 15), (45, 50)]);
         assert!(o.get(14) && !o.get(15) && o.get(45) && !o.get(50));
         assert_eq!(
-            o.take(GfnRange::new(12, 48)),
-            vec![GfnRange::new(12, 15), GfnRange::new(45, 48)]
+            o.take(GfnRange::new(Gfn(12), Gfn(48))),
+            vec![
+                GfnRange::new(Gfn(12), Gfn(15)),
+                GfnRange::new(Gfn(45), Gfn(48))
+            ]
         );
         assert_eq!(o.runs, vec![(10, 12), (48, 50)]);
     }

@@ -64,7 +64,7 @@ impl Design for RangeMapDesign {
     }
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
-        let r = range.start..range.end;
+        let r = range.gfns();
         if attributes == 0 {
             self.map.remove(r);
         } else {

@@ -65,6 +65,7 @@ impl Design for RoaringDesign {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         let private = attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0;
+        let range = range.gfns();
         let mut start = range.start;
         while start < range.end {
             let hi = start >> 32;

@@ -3,7 +3,7 @@
 //! else allocates meanwhile). An allocation there would be infallible — an out-of-memory abort
 //! where the store promises `NoMemory` and no change.
 
-use cvmem::{AttrStore, GfnRange, KVM_MEMORY_ATTRIBUTE_PRIVATE as P};
+use cvmem::{AttrStore, Gfn, GfnRange, KVM_MEMORY_ATTRIBUTE_PRIVATE as P};
 use cvmem_designs::meter::{self, CountingAlloc};
 
 #[global_allocator]
@@ -13,7 +13,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 const UNIT: u64 = 1 << 27;
 
 fn units(a: u64, b: u64) -> GfnRange {
-    GfnRange::new(a * UNIT, b * UNIT)
+    GfnRange::new(Gfn(a * UNIT), Gfn(b * UNIT))
 }
 
 /// Runs `f`, asserting that it allocated nothing.
@@ -54,8 +54,8 @@ fn conversions_with_room_allocate_nothing() {
     // A new memslot's start-up conversion, once `reserve_span` made ready what it needs: a
     // node for a partial unit, its regions for partial 1G pages, a unit run.
     let slots = [
-        GfnRange::new(30 * UNIT + 7, 30 * UNIT + (3 << 18) + 9),
-        GfnRange::new(31 * UNIT - 5, 33 * UNIT + 11),
+        GfnRange::new(Gfn(30 * UNIT + 7), Gfn(30 * UNIT + (3 << 18) + 9)),
+        GfnRange::new(Gfn(31 * UNIT - 5), Gfn(33 * UNIT + 11)),
         units(40, 42),
     ];
     for range in slots {

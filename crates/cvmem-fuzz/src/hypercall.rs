@@ -61,7 +61,7 @@ pub fn check_map_gpa_range(gpa: u64, npages: u64, attrs: u64) {
             assert_eq!(r.size(), npages * PAGE_SIZE, "{args}");
             let range = r.range();
             assert_eq!(
-                (range.start, range.len()),
+                (range.start.0, range.len()),
                 (gpa / PAGE_SIZE, npages),
                 "{args}"
             );
@@ -108,7 +108,7 @@ mod kvm {
                 assert_eq!((req.gpa(), req.npages()), (gpa, npages), "{what}");
                 let to = Kind::from_private(attrs & 0x10 != 0);
                 assert_eq!(req.to, to, "{what}");
-                assert_eq!(req.range.start, gpa / PAGE_SIZE, "{what}");
+                assert_eq!(req.range.start.0, gpa / PAGE_SIZE, "{what}");
             }
             Err(e) => {
                 let want = match e {

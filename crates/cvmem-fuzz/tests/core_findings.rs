@@ -2,13 +2,13 @@
 //! reach. Each test pins one fix. (An open finding would be an `#[ignore]`d test naming the fix
 //! it needs, run with `--include-ignored`.)
 
-use cvmem::{GfnRange, Level, MapGpaRange};
+use cvmem::{Gfn, GfnRange, Level, MapGpaRange};
 
 /// `GfnRange::len` subtracted without a check: a reversed range panicked (overflow) in debug
 /// builds and wrapped to a huge length in release. Fixed in `addr.rs` (`saturating_sub`).
 #[test]
 fn a_reversed_gfn_range_is_empty_and_has_no_length() {
-    let reversed = GfnRange::new(u64::MAX, 0);
+    let reversed = GfnRange::new(Gfn(u64::MAX), Gfn(0));
     assert!(reversed.is_empty());
     assert_eq!(reversed.len(), 0);
     assert_eq!(reversed.bytes(), 0);
@@ -27,5 +27,5 @@ fn a_hand_built_map_gpa_range_does_not_panic() {
     };
     assert_eq!(forged.size(), u64::MAX);
     let range = forged.range();
-    assert!(range.start <= range.end && range.end <= cvmem::GFN_END);
+    assert!(range.start <= range.end && range.end <= Gfn(cvmem::GFN_END));
 }

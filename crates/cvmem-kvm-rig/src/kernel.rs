@@ -349,7 +349,10 @@ impl Executor for KernelVm {
             None => 0,
         };
         let hva = other_host_address(hva, delta, other_backing);
-        let old_range = GfnRange::new(old.gpa / PAGE_SIZE, (old.gpa + old.size) / PAGE_SIZE);
+        let old_range = GfnRange::new(
+            Gfn(old.gpa / PAGE_SIZE),
+            Gfn((old.gpa + old.size) / PAGE_SIZE),
+        );
         let (old_gpa, old_dirty_log) = (old.gpa, old.dirty_log);
         self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
             slot: r.slot,
@@ -381,7 +384,7 @@ impl Executor for KernelVm {
     fn set_attributes(&mut self, gpa: Gpa, size: u64, attributes: u64) -> Result<()> {
         self.set_kvm_attributes(gpa.0, size, attributes)?;
         // KVM accepted the range, so it is page aligned and inside the gfn space.
-        let range = GfnRange::new(gpa.gfn().0, gpa.gfn().0 + size / PAGE_SIZE);
+        let range = GfnRange::from_len(gpa.gfn(), size / PAGE_SIZE);
         self.told.set(range, attributes)?;
         Ok(())
     }

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use cvmem::{Gpa, Level, Tracker, TrackerSnapshot, PAGE_SIZE};
+use cvmem::{Gfn, Gpa, Level, Tracker, TrackerSnapshot, PAGE_SIZE};
 use cvmem_kvm::{Backing, ConversionRequest, CvmMemory, RequestSource, SlotSpec};
 
 const GIB: u64 = 1 << 30;
@@ -196,7 +196,7 @@ fn snapshots() -> Vec<(String, TrackerSnapshot)> {
     })
     .expect("a slot");
     for p in (0..RAM / PAGE_SIZE).step_by(2) {
-        t.set_range_attributes(cvmem::GfnRange::new(p, p + 1), 8)
+        t.set_range_attributes(cvmem::GfnRange::new(Gfn(p), Gfn(p + 1)), 8)
             .expect("a page");
     }
     out.push(("4 GiB of alternating pages".into(), t.snapshot()));

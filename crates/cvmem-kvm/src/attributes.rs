@@ -11,7 +11,7 @@
 
 use std::fs::File;
 
-use cvmem::{GfnRange, Gpa, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{Gfn, GfnRange, Gpa, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
 use kvm_ioctls::VmFd;
 
 use crate::backing::SlotMemory;
@@ -139,13 +139,15 @@ pub(crate) fn gmem_calls<'a>(
         let Some((file, base)) = &mem.host.gmem else {
             continue;
         };
-        let slot_range =
-            GfnRange::new(mem.gpa / PAGE_SIZE, (mem.gpa + mem.host.size()) / PAGE_SIZE);
+        let slot_range = GfnRange::new(
+            Gfn(mem.gpa / PAGE_SIZE),
+            Gfn((mem.gpa + mem.host.size()) / PAGE_SIZE),
+        );
         if let Some(part) = slot_range.intersect(&range) {
             let call = GmemCall {
                 slot,
-                gpa: part.start * PAGE_SIZE,
-                offset: base + (part.start * PAGE_SIZE - mem.gpa),
+                gpa: part.start.gpa().0,
+                offset: base + (part.start.gpa().0 - mem.gpa),
                 size: part.len() * PAGE_SIZE,
             };
             calls.push((file, call));
@@ -168,7 +170,7 @@ pub(crate) fn set(
         (KvmAttributes::None, _) | (_, None) => Ok(()),
         (KvmAttributes::PerVm, Some(vm)) => vm
             .set_memory_attributes(kvm_bindings::kvm_memory_attributes {
-                address: range.start * PAGE_SIZE,
+                address: range.start.gpa().0,
                 size: range.len() * PAGE_SIZE,
                 attributes,
                 flags: 0,

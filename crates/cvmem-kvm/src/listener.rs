@@ -36,7 +36,7 @@ pub struct SlotRange {
 impl SlotRange {
     /// First byte (the IOVA under an identity IOMMU mapping).
     pub const fn gpa(&self) -> u64 {
-        self.range.start * cvmem::PAGE_SIZE
+        self.range.start.gpa().0
     }
     /// Size in bytes.
     pub const fn size(&self) -> u64 {

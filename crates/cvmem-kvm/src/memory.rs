@@ -470,7 +470,7 @@ impl CvmMemory {
         let _span = tracing::debug_span!(
             target: "cvmem_kvm",
             "convert",
-            gpa = req.range.start * PAGE_SIZE,
+            gpa = req.range.start.gpa().0,
             pages = req.range.len(),
             to = req.to.name(),
             source = req.source.name(),
@@ -709,7 +709,7 @@ impl CvmMemory {
                         out.push(SlotRange {
                             slot: s.id(),
                             range: r,
-                            hva: info.hva + (r.start - s.base_gfn()) * PAGE_SIZE,
+                            hva: info.hva + (r.start.0 - s.base_gfn()) * PAGE_SIZE,
                         });
                     }
                 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[cfg(feature = "mmu-model")]
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
 use cvmem::{
-    Access, AttrRun, GfnRange, Gpa, Level, MaxLevel, SlotFlags, Tracker,
+    Access, AttrRun, Gfn, GfnRange, Gpa, Level, MaxLevel, SlotFlags, Tracker,
     KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
 
@@ -125,7 +125,7 @@ pub fn pages_of(gpa: Gpa, size: u64) -> Result<GfnRange, cvmem::Error> {
         start: gpa.0,
         size,
     })?;
-    Ok(GfnRange::new(gpa.gfn().0, end.div_ceil(PAGE_SIZE)))
+    Ok(GfnRange::new(gpa.gfn(), Gfn(end.div_ceil(PAGE_SIZE))))
 }
 
 /// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state that never blocks.
@@ -260,7 +260,7 @@ impl MemoryQuery {
             (self.slots_of(t, &infos), ranges)
         });
         let mut next = 0;
-        let everything = GfnRange::new(0, cvmem::GFN_END);
+        let everything = GfnRange::new(Gfn(0), Gfn(cvmem::GFN_END));
         self.shared.tracker.for_each_run(everything, |r| {
             if r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
                 return std::ops::ControlFlow::<()>::Continue(());
@@ -280,7 +280,7 @@ impl MemoryQuery {
             }
             map.private_runs += 1;
             if map.private.len() < MemoryMap::PRIVATE_RUNS_MAX {
-                map.private.push((run.start * PAGE_SIZE, run.bytes()));
+                map.private.push((run.start.gpa().0, run.bytes()));
             }
             std::ops::ControlFlow::Continue(())
         });

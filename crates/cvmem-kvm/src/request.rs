@@ -222,7 +222,7 @@ impl ConversionRequest {
 
     /// First byte of the range.
     pub const fn gpa(&self) -> u64 {
-        self.range.start * PAGE_SIZE
+        self.range.start.gpa().0
     }
 
     /// Number of 4K pages.

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cvmem::{Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+use cvmem::{Gfn, Gpa, Level, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 use cvmem_kvm::{Backing, ConversionListener, CvmMemory, ListenerError, MemoryEvent, SlotSpec};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level as TraceLevel, Metadata, Subscriber};
@@ -54,7 +54,7 @@ impl ConversionListener for Refuse {
         "refuse"
     }
     fn notify(&self, e: &MemoryEvent<'_>) -> Result<(), ListenerError> {
-        if e.to == cvmem::Kind::Shared && e.ranges.iter().any(|r| r.range.start == 0x100) {
+        if e.to == cvmem::Kind::Shared && e.ranges.iter().any(|r| r.range.start == Gfn(0x100)) {
             return Err(ListenerError {
                 listener: "refuse".into(),
                 message: "no".into(),

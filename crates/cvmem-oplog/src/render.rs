@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use cvmem::mmu::FaultOutcome;
-use cvmem::{MaxLevel, SlotChange, PAGE_SIZE};
+use cvmem::{MaxLevel, SlotChange};
 
 use crate::exec::Outcome;
 use crate::op::Op;
@@ -25,7 +25,7 @@ pub fn result_text(outcome: &Outcome) -> Option<String> {
     Some(match outcome {
         Outcome::Done => return None,
         Outcome::Slot(SlotChange::Moved { old }) => {
-            format!("moved from {:#x}", old.start.saturating_mul(PAGE_SIZE))
+            format!("moved from {}", old.start.gpa())
         }
         Outcome::Slot(SlotChange::DirtyLog { enabled }) => {
             format!("dirty-log {}", if *enabled { "on" } else { "off" })

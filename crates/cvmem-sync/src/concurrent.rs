@@ -118,7 +118,7 @@ impl ConcurrentTracker {
                     return Some(b);
                 }
             }
-            from = batch.last().map_or(range.end, |r| r.end.0);
+            from = batch.last().map_or(range.end, |r| r.end);
         }
         None
     }
@@ -397,7 +397,9 @@ impl ConcurrentTracker {
                 GfnRange::new(h.start.min(r.start), h.end.max(r.end))
             }))
         });
-        let _invalidation = self.invalidate.begin(hull.unwrap_or(GfnRange::new(0, 0)));
+        let _invalidation = self
+            .invalidate
+            .begin(hull.unwrap_or(GfnRange::new(Gfn(0), Gfn(0))));
         for r in bound {
             zap(r);
         }
@@ -484,10 +486,10 @@ fn slot_change_range(old: Option<GfnRange>, r: &MemoryRegion) -> GfnRange {
         .gpa
         .checked_add(r.size)
         .filter(|_| r.size != 0)
-        .map(|end| GfnRange::new(r.gpa.gfn().0, end.0.div_ceil(PAGE_SIZE).min(GFN_END)));
+        .map(|end| GfnRange::new(r.gpa.gfn(), Gfn(end.0.div_ceil(PAGE_SIZE).min(GFN_END))));
     match (old, new) {
         (Some(a), Some(b)) => GfnRange::new(a.start.min(b.start), a.end.max(b.end)),
         (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => GfnRange::new(0, GFN_END),
+        (None, None) => GfnRange::new(Gfn(0), Gfn(GFN_END)),
     }
 }

@@ -34,10 +34,10 @@ impl FaultTicket {
     /// The gfns a mapping made from this answer would cover: the aligned range of the answered
     /// level around the faulting gfn, or the gfn alone for `NoSlot` and memory-fault answers.
     pub fn range(&self) -> GfnRange {
-        let gfn = self.gpa.gfn().0;
+        let gfn = self.gpa.gfn();
         match self.answer {
-            MaxLevel::Level(level) => level.page_of(cvmem::Gfn(gfn)),
-            MaxLevel::NoSlot | MaxLevel::MemoryFault(_) => GfnRange::new(gfn, gfn + 1),
+            MaxLevel::Level(level) => level.page_of(gfn),
+            MaxLevel::NoSlot | MaxLevel::MemoryFault(_) => GfnRange::from_len(gfn, 1),
         }
     }
 }

@@ -49,8 +49,8 @@ impl InvalidateSeq {
         debug_assert!(seq % 2 == 0, "writers are serialised");
         // Orders the previous end (even count) before the new range.
         fence(Ordering::Release);
-        self.start.store(range.start, Ordering::Relaxed);
-        self.end.store(range.end, Ordering::Relaxed);
+        self.start.store(range.start.0, Ordering::Relaxed);
+        self.end.store(range.end.0, Ordering::Relaxed);
         self.seq.store(seq + 1, Ordering::Release);
         Invalidation {
             inv: self,
@@ -79,6 +79,6 @@ impl InvalidateSeq {
         if self.seq.load(Ordering::Relaxed) != now {
             return true;
         }
-        start < range.end && range.start < end
+        start < range.end.0 && range.start.0 < end
     }
 }

@@ -133,7 +133,7 @@ fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
             thread::spawn(move || {
                 let zap = |r: GfnRange| {
                     leaves.lock().unwrap().retain(|&(start, level)| {
-                        start + level.pages() <= r.start || r.end <= start
+                        start + level.pages() <= r.start.0 || r.end.0 <= start
                     })
                 };
                 assert!(vm.set_memory_attributes_with(Gpa(0), 4096, 0, zap).unwrap());
@@ -151,7 +151,7 @@ fn a_fault_racing_a_conversion_never_keeps_a_huge_page_across_it() {
                     if let MaxLevel::Level(level) = ticket.answer {
                         let mut leaves = leaves.lock().unwrap();
                         if !vm.is_stale(&ticket) {
-                            leaves.push((ticket.range().start, level));
+                            leaves.push((ticket.range().start.0, level));
                         }
                     }
                 })

@@ -50,7 +50,10 @@ fn a_fault_during_a_conversion_never_gets_a_huge_page_across_it() {
     assert_eq!(before.answer, MaxLevel::Level(Level::G1));
     let generation = vm.generation();
     vm.set_memory_attributes_with(Gpa(converted), K4, 0, |range| {
-        assert_eq!(range, GfnRange::new(converted / K4, converted / K4 + 1));
+        assert_eq!(
+            range,
+            GfnRange::new(Gfn(converted / K4), Gfn(converted / K4 + 1))
+        );
         // Not stored yet: readers see the old state, and nothing blocks them.
         assert_eq!(vm.attributes(Gfn(converted / K4)), PRIVATE);
         assert_eq!(vm.generation(), generation);
@@ -148,7 +151,7 @@ fn memslot_changes_invalidate_old_and_new_ranges() {
         .unwrap();
     vm.set_user_memory_region_with(&slot(Gpa(3 * G1), 0, false), |r| seen.push(r))
         .unwrap();
-    let gfns = |a: u64, b: u64| GfnRange::new(a / K4, b / K4);
+    let gfns = |a: u64, b: u64| GfnRange::new(Gfn(a / K4), Gfn(b / K4));
     assert_eq!(
         seen,
         [
@@ -209,7 +212,7 @@ fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns
 fn a_writer_that_panics_leaves_a_consistent_state() {
     let vm = private_guest();
     let generation = vm.generation();
-    let range = GfnRange::new(0, 1);
+    let range = GfnRange::new(Gfn(0), Gfn(1));
     // Panics half-way through the first copy: nothing published.
     let r = catch_unwind(AssertUnwindSafe(|| {
         vm.update(
@@ -249,7 +252,7 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
     for k in 1..5u64 {
         vm.set_memory_attributes(Gpa(k * K4), K4, 0).unwrap();
         for _ in 0..3 {
-            assert!(vm.range_has_attributes(GfnRange::new(0, k + 1), 0, PRIVATE));
+            assert!(vm.range_has_attributes(GfnRange::new(Gfn(0), Gfn(k + 1)), 0, PRIVATE));
             assert_eq!(vm.attributes(Gfn(k + 1)), PRIVATE);
         }
     }

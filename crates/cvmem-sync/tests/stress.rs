@@ -254,10 +254,10 @@ struct Mmu {
 impl Mmu {
     fn zap(&self, range: GfnRange) {
         let mut leaves = self.leaves.lock().unwrap();
-        let from = (Level::G1.align_down(Gfn(range.start)).0, Level::K4, false);
+        let from = (Level::G1.align_down(range.start).0, Level::K4, false);
         let hit: Vec<Leaf> = leaves
-            .range(from..(range.end, Level::K4, false))
-            .filter(|&&(start, level, _)| start + level.pages() > range.start)
+            .range(from..(range.end.0, Level::K4, false))
+            .filter(|&&(start, level, _)| start + level.pages() > range.start.0)
             .copied()
             .collect();
         for leaf in hit {
@@ -383,7 +383,8 @@ fn storm(start: Tracker, changes: &[Change]) {
                     let access = Access::from_private(rng.below(2) == 0);
                     if n % 2 == 0 {
                         // Reads: every answer from the one state of the generation seen.
-                        let range = GfnRange::new(gpa / K4, gpa / K4 + 1 + rng.below(1024));
+                        let range =
+                            GfnRange::new(Gfn(gpa / K4), Gfn(gpa / K4 + 1 + rng.below(1024)));
                         let (generation, level, attrs, runs, uniform) = vm.read(|snap| {
                             let t = snap.tracker();
                             (
@@ -425,7 +426,7 @@ fn storm(start: Tracker, changes: &[Change]) {
                         retries.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let leaf = (ticket.range().start, level, access.is_private());
+                    let leaf = (ticket.range().start.0, level, access.is_private());
                     leaves.insert(leaf);
                     installs.fetch_add(1, Ordering::Relaxed);
                     // Every installed leaf agrees with the live state, checked now and then

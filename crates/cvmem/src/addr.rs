@@ -160,7 +160,7 @@ impl Level {
     /// The gfns of the page of this level that holds `gfn`.
     pub const fn page_of(self, gfn: Gfn) -> GfnRange {
         let start = self.align_gfn(gfn.0);
-        GfnRange::new(start, start + self.pages())
+        GfnRange::new(Gfn(start), Gfn(start + self.pages()))
     }
     /// [`Level::align_down`] of a gfn's number, for the store's and the model's arithmetic.
     pub(crate) const fn align_gfn(self, gfn: u64) -> u64 {
@@ -199,27 +199,34 @@ impl fmt::Display for Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GfnRange {
     /// First gfn of the range.
-    pub start: u64,
+    pub start: Gfn,
     /// One past the last gfn.
-    pub end: u64,
+    pub end: Gfn,
 }
 
 impl GfnRange {
     /// A range; `start <= end` is the caller's promise (empty ranges are allowed).
-    pub const fn new(start: u64, end: u64) -> Self {
+    pub const fn new(start: Gfn, end: Gfn) -> Self {
         GfnRange { start, end }
+    }
+    /// The `pages` gfns from `start` (the end saturates at the 64-bit space's end).
+    pub const fn from_len(start: Gfn, pages: u64) -> Self {
+        GfnRange {
+            start,
+            end: Gfn(start.0.saturating_add(pages)),
+        }
     }
     /// Number of gfns in the range.
     pub const fn len(&self) -> u64 {
-        self.end.saturating_sub(self.start)
+        self.end.0.saturating_sub(self.start.0)
     }
     /// Whether the range holds no gfn.
     pub const fn is_empty(&self) -> bool {
-        self.end <= self.start
+        self.end.0 <= self.start.0
     }
     /// Whether `gfn` lies in the range.
-    pub const fn contains(&self, gfn: u64) -> bool {
-        self.start <= gfn && gfn < self.end
+    pub const fn contains(&self, gfn: Gfn) -> bool {
+        self.start.0 <= gfn.0 && gfn.0 < self.end.0
     }
     /// The overlap of two ranges, if any.
     pub fn intersect(&self, other: &GfnRange) -> Option<GfnRange> {
@@ -229,11 +236,15 @@ impl GfnRange {
     }
     /// Whether `other` lies wholly inside this range.
     pub const fn covers(&self, other: &GfnRange) -> bool {
-        self.start <= other.start && other.end <= self.end
+        self.start.0 <= other.start.0 && other.end.0 <= self.end.0
     }
     /// The byte size of the range (saturating at `u64::MAX` for the whole space).
     pub const fn bytes(&self) -> u64 {
         self.len().saturating_mul(PAGE_SIZE)
+    }
+    /// The gfns as numbers, for arithmetic and iteration.
+    pub const fn gfns(&self) -> core::ops::Range<u64> {
+        self.start.0..self.end.0
     }
 }
 

@@ -70,7 +70,7 @@ impl Tracker {
         let outside_pages = range.len() - inside;
         if outside_pages != 0 && to == Kind::Private {
             return Err(Error::OutsideMemslots {
-                gpa: range.start * PAGE_SIZE,
+                gpa: range.start.0 * PAGE_SIZE,
                 size: range.len() * PAGE_SIZE,
                 outside_pages,
             });

@@ -1,6 +1,6 @@
 //! Decoding of the guest's KVM_HC_MAP_GPA_RANGE hypercall.
 
-use crate::addr::{GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::tracker::{AttrRequest, Kind};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -75,9 +75,9 @@ impl MapGpaRange {
 
     /// The gfns the request covers (clipped to the gfn space for a hand-built value).
     pub const fn range(&self) -> GfnRange {
-        let start = self.gpa.gfn().0;
-        let end = start.saturating_add(self.npages);
-        GfnRange::new(start, if end > GFN_END { GFN_END } else { end })
+        let start = self.gpa.gfn();
+        let end = start.0.saturating_add(self.npages);
+        GfnRange::new(start, Gfn(if end > GFN_END { GFN_END } else { end }))
     }
 
     /// The memory attributes the request asks for.

@@ -29,8 +29,8 @@ pub(crate) struct LpageInfo {
 impl LpageInfo {
     /// The info of a slot covering `slot`: no allocation.
     pub(crate) fn new(level: Level, slot: GfnRange) -> Self {
-        let first = slot.start.div_ceil(level.pages());
-        let count = (slot.end >> level.page_shift()).saturating_sub(first);
+        let first = slot.start.0.div_ceil(level.pages());
+        let count = (slot.end.0 >> level.page_shift()).saturating_sub(first);
         LpageInfo {
             level,
             first,

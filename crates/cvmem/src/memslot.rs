@@ -1,6 +1,6 @@
 //! Memslots as KVM_SET_USER_MEMORY_REGION2 defines them.
 
-use crate::addr::{GfnRange, Gpa, Level, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::gmem::GmemBinding;
 use crate::lpage::LpageInfo;
@@ -140,7 +140,7 @@ impl Memslot {
     }
     /// The gfns the slot covers.
     pub fn range(&self) -> GfnRange {
-        GfnRange::new(self.base_gfn, self.base_gfn + self.npages)
+        GfnRange::from_len(Gfn(self.base_gfn), self.npages)
     }
     /// Guest physical address of the first byte.
     pub fn gpa(&self) -> u64 {

@@ -79,7 +79,7 @@ pub struct RunRecord {
 impl RunRecord {
     /// The run's gfns.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.start.0, self.end.0)
+        GfnRange::new(self.start, self.end)
     }
 }
 
@@ -210,7 +210,7 @@ impl Tracker {
                 return bad(crate::SnapshotFault::RunOrder);
             }
             last_end = r.end;
-            t.set_range_attributes(GfnRange::new(r.start.0, r.end.0), r.attributes)?;
+            t.set_range_attributes(GfnRange::new(r.start, r.end), r.attributes)?;
         }
         t.restore_inhibits(&snapshot.inhibited)?;
         let again = t.snapshot();

@@ -52,7 +52,7 @@ proptest! {
             let (from, count) = if page % 2 == 0 { (page * 512, 512) } else { (0, 1 << 18) };
             for i in (0..count).step_by(2) {
                 let g = base + from + i;
-                store.set(GfnRange::new(BASE + g, BASE + g + 1), P).unwrap();
+                store.set(GfnRange::new(Gfn(BASE + g), Gfn(BASE + g + 1)), P).unwrap();
                 dense[g as usize] = true;
             }
             store.check_invariants().map_err(TestCaseError::fail)?;
@@ -60,7 +60,7 @@ proptest! {
         let all: Vec<_> = ops.iter().map(|&(s, l, v)| (s, l.min(SPACE - s), v)).collect();
         for (i, &(start, len, v)) in all.iter().enumerate() {
             if len == 0 { continue; }
-            let range = GfnRange::new(BASE + start, BASE + start + len);
+            let range = GfnRange::new(Gfn(BASE + start), Gfn(BASE + start + len));
             let changed = store.set(range, if v { P } else { 0 }).unwrap();
             let slice = &mut dense[start as usize..(start + len) as usize];
             prop_assert_eq!(changed, slice.iter().any(|&d| d != v));
@@ -72,9 +72,9 @@ proptest! {
                 "{} bytes", store.heap_bytes());
             // Checking everything after every op is slow; check a window and, now and then, all.
             let (lo, hi) = if i % 32 == 0 { (BASE, BASE + SPACE) } else {
-                (range.start.saturating_sub(600).max(BASE), (range.end + 600).min(BASE + SPACE))
+                (range.start.0.saturating_sub(600).max(BASE), (range.end.0 + 600).min(BASE + SPACE))
             };
-            let runs: Vec<_> = store.runs(GfnRange::new(lo, hi)).map(|r| (r.start.0, r.end.0, r.attributes)).collect();
+            let runs: Vec<_> = store.runs(GfnRange::new(Gfn(lo), Gfn(hi))).map(|r| (r.start.0, r.end.0, r.attributes)).collect();
             prop_assert_eq!(&runs, &dense_runs(&dense, lo, hi));
         }
         // Per large page of the window: uniform, and of which kind (outside: shared).
@@ -112,14 +112,20 @@ proptest! {
 fn huge_uniform_ranges_cost_almost_nothing() {
     let mut store = AttrStore::new();
     // 64 TiB all private.
-    store.set(GfnRange::new(0, 64 << 18 << 10), P).unwrap();
+    store
+        .set(GfnRange::new(Gfn(0), Gfn(64 << 18 << 10)), P)
+        .unwrap();
     assert!(store.heap_bytes() < 1024, "{}", store.heap_bytes());
     assert_eq!(store.boundaries(), 2);
     // The whole gfn space private, then shared again.
-    store.set(GfnRange::new(0, cvmem::GFN_END), P).unwrap();
+    store
+        .set(GfnRange::new(Gfn(0), Gfn(cvmem::GFN_END)), P)
+        .unwrap();
     assert!(store.is_private(Gfn(cvmem::GFN_END - 1)));
     assert_eq!(store.boundaries(), 1);
-    store.set(GfnRange::new(0, cvmem::GFN_END), 0).unwrap();
+    store
+        .set(GfnRange::new(Gfn(0), Gfn(cvmem::GFN_END)), 0)
+        .unwrap();
     assert_eq!(store.boundaries(), 0);
     store.check_invariants().unwrap();
 }
@@ -127,7 +133,7 @@ fn huge_uniform_ranges_cost_almost_nothing() {
 #[test]
 fn other_attribute_bits_are_refused_and_change_nothing() {
     let mut store = AttrStore::new();
-    assert!(store.set(GfnRange::new(0, 8), 1).is_err());
+    assert!(store.set(GfnRange::new(Gfn(0), Gfn(8)), 1).is_err());
     assert_eq!(store.boundaries(), 0);
 }
 
@@ -164,10 +170,10 @@ proptest! {
     #[test]
     fn no_operation_sequence_exceeds_the_bound(ops in hostile_ops()) {
         let mut store = AttrStore::new();
-        let bound = AttrStore::bound_for(GfnRange::new(BASE, BASE + SPACE));
+        let bound = AttrStore::bound_for(GfnRange::new(Gfn(BASE), Gfn(BASE + SPACE)));
         let mut most = 0;
         for &(start, len, v) in &ops {
-            let range = GfnRange::new(BASE + start, BASE + start + len);
+            let range = GfnRange::new(Gfn(BASE + start), Gfn(BASE + start + len));
             store.set(range, if v { P } else { 0 }).unwrap();
             most = most.max(store.heap_bytes());
             prop_assert!(store.heap_bytes() <= bound, "{} > {} bytes", store.heap_bytes(), bound);
@@ -184,12 +190,12 @@ fn every_page_mixed_costs_about_a_flat_bitmap() {
     // Every other page of 4 GiB shared: every 2M page mixed, every region dense.
     let mut store = AttrStore::new();
     let gib = 1u64 << 18;
-    store.set(GfnRange::new(0, 4 * gib), P).unwrap();
+    store.set(GfnRange::new(Gfn(0), Gfn(4 * gib)), P).unwrap();
     for g in (0..4 * gib).step_by(2) {
-        store.set(GfnRange::new(g, g + 1), 0).unwrap();
+        store.set(GfnRange::new(Gfn(g), Gfn(g + 1)), 0).unwrap();
     }
     store.check_invariants().unwrap();
-    assert!(store.heap_bytes() <= AttrStore::bound_for(GfnRange::new(0, 4 * gib)));
+    assert!(store.heap_bytes() <= AttrStore::bound_for(GfnRange::new(Gfn(0), Gfn(4 * gib))));
     // Asymptotically WORST_BYTES_PER_GIB; at 4 GiB the node and spares still show.
     const { assert!(WORST_BYTES_PER_GIB <= 32768 * 101 / 100) };
     let per_gib = store.heap_bytes() / 4;
@@ -206,9 +212,9 @@ fn every_page_mixed_costs_about_a_flat_bitmap() {
 fn whole_aligned_entries_of_an_existing_node() {
     const G1: u64 = 1 << 18;
     let mut store = AttrStore::new();
-    store.set(GfnRange::new(5, 6), P).unwrap();
+    store.set(GfnRange::new(Gfn(5), Gfn(6)), P).unwrap();
     for e in [1u64, 3, 511] {
-        let range = GfnRange::new(e * G1, (e + 1) * G1);
+        let range = GfnRange::new(Gfn(e * G1), Gfn((e + 1) * G1));
         assert!(store.set(range, P).unwrap());
         assert!(!store.set(range, P).unwrap());
         store.check_invariants().unwrap();
@@ -218,18 +224,22 @@ fn whole_aligned_entries_of_an_existing_node() {
         assert_eq!(probe.uniform, Level::G1);
     }
     for e in [1u64, 3, 511] {
-        assert!(store.set(GfnRange::new(e * G1, (e + 1) * G1), 0).unwrap());
+        assert!(store
+            .set(GfnRange::new(Gfn(e * G1), Gfn((e + 1) * G1)), 0)
+            .unwrap());
         store.check_invariants().unwrap();
     }
-    assert!(store.set(GfnRange::new(5, 6), 0).unwrap());
+    assert!(store.set(GfnRange::new(Gfn(5), Gfn(6)), 0).unwrap());
     store.check_invariants().unwrap();
     assert_eq!(store.shape().nodes, 0);
     assert_eq!(store.boundaries(), 0);
     // All of a node made private one entry at a time becomes a run of units, not a node.
-    store.set(GfnRange::new(5, 6), P).unwrap();
-    store.set(GfnRange::new(0, G1), P).unwrap();
+    store.set(GfnRange::new(Gfn(5), Gfn(6)), P).unwrap();
+    store.set(GfnRange::new(Gfn(0), Gfn(G1)), P).unwrap();
     for e in 1..512u64 {
-        store.set(GfnRange::new(e * G1, (e + 1) * G1), P).unwrap();
+        store
+            .set(GfnRange::new(Gfn(e * G1), Gfn((e + 1) * G1)), P)
+            .unwrap();
     }
     store.check_invariants().unwrap();
     let shape = store.shape();
@@ -250,13 +260,24 @@ fn whole_aligned_entries_of_an_existing_node() {
 fn a_region_goes_when_its_last_odd_page_flips() {
     const G1: u64 = 1 << 18;
     for (first, last) in [
-        (GfnRange::new(0, 512), GfnRange::new(512, 1024)),
-        (GfnRange::new(0, 100), GfnRange::new(100, 512)),
-        (GfnRange::new(300, 700), GfnRange::new(0, 300)),
+        (
+            GfnRange::new(Gfn(0), Gfn(512)),
+            GfnRange::new(Gfn(512), Gfn(1024)),
+        ),
+        (
+            GfnRange::new(Gfn(0), Gfn(100)),
+            GfnRange::new(Gfn(100), Gfn(512)),
+        ),
+        (
+            GfnRange::new(Gfn(300), Gfn(700)),
+            GfnRange::new(Gfn(0), Gfn(300)),
+        ),
     ] {
         let mut store = AttrStore::new();
-        store.set(GfnRange::new(512, 1024), P).unwrap();
-        store.set(GfnRange::new(512, G1 + 512), P).unwrap();
+        store.set(GfnRange::new(Gfn(512), Gfn(1024)), P).unwrap();
+        store
+            .set(GfnRange::new(Gfn(512), Gfn(G1 + 512)), P)
+            .unwrap();
         store.set(first, P).unwrap();
         store.check_invariants().unwrap();
         store.set(last, P).unwrap();
@@ -277,15 +298,18 @@ fn a_region_goes_when_its_last_odd_page_flips() {
 fn a_copy_keeps_the_room_its_updates_need() {
     const G1: u64 = 1 << 18;
     let mut s = AttrStore::new();
-    s.set(GfnRange::new(0, 64 * G1), P).unwrap();
-    s.set(GfnRange::new(9 * G1 + 7, 9 * G1 + 9), 0).unwrap();
+    s.set(GfnRange::new(Gfn(0), Gfn(64 * G1)), P).unwrap();
+    s.set(GfnRange::new(Gfn(9 * G1 + 7), Gfn(9 * G1 + 9)), 0)
+        .unwrap();
     // A region comes and goes in entry 3: parked, with its room.
-    s.set(GfnRange::new(3 * G1 + 100, 3 * G1 + 108), 0).unwrap();
-    s.set(GfnRange::new(3 * G1 + 100, 3 * G1 + 108), P).unwrap();
+    s.set(GfnRange::new(Gfn(3 * G1 + 100), Gfn(3 * G1 + 108)), 0)
+        .unwrap();
+    s.set(GfnRange::new(Gfn(3 * G1 + 100), Gfn(3 * G1 + 108)), P)
+        .unwrap();
     let mut copy = s.clone();
     for store in [&mut s, &mut copy] {
         store
-            .set(GfnRange::new(5 * G1 + 300, 5 * G1 + 900), 0)
+            .set(GfnRange::new(Gfn(5 * G1 + 300), Gfn(5 * G1 + 900)), 0)
             .unwrap();
         store.check_invariants().unwrap();
     }

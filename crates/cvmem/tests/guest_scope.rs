@@ -2,7 +2,7 @@
 //! hold, and to private is refused whenever any gfn of the range lies outside them — checked
 //! page by page against brute force over random memslot layouts.
 
-use cvmem::{Errno, GfnRange, Kind, MemoryRegion, Tracker, PAGE_SIZE};
+use cvmem::{Errno, Gfn, GfnRange, Kind, MemoryRegion, Tracker, PAGE_SIZE};
 use proptest::prelude::*;
 
 /// Up to four memslots in the first 256 pages (some adjacent), as (first page, pages).
@@ -38,13 +38,13 @@ proptest! {
             })
             .unwrap();
         }
-        let range = GfnRange::new(start, start + len);
+        let range = GfnRange::new(Gfn(start), Gfn(start + len));
         let inside = |g: u64| slots.iter().any(|&(f, p)| (f..f + p).contains(&g));
-        let want: Vec<u64> = (range.start..range.end).filter(|&g| inside(g)).collect();
+        let want: Vec<u64> = range.gfns().filter(|&g| inside(g)).collect();
         match t.guest_scope(range, Kind::from_private(private)) {
             Ok(scope) => {
                 prop_assert!(!private || want.len() as u64 == len);
-                let got: Vec<u64> = scope.parts.iter().flat_map(|r| r.start..r.end).collect();
+                let got: Vec<u64> = scope.parts.iter().flat_map(|r| r.gfns()).collect();
                 prop_assert_eq!(&got, &want);
                 prop_assert_eq!(scope.outside_pages, len - want.len() as u64);
                 // Parts are maximal: none touches the next.

@@ -223,7 +223,7 @@ fn quiesce(vm: &mut Vm) {
         vm.tracker()
             .for_each_kind_run(slot, |r, k| runs.push((r, k)));
         for (run, kind) in runs {
-            vm.fault_range(Gpa(run.start * K4), run.len() * K4, kind.access())
+            vm.fault_range(run.start.gpa(), run.len() * K4, kind.access())
                 .unwrap();
         }
     }

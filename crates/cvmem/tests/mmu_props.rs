@@ -197,7 +197,7 @@ fn mapped(vm: &Vm, private: bool) -> Vec<(u64, u64)> {
     let mut leaves: Vec<Leaf> = vm.leaves().filter(|l| l.private == private).collect();
     leaves.sort_by_key(|l| l.gfn);
     for l in leaves {
-        let r = l.range();
+        let r = l.range().gfns();
         match out.last_mut() {
             Some(last) if last.1 == r.start => last.1 = r.end,
             _ => out.push((r.start, r.end)),
@@ -214,14 +214,14 @@ fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
 /// Whether a fault at `gpa` must return `Retry`: it lies in a slot and in the open window.
 fn retries(vm: &Vm, window: Option<GfnRange>, gpa: u64) -> bool {
     let g = gpa / K4;
-    window.is_some_and(|w| w.contains(g)) && vm.tracker().slot_for_gfn(Gfn(g)).is_some()
+    window.is_some_and(|w| w.contains(Gfn(g))) && vm.tracker().slot_for_gfn(Gfn(g)).is_some()
 }
 
 /// The window of a conversion of `range`: widened to the 1G pages of its head and tail.
 fn window_of(range: GfnRange) -> GfnRange {
     GfnRange::new(
-        Level::G1.align_down(Gfn(range.start)).0,
-        range.end.div_ceil(Level::G1.pages()) * Level::G1.pages(),
+        Level::G1.align_down(range.start),
+        Gfn(range.end.0.div_ceil(Level::G1.pages()) * Level::G1.pages()),
     )
 }
 
@@ -251,8 +251,9 @@ fn check_conversion_keeps(
     for l in before {
         let r = l.range();
         let keep: Vec<(u64, u64)> = if l.private == private || r.intersect(&range).is_none() {
-            vec![(r.start, r.end)]
+            vec![(r.start.0, r.end.0)]
         } else if vm.layout().is_split() && l.private {
+            let (r, range) = (l.range().gfns(), range.gfns());
             let mut parts = Vec::new();
             if r.start < range.start {
                 parts.push((r.start, range.start));
@@ -300,13 +301,13 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                 r.mapped.total() + r.spurious + r.memory_fault + r.no_slot + r.retry,
                 size / K4
             );
-            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let range = GfnRange::new(Gfn(gpa / K4), Gfn((gpa + size) / K4));
             let in_window = window.and_then(|w| w.intersect(&range));
             let retry: u64 = vm
                 .tracker()
                 .memslots()
                 .filter_map(|s| in_window.and_then(|w| w.intersect(&s.range())))
-                .map(|r| r.end - r.start)
+                .map(|r| r.len())
                 .sum();
             prop_assert_eq!(r.retry, retry);
         }
@@ -318,7 +319,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                 0
             };
             vm.set_memory_attributes(Gpa(gpa), size, attrs).unwrap();
-            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let range = GfnRange::new(Gfn(gpa / K4), Gfn((gpa + size) / K4));
             prop_assert!(vm.tracker().range_has_attributes(range, attrs, u64::MAX));
             check_conversion_keeps(vm, &before, range, private)?;
         }
@@ -335,7 +336,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
             } else {
                 0
             };
-            let range = GfnRange::new(gpa / K4, (gpa + size) / K4);
+            let range = GfnRange::new(Gfn(gpa / K4), Gfn((gpa + size) / K4));
             let attrs_before: Vec<_> = vm.tracker().runs(range).collect();
             let c = vm.begin_conversion(req(vm, gpa, size, attrs)).unwrap();
             vm.check_invariants().map_err(TestCaseError::fail)?;
@@ -420,7 +421,10 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
             {
                 let whole = vm
                     .tracker()
-                    .runs(GfnRange::new(start / K4, (start + large.size()) / K4))
+                    .runs(GfnRange::new(
+                        Gfn(start / K4),
+                        Gfn((start + large.size()) / K4),
+                    ))
                     .count()
                     == 1;
                 let gmem = vm
@@ -453,7 +457,8 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
                 prop_assert_eq!(Some(old), before);
                 let shared = mapped(vm, false);
                 let private = mapped(vm, true);
-                let hit = |v: &[(u64, u64)]| v.iter().any(|&(s, e)| s < old.end && old.start < e);
+                let hit =
+                    |v: &[(u64, u64)]| v.iter().any(|&(s, e)| s < old.end.0 && old.start.0 < e);
                 prop_assert!(
                     !hit(&shared) && !hit(&private),
                     "leaves left in a moved slot"

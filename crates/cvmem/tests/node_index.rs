@@ -9,8 +9,11 @@ const G1: u64 = 1 << 18;
 /// One mixed 2M page (its first 4K private) in 1G entry `e` of the first 512G unit.
 fn mix(s: &mut AttrStore, e: u64, private: bool) {
     let gfn = e * G1 + 7 * 512;
-    s.set(GfnRange::new(gfn, gfn + 1), if private { P } else { 0 })
-        .unwrap();
+    s.set(
+        GfnRange::new(Gfn(gfn), Gfn(gfn + 1)),
+        if private { P } else { 0 },
+    )
+    .unwrap();
 }
 
 fn check(s: &AttrStore, mixed: &[u64]) {
@@ -78,7 +81,7 @@ fn a_churn_of_regions_leaves_little_room_behind() {
     );
     // A set that drops the regions of whole entries (34-39) and makes two at its ends.
     let (lo, hi) = (30 * G1 + 100, 45 * G1 + 100);
-    s.set(GfnRange::new(lo, hi), P).unwrap();
+    s.set(GfnRange::new(Gfn(lo), Gfn(hi)), P).unwrap();
     s.check_invariants().unwrap();
     for (e, below) in [(30, false), (45, true)] {
         assert!(s.is_mixed_2m(Gfn(e * G1)), "entry {e}");

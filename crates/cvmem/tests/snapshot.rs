@@ -97,7 +97,7 @@ proptest! {
         for op in &ops {
             match *op {
                 Op::Attrs { start, pages, private } => {
-                    let r = GfnRange::new(start, start + pages);
+                    let r = GfnRange::new(Gfn(start), Gfn(start + pages));
                     t.set_range_attributes(r, if private { P } else { 0 }).unwrap();
                 }
                 Op::Inhibit { gfn, level } => { t.set_guest_inhibit(Gfn(gfn), level).unwrap(); }
@@ -170,7 +170,7 @@ fn a_vm_mid_conversion_cannot_be_snapshotted() {
     let mut vm = Vm::new(Layout::SPLIT, Recovery::OnFault);
     vm.set_user_memory_region(&region(0, 0, GIB)).unwrap();
     let pending = vm
-        .begin_conversion(AttrRequest::new(GfnRange::new(0, 512), Kind::Private).unwrap())
+        .begin_conversion(AttrRequest::new(GfnRange::new(Gfn(0), Gfn(512)), Kind::Private).unwrap())
         .unwrap();
     let e = vm.snapshot().unwrap_err();
     assert_eq!(e, Error::ConversionInProgress { count: 1 });

@@ -226,8 +226,8 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) -> Result<(), TestCaseErro
         }
         prop_assert_eq!(t.attributes(Gfn(gfn)), o.attributes(gfn));
         prop_assert_eq!(t.allowed_level(Gfn(gfn)), o.allowed_level(gfn));
-        let r = GfnRange::new(gfn, (gfn + 700).min(WINDOW_PAGES));
-        let uniform = (r.start..r.end).all(|g| o.attributes(g) & 8 == 8);
+        let r = GfnRange::new(Gfn(gfn), Gfn((gfn + 700).min(WINDOW_PAGES)));
+        let uniform = r.gfns().all(|g| o.attributes(g) & 8 == 8);
         prop_assert_eq!(t.range_has_attributes(r, 8, 8), uniform);
     }
     Ok(())

@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cvmem::{Access, GfnRange, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{Access, Gfn, GfnRange, Gpa, PAGE_SHIFT, PAGE_SIZE};
 use serde::Serialize;
 
 use super::compare::MinMedMax;
@@ -106,7 +106,7 @@ fn flip_plan(layout: &Layout, flips: u64, seed: u64) -> Vec<(GfnRange, u64)> {
                 shared.remove(&gfn);
                 8
             };
-            (GfnRange::new(gfn, gfn + 1), attrs)
+            (GfnRange::new(Gfn(gfn), Gfn(gfn + 1)), attrs)
         })
         .collect()
 }
@@ -131,7 +131,7 @@ fn query_plan(
     (0..queries)
         .map(|_| {
             let gpa = layout.ram_at(rng.below(pages) * PAGE_SIZE);
-            let private = !shared.contains(&(gpa >> PAGE_SHIFT));
+            let private = !shared.contains(&Gpa(gpa).gfn());
             (gpa, Access::from_private(private))
         })
         .collect()
@@ -154,7 +154,7 @@ fn measure(
     slots.push(layout.firmware);
     let t = Instant::now();
     for s in &slots {
-        let range = GfnRange::new(s.gpa >> PAGE_SHIFT, s.end() >> PAGE_SHIFT);
+        let range = GfnRange::new(Gfn(s.gpa >> PAGE_SHIFT), Gfn(s.end() >> PAGE_SHIFT));
         design.set_attributes(range, 8).ok()?;
     }
     let make_private_ns = t.elapsed().as_nanos() as f64;

@@ -22,7 +22,7 @@ mod xarray;
 pub use lpage::{kvmalloc_bytes, LpageInfo, MIXED};
 pub use xarray::{XArray, XA_NODE_BYTES};
 
-use cvmem::{Access, Error, GfnRange, Level, MaxLevel, MemoryFault, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{Access, Error, Gfn, GfnRange, Level, MaxLevel, MemoryFault, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::design::{Design, Slot};
 use crate::slots::SlotTable;
@@ -93,6 +93,7 @@ impl Linux {
 
     /// `kvm_arch_post_set_memory_attributes` for one slot, `range` clipped to it.
     fn post_set(&self, slot: &Slot, lpage: &mut SlotLpage, range: GfnRange, attrs: u32) {
+        let range = range.gfns();
         for (k, level) in Level::LARGE.into_iter().enumerate() {
             let nr = level.pages();
             let mut gfn = level.align_down(cvmem::Gfn(range.start)).0;
@@ -159,29 +160,29 @@ impl Design for Linux {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         let attrs = attr_value(attributes)?;
-        if self.range_has(range.start, range.end, attrs) {
+        if self.range_has(range.start.0, range.end.0, attrs) {
             return Ok(());
         }
         // Reserve memory ahead of time to avoid having to deal with failures.
-        for gfn in range.start..range.end {
+        for gfn in range.gfns() {
             self.xa.reserve(gfn);
         }
         self.note_peak();
         // (kvm_handle_gfn_range(pre_set_range) zaps SPTEs: no page tables in this model.)
         if attrs == 0 {
-            for gfn in range.start..range.end {
+            for gfn in range.gfns() {
                 self.xa.erase(gfn);
             }
         } else {
-            for gfn in range.start..range.end {
+            for gfn in range.gfns() {
                 self.xa.store(gfn, attrs);
             }
         }
         let mut slots = std::mem::take(&mut self.slots);
-        for (slot, lpage) in slots.overlapping_mut(range.start, range.end) {
+        for (slot, lpage) in slots.overlapping_mut(range.start.0, range.end.0) {
             let clipped = GfnRange::new(
-                range.start.max(slot.base_gfn),
-                range.end.min(slot.end_gfn()),
+                range.start.max(Gfn(slot.base_gfn)),
+                range.end.min(Gfn(slot.end_gfn())),
             );
             self.post_set(slot, lpage, clipped, attrs);
         }

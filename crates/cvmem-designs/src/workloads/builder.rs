@@ -138,7 +138,7 @@ impl Builder {
                 .ram
                 .iter()
                 .any(|s| s.gpa <= gpa && gpa + size <= s.end());
-            let range = cvmem::GfnRange::new(gpa / PAGE_SIZE, (gpa + size) / PAGE_SIZE);
+            let range = cvmem::GfnRange::new(Gfn(gpa / PAGE_SIZE), Gfn((gpa + size) / PAGE_SIZE));
             if in_slot && self.vm.tracker().range_has_attributes(range, 8, u64::MAX) {
                 return Some(gpa);
             }
@@ -173,7 +173,7 @@ impl Builder {
             if edges.len() as u64 >= budget / 4 {
                 break;
             }
-            let range = cvmem::GfnRange::new(start / PAGE_SIZE, end / PAGE_SIZE);
+            let range = cvmem::GfnRange::new(Gfn(start / PAGE_SIZE), Gfn(end / PAGE_SIZE));
             for run in tracker.runs(range).filter(|r| r.attributes == 0) {
                 edges.push(run.start.gpa().0);
                 edges.push(run.end.gpa().0 - PAGE_SIZE);

@@ -2,12 +2,13 @@
 
 use super::*;
 use crate::listener::{Cause, SlotRange};
+use cvmem::Gfn;
 use cvmem::GfnRange;
 
 fn range(start: u64, end: u64) -> SlotRange {
     SlotRange {
         slot: 0,
-        range: GfnRange::new(start, end),
+        range: GfnRange::new(Gfn(start), Gfn(end)),
         hva: 0x7000_0000_0000 + start * 4096,
     }
 }

@@ -56,7 +56,7 @@ impl CvmMemory {
             let mut total = FaultRangeCounts::default();
             for (run, private) in runs {
                 let c = vm.fault_range(
-                    Gpa(run.start * PAGE_SIZE),
+                    run.start.gpa(),
                     run.len() * PAGE_SIZE,
                     Access::from_private(private),
                 )?;
@@ -98,7 +98,7 @@ impl CvmMemory {
         let Some((want_1g, want_2m)) = self.shared.model.with(|vm| want(vm.tracker())) else {
             return Ok(());
         };
-        let range = GfnRange::new(g1, g1 + Level::G1.pages());
+        let range = GfnRange::new(Gfn(g1), Gfn(g1 + Level::G1.pages()));
         self.shared.tracker.update(
             range,
             |_| {},

@@ -4,7 +4,7 @@
 //! them — KVM's attributes, discards and listeners included, as if the guest had asked.
 
 use cvmem::snapshot::{InhibitRecord, RunRecord};
-use cvmem::{GfnRange, Kind, Level, TrackerSnapshot};
+use cvmem::{Gfn, GfnRange, Kind, Level, TrackerSnapshot};
 
 use super::CvmMemory;
 use crate::error::{Error, Result};
@@ -88,7 +88,7 @@ impl CvmMemory {
     fn restore_inhibits(&self, inhibited: &[InhibitRecord]) -> Result<()> {
         // A one-time step of a restore: one invalidation of the whole space. All or nothing
         // (the core builds the new bits aside), so nothing to publish on failure.
-        let everything = GfnRange::new(0, cvmem::GFN_END);
+        let everything = GfnRange::new(Gfn(0), Gfn(cvmem::GFN_END));
         self.shared.tracker.update(
             everything,
             |_| {},

@@ -63,7 +63,7 @@ impl ConversionListener for Recorder {
             e.cause,
             e.ranges
                 .iter()
-                .map(|r| (r.range.start, r.range.end))
+                .map(|r| (r.range.start.0, r.range.end.0))
                 .collect(),
         ));
         Ok(())

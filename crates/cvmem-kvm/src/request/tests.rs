@@ -2,6 +2,7 @@
 
 use super::*;
 use cvmem::Errno;
+use cvmem::Gfn;
 
 const PRIVATE: u64 = 1 << 4;
 const EINVAL: u64 = (libc::EINVAL as u64).wrapping_neg();
@@ -20,7 +21,7 @@ fn map_gpa_errno(r: Result<ConversionRequest, RequestError>) -> Errno {
 #[test]
 fn hypercall_valid_private_and_shared() {
     let r = hc(0x20_0000, 512, PRIVATE | 1).unwrap();
-    assert_eq!(r.range, GfnRange::new(0x200, 0x400));
+    assert_eq!(r.range, GfnRange::new(Gfn(0x200), Gfn(0x400)));
     assert_eq!(r.to, Kind::Private);
     assert_eq!(r.hint, Level::M2);
     assert_eq!(r.source, RequestSource::Hypercall);
@@ -94,7 +95,7 @@ fn a_range_ending_at_2_pow_64_overflows_as_in_the_op_log() {
     let r = hc(u64::MAX - 0x1fff, 1, PRIVATE).unwrap();
     assert_eq!(
         r.range,
-        GfnRange::new(cvmem::GFN_END - 2, cvmem::GFN_END - 1)
+        GfnRange::new(Gfn(cvmem::GFN_END - 2), Gfn(cvmem::GFN_END - 1))
     );
 }
 
@@ -120,7 +121,7 @@ fn port_io_valid() {
         &regs(12, 0x4000_0000, 16, PRIVATE),
     )
     .unwrap();
-    assert_eq!(r.range, GfnRange::new(0x40000, 0x40010));
+    assert_eq!(r.range, GfnRange::new(Gfn(0x40000), Gfn(0x40010)));
     assert_eq!((r.to, r.source), (Kind::Private, RequestSource::PortIo));
 }
 
@@ -176,7 +177,7 @@ fn port_io_malformed() {
 fn memory_fault_valid() {
     let r =
         ConversionRequest::from_memory_fault(KVM_MEMORY_EXIT_FLAG_PRIVATE, 0x5000, 4096).unwrap();
-    assert_eq!(r.range, GfnRange::new(5, 6));
+    assert_eq!(r.range, GfnRange::new(Gfn(5), Gfn(6)));
     assert_eq!(
         (r.to, r.hint, r.source),
         (Kind::Private, Level::K4, RequestSource::MemoryFault)
@@ -190,7 +191,7 @@ fn memory_fault_valid() {
     };
     assert_eq!(
         ConversionRequest::from_fault(&f).unwrap().range,
-        GfnRange::new(7, 8)
+        GfnRange::new(Gfn(7), Gfn(8))
     );
 }
 

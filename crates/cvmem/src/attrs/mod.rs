@@ -75,7 +75,7 @@ pub struct AttrRun {
 impl AttrRun {
     /// The run as a gfn range.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.start.0, self.end.0)
+        GfnRange::new(self.start, self.end)
     }
 }
 
@@ -352,22 +352,23 @@ impl AttrStore {
 
     /// The attributes if every gfn of `range` has the same ones, else `None`.
     pub fn uniform(&self, range: GfnRange) -> Option<u64> {
-        let v = self.is_private(Gfn(range.start));
-        let end = self.find(range.start, v).unwrap_or(GFN_END);
-        (end >= range.end).then_some(attr(v))
+        let v = self.is_private(range.start);
+        let end = self.find(range.start.0, v).unwrap_or(GFN_END);
+        (end >= range.end.0).then_some(attr(v))
     }
 
     /// The runs covering `range`, clipped to it, in address order (shared runs included).
     pub fn runs(&self, range: GfnRange) -> Runs<'_> {
         Runs {
             store: self,
-            start: range.start,
-            end: range.end,
+            start: range.start.0,
+            end: range.end.0,
         }
     }
 
     /// Number of large pages of `level` wholly inside `range` that are mixed.
     pub fn mixed_pages(&self, range: GfnRange, level: Level) -> u64 {
+        let range = range.gfns();
         let mut mixed = 0;
         let mut g = range.start;
         while g < range.end {
@@ -410,20 +411,21 @@ impl AttrStore {
                 supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
             });
         }
-        if range.is_empty() || range.end > GFN_END {
+        if range.is_empty() || range.end.0 > GFN_END {
             return Err(Error::Unsupported {
                 what: crate::Unsupported::OutsideGfnSpace,
             });
         }
         let v = attributes != 0;
+        let (start, end) = (range.start.0, range.end.0);
         let g1 = Level::G1.pages();
-        if range.start / g1 == (range.end - 1) / g1 {
+        if start / g1 == (end - 1) / g1 {
             // Inside one 1G entry of an existing node, the common conversion: the node's own
             // update, without the store-wide walks.
-            let unit = range.start / NODE_GFNS;
+            let unit = start / NODE_GFNS;
             if let Ok(i) = self.node_at(unit) {
                 let base = unit * NODE_GFNS;
-                return self.set_in_entry(i, range.start - base, range.end - base, v);
+                return self.set_in_entry(i, start - base, end - base, v);
             }
         }
         self.set_range(range, v)
@@ -515,9 +517,10 @@ impl AttrStore {
     /// that the conversion a VMM makes right after creating a slot (everything private, at
     /// start-up) allocates nothing. Costs a few hundred bytes once; changes no attribute.
     pub fn reserve_span(&mut self, range: GfnRange) -> Result<()> {
-        if range.is_empty() || range.end > GFN_END {
+        if range.is_empty() || range.end.0 > GFN_END {
             return Ok(());
         }
+        let range = range.gfns();
         // The units the range covers partly: what either kind needs in the node there, or a
         // node to make (whole units are runs).
         let mut fresh = 0;
@@ -542,6 +545,7 @@ impl AttrStore {
     /// Allocates everything `commit(range, v)` may need, and plans the regions it changes at
     /// the range's edges (per edge 512G unit, in `edges` order) for `commit` to carry out.
     fn reserve(&mut self, range: GfnRange, v: bool) -> Result<[EdgePlans; 2]> {
+        let range = range.gfns();
         let (mut fresh_nodes, mut fresh_regions) = (0, 0);
         let mut plans = [[None, None], [None, None]];
         for (slot, (unit, lo, hi)) in plans
@@ -565,6 +569,7 @@ impl AttrStore {
     }
 
     fn commit(&mut self, range: GfnRange, v: bool, plans: &[EdgePlans; 2]) {
+        let range = range.gfns();
         let (a, b) = (range.start.div_ceil(NODE_GFNS), range.end / NODE_GFNS);
         if a < b {
             let (i0, i1) = (
@@ -611,6 +616,7 @@ impl AttrStore {
         if span.is_empty() {
             return FIXED_WORST;
         }
+        let span = span.gfns();
         let g1 = 1u64 << 18;
         let regions = (span.end.div_ceil(g1) - span.start / g1) as usize;
         let units = (span.end.div_ceil(NODE_GFNS) - span.start / NODE_GFNS) as usize;

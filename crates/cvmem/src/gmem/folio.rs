@@ -133,7 +133,7 @@ impl Folios {
         pages: GfnRange,
         changes: impl Fn(GfnRange) -> bool,
     ) -> Result<()> {
-        let edges = [pages.start, pages.end - 1];
+        let edges = [pages.start.0, pages.end.0 - 1];
         let mut split_1g = [None; 2];
         let mut split_2m = [None; 2];
         if self.order == Level::G1 {
@@ -166,11 +166,11 @@ impl Folios {
             split_2m[1] = None;
         }
         for f in split_1g.into_iter().flatten() {
-            self.split_1g.set(GfnRange::new(f, f + 1), SPLIT)?;
+            self.split_1g.set(GfnRange::from_len(Gfn(f), 1), SPLIT)?;
             self.counts.splits += 1;
         }
         for f in split_2m.into_iter().flatten() {
-            self.split_2m.set(GfnRange::new(f, f + 1), SPLIT)?;
+            self.split_2m.set(GfnRange::from_len(Gfn(f), 1), SPLIT)?;
             self.counts.splits += 1;
         }
         Ok(())
@@ -178,7 +178,7 @@ impl Folios {
 
     /// Whether `pages` changes part, not all, of folio `f` of `size` pages.
     fn cuts(pages: GfnRange, f: u64, size: u64, changes: &impl Fn(GfnRange) -> bool) -> bool {
-        let folio = GfnRange::new(f * size, (f + 1) * size);
+        let folio = GfnRange::new(Gfn(f * size), Gfn((f + 1) * size));
         !pages.covers(&folio) && folio.intersect(&pages).is_some_and(changes)
     }
 
@@ -196,9 +196,9 @@ impl Folios {
         }
         let folios = |size: u64| {
             if inside {
-                GfnRange::new(pages.start.div_ceil(size), pages.end / size)
+                GfnRange::new(Gfn(pages.start.0.div_ceil(size)), Gfn(pages.end.0 / size))
             } else {
-                GfnRange::new(pages.start / size, pages.end.div_ceil(size))
+                GfnRange::new(Gfn(pages.start.0 / size), Gfn(pages.end.0.div_ceil(size)))
             }
         };
         let units = folios(M2);
@@ -209,20 +209,20 @@ impl Folios {
             .map(|r| r.range())
             .collect();
         for run in split {
-            for f in run.start..run.end {
-                if whole(GfnRange::new(f * M2, (f + 1) * M2)) {
-                    self.split_2m.set(GfnRange::new(f, f + 1), 0)?;
+            for f in run.gfns() {
+                if whole(GfnRange::new(Gfn(f * M2), Gfn((f + 1) * M2))) {
+                    self.split_2m.set(GfnRange::from_len(Gfn(f), 1), 0)?;
                     self.counts.merges += 1;
                 }
             }
         }
         if self.order == Level::G1 {
             let gigs = folios(G1);
-            for f in gigs.start..gigs.end {
-                let folio = GfnRange::new(f * G1, (f + 1) * G1);
-                let no_4k = self.split_2m.uniform(GfnRange::new(f * 512, (f + 1) * 512)) == Some(0);
+            for f in gigs.gfns() {
+                let folio = GfnRange::new(Gfn(f * G1), Gfn((f + 1) * G1));
+                let no_4k = self.split_2m.uniform(GfnRange::from_len(Gfn(f * 512), 512)) == Some(0);
                 if self.split_1g.is_private(Gfn(f)) && no_4k && whole(folio) {
-                    self.split_1g.set(GfnRange::new(f, f + 1), 0)?;
+                    self.split_1g.set(GfnRange::from_len(Gfn(f), 1), 0)?;
                     self.counts.merges += 1;
                 }
             }

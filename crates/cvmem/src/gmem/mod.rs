@@ -120,7 +120,7 @@ impl Gmem {
         let mut attrs = AttrStore::new();
         if !flags.init_shared {
             attrs.set(
-                GfnRange::new(0, size / PAGE_SIZE),
+                GfnRange::new(Gfn(0), Gfn(size / PAGE_SIZE)),
                 KVM_MEMORY_ATTRIBUTE_PRIVATE,
             )?;
         }
@@ -145,7 +145,7 @@ impl Gmem {
     /// of a split 1G folio, never per 4K page.
     pub fn private_by_folio(&self) -> [u64; 3] {
         let mut bytes = [0u64; 3];
-        let whole = GfnRange::new(0, self.size / PAGE_SIZE);
+        let whole = GfnRange::new(Gfn(0), Gfn(self.size / PAGE_SIZE));
         for run in self.attrs.runs(whole).filter(|r| r.attributes != 0) {
             let mut p = run.start.0;
             while p < run.end.0 {
@@ -279,7 +279,7 @@ impl Gmem {
         }
         if attributes != 0 {
             // Shared → private: every page must be the guest's alone.
-            if let Some((&page, _)) = self.refs.range(range.start..range.end).next() {
+            if let Some((&page, _)) = self.refs.range(range.gfns()).next() {
                 return Err(Error::PageReferenced {
                     offset: page << PAGE_SHIFT,
                 });
@@ -299,7 +299,7 @@ impl Gmem {
         if self.merge == MergePolicy::Eager {
             let (attrs, refs) = (&self.attrs, &self.refs);
             self.folios.merge(pages, false, |r| {
-                attrs.uniform(r).is_some() && refs.range(r.start..r.end).next().is_none()
+                attrs.uniform(r).is_some() && refs.range(r.gfns()).next().is_none()
             })?;
         }
         Ok(changed)
@@ -309,12 +309,12 @@ impl Gmem {
     /// (`EINVAL`) for a private page or an offset outside the file.
     pub fn get_page(&mut self, offset: GmemOffset) -> Result<()> {
         let range = self.pages(GmemOffset(offset.page() << PAGE_SHIFT), PAGE_SIZE)?;
-        if self.attrs.is_private(Gfn(range.start)) {
+        if self.attrs.is_private(range.start) {
             return Err(Error::PrivatePage {
                 offset: offset.0 & !(PAGE_SIZE - 1),
             });
         }
-        let count = self.refs.entry(range.start).or_insert(0);
+        let count = self.refs.entry(range.start.0).or_insert(0);
         *count = count.checked_add(1).ok_or(Error::Overflow {
             what: Arg::GmemOffset,
             start: offset.0,
@@ -371,7 +371,9 @@ impl Gmem {
             });
         }
         match offset.0.checked_add(size) {
-            Some(end) if end <= self.size => Ok(GfnRange::new(offset.page(), end >> PAGE_SHIFT)),
+            Some(end) if end <= self.size => {
+                Ok(GfnRange::new(Gfn(offset.page()), Gfn(end >> PAGE_SHIFT)))
+            }
             _ => Err(Error::OutsideFile {
                 offset: offset.0,
                 size,

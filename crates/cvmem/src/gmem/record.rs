@@ -57,7 +57,7 @@ pub struct FileRecord {
 
 fn marked(store: &AttrStore, end: u64) -> Vec<IndexRun> {
     store
-        .runs(GfnRange::new(0, end))
+        .runs(GfnRange::new(Gfn(0), Gfn(end)))
         .filter(|r| r.attributes != 0)
         .map(|r| IndexRun {
             start: r.start.0,
@@ -78,7 +78,7 @@ fn restore_runs(runs: &[IndexRun], end: u64, mark: u64) -> Result<AttrStore> {
             return Err(bad);
         }
         last = r.end;
-        store.set(GfnRange::new(r.start, r.end), mark)?;
+        store.set(GfnRange::new(Gfn(r.start), Gfn(r.end)), mark)?;
     }
     Ok(store)
 }
@@ -127,7 +127,8 @@ impl Gmem {
         let inside = order != Level::G1
             || record.split_2m.iter().all(|r| {
                 let g = Level::G1.pages() / Level::M2.pages();
-                split_1g.uniform(GfnRange::new(r.start / g, (r.end - 1) / g + 1)) == Some(SPLIT)
+                split_1g.uniform(GfnRange::new(Gfn(r.start / g), Gfn((r.end - 1) / g + 1)))
+                    == Some(SPLIT)
             });
         if !(ok_1g && ok_2m && inside) {
             return Err(bad());

@@ -167,11 +167,11 @@ impl AcceptLog {
         if range.is_empty() {
             return;
         }
-        let (first, last) = (range.start >> 9, (range.end - 1) >> 9);
+        let (first, last) = (range.start.0 >> 9, (range.end.0 - 1) >> 9);
         for (&k, bits) in self.small.range_mut(first..=last) {
             let base = k << 9;
-            let lo = range.start.max(base) - base;
-            let hi = range.end.min(base + 512) - base;
+            let lo = range.start.0.max(base) - base;
+            let hi = range.end.0.min(base + 512) - base;
             clear_bits(bits, lo, hi);
         }
         let (ufirst, ulast) = (first >> 9, last >> 9);
@@ -237,7 +237,9 @@ impl Vm {
         if self.accept_policy != AcceptPolicy::NoInhibit {
             self.tracker.set_guest_inhibit(Gfn(gfn), level)?;
         }
-        self.counters.splits += self.trees.split_down(GfnRange::new(gfn, gfn + 1), level);
+        self.counters.splits += self
+            .trees
+            .split_down(GfnRange::new(Gfn(gfn), Gfn(gfn + 1)), level);
         if self.trees.lookup(gfn, true).is_none() {
             let outcome = self.fault_capped(gfn, Access::Private, level)?;
             debug_assert!(matches!(outcome, FaultOutcome::Mapped { .. }));
@@ -257,7 +259,7 @@ impl Vm {
     /// (a capped fault-in, a cleared 2M inhibit; all 512 of them when a 1G accept clears
     /// theirs) and the 1G page holding it.
     fn recover_accepted(&mut self, gfn: u64, level: Level) {
-        self.recover(GfnRange::new(gfn, gfn + level.pages()));
+        self.recover(GfnRange::new(Gfn(gfn), Gfn(gfn + level.pages())));
     }
 
     /// Whether the private page of `level` at `gpa` has been wholly accepted since it last

@@ -124,7 +124,7 @@ impl Vm {
         if self.layout.is_split() && self.trees.root_index(private) != r {
             return Err(format!("{} in the wrong root", what()));
         }
-        let range = GfnRange::new(gfn, gfn + level.pages());
+        let range = GfnRange::new(Gfn(gfn), Gfn(gfn + level.pages()));
         let want = crate::Kind::from_private(private);
         if self.tracker.uniform_kind(range) != Some(want) {
             return Err(format!("{} maps pages of other attributes", what()));

@@ -1,7 +1,7 @@
 //! Conversions: KVM_SET_MEMORY_ATTRIBUTES as KVM runs it, in two phases around an
 //! invalidation window.
 
-use crate::addr::{GfnRange, Gpa, Level, GFN_END};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END};
 use crate::error::Result;
 use crate::hypercall::MapGpaRange;
 use crate::tracker::AttrRequest;
@@ -43,8 +43,8 @@ impl Conversion {
 /// huge page that straddles its head or tail (the 2025 KVM fix).
 pub(crate) fn window_of(range: GfnRange) -> GfnRange {
     let g = Level::G1.pages();
-    let end = range.end.div_ceil(g).saturating_mul(g).min(GFN_END);
-    GfnRange::new(Level::G1.align_gfn(range.start), end)
+    let end = range.end.0.div_ceil(g).saturating_mul(g).min(GFN_END);
+    GfnRange::new(Gfn(Level::G1.align_gfn(range.start.0)), Gfn(end))
 }
 
 impl Vm {

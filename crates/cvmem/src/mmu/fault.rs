@@ -114,10 +114,10 @@ impl Vm {
         if self.recovery == Recovery::Off {
             while let Some(smaller) = level.smaller() {
                 let start = level.align_gfn(gfn);
-                if !self
-                    .trees
-                    .has_leaf(GfnRange::new(start, start + level.pages()), private)
-                {
+                if !self.trees.has_leaf(
+                    GfnRange::new(Gfn(start), Gfn(start + level.pages())),
+                    private,
+                ) {
                     break;
                 }
                 level = smaller;
@@ -139,7 +139,11 @@ impl Vm {
     /// gap between slots, of a run of the wrong kind, of a window), so faulting a 64 GiB guest
     /// mapped at 1G costs 64 faults, not 16 million.
     pub fn fault_range(&mut self, gpa: Gpa, size: u64, access: Access) -> Result<FaultRangeCounts> {
-        let range = self.tracker.validate_attributes(gpa, size, 0)?.range();
+        let range = self
+            .tracker
+            .validate_attributes(gpa, size, 0)?
+            .range()
+            .gfns();
         let mut counts = FaultRangeCounts::default();
         let mut gfn = range.start;
         while gfn < range.end {
@@ -175,7 +179,7 @@ impl Vm {
         let next_window = self
             .windows
             .iter()
-            .map(|w| w.range.start)
+            .map(|w| w.range.start.0)
             .filter(|&s| s > gfn)
             .min()
             .unwrap_or(GFN_END);
@@ -183,7 +187,7 @@ impl Vm {
             FaultOutcome::Mapped { .. } | FaultOutcome::Spurious => self
                 .trees
                 .lookup(gfn, access.is_private())
-                .map_or(gfn + 1, |leaf| leaf.range().end)
+                .map_or(gfn + 1, |leaf| leaf.range().end.0)
                 .min(next_window),
             FaultOutcome::NoSlot => {
                 let after = self
@@ -195,7 +199,7 @@ impl Vm {
             }
             FaultOutcome::Retry => self
                 .in_window(gfn)
-                .map_or(gfn + 1, |w| w.range.end)
+                .map_or(gfn + 1, |w| w.range.end.0)
                 .min(slot_end),
             FaultOutcome::MemoryFault(m) => {
                 let no_gmem = m.private

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use crate::addr::{GfnRange, Level};
+use crate::addr::{Gfn, GfnRange, Level};
 
 use super::table::{entry_pages, TableId, ENTRIES};
 use super::vm::{Recovery, Vm, Window};
@@ -47,7 +47,7 @@ impl Vm {
             } = self;
             // Called only for a region whose table holds 512 leaves of one kind.
             let allowed = |gfn: u64, private: bool| {
-                let region = GfnRange::new(gfn, gfn + level.pages());
+                let region = GfnRange::from_len(Gfn(gfn), level.pages());
                 let mut blocked = false;
                 for w in windows.iter_mut() {
                     if w.range.intersect(&region).is_some() {
@@ -119,7 +119,7 @@ impl Vm {
                 self.mapped_pages_below(e.table_id())
             };
         }
-        let region = GfnRange::new(gfn, gfn + region_level.pages());
+        let region = GfnRange::from_len(Gfn(gfn), region_level.pages());
         if self.window_overlaps(region) {
             return;
         }

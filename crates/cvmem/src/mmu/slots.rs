@@ -31,7 +31,7 @@ impl Vm {
                 self.forget_accepts(old);
             }
             SlotChange::DirtyLog { enabled } => {
-                let range = GfnRange::new(r.gpa.gfn().0, (r.gpa + r.size).gfn().0);
+                let range = GfnRange::new(r.gpa.gfn(), (r.gpa + r.size).gfn());
                 if enabled {
                     self.counters.splits += self.trees.split_down(range, Level::K4);
                 } else {

@@ -1,7 +1,7 @@
 //! Statistics of the MMU: leaves per level and kind, table pages, events, and hugepage
 //! coverage against the optimum the attributes, memslots and backing allow.
 
-use crate::addr::{GfnRange, Level, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Level, PAGE_SIZE};
 
 use super::iter::MAX_LEVEL;
 use super::table::table_level_of;
@@ -211,11 +211,11 @@ impl Vm {
         };
         let (g1, m2) = (Level::G1.pages(), Level::M2.pages());
         for slot in self.tracker.memslots() {
-            let range = slot.range();
+            let range = slot.range().gfns();
             let mut g = range.start;
             while g < range.end {
                 if Level::G1.is_aligned_gfn(g) && g + g1 <= range.end {
-                    if let Some(p) = self.uniform_kind(GfnRange::new(g, g + g1)) {
+                    if let Some(p) = self.uniform_kind(GfnRange::from_len(Gfn(g), g1)) {
                         if self.allowed(g, p) == Some(Level::G1) {
                             opt.add(g, g1, Level::G1, p);
                             g += g1;
@@ -225,20 +225,22 @@ impl Vm {
                 }
                 let end = (Level::M2.align_gfn(g) + m2).min(range.end);
                 let whole = Level::M2.is_aligned_gfn(g) && end - g == m2;
-                match self.uniform_kind(GfnRange::new(g, end)) {
+                match self.uniform_kind(GfnRange::new(Gfn(g), Gfn(end))) {
                     Some(p) if whole => match self.allowed(g, p) {
                         Some(l) if l >= Level::M2 => opt.add(g, m2, Level::M2, p),
                         Some(_) => opt.add(g, m2, Level::K4, p),
                         None => {}
                     },
                     _ => {
-                        self.tracker
-                            .for_each_kind_run(GfnRange::new(g, end), |run, kind| {
+                        self.tracker.for_each_kind_run(
+                            GfnRange::new(Gfn(g), Gfn(end)),
+                            |run, kind| {
                                 let p = kind.is_private();
-                                if self.allowed(run.start, p).is_some() {
-                                    opt.add(run.start, run.len(), Level::K4, p);
+                                if self.allowed(run.start.0, p).is_some() {
+                                    opt.add(run.start.0, run.len(), Level::K4, p);
                                 }
-                            });
+                            },
+                        );
                     }
                 }
                 g = end;

@@ -699,7 +699,7 @@ fn accept_without_the_inhibit_differs_only_where_a_zapped_range_faults_in_again(
 
 fn all_runs(vm: &Vm) -> std::vec::Vec<crate::AttrRun> {
     vm.tracker()
-        .runs(crate::GfnRange::new(0, crate::addr::GFN_END))
+        .runs(crate::GfnRange::new(Gfn(0), Gfn(crate::addr::GFN_END)))
         .collect()
 }
 

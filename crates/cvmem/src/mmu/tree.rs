@@ -21,7 +21,7 @@ pub struct Leaf {
 impl Leaf {
     /// The gfns it maps.
     pub const fn range(&self) -> GfnRange {
-        GfnRange::new(self.gfn.0, self.gfn.0 + self.level.pages())
+        GfnRange::from_len(self.gfn, self.level.pages())
     }
 }
 
@@ -116,12 +116,22 @@ impl Trees {
     /// A walk of root `r` over `range` down to table level `min_level`.
     #[inline]
     pub(crate) fn walk(&self, r: u8, range: GfnRange, min_level: u8) -> TdpIter {
-        TdpIter::new(self.root(r), self.depth, range.start, range.end, min_level)
+        TdpIter::new(
+            self.root(r),
+            self.depth,
+            range.start.0,
+            range.end.0,
+            min_level,
+        )
     }
 
     /// The leaf of kind `private` that maps `gfn`, if any.
     pub(crate) fn lookup(&self, gfn: u64, private: bool) -> Option<Leaf> {
-        let mut it = self.walk(self.root_index(private), GfnRange::new(gfn, gfn + 1), 1);
+        let mut it = self.walk(
+            self.root_index(private),
+            GfnRange::new(Gfn(gfn), Gfn(gfn + 1)),
+            1,
+        );
         while it.valid() {
             let e = it.spte(&self.tables);
             if e.is_leaf() {
@@ -164,7 +174,7 @@ impl Trees {
     pub(crate) fn install(&mut self, gfn: u64, level: Level, private: bool) -> Option<u64> {
         let target = table_level_of(level);
         let r = self.root_index(private);
-        let mut it = self.walk(r, GfnRange::new(gfn, gfn + 1), target);
+        let mut it = self.walk(r, GfnRange::new(Gfn(gfn), Gfn(gfn + 1)), target);
         while it.valid() {
             let e = it.spte(&self.tables);
             if it.level() == target {
@@ -216,7 +226,7 @@ impl Trees {
             while it.valid() {
                 let e = it.spte(&self.tables);
                 if e.is_leaf() && kinds.matches(e) {
-                    let leaf = GfnRange::new(it.gfn(), it.gfn() + it.pages());
+                    let leaf = GfnRange::new(Gfn(it.gfn()), Gfn(it.gfn() + it.pages()));
                     if !range.covers(&leaf) && split(e.is_private()) {
                         self.split_at(&it);
                         count.splits += 1;
@@ -246,8 +256,8 @@ impl Trees {
                     n += match (l, level) {
                         (Level::G1, Level::K4) => {
                             // The 1G leaf, then each of its 2M children the range touches.
-                            let lo = it.gfn().max(range.start) >> Level::M2.page_shift();
-                            let hi = (it.gfn() + it.pages()).min(range.end) - 1;
+                            let lo = it.gfn().max(range.start.0) >> Level::M2.page_shift();
+                            let hi = (it.gfn() + it.pages()).min(range.end.0) - 1;
                             1 + ((hi >> Level::M2.page_shift()) - lo + 1) as usize
                         }
                         (Level::G1, Level::M2) | (Level::M2, Level::K4) => 1,

@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::addr::{GfnRange, Gpa, Level, GFN_END};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END};
 use crate::error::Result;
 use crate::tracker::{Access, Tracker};
 
@@ -301,14 +301,14 @@ impl Vm {
         Leaves {
             vm: self,
             root: 0,
-            it: self.trees.walk(0, GfnRange::new(0, GFN_END), 1),
+            it: self.trees.walk(0, GfnRange::new(Gfn(0), Gfn(GFN_END)), 1),
         }
     }
 
     /// Whether `gfn` lies in an open invalidation window.
     #[inline]
     pub(crate) fn in_window(&self, gfn: u64) -> Option<&Window> {
-        self.windows.iter().find(|w| w.range.contains(gfn))
+        self.windows.iter().find(|w| w.range.contains(Gfn(gfn)))
     }
 
     /// Whether any open window intersects `range`.
@@ -377,7 +377,10 @@ impl Iterator for Leaves<'_> {
             if self.root >= self.vm.trees.nroots() {
                 return None;
             }
-            self.it = self.vm.trees.walk(self.root, GfnRange::new(0, GFN_END), 1);
+            self.it = self
+                .vm
+                .trees
+                .walk(self.root, GfnRange::new(Gfn(0), Gfn(GFN_END)), 1);
         }
     }
 }

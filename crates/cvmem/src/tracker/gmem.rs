@@ -158,9 +158,9 @@ impl Tracker {
         self.slots.iter().filter_map(move |s| {
             let b = s.gmem.filter(|b| b.gmem == id)?;
             let first = b.offset.page();
-            let file = GfnRange::new(first, first + s.npages).intersect(&pages)?;
-            let gfn = s.base_gfn + (file.start - first);
-            Some((GfnRange::new(gfn, gfn + file.len()), file.start))
+            let file = GfnRange::new(Gfn(first), Gfn(first + s.npages)).intersect(&pages)?;
+            let gfn = s.base_gfn + (file.start.0 - first);
+            Some((GfnRange::from_len(Gfn(gfn), file.len()), file.start.0))
         })
     }
 
@@ -221,7 +221,7 @@ impl Tracker {
                 return;
             }
             // The 2M pages wholly inside the run, one 1G page at a time.
-            let (mut p, end) = (run.start.div_ceil(512) * 512, run.end / 512 * 512);
+            let (mut p, end) = (run.start.0.div_ceil(512) * 512, run.end.0 / 512 * 512);
             while p < end {
                 let g = p & !(g1_pages - 1);
                 let stop = end.min(g + g1_pages);
@@ -360,7 +360,7 @@ impl Tracker {
         let end = start + level.pages();
         (start >= slot.base_gfn && end <= slot.base_gfn + slot.npages).then(|| {
             let s = first + (start - slot.base_gfn);
-            GfnRange::new(s, s + level.pages())
+            GfnRange::new(Gfn(s), Gfn(s + level.pages()))
         })
     }
 
@@ -376,7 +376,7 @@ impl Tracker {
         self.for_each_piece(range, |gfns, file| {
             let piece = match file {
                 Some((gmem, page)) => {
-                    let pages = GfnRange::new(page, page + gfns.len());
+                    let pages = GfnRange::new(Gfn(page), Gfn(page + gfns.len()));
                     gmem.attrs().uniform(pages).map(Kind::from_attributes)
                 }
                 None => Some(Kind::Shared),
@@ -400,7 +400,10 @@ impl Tracker {
         self.for_each_piece(range, |gfns, file| {
             match file {
                 Some((gmem, page)) => {
-                    for r in gmem.attrs().runs(GfnRange::new(page, page + gfns.len())) {
+                    for r in gmem
+                        .attrs()
+                        .runs(GfnRange::new(Gfn(page), Gfn(page + gfns.len())))
+                    {
                         let start = gfns.start + (r.start.0 - page);
                         let run = GfnRange::new(start, start + r.range().len());
                         f(run, Kind::from_attributes(r.attributes));
@@ -420,6 +423,7 @@ impl Tracker {
         range: GfnRange,
         mut f: impl FnMut(GfnRange, Option<(&Gmem, u64)>) -> bool,
     ) {
+        let range = range.gfns();
         let mut g = range.start;
         while g < range.end {
             let (end, file) = match self.slot_for_gfn(Gfn(g)) {
@@ -436,7 +440,7 @@ impl Tracker {
                     (range.end.min(end), None)
                 }
             };
-            if !f(GfnRange::new(g, end), file) {
+            if !f(GfnRange::new(Gfn(g), Gfn(end)), file) {
                 return;
             }
             g = end;
@@ -453,7 +457,7 @@ impl Tracker {
                 let bound = self.bound(s);
                 bound.into_iter().flat_map(move |(gmem, first)| {
                     gmem.attrs()
-                        .runs(GfnRange::new(first, first + s.npages))
+                        .runs(GfnRange::new(Gfn(first), Gfn(first + s.npages)))
                         .filter(|r| r.attributes != 0)
                         .map(move |r| AttrRun {
                             start: Gfn(s.base_gfn + (r.start.0 - first)),
@@ -484,7 +488,7 @@ impl Tracker {
             return 0;
         };
         if first.wrapping_sub(slot.base_gfn) % level.pages() == 0 {
-            let range = GfnRange::new(first, first + slot.npages);
+            let range = GfnRange::new(Gfn(first), Gfn(first + slot.npages));
             return gmem.attrs().mixed_pages(range, level);
         }
         // Not congruent: one range check per large page of the slot (never per 4K page).

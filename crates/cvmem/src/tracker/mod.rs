@@ -128,7 +128,7 @@ impl AttrRequest {
     /// A request to make `range` of kind `to`; `Err` for an empty range or one reaching past
     /// the gfn space.
     pub fn new(range: GfnRange, to: Kind) -> Result<Self> {
-        if range.is_empty() || range.end > GFN_END {
+        if range.is_empty() || range.end > Gfn(GFN_END) {
             return Err(Error::Unsupported {
                 what: crate::Unsupported::OutsideGfnSpace,
             });
@@ -296,7 +296,7 @@ impl Tracker {
         let end_gfn = if end == 0 { GFN_END } else { end >> PAGE_SHIFT };
         // `end == 0` cannot happen (size != 0, no wrap) but keeps the arithmetic total.
         Ok(AttrRequest {
-            range: GfnRange::new(gpa >> PAGE_SHIFT, end_gfn),
+            range: GfnRange::new(Gfn(gpa >> PAGE_SHIFT), Gfn(end_gfn)),
             attributes,
         })
     }
@@ -321,7 +321,7 @@ impl Tracker {
                 supported: self.supported,
             });
         }
-        if range.is_empty() || range.end > GFN_END {
+        if range.is_empty() || range.end > Gfn(GFN_END) {
             return Err(Error::Unsupported {
                 what: crate::Unsupported::OutsideGfnSpace,
             });
@@ -359,7 +359,7 @@ impl Tracker {
     /// The VM's own maximal runs with non-zero attributes over the whole gfn space.
     pub fn nonzero_runs(&self) -> impl Iterator<Item = AttrRun> + '_ {
         self.attrs
-            .runs(GfnRange::new(0, GFN_END))
+            .runs(GfnRange::new(Gfn(0), Gfn(GFN_END)))
             .filter(|r| r.attributes != 0)
     }
 
@@ -410,10 +410,10 @@ impl Tracker {
     fn overlapping(&self, range: GfnRange, except: Option<u32>) -> Option<u32> {
         let first = self
             .slots
-            .partition_point(|s| s.base_gfn + s.npages <= range.start);
+            .partition_point(|s| s.base_gfn + s.npages <= range.start.0);
         self.slots[first..]
             .iter()
-            .take_while(|s| s.base_gfn < range.end)
+            .take_while(|s| s.base_gfn < range.end.0)
             .find(|s| Some(s.id) != except)
             .map(|s| s.id)
     }
@@ -432,7 +432,7 @@ impl Tracker {
     pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
         let change = self.check_user_memory_region(r)?;
         let base_gfn = r.gpa.gfn().0;
-        let new_range = GfnRange::new(base_gfn, base_gfn + r.size / PAGE_SIZE);
+        let new_range = GfnRange::new(Gfn(base_gfn), Gfn(base_gfn + r.size / PAGE_SIZE));
         let idx = self
             .memslot(r.slot)
             .map(|s| self.slot_index(s.base_gfn).expect("ids and slots agree"));
@@ -501,7 +501,7 @@ impl Tracker {
         }
         let npages = r.size / PAGE_SIZE;
         let base_gfn = r.gpa.gfn().0;
-        let new_range = GfnRange::new(base_gfn, base_gfn + npages);
+        let new_range = GfnRange::new(Gfn(base_gfn), Gfn(base_gfn + npages));
         let Some(old) = self.memslot(r.slot) else {
             if npages == 0 {
                 return Err(Error::UnknownSlot { slot: r.slot });
