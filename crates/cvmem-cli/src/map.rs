@@ -164,7 +164,7 @@ pub(crate) fn build_with_progress(
 ) -> Result<GpaMap, MapError> {
     let slots_end = tracker
         .memslots()
-        .map(|s| s.gpa() + s.size())
+        .map(|s| s.gpa().0 + s.size())
         .max()
         .unwrap_or(0);
     let cols = opts.cols.clamp(1, 4096);
@@ -192,7 +192,7 @@ pub(crate) fn build_with_progress(
     let cols = (ncells as usize).min(cols).max(1);
     let slots: Vec<(u64, u64)> = tracker
         .memslots()
-        .map(|s| (s.gpa(), s.gpa() + s.size()))
+        .map(|s| (s.gpa().0, s.gpa().0 + s.size()))
         .collect();
     let mut rows: Vec<MapRow> = Vec::new();
     let (mut counts, mut outside, mut folio_cells) = ([0u64; 4], 0u64, [0u64; 3]);
@@ -229,12 +229,12 @@ pub(crate) fn build_with_progress(
     }
     let map_slots = tracker
         .memslots()
-        .filter(|s| s.gpa() < end && start < s.gpa() + s.size())
+        .filter(|s| s.gpa().0 < end && start < s.gpa().0 + s.size())
         .map(|s| {
             let e = tracker.eligibility(s.id()).unwrap_or_default();
             MapSlot {
                 id: s.id(),
-                gpa: s.gpa(),
+                gpa: s.gpa().0,
                 size: s.size(),
                 mixed_2m: tracker.mixed_count(s.id(), Level::M2),
                 mixed_1g: tracker.mixed_count(s.id(), Level::G1),
@@ -264,7 +264,7 @@ fn smallest_folio(tracker: &Tracker, a: u64, b: u64) -> Option<Level> {
         let gfn = cvmem::Gfn(gpa >> PAGE_SHIFT);
         let level = tracker.slot_for_gfn(gfn).and_then(|slot| {
             let binding = slot.gmem()?;
-            let page = binding.offset.0 / cvmem::PAGE_SIZE + (gfn.0 - slot.base_gfn());
+            let page = binding.offset.0 / cvmem::PAGE_SIZE + (gfn.0 - slot.base_gfn().0);
             Some(tracker.gmem(binding.gmem)?.folios().level_at(page))
         });
         if let Some(level) = level {

@@ -31,7 +31,7 @@ impl From<&cvmem::Memslot> for Slot {
     fn from(s: &cvmem::Memslot) -> Self {
         Slot {
             id: s.id(),
-            base_gfn: s.base_gfn(),
+            base_gfn: s.base_gfn().0,
             npages: s.npages(),
             flags: s.flags(),
             uaddr: s.uaddr(),

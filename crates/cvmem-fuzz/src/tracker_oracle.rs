@@ -332,28 +332,28 @@ impl Run<'_> {
         if let Err(why) = self.tracker.attribute_store().check_invariants() {
             panic!("attribute store invariant: {why}");
         }
-        let slots: Vec<(u32, u64, u64)> = self
+        let slots: Vec<(u32, Gfn, u64)> = self
             .tracker
             .memslots()
             .map(|s| (s.id(), s.base_gfn(), s.npages()))
             .collect();
-        let front_slots: Vec<(u32, u64, u64)> = self.front.read(|s| {
+        let front_slots: Vec<(u32, Gfn, u64)> = self.front.read(|s| {
             s.tracker()
                 .memslots()
                 .map(|s| (s.id(), s.base_gfn(), s.npages()))
                 .collect()
         });
         assert_eq!(slots, front_slots, "front: memslots");
-        let mut model_slots: Vec<(u32, u64, u64)> = self
+        let mut model_slots: Vec<(u32, Gfn, u64)> = self
             .model
             .slots
             .iter()
-            .map(|s| (s.id, s.base, s.npages))
+            .map(|s| (s.id, Gfn(s.base), s.npages))
             .collect();
         model_slots.sort_by_key(|s| s.1);
         assert_eq!(slots, model_slots, "memslots");
         for (id, base, npages) in slots {
-            if base + npages > WINDOW {
+            if base.0 + npages > WINDOW {
                 continue;
             }
             for level in Level::LARGE {

@@ -477,7 +477,7 @@ impl Runner {
                 if !plan.slots.iter().any(|p| p.slot == s.slot) {
                     continue;
                 }
-                for r in query.runs(Gpa(s.gpa), s.size)? {
+                for r in query.runs(s.gpa, s.size)? {
                     if r.attributes != 0 {
                         let (gpa, size) = (r.start.gpa().0, (r.end.0 - r.start.0) * PAGE_SIZE);
                         match actual.last_mut() {
@@ -513,7 +513,7 @@ impl Runner {
         // The IOMMU must map exactly the shared memory of the memslots.
         let mut shared: Vec<(u64, u64)> = Vec::new();
         for s in &map.slots {
-            for r in query.runs(Gpa(s.gpa), s.size)? {
+            for r in query.runs(s.gpa, s.size)? {
                 if r.attributes == 0 {
                     let (start, end) = (r.start.gpa().0, r.end.gpa().0);
                     match shared.last_mut() {

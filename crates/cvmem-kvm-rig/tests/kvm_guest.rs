@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cvmem::PAGE_SIZE;
+use cvmem::{Gpa, PAGE_SIZE};
 use cvmem_kvm::Error as MemoryError;
 use cvmem_kvm::{Backing, ConversionRequest, RequestSource};
 use cvmem_kvm_rig::{
@@ -116,7 +116,7 @@ fn selftest_passes_every_data_check() {
     let moved = r.final_state.slots.iter().find(|s| s.slot == 10).unwrap();
     assert_eq!(
         (moved.gpa, moved.flags.dirty_log),
-        (13 << 30 | 8 << 20, false)
+        (Gpa(13 << 30 | 8 << 20), false)
     );
     // Every probe mapped after its implicit conversion; guest accesses were faulted in.
     assert_eq!(
@@ -299,7 +299,11 @@ fn same_as_replay(path: &Path) -> Option<Report> {
         }
     }
     let summary = replay.summary();
-    let attributes: Vec<(u64, u64)> = summary.attributes.iter().map(|&(g, s, _)| (g, s)).collect();
+    let attributes: Vec<(Gpa, u64)> = summary
+        .attributes
+        .iter()
+        .map(|&(g, s, _)| (Gpa(g), s))
+        .collect();
     assert!(!r.final_state.private_truncated());
     assert_eq!(r.final_state.private, attributes);
     let ours = r.mmu.as_ref().unwrap().stats;

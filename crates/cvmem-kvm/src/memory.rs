@@ -354,7 +354,7 @@ impl CvmMemory {
                 .map(|r| SlotRange {
                     slot,
                     range: r.range(),
-                    hva: info.hva + (r.start.0 - base) * PAGE_SIZE,
+                    hva: info.hva + (r.start.0 - base.0) * PAGE_SIZE,
                 })
                 .collect()
         })
@@ -709,7 +709,7 @@ impl CvmMemory {
                         out.push(SlotRange {
                             slot: s.id(),
                             range: r,
-                            hva: info.hva + (r.start.0 - s.base_gfn()) * PAGE_SIZE,
+                            hva: info.hva + (r.start.0 - s.base_gfn().0) * PAGE_SIZE,
                         });
                     }
                 }

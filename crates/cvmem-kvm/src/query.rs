@@ -47,7 +47,7 @@ pub struct SlotSnapshot {
     /// Slot id.
     pub slot: u32,
     /// First byte.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes.
     pub size: u64,
     /// Host memory behind it.
@@ -77,7 +77,7 @@ pub struct MemoryMap {
     /// Maximal private ranges `(gpa, size)` in address order (inside or outside memslots):
     /// the first [`MemoryMap::PRIVATE_RUNS_MAX`] of them (stream them all with
     /// [`MemoryQuery::for_each_run`]).
-    pub private: Vec<(u64, u64)>,
+    pub private: Vec<(Gpa, u64)>,
     /// How many maximal private ranges there are (more than `private` holds when truncated).
     pub private_runs: u64,
     /// Heap bytes the tracker holds.
@@ -280,7 +280,7 @@ impl MemoryQuery {
             }
             map.private_runs += 1;
             if map.private.len() < MemoryMap::PRIVATE_RUNS_MAX {
-                map.private.push((run.start.gpa().0, run.bytes()));
+                map.private.push((run.start.gpa(), run.bytes()));
             }
             std::ops::ControlFlow::Continue(())
         });

@@ -104,7 +104,7 @@ pub struct SlotSummary {
     /// Slot id.
     pub slot: u32,
     /// Guest physical address.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size in bytes.
     pub size: u64,
     /// Mixed 2M pages wholly inside the slot.

@@ -82,6 +82,20 @@ impl fmt::Display for Gpa {
     }
 }
 
+/// The number, in hex (`{:#x}` prints `0x…`).
+impl fmt::LowerHex for Gpa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// The number, in hex (`{:#x}` prints `0x…`).
+impl fmt::LowerHex for Gfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
 impl fmt::Display for Gfn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gfn {:#x}", self.0)

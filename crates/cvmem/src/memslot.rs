@@ -131,8 +131,8 @@ impl Memslot {
         self.id
     }
     /// First gfn.
-    pub fn base_gfn(&self) -> u64 {
-        self.base_gfn
+    pub fn base_gfn(&self) -> Gfn {
+        Gfn(self.base_gfn)
     }
     /// Size in pages.
     pub fn npages(&self) -> u64 {
@@ -143,8 +143,8 @@ impl Memslot {
         GfnRange::from_len(Gfn(self.base_gfn), self.npages)
     }
     /// Guest physical address of the first byte.
-    pub fn gpa(&self) -> u64 {
-        self.base_gfn << PAGE_SHIFT
+    pub fn gpa(&self) -> Gpa {
+        Gpa(self.base_gfn << PAGE_SHIFT)
     }
     /// Size in bytes.
     pub fn size(&self) -> u64 {

@@ -126,10 +126,10 @@ impl Tracker {
             .memslots()
             .map(|s| SlotRecord {
                 id: s.id(),
-                gpa: Gpa(s.gpa()),
+                gpa: s.gpa(),
                 size: s.size(),
                 flags: s.flags(),
-                host_offset: s.uaddr().wrapping_sub(s.gpa()) & HOST_OFFSET_MASK,
+                host_offset: s.uaddr().wrapping_sub(s.gpa().0) & HOST_OFFSET_MASK,
                 backing: s.backing(),
                 gmem: s.gmem(),
             })

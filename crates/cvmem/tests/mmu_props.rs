@@ -439,7 +439,7 @@ fn apply(vm: &mut Vm, op: &Op, window: Option<GfnRange>) -> Result<(), TestCaseE
         Op::DirtyLog { on, touch } => {
             if let Some(s) = vm.tracker().memslot(2) {
                 let mut r = regions()[2];
-                r.gpa = Gpa(s.gpa());
+                r.gpa = s.gpa();
                 r.flags.dirty_log = on;
                 vm.set_user_memory_region(&r).unwrap();
                 if touch {

@@ -217,7 +217,7 @@ impl Gen {
             .tracker()
             .memslots()
             .nth(k)
-            .map(|s| (s.gpa(), s.size()));
+            .map(|s| (s.gpa().0, s.size()));
         let (gpa, size) = s.unwrap_or((0, 4096));
         gpa + self.below(size / 4096) * 4096
     }

@@ -160,7 +160,7 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     assert!(q.is_private(Gpa(G1 + M2)));
     assert_eq!(iommu.with_dma(|d| d.mapped()), vec![(to, to + 2 * M2)]);
     assert!(iommu.with_dma(|d| d.violations().is_empty()));
-    assert_eq!(q.snapshot().slots[0].gpa, to);
+    assert_eq!(q.snapshot().slots[0].gpa, Gpa(to));
 
     // Onto another slot: EEXIST, and nothing changes (no listener traffic either).
     m.add_slot(&SlotSpec {

@@ -198,7 +198,7 @@ impl CvmMemory {
         Ok(MemoryRegion {
             gmem: None,
             slot,
-            gpa: Gpa(s.gpa()),
+            gpa: s.gpa(),
             size: s.size(),
             flags: s.flags(),
             uaddr: None,

@@ -33,7 +33,7 @@ impl CvmMemory {
     pub fn restore(&self, snapshot: &TrackerSnapshot) -> Result<()> {
         let (slots_differ, fresh) = self.shared.tracker(|t| {
             let ours = t.memslots().map(|s| (s.id(), s.gpa(), s.size(), s.flags()));
-            let theirs = (snapshot.memslots.iter()).map(|s| (s.id, s.gpa.0, s.size, s.flags));
+            let theirs = (snapshot.memslots.iter()).map(|s| (s.id, s.gpa, s.size, s.flags));
             (!ours.eq(theirs), t.nonzero_runs().next().is_none())
         });
         if slots_differ {

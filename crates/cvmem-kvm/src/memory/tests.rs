@@ -217,7 +217,7 @@ fn vmm_attribute_changes_follow_kvm_rules() {
     let c = m.set_attributes(Gpa(0), 2 << 20, P).unwrap();
     assert_eq!(c.changed_pages, 512);
     let map = m.query().snapshot();
-    assert_eq!(map.private, vec![(0, 2 << 20)]);
+    assert_eq!(map.private, vec![(Gpa(0), 2 << 20)]);
     assert_eq!(map.slots[0].private_bytes, 2 << 20);
 }
 
@@ -367,7 +367,7 @@ fn conversions_outside_memslots_grow_no_tracking() {
 }
 
 /// The memory state a guest or VMM can observe (not the store's spare room).
-fn state(m: &CvmMemory) -> (Vec<crate::SlotSnapshot>, Vec<(u64, u64)>) {
+fn state(m: &CvmMemory) -> (Vec<crate::SlotSnapshot>, Vec<(Gpa, u64)>) {
     let map = m.query().snapshot();
     (map.slots, map.private)
 }

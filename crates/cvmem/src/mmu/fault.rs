@@ -175,7 +175,7 @@ impl Vm {
         let slot_end = self
             .tracker
             .slot_for_gfn(Gfn(gfn))
-            .map_or(gfn + 1, |s| s.base_gfn() + s.npages());
+            .map_or(gfn + 1, |s| s.range().end.0);
         let next_window = self
             .windows
             .iter()
@@ -193,7 +193,7 @@ impl Vm {
                 let after = self
                     .tracker
                     .memslots()
-                    .map(|s| s.base_gfn())
+                    .map(|s| s.base_gfn().0)
                     .find(|&b| b > gfn);
                 after.unwrap_or(GFN_END)
             }

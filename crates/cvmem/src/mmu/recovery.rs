@@ -11,7 +11,7 @@ use super::vm::{Recovery, Vm, Window};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CollapsibleRegion {
     /// First gfn of the region.
-    pub gfn: u64,
+    pub gfn: Gfn,
     /// The level it could be mapped at (2M or 1G).
     pub level: Level,
     /// Kind of its leaves.
@@ -128,7 +128,7 @@ impl Vm {
             .is_some_and(|l| l >= region_level)
         {
             out.push(CollapsibleRegion {
-                gfn,
+                gfn: Gfn(gfn),
                 level: region_level,
                 private,
                 mapped_pages: mapped,

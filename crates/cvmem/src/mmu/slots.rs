@@ -18,7 +18,7 @@ impl Vm {
         let mut tables = 2 * usize::from(self.trees.nroots());
         if let Some(old) = self.tracker.memslot(r.slot) {
             let enabling = r.size != 0 && r.flags.dirty_log && !old.flags().dirty_log;
-            if enabling && r.gpa.0 == old.gpa() {
+            if enabling && r.gpa == old.gpa() {
                 tables += self.trees.tables_to_split(old.range(), Level::K4);
             }
         }

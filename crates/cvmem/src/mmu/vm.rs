@@ -265,7 +265,7 @@ impl Vm {
         let end = self
             .tracker
             .memslots()
-            .map(|s| s.base_gfn() + s.npages())
+            .map(|s| s.range().end.0)
             .max()
             .unwrap_or(0);
         let depth = if end <= 1 << 36 {
