@@ -23,6 +23,7 @@ pub trait DmaMap: Send {
 
 /// Counters of a [`RecordingIommu`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IommuStats {
     /// Successful maps.
     pub maps: u64,

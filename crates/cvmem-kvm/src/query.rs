@@ -98,6 +98,7 @@ impl MemoryMap {
 /// The MMU model's state: page tables, events, and hugepage coverage.
 #[cfg(feature = "mmu-model")]
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MmuSnapshot {
     /// Leaves per level and kind, table pages, splits, zaps, collapses, faults...
     pub stats: MmuStats,

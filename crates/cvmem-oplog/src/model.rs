@@ -100,6 +100,7 @@ impl Executor for Vm {
 
 /// One memslot in the replay summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotSummary {
     /// Slot id.
     pub slot: u32,
@@ -117,6 +118,7 @@ pub struct SlotSummary {
 
 /// One guest_memfd in the replay summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileSummary {
     /// The file's number.
     pub file: u32,
@@ -134,6 +136,7 @@ pub struct FileSummary {
 
 /// The state at the end of a replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
     /// Maximal runs of non-zero attributes: `(gpa, size, attributes)`, in address order.
     pub attributes: Vec<(u64, u64, u64)>,

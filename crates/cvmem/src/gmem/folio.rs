@@ -49,6 +49,7 @@ impl MergePolicy {
 
 /// Splits and merges so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FolioCounts {
     /// Folios split (a 1G folio into 2M ones, a 2M folio into 4K pages).
     pub splits: u64,

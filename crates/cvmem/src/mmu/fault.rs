@@ -42,6 +42,7 @@ impl FaultOutcome {
 
 /// Counts of a `fault-range`: one outcome per 4K page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct FaultRangeCounts {
     /// Pages whose fault installed a leaf, by the leaf's level.
     pub mapped: LevelCounts,

@@ -9,6 +9,7 @@ use super::vm::{Recovery, Vm, Window};
 
 /// A region that the tracker allows at a larger level than the leaves that map it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct CollapsibleRegion {
     /// First gfn of the region.
     pub gfn: Gfn,

@@ -51,6 +51,7 @@ impl LevelCounts {
 
 /// The state and event counters of the MMU; cheap to take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MmuStats {
     /// The layout.
     pub layout: Layout,
@@ -115,6 +116,7 @@ impl MmuStats {
 /// at all mapped at the largest level the tracker allows (attributes, memslots, backing, dirty
 /// logging, GUEST_INHIBIT). O(large pages of the memslots) to compute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Coverage {
     /// Bytes mapped now.
     pub mapped_bytes: u64,
