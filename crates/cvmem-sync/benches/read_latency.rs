@@ -149,6 +149,17 @@ fn reads(c: &mut Criterion) {
     bench_cpu(&mut g, "max_mapping_level, no writer", || {
         vm.max_mapping_level(Gpa(next()), Access::Private)
     });
+    // One copy published by an atomic pointer, read through arc-swap's guard: what a reader
+    // would pay under copy-on-write publication (no writer here; the tracker is never changed).
+    let published = arc_swap::ArcSwap::from_pointee(tracker.clone());
+    bench_cpu(&mut g, "arc-swap load + max_mapping_level (one copy by pointer)", || {
+        published.load().max_mapping_level(Gpa(next()), Access::Private)
+    });
+    // The same read inside an epoch (crossbeam-epoch's pin), the other reclamation scheme.
+    bench_cpu(&mut g, "epoch pin + max_mapping_level", || {
+        let _guard = crossbeam_epoch::pin();
+        tracker.max_mapping_level(Gpa(next()), Access::Private)
+    });
     bench_cpu(&mut g, "fault, no writer", || {
         vm.fault(Gpa(next()), Access::Private)
     });

@@ -321,11 +321,7 @@ impl Tracker {
                 supported: self.supported,
             });
         }
-        if range.is_empty() || range.end > Gfn(GFN_END) {
-            return Err(Error::Unsupported {
-                what: crate::Unsupported::OutsideGfnSpace,
-            });
-        }
+        // The store refuses a range outside the gfn space (one place for that rule).
         self.attrs.set(range, attributes)
     }
 
