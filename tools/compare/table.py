@@ -7,7 +7,9 @@ Per workload and size: cvmem's memory (tracking plus forced page tables) against
 other design, and its total conversion time, query p50 and query p99 (medians of the rounds)
 against the best other design in every run. On stderr: per figure, the rows within the targets
 (memory: never above `bitmap`, within 2x of the smallest or under 16 KiB; times within 1.25x)
-in each run, in at least one and in most, then every row that misses in some run.
+in each run, in at least one and in most, then every row that misses in some run; then the same
+for issue 21's rule (within 1.25x of the best design whose memory is within 8x of cvmem's, and
+within 1.4x of any design).
 """
 import json, sys, os
 WL = "boot startup tdx-4g swiotlb-churn snp-psc lazy-accept kexec mmio-storm selftest random-flips checkerboard checkerboard-all hostile".split()
@@ -44,6 +46,8 @@ counts["mem"] = [0] * len(dirs)
 ok_any = {f: 0 for f in counts}; ok_most = {f: 0 for f in counts}
 nrows = 0
 fails = []
+rule = {f: [0] * len(dirs) for f, _ in FIG}
+rule_fails = []
 print("| workload | guest | cvmem memory (× smallest other) | all conversions (× fastest other) | query p50 (× best) | query p99 (× best) |")
 print("|---|---|---|---|---|---|")
 for w in WL:
@@ -78,6 +82,16 @@ for w in WL:
                 ratio = cv / others[best]
                 rs.append((ratio, best))
                 counts[f][i] += ratio <= 1.25
+                # Issue 21's rule: within 1.25x of the best design whose memory is within 8x of
+                # cvmem's, and within 1.4x of any design.
+                mem = lambda r: r["run"]["heap_bytes"] + r["run"]["table_bytes"]
+                peers = [get(v) for k, v in R.items() if k != "cvmem" and mem(v) <= 8 * mem(R["cvmem"])]
+                peer_ok = not peers or cv <= 1.25 * min(peers)
+                rule_ok = peer_ok and ratio <= 1.4
+                rule[f][i] += rule_ok
+                if not rule_ok:
+                    peer = min(peers) if peers else float("nan")
+                    rule_fails.append(f"{w} {s} {f} run {i + 1}: {cv / peer:.2f}x best peer, {ratio:.2f}x {best}")
             nok = sum(r[0] <= 1.25 for r in rs)
             ok_any[f] += nok > 0; ok_most[f] += nok * 2 > len(dirs)
             if nok < len(dirs): fails.append(f"{w} {s} {f} " + " / ".join(f"{r:.2f}x {n}" for r, n in rs))
@@ -92,3 +106,6 @@ print(f"rows {nrows}", file=sys.stderr)
 for f in counts:
     print(f"{f}: per run {counts[f]}, in >=1: {ok_any[f]}, in most: {ok_most[f]}", file=sys.stderr)
 for x in fails: print("MISS", x, file=sys.stderr)
+for f in rule:
+    print(f"issue 21 rule, {f}: rows within per run {rule[f]}", file=sys.stderr)
+for x in rule_fails: print("RULE MISS", x, file=sys.stderr)
