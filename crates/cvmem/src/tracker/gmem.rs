@@ -186,12 +186,19 @@ impl Tracker {
 
     /// The level the slot's state allows at `gfn` for a page of the kind `probe` found, no
     /// larger than the folio backing it when it is private in a file the tracker models.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn folio_cap(&self, slot: &Memslot, gfn: Gfn, probe: Probe) -> Level {
         let level = Self::slot_level(slot, gfn.0, probe);
-        if !probe.private || level == Level::K4 {
+        if !probe.private || level == Level::K4 || slot.gmem.is_none() {
             return level;
         }
+        self.folio_cap_in_file(slot, gfn, level)
+    }
+
+    /// [`Tracker::folio_cap`] of a private page in a file: out of line, off the path of slots
+    /// without a modelled file.
+    #[inline(never)]
+    fn folio_cap_in_file(&self, slot: &Memslot, gfn: Gfn, level: Level) -> Level {
         match self.bound(slot) {
             Some((gmem, first)) => level.min(gmem.folio_cap(first + (gfn.0 - slot.base_gfn), gfn)),
             None => level,
@@ -319,11 +326,18 @@ impl Tracker {
     /// PRIVATE at `gfn` of `slot` and the largest level whose aligned page around it has one
     /// kind, read from wherever PRIVATE is kept. Levels whose page leaves the slot may be
     /// reported either way: the slot's geometry rules them out.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn probe_in(&self, slot: &Memslot, gfn: Gfn) -> Probe {
         if self.mode == AttrMode::PerVm {
             return self.attrs.probe(gfn);
         }
+        self.probe_in_file(slot, gfn)
+    }
+
+    /// [`Tracker::probe_in`] where each guest_memfd keeps PRIVATE: out of line, so that the
+    /// per-VM fault path stays one inlined descent of the store.
+    #[inline(never)]
+    fn probe_in_file(&self, slot: &Memslot, gfn: Gfn) -> Probe {
         let Some((gmem, first)) = self.bound(slot) else {
             // No file: nothing here can be private.
             return Probe {
