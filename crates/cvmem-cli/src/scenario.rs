@@ -3,7 +3,7 @@
 //! and virtio pages, 4K accepts where 2M was possible, transient SWIOTLB buffers, and thousands of
 //! 4K flips in a hot range.
 
-use cvmem::{Access, Level, SlotFlags};
+use cvmem::{Access, Gpa, Level, SlotFlags};
 use cvmem_oplog::{Layout, Op, Recovery};
 
 const K4: u64 = 4096;
@@ -61,7 +61,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     ops.push(Op::Memslot {
         gmem: None,
         slot: 0,
-        gpa: 0,
+        gpa: Gpa(0),
         size: 2 * G1,
         flags: gmem,
         uaddr: None,
@@ -70,7 +70,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     ops.push(Op::Memslot {
         gmem: None,
         slot: 1,
-        gpa: 4 * G1,
+        gpa: Gpa(4 * G1),
         size: 2 * G1,
         flags: gmem,
         uaddr: None,
@@ -79,7 +79,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     ops.push(Op::Memslot {
         gmem: None,
         slot: 2,
-        gpa: 0xffc0_0000,
+        gpa: Gpa(0xffc0_0000),
         size: 4 * M1,
         flags: SlotFlags::default(),
         uaddr: None,
@@ -87,12 +87,12 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
     });
     // QEMU makes every guest_memfd slot private at start-up.
     ops.push(Op::Attrs {
-        gpa: 0,
+        gpa: Gpa(0),
         size: 2 * G1,
         attributes: 8,
     });
     ops.push(Op::Attrs {
-        gpa: 4 * G1,
+        gpa: Gpa(4 * G1),
         size: 2 * G1,
         attributes: 8,
     });
@@ -102,14 +102,14 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
         // The firmware and early kernel accept at 4K where 2M was possible (published profile).
         for gfn in (0x806..0xa00).chain(0x7e800..0x7ea00) {
             ops.push(Op::Accept {
-                gpa: gfn * K4,
+                gpa: Gpa(gfn * K4),
                 level: Level::K4,
             });
         }
         // The kernel touches its memory (private) before it sets up its shared pools.
         for (gpa, size) in [(0, 2 * G1), (4 * G1, 2 * G1)] {
             ops.push(Op::FaultRange {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 access: Access::Private,
             });
@@ -141,7 +141,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
             let gpa = 4 * G1 + rng.below((2 * G1 - size) / K4) * K4;
             ops.push(map_gpa(gpa, size, false));
             ops.push(Op::FaultRange {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 access: Access::Shared,
             });
@@ -168,7 +168,7 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
         ops.push(map_gpa(gfn * K4, K4, now_private));
         if i % 500 == 0 {
             ops.push(Op::Query {
-                gpa: gfn * K4,
+                gpa: Gpa(gfn * K4),
                 access: Access::Private,
             });
         }
@@ -177,12 +177,12 @@ pub(crate) fn tdx_boot_4g(flips: usize, mmu: Option<Recovery>) -> Vec<Op> {
         // The guest touches all of its RAM: each page faulted as its own kind.
         for (gpa, size) in [(0, 2 * G1), (4 * G1, 2 * G1)] {
             ops.push(Op::FaultRange {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 access: Access::Private,
             });
             ops.push(Op::FaultRange {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 access: Access::Shared,
             });

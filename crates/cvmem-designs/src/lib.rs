@@ -19,15 +19,15 @@
 //! Measurement only: the designs are faithful in algorithm and memory accounting, not hardened.
 //!
 //! ```
-//! use cvmem::{Access, Level, MaxLevel, SlotFlags};
+//! use cvmem::{Access, Gpa, Level, MaxLevel, SlotFlags};
 //! use cvmem_oplog::{Op, Outcome};
 //! use cvmem_designs::{make_design, Vm};
 //!
 //! let mut vm = Vm::new(make_design("linux").unwrap());
 //! let flags = SlotFlags { guest_memfd: true, ..Default::default() };
-//! vm.apply(&Op::Memslot { slot: 0, gpa: 0, size: 4 << 30, flags, uaddr: None, backing: None, gmem: None });
-//! assert_eq!(vm.apply(&Op::Attrs { gpa: 0, size: 4 << 30, attributes: 8 }), Outcome::Done);
-//! let q = Op::Query { gpa: 1 << 30, access: Access::Private };
+//! vm.apply(&Op::Memslot { slot: 0, gpa: Gpa(0), size: 4 << 30, flags, uaddr: None, backing: None, gmem: None });
+//! assert_eq!(vm.apply(&Op::Attrs { gpa: Gpa(0), size: 4 << 30, attributes: 8 }), Outcome::Done);
+//! let q = Op::Query { gpa: Gpa(1 << 30), access: Access::Private };
 //! assert_eq!(vm.apply(&q), Outcome::Query(MaxLevel::Level(Level::G1)));
 //! ```
 

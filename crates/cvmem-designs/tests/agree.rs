@@ -2,7 +2,7 @@
 //! small random workloads (memslots with odd bases, sizes, host addresses and flags; attribute
 //! ranges around 4K/2M/1G boundaries; map-gpa; queries of both kinds).
 
-use cvmem::{Access, Level, SlotFlags};
+use cvmem::{Access, Gpa, Level, SlotFlags};
 use cvmem_designs::dense::Dense;
 use cvmem_designs::{make_design, Vm, DESIGNS};
 use cvmem_oplog::{Op, Outcome};
@@ -66,7 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
             Op::Memslot {
                 gmem: None,
                 slot,
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 flags: SlotFlags {
                     guest_memfd: memfd,
@@ -83,7 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         prop_oneof![4 => Just(8u64), 4 => Just(0u64), 1 => Just(1u64)],
     )
         .prop_map(|(gpa, size, attributes)| Op::Attrs {
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size,
             attributes,
         });
@@ -98,11 +98,11 @@ fn op() -> impl Strategy<Value = Op> {
             flags,
         });
     let query = ((0..WINDOW), access()).prop_map(|(gfn, access)| Op::Query {
-        gpa: gfn * K4,
+        gpa: Gpa(gfn * K4),
         access,
     });
     let edge_query = (addr(), -2i64..3, access()).prop_map(|(gpa, d, access)| Op::Query {
-        gpa: gpa.saturating_add_signed(d * 4096).min(4 * G - K4),
+        gpa: Gpa(gpa.saturating_add_signed(d * 4096).min(4 * G - K4)),
         access,
     });
     prop_oneof![
@@ -122,7 +122,7 @@ fn sweep(vms: &mut [Vm], after: usize) -> Result<(), TestCaseError> {
         let gfn = page * 512 + (page * 2654435761 + after as u64 * 97) % 512;
         for access in [Access::Private, Access::Shared] {
             let q = Op::Query {
-                gpa: gfn * K4,
+                gpa: Gpa(gfn * K4),
                 access,
             };
             let want = vms[0].apply(&q);
@@ -187,14 +187,14 @@ fn prefix() -> impl Strategy<Value = Vec<Op>> {
             Op::Memslot {
                 gmem: None,
                 slot: 9,
-                gpa: 0,
+                gpa: Gpa(0),
                 size: 2 * G + 6 * M,
                 flags: f,
                 uaddr: None,
                 backing: None
             },
             Op::Attrs {
-                gpa: 0,
+                gpa: Gpa(0),
                 size: 4 * G,
                 attributes: 8
             },
@@ -205,7 +205,7 @@ fn prefix() -> impl Strategy<Value = Vec<Op>> {
 /// Small conversions inside the first 2 GiB, where the prefix put memory.
 fn small_conversion() -> impl Strategy<Value = Op> {
     ((0u64..(2 * G / K4)), 1u64..1100, any::<bool>()).prop_map(|(p, n, private)| Op::Attrs {
-        gpa: p * K4,
+        gpa: Gpa(p * K4),
         size: n * K4,
         attributes: if private { 8 } else { 0 },
     })
@@ -233,7 +233,7 @@ fn misaligned_uaddr_and_partial_pages() {
         Op::Memslot {
             gmem: None,
             slot: 0,
-            gpa: 2 * M - K4,
+            gpa: Gpa(2 * M - K4),
             size: G + 4 * M,
             flags: f,
             uaddr: None,
@@ -242,19 +242,19 @@ fn misaligned_uaddr_and_partial_pages() {
         Op::Memslot {
             gmem: None,
             slot: 1,
-            gpa: 2 * G,
+            gpa: Gpa(2 * G),
             size: G,
             flags: f,
             uaddr: Some(2 * G + 2 * M),
             backing: None,
         },
         Op::Attrs {
-            gpa: 0,
+            gpa: Gpa(0),
             size: 4 * G,
             attributes: 8,
         },
         Op::Attrs {
-            gpa: G + 2 * M + K4,
+            gpa: Gpa(G + 2 * M + K4),
             size: K4,
             attributes: 0,
         },
@@ -270,7 +270,10 @@ fn misaligned_uaddr_and_partial_pages() {
         2 * G + 4 * M,
     ] {
         for access in [Access::Private, Access::Shared] {
-            ops.push(Op::Query { gpa, access });
+            ops.push(Op::Query {
+                gpa: cvmem::Gpa(gpa),
+                access,
+            });
         }
     }
     check(&ops).unwrap();

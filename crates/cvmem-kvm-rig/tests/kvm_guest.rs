@@ -242,7 +242,7 @@ fn replay_as_vmm(replay: &mut Replayer, op: &Op) -> Outcome {
         Ok(scope) => {
             for part in scope.parts {
                 let attrs = Op::Attrs {
-                    gpa: part.start.gpa().0,
+                    gpa: part.start.gpa(),
                     size: part.len() * PAGE_SIZE,
                     attributes: req.to.attributes(),
                 };

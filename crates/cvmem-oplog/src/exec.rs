@@ -258,7 +258,7 @@ impl Driver {
                 size,
                 attributes,
             } => {
-                executor.set_attributes(Gpa(gpa), size, attributes)?;
+                executor.set_attributes(gpa, size, attributes)?;
                 Outcome::Done
             }
             Op::MapGpa { gpa, npages, flags } => match MapGpaRange::decode(gpa, npages, flags) {
@@ -271,12 +271,12 @@ impl Driver {
                     return Err(e.into());
                 }
             },
-            Op::Query { gpa, access } => Outcome::Query(executor.query(Gpa(gpa), access)?),
-            Op::Fault { gpa, access } => Outcome::Fault(executor.fault(Gpa(gpa), access)?),
+            Op::Query { gpa, access } => Outcome::Query(executor.query(gpa, access)?),
+            Op::Fault { gpa, access } => Outcome::Fault(executor.fault(gpa, access)?),
             Op::FaultRange { gpa, size, access } => {
-                Outcome::FaultRange(executor.fault_range(Gpa(gpa), size, access)?)
+                Outcome::FaultRange(executor.fault_range(gpa, size, access)?)
             }
-            Op::Accept { gpa, level } => Outcome::Accept(executor.accept(Gpa(gpa), level)?),
+            Op::Accept { gpa, level } => Outcome::Accept(executor.accept(gpa, level)?),
             Op::AttrMode { mode } => {
                 if self.ops != self.setup {
                     return Err(cvmem::Error::Unsupported {
@@ -291,7 +291,7 @@ impl Driver {
                 Outcome::Gmem(executor.create_gmem(size, flags, merge)?)
             }
             Op::PunchHole { file, offset, size } => {
-                executor.punch_hole(gmem_id(file), GmemOffset(offset), size)?;
+                executor.punch_hole(gmem_id(file), offset, size)?;
                 Outcome::Done
             }
             Op::GmemAttrs {
@@ -300,15 +300,15 @@ impl Driver {
                 size,
                 attributes,
             } => {
-                executor.gmem_attributes(gmem_id(file), GmemOffset(offset), size, attributes)?;
+                executor.gmem_attributes(gmem_id(file), offset, size, attributes)?;
                 Outcome::Done
             }
             Op::GmemPin { file, offset } => {
-                executor.gmem_pin(gmem_id(file), GmemOffset(offset), true)?;
+                executor.gmem_pin(gmem_id(file), offset, true)?;
                 Outcome::Done
             }
             Op::GmemUnpin { file, offset } => {
-                executor.gmem_pin(gmem_id(file), GmemOffset(offset), false)?;
+                executor.gmem_pin(gmem_id(file), offset, false)?;
                 Outcome::Done
             }
         })

@@ -27,14 +27,14 @@
 //!
 //! ```
 //! use cvmem_oplog::{parse, parse_line, Op};
-//! use cvmem::Access;
+//! use cvmem::{Access, Gpa};
 //!
 //! let log = parse("memslot 0 0 2G guest-memfd\n# comment\nquery 0x1000 private # inline\n")?;
 //! assert_eq!(log.len(), 2);
 //! assert_eq!(log[1].number, 3);
-//! assert_eq!(log[1].op, Op::Query { gpa: 0x1000, access: Access::Private });
+//! assert_eq!(log[1].op, Op::Query { gpa: Gpa(0x1000), access: Access::Private });
 //!
-//! let op = Op::Attrs { gpa: 0, size: 2 << 30, attributes: 0x8 };
+//! let op = Op::Attrs { gpa: Gpa(0), size: 2 << 30, attributes: 0x8 };
 //! assert_eq!(op.to_string(), "attrs 0x0 0x80000000 private");
 //! assert_eq!(parse_line(&op.to_string())?, Some(op));
 //!

@@ -66,7 +66,7 @@ pub enum Op {
         /// The slot id (valid ids are 0 … 32763; the replay engine checks).
         slot: u64,
         /// Guest physical address of the slot's first byte.
-        gpa: u64,
+        gpa: Gpa,
         /// Size in bytes; 0 deletes the slot.
         size: u64,
         /// `guest-memfd`, `dirty-log`, `readonly`.
@@ -76,12 +76,12 @@ pub enum Op {
         /// `backing=4K|2M|1G`: largest host mapping of the backing memory (default: 1G).
         backing: Option<Level>,
         /// `gmem=FILE:OFFSET` (op-log v2): the guest_memfd range bound to the slot.
-        gmem: Option<(u64, u64)>,
+        gmem: Option<(u64, GmemOffset)>,
     },
     /// `attrs GPA SIZE ATTRIBUTES`: KVM_SET_MEMORY_ATTRIBUTES.
     Attrs {
         /// First byte of the range.
-        gpa: u64,
+        gpa: Gpa,
         /// Size in bytes.
         size: u64,
         /// The attribute mask (`private` = 0x8, `shared` = 0).
@@ -99,21 +99,21 @@ pub enum Op {
     /// `query GPA private|shared`: the fault path's question for one access.
     Query {
         /// The address accessed.
-        gpa: u64,
+        gpa: Gpa,
         /// The kind of access.
         access: Access,
     },
     /// `fault GPA private|shared`: a guest access through the MMU model.
     Fault {
         /// The address accessed.
-        gpa: u64,
+        gpa: Gpa,
         /// The kind of access.
         access: Access,
     },
     /// `fault-range GPA SIZE private|shared`: a `fault` on every 4 KiB page of the range.
     FaultRange {
         /// First byte of the range.
-        gpa: u64,
+        gpa: Gpa,
         /// Size in bytes.
         size: u64,
         /// The kind of access.
@@ -129,7 +129,7 @@ pub enum Op {
     /// `accept GPA 4K|2M|1G`: a TDX guest accepting a private page at a level.
     Accept {
         /// The page accepted.
-        gpa: u64,
+        gpa: Gpa,
         /// The level accepted at.
         level: Level,
     },
@@ -153,7 +153,7 @@ pub enum Op {
         /// The file.
         file: u64,
         /// First byte.
-        offset: u64,
+        offset: GmemOffset,
         /// Size in bytes.
         size: u64,
     },
@@ -162,7 +162,7 @@ pub enum Op {
         /// The file.
         file: u64,
         /// First byte of the range in the file.
-        offset: u64,
+        offset: GmemOffset,
         /// Size in bytes.
         size: u64,
         /// `private` (0x8) or `shared` (0), or a number.
@@ -173,14 +173,14 @@ pub enum Op {
         /// The file.
         file: u64,
         /// A byte in the page.
-        offset: u64,
+        offset: GmemOffset,
     },
     /// `gmem-unpin FILE OFFSET` (v2): the host drops a reference it took.
     GmemUnpin {
         /// The file.
         file: u64,
         /// A byte in the page.
-        offset: u64,
+        offset: GmemOffset,
     },
 }
 
@@ -208,14 +208,14 @@ impl Op {
         };
         let gmem = gmem.map(|(file, offset)| GmemBinding {
             gmem: gmem_id(file),
-            offset: GmemOffset(offset),
+            offset,
         });
         Some(
             match u32::try_from(slot).ok().filter(|&s| s <= MAX_SLOT_ID) {
                 Some(slot) => Ok(MemoryRegion {
                     gmem,
                     slot,
-                    gpa: cvmem::Gpa(gpa),
+                    gpa,
                     size,
                     flags,
                     uaddr,
@@ -238,7 +238,7 @@ impl Op {
                 gpa,
                 size,
                 attributes,
-            } => Some(Ok((Gpa(gpa), size, attributes))),
+            } => Some(Ok((gpa, size, attributes))),
             Op::MapGpa { gpa, npages, flags } => Some(
                 MapGpaRange::decode(gpa, npages, flags).map(|r| (r.gpa, r.size(), r.attributes())),
             ),

@@ -10,7 +10,7 @@ use cvmem::Access;
 use cvmem::Level;
 use cvmem::SlotFlags;
 use cvmem::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use cvmem::{AttrMode, GmemFlags, MergePolicy};
+use cvmem::{AttrMode, GmemFlags, GmemOffset, Gpa, MergePolicy};
 
 /// One operation with the number of the line it was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,7 +135,7 @@ fn parse_memslot(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
                             .ok_or_else(|| ParseErrorKind::BadBinding {
                                 token: excerpt(token),
                             })?;
-                    let binding = (number("FILE", file)?, number("OFFSET", offset)?);
+                    let binding = (number("FILE", file)?, GmemOffset(number("OFFSET", offset)?));
                     store_once(op, "gmem", &mut gmem, binding)?;
                 } else {
                     return Err(ParseErrorKind::BadFlag {
@@ -148,7 +148,7 @@ fn parse_memslot(args: &mut Args<'_>) -> Result<Op, ParseErrorKind> {
     }
     Ok(Op::Memslot {
         slot,
-        gpa,
+        gpa: cvmem::Gpa(gpa),
         size,
         flags,
         uaddr,
@@ -234,7 +234,7 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
         "memslot" => complete("memslot", words, parse_memslot),
         "attrs" => complete("attrs", words, |a| {
             Ok(Op::Attrs {
-                gpa: a.number("GPA")?,
+                gpa: Gpa(a.number("GPA")?),
                 size: a.number("SIZE")?,
                 attributes: a.attributes()?,
             })
@@ -248,19 +248,19 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
         }),
         "query" => complete("query", words, |a| {
             Ok(Op::Query {
-                gpa: a.number("GPA")?,
+                gpa: Gpa(a.number("GPA")?),
                 access: a.access()?,
             })
         }),
         "fault" => complete("fault", words, |a| {
             Ok(Op::Fault {
-                gpa: a.number("GPA")?,
+                gpa: Gpa(a.number("GPA")?),
                 access: a.access()?,
             })
         }),
         "fault-range" => complete("fault-range", words, |a| {
             Ok(Op::FaultRange {
-                gpa: a.number("GPA")?,
+                gpa: Gpa(a.number("GPA")?),
                 size: a.number("SIZE")?,
                 access: a.access()?,
             })
@@ -268,7 +268,7 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
         "mmu" => complete("mmu", words, parse_mmu),
         "accept" => complete("accept", words, |a| {
             Ok(Op::Accept {
-                gpa: a.number("GPA")?,
+                gpa: Gpa(a.number("GPA")?),
                 level: a.level("LEVEL")?,
             })
         }),
@@ -288,7 +288,7 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
         "gmem-attrs" => complete("gmem-attrs", words, |a| {
             Ok(Op::GmemAttrs {
                 file: a.number("FILE")?,
-                offset: a.number("OFFSET")?,
+                offset: GmemOffset(a.number("OFFSET")?),
                 size: a.number("SIZE")?,
                 attributes: a.attributes()?,
             })
@@ -296,20 +296,20 @@ fn parse_op(line: &str) -> Result<Option<Op>, ParseErrorKind> {
         "punch-hole" => complete("punch-hole", words, |a| {
             Ok(Op::PunchHole {
                 file: a.number("FILE")?,
-                offset: a.number("OFFSET")?,
+                offset: GmemOffset(a.number("OFFSET")?),
                 size: a.number("SIZE")?,
             })
         }),
         "gmem-pin" => complete("gmem-pin", words, |a| {
             Ok(Op::GmemPin {
                 file: a.number("FILE")?,
-                offset: a.number("OFFSET")?,
+                offset: GmemOffset(a.number("OFFSET")?),
             })
         }),
         "gmem-unpin" => complete("gmem-unpin", words, |a| {
             Ok(Op::GmemUnpin {
                 file: a.number("FILE")?,
-                offset: a.number("OFFSET")?,
+                offset: GmemOffset(a.number("OFFSET")?),
             })
         }),
         other => Err(ParseErrorKind::UnknownOperation {

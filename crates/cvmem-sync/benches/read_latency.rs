@@ -152,9 +152,15 @@ fn reads(c: &mut Criterion) {
     // One copy published by an atomic pointer, read through arc-swap's guard: what a reader
     // would pay under copy-on-write publication (no writer here; the tracker is never changed).
     let published = arc_swap::ArcSwap::from_pointee(tracker.clone());
-    bench_cpu(&mut g, "arc-swap load + max_mapping_level (one copy by pointer)", || {
-        published.load().max_mapping_level(Gpa(next()), Access::Private)
-    });
+    bench_cpu(
+        &mut g,
+        "arc-swap load + max_mapping_level (one copy by pointer)",
+        || {
+            published
+                .load()
+                .max_mapping_level(Gpa(next()), Access::Private)
+        },
+    );
     // The same read inside an epoch (crossbeam-epoch's pin), the other reclamation scheme.
     bench_cpu(&mut g, "epoch pin + max_mapping_level", || {
         let _guard = crossbeam_epoch::pin();

@@ -95,7 +95,7 @@ fn documented(
             Op::Query { gpa, .. },
             Outcome::Query(MaxLevel::NoSlot),
             Outcome::Query(MaxLevel::MemoryFault(_)),
-        ) if kernel_vm.told_private(Gpa(*gpa).gfn()) => {
+        ) if kernel_vm.told_private(gpa.gfn()) => {
             Some("private gfn outside every memslot: KVM memory-fault, v1 no-slot")
         }
         _ => None,
@@ -104,12 +104,12 @@ fn documented(
 
 /// The core's answer to the access KVM makes (of the page's own kind), capped where the
 /// kernel oracle's host memory maps less than the op-log's slot asked for (with why).
-fn core_answer(core: &Replayer, kernel: &KernelVm, gpa: u64) -> (MaxLevel, Option<&'static str>) {
+fn core_answer(core: &Replayer, kernel: &KernelVm, gpa: Gpa) -> (MaxLevel, Option<&'static str>) {
     let t = core.tracker();
-    let private = t.is_private(Gpa(gpa).gfn());
+    let private = t.is_private(gpa.gfn());
     match (
-        t.max_mapping_level(Gpa(gpa), Access::from_private(private)),
-        kernel.host_limit(Gpa(gpa), private),
+        t.max_mapping_level(gpa, Access::from_private(private)),
+        kernel.host_limit(gpa, private),
     ) {
         (MaxLevel::Level(l), Some((host, why))) if host < l => (MaxLevel::Level(host), Some(why)),
         (other, _) => (other, None),
@@ -263,9 +263,9 @@ impl Gen {
             }
             3..=5 => Op::Attrs {
                 gpa: if self.below(2) == 0 {
-                    self.query_gpa(core)
+                    Gpa(self.query_gpa(core))
                 } else {
-                    self.gpa()
+                    Gpa(self.gpa())
                 },
                 size: self.size(),
                 attributes: [0, 8, 8, 0, 0x10][self.below(5) as usize],
@@ -276,7 +276,7 @@ impl Gen {
                 flags: [0, 0x10, 0x11, 0x12, 0x13, 0x30][self.below(6) as usize],
             },
             _ => Op::Query {
-                gpa: self.query_gpa(core),
+                gpa: Gpa(self.query_gpa(core)),
                 access: Access::from_private(self.below(2) == 0),
             },
         }
@@ -285,7 +285,7 @@ impl Gen {
         Op::Memslot {
             gmem: None,
             slot: self.below(6),
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size,
             flags: SlotFlags {
                 guest_memfd: self.below(4) != 0,

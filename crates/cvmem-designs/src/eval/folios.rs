@@ -10,7 +10,7 @@
 //! QEMU discards the private copy of memory the guest converts to shared
 //! (`ram_block_discard_guest_memfd_range`). Queries stay.
 
-use cvmem::{GmemFlags, Level, MaxLevel, MergePolicy};
+use cvmem::{GmemFlags, GmemOffset, Level, MaxLevel, MergePolicy};
 use cvmem_oplog::{Op, Outcome, Replayer};
 use serde::Serialize;
 
@@ -87,8 +87,8 @@ pub fn to_per_gmem(ops: &[Op], folio: Level, merge: MergePolicy) -> Vec<Op> {
                         },
                         merge: Some(merge),
                     });
-                    gmem = Some((files, 0));
-                    bound.push((slot, gpa, size, files));
+                    gmem = Some((files, GmemOffset(0)));
+                    bound.push((slot, gpa.0, size, files));
                     files += 1;
                 }
                 out.push(Op::Memslot {
@@ -114,12 +114,16 @@ pub fn to_per_gmem(ops: &[Op], folio: Level, merge: MergePolicy) -> Vec<Op> {
                     let (offset, size) = (lo - sgpa, hi - lo);
                     out.push(Op::GmemAttrs {
                         file,
-                        offset,
+                        offset: cvmem::GmemOffset(offset),
                         size,
                         attributes,
                     });
                     if attributes == 0 {
-                        out.push(Op::PunchHole { file, offset, size });
+                        out.push(Op::PunchHole {
+                            file,
+                            offset: cvmem::GmemOffset(offset),
+                            size,
+                        });
                     }
                 }
             }

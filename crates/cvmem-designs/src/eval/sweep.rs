@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cvmem::{Gfn, GfnRange, PAGE_SHIFT};
+use cvmem::{Gfn, GfnRange, Gpa, PAGE_SHIFT};
 use serde::Serialize;
 
 use crate::make_design;
@@ -49,7 +49,7 @@ pub fn conversion_sweep(designs: &[String], guest_bytes: u64, budget: Duration) 
         let mut ops = layout.memslot_ops();
         for s in layout.ram.iter().chain(std::iter::once(&layout.firmware)) {
             ops.push(cvmem_oplog::Op::Attrs {
-                gpa: s.gpa,
+                gpa: Gpa(s.gpa),
                 size: s.size,
                 attributes: 8,
             });

@@ -1,7 +1,7 @@
 //! Builds an op-log while keeping the VM state it produces (a core [`Replayer`]), so that the
 //! generators can fault pages with the access kind the guest would use, and sweep the final state.
 
-use cvmem::{Access, Gfn, PAGE_SIZE};
+use cvmem::{Access, Gfn, Gpa, PAGE_SIZE};
 use cvmem_oplog::Op;
 use cvmem_oplog::Replayer;
 
@@ -74,7 +74,7 @@ impl Builder {
         let enc = if private { 0x10 } else { 0 };
         match via {
             Via::Attrs => self.push(Op::Attrs {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 attributes: if private { 8 } else { 0 },
             }),
@@ -107,7 +107,7 @@ impl Builder {
     pub fn fault(&mut self, gpa: u64) {
         let access = Access::from_private(self.is_private(gpa));
         self.push(Op::Query {
-            gpa: gpa & !(PAGE_SIZE - 1),
+            gpa: Gpa(gpa & !(PAGE_SIZE - 1)),
             access,
         });
     }
@@ -115,7 +115,7 @@ impl Builder {
     /// A guest access of kind `access` (a mismatch gives `memory-fault`).
     pub fn access(&mut self, gpa: u64, access: Access) {
         self.push(Op::Query {
-            gpa: gpa & !(PAGE_SIZE - 1),
+            gpa: Gpa(gpa & !(PAGE_SIZE - 1)),
             access,
         });
     }

@@ -1,7 +1,7 @@
 //! Simple conversion patterns: start-up alone, the kernel selftest, the checkerboard worst case,
 //! random flips.
 
-use cvmem::{Access, SlotFlags, PAGE_SIZE};
+use cvmem::{Access, Gpa, SlotFlags, PAGE_SIZE};
 use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
@@ -44,7 +44,7 @@ pub fn selftest(p: &Params) -> Vec<Op> {
         b.push(Op::Memslot {
             gmem: None,
             slot: 10 + cpu,
-            gpa: base + cpu * PER_CPU,
+            gpa: Gpa(base + cpu * PER_CPU),
             size: PER_CPU,
             flags,
             uaddr: None,

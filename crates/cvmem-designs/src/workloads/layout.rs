@@ -4,6 +4,7 @@
 //! (TDVF) image as a 4 MiB slot at 0xffc00000, all guest-memfd. High RAM above 4 TiB is split
 //! into 4 TiB memslots (a slot holds at most 2^31 - 1 pages).
 
+use cvmem::Gpa;
 use cvmem::SlotFlags;
 use cvmem_oplog::Op;
 
@@ -97,7 +98,7 @@ impl Layout {
             .map(|s| Op::Memslot {
                 gmem: None,
                 slot: s.id,
-                gpa: s.gpa,
+                gpa: Gpa(s.gpa),
                 size: s.size,
                 flags,
                 uaddr: None,

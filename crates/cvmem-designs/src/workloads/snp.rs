@@ -186,7 +186,7 @@ fn accept_chunk(b: &mut Builder, gpa: u64, prefault: bool) {
     send_psc(b, &psc_entries(gpa, ACCEPT_CHUNK), true);
     if prefault {
         b.push(Op::FaultRange {
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size: ACCEPT_CHUNK,
             access: cvmem::Access::Private,
         });

@@ -1,6 +1,6 @@
 //! TDX-specific workloads: the published 4 GiB TD boot profile, and the firmware MMIO storm.
 
-use cvmem::{Access, Level, PAGE_SIZE};
+use cvmem::{Access, Gpa, Level, PAGE_SIZE};
 use cvmem_oplog::Op;
 
 use super::builder::{Builder, Via};
@@ -65,14 +65,14 @@ pub fn boot_accepts(p: &Params) -> Vec<Op> {
     let fw = b.layout.firmware;
     for gpa in (fw.gpa..fw.end()).step_by(PAGE_SIZE as usize) {
         b.push(Op::Accept {
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             level: Level::K4,
         });
     }
     for &(lo, hi) in &ACCEPT_4K_GFNS {
         for gfn in lo..hi {
             b.push(Op::Accept {
-                gpa: gfn * PAGE_SIZE,
+                gpa: Gpa(gfn * PAGE_SIZE),
                 level: Level::K4,
             });
         }
@@ -91,7 +91,7 @@ pub fn boot_accepts(p: &Params) -> Vec<Op> {
         for gpa in (start..end).step_by(M2 as usize) {
             if !by_firmware(gpa) && b.is_private(gpa) {
                 b.push(Op::Accept {
-                    gpa,
+                    gpa: cvmem::Gpa(gpa),
                     level: Level::M2,
                 });
             }
@@ -103,7 +103,7 @@ pub fn boot_accepts(p: &Params) -> Vec<Op> {
         b.convert(gpa, PAGE_SIZE, private, Via::TdxMapGpa);
         if private {
             b.push(Op::Accept {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 level: Level::K4,
             });
         }

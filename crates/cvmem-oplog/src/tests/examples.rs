@@ -75,7 +75,7 @@ fn example_basic_parses() {
     assert_eq!(
         lines[16].op,
         Op::Attrs {
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             size: 0x1001,
             attributes: 8
         }
@@ -115,7 +115,7 @@ fn example_mmu_parses() {
         Line {
             number: 11,
             op: Op::Accept {
-                gpa: 0x40_0000,
+                gpa: Gpa(0x40_0000),
                 level: Level::K4
             }
         }
@@ -125,7 +125,7 @@ fn example_mmu_parses() {
         Line {
             number: 14,
             op: Op::FaultRange {
-                gpa: 0,
+                gpa: Gpa(0),
                 size: 4 * M,
                 access: Access::Private
             }

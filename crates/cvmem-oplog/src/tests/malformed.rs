@@ -324,7 +324,7 @@ fn long_lines_do_not_panic_and_errors_stay_short() {
     assert_eq!(
         op(&zeros),
         Op::Query {
-            gpa: 0,
+            gpa: Gpa(0),
             access: Access::Private
         }
     );

@@ -10,7 +10,7 @@ use alloc::{format, vec};
 use proptest::prelude::*;
 
 use super::*;
-use cvmem::{Access, Level, SlotFlags};
+use cvmem::{Access, GmemOffset, Gpa, Level, SlotFlags};
 
 mod examples;
 mod malformed;
@@ -84,7 +84,7 @@ fn memslot(slot: u64, gpa: u64, size: u64) -> Op {
     Op::Memslot {
         gmem: None,
         slot,
-        gpa,
+        gpa: cvmem::Gpa(gpa),
         size,
         flags: SlotFlags::default(),
         uaddr: None,

@@ -14,7 +14,7 @@ fn memslot_plain_and_every_flag() {
         Op::Memslot {
             gmem: None,
             slot: 1,
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             size: 4 * K,
             flags: SlotFlags {
                 guest_memfd: true,
@@ -28,7 +28,7 @@ fn memslot_plain_and_every_flag() {
     let all = Op::Memslot {
         gmem: None,
         slot: 7,
-        gpa: 2 * M,
+        gpa: Gpa(2 * M),
         size: G,
         flags: SlotFlags {
             guest_memfd: true,
@@ -105,7 +105,7 @@ fn attrs_numbers_and_words() {
     assert_eq!(
         op("attrs 0 2G private"),
         Op::Attrs {
-            gpa: 0,
+            gpa: Gpa(0),
             size: 2 * G,
             attributes: 8
         }
@@ -113,7 +113,7 @@ fn attrs_numbers_and_words() {
     assert_eq!(
         op("attrs 0x1000 4K shared"),
         Op::Attrs {
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             size: 4 * K,
             attributes: 0
         }
@@ -121,7 +121,7 @@ fn attrs_numbers_and_words() {
     assert_eq!(
         op("attrs 0 4K 0x8"),
         Op::Attrs {
-            gpa: 0,
+            gpa: Gpa(0),
             size: 4 * K,
             attributes: 8
         }
@@ -129,7 +129,7 @@ fn attrs_numbers_and_words() {
     assert_eq!(
         op("attrs 0 4K 7"),
         Op::Attrs {
-            gpa: 0,
+            gpa: Gpa(0),
             size: 4 * K,
             attributes: 7
         }
@@ -138,7 +138,7 @@ fn attrs_numbers_and_words() {
     assert_eq!(
         op("attrs 0x1000 0x1001 0xffffffffffffffff"),
         Op::Attrs {
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             size: 0x1001,
             attributes: u64::MAX
         }
@@ -166,35 +166,35 @@ fn map_gpa_query_fault_fault_range_accept() {
     assert_eq!(
         op("query 0x0 private"),
         Op::Query {
-            gpa: 0,
+            gpa: Gpa(0),
             access: Access::Private
         }
     );
     assert_eq!(
         op("query 0x80000000 shared"),
         Op::Query {
-            gpa: 0x8000_0000,
+            gpa: Gpa(0x8000_0000),
             access: Access::Shared
         }
     );
     assert_eq!(
         op("fault 0x1000 private"),
         Op::Fault {
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             access: Access::Private
         }
     );
     assert_eq!(
         op("fault 0x200000 shared"),
         Op::Fault {
-            gpa: 0x20_0000,
+            gpa: Gpa(0x20_0000),
             access: Access::Shared
         }
     );
     assert_eq!(
         op("fault-range 0 4M private"),
         Op::FaultRange {
-            gpa: 0,
+            gpa: Gpa(0),
             size: 4 * M,
             access: Access::Private
         }
@@ -202,7 +202,7 @@ fn map_gpa_query_fault_fault_range_accept() {
     assert_eq!(
         op("fault-range 0x1000 4K shared"),
         Op::FaultRange {
-            gpa: 0x1000,
+            gpa: Gpa(0x1000),
             size: 4 * K,
             access: Access::Shared
         }
@@ -211,7 +211,7 @@ fn map_gpa_query_fault_fault_range_accept() {
         assert_eq!(
             op(&format!("accept 0x400000 {level}")),
             Op::Accept {
-                gpa: 0x40_0000,
+                gpa: Gpa(0x40_0000),
                 level
             }
         );
@@ -325,21 +325,21 @@ fn blank_and_comment_lines() {
     assert_eq!(
         op("query 0 private# glued comment"),
         Op::Query {
-            gpa: 0,
+            gpa: Gpa(0),
             access: Access::Private
         }
     );
     assert_eq!(
         op("query 0 private #x # y"),
         Op::Query {
-            gpa: 0,
+            gpa: Gpa(0),
             access: Access::Private
         }
     );
     assert_eq!(
         op("query 0 private\r"),
         Op::Query {
-            gpa: 0,
+            gpa: Gpa(0),
             access: Access::Private
         }
     );

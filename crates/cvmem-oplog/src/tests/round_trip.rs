@@ -9,7 +9,7 @@ fn display_is_canonical() {
         (
             Op::Memslot { gmem: None,
                 slot: 32763,
-                gpa: 1 << 32,
+                gpa: Gpa(1 << 32),
                 size: 4 * K,
                 flags: SlotFlags { guest_memfd: true, dirty_log: true, readonly: true },
                 uaddr: Some(0x7f00_0000_0000),
@@ -17,26 +17,26 @@ fn display_is_canonical() {
             },
             "memslot 32763 0x100000000 0x1000 guest-memfd dirty-log readonly uaddr=0x7f0000000000 backing=2M",
         ),
-        (Op::Attrs { gpa: 0, size: G, attributes: 8 }, "attrs 0x0 0x40000000 private"),
-        (Op::Attrs { gpa: 0x1000, size: 0x1000, attributes: 0 }, "attrs 0x1000 0x1000 shared"),
-        (Op::Attrs { gpa: 0, size: 0x1000, attributes: 9 }, "attrs 0x0 0x1000 0x9"),
+        (Op::Attrs { gpa: Gpa(0), size: G, attributes: 8 }, "attrs 0x0 0x40000000 private"),
+        (Op::Attrs { gpa: Gpa(0x1000), size: 0x1000, attributes: 0 }, "attrs 0x1000 0x1000 shared"),
+        (Op::Attrs { gpa: Gpa(0), size: 0x1000, attributes: 9 }, "attrs 0x0 0x1000 0x9"),
         (Op::MapGpa { gpa: 0x1000_0000, npages: 16384, flags: 0x11 }, "map-gpa 0x10000000 0x4000 0x11"),
-        (Op::Query { gpa: 0x7d9d_7000, access: Access::Shared }, "query 0x7d9d7000 shared"),
-        (Op::Fault { gpa: 0x1000, access: Access::Private }, "fault 0x1000 private"),
-        (Op::FaultRange { gpa: 0, size: 4 * M, access: Access::Private }, "fault-range 0x0 0x400000 private"),
+        (Op::Query { gpa: Gpa(0x7d9d_7000), access: Access::Shared }, "query 0x7d9d7000 shared"),
+        (Op::Fault { gpa: Gpa(0x1000), access: Access::Private }, "fault 0x1000 private"),
+        (Op::FaultRange { gpa: Gpa(0), size: 4 * M, access: Access::Private }, "fault-range 0x0 0x400000 private"),
         (Op::Mmu { layout: Layout::Unified, recovery: None }, "mmu unified"),
         (Op::Mmu { layout: Layout::Split, recovery: Some(Recovery::OnFault) }, "mmu split recovery=on-fault"),
-        (Op::Accept { gpa: 0x40_0000, level: Level::G1 }, "accept 0x400000 1G"),
+        (Op::Accept { gpa: Gpa(0x40_0000), level: Level::G1 }, "accept 0x400000 1G"),
         (Op::AttrMode { mode: cvmem::AttrMode::PerGmem }, "attr-mode per-gmem"),
         (Op::AttrMode { mode: cvmem::AttrMode::PerVm }, "attr-mode per-vm"),
         (Op::Gmem { size: 4 * G, flags: cvmem::GmemFlags { folio: Level::G1, mmap: true, init_shared: true }, merge: Some(cvmem::MergePolicy::Eager) }, "gmem 0x100000000 mmap init-shared folio=1G merge=eager"),
-        (Op::PunchHole { file: 1, offset: 2 * M, size: 2 * M }, "punch-hole 1 0x200000 0x200000"),
+        (Op::PunchHole { file: 1, offset: GmemOffset(2 * M), size: 2 * M }, "punch-hole 1 0x200000 0x200000"),
         (Op::Gmem { size: 4 * K, flags: cvmem::GmemFlags::default(), merge: None }, "gmem 0x1000"),
-        (Op::GmemAttrs { file: 2, offset: 2 * M, size: 4 * K, attributes: 8 }, "gmem-attrs 2 0x200000 0x1000 private"),
-        (Op::GmemPin { file: 0, offset: 0x1000 }, "gmem-pin 0 0x1000"),
-        (Op::GmemUnpin { file: 1, offset: 0 }, "gmem-unpin 1 0x0"),
+        (Op::GmemAttrs { file: 2, offset: GmemOffset(2 * M), size: 4 * K, attributes: 8 }, "gmem-attrs 2 0x200000 0x1000 private"),
+        (Op::GmemPin { file: 0, offset: GmemOffset(0x1000) }, "gmem-pin 0 0x1000"),
+        (Op::GmemUnpin { file: 1, offset: GmemOffset(0) }, "gmem-unpin 1 0x0"),
         (
-            Op::Memslot { gmem: Some((1, 2 * M)), slot: 3, gpa: 0, size: 2 * M, flags: SlotFlags { guest_memfd: true, ..SlotFlags::default() }, uaddr: None, backing: None },
+            Op::Memslot { gmem: Some((1, GmemOffset(2 * M))), slot: 3, gpa: Gpa(0), size: 2 * M, flags: SlotFlags { guest_memfd: true, ..SlotFlags::default() }, uaddr: None, backing: None },
             "memslot 3 0x0 0x200000 guest-memfd gmem=1:0x200000",
         ),
     ];
@@ -79,9 +79,9 @@ fn any_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(
                 |(slot, gpa, size, flags, uaddr, backing, gmem)| Op::Memslot {
-                    gmem,
+                    gmem: gmem.map(|(f, o)| (f, GmemOffset(o))),
                     slot,
-                    gpa,
+                    gpa: Gpa(gpa),
                     size,
                     flags,
                     uaddr,
@@ -94,7 +94,7 @@ fn any_op() -> impl Strategy<Value = Op> {
             prop_oneof![Just(0u64), Just(8), any_number()]
         )
             .prop_map(|(gpa, size, attributes)| Op::Attrs {
-                gpa,
+                gpa: cvmem::Gpa(gpa),
                 size,
                 attributes
             }),
@@ -103,10 +103,16 @@ fn any_op() -> impl Strategy<Value = Op> {
             npages,
             flags
         }),
-        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Query { gpa, access }),
-        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Fault { gpa, access }),
+        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Query {
+            gpa: cvmem::Gpa(gpa),
+            access
+        }),
+        (any_number(), any_access()).prop_map(|(gpa, access)| Op::Fault {
+            gpa: cvmem::Gpa(gpa),
+            access
+        }),
         (any_number(), any_number(), any_access()).prop_map(|(gpa, size, access)| Op::FaultRange {
-            gpa,
+            gpa: cvmem::Gpa(gpa),
             size,
             access
         }),
@@ -115,7 +121,10 @@ fn any_op() -> impl Strategy<Value = Op> {
             proptest::option::of(recovery)
         )
             .prop_map(|(layout, recovery)| Op::Mmu { layout, recovery }),
-        (any_number(), any_level()).prop_map(|(gpa, level)| Op::Accept { gpa, level }),
+        (any_number(), any_level()).prop_map(|(gpa, level)| Op::Accept {
+            gpa: cvmem::Gpa(gpa),
+            level
+        }),
         prop_oneof![Just(cvmem::AttrMode::PerVm), Just(cvmem::AttrMode::PerGmem)]
             .prop_map(|mode| Op::AttrMode { mode }),
         (
@@ -140,7 +149,7 @@ fn any_op() -> impl Strategy<Value = Op> {
             }),
         (any_number(), any_number(), any_number()).prop_map(|(file, offset, size)| Op::PunchHole {
             file,
-            offset,
+            offset: cvmem::GmemOffset(offset),
             size
         }),
         (
@@ -151,12 +160,18 @@ fn any_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(file, offset, size, attributes)| Op::GmemAttrs {
                 file,
-                offset,
+                offset: cvmem::GmemOffset(offset),
                 size,
                 attributes
             }),
-        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemPin { file, offset }),
-        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemUnpin { file, offset }),
+        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemPin {
+            file,
+            offset: cvmem::GmemOffset(offset)
+        }),
+        (any_number(), any_number()).prop_map(|(file, offset)| Op::GmemUnpin {
+            file,
+            offset: cvmem::GmemOffset(offset)
+        }),
     ]
 }
 

@@ -24,7 +24,7 @@ fn parse_numbers_lines_and_stops_at_first_error() {
             Line {
                 number: 6,
                 op: Op::Query {
-                    gpa: 0x1000,
+                    gpa: Gpa(0x1000),
                     access: Access::Private
                 }
             },
@@ -57,7 +57,7 @@ fn ops_streams_any_line_source_and_goes_on_after_errors() {
         Some(Ok(Line {
             number: 2,
             op: Op::Fault {
-                gpa: 0,
+                gpa: Gpa(0),
                 access: Access::Shared
             }
         }))
@@ -76,7 +76,7 @@ fn ops_streams_any_line_source_and_goes_on_after_errors() {
         Some(Ok(Line {
             number: 5,
             op: Op::Accept {
-                gpa: 0,
+                gpa: Gpa(0),
                 level: Level::M2
             }
         }))

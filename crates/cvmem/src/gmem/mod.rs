@@ -36,6 +36,13 @@ use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GmemOffset(pub u64);
 
+/// The number, in hex (`{:#x}` prints `0x…`).
+impl core::fmt::LowerHex for GmemOffset {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
 impl GmemOffset {
     /// The index of the page holding this offset.
     pub const fn page(self) -> u64 {
