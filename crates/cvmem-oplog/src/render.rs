@@ -79,11 +79,11 @@ pub fn json(line: usize, op: &Op, outcome: &Outcome) -> Option<serde_json::Value
     if !outcome.is_error() {
         match *op {
             Op::Query { gpa, access } | Op::Fault { gpa, access } => {
-                obj.insert("gpa".into(), json!(gpa));
+                obj.insert("gpa".into(), json!(gpa.0));
                 obj.insert("access".into(), json!(access.name()));
             }
             Op::Accept { gpa, level } => {
-                obj.insert("gpa".into(), json!(gpa));
+                obj.insert("gpa".into(), json!(gpa.0));
                 obj.insert("level".into(), json!(level.name()));
             }
             _ => {}
