@@ -20,6 +20,7 @@ impl Tracker {
     /// module parameter: chosen before the VM exists).
     pub const fn with_attr_mode(mut self, mode: AttrMode) -> Self {
         self.mode = mode;
+        self.refused = refused_attributes(self.supported, mode);
         self
     }
 
@@ -34,15 +35,27 @@ impl Tracker {
         self.mode
     }
 
-    /// Refuses PRIVATE through the VM where each guest_memfd keeps it (KVM no longer reports
-    /// PRIVATE among the VM's attributes then).
-    pub(super) fn check_per_vm(&self, attributes: u64) -> Result<()> {
-        if self.mode == AttrMode::PerGmem && attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
-            return Err(Error::Unsupported {
-                what: Unsupported::AttributesPerGmem,
-            });
+    /// The one check of the attributes KVM_SET_MEMORY_ATTRIBUTES asks for: only supported
+    /// bits, and PRIVATE only where the VM keeps it (per guest_memfd it is set on the files).
+    #[inline]
+    pub(super) fn check_attributes(&self, attributes: u64) -> Result<()> {
+        if attributes & self.refused == 0 {
+            return Ok(());
         }
-        Ok(())
+        Err(self.attributes_refused(attributes))
+    }
+
+    #[cold]
+    fn attributes_refused(&self, attributes: u64) -> Error {
+        if self.mode == AttrMode::PerGmem && attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return Error::Unsupported {
+                what: Unsupported::AttributesPerGmem,
+            };
+        }
+        Error::UnsupportedAttributes {
+            attributes,
+            supported: self.supported,
+        }
     }
 
     /// `KVM_CREATE_GUEST_MEMFD`: a file of `size` bytes. `INIT_SHARED` is refused on a VM that
@@ -536,5 +549,14 @@ impl<I: Iterator<Item = AttrRun>> Iterator for Joined<I> {
             run.end = next.end;
         }
         Some(run)
+    }
+}
+
+/// The attribute bits a VM refuses in KVM_SET_MEMORY_ATTRIBUTES: those it does not support, and
+/// PRIVATE when each guest_memfd keeps it.
+pub(super) const fn refused_attributes(supported: u64, mode: AttrMode) -> u64 {
+    match mode {
+        AttrMode::PerVm => !supported,
+        AttrMode::PerGmem => !supported | KVM_MEMORY_ATTRIBUTE_PRIVATE,
     }
 }

@@ -2,6 +2,8 @@
 
 mod gmem;
 
+use gmem::refused_attributes;
+
 use alloc::vec::Vec;
 use core::mem::size_of;
 
@@ -208,6 +210,9 @@ pub struct Tracker {
     ids: Vec<(u32, u64)>,
     /// Where PRIVATE is kept: `attrs` (per VM) or each guest_memfd.
     mode: AttrMode,
+    /// The attribute bits KVM_SET_MEMORY_ATTRIBUTES refuses here (`refused_attributes`): one
+    /// test on the conversion path, the error worked out only when it fails.
+    refused: u64,
     /// When the files' split folios merge.
     merge: MergePolicy,
     /// guest_memfds by id.
@@ -236,6 +241,7 @@ impl Tracker {
             slots: Vec::new(),
             ids: Vec::new(),
             mode: AttrMode::PerVm,
+            refused: refused_attributes(supported & KVM_MEMORY_ATTRIBUTE_PRIVATE, AttrMode::PerVm),
             merge: MergePolicy::OnPunchHole,
             gmems: Vec::new(),
         }
@@ -262,13 +268,7 @@ impl Tracker {
     /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
     pub fn validate_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<AttrRequest> {
         let gpa = gpa.0;
-        self.check_per_vm(attributes)?;
-        if attributes & !self.supported != 0 {
-            return Err(Error::UnsupportedAttributes {
-                attributes,
-                supported: self.supported,
-            });
-        }
+        self.check_attributes(attributes)?;
         if size == 0 {
             return Err(Error::ZeroSize {
                 what: crate::Arg::Size,
@@ -314,13 +314,7 @@ impl Tracker {
     ///
     /// Large-page info needs no update: MIXED is read from the attribute store itself.
     pub fn set_range_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
-        self.check_per_vm(attributes)?;
-        if attributes & !self.supported != 0 {
-            return Err(Error::UnsupportedAttributes {
-                attributes,
-                supported: self.supported,
-            });
-        }
+        self.check_attributes(attributes)?;
         // The store refuses a range outside the gfn space (one place for that rule).
         self.attrs.set(range, attributes)
     }
