@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use cvmem::{Gfn, GfnRange, Level, Tracker, PAGE_SHIFT};
+use cvmem::{Gfn, GfnRange, Gpa, Level, Tracker};
 use cvmem_oplog::fmt_bytes;
 use serde::Serialize;
 
@@ -261,7 +261,7 @@ fn smallest_folio(tracker: &Tracker, a: u64, b: u64) -> Option<Level> {
     let mut smallest: Option<Level> = None;
     let mut gpa = a;
     while gpa < b {
-        let gfn = cvmem::Gfn(gpa >> PAGE_SHIFT);
+        let gfn = cvmem::Gpa(gpa).gfn();
         let level = tracker.slot_for_gfn(gfn).and_then(|slot| {
             let binding = slot.gmem()?;
             let page = binding.offset.0 / cvmem::PAGE_SIZE + (gfn.0 - slot.base_gfn().0);
@@ -279,7 +279,7 @@ fn smallest_folio(tracker: &Tracker, a: u64, b: u64) -> Option<Level> {
 }
 
 fn classify(tracker: &Tracker, a: u64, b: u64) -> CellKind {
-    let range = GfnRange::new(Gfn(a >> PAGE_SHIFT), Gfn(b >> PAGE_SHIFT));
+    let range = GfnRange::covering(Gpa(a), b - a);
     let (mut private, mut shared, mut mixed) = (false, false, false);
     let mut last: Option<(Gfn, cvmem::Kind)> = None;
     // Read from wherever PRIVATE is kept (per VM, or per guest_memfd through the bindings).

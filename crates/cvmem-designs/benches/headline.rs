@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use cvmem::{Access, Gfn, GfnRange, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{Access, Gfn, GfnRange, Gpa, PAGE_SHIFT, PAGE_SIZE};
 use cvmem_designs::workloads::{Layout, Rng};
 use cvmem_designs::Vm;
 use cvmem_designs::{make_design, Design, DESIGNS};
@@ -22,7 +22,7 @@ fn with_slots(name: &str, bytes: u64) -> (Box<dyn Design>, Layout) {
 
 fn make_private(d: &mut dyn Design, layout: &Layout) {
     for s in layout.ram.iter().chain(std::iter::once(&layout.firmware)) {
-        let r = GfnRange::new(Gfn(s.gpa >> PAGE_SHIFT), Gfn(s.end() >> PAGE_SHIFT));
+        let r = GfnRange::covering(Gpa(s.gpa), s.size);
         d.set_attributes(r, 8).expect("converted");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use cvmem::{Gfn, GfnRange, Tracker, PAGE_SHIFT};
+use cvmem::{GfnRange, Gpa, Tracker};
 use cvmem_designs::vm;
 use cvmem_designs::workloads::{generate, Layout, Params};
 use cvmem_oplog::Op;
@@ -35,7 +35,7 @@ fn conversions(ops: &[Op]) -> Vec<(GfnRange, u64)> {
     ops.iter()
         .filter_map(|op| op.attribute_change()?.ok())
         .map(|(gpa, size, attributes)| {
-            let range = GfnRange::new(Gfn(gpa.0 >> PAGE_SHIFT), Gfn((gpa.0 + size) >> PAGE_SHIFT));
+            let range = GfnRange::covering(gpa, size);
             (range, attributes)
         })
         .collect()
@@ -55,7 +55,7 @@ fn main() {
                 let mut t = with_slots(&ops);
                 let start = Instant::now();
                 for s in &slots {
-                    let range = GfnRange::new(Gfn(s.gpa >> PAGE_SHIFT), Gfn(s.end() >> PAGE_SHIFT));
+                    let range = GfnRange::covering(Gpa(s.gpa), s.size);
                     t.set_range_attributes(range, 8)
                         .expect("inside the gfn space");
                 }

@@ -1,7 +1,7 @@
 //! `dense`: the core's deliberately simple per-page oracle ([`cvmem_testkit::DenseModel`]) as a
 //! design, for tests: one attribute per 4 KiB page in a fixed window, brute-force eligibility.
 
-use cvmem::{Access, Error, GfnRange, MaxLevel, PAGE_SHIFT, PAGE_SIZE};
+use cvmem::{Access, Error, GfnRange, MaxLevel, PAGE_SHIFT};
 use cvmem_testkit::DenseModel;
 
 use crate::design::{Design, Slot};
@@ -42,7 +42,7 @@ impl Design for Dense {
 
     fn set_attributes(&mut self, range: GfnRange, attributes: u64) -> Result<(), Error> {
         self.model
-            .set_memory_attributes(range.start.gpa().0, range.len() * PAGE_SIZE, attributes)
+            .set_memory_attributes(range.start.gpa().0, range.bytes(), attributes)
             .map_err(|_| Error::Unsupported {
                 what: cvmem::Unsupported::OracleRejected,
             })

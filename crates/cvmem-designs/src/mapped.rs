@@ -73,11 +73,8 @@ impl FullyMapped {
             out
         };
         for (r, private) in runs {
-            self.vm.fault_range(
-                r.start.gpa(),
-                r.len() * PAGE_SIZE,
-                Access::from_private(private),
-            )?;
+            self.vm
+                .fault_range(r.start.gpa(), r.bytes(), Access::from_private(private))?;
         }
         Ok(())
     }
@@ -99,7 +96,7 @@ impl FullyMapped {
             .filter_map(|g| straddling(&self.vm, g))
             .collect();
         self.vm
-            .set_memory_attributes(range.start.gpa(), range.len() * PAGE_SIZE, attributes)?;
+            .set_memory_attributes(range.start.gpa(), range.bytes(), attributes)?;
         self.map(range)?;
         for leaf in before {
             if leaf.start < range.start {

@@ -305,7 +305,7 @@ impl Run<'_> {
         }
         if let MaxLevel::Level(level) = t {
             // A level is only answered inside a slot; the fault path agrees on the kind.
-            let slot = self.tracker.slot_for_gfn(Gfn(gpa / PAGE_SIZE));
+            let slot = self.tracker.slot_for_gfn(Gpa(gpa).gfn());
             assert!(slot.is_some_and(|s| level <= s.max_level()));
         }
     }

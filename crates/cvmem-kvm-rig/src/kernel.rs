@@ -349,10 +349,7 @@ impl Executor for KernelVm {
             None => 0,
         };
         let hva = other_host_address(hva, delta, other_backing);
-        let old_range = GfnRange::new(
-            Gfn(old.gpa / PAGE_SIZE),
-            Gfn((old.gpa + old.size) / PAGE_SIZE),
-        );
+        let old_range = GfnRange::covering(Gpa(old.gpa), old.size);
         let (old_gpa, old_dirty_log) = (old.gpa, old.dirty_log);
         self.set_region(kvm_bindings::kvm_userspace_memory_region2 {
             slot: r.slot,

@@ -479,7 +479,7 @@ impl Runner {
                 }
                 for r in query.runs(s.gpa, s.size)? {
                     if r.attributes != 0 {
-                        let (gpa, size) = (r.start.gpa().0, (r.end.0 - r.start.0) * PAGE_SIZE);
+                        let (gpa, size) = (r.start.gpa().0, r.range().bytes());
                         match actual.last_mut() {
                             Some(last) if last.0 + last.1 == gpa => last.1 += size,
                             _ => actual.push((gpa, size)),

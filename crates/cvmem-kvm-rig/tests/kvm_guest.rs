@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cvmem::{Gpa, PAGE_SIZE};
+use cvmem::Gpa;
 use cvmem_kvm::Error as MemoryError;
 use cvmem_kvm::{Backing, ConversionRequest, RequestSource};
 use cvmem_kvm_rig::{
@@ -243,7 +243,7 @@ fn replay_as_vmm(replay: &mut Replayer, op: &Op) -> Outcome {
             for part in scope.parts {
                 let attrs = Op::Attrs {
                     gpa: part.start.gpa(),
-                    size: part.len() * PAGE_SIZE,
+                    size: part.bytes(),
                     attributes: req.to.attributes(),
                 };
                 if let e @ Outcome::Error(_) = replay.apply(&attrs) {

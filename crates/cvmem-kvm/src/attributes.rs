@@ -11,7 +11,7 @@
 
 use std::fs::File;
 
-use cvmem::{Gfn, GfnRange, Gpa, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{GfnRange, Gpa, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 use kvm_ioctls::VmFd;
 
 use crate::backing::SlotMemory;
@@ -139,16 +139,13 @@ pub(crate) fn gmem_calls<'a>(
         let Some((file, base)) = &mem.host.gmem else {
             continue;
         };
-        let slot_range = GfnRange::new(
-            Gfn(mem.gpa / PAGE_SIZE),
-            Gfn((mem.gpa + mem.host.size()) / PAGE_SIZE),
-        );
+        let slot_range = GfnRange::covering(Gpa(mem.gpa), mem.host.size());
         if let Some(part) = slot_range.intersect(&range) {
             let call = GmemCall {
                 slot,
                 gpa: part.start.gpa().0,
                 offset: base + (part.start.gpa().0 - mem.gpa),
-                size: part.len() * PAGE_SIZE,
+                size: part.bytes(),
             };
             calls.push((file, call));
         }
@@ -171,7 +168,7 @@ pub(crate) fn set(
         (KvmAttributes::PerVm, Some(vm)) => vm
             .set_memory_attributes(kvm_bindings::kvm_memory_attributes {
                 address: range.start.gpa().0,
-                size: range.len() * PAGE_SIZE,
+                size: range.bytes(),
                 attributes,
                 flags: 0,
             })

@@ -420,7 +420,7 @@ impl SlotMemory {
     /// Discards the old contents of `range` (inside this slot), which just became `to`.
     pub(crate) fn discard(&self, range: GfnRange, to: Kind) -> Result<bool> {
         let off = range.start.gpa().0 - self.gpa;
-        self.host.discard(off, range.len() * PAGE_SIZE, to)
+        self.host.discard(off, range.bytes(), to)
     }
 
     /// The host mapping through which shared memory is read and written.

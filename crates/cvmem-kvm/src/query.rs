@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
 use cvmem::{
     Access, AttrRun, Gfn, GfnRange, Gpa, Level, MaxLevel, SlotFlags, Tracker,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
 
 use crate::backing::Backing;
@@ -121,12 +121,12 @@ pub fn pages_of(gpa: Gpa, size: u64) -> Result<GfnRange, cvmem::Error> {
             what: cvmem::Arg::Size,
         });
     }
-    let end = gpa.0.checked_add(size).ok_or(cvmem::Error::Overflow {
+    gpa.checked_add(size).ok_or(cvmem::Error::Overflow {
         what: cvmem::Arg::Range,
         start: gpa.0,
         size,
     })?;
-    Ok(GfnRange::new(gpa.gfn(), Gfn(end.div_ceil(PAGE_SIZE))))
+    Ok(GfnRange::covering(gpa, size))
 }
 
 /// A cloneable, thread-safe reader of a [`crate::CvmMemory`]'s state that never blocks.
@@ -231,7 +231,7 @@ impl MemoryQuery {
             .map(|r| {
                 (
                     r.start.gpa().0,
-                    (r.end.0 - r.start.0) * PAGE_SIZE,
+                    r.range().bytes(),
                     cvmem::Kind::from_private(r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0),
                 )
             })

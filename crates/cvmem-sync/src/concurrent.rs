@@ -3,7 +3,7 @@
 
 use cvmem::{
     Access, AttrRequest, AttrRun, Gfn, GfnRange, GmemFlags, GmemId, GmemOffset, Gpa, Level,
-    MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END, PAGE_SIZE,
+    MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END,
 };
 
 use core::ops::ControlFlow;
@@ -486,7 +486,7 @@ fn slot_change_range(old: Option<GfnRange>, r: &MemoryRegion) -> GfnRange {
         .gpa
         .checked_add(r.size)
         .filter(|_| r.size != 0)
-        .map(|end| GfnRange::new(r.gpa.gfn(), Gfn(end.0.div_ceil(PAGE_SIZE).min(GFN_END))));
+        .map(|_| GfnRange::covering(r.gpa, r.size));
     match (old, new) {
         (Some(a), Some(b)) => GfnRange::new(a.start.min(b.start), a.end.max(b.end)),
         (Some(a), None) | (None, Some(a)) => a,

@@ -230,6 +230,22 @@ impl GfnRange {
             end: Gfn(start.0.saturating_add(pages)),
         }
     }
+    /// The gfns of every page the bytes `[gpa, gpa + size)` touch: the start rounded down, the
+    /// end up (bytes reaching past the 64-bit space end at its last page); empty when `size` is 0.
+    pub const fn covering(gpa: Gpa, size: u64) -> Self {
+        let start = gpa.gfn();
+        if size == 0 {
+            return GfnRange { start, end: start };
+        }
+        let end = match gpa.0.checked_add(size) {
+            Some(end) => end.div_ceil(PAGE_SIZE),
+            None => GFN_END,
+        };
+        GfnRange {
+            start,
+            end: Gfn(end),
+        }
+    }
     /// Number of gfns in the range.
     pub const fn len(&self) -> u64 {
         self.end.0.saturating_sub(self.start.0)
@@ -265,6 +281,24 @@ impl GfnRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_rounds_out_to_whole_pages_and_saturates() {
+        assert_eq!(
+            GfnRange::covering(Gpa(0x1000), 0x2000),
+            GfnRange::new(Gfn(1), Gfn(3))
+        );
+        assert_eq!(
+            GfnRange::covering(Gpa(0x1fff), 2),
+            GfnRange::new(Gfn(1), Gfn(3))
+        );
+        assert!(GfnRange::covering(Gpa(0x1800), 0).is_empty());
+        assert_eq!(
+            GfnRange::covering(Gpa(u64::MAX - 0xfff), 0x1000),
+            GfnRange::new(Gfn(GFN_END - 1), Gfn(GFN_END))
+        );
+        assert_eq!(GfnRange::covering(Gpa(0), u64::MAX).end, Gfn(GFN_END));
+    }
 
     #[test]
     fn gpa_and_gfn_convert_without_losing_the_page_offset_rule() {

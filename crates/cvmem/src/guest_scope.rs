@@ -71,7 +71,7 @@ impl Tracker {
         if outside_pages != 0 && to == Kind::Private {
             return Err(Error::OutsideMemslots {
                 gpa: range.start.0 * PAGE_SIZE,
-                size: range.len() * PAGE_SIZE,
+                size: range.bytes(),
                 outside_pages,
             });
         }

@@ -184,7 +184,7 @@ fn apply(
             (a, o.map_gpa(gpa, npages, flags).err())
         }
         Op::Inhibit { gpa, level } => {
-            t.set_guest_inhibit(Gfn(gpa / PAGE_SIZE), level).unwrap();
+            t.set_guest_inhibit(Gpa(gpa).gfn(), level).unwrap();
             o.set_guest_inhibit(gpa / PAGE_SIZE, level);
             (None, None)
         }

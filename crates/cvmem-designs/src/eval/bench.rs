@@ -154,7 +154,7 @@ fn measure(
     slots.push(layout.firmware);
     let t = Instant::now();
     for s in &slots {
-        let range = GfnRange::new(Gfn(s.gpa >> PAGE_SHIFT), Gfn(s.end() >> PAGE_SHIFT));
+        let range = GfnRange::covering(Gpa(s.gpa), s.size);
         design.set_attributes(range, 8).ok()?;
     }
     let make_private_ns = t.elapsed().as_nanos() as f64;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cvmem::{Gfn, GfnRange, Gpa, PAGE_SHIFT};
+use cvmem::{GfnRange, Gpa};
 use serde::Serialize;
 
 use crate::make_design;
@@ -84,10 +84,7 @@ pub fn conversion_sweep(designs: &[String], guest_bytes: u64, budget: Duration) 
                 ));
                 break;
             }
-            let range = GfnRange::new(
-                Gfn(high.gpa >> PAGE_SHIFT),
-                Gfn((high.gpa + size) >> PAGE_SHIFT),
-            );
+            let range = GfnRange::covering(Gpa(high.gpa), size);
             let reps = if size <= 16 << 20 { 9 } else { 1 };
             let mut samples = Vec::with_capacity(reps);
             for _ in 0..reps {

@@ -1,7 +1,7 @@
 //! Builds an op-log while keeping the VM state it produces (a core [`Replayer`]), so that the
 //! generators can fault pages with the access kind the guest would use, and sweep the final state.
 
-use cvmem::{Access, Gfn, Gpa, PAGE_SIZE};
+use cvmem::{Access, Gpa, PAGE_SIZE};
 use cvmem_oplog::Op;
 use cvmem_oplog::Replayer;
 
@@ -100,7 +100,7 @@ impl Builder {
 
     /// Whether the page at `gpa` is private now.
     pub fn is_private(&self, gpa: u64) -> bool {
-        self.vm.tracker().is_private(Gfn(gpa / PAGE_SIZE))
+        self.vm.tracker().is_private(cvmem::Gpa(gpa).gfn())
     }
 
     /// A guest access to `gpa` of the kind the page has (the fault path's common case).
@@ -138,7 +138,7 @@ impl Builder {
                 .ram
                 .iter()
                 .any(|s| s.gpa <= gpa && gpa + size <= s.end());
-            let range = cvmem::GfnRange::new(Gfn(gpa / PAGE_SIZE), Gfn((gpa + size) / PAGE_SIZE));
+            let range = cvmem::GfnRange::covering(cvmem::Gpa(gpa), size);
             if in_slot && self.vm.tracker().range_has_attributes(range, 8, u64::MAX) {
                 return Some(gpa);
             }
@@ -173,7 +173,7 @@ impl Builder {
             if edges.len() as u64 >= budget / 4 {
                 break;
             }
-            let range = cvmem::GfnRange::new(Gfn(start / PAGE_SIZE), Gfn(end / PAGE_SIZE));
+            let range = cvmem::GfnRange::covering(cvmem::Gpa(start), end - start);
             for run in tracker.runs(range).filter(|r| r.attributes == 0) {
                 edges.push(run.start.gpa().0);
                 edges.push(run.end.gpa().0 - PAGE_SIZE);

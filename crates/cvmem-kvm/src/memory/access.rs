@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use cvmem::mmu::{AcceptOutcome, FaultOutcome, FaultRangeCounts};
 use cvmem::Gpa;
 #[cfg(feature = "mmu-model")]
-use cvmem::{Access, Gfn, GfnRange, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE};
+use cvmem::{Access, Gfn, GfnRange, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 
 use super::CvmMemory;
 use crate::backing::SlotMemory;
@@ -55,11 +55,8 @@ impl CvmMemory {
                 .collect();
             let mut total = FaultRangeCounts::default();
             for (run, private) in runs {
-                let c = vm.fault_range(
-                    run.start.gpa(),
-                    run.len() * PAGE_SIZE,
-                    Access::from_private(private),
-                )?;
+                let c =
+                    vm.fault_range(run.start.gpa(), run.bytes(), Access::from_private(private))?;
                 total.add(&c);
             }
             Ok(total)

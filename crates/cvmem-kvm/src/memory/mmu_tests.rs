@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use cvmem::mmu::FaultOutcome;
-use cvmem::{Access, Errno, Gfn, MemoryRegion, SlotChange, SlotFlags};
+use cvmem::{Access, Errno, MemoryRegion, SlotChange, SlotFlags};
 
 use super::*;
 use crate::iommu::{IommuListener, RecordingIommu};
@@ -146,7 +146,7 @@ fn a_moved_slot_keeps_its_contents_and_its_old_mappings_go() {
     assert_eq!(
         m.move_slot(1, Gpa(to)).unwrap(),
         SlotChange::Moved {
-            old: GfnRange::new(Gfn(G1 / PAGE_SIZE), Gfn((G1 + 2 * M2) / PAGE_SIZE))
+            old: GfnRange::covering(Gpa(G1), 2 * M2)
         }
     );
     assert_eq!(m.read_u64(Gpa(to + 0x2008)).unwrap(), 0xfeed);

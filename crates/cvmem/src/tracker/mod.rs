@@ -7,7 +7,7 @@ use gmem::refused_attributes;
 use alloc::vec::Vec;
 use core::mem::size_of;
 
-use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
 use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
 use crate::error::{Error, Result};
 use crate::gmem::{AttrMode, Gmem, MergePolicy};
@@ -267,17 +267,16 @@ impl Tracker {
 
     /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
     pub fn validate_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<AttrRequest> {
-        let gpa = gpa.0;
         self.check_attributes(attributes)?;
         if size == 0 {
             return Err(Error::ZeroSize {
                 what: crate::Arg::Size,
             });
         }
-        if gpa % PAGE_SIZE != 0 {
+        if !gpa.is_aligned(Level::K4) {
             return Err(Error::Unaligned {
                 what: crate::Arg::Gpa,
-                value: gpa,
+                value: gpa.0,
                 align: PAGE_SIZE,
             });
         }
@@ -288,15 +287,13 @@ impl Tracker {
                 align: PAGE_SIZE,
             });
         }
-        let end = gpa.checked_add(size).ok_or(Error::Overflow {
+        gpa.checked_add(size).ok_or(Error::Overflow {
             what: crate::Arg::Range,
-            start: gpa,
+            start: gpa.0,
             size,
         })?;
-        let end_gfn = if end == 0 { GFN_END } else { end >> PAGE_SHIFT };
-        // `end == 0` cannot happen (size != 0, no wrap) but keeps the arithmetic total.
         Ok(AttrRequest {
-            range: GfnRange::new(Gfn(gpa >> PAGE_SHIFT), Gfn(end_gfn)),
+            range: GfnRange::covering(gpa, size),
             attributes,
         })
     }
@@ -421,8 +418,8 @@ impl Tracker {
     /// logging. A slot costs a fixed few dozen bytes, whatever its size.
     pub fn set_user_memory_region(&mut self, r: &MemoryRegion) -> Result<SlotChange> {
         let change = self.check_user_memory_region(r)?;
-        let base_gfn = r.gpa.gfn().0;
-        let new_range = GfnRange::new(Gfn(base_gfn), Gfn(base_gfn + r.size / PAGE_SIZE));
+        let new_range = GfnRange::covering(r.gpa, r.size);
+        let base_gfn = new_range.start.0;
         let idx = self
             .memslot(r.slot)
             .map(|s| self.slot_index(s.base_gfn).expect("ids and slots agree"));
