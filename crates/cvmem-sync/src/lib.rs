@@ -82,30 +82,27 @@
 //! without `std` that means spinning on a hand-written lock (or the `spin` crate). The core
 //! stays `no_std`; a hypervisor without `std` can reuse the same protocol with its own locks.
 //!
-//! ## Measured (`cargo bench -p cvmem-sync --bench read_latency`)
+//! ## Measured (`cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`)
 //!
 //! Fault-path lookups on a 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000
-//! runs), at random 4K addresses; CPU time of the reading thread per lookup (criterion mean;
-//! the 2-core machine also ran other builds, and a writer thread takes the other core), on
-//! 2026-11-25. The writer flips 4K pages of a fixed pool (the run count stays put).
+//! runs), at random 4K addresses; CPU time of the reading thread per lookup (criterion mean),
+//! 2026-12-07, two or three runs each on a nested 2-vCPU host whose other vCPU runs the writer.
+//! The writer flips 4K pages of a fixed pool (the run count stays put).
 //!
-//! | reader | no writer | writer at 100k conversions/s | writer flat out (~1.8M/s) |
+//! | reader | no writer | writer at 100k conversions/s | writer flat out |
 //! |---|---|---|---|
-//! | core `Tracker::max_mapping_level` (unsynchronised) | 8.2 ns | — | — |
-//! | `ConcurrentTracker::max_mapping_level` | 14.2 ns | 14.4 ns | 15.1 ns (wall clock 21 ns) |
-//! | `ConcurrentTracker::fault` | 17.0 ns | 18.4 ns (0.06% `Retry`) | 19.0 ns (0.31% `Retry`) |
+//! | core `Tracker::max_mapping_level` (unsynchronised) | 22.1-23.5 ns | — | — |
+//! | `ConcurrentTracker::max_mapping_level` | 24.0-32.5 ns | 26.4-68.0 ns | 241 ns (wall clock 101 ns) |
+//! | `ConcurrentTracker::fault` | 35.2-42.6 ns | 62.1-160 ns (1.1% `Retry`) | 273-317 ns |
 //!
-//! A read costs the core's lookup plus ~6 ns (two atomic read-modify-writes on the copy's lock
-//! word and two loads of the index); `fault` adds the sequence checks. A writer at any rate
-//! leaves it nearly unchanged: readers do not wait for it, and a retry happens only when a
-//! publication lands between the index load and the check. (Before the writer polled for the
-//! old copy instead of sleeping on its lock, the last reader out paid a futex wake-up: ~800 ns
-//! per read under the flat-out writer.)
-//!
-//! Writes (same guest, a random 4K conversion): core 0.83 µs, `ConcurrentTracker` 1.95 µs (two
-//! applications, the invalidation and the publication). Cloning the tracker, the per-write cost
-//! of an RCU-style design without structural sharing: 5.2 µs here, growing with the store's size
-//! (figures measured with the earlier run-list store; the write path is two core updates).
+//! A read costs the core's lookup plus two atomic read-modify-writes on the copy's lock word and
+//! two loads of the index; `fault` adds the sequence checks. On this host the same case moves by
+//! 2-5× between runs once the writer shares the machine (cache lines moving between the vCPUs,
+//! and the host's own noise). Writes (same guest, a random 4K conversion): core 194 ns,
+//! `ConcurrentTracker` 588 ns (two applications, the invalidation and the publication); cloning
+//! the tracker, the per-write cost of an RCU-style design without structural sharing, 59.7 µs.
+//! Why two copies and not one: DESIGN.md, "Two copies, and why not one" (every scheme's live
+//! bytes, conversion and query cost).
 //!
 //! ## Testing
 //! `tests/stress.rs` runs reader threads against a writer and checks every answer against the
