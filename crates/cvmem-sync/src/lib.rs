@@ -98,8 +98,8 @@
 //! A read costs the core's lookup plus two atomic read-modify-writes on the copy's lock word and
 //! two loads of the index; `fault` adds the sequence checks. On this host the same case moves by
 //! 2-5× between runs once the writer shares the machine (cache lines moving between the vCPUs,
-//! and the host's own noise). Writes (same guest, a random 4K conversion): core 194 ns,
-//! `ConcurrentTracker` 588 ns (two applications, the invalidation and the publication); cloning
+//! and the host's own noise). Writes (same guest, a random 4K conversion): core 189-200 ns,
+//! `ConcurrentTracker` 433-516 ns (two applications, the invalidation and the publication); cloning
 //! the tracker, the per-write cost of an RCU-style design without structural sharing, 59.7 µs.
 //! Why two copies and not one: DESIGN.md, "Two copies, and why not one" (every scheme's live
 //! bytes, conversion and query cost).

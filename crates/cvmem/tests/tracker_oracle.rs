@@ -226,9 +226,15 @@ fn check(t: &Tracker, o: &DenseModel, probes: &[u64]) -> Result<(), TestCaseErro
         }
         prop_assert_eq!(t.attributes(Gfn(gfn)), o.attributes(gfn));
         prop_assert_eq!(t.allowed_level(Gfn(gfn)), o.allowed_level(gfn));
-        let r = GfnRange::new(Gfn(gfn), Gfn((gfn + 700).min(WINDOW_PAGES)));
-        let uniform = r.gfns().all(|g| o.attributes(g) & 8 == 8);
-        prop_assert_eq!(t.range_has_attributes(r, 8, 8), uniform);
+        // Ranges inside one page and across 2M pages, both kinds (the store answers the first
+        // from the uniform page around the start, the others by a scan).
+        for len in [1, 3, 700] {
+            let r = GfnRange::new(Gfn(gfn), Gfn((gfn + len).min(WINDOW_PAGES)));
+            for want in [0, 8] {
+                let uniform = r.gfns().all(|g| o.attributes(g) & 8 == want);
+                prop_assert_eq!(t.range_has_attributes(r, want, 8), uniform, "{:?}", r);
+            }
+        }
     }
     Ok(())
 }

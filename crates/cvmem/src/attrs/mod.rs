@@ -352,9 +352,14 @@ impl AttrStore {
 
     /// The attributes if every gfn of `range` has the same ones, else `None`.
     pub fn uniform(&self, range: GfnRange) -> Option<u64> {
-        let v = self.is_private(range.start);
-        let end = self.find(range.start.0, v).unwrap_or(GFN_END);
-        (end >= range.end.0).then_some(attr(v))
+        let probe = self.probe(range.start);
+        // The uniform page around the start answers most ranges (every one-page range) in one
+        // descent; only a range reaching past it is scanned, up to the first other kind.
+        if probe.uniform.page_of(range.start).end >= range.end {
+            return Some(attr(probe.private));
+        }
+        let end = self.find(range.start.0, probe.private).unwrap_or(GFN_END);
+        (end >= range.end.0).then_some(attr(probe.private))
     }
 
     /// The runs covering `range`, clipped to it, in address order (shared runs included).
