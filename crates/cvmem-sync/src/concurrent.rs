@@ -482,11 +482,8 @@ fn commit(s: &mut Snapshot, result: Result<bool>) -> Apply<Result<bool>> {
 /// The gfns a memslot request can change: the hull of the slot's current range and the range
 /// asked for; the whole gfn space when the request does not describe a range (it will fail).
 fn slot_change_range(old: Option<GfnRange>, r: &MemoryRegion) -> GfnRange {
-    let new = r
-        .gpa
-        .checked_add(r.size)
-        .filter(|_| r.size != 0)
-        .map(|_| GfnRange::covering(r.gpa, r.size));
+    let new = (r.size != 0 && r.gpa.checked_add(r.size).is_some())
+        .then(|| GfnRange::covering(r.gpa, r.size));
     match (old, new) {
         (Some(a), Some(b)) => GfnRange::new(a.start.min(b.start), a.end.max(b.end)),
         (Some(a), None) | (None, Some(a)) => a,

@@ -234,14 +234,15 @@ impl Tracker {
     /// An empty VM whose KVM_CAP_MEMORY_ATTRIBUTES is `supported`, as far as cvmem can store
     /// it: KVM defines one attribute, PRIVATE, and only that bit is kept (others are refused).
     pub const fn with_supported_attributes(supported: u64) -> Self {
+        let supported = supported & KVM_MEMORY_ATTRIBUTE_PRIVATE;
         Tracker {
-            supported: supported & KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            supported,
             gpa_bits: 64,
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
             mode: AttrMode::PerVm,
-            refused: refused_attributes(supported & KVM_MEMORY_ATTRIBUTE_PRIVATE, AttrMode::PerVm),
+            refused: refused_attributes(supported, AttrMode::PerVm),
             merge: MergePolicy::OnPunchHole,
             gmems: Vec::new(),
         }
