@@ -116,6 +116,7 @@ mod concurrent;
 mod fault;
 mod invalidate;
 pub mod left_right;
+pub mod one_copy;
 mod sync;
 
 pub use concurrent::{ConcurrentTracker, PendingUpdate, Snapshot, RUN_BATCH};

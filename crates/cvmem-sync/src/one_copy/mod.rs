@@ -1,0 +1,277 @@
+//! One copy of the attributes, read without locks: the store issue 21 asks the concurrent
+//! front to keep instead of left-right's two.
+//!
+//! Every word a reader reads is an atomic in memory that lives as long as the store
+//! (type-stable: directories, nodes and blocks are reused, never freed), so a reader racing
+//! the writer reads live words — stale or half-updated, never freed memory — and safe Rust
+//! suffices. The one writer (a [`OneCopyWriter`]) stores between the two halves of a sequence
+//! count, as a seqlock does; a reader reads the count, descends, and keeps its answer only if
+//! the count is even and unchanged, else tries again. Readers write no shared memory, so they
+//! do not slow each other down; a reader overlapping a write retries (as KVM's fault path
+//! retries while an invalidation is in progress), so a writer stopped in the middle of a
+//! conversion holds readers back until it resumes.
+//!
+//! Shape (like the page tables it feeds): a node per mixed 1G page holds a kind bit and a
+//! mixed bit per 2M page and, per mixed 2M page, a 32-bit word with up to three exceptions
+//! inline or the index of one of the node's 64-byte blocks of bits; three directory levels of
+//! 64 entries above the nodes (each entry all shared, all private, or a child) span the first
+//! 256 TiB of gfns, and six more, made on first use, the rest of the 2^52. Worst case (every 2M
+//! page mixed): 64 + 4 bytes per 2M page and the node's header, 1.07× a flat bitmap, and a few
+//! KiB of directories; at any moment, whatever the order of the conversions, the most blocks
+//! and chunks any node ever needed at once.
+
+mod page;
+mod tree;
+
+use std::sync::Arc;
+
+use cvmem::{AttrRun, Error, Gfn, GfnRange, Level, Result, GFN_END, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+
+use once_cell::race::OnceBox;
+
+use crate::sync::{fence, retry_hint, AtomicU64, Ordering};
+use tree::{Dir, Node, Tree};
+
+/// Three directories above the nodes: the first 2^36 gfns (256 TiB), where guests live.
+type Low = Dir<Dir<Dir<Node, 64>, 64>, 64>;
+/// Six: 2^54 gfns, of which the store uses those past `Low`'s.
+type High = Dir<Dir<Dir<Low, 64>, 64>, 64>;
+/// The first gfn past `Low`.
+const LOW_END: u64 = 1 << Low::SPAN_SHIFT;
+
+/// The attributes of every gfn, one copy, readable by any number of threads while one writer
+/// changes them. Readers hold an `Arc` of it; the writer is a [`OneCopyWriter`].
+#[derive(Debug)]
+pub struct OneCopyStore {
+    /// Odd while the writer is storing.
+    seq: AtomicU64,
+    low: Box<[Low; 1]>,
+    /// Made when a gfn past `LOW_END` is first set private.
+    high: OnceBox<[High; 1]>,
+}
+
+/// The one writer of a [`OneCopyStore`].
+#[derive(Debug)]
+pub struct OneCopyWriter {
+    store: Arc<OneCopyStore>,
+}
+
+const fn attr(private: bool) -> u64 {
+    if private {
+        KVM_MEMORY_ATTRIBUTE_PRIVATE
+    } else {
+        0
+    }
+}
+
+impl OneCopyStore {
+    /// Runs `read` until it ran while no write was in progress and none started: an answer from
+    /// one committed state. `read` must accept any contents and end (its answer from racing a
+    /// write is thrown away).
+    fn read<R>(&self, read: impl Fn(&Self) -> Option<R>) -> R {
+        loop {
+            if let Some(r) = self.try_read(&read) {
+                return r;
+            }
+            retry_hint();
+        }
+    }
+
+    /// One attempt of [`OneCopyStore::read`]: `None` if a write was in progress or started.
+    fn try_read<R>(&self, read: impl Fn(&Self) -> Option<R>) -> Option<R> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return None;
+        }
+        let r = read(self);
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == before).then_some(r?)
+    }
+
+    fn low(&self) -> &Low {
+        &self.low[0]
+    }
+
+    fn high(&self) -> Option<&High> {
+        self.high.get().map(|h| &h[0])
+    }
+
+    /// The kind of `gfn` and the largest level whose aligned page around it has one kind.
+    pub fn probe(&self, gfn: Gfn) -> (bool, Level) {
+        self.read(|s| Some(s.probe_racy(gfn)))
+    }
+
+    /// [`OneCopyStore::probe`] in one attempt: `None` if it raced a write (the fault path
+    /// answers "retry", as KVM's does while an invalidation is in progress).
+    pub fn try_probe(&self, gfn: Gfn) -> Option<(bool, Level)> {
+        self.try_read(|s| Some(s.probe_racy(gfn)))
+    }
+
+    #[inline]
+    fn probe_racy(&self, gfn: Gfn) -> (bool, Level) {
+        if gfn.0 < LOW_END {
+            self.low().probe(gfn.0)
+        } else if gfn.0 < GFN_END {
+            self.high().map_or((false, Level::G1), |h| h.probe(gfn.0))
+        } else {
+            (false, Level::G1)
+        }
+    }
+
+    /// The first gfn in `[gfn, limit)` whose kind is not `v` (no validation).
+    fn find_racy(&self, gfn: u64, limit: u64, v: bool) -> Option<u64> {
+        if gfn < LOW_END {
+            if let Some(g) = self.low().find(gfn, limit.min(LOW_END), v) {
+                return Some(g);
+            }
+        }
+        let from = gfn.max(LOW_END);
+        if from >= limit {
+            return None;
+        }
+        match self.high() {
+            Some(h) => h.find(from, limit, v),
+            None => v.then_some(from),
+        }
+    }
+
+    /// The attributes of `gfn`.
+    pub fn attributes(&self, gfn: Gfn) -> u64 {
+        attr(self.probe(gfn).0)
+    }
+
+    /// The kind of `gfn` and the end of its run, looked for up to `limit` (no validation).
+    fn run_end_racy(&self, gfn: u64, limit: u64) -> (u64, bool) {
+        let v = self.probe_racy(Gfn(gfn)).0;
+        // A page's scan may run past the limit inside the last page.
+        let end = self.find_racy(gfn, limit, v).unwrap_or(limit);
+        (end.min(limit), v)
+    }
+
+    /// `Some(attributes)` when every gfn of `range` (non-empty) has the same attributes.
+    pub fn uniform(&self, range: GfnRange) -> Option<u64> {
+        if range.is_empty() || range.end.0 > GFN_END {
+            return None;
+        }
+        self.read(|s| {
+            let (end, v) = s.run_end_racy(range.start.0, range.end.0);
+            Some((end >= range.end.0).then_some(attr(v)))
+        })
+    }
+
+    /// Whether every gfn of `range` has `attributes` under `mask` (true for an empty range).
+    pub fn range_has(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        if mask & KVM_MEMORY_ATTRIBUTE_PRIVATE == 0 {
+            return attributes & mask == 0;
+        }
+        if attributes & mask & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return false;
+        }
+        self.uniform(range) == Some(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+    }
+
+    /// The runs covering `range`, clipped to it, in address order: at most `limit` of them,
+    /// from one committed state.
+    pub fn runs(&self, range: GfnRange, limit: usize) -> Vec<AttrRun> {
+        let end = range.end.0.min(GFN_END);
+        self.read(|s| {
+            let mut runs = Vec::new();
+            let mut at = range.start.0;
+            while at < end && runs.len() < limit {
+                let (next, v) = s.run_end_racy(at, end);
+                if next <= at {
+                    // Only a racing write shows a run that ends where it starts.
+                    return None;
+                }
+                runs.push(AttrRun {
+                    start: Gfn(at),
+                    end: Gfn(next),
+                    attributes: attr(v),
+                });
+                at = next;
+            }
+            Some(runs)
+        })
+    }
+}
+
+impl OneCopyWriter {
+    /// An empty store (every gfn shared) and its writer.
+    pub fn new() -> Result<Self> {
+        Ok(OneCopyWriter {
+            store: Arc::new(OneCopyStore {
+                seq: AtomicU64::new(0),
+                low: Low::make()?,
+                high: OnceBox::new(),
+            }),
+        })
+    }
+
+    /// The store, for readers.
+    pub fn store(&self) -> &Arc<OneCopyStore> {
+        &self.store
+    }
+
+    /// Sets every gfn of `range` to `attributes` (only PRIVATE can be stored). Returns `false`,
+    /// having done nothing, when the range had them already. Everything it may need is
+    /// allocated before anything changes: on an error nothing changed.
+    pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            });
+        }
+        if range.is_empty() || range.end.0 > GFN_END {
+            return Err(Error::Unsupported {
+                what: cvmem::Unsupported::OutsideGfnSpace,
+            });
+        }
+        let v = attributes != 0;
+        let s = &*self.store;
+        let (lo, hi) = (range.start.0, range.end.0);
+        // The one writer reads without the count: nothing changes under it.
+        let (end, now) = s.run_end_racy(lo, hi);
+        if now == v && end >= hi {
+            return Ok(false);
+        }
+        // Everything a reader does not see first: children, chunks, free blocks.
+        let (low, high) = ((lo, hi.min(LOW_END)), (lo.max(LOW_END), hi));
+        if low.0 < low.1 {
+            s.low().prepare(low.0, low.1, v, None)?;
+        }
+        if high.0 < high.1 {
+            if s.high.get().is_none() {
+                let _ = s.high.set(High::make()?);
+            }
+            if let Some(h) = s.high() {
+                h.prepare(high.0, high.1, v, None)?;
+            }
+        }
+        let seq = s.seq.load(Ordering::Relaxed);
+        s.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        // Whether a whole tree became one kind does not matter: they have no parent.
+        if low.0 < low.1 {
+            let _ = s.low().set(low.0, low.1, v);
+        }
+        if let (true, Some(h)) = (high.0 < high.1, s.high()) {
+            let _ = h.set(high.0, high.1, v);
+        }
+        s.seq.store(seq + 2, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Heap bytes the store holds: its directories, nodes and blocks (in use or kept for
+    /// reuse).
+    pub fn heap_bytes(&self) -> usize {
+        let s = &*self.store;
+        size_of::<OneCopyStore>()
+            + size_of::<Low>()
+            + s.low().heap_bytes()
+            + s.high().map_or(0, |h| size_of::<High>() + h.heap_bytes())
+    }
+}
