@@ -97,8 +97,18 @@ impl OneCopyStore {
     }
 
     /// The kind of `gfn` and the largest level whose aligned page around it has one kind.
+    #[inline]
     pub fn probe(&self, gfn: Gfn) -> (bool, Level) {
-        self.read(|s| Some(s.probe_racy(gfn)))
+        // `read`, unrolled for the fault path: the count's parity is checked after the descent.
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            let r = self.probe_racy(gfn);
+            fence(Ordering::Acquire);
+            if before % 2 == 0 && self.seq.load(Ordering::Relaxed) == before {
+                return r;
+            }
+            retry_hint();
+        }
     }
 
     /// [`OneCopyStore::probe`] in one attempt: `None` if it raced a write (the fault path
@@ -231,6 +241,9 @@ impl OneCopyWriter {
             });
         }
         let v = attributes != 0;
+        if let Some(changed) = self.set_in_node(range, v) {
+            return changed;
+        }
         let s = &*self.store;
         let (lo, hi) = (range.start.0, range.end.0);
         // The one writer reads without the count: nothing changes under it.
@@ -263,6 +276,45 @@ impl OneCopyWriter {
         }
         s.seq.store(seq + 2, Ordering::Release);
         Ok(true)
+    }
+
+    /// [`OneCopyWriter::set`] of a range inside one mixed 1G page, the common conversion: one
+    /// descent to its node, the node's own check, preparation and update, and the directories
+    /// above told only if the node turned uniform. `None` when the range is elsewhere.
+    fn set_in_node(&mut self, range: GfnRange, v: bool) -> Option<Result<bool>> {
+        let (lo, hi) = (range.start.0, range.end.0);
+        if hi > LOW_END || lo >> Node::SPAN_SHIFT != (hi - 1) >> Node::SPAN_SHIFT {
+            return None;
+        }
+        let s = &*self.store;
+        let top = s.low();
+        let e3 = Low::index(lo);
+        let mid = top.active(e3)?;
+        let e2 = Dir::<Dir<Node, 64>, 64>::index(lo);
+        let units = mid.active(e2)?;
+        let e1 = Dir::<Node, 64>::index(lo);
+        let node = units.active(e1)?;
+        let base = lo & !((1 << Node::SPAN_SHIFT) - 1);
+        let (a, b) = (lo - base, hi - base);
+        // The one writer reads without the count: nothing changes under it.
+        if node.all(a, b, v) {
+            return Some(Ok(false));
+        }
+        if let Err(e) = node.prepare(a, b, v, None) {
+            return Some(Err(e));
+        }
+        let seq = s.seq.load(Ordering::Relaxed);
+        s.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        if let Some(u) = node.set(a, b, v) {
+            if let Some(u) = units.settle(e1, u) {
+                if let Some(u) = mid.settle(e2, u) {
+                    let _ = top.settle(e3, u);
+                }
+            }
+        }
+        s.seq.store(seq + 2, Ordering::Release);
+        Some(Ok(true))
     }
 
     /// Heap bytes the store holds: its directories, nodes and blocks (in use or kept for

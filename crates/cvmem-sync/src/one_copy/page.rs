@@ -50,6 +50,7 @@ impl Held {
     }
 
     /// The form a word says; any word decodes (a reader may read one being rewritten).
+    #[inline]
     pub(super) fn decode(w: u32) -> Held {
         if w >> TAG_SHIFT == TAG_BLOCK {
             return Held::Block(w & (BLOCK_LIMIT - 1));
@@ -67,6 +68,7 @@ impl Held {
     }
 
     /// The kind of gfn `off` of an inline page.
+    #[inline]
     pub(super) fn inline_get(base: bool, count: usize, at: &[u32; INLINE_MAX], off: u32) -> bool {
         base ^ at[..count.min(INLINE_MAX)].contains(&off)
     }

@@ -90,6 +90,7 @@ pub(super) struct Node {
     chunks: AtomicU32,
 }
 
+#[inline]
 fn bit(words: &[AtomicU64; WORDS], i: usize) -> bool {
     words[i / 64].load(Ordering::Relaxed) >> (i % 64) & 1 != 0
 }
@@ -110,6 +111,7 @@ fn set_bits(words: &[AtomicU64; WORDS], a: usize, b: usize, v: bool) {
     }
 }
 
+#[inline]
 fn load(w: &AtomicU32) -> u32 {
     w.load(Ordering::Relaxed)
 }
@@ -120,6 +122,7 @@ fn store(w: &AtomicU32, v: u32) {
 
 impl Node {
     /// The word of page `p`, if its chunk was made.
+    #[inline]
     fn held(&self, p: usize) -> Option<&AtomicU32> {
         self.held[p / HELD_CHUNK]
             .get()
@@ -127,6 +130,7 @@ impl Node {
     }
 
     /// Block `index`, if it was made.
+    #[inline]
     fn block(&self, index: u32) -> Option<&Block> {
         let i = index as usize;
         let chunk = self.blocks.get(i / BLOCK_CHUNK)?.get()?;
@@ -134,6 +138,7 @@ impl Node {
     }
 
     /// How mixed page `p` is held (a reader's may be torn: any word decodes).
+    #[inline]
     fn held_form(&self, p: usize) -> Held {
         Held::decode(self.held(p).map_or(0, load))
     }
@@ -235,6 +240,54 @@ impl Node {
         set_bits(&self.mixed, p, p + 1, true);
     }
 
+    /// Whether setting `[a, b)` of page `p` (held as `now` if known) to the other kind may
+    /// take a new block: not when it stays within three exceptions, or has a block already.
+    fn needs_block(&self, p: usize, a: u32, b: u32, now: Option<bool>) -> bool {
+        let exceptions = b - a;
+        match (now, bit(&self.mixed, p)) {
+            (Some(_), _) | (None, false) => exceptions > 3 && exceptions < PAGE_GFNS - 3,
+            (None, true) => match self.held_form(p) {
+                Held::Block(_) => false,
+                Held::Inline { count, .. } => exceptions > 1 || count == 3,
+            },
+        }
+    }
+
+    /// Sets gfn `o` of inline page `p` to `v` by editing its exceptions, when the page stays
+    /// inline or turns uniform (the common 4K conversion); `false` when it needs the general
+    /// path (writer).
+    fn toggle_inline(&self, p: usize, o: u32, v: bool) -> bool {
+        let Held::Inline {
+            base,
+            mut count,
+            mut at,
+        } = self.held_form(p)
+        else {
+            return false;
+        };
+        if let Some(k) = at[..count].iter().position(|&x| x == o) {
+            if base != v {
+                return true; // already an exception: already `v`
+            }
+            at[k] = at[count - 1];
+            count -= 1;
+        } else if base == v {
+            return true;
+        } else if count == at.len() {
+            return false;
+        } else {
+            at[count] = o;
+            count += 1;
+        }
+        if count == 0 {
+            set_bits(&self.mixed, p, p + 1, false);
+            set_bits(&self.kind, p, p + 1, base);
+        } else if let Some(word) = self.held(p) {
+            store(word, Held::Inline { base, count, at }.encode());
+        }
+        true
+    }
+
     /// `Some(v)` when every page is `v` (writer).
     fn uniform(&self) -> Option<bool> {
         if self.mixed.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
@@ -244,6 +297,14 @@ impl Node {
         (matches!(first, 0 | u64::MAX)
             && self.kind.iter().all(|w| w.load(Ordering::Relaxed) == first))
         .then_some(first != 0)
+    }
+
+    /// Whether every gfn of `[lo, hi)` is `v` (writer).
+    pub(super) fn all(&self, lo: u64, hi: u64, v: bool) -> bool {
+        if hi == lo + 1 {
+            return self.probe(lo).0 == v;
+        }
+        self.find(lo, hi, v).is_none_or(|o| o >= hi)
     }
 
     /// The partly covered pages of `[lo, hi)` and their ranges inside the page.
@@ -329,7 +390,7 @@ impl Tree for Node {
 
     fn prepare(&self, lo: u64, hi: u64, v: bool, now: Option<bool>) -> Result<()> {
         let mut blocks = 0;
-        for (p, _, _) in Self::edges(lo, hi) {
+        for (p, a, b) in Self::edges(lo, hi) {
             if self.page_kind(p, now) == Some(v) {
                 continue;
             }
@@ -337,10 +398,7 @@ impl Tree for Node {
             if chunk.get().is_none() {
                 let _ = chunk.set(try_box(core::array::from_fn(|_| AtomicU32::new(0)))?);
             }
-            // A page that has a block keeps it.
-            let has_block =
-                now.is_none() && bit(&self.mixed, p) && matches!(self.held_form(p), Held::Block(_));
-            blocks += u32::from(!has_block);
+            blocks += u32::from(self.needs_block(p, a, b, now));
         }
         self.reserve_blocks(blocks)
     }
@@ -349,7 +407,21 @@ impl Tree for Node {
         for (p, a, b) in Self::edges(lo, hi) {
             let mut bits = match self.page_kind(p, None) {
                 Some(u) if u == v => continue,
+                Some(u) if b == a + 1 => {
+                    // One gfn of a uniform page: one exception, inline.
+                    let held = Held::Inline {
+                        base: u,
+                        count: 1,
+                        at: [a, 0, 0],
+                    };
+                    if let Some(word) = self.held(p) {
+                        store(word, held.encode());
+                    }
+                    set_bits(&self.mixed, p, p + 1, true);
+                    continue;
+                }
                 Some(u) => [if u { !0 } else { 0 }; 8],
+                None if b == a + 1 && self.toggle_inline(p, a, v) => continue,
                 None => self.bits(p),
             };
             page::fill(&mut bits, a, b, v);
@@ -408,6 +480,7 @@ const fn state_of(v: bool) -> u8 {
 }
 
 impl<C: Tree, const N: usize> Dir<C, N> {
+    #[inline]
     fn child(&self, e: usize) -> Option<&C> {
         self.child[e].get().map(|c| &c[0])
     }
@@ -418,6 +491,7 @@ impl<C: Tree, const N: usize> Dir<C, N> {
             .unwrap_or_else(|| unreachable!("children are made before an update"))
     }
 
+    #[inline]
     fn state(&self, e: usize) -> u8 {
         self.state[e].load(Ordering::Relaxed)
     }
@@ -438,6 +512,35 @@ impl<C: Tree, const N: usize> Dir<C, N> {
             store(count, if up { n + 1 } else { n - 1 });
         }
         self.state[e].store(new, Ordering::Relaxed);
+    }
+
+    /// The entry holding offset `off`.
+    pub(super) fn index(off: u64) -> usize {
+        (off >> C::SPAN_SHIFT) as usize % N
+    }
+
+    /// Child `e` if the entry is mixed (writer).
+    pub(super) fn active(&self, e: usize) -> Option<&C> {
+        (self.state(e) == CHILD).then(|| self.child(e)).flatten()
+    }
+
+    /// Entry `e`'s child became all `u`: the entry says so; `Some(w)` if the whole directory
+    /// is now `w` (writer).
+    pub(super) fn settle(&self, e: usize, u: bool) -> Option<bool> {
+        self.set_state(e, state_of(u));
+        self.uniform()
+    }
+
+    /// `Some(v)` when every entry is `v` (writer).
+    fn uniform(&self) -> Option<bool> {
+        if load(&self.children) != 0 {
+            return None;
+        }
+        match load(&self.private) as usize {
+            0 => Some(false),
+            n if n == N => Some(true),
+            _ => None,
+        }
     }
 
     /// The entries `[lo, hi)` touches partly, and their ranges inside the child.
@@ -551,14 +654,7 @@ impl<C: Tree, const N: usize> Tree for Dir<C, N> {
             // Uniform again, it holds no blocks and is kept as it is for its next use.
             self.set_state(e, child.set(a, b, v).map_or(CHILD, state_of));
         }
-        if load(&self.children) != 0 {
-            return None;
-        }
-        match load(&self.private) as usize {
-            0 => Some(false),
-            n if n == N => Some(true),
-            _ => None,
-        }
+        self.uniform()
     }
 
     fn heap_bytes(&self) -> usize {
