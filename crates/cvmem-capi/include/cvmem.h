@@ -125,8 +125,8 @@ int cvmem_is_private(const struct CvmemTracker *t, uint64_t gpa);
 // two batches can make two adjacent runs of equal attributes.
 int cvmem_for_each_run(const struct CvmemTracker *t, uint64_t gpa, uint64_t size, int (*callback)(void *opaque, const struct CvmemRun *run), void *opaque);
 
-// Heap bytes of the tracker (one copy; the concurrent front keeps two), or a negative errno
-// (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
+// Heap bytes the tracker holds — its one attribute store and both copies of its memslot
+// table — or a negative errno (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
 int64_t cvmem_heap_bytes(const struct CvmemTracker *t);
 
 // The version of this library (`major.minor.patch`), NUL-terminated, static.

@@ -416,13 +416,13 @@ pub extern "C" fn cvmem_for_each_run(
     })
 }
 
-/// Heap bytes of the tracker (one copy; the concurrent front keeps two), or a negative errno
-/// (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
+/// Heap bytes the tracker holds — its one attribute store and both copies of its memslot
+/// table — or a negative errno (`-EINVAL` for NULL, `-EBADF` for a handle that is not live).
 #[no_mangle]
 pub extern "C" fn cvmem_heap_bytes(t: *const CvmemTracker) -> i64 {
     let mut bytes = 0i64;
     let status = with_tracker(t, |t| {
-        bytes = t.read(|s| s.tracker().heap_bytes()) as i64;
+        bytes = t.heap_bytes() as i64;
         0
     });
     if status < 0 {

@@ -12,7 +12,7 @@ use cvmem::mmu::{Layout, Recovery};
 use cvmem::{
     AttrRequest, GfnRange, Gpa, Kind, Level, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE,
 };
-use cvmem_sync::{ConcurrentTracker, LeftRight};
+use cvmem_sync::{ConcurrentTracker, LeftRight, SharedTracker};
 use kvm_ioctls::VmFd;
 
 use crate::attributes::{Attributes2Abi, KvmAttributes};
@@ -86,8 +86,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Runs `f` on the committed tracker (never blocks).
-    pub(crate) fn tracker<R>(&self, f: impl FnOnce(&Tracker) -> R) -> R {
+    /// Runs `f` on one committed state of the tracker (never waits for a memslot change;
+    /// runs again if a conversion overlapped it, see [`ConcurrentTracker::read`]).
+    pub(crate) fn tracker<R>(&self, mut f: impl FnMut(&SharedTracker) -> R) -> R {
         self.tracker.read(|s| f(s.tracker()))
     }
 }
@@ -610,11 +611,8 @@ impl CvmMemory {
             set?;
             done.kvm_set = true;
         }
-        // 4. The tracker stores and publishes; the model ends its window.
-        pending.commit(|t| match t.set_range_attributes(range, target) {
-            Ok(changed) => (changed, Ok(())),
-            Err(e) => (false, Err(e)),
-        })?;
+        // 4. The tracker stores (once, in the front's shared store); the model ends its window.
+        pending.commit_attributes(range, target)?;
         done.stored = true;
         if let Some(token) = done.model_window.take() {
             self.shared.model.end(token)?;
@@ -697,9 +695,10 @@ impl CvmMemory {
     /// The parts of `ranges` (in address order) inside memslots.
     fn clip_to_slots(&self, ranges: impl Iterator<Item = GfnRange>) -> Vec<SlotRange> {
         let infos = self.shared.slots.read(BTreeMap::clone);
+        let ranges: Vec<GfnRange> = ranges.collect();
         self.shared.tracker(|tracker| {
             let mut out = Vec::new();
-            for range in ranges {
+            for &range in &ranges {
                 for s in tracker.memslots() {
                     if s.range().start >= range.end {
                         break;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 #[cfg(feature = "mmu-model")]
 use cvmem::mmu::{CollapsibleRegion, Coverage, Leaf, MmuStats};
 use cvmem::{
-    Access, AttrRun, Gfn, GfnRange, Gpa, Level, MaxLevel, SlotFlags, Tracker,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    Access, AttrRun, Gfn, GfnRange, Gpa, Level, MaxLevel, SlotFlags, KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
+use cvmem_sync::SharedTracker;
 
 use crate::backing::Backing;
 use crate::memory::Shared;
@@ -140,9 +140,10 @@ impl MemoryQuery {
         MemoryQuery { shared }
     }
 
-    /// Runs `f` on the committed tracker: for questions this handle does not ask itself.
-    /// Never blocks; a long `f` delays the next conversion (never another reader).
-    pub fn with_tracker<R>(&self, f: impl FnOnce(&Tracker) -> R) -> R {
+    /// Runs `f` on one committed state of the tracker: for questions this handle does not ask
+    /// itself. Never waits for a memslot change; `f` runs again if a conversion overlapped it
+    /// (see [`cvmem_sync::ConcurrentTracker::read`]).
+    pub fn with_tracker<R>(&self, f: impl FnMut(&SharedTracker) -> R) -> R {
         self.shared.tracker(f)
     }
 
@@ -304,7 +305,7 @@ impl MemoryQuery {
     /// [`MemoryQuery::snapshot`]).
     fn slots_of(
         &self,
-        t: &Tracker,
+        t: &SharedTracker,
         infos: &std::collections::BTreeMap<u32, crate::memory::SlotInfo>,
     ) -> MemoryMap {
         let memslots: Vec<&cvmem::Memslot> = t.memslots().collect();

@@ -129,7 +129,10 @@ impl RequestError {
 /// attributes anywhere); for a guest, only memory inside its memslots
 /// ([`Tracker::guest_scope`]: to private reaching outside them is refused, to shared leaves the
 /// outside alone). This bounds the tracking a guest can cause by its memslots.
-pub fn guest_scope(tracker: &Tracker, req: &ConversionRequest) -> Result<GuestScope, RequestError> {
+pub fn guest_scope<A: cvmem::AttrBackend>(
+    tracker: &Tracker<A>,
+    req: &ConversionRequest,
+) -> Result<GuestScope, RequestError> {
     if req.source == RequestSource::Vmm {
         return Ok(GuestScope::whole(req.range));
     }

@@ -1,9 +1,12 @@
-//! [`ConcurrentTracker`]: the core [`Tracker`] behind left-right publication and KVM's
-//! invalidation protocol.
+//! [`ConcurrentTracker`]: the core [`Tracker`] with its VM attributes in one shared copy, its
+//! memslots and files behind left-right publication, and KVM's invalidation protocol.
+
+use std::alloc::{handle_alloc_error, Layout};
+use std::sync::Arc;
 
 use cvmem::{
-    Access, AttrRequest, AttrRun, Gfn, GfnRange, GmemFlags, GmemId, GmemOffset, Gpa, Level,
-    MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END,
+    Access, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange, GmemFlags, GmemId, GmemOffset, Gpa,
+    Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END,
 };
 
 use core::ops::ControlFlow;
@@ -11,37 +14,64 @@ use core::ops::ControlFlow;
 use crate::fault::{FaultAnswer, FaultTicket};
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
+use crate::one_copy::{OneCopyStore, OneCopyWriter, SharedAttrs};
+use crate::sync::{retry_hint, Mutex, PoisonError};
 
-/// One committed state: the tracker and how many changes led to it.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    tracker: Tracker,
+/// The tracker of a [`ConcurrentTracker`]: the core's, with its VM attributes in the front's
+/// one shared store.
+pub type SharedTracker = Tracker<SharedAttrs>;
+
+/// What left-right publishes: the tracker (memslots, files, large-page info; its VM attributes
+/// are shared, not copied) and how many of its changes were published.
+#[derive(Clone, Debug)]
+struct State {
+    tracker: SharedTracker,
     generation: u64,
 }
 
-impl Snapshot {
+/// One committed state, as a reader sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    tracker: &'a SharedTracker,
+    generation: u64,
+}
+
+impl Snapshot<'_> {
     /// The tracker in this state.
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
+    pub fn tracker(&self) -> &SharedTracker {
+        self.tracker
     }
 
-    /// The number of committed changes (conversions, memslot changes, inhibits) before this
-    /// state; 0 for the state the [`ConcurrentTracker`] was made from.
+    /// The number of committed changes (conversions, memslot changes, inhibits, file changes)
+    /// before this state; 0 for the state the [`ConcurrentTracker`] was made from.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 }
 
+/// Reads that found a write in progress this many times take the writers' lock (waiting for
+/// the write to end) rather than try again: a reader is never starved.
+const READ_ATTEMPTS: u32 = 64;
+
 /// A [`Tracker`] shared by any number of reading threads and serialised writers.
 ///
-/// Readers (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
-/// never block and always see one committed state. Writers apply each change twice, once per
-/// copy, at the core's cost (O(log R + runs touched) for a conversion). Every change runs
-/// inside an invalidation of the gfns it affects, so a fault racing with it is told to retry
-/// rather than map across them. See the crate docs for the design.
+/// The VM's attributes are kept once, in a [`OneCopyStore`] every reader reads without a lock
+/// (a sequence count tells it to retry if a conversion overlapped it); memslots, guest_memfd
+/// files and large-page info are published by left-right (two copies, written twice, small and
+/// not a guest's to grow). A conversion is stored once, at the store's cost. Readers
+/// (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
+/// write no shared memory and always see one committed state. Every change runs inside an
+/// invalidation of the gfns it affects, so a fault racing with it is told to retry rather than
+/// map across them. See the crate docs for the design.
 #[derive(Debug)]
 pub struct ConcurrentTracker {
-    state: LeftRight<Snapshot>,
+    state: LeftRight<State>,
+    attrs: Arc<OneCopyStore>,
+    /// The store's count once the tracker's attributes were moved in: generations count the
+    /// writes after it.
+    attrs_base: u64,
+    /// The one writer of `attrs`, taken under the left-right writer (writers are serialised).
+    attrs_writer: Mutex<OneCopyWriter>,
     invalidate: InvalidateSeq,
 }
 
@@ -52,32 +82,100 @@ impl Default for ConcurrentTracker {
 }
 
 impl ConcurrentTracker {
-    /// Shares `tracker` (cloned once: the second copy).
+    /// Shares `tracker`: its VM attributes move into the one shared store, the rest is copied
+    /// once (the second left-right copy). Aborts, as an allocation in `std` does, if memory
+    /// runs out ([`try_new`](Self::try_new) returns the error instead).
     pub fn new(tracker: Tracker) -> Self {
-        ConcurrentTracker {
-            state: LeftRight::new(Snapshot {
+        Self::try_new(tracker).unwrap_or_else(|_| handle_alloc_error(Layout::new::<Self>()))
+    }
+
+    /// [`new`](Self::new), with `NoMemory` returned rather than an abort.
+    pub fn try_new(tracker: Tracker) -> Result<Self> {
+        let mut writer = OneCopyWriter::new()?;
+        let attrs = Arc::clone(writer.store());
+        let tracker = tracker.map_attribute_store(|store: AttrStore| {
+            for run in store.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
+                if run.attributes != 0 {
+                    writer.set(run.range(), run.attributes)?;
+                }
+            }
+            Ok(SharedAttrs(Arc::clone(&attrs)))
+        })?;
+        let attrs_base = attrs.read_begin().unwrap_or(0);
+        Ok(ConcurrentTracker {
+            state: LeftRight::new(State {
                 tracker,
                 generation: 0,
             }),
+            attrs,
+            attrs_base,
+            attrs_writer: Mutex::new(writer),
             invalidate: InvalidateSeq::default(),
+        })
+    }
+
+    /// Runs `f` on one committed state. Never waits for a memslot change; a conversion that
+    /// overlaps the read makes it run `f` again (so `f` may run more than once, and its
+    /// answers from an overlapped run are thrown away), and after a few such overlaps the read
+    /// waits for the conversion to end. `f` must not change the tracker through `self`.
+    #[inline]
+    pub fn read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
+        for _ in 0..READ_ATTEMPTS {
+            if let Some(r) = self.try_read(&mut f) {
+                return r;
+            }
+            retry_hint();
+        }
+        // Writers hold this while they store attributes: with it, no write overlaps the read.
+        let _writer = self
+            .attrs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = self.try_read(&mut f) {
+                return r;
+            }
         }
     }
 
-    /// Runs `f` on the current committed state. Never blocks; a long `f` only delays the next
-    /// writer. `f` must not change the tracker through `self` (the change would wait for `f`).
-    #[inline]
-    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
-        self.state.read(f)
+    /// One attempt of [`read`](Self::read): `None` if a conversion was in progress or began.
+    fn try_read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
+        let seq = self.attrs.read_begin()?;
+        let r = self.state.read(|s| {
+            f(&Snapshot {
+                tracker: &s.tracker,
+                generation: s.generation + (seq - self.attrs_base) / 2,
+            })
+        });
+        self.attrs.read_valid(seq).then_some(r)
     }
 
     /// The number of committed changes so far.
     pub fn generation(&self) -> u64 {
-        self.read(Snapshot::generation)
+        self.read(|s| s.generation())
     }
 
-    /// A clone of the current tracker (O(R)).
-    pub fn to_tracker(&self) -> Tracker {
-        self.read(|s| s.tracker.clone())
+    /// A tracker of its own in the current state, with its attributes in an [`AttrStore`]
+    /// (O(R)).
+    pub fn to_tracker(&self) -> Result<Tracker> {
+        self.read(|s| {
+            let runs: Vec<AttrRun> = s.tracker.nonzero_runs().collect();
+            s.tracker.clone().map_attribute_store(|_| {
+                let mut store = AttrStore::new();
+                for run in &runs {
+                    store.set(run.range(), run.attributes)?;
+                }
+                Ok(store)
+            })
+        })
+    }
+
+    /// Heap bytes held: the attribute store once, the rest of the tracker twice (its two
+    /// left-right copies). What a guest can make the front hold is bounded by the store's.
+    pub fn heap_bytes(&self) -> usize {
+        let store = self.attrs.heap_bytes();
+        let copy = self.read(|s| s.tracker.heap_bytes()) - store;
+        store + 2 * copy
     }
 
     /// The attributes of `gfn`.
@@ -105,8 +203,9 @@ impl ConcurrentTracker {
         let mut batch: Vec<AttrRun> = Vec::with_capacity(RUN_BATCH);
         let mut from = range.start;
         while from < range.end {
-            batch.clear();
             self.read(|s| {
+                // Again from empty if the read is repeated.
+                batch.clear();
                 batch.extend(
                     s.tracker
                         .runs(GfnRange::new(from, range.end))
@@ -144,8 +243,12 @@ impl ConcurrentTracker {
     /// that its zap callbacks take (KVM's `mmu_lock`).
     pub fn fault(&self, gpa: Gpa, access: Access) -> FaultAnswer {
         let seq = self.invalidate.snapshot();
-        let (answer, generation) =
-            self.read(|s| (s.tracker.max_mapping_level(gpa, access), s.generation));
+        // A conversion storing now means an invalidation is in progress: retry, as KVM does.
+        let Some((answer, generation)) =
+            self.try_read(|s| (s.tracker.max_mapping_level(gpa, access), s.generation))
+        else {
+            return FaultAnswer::Retry;
+        };
         let ticket = FaultTicket {
             gpa,
             access,
@@ -198,23 +301,25 @@ impl ConcurrentTracker {
     }
 
     /// Sets `range` to `attributes` under `writer`, in KVM's order (see
-    /// [`convert_with`](Self::convert_with)).
+    /// [`convert_with`](Self::convert_with)): stored once, in the shared store; the left-right
+    /// copies do not change (their large-page info reads MIXED from the store).
     fn convert_range(
         &self,
-        writer: &mut Writer<'_, Snapshot>,
+        writer: &mut Writer<'_, State>,
         range: GfnRange,
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        if writer.read(|s| s.tracker.range_has_attributes(range, attributes, u64::MAX)) {
+        writer.read(|s| s.tracker.check_attributes(attributes))?;
+        if self.attrs.range_has(range, attributes, u64::MAX) {
             return Ok(false);
         }
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        writer.apply(|s| {
-            let result = s.tracker.set_range_attributes(range, attributes);
-            commit(s, result)
-        })
+        self.attrs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set(range, attributes)
     }
 
     /// KVM_HC_MAP_GPA_RANGE's attribute change with KVM's semantics (the range anywhere, as
@@ -322,7 +427,7 @@ impl ConcurrentTracker {
         zap: impl FnMut(GfnRange),
     ) -> Result<bool> {
         let mut writer = self.state.writer();
-        let check = |s: &Snapshot| {
+        let check = |s: &State| {
             s.tracker
                 .check_gmem_attributes(id, offset, size, attributes, 0)
         };
@@ -384,11 +489,11 @@ impl ConcurrentTracker {
     /// bound range zapped, `change` stored and published.
     fn change_file(
         &self,
-        writer: &mut Writer<'_, Snapshot>,
+        writer: &mut Writer<'_, State>,
         id: GmemId,
         pages: GfnRange,
         mut zap: impl FnMut(GfnRange),
-        mut change: impl FnMut(&mut Tracker) -> Result<bool>,
+        mut change: impl FnMut(&mut SharedTracker) -> Result<bool>,
     ) -> Result<bool> {
         let bound: Vec<GfnRange> =
             writer.read(|s| s.tracker.gmem_gfns(id, pages).map(|(r, _)| r).collect());
@@ -419,6 +524,7 @@ impl ConcurrentTracker {
         PendingUpdate {
             invalidation: self.invalidate.begin(range),
             writer,
+            front: self,
         }
     }
 
@@ -430,7 +536,7 @@ impl ConcurrentTracker {
         &self,
         range: GfnRange,
         zap: impl FnOnce(GfnRange),
-        change: impl FnMut(&mut Tracker) -> (bool, R),
+        change: impl FnMut(&mut SharedTracker) -> (bool, R),
     ) -> R {
         let pending = self.begin_update(range);
         zap(range);
@@ -444,15 +550,32 @@ impl ConcurrentTracker {
 pub struct PendingUpdate<'a> {
     // Dropped first: the invalidation ends before the writers' lock is released.
     invalidation: crate::invalidate::Invalidation<'a>,
-    writer: Writer<'a, Snapshot>,
+    writer: Writer<'a, State>,
+    front: &'a ConcurrentTracker,
 }
 
 impl PendingUpdate<'_> {
+    /// Stores `attributes` on `range` — checked as [`Tracker::set_range_attributes`] checks
+    /// them — once, in the front's shared store, then ends the invalidation. Returns whether
+    /// anything changed; on an error nothing did.
+    pub fn commit_attributes(self, range: GfnRange, attributes: u64) -> Result<bool> {
+        self.writer
+            .read(|s| s.tracker.check_attributes(attributes))?;
+        let changed = self
+            .front
+            .attrs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set(range, attributes);
+        drop(self.invalidation);
+        changed
+    }
+
     /// Applies `change` to the tracker and publishes it, then ends the invalidation. `change`
     /// must be deterministic (it runs once on each copy) and may only change answers inside
     /// the invalidated range; it returns whether it changed anything, and a value returned to
     /// the caller.
-    pub fn commit<R>(mut self, mut change: impl FnMut(&mut Tracker) -> (bool, R)) -> R {
+    pub fn commit<R>(mut self, mut change: impl FnMut(&mut SharedTracker) -> (bool, R)) -> R {
         let r = self.writer.apply(|s| match change(&mut s.tracker) {
             (true, r) => {
                 s.generation += 1;
@@ -469,7 +592,7 @@ impl PendingUpdate<'_> {
 pub const RUN_BATCH: usize = 256;
 
 /// Turns the core's "changed?" result into a left-right application, counting generations.
-fn commit(s: &mut Snapshot, result: Result<bool>) -> Apply<Result<bool>> {
+fn commit(s: &mut State, result: Result<bool>) -> Apply<Result<bool>> {
     match result {
         Ok(true) => {
             s.generation += 1;

@@ -5,10 +5,12 @@
 //! [`ConcurrentTracker`] wraps the core [`cvmem::Tracker`] so that:
 //!
 //! - readers (`attributes`, `range_has_attributes`, `runs`, `max_mapping_level`, any closure
-//!   through [`ConcurrentTracker::read`]) never block, and every answer comes from one committed
-//!   state — never from a half-applied conversion;
-//! - writers are serialised and cost what the core costs, twice: O(log R + runs touched) for a
-//!   conversion;
+//!   through [`ConcurrentTracker::read`]) take no lock and write no shared memory, and every
+//!   answer comes from one committed state — never from a half-applied conversion;
+//! - the VM's attributes are kept once ([`one_copy`]): a conversion is stored once, at about
+//!   the core store's cost, and what a guest can make the front hold is one store's worth;
+//! - memslots, guest_memfd files and large-page info (the VMM's to change, not a guest's) are
+//!   published by left-right copies;
 //! - a fault racing with a conversion gets the old state's answer, the new state's, or
 //!   [`FaultAnswer::Retry`] — and a ticket that, checked under the MMU lock before installing,
 //!   never lets a huge page be mapped across a range being changed (KVM's
@@ -37,38 +39,36 @@
 //! # Ok::<(), cvmem::Error>(())
 //! ```
 //!
-//! ## Design: left-right copies with try-lock readers, and a seqcount for invalidations
+//! ## Design: one copy of the attributes read under a sequence count, left-right for the rest
 //!
-//! **Publication** ([`LeftRight`]). Two copies of the tracker, each behind an `RwLock`, and an
-//! atomic index of the published one. A reader loads the index, *try*-read-locks that copy and
-//! re-checks the index; if either fails, a writer has published the other copy meanwhile, and
-//! the reader starts again there. So a reader never waits for a writer or for another reader
-//! (lock-free: every retry means a writer made progress), reads only a published, complete
-//! state, and reads are linearizable. The writer applies a change to the unpublished copy,
-//! publishes it, waits for the readers still on the old copy, and applies the same change to
-//! it: two runs of the core's update, no clone, no allocation beyond the core's. Memory: two
-//! trackers, so twice the core's bound — at most 2 × `cvmem::WORST_BYTES_PER_GIB` (~64.5 KiB)
-//! per GiB of guest whatever the guest does, a few KiB for a typical guest.
+//! **The attributes** ([`one_copy`]). One store, every word of it an atomic in memory that
+//! lives as long as the store (directories, nodes, chunks of words and blocks are reused, never
+//! freed: type-stable), so a reader racing the writer reads live words and safe Rust suffices.
+//! The one writer stores between the two halves of a sequence count, as a seqlock does; a
+//! reader reads the count, reads, and keeps its answer only if the count is even and
+//! unchanged. Readers write nothing shared, so they do not slow one another; a read that a
+//! conversion overlaps runs again (so closures given to [`ConcurrentTracker::read`] may run
+//! more than once), and after 64 overlaps it waits for the conversion to end rather than
+//! starve. [`ConcurrentTracker::fault`] does not wait: a conversion being stored is an
+//! invalidation in progress, and the answer is [`FaultAnswer::Retry`], as KVM's. A conversion
+//! is stored once; memory is one store (the worst a guest can force, every other page private:
+//! 1.09× a flat bitmap). What the store costs against the core's (the one_copy bench):
+//! DESIGN.md, "One copy of the attributes".
 //!
-//! Alternatives considered:
-//! - *RCU-style snapshots* (swap an `Arc<Tracker>`): a write must produce a new tracker. Cloning
-//!   it is O(R + large pages / 64) per write; measured below for R = 4,000 runs on a 1 TiB
-//!   guest. Structural sharing would need the core to hold its attribute store's nodes and
-//!   regions behind `Arc`s, copied on write (`Arc::make_mut`), so that a clone copies a
-//!   pointer per node and a write copies the 1-2 regions it touches; and
-//!   readers would need `arc-swap`-style deferred reclamation to stay off a shared reference
-//!   count.
-//! - *A seqlock* with readers retrying over the live data: readers would read memory a writer
-//!   is changing, which safe Rust forbids for `Vec`-based data (the core is `forbid(unsafe)`),
-//!   and a reader could loop on a pointer being rewritten.
-//! - *Epochs* (crossbeam-epoch): needs a persistent (path-copying) tree in the core, and
-//!   unsafe reclamation code.
+//! **Memslots, files, large-page info** ([`LeftRight`]). Two copies of the rest of the
+//! tracker, each behind an `RwLock`, and an atomic index of the published one. A reader loads
+//! the index, *try*-read-locks that copy and re-checks the index; if either fails, a writer has
+//! published the other copy meanwhile, and the reader starts again there. The writer applies a
+//! change to the unpublished copy, publishes it, waits for the readers still on the old copy,
+//! and applies the same change to it. These are the VMM's changes (memslots, guest_memfd
+//! files, TDX accept levels), rare and bounded by what the VMM creates. A VM that keeps PRIVATE
+//! in its guest_memfd files (Linux 7.4's in-place conversion) keeps the files' attributes in
+//! both copies still: moving them into the one store is the next step.
 //!
-//! Left-right keeps the core untouched and this crate free of `unsafe`. Its costs: a reader
-//! does two atomic read-modify-writes on the copy's lock word (shared by all readers of the
-//! copy), and a long reader delays the next writer (never a reader). Per-reader counters
-//! (as in the `left-right` crate) would remove reader-to-reader cache-line traffic at the
-//! price of unsafe code; on the 2-core machine measured here it would not show.
+//! Alternatives measured or costed (DESIGN.md has the table): left-right for everything (two
+//! stores, every conversion applied twice: 2.0× a bitmap, 2.3-2.6× a conversion); one copy
+//! behind `arc-swap` with copy on write of the touched region and node (up to 30× a conversion
+//! in fragmented memory); crossbeam-epoch over a persistent tree (unsafe reclamation, ~2-7×).
 //!
 //! **Invalidations** (`mmu_invalidate_seq`). Every change runs between `begin(range)` and
 //! `end`: one counter, odd while a change of the stored range is in progress, incremented
@@ -80,7 +80,8 @@
 //!
 //! **Why `std`.** Writers need a blocking mutex and must wait for readers to leave a copy;
 //! without `std` that means spinning on a hand-written lock (or the `spin` crate). The core
-//! stays `no_std`; a hypervisor without `std` can reuse the same protocol with its own locks.
+//! stays `no_std`; a hypervisor without `std` can reuse the same protocol with its own locks
+//! (the one-copy store itself needs only atomics and `once_cell`'s `OnceBox`).
 //!
 //! ## Measured (`cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`)
 //!
@@ -119,6 +120,6 @@ pub mod left_right;
 pub mod one_copy;
 mod sync;
 
-pub use concurrent::{ConcurrentTracker, PendingUpdate, Snapshot, RUN_BATCH};
+pub use concurrent::{ConcurrentTracker, PendingUpdate, SharedTracker, Snapshot, RUN_BATCH};
 pub use fault::{FaultAnswer, FaultTicket};
 pub use left_right::{Apply, LeftRight, Writer};

@@ -168,8 +168,18 @@ fn memslot_changes_invalidate_old_and_new_ranges() {
     );
 }
 
+/// A memslot the tests add and remove (4 GiB up, 2 MiB), and its request.
+fn extra_slot(size: u64) -> MemoryRegion {
+    MemoryRegion {
+        slot: 7,
+        gpa: Gpa(8 * G1),
+        size,
+        ..Default::default()
+    }
+}
+
 #[test]
-fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns() {
+fn a_memslot_change_blocks_no_reader_and_is_visible_before_it_returns() {
     let vm = private_guest();
     let generation = vm.generation();
     let (held_tx, held_rx) = mpsc::channel();
@@ -185,48 +195,84 @@ fn a_waiting_writer_blocks_no_reader_and_its_change_is_visible_before_it_returns
         });
         assert_eq!(held_rx.recv().unwrap(), generation);
         // The writer applies to the other copy, publishes it, then waits for the slow reader.
-        let writer = s.spawn(|| vm.set_memory_attributes(Gpa(0), K4, 0).unwrap());
+        let writer = s.spawn(|| vm.set_user_memory_region(&extra_slot(M2)).unwrap());
         // Other readers are not blocked and see the new state while the writer waits.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while vm.generation() == generation {
             assert!(std::time::Instant::now() < deadline, "reader starved");
             thread::yield_now();
         }
-        assert_eq!(vm.attributes(Gfn(0)), 0);
+        assert_eq!(
+            vm.max_mapping_level(Gpa(8 * G1), Access::Shared),
+            MaxLevel::Level(Level::M2)
+        );
         assert!(
             !writer.is_finished(),
             "the writer waits for the slow reader"
         );
         release_tx.send(()).unwrap();
-        assert!(writer.join().unwrap());
+        writer.join().unwrap();
     });
     // Both copies now hold the change: the next writes and reads agree.
     vm.set_memory_attributes(Gpa(K4), K4, 0).unwrap();
     for _ in 0..4 {
-        assert_eq!(vm.attributes(Gfn(0)), 0);
+        assert!(vm.read(|s| s.tracker().memslot(7).is_some()));
         assert_eq!(vm.attributes(Gfn(1)), 0);
     }
+}
+
+#[test]
+fn a_conversion_never_waits_for_a_reader_and_an_overlapped_read_runs_again() {
+    let vm = private_guest();
+    let generation = vm.generation();
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let vm = &vm;
+        let reader = s.spawn(move || {
+            let mut runs = 0;
+            let seen = vm.read(|snap| {
+                runs += 1;
+                if runs == 1 {
+                    // The first run stays inside the read until the conversion is done.
+                    held_tx.send(snap.generation()).unwrap();
+                    release_rx.recv().unwrap();
+                }
+                (snap.generation(), snap.tracker().attributes(Gfn(0)))
+            });
+            (runs, seen)
+        });
+        assert_eq!(held_rx.recv().unwrap(), generation);
+        // The one copy is written while the reader is inside its read: nothing waits.
+        assert!(vm.set_memory_attributes(Gpa(0), K4, 0).unwrap());
+        assert_eq!(vm.generation(), generation + 1);
+        release_tx.send(()).unwrap();
+        // The overlapped run is thrown away: the read answers from the state after.
+        let (runs, seen) = reader.join().unwrap();
+        assert_eq!(runs, 2);
+        assert_eq!(seen, (generation + 1, 0));
+    });
 }
 
 #[test]
 fn a_writer_that_panics_leaves_a_consistent_state() {
     let vm = private_guest();
     let generation = vm.generation();
-    let range = GfnRange::new(Gfn(0), Gfn(1));
+    let range = GfnRange::new(Gfn(8 * G1 / K4), Gfn(8 * G1 / K4 + 512));
     // Panics half-way through the first copy: nothing published.
     let r = catch_unwind(AssertUnwindSafe(|| {
         vm.update(
             range,
             |_| {},
             |t| -> (bool, ()) {
-                t.set_memory_attributes(Gpa(0), K4, 0).unwrap();
+                t.set_user_memory_region(&extra_slot(M2)).unwrap();
                 panic!("injected");
             },
         )
     }));
     assert!(r.is_err());
     assert_eq!(vm.generation(), generation);
-    assert_eq!(vm.attributes(Gfn(0)), PRIVATE);
+    assert!(vm.read(|s| s.tracker().memslot(7).is_none()));
     assert!(matches!(
         vm.fault(Gpa(0), Access::Private),
         FaultAnswer::Ready(_)
@@ -239,7 +285,7 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
             |_| {},
             |t| {
                 calls += 1;
-                t.set_memory_attributes(Gpa(0), K4, 0).unwrap();
+                t.set_user_memory_region(&extra_slot(M2)).unwrap();
                 assert!(calls < 2, "injected");
                 (true, ())
             },
@@ -247,17 +293,40 @@ fn a_writer_that_panics_leaves_a_consistent_state() {
     }));
     assert!(r.is_err());
     assert_eq!(vm.generation(), generation + 1);
-    assert_eq!(vm.attributes(Gfn(0)), 0);
+    assert!(vm.read(|s| s.tracker().memslot(7).is_some()));
     // The next writers repair the stale copy: every later state is the same on both copies.
     for k in 1..5u64 {
+        // Deleted (size 0) and made again, with a new size each time.
+        let size = (k % 2 == 0).then_some(k * M2);
+        vm.set_user_memory_region(&extra_slot(size.unwrap_or(0)))
+            .unwrap();
         vm.set_memory_attributes(Gpa(k * K4), K4, 0).unwrap();
         for _ in 0..3 {
-            assert!(vm.range_has_attributes(GfnRange::new(Gfn(0), Gfn(k + 1)), 0, PRIVATE));
+            assert_eq!(vm.read(|s| s.tracker().memslot(7).map(|m| m.size())), size);
+            assert!(vm.range_has_attributes(GfnRange::new(Gfn(1), Gfn(k + 1)), 0, PRIVATE));
             assert_eq!(vm.attributes(Gfn(k + 1)), PRIVATE);
         }
     }
     assert!(matches!(
-        vm.fault(Gpa(0), Access::Shared),
+        vm.fault(Gpa(K4), Access::Shared),
         FaultAnswer::Ready(_)
     ));
+}
+
+#[test]
+fn a_conversion_through_a_copy_is_refused_and_changes_nothing() {
+    // The VM's attributes are the front's to write, once: a copy refuses to write them.
+    let vm = private_guest();
+    let generation = vm.generation();
+    let refused = vm.update(
+        GfnRange::new(Gfn(0), Gfn(1)),
+        |_| {},
+        |t| {
+            let r = t.set_memory_attributes(Gpa(0), K4, 0);
+            (r.is_ok(), r)
+        },
+    );
+    assert!(matches!(refused, Err(cvmem::Error::Unsupported { .. })));
+    assert_eq!(vm.generation(), generation);
+    assert_eq!(vm.attributes(Gfn(0)), PRIVATE);
 }

@@ -267,7 +267,7 @@ impl Mmu {
 }
 
 /// Whether the state allows a leaf: a fault at its first gfn may map at least its level.
-fn allowed(t: &Tracker, &(start, level, private): &Leaf) -> bool {
+fn allowed<A: cvmem::AttrBackend>(t: &Tracker<A>, &(start, level, private): &Leaf) -> bool {
     match t.max_mapping_level(Gpa(start * K4), Access::from_private(private)) {
         MaxLevel::Level(l) => l >= level,
         _ => false,

@@ -209,6 +209,9 @@ pub enum Unsupported {
     AttrModeNotFirst,
     /// guest_memfd files on an executor that does not model them.
     NoGmemModel,
+    /// A VM attribute write through a copy of a concurrent front's tracker: the front's one
+    /// attribute store is written by the front itself.
+    SharedAttributeStore,
 }
 
 /// Why an operation was refused. Every refused operation leaves the state unchanged.
@@ -575,6 +578,9 @@ impl fmt::Display for Unsupported {
                 "PRIVATE is kept per guest_memfd here: set it with KVM_SET_MEMORY_ATTRIBUTES2 on the file"
             }
             Unsupported::NoGmemModel => "this executor does not model guest_memfd files",
+            Unsupported::SharedAttributeStore => {
+                "the VM's attributes are shared by a concurrent front: convert through the front"
+            }
             Unsupported::AttrModeNotFirst => {
                 "where PRIVATE is kept is chosen before any memslot or guest_memfd exists"
             }

@@ -43,7 +43,7 @@ impl GuestScope {
     }
 }
 
-impl Tracker {
+impl<A: crate::AttrBackend> Tracker<A> {
     /// What a guest's request to make `range` of kind `to` converts: its parts inside
     /// memslots, or [`Error::OutsideMemslots`] for a request to private that reaches outside
     /// them. Allocates only when the range covers more than one run of memslots.

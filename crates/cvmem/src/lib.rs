@@ -56,7 +56,7 @@ pub mod tracker;
 pub use addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SHIFT, PAGE_SIZE};
 #[cfg(feature = "test-hooks")]
 pub use attrs::StoreShape;
-pub use attrs::{AttrRun, AttrStore, Probe, WORST_BYTES_PER_GIB};
+pub use attrs::{AttrBackend, AttrRun, AttrStore, Probe, WORST_BYTES_PER_GIB};
 pub use error::{Arg, Errno, Error, FlagsFault, Result, SlotField, SnapshotFault, Unsupported};
 pub use gmem::{
     AttrMode, FileRecord, FolioCounts, Folios, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset,

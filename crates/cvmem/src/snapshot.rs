@@ -119,7 +119,7 @@ pub struct TrackerSnapshot {
     pub files: Vec<FileRecord>,
 }
 
-impl Tracker {
+impl<A: crate::AttrBackend> Tracker<A> {
     /// The state of this tracker, for save/restore. O(slots + runs + inhibits).
     pub fn snapshot(&self) -> TrackerSnapshot {
         let memslots = self
@@ -163,7 +163,9 @@ impl Tracker {
             files: self.gmems().map(|(_, g)| g.record()).collect(),
         }
     }
+}
 
+impl Tracker {
     /// A tracker in the state `snapshot` describes (see the module docs). Refuses another
     /// format version, and anything no tracker could have produced. Time and memory
     /// O(snapshot size); nothing is shared with any other tracker, so a refusal changes
@@ -229,7 +231,7 @@ impl Tracker {
     }
 }
 
-impl Tracker {
+impl<A: crate::AttrBackend> Tracker<A> {
     /// Gives exactly the large pages of `records` GUEST_INHIBIT: afterwards
     /// [`Tracker::snapshot`]'s `inhibited` is `records`. Each record must name the first gfn of
     /// a large page wholly inside a memslot, in the order `snapshot` writes them (2M first,

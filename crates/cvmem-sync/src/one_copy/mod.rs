@@ -21,7 +21,10 @@
 //! and chunks any node ever needed at once.
 
 mod page;
+mod shared;
 mod tree;
+
+pub use shared::{SharedAttrs, SharedRuns};
 
 use std::sync::Arc;
 
@@ -183,6 +186,48 @@ impl OneCopyStore {
         self.uniform(range) == Some(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
     }
 
+    /// Number of pages of `level` wholly inside `range` that are mixed (2M or 1G; none of 4K).
+    pub fn mixed_pages(&self, range: GfnRange, level: Level) -> u64 {
+        let (lo, hi) = (range.start.0, range.end.0.min(GFN_END));
+        if lo >= hi {
+            return 0;
+        }
+        self.read(|s| {
+            let mut mixed = 0;
+            if lo < LOW_END {
+                mixed += s.low().mixed_pages(lo, hi.min(LOW_END), level);
+            }
+            if let (true, Some(h)) = (hi > LOW_END, s.high()) {
+                mixed += h.mixed_pages(lo.max(LOW_END), hi, level);
+            }
+            Some(mixed)
+        })
+    }
+
+    /// Heap bytes the store holds: its directories, nodes, words and blocks (in use or kept
+    /// for reuse).
+    pub fn heap_bytes(&self) -> usize {
+        size_of::<OneCopyStore>()
+            + size_of::<Low>()
+            + self.low().heap_bytes()
+            + self
+                .high()
+                .map_or(0, |h| size_of::<High>() + h.heap_bytes())
+    }
+
+    /// The count of a read about to start: even, and the number of writes committed before
+    /// it is half of it; `None` while a write is in progress.
+    pub(crate) fn read_begin(&self) -> Option<u64> {
+        let seq = self.seq.load(Ordering::Acquire);
+        (seq % 2 == 0).then_some(seq)
+    }
+
+    /// Whether a read that began at `seq` saw one committed state (no write began since).
+    pub(crate) fn read_valid(&self, seq: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.seq.load(Ordering::Relaxed) == seq
+    }
+
     /// The runs covering `range`, clipped to it, in address order: at most `limit` of them,
     /// from one committed state.
     pub fn runs(&self, range: GfnRange, limit: usize) -> Vec<AttrRun> {
@@ -317,13 +362,8 @@ impl OneCopyWriter {
         Some(Ok(true))
     }
 
-    /// Heap bytes the store holds: its directories, nodes and blocks (in use or kept for
-    /// reuse).
+    /// Heap bytes the store holds ([`OneCopyStore::heap_bytes`]).
     pub fn heap_bytes(&self) -> usize {
-        let s = &*self.store;
-        size_of::<OneCopyStore>()
-            + size_of::<Low>()
-            + s.low().heap_bytes()
-            + s.high().map_or(0, |h| size_of::<High>() + h.heap_bytes())
+        self.store.heap_bytes()
     }
 }

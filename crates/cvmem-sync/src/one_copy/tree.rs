@@ -17,8 +17,8 @@ const PAGES: usize = 512;
 const WORDS: usize = PAGES / 64;
 /// Held words per chunk: a chunk is made when a page of its 64 is first mixed.
 const HELD_CHUNK: usize = 64;
-/// Blocks per chunk (1 KiB): a node makes them as its pages need blocks.
-const BLOCK_CHUNK: usize = 16;
+/// Blocks per chunk (2 KiB): a node makes them as its pages need blocks.
+const BLOCK_CHUNK: usize = 32;
 const BLOCK_CHUNKS: usize = PAGES / BLOCK_CHUNK;
 /// The end of a node's free list.
 const NONE: u32 = u32::MAX;
@@ -73,6 +73,10 @@ pub(super) trait Tree: Sized {
 
     /// Heap bytes below this level (its own size is its parent's).
     fn heap_bytes(&self) -> usize;
+
+    /// Mixed pages of `level` wholly inside `[lo, hi)`, below this level (a 1G page's own
+    /// mixedness is its parent's to count).
+    fn mixed_pages(&self, lo: u64, hi: u64, level: Level) -> u64;
 }
 
 /// A 1G page: per 2M page a mixed bit and a kind bit; per mixed page a word (inline
@@ -458,6 +462,15 @@ impl Tree for Node {
         held * size_of::<[AtomicU32; HELD_CHUNK]>()
             + load(&self.chunks) as usize * size_of::<[Block; BLOCK_CHUNK]>()
     }
+
+    fn mixed_pages(&self, lo: u64, hi: u64, level: Level) -> u64 {
+        if level != Level::M2 {
+            return 0;
+        }
+        let g = u64::from(PAGE_GFNS);
+        let (a, b) = (lo.div_ceil(g) as usize, (hi / g) as usize);
+        (a..b).filter(|&p| bit(&self.mixed, p)).count() as u64
+    }
 }
 
 /// `N` entries of `C`'s span each.
@@ -663,5 +676,25 @@ impl<C: Tree, const N: usize> Tree for Dir<C, N> {
             .filter_map(OnceBox::get)
             .map(|c| size_of::<C>() + c[0].heap_bytes())
             .sum()
+    }
+
+    fn mixed_pages(&self, lo: u64, hi: u64, level: Level) -> u64 {
+        let span = 1u64 << C::SPAN_SHIFT;
+        let (first, last) = ((lo / span) as usize, ((hi - 1) / span) as usize);
+        let mut mixed = 0;
+        for e in first..=last.min(N - 1) {
+            let Some(child) = self.active(e) else {
+                continue;
+            };
+            let base = e as u64 * span;
+            let (a, b) = (lo.max(base) - base, hi.min(base + span) - base);
+            if level == Level::G1 && C::SPAN_SHIFT == Level::G1.page_shift() {
+                // The child is a node: its 1G page is mixed, counted if wholly inside.
+                mixed += u64::from(a == 0 && b == span);
+            } else {
+                mixed += child.mixed_pages(a, b, level);
+            }
+        }
+        mixed
     }
 }

@@ -22,9 +22,12 @@
 //! Worst case (every 2M page mixed, [`WORST_BYTES_PER_GIB`]): 32 KiB of bits per GiB plus a
 //! region header and a share of its node, under 1.05× a flat bitmap.
 
+mod backend;
 mod block;
 mod node;
 mod region;
+
+pub use backend::AttrBackend;
 
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -87,6 +90,13 @@ pub struct Probe {
     pub private: bool,
     /// The largest level whose aligned page around the gfn has one kind throughout.
     pub uniform: Level,
+}
+
+impl Probe {
+    /// A probe's answer: the gfn's kind and the largest uniform level around it.
+    pub const fn new(private: bool, uniform: Level) -> Self {
+        Probe { private, uniform }
+    }
 }
 
 /// How the store holds its memory, for reports.

@@ -8,14 +8,14 @@
 
 use super::Tracker;
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT};
-use crate::attrs::{AttrRun, Probe};
+use crate::attrs::{AttrBackend, AttrRun, Probe};
 use crate::error::{Error, Result, Unsupported};
 use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use crate::memslot::{MemoryRegion, Memslot};
 use crate::tracker::Kind;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
-impl Tracker {
+impl<A: AttrBackend> Tracker<A> {
     /// The same tracker keeping PRIVATE as `mode` says (`kvm.gmem_in_place_conversion`, a
     /// module parameter: chosen before the VM exists).
     pub const fn with_attr_mode(mut self, mode: AttrMode) -> Self {
@@ -38,7 +38,7 @@ impl Tracker {
     /// The one check of the attributes KVM_SET_MEMORY_ATTRIBUTES asks for: only supported
     /// bits, and PRIVATE only where the VM keeps it (per guest_memfd it is set on the files).
     #[inline]
-    pub(super) fn check_attributes(&self, attributes: u64) -> Result<()> {
+    pub fn check_attributes(&self, attributes: u64) -> Result<()> {
         if attributes & self.refused == 0 {
             return Ok(());
         }

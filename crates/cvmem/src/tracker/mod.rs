@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
-use crate::attrs::{AttrRun, AttrStore, Probe, Runs};
+use crate::attrs::{AttrBackend, AttrRun, AttrStore, Probe};
 use crate::error::{Error, Result};
 use crate::gmem::{AttrMode, Gmem, MergePolicy};
 use crate::lpage::LpageInfo;
@@ -194,16 +194,30 @@ pub struct SlotEligibility {
     pub inhibited: [u64; 2],
 }
 
+/// Room for one more element: exactly one for the first (most VMs have one or two memslots, and
+/// `try_reserve`'s first capacity of four would hold ~550 unused bytes), doubling after that.
+fn room_for_one<T>(
+    v: &mut Vec<T>,
+) -> core::result::Result<(), alloc::collections::TryReserveError> {
+    if v.len() < v.capacity() {
+        return Ok(());
+    }
+    v.try_reserve_exact(v.len().max(1))
+}
+
 /// Private/shared state of a VM's memory, with hugepage eligibility per memslot.
 ///
 /// Mirrors KVM's per-VM memory attributes and per-memslot `lpage_info`, with the costs of
 /// ranges rather than pages. See the crate docs for an example.
+///
+/// The VM's own attributes are kept in `A`: the core's [`AttrStore`], or a store shared by
+/// the copies of a concurrent front (cvmem-sync's one copy).
 #[derive(Clone, Debug)]
-pub struct Tracker {
+pub struct Tracker<A = AttrStore> {
     supported: u64,
     /// Guest-physical address width: memslots must end at or below 2^bits (64: no limit).
     gpa_bits: u32,
-    attrs: AttrStore,
+    attrs: A,
     /// Memslots sorted by base gfn (non-overlapping), for O(log S) gfn lookups.
     slots: Vec<Memslot>,
     /// (slot id, base gfn), sorted by id.
@@ -247,7 +261,9 @@ impl Tracker {
             gmems: Vec::new(),
         }
     }
+}
 
+impl<A: AttrBackend> Tracker<A> {
     /// The same tracker refusing (EINVAL) memslots that end above 2^`bits`, as x86 KVM refuses
     /// slots past the host's MAXPHYADDR (`kvm_mmu_max_gfn()`). Default 64: any slot whose end
     /// fits in 64 bits, as op-log v1. Set it before creating memslots.
@@ -340,7 +356,7 @@ impl Tracker {
     }
 
     /// The VM's own attribute runs covering `range`, clipped to it, in address order.
-    pub fn runs(&self, range: GfnRange) -> Runs<'_> {
+    pub fn runs(&self, range: GfnRange) -> A::Runs<'_> {
         self.attrs.runs(range)
     }
 
@@ -352,8 +368,28 @@ impl Tracker {
     }
 
     /// The attribute store itself.
-    pub fn attribute_store(&self) -> &AttrStore {
+    pub fn attribute_store(&self) -> &A {
         &self.attrs
+    }
+
+    /// The same tracker with its VM attributes kept in the store `f` makes of its own (memslots,
+    /// files and large-page info move as they are). On an error nothing is lost: the error is
+    /// returned and this tracker dropped, as `f` decides.
+    pub fn map_attribute_store<B: AttrBackend>(
+        self,
+        f: impl FnOnce(A) -> Result<B>,
+    ) -> Result<Tracker<B>> {
+        Ok(Tracker {
+            supported: self.supported,
+            gpa_bits: self.gpa_bits,
+            attrs: f(self.attrs)?,
+            slots: self.slots,
+            ids: self.ids,
+            mode: self.mode,
+            refused: self.refused,
+            merge: self.merge,
+            gmems: self.gmems,
+        })
     }
 
     /// The memslot with this id.
@@ -428,12 +464,8 @@ impl Tracker {
             (SlotChange::Created, _) => {
                 let lpage = Self::new_lpage(new_range);
                 let oom = |bytes| Error::NoMemory { bytes };
-                self.slots
-                    .try_reserve(1)
-                    .map_err(|_| oom(size_of::<Memslot>()))?;
-                self.ids
-                    .try_reserve(1)
-                    .map_err(|_| oom(size_of::<(u32, u64)>()))?;
+                room_for_one(&mut self.slots).map_err(|_| oom(size_of::<Memslot>()))?;
+                room_for_one(&mut self.ids).map_err(|_| oom(size_of::<(u32, u64)>()))?;
                 // The attributes of a new slot are usually all set at once next (start-up):
                 // have what that needs ready.
                 self.attrs.reserve_span(new_range)?;
