@@ -2,6 +2,7 @@
 //! memslots and files behind left-right publication, and KVM's invalidation protocol.
 
 use std::alloc::{handle_alloc_error, Layout};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cvmem::{
@@ -15,7 +16,7 @@ use crate::fault::{FaultAnswer, FaultTicket};
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
 use crate::one_copy::{OneCopyStore, OneCopyWriter, SharedAttrs};
-use crate::sync::{retry_hint, Mutex, PoisonError};
+use crate::sync::retry_hint;
 
 /// The tracker of a [`ConcurrentTracker`]: the core's, with its VM attributes in the front's
 /// one shared store.
@@ -65,13 +66,12 @@ const READ_ATTEMPTS: u32 = 64;
 /// map across them. See the crate docs for the design.
 #[derive(Debug)]
 pub struct ConcurrentTracker {
-    state: LeftRight<State>,
+    /// The rest of the tracker, and the one writer of `attrs` under the writers' lock.
+    state: LeftRight<State, OneCopyWriter>,
     attrs: Arc<OneCopyStore>,
     /// The store's count once the tracker's attributes were moved in: generations count the
     /// writes after it.
     attrs_base: u64,
-    /// The one writer of `attrs`, taken under the left-right writer (writers are serialised).
-    attrs_writer: Mutex<OneCopyWriter>,
     invalidate: InvalidateSeq,
 }
 
@@ -103,13 +103,15 @@ impl ConcurrentTracker {
         })?;
         let attrs_base = attrs.read_begin().unwrap_or(0);
         Ok(ConcurrentTracker {
-            state: LeftRight::new(State {
-                tracker,
-                generation: 0,
-            }),
+            state: LeftRight::with_writer_data(
+                State {
+                    tracker,
+                    generation: 0,
+                },
+                writer,
+            ),
             attrs,
             attrs_base,
-            attrs_writer: Mutex::new(writer),
             invalidate: InvalidateSeq::default(),
         })
     }
@@ -126,13 +128,29 @@ impl ConcurrentTracker {
             }
             retry_hint();
         }
-        // Writers hold this while they store attributes: with it, no write overlaps the read.
-        let _writer = self
-            .attrs_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        self.read_waiting(|| self.try_read(&mut f))
+    }
+
+    /// [`read`](Self::read) for this front's own single-lookup reads (one attribute lookup per
+    /// run: no run can combine two states), without the panic guard.
+    #[inline]
+    fn read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
+        for _ in 0..READ_ATTEMPTS {
+            if let Some(r) = self.try_read_one(&mut f) {
+                return r;
+            }
+            retry_hint();
+        }
+        self.read_waiting(|| self.try_read_one(&mut f))
+    }
+
+    /// A read that conversions kept overlapping: under the writers' lock, which writers hold
+    /// while they store attributes, so no write overlaps it.
+    #[cold]
+    fn read_waiting<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
+        let _writer = self.state.writer();
         loop {
-            if let Some(r) = self.try_read(&mut f) {
+            if let Some(r) = attempt() {
                 return r;
             }
         }
@@ -141,13 +159,35 @@ impl ConcurrentTracker {
     /// One attempt of [`read`](Self::read): `None` if a conversion was in progress or began.
     fn try_read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
         let seq = self.attrs.read_begin()?;
-        let r = self.state.read(|s| {
+        // A run that a conversion overlapped may combine answers of two states that no
+        // tracker code expects together (and trip an overflow check): its panic is a torn
+        // read's, thrown away with its answer. A run nothing overlapped panics as it would.
+        let r = catch_unwind(AssertUnwindSafe(|| self.run(seq, &mut f)));
+        let valid = self.attrs.read_valid(seq);
+        match r {
+            Ok(r) => valid.then_some(r),
+            Err(panic) if valid => resume_unwind(panic),
+            Err(_) => None,
+        }
+    }
+
+    /// [`try_read`](Self::try_read) of a single lookup.
+    #[inline]
+    fn try_read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
+        let seq = self.attrs.read_begin()?;
+        let r = self.run(seq, &mut f);
+        self.attrs.read_valid(seq).then_some(r)
+    }
+
+    /// `f` on the published copy, as the state after the writes that `seq` counts.
+    #[inline]
+    fn run<R>(&self, seq: u64, f: &mut impl FnMut(&Snapshot<'_>) -> R) -> R {
+        self.state.read(|s| {
             f(&Snapshot {
                 tracker: &s.tracker,
                 generation: s.generation + (seq - self.attrs_base) / 2,
             })
-        });
-        self.attrs.read_valid(seq).then_some(r)
+        })
     }
 
     /// The number of committed changes so far.
@@ -180,7 +220,7 @@ impl ConcurrentTracker {
 
     /// The attributes of `gfn`.
     pub fn attributes(&self, gfn: Gfn) -> u64 {
-        self.read(|s| s.tracker.attributes(gfn))
+        self.read_one(|s| s.tracker.attributes(gfn))
     }
 
     /// Whether every gfn of `range` has `attributes` under `mask`, in one state.
@@ -232,7 +272,7 @@ impl ConcurrentTracker {
     /// mapping will be installed from the answer.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        self.read(|s| s.tracker.max_mapping_level(gpa, access))
+        self.read_one(|s| s.tracker.max_mapping_level(gpa, access))
     }
 
     /// The fault path with KVM's retry protocol: records the invalidation sequence, reads the
@@ -245,7 +285,7 @@ impl ConcurrentTracker {
         let seq = self.invalidate.snapshot();
         // A conversion storing now means an invalidation is in progress: retry, as KVM does.
         let Some((answer, generation)) =
-            self.try_read(|s| (s.tracker.max_mapping_level(gpa, access), s.generation))
+            self.try_read_one(|s| (s.tracker.max_mapping_level(gpa, access), s.generation))
         else {
             return FaultAnswer::Retry;
         };
@@ -289,8 +329,10 @@ impl ConcurrentTracker {
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        let request = self.read(|s| s.tracker.validate_attributes(gpa, size, attributes))?;
-        self.convert_with(request, zap)
+        let mut writer = self.state.writer();
+        // Validated under the writers' lock: nothing changes it meanwhile.
+        let request = writer.read(|s| s.tracker.validate_attributes(gpa, size, attributes))?;
+        self.store_range(&mut writer, request.range(), request.attributes(), zap)
     }
 
     /// A checked attribute change (see [`AttrRequest`]) in KVM's order, as
@@ -305,21 +347,31 @@ impl ConcurrentTracker {
     /// copies do not change (their large-page info reads MIXED from the store).
     fn convert_range(
         &self,
-        writer: &mut Writer<'_, State>,
+        writer: &mut Writer<'_, State, OneCopyWriter>,
         range: GfnRange,
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
         writer.read(|s| s.tracker.check_attributes(attributes))?;
+        self.store_range(writer, range, attributes, zap)
+    }
+
+    /// The store of a checked conversion, under the writers' lock: `Ok(false)` at once if the
+    /// range has the attributes already (the store cannot change under this read), else
+    /// invalidate, zap, store once.
+    fn store_range(
+        &self,
+        writer: &mut Writer<'_, State, OneCopyWriter>,
+        range: GfnRange,
+        attributes: u64,
+        zap: impl FnOnce(GfnRange),
+    ) -> Result<bool> {
         if self.attrs.range_has(range, attributes, u64::MAX) {
             return Ok(false);
         }
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        self.attrs_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set(range, attributes)
+        writer.data().set(range, attributes)
     }
 
     /// KVM_HC_MAP_GPA_RANGE's attribute change with KVM's semantics (the range anywhere, as
@@ -489,7 +541,7 @@ impl ConcurrentTracker {
     /// bound range zapped, `change` stored and published.
     fn change_file(
         &self,
-        writer: &mut Writer<'_, State>,
+        writer: &mut Writer<'_, State, OneCopyWriter>,
         id: GmemId,
         pages: GfnRange,
         mut zap: impl FnMut(GfnRange),
@@ -524,7 +576,6 @@ impl ConcurrentTracker {
         PendingUpdate {
             invalidation: self.invalidate.begin(range),
             writer,
-            front: self,
         }
     }
 
@@ -550,8 +601,7 @@ impl ConcurrentTracker {
 pub struct PendingUpdate<'a> {
     // Dropped first: the invalidation ends before the writers' lock is released.
     invalidation: crate::invalidate::Invalidation<'a>,
-    writer: Writer<'a, State>,
-    front: &'a ConcurrentTracker,
+    writer: Writer<'a, State, OneCopyWriter>,
 }
 
 impl PendingUpdate<'_> {
@@ -559,15 +609,11 @@ impl PendingUpdate<'_> {
     /// them — once, in the front's shared store, then ends the invalidation. Returns whether
     /// anything changed; on an error nothing did.
     pub fn commit_attributes(self, range: GfnRange, attributes: u64) -> Result<bool> {
-        self.writer
+        let mut this = self;
+        this.writer
             .read(|s| s.tracker.check_attributes(attributes))?;
-        let changed = self
-            .front
-            .attrs_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set(range, attributes);
-        drop(self.invalidation);
+        let changed = this.writer.data().set(range, attributes);
+        drop(this.invalidation);
         changed
     }
 

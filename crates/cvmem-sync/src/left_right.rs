@@ -34,24 +34,33 @@ impl<R> Apply<R> {
     }
 }
 
-/// A value shared by non-blocking readers and serialised writers; see the module docs.
+/// A value shared by non-blocking readers and serialised writers; see the module docs. `W` is
+/// data only writers use, kept under the writers' lock (one lock for both).
 #[derive(Debug)]
-pub struct LeftRight<T> {
+pub struct LeftRight<T, W = ()> {
     copies: [RwLock<T>; 2],
     /// Index of the copy readers are sent to.
     published: AtomicUsize,
     /// Serialises writers. `true` while the unpublished copy may differ from the published one
     /// (a change is half done, or a writer panicked): the next writer copies it over first.
-    writer: Mutex<bool>,
+    /// And the writers' own data.
+    writer: Mutex<(bool, W)>,
 }
 
 impl<T: Clone> LeftRight<T> {
     /// Shares `value` (cloned once for the second copy).
     pub fn new(value: T) -> Self {
+        Self::with_writer_data(value, ())
+    }
+}
+
+impl<T: Clone, W> LeftRight<T, W> {
+    /// Shares `value` (cloned once for the second copy), with `data` for writers only.
+    pub fn with_writer_data(value: T, data: W) -> Self {
         LeftRight {
             copies: [RwLock::new(value.clone()), RwLock::new(value)],
             published: AtomicUsize::new(0),
-            writer: Mutex::new(false),
+            writer: Mutex::new((false, data)),
         }
     }
 
@@ -87,15 +96,15 @@ impl<T: Clone> LeftRight<T> {
 
     /// Takes the writer's lock (blocking other writers only). Not from inside [`read`](Self::read)
     /// on the same value, nor twice in one thread: the writer would wait for itself.
-    pub fn writer(&self) -> Writer<'_, T> {
+    pub fn writer(&self) -> Writer<'_, T, W> {
         let mut needs_sync = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        if *needs_sync {
+        if needs_sync.0 {
             let published = self.published.load(Ordering::Relaxed);
             let mut stale = self.write_copy(1 - published);
             *stale = self.read_guard().clone();
             drop(stale);
             clear_poison(&self.copies[1 - published]);
-            *needs_sync = false;
+            needs_sync.0 = false;
         }
         Writer {
             lr: self,
@@ -124,12 +133,17 @@ impl<T: Clone> LeftRight<T> {
 
 /// The writer's lock on a [`LeftRight`]: while it lives, no other writer runs.
 #[derive(Debug)]
-pub struct Writer<'a, T> {
-    lr: &'a LeftRight<T>,
-    needs_sync: MutexGuard<'a, bool>,
+pub struct Writer<'a, T, W = ()> {
+    lr: &'a LeftRight<T, W>,
+    needs_sync: MutexGuard<'a, (bool, W)>,
 }
 
-impl<T: Clone> Writer<'_, T> {
+impl<T: Clone, W> Writer<'_, T, W> {
+    /// The writers' own data.
+    pub fn data(&mut self) -> &mut W {
+        &mut self.needs_sync.1
+    }
+
     /// Runs `f` on the current value (the published one; no change is in flight).
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         self.lr.read(f)
@@ -144,10 +158,10 @@ impl<T: Clone> Writer<'_, T> {
         let lr = self.lr;
         let next = 1 - lr.published.load(Ordering::Relaxed);
         let mut copy = lr.write_copy(next);
-        *self.needs_sync = true;
+        self.needs_sync.0 = true;
         let result = match change(&mut copy) {
             Apply::Unchanged(r) => {
-                *self.needs_sync = false;
+                self.needs_sync.0 = false;
                 return r;
             }
             Apply::Changed(r) => r,
@@ -159,7 +173,7 @@ impl<T: Clone> Writer<'_, T> {
             *old = lr.read_guard().clone();
         }
         drop(old);
-        *self.needs_sync = false;
+        self.needs_sync.0 = false;
         result
     }
 }

@@ -87,28 +87,31 @@
 //!
 //! Fault-path lookups on a 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000
 //! runs), at random 4K addresses; CPU time of the reading thread per lookup (criterion mean),
-//! 2026-12-07, two or three runs each on a nested 2-vCPU host whose other vCPU runs the writer.
-//! The writer flips 4K pages of a fixed pool (the run count stays put).
+//! 2026-12-07, three runs on a nested 2-vCPU host whose other vCPU runs the writer.
 //!
-//! | reader | no writer | writer at 100k conversions/s | writer flat out |
-//! |---|---|---|---|
-//! | core `Tracker::max_mapping_level` (unsynchronised) | 22.1-23.5 ns | — | — |
-//! | `ConcurrentTracker::max_mapping_level` | 24.0-32.5 ns | 26.4-68.0 ns | 241 ns (wall clock 101 ns) |
-//! | `ConcurrentTracker::fault` | 35.2-42.6 ns | 62.1-160 ns (1.1% `Retry`) | 273-317 ns |
+//! | | core `Tracker` (unsynchronised) | `ConcurrentTracker` |
+//! |---|---|---|
+//! | `max_mapping_level`, no writer | 17.0-21.4 ns | 34.0-39.9 ns |
+//! | `fault`, no writer | — | 32.4-37.6 ns |
+//! | a random 4K conversion | 169-202 ns | 367-434 ns |
 //!
-//! A read costs the core's lookup plus two atomic read-modify-writes on the copy's lock word and
-//! two loads of the index; `fault` adds the sequence checks. On this host the same case moves by
-//! 2-5× between runs once the writer shares the machine (cache lines moving between the vCPUs,
-//! and the host's own noise). Writes (same guest, a random 4K conversion): core 189-200 ns,
-//! `ConcurrentTracker` 433-516 ns (two applications, the invalidation and the publication); cloning
-//! the tracker, the per-write cost of an RCU-style design without structural sharing, 59.7 µs.
-//! Why two copies and not one: DESIGN.md, "Two copies, and why not one" (every scheme's live
-//! bytes, conversion and query cost).
+//! With a writer at 100k conversions/s a `fault` took 55-102 ns (0.9-1.6% `Retry`); with one
+//! converting flat out, 155-285 ns (42% `Retry`: a conversion being stored is an invalidation in
+//! progress). The one store's own costs are the core store's (the `one_copy` bench: a lookup
+//! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
+//! memslots a read still takes (two atomic read-modify-writes on its lock word), the sequence
+//! checks, and on a write the writers' lock and the invalidation sequence. Live bytes, the
+//! worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a flat bitmap
+//! (left-right for everything held 268,592). DESIGN.md, "One copy of the attributes", has the
+//! protocol and the schemes weighed before it.
 //!
 //! ## Testing
-//! `tests/stress.rs` runs reader threads against a writer and checks every answer against the
-//! recorded state of the generation it reports, and every mapping a fault installs against the
-//! live state. `tests/loom.rs` model-checks the publication and invalidation protocols:
+//! `tests/one_copy.rs` checks the one store against the core's (kinds, levels, runs, uniform
+//! ranges, mixed-page counts under random conversions), readers against a racing writer, and the
+//! worst case in bytes. `tests/stress.rs` runs reader threads against a writer and checks every
+//! answer against the recorded state of the generation it reports, and every mapping a fault
+//! installs against the live state. `tests/loom.rs` model-checks left-right's publication (its
+//! scenarios over the one store are too large for loom here and run on real threads only):
 //! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`; without loom the
 //! same scenarios run a few hundred times on real threads.
 #![cfg_attr(docsrs, feature(doc_cfg))]

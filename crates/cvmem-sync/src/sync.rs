@@ -48,3 +48,48 @@ pub(crate) fn clear_poison<T>(lock: &RwLock<T>) {
     #[cfg(loom)]
     let _ = lock;
 }
+
+/// A box set once and read with one load: `once_cell`'s, or under loom the same behind a loom
+/// flag, so that the model sees a reader's load of the boxed atomics ordered after their
+/// creation (it cannot see `once_cell`'s own atomics).
+#[cfg(not(loom))]
+pub(crate) use once_cell::race::OnceBox;
+
+/// See the `not(loom)` item.
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct OnceBox<T> {
+    ready: loom::sync::atomic::AtomicBool,
+    inner: once_cell::race::OnceBox<T>,
+}
+
+#[cfg(loom)]
+impl<T> Default for OnceBox<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(loom)]
+impl<T> OnceBox<T> {
+    pub(crate) fn new() -> Self {
+        OnceBox {
+            ready: loom::sync::atomic::AtomicBool::new(false),
+            inner: once_cell::race::OnceBox::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<&T> {
+        if self.ready.load(Ordering::Acquire) {
+            self.inner.get()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn set(&self, value: Box<T>) -> Result<(), Box<T>> {
+        self.inner.set(value)?;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+}

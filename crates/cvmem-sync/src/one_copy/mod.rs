@@ -30,9 +30,7 @@ use std::sync::Arc;
 
 use cvmem::{AttrRun, Error, Gfn, GfnRange, Level, Result, GFN_END, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 
-use once_cell::race::OnceBox;
-
-use crate::sync::{fence, retry_hint, AtomicU64, Ordering};
+use crate::sync::{fence, retry_hint, AtomicU64, OnceBox, Ordering};
 use tree::{Dir, Node, Tree};
 
 /// Three directories above the nodes: the first 2^36 gfns (256 TiB), where guests live.
@@ -166,10 +164,31 @@ impl OneCopyStore {
         if range.is_empty() || range.end.0 > GFN_END {
             return None;
         }
-        self.read(|s| {
-            let (end, v) = s.run_end_racy(range.start.0, range.end.0);
-            Some((end >= range.end.0).then_some(attr(v)))
-        })
+        self.read(|s| Some(s.uniform_racy(range.start.0, range.end.0)))
+    }
+
+    /// [`OneCopyStore::uniform`] without validation: inside one mixed 1G page (the common
+    /// conversion's check) the node's own answer, else a walk from the start.
+    fn uniform_racy(&self, lo: u64, hi: u64) -> Option<u64> {
+        if let Some((node, base)) = self.node_of(lo, hi) {
+            let v = node.probe(lo - base).0;
+            return node.all(lo - base, hi - base, v).then_some(attr(v));
+        }
+        let (end, v) = self.run_end_racy(lo, hi);
+        (end >= hi).then_some(attr(v))
+    }
+
+    /// The node of the mixed 1G page holding all of `[lo, hi)`, and its first gfn.
+    #[inline]
+    fn node_of(&self, lo: u64, hi: u64) -> Option<(&Node, u64)> {
+        if hi > LOW_END || lo >> Node::SPAN_SHIFT != (hi - 1) >> Node::SPAN_SHIFT {
+            return None;
+        }
+        let top = self.low();
+        let mid = top.active(Low::index(lo))?;
+        let units = mid.active(Dir::<Dir<Node, 64>, 64>::index(lo))?;
+        let node = units.active(Dir::<Node, 64>::index(lo))?;
+        Some((node, lo & !((1 << Node::SPAN_SHIFT) - 1)))
     }
 
     /// Whether every gfn of `range` has `attributes` under `mask` (true for an empty range).

@@ -5,12 +5,10 @@
 //! child's free list and keeps the child for the next time it is mixed; so the memory held is
 //! the most ever needed at once, and a reader following a stale index reads live words.
 
-use once_cell::race::OnceBox;
-
 use cvmem::{Error, Level, Result};
 
 use super::page::{self, Bits, Held, PAGE_GFNS};
-use crate::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, OnceBox, Ordering};
 
 /// 2M pages in a node.
 const PAGES: usize = 512;
@@ -617,6 +615,10 @@ impl<C: Tree, const N: usize> Tree for Dir<C, N> {
     }
 
     fn fill(&self, v: bool) {
+        if self.uniform() == Some(v) {
+            // Already all `v` (a directory made or released: no children, nothing to give back).
+            return;
+        }
         for e in 0..N {
             if self.state(e) == CHILD {
                 self.made(e).fill(false);
