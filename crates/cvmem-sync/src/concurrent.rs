@@ -122,26 +122,26 @@ impl ConcurrentTracker {
     /// waits for the conversion to end. `f` must not change the tracker through `self`.
     #[inline]
     pub fn read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
-        for _ in 0..READ_ATTEMPTS {
-            if let Some(r) = self.try_read(&mut f) {
-                return r;
-            }
-            retry_hint();
-        }
-        self.read_waiting(|| self.try_read(&mut f))
+        self.retry(|| self.try_read(&mut f))
     }
 
     /// [`read`](Self::read) for this front's own single-lookup reads (one attribute lookup per
     /// run: no run can combine two states), without the panic guard.
     #[inline]
     fn read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
+        self.retry(|| self.try_read_one(&mut f))
+    }
+
+    /// `attempt` until it answers: a few times at once, then under the writers' lock.
+    #[inline]
+    fn retry<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
         for _ in 0..READ_ATTEMPTS {
-            if let Some(r) = self.try_read_one(&mut f) {
+            if let Some(r) = attempt() {
                 return r;
             }
             retry_hint();
         }
-        self.read_waiting(|| self.try_read_one(&mut f))
+        self.read_waiting(attempt)
     }
 
     /// A read that conversions kept overlapping: under the writers' lock, which writers hold
@@ -321,7 +321,8 @@ impl ConcurrentTracker {
     /// KVM_SET_MEMORY_ATTRIBUTES in KVM's order: validate; return `Ok(false)` at once if the
     /// range already has the attributes; otherwise begin invalidating the range, call
     /// `zap(range)` (remove the mappings of the range, under the MMU lock), store the new
-    /// attributes and large-page info, publish, end the invalidation.
+    /// attributes once, in the shared store (large-page info reads MIXED from it), end the
+    /// invalidation.
     pub fn set_memory_attributes_with(
         &self,
         gpa: Gpa,
@@ -569,8 +570,9 @@ impl ConcurrentTracker {
     /// The first half of [`update`](Self::update), for a writer with steps of its own between
     /// invalidating and storing (the VMM's host steps of a conversion): takes the writers' lock
     /// and begins the invalidation of `range`. Readers keep answering from the committed state;
-    /// faults in `range` retry. [`PendingUpdate::commit`] stores and publishes; dropping it
-    /// without a commit ends the invalidation with nothing changed.
+    /// faults in `range` retry. [`PendingUpdate::commit_attributes`] stores a conversion,
+    /// [`PendingUpdate::commit`] any other change (and publishes it); dropping it without a
+    /// commit ends the invalidation with nothing changed.
     pub fn begin_update(&self, range: GfnRange) -> PendingUpdate<'_> {
         let writer = self.state.writer();
         PendingUpdate {

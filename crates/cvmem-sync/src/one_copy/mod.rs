@@ -28,7 +28,9 @@ pub use shared::{SharedAttrs, SharedRuns};
 
 use std::sync::Arc;
 
-use cvmem::{AttrRun, Error, Gfn, GfnRange, Level, Result, GFN_END, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+use cvmem::{
+    AttrRun, AttrStore, Gfn, GfnRange, Level, Result, GFN_END, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+};
 
 use crate::sync::{fence, retry_hint, AtomicU64, OnceBox, Ordering};
 use tree::{Dir, Node, Tree};
@@ -293,17 +295,7 @@ impl OneCopyWriter {
     /// having done nothing, when the range had them already. Everything it may need is
     /// allocated before anything changes: on an error nothing changed.
     pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
-        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
-            return Err(Error::UnsupportedAttributes {
-                attributes,
-                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
-            });
-        }
-        if range.is_empty() || range.end.0 > GFN_END {
-            return Err(Error::Unsupported {
-                what: cvmem::Unsupported::OutsideGfnSpace,
-            });
-        }
+        AttrStore::check_set(range, attributes)?;
         let v = attributes != 0;
         if let Some(changed) = self.set_in_node(range, v) {
             return changed;

@@ -420,17 +420,7 @@ impl AttrStore {
     /// On `NoMemory` nothing changed.
     #[inline]
     pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
-        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
-            return Err(Error::UnsupportedAttributes {
-                attributes,
-                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
-            });
-        }
-        if range.is_empty() || range.end.0 > GFN_END {
-            return Err(Error::Unsupported {
-                what: crate::Unsupported::OutsideGfnSpace,
-            });
-        }
+        Self::check_set(range, attributes)?;
         let v = attributes != 0;
         let (start, end) = (range.start.0, range.end.0);
         let g1 = Level::G1.pages();
@@ -444,6 +434,24 @@ impl AttrStore {
             }
         }
         self.set_range(range, v)
+    }
+
+    /// What any attribute store can be asked to set: a non-empty range inside the gfn space,
+    /// and only PRIVATE (the one place for that rule; the concurrent front's store uses it too).
+    #[inline]
+    pub fn check_set(range: GfnRange, attributes: u64) -> Result<()> {
+        if attributes & !KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
+            return Err(Error::UnsupportedAttributes {
+                attributes,
+                supported: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            });
+        }
+        if range.is_empty() || range.end.0 > GFN_END {
+            return Err(Error::Unsupported {
+                what: crate::Unsupported::OutsideGfnSpace,
+            });
+        }
+        Ok(())
     }
 
     /// [`AttrStore::set`] of any range: checked for a change, reserved, committed (kept out of
