@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use cvmem::{
-    Access, Gpa, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+    Access, GfnRange, Gpa, MemoryRegion, SlotFlags, Tracker,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
 };
+use cvmem_sync::one_copy::OneCopyWriter;
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
 
 const K4: u64 = 4096;
@@ -146,6 +148,12 @@ fn reads(c: &mut Criterion) {
     bench_cpu(&mut g, "core Tracker::max_mapping_level", || {
         tracker.max_mapping_level(Gpa(next()), Access::Private)
     });
+    // The front's own tracker (its attributes in the one-copy store) read with no
+    // synchronisation: what the front's read adds is the difference.
+    let bare = vm.read(|s| s.tracker().clone());
+    bench_cpu(&mut g, "bare SharedTracker::max_mapping_level", || {
+        bare.max_mapping_level(Gpa(next()), Access::Private)
+    });
     bench_cpu(&mut g, "max_mapping_level, no writer", || {
         vm.max_mapping_level(Gpa(next()), Access::Private)
     });
@@ -211,6 +219,12 @@ fn reads(c: &mut Criterion) {
 fn writes(c: &mut Criterion) {
     let mut tracker = fragmented_guest();
     let vm = ConcurrentTracker::new(tracker.clone());
+    // The one-copy store written directly (no validation, lock or invalidation), with the same
+    // contents: what the front adds to a conversion is the difference.
+    let mut bare = OneCopyWriter::new().unwrap();
+    for run in tracker.nonzero_runs() {
+        bare.set(run.range(), run.attributes).unwrap();
+    }
     let mut g = c.benchmark_group("write");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
@@ -225,6 +239,12 @@ fn writes(c: &mut Criterion) {
         b.iter(|| {
             let (gpa, attrs) = next();
             tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
+        })
+    });
+    g.bench_function("bare one-copy store set 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
         })
     });
     g.bench_function("concurrent set_memory_attributes 4K", |b| {

@@ -125,11 +125,15 @@ impl ConcurrentTracker {
         self.retry(|| self.try_read(&mut f))
     }
 
-    /// [`read`](Self::read) for this front's own single-lookup reads (one attribute lookup per
-    /// run: no run can combine two states), without the panic guard.
+    /// [`read`](Self::read) for this front's own reads that look the store up once: the store
+    /// validates that lookup itself (its own count), so the read needs no count of its own.
+    /// Still one committed state: the copy read was published when the read began, and a
+    /// memslot change that publishes the other copy meanwhile holds the writers' lock until
+    /// this read leaves, so no conversion can follow it — the lookup sees the store as it was
+    /// either with this copy published or just before the other was.
     #[inline]
-    fn read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
-        self.retry(|| self.try_read_one(&mut f))
+    fn read_lookup<R>(&self, f: impl FnOnce(&SharedTracker) -> R) -> R {
+        self.state.read(|s| f(&s.tracker))
     }
 
     /// `attempt` until it answers: a few times at once, then under the writers' lock.
@@ -171,7 +175,8 @@ impl ConcurrentTracker {
         }
     }
 
-    /// [`try_read`](Self::try_read) of a single lookup.
+    /// [`try_read`](Self::try_read) of a single lookup (no panic guard: one lookup cannot
+    /// combine two states).
     #[inline]
     fn try_read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
         let seq = self.attrs.read_begin()?;
@@ -220,7 +225,7 @@ impl ConcurrentTracker {
 
     /// The attributes of `gfn`.
     pub fn attributes(&self, gfn: Gfn) -> u64 {
-        self.read_one(|s| s.tracker.attributes(gfn))
+        self.read_lookup(|t| t.attributes(gfn))
     }
 
     /// Whether every gfn of `range` has `attributes` under `mask`, in one state.
@@ -272,7 +277,7 @@ impl ConcurrentTracker {
     /// mapping will be installed from the answer.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        self.read_one(|s| s.tracker.max_mapping_level(gpa, access))
+        self.read_lookup(|t| t.max_mapping_level(gpa, access))
     }
 
     /// The fault path with KVM's retry protocol: records the invalidation sequence, reads the
@@ -357,9 +362,9 @@ impl ConcurrentTracker {
         self.store_range(writer, range, attributes, zap)
     }
 
-    /// The store of a checked conversion, under the writers' lock: `Ok(false)` at once if the
-    /// range has the attributes already (the store cannot change under this read), else
-    /// invalidate, zap, store once.
+    /// The store of a checked conversion, under the writers' lock, in one descent of the store
+    /// ([`OneCopyWriter::set_with`]): `Ok(false)` at once if the range has the attributes
+    /// already, else (everything allocated) invalidate, zap, store once.
     fn store_range(
         &self,
         writer: &mut Writer<'_, State, OneCopyWriter>,
@@ -367,12 +372,13 @@ impl ConcurrentTracker {
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        if self.attrs.range_has(range, attributes, u64::MAX) {
-            return Ok(false);
-        }
-        let _invalidation = self.invalidate.begin(range);
-        zap(range);
-        writer.data().set(range, attributes)
+        let invalidation = writer.data().set_with(range, attributes, || {
+            let invalidation = self.invalidate.begin(range);
+            zap(range);
+            invalidation
+        })?;
+        // Ends the invalidation, after the store.
+        Ok(invalidation.is_some())
     }
 
     /// KVM_HC_MAP_GPA_RANGE's attribute change with KVM's semantics (the range anywhere, as

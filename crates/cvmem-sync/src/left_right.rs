@@ -72,10 +72,11 @@ impl<T: Clone, W> LeftRight<T, W> {
         f(&self.read_guard())
     }
 
+    #[inline]
     fn read_guard(&self) -> RwLockReadGuard<'_, T> {
         loop {
             let i = self.published.load(Ordering::Acquire);
-            let guard = match self.copies[i].try_read() {
+            let guard = match self.copies[i & 1].try_read() {
                 Ok(guard) => guard,
                 // A writer holds or waits for this copy, or panicked in it: it has published
                 // the other one.

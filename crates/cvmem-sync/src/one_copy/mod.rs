@@ -274,6 +274,13 @@ impl OneCopyStore {
     }
 }
 
+/// What [`OneCopyWriter::set_in_node`] did: the whole conversion, or nothing (the range is
+/// not inside one mixed 1G page) with the caller's step handed back.
+enum Stored<G, B> {
+    Done(Result<Option<G>>),
+    Elsewhere(B),
+}
+
 impl OneCopyWriter {
     /// An empty store (every gfn shared) and its writer.
     pub fn new() -> Result<Self> {
@@ -295,17 +302,32 @@ impl OneCopyWriter {
     /// having done nothing, when the range had them already. Everything it may need is
     /// allocated before anything changes: on an error nothing changed.
     pub fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool> {
+        self.set_with(range, attributes, || ())
+            .map(|stored| stored.is_some())
+    }
+
+    /// [`set`](Self::set) with the caller's step between deciding and storing: once the range
+    /// is known to change and everything is allocated, `before()` runs (KVM's invalidation
+    /// and zap), then the store; its value is returned. `Ok(None)`, without calling it, when
+    /// nothing changes; on an error it was not called and nothing changed.
+    pub fn set_with<G>(
+        &mut self,
+        range: GfnRange,
+        attributes: u64,
+        before: impl FnOnce() -> G,
+    ) -> Result<Option<G>> {
         AttrStore::check_set(range, attributes)?;
         let v = attributes != 0;
-        if let Some(changed) = self.set_in_node(range, v) {
-            return changed;
-        }
+        let before = match self.set_in_node(range, v, before) {
+            Stored::Done(result) => return result,
+            Stored::Elsewhere(before) => before,
+        };
         let s = &*self.store;
         let (lo, hi) = (range.start.0, range.end.0);
         // The one writer reads without the count: nothing changes under it.
         let (end, now) = s.run_end_racy(lo, hi);
         if now == v && end >= hi {
-            return Ok(false);
+            return Ok(None);
         }
         // Everything a reader does not see first: children, chunks, free blocks.
         let (low, high) = ((lo, hi.min(LOW_END)), (lo.max(LOW_END), hi));
@@ -320,6 +342,7 @@ impl OneCopyWriter {
                 h.prepare(high.0, high.1, v, None)?;
             }
         }
+        let g = before();
         let seq = s.seq.load(Ordering::Relaxed);
         s.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -331,34 +354,44 @@ impl OneCopyWriter {
             let _ = h.set(high.0, high.1, v);
         }
         s.seq.store(seq + 2, Ordering::Release);
-        Ok(true)
+        Ok(Some(g))
     }
 
     /// [`OneCopyWriter::set`] of a range inside one mixed 1G page, the common conversion: one
     /// descent to its node, the node's own check, preparation and update, and the directories
-    /// above told only if the node turned uniform. `None` when the range is elsewhere.
-    fn set_in_node(&mut self, range: GfnRange, v: bool) -> Option<Result<bool>> {
+    /// above told only if the node turned uniform. `before` is handed back when the range is
+    /// elsewhere.
+    fn set_in_node<G, B: FnOnce() -> G>(
+        &mut self,
+        range: GfnRange,
+        v: bool,
+        before: B,
+    ) -> Stored<G, B> {
         let (lo, hi) = (range.start.0, range.end.0);
         if hi > LOW_END || lo >> Node::SPAN_SHIFT != (hi - 1) >> Node::SPAN_SHIFT {
-            return None;
+            return Stored::Elsewhere(before);
         }
         let s = &*self.store;
         let top = s.low();
         let e3 = Low::index(lo);
-        let mid = top.active(e3)?;
         let e2 = Dir::<Dir<Node, 64>, 64>::index(lo);
-        let units = mid.active(e2)?;
         let e1 = Dir::<Node, 64>::index(lo);
-        let node = units.active(e1)?;
+        let Some((mid, units, node)) = top.active(e3).and_then(|mid| {
+            let units = mid.active(e2)?;
+            Some((mid, units, units.active(e1)?))
+        }) else {
+            return Stored::Elsewhere(before);
+        };
         let base = lo & !((1 << Node::SPAN_SHIFT) - 1);
         let (a, b) = (lo - base, hi - base);
         // The one writer reads without the count: nothing changes under it.
         if node.all(a, b, v) {
-            return Some(Ok(false));
+            return Stored::Done(Ok(None));
         }
         if let Err(e) = node.prepare(a, b, v, None) {
-            return Some(Err(e));
+            return Stored::Done(Err(e));
         }
+        let g = before();
         let seq = s.seq.load(Ordering::Relaxed);
         s.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -370,7 +403,7 @@ impl OneCopyWriter {
             }
         }
         s.seq.store(seq + 2, Ordering::Release);
-        Some(Ok(true))
+        Stored::Done(Ok(Some(g)))
     }
 
     /// Heap bytes the store holds ([`OneCopyStore::heap_bytes`]).
