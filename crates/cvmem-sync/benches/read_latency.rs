@@ -229,6 +229,48 @@ fn writes(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
+    // A working set: the same `SHARED_PAGES` pages converted back and forth (each pass flips
+    // every page), as a guest's bounce buffers are; the stores stay as small as they start.
+    let pool: Vec<u64> = {
+        let mut rng = Rng(0xdead_beef_cafe_f00d);
+        (0..SHARED_PAGES).map(|_| rng.page()).collect()
+    };
+    let pool = &pool;
+    let pooled = || {
+        let mut n = 0usize;
+        move || {
+            let attrs = if (n / SHARED_PAGES) % 2 == 0 {
+                0
+            } else {
+                PRIVATE
+            };
+            let gpa = pool[n % SHARED_PAGES];
+            n += 1;
+            (gpa, attrs)
+        }
+    };
+    let mut next = pooled();
+    g.bench_function("pool: core set_memory_attributes 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
+        })
+    });
+    let mut next = pooled();
+    g.bench_function("pool: bare one-copy store set 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
+        })
+    });
+    let mut next = pooled();
+    g.bench_function("pool: concurrent set_memory_attributes 4K", |b| {
+        b.iter(|| {
+            let (gpa, attrs) = next();
+            vm.set_memory_attributes(Gpa(gpa), K4, attrs)
+        })
+    });
+    // Fresh random pages, half of them changing: the stores grow with every fragment.
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut flip = 0u64;
     let mut next = move || {

@@ -61,7 +61,9 @@ const READ_ATTEMPTS: u32 = 64;
 /// files and large-page info are published by left-right (two copies, written twice, small and
 /// not a guest's to grow). A conversion is stored once, at the store's cost. Readers
 /// (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
-/// write no shared memory and always see one committed state. Every change runs inside an
+/// do not wait for writers (the published copy is try-locked, the store read without a lock;
+/// only a read that conversions overlapped 64 times running takes the writers' lock) and
+/// always see one committed state. Every change runs inside an
 /// invalidation of the gfns it affects, so a fault racing with it is told to retry rather than
 /// map across them. See the crate docs for the design.
 #[derive(Debug)]
@@ -345,21 +347,8 @@ impl ConcurrentTracker {
     /// [`set_memory_attributes_with`](Self::set_memory_attributes_with).
     pub fn convert_with(&self, request: AttrRequest, zap: impl FnOnce(GfnRange)) -> Result<bool> {
         let mut writer = self.state.writer();
-        self.convert_range(&mut writer, request.range(), request.attributes(), zap)
-    }
-
-    /// Sets `range` to `attributes` under `writer`, in KVM's order (see
-    /// [`convert_with`](Self::convert_with)): stored once, in the shared store; the left-right
-    /// copies do not change (their large-page info reads MIXED from the store).
-    fn convert_range(
-        &self,
-        writer: &mut Writer<'_, State, OneCopyWriter>,
-        range: GfnRange,
-        attributes: u64,
-        zap: impl FnOnce(GfnRange),
-    ) -> Result<bool> {
-        writer.read(|s| s.tracker.check_attributes(attributes))?;
-        self.store_range(writer, range, attributes, zap)
+        writer.read(|s| s.tracker.check_attributes(request.attributes()))?;
+        self.store_range(&mut writer, request.range(), request.attributes(), zap)
     }
 
     /// The store of a checked conversion, under the writers' lock, in one descent of the store
@@ -400,10 +389,13 @@ impl ConcurrentTracker {
     ) -> Result<bool> {
         let request = req.request()?;
         let mut writer = self.state.writer();
-        let scope = writer.read(|s| s.tracker.guest_scope(request.range(), request.to()))?;
+        let scope = writer.read(|s| {
+            s.tracker.check_attributes(request.attributes())?;
+            s.tracker.guest_scope(request.range(), request.to())
+        })?;
         let mut changed = false;
         for range in scope.parts {
-            changed |= self.convert_range(&mut writer, range, request.attributes(), &mut zap)?;
+            changed |= self.store_range(&mut writer, range, request.attributes(), &mut zap)?;
         }
         Ok(changed)
     }

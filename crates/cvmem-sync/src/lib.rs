@@ -5,8 +5,9 @@
 //! [`ConcurrentTracker`] wraps the core [`cvmem::Tracker`] so that:
 //!
 //! - readers (`attributes`, `range_has_attributes`, `runs`, `max_mapping_level`, any closure
-//!   through [`ConcurrentTracker::read`]) take no lock and write no shared memory, and every
-//!   answer comes from one committed state — never from a half-applied conversion;
+//!   through [`ConcurrentTracker::read`]) do not wait for writers: they read the attributes
+//!   with no lock and take the published copy of the memslots with one non-blocking try-lock,
+//!   and every answer comes from one committed state — never from a half-applied conversion;
 //! - the VM's attributes are kept once ([`one_copy`]): a conversion is stored once, at about
 //!   the core store's cost, and what a guest can make the front hold is one store's worth;
 //! - memslots, guest_memfd files and large-page info (the VMM's to change, not a guest's) are

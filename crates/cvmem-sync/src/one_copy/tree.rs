@@ -14,7 +14,7 @@ use crate::sync::{AtomicU32, AtomicU64, AtomicU8, OnceBox, Ordering};
 const PAGES: usize = 512;
 const WORDS: usize = PAGES / 64;
 /// Held words per chunk: a chunk is made when a page of its 64 is first mixed.
-const HELD_CHUNK: usize = 64;
+const HELD_CHUNK: usize = if cfg!(loom) { 16 } else { 64 };
 /// Blocks per chunk (2 KiB): a node makes them as its pages need blocks.
 const BLOCK_CHUNK: usize = 32;
 const BLOCK_CHUNKS: usize = PAGES / BLOCK_CHUNK;
@@ -311,16 +311,8 @@ impl Node {
 
     /// The partly covered pages of `[lo, hi)` and their ranges inside the page.
     fn edges(lo: u64, hi: u64) -> impl Iterator<Item = (usize, u32, u32)> {
-        let g = u64::from(PAGE_GFNS);
-        let (first, last) = ((lo / g) as usize, ((hi - 1) / g) as usize);
-        [Some(first), (last != first).then_some(last)]
-            .into_iter()
-            .flatten()
-            .filter_map(move |p| {
-                let base = p as u64 * g;
-                let (a, b) = (lo.max(base) - base, hi.min(base + g) - base);
-                (a != 0 || b != g).then_some((p, a as u32, b as u32))
-            })
+        // A page's offsets are below PAGE_GFNS.
+        edges(lo, hi, u64::from(PAGE_GFNS)).map(|(p, a, b)| (p, a as u32, b as u32))
     }
 
     /// What page `p` holds, `None` when it is mixed (writer, or under `now`).
@@ -556,17 +548,22 @@ impl<C: Tree, const N: usize> Dir<C, N> {
 
     /// The entries `[lo, hi)` touches partly, and their ranges inside the child.
     fn edges(lo: u64, hi: u64) -> impl Iterator<Item = (usize, u64, u64)> {
-        let span = 1u64 << C::SPAN_SHIFT;
-        let (first, last) = ((lo / span) as usize, ((hi - 1) / span) as usize);
-        [Some(first), (last != first).then_some(last)]
-            .into_iter()
-            .flatten()
-            .filter_map(move |e| {
-                let base = e as u64 * span;
-                let (a, b) = (lo.max(base) - base, hi.min(base + span) - base);
-                (a != 0 || b != span).then_some((e, a, b))
-            })
+        edges(lo, hi, 1 << C::SPAN_SHIFT)
     }
+}
+
+/// The (at most two) pieces of `span` gfns that the non-empty `[lo, hi)` covers partly: each
+/// piece's index and the range covered inside it.
+fn edges(lo: u64, hi: u64, span: u64) -> impl Iterator<Item = (usize, u64, u64)> {
+    let (first, last) = ((lo / span) as usize, ((hi - 1) / span) as usize);
+    [Some(first), (last != first).then_some(last)]
+        .into_iter()
+        .flatten()
+        .filter_map(move |i| {
+            let base = i as u64 * span;
+            let (a, b) = (lo.max(base) - base, hi.min(base + span) - base);
+            (a != 0 || b != span).then_some((i, a, b))
+        })
 }
 
 impl<C: Tree, const N: usize> Tree for Dir<C, N> {
