@@ -6,8 +6,9 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cvmem::{
-    Access, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange, GmemFlags, GmemId, GmemOffset, Gpa,
-    Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker, GFN_END,
+    Access, AttrCheck, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange, GmemFlags, GmemId,
+    GmemOffset, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker,
+    GFN_END,
 };
 
 use core::ops::ControlFlow;
@@ -69,7 +70,7 @@ const READ_ATTEMPTS: u32 = 64;
 #[derive(Debug)]
 pub struct ConcurrentTracker {
     /// The rest of the tracker, and the one writer of `attrs` under the writers' lock.
-    state: LeftRight<State, OneCopyWriter>,
+    state: LeftRight<State, Writes>,
     attrs: Arc<OneCopyStore>,
     /// The store's count once the tracker's attributes were moved in: generations count the
     /// writes after it.
@@ -93,6 +94,7 @@ impl ConcurrentTracker {
 
     /// [`new`](Self::new), with `NoMemory` returned rather than an abort.
     pub fn try_new(tracker: Tracker) -> Result<Self> {
+        let check = tracker.attribute_check();
         let mut writer = OneCopyWriter::new()?;
         let attrs = Arc::clone(writer.store());
         let tracker = tracker.map_attribute_store(|store: AttrStore| {
@@ -110,7 +112,10 @@ impl ConcurrentTracker {
                     tracker,
                     generation: 0,
                 },
-                writer,
+                Writes {
+                    attrs: writer,
+                    check,
+                },
             ),
             attrs,
             attrs_base,
@@ -339,7 +344,7 @@ impl ConcurrentTracker {
     ) -> Result<bool> {
         let mut writer = self.state.writer();
         // Validated under the writers' lock: nothing changes it meanwhile.
-        let request = writer.read(|s| s.tracker.validate_attributes(gpa, size, attributes))?;
+        let request = writer.data().check.request(gpa, size, attributes)?;
         self.store_range(&mut writer, request.range(), request.attributes(), zap)
     }
 
@@ -347,7 +352,7 @@ impl ConcurrentTracker {
     /// [`set_memory_attributes_with`](Self::set_memory_attributes_with).
     pub fn convert_with(&self, request: AttrRequest, zap: impl FnOnce(GfnRange)) -> Result<bool> {
         let mut writer = self.state.writer();
-        writer.read(|s| s.tracker.check_attributes(request.attributes()))?;
+        writer.data().check.attributes(request.attributes())?;
         self.store_range(&mut writer, request.range(), request.attributes(), zap)
     }
 
@@ -356,12 +361,12 @@ impl ConcurrentTracker {
     /// already, else (everything allocated) invalidate, zap, store once.
     fn store_range(
         &self,
-        writer: &mut Writer<'_, State, OneCopyWriter>,
+        writer: &mut StateWriter<'_>,
         range: GfnRange,
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        let invalidation = writer.data().set_with(range, attributes, || {
+        let invalidation = writer.data().attrs.set_with(range, attributes, || {
             let invalidation = self.invalidate.begin(range);
             zap(range);
             invalidation
@@ -389,10 +394,8 @@ impl ConcurrentTracker {
     ) -> Result<bool> {
         let request = req.request()?;
         let mut writer = self.state.writer();
-        let scope = writer.read(|s| {
-            s.tracker.check_attributes(request.attributes())?;
-            s.tracker.guest_scope(request.range(), request.to())
-        })?;
+        writer.data().check.attributes(request.attributes())?;
+        let scope = writer.read(|s| s.tracker.guest_scope(request.range(), request.to()))?;
         let mut changed = false;
         for range in scope.parts {
             changed |= self.store_range(&mut writer, range, request.attributes(), &mut zap)?;
@@ -417,7 +420,7 @@ impl ConcurrentTracker {
         let range = slot_change_range(old, r);
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        writer.apply(|s| match s.tracker.set_user_memory_region(r) {
+        apply(&mut writer, |s| match s.tracker.set_user_memory_region(r) {
             Ok(SlotChange::Unchanged) => Apply::Unchanged(Ok(SlotChange::Unchanged)),
             Ok(change) => {
                 s.generation += 1;
@@ -445,7 +448,7 @@ impl ConcurrentTracker {
         let range = Level::G1.page_of(Gfn(gfn.0.min(GFN_END - 1)));
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        writer.apply(|s| {
+        apply(&mut writer, |s| {
             let result = s.tracker.set_guest_inhibit(gfn, level);
             commit(s, result)
         })
@@ -455,12 +458,14 @@ impl ConcurrentTracker {
     /// answer changes until a memslot binds the file.
     pub fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GmemId> {
         let mut writer = self.state.writer();
-        writer.apply(|s| match s.tracker.create_guest_memfd(size, flags) {
-            Ok(id) => {
-                s.generation += 1;
-                Apply::Changed(Ok(id))
+        apply(&mut writer, |s| {
+            match s.tracker.create_guest_memfd(size, flags) {
+                Ok(id) => {
+                    s.generation += 1;
+                    Apply::Changed(Ok(id))
+                }
+                Err(e) => Apply::Unchanged(Err(e)),
             }
-            Err(e) => Apply::Unchanged(Err(e)),
         })
     }
 
@@ -519,7 +524,7 @@ impl ConcurrentTracker {
     /// is refused.
     pub fn gmem_reference(&self, id: GmemId, offset: GmemOffset, get: bool) -> Result<()> {
         let mut writer = self.state.writer();
-        writer.apply(|s| {
+        apply(&mut writer, |s| {
             let result = if get {
                 s.tracker.gmem_get_page(id, offset)
             } else {
@@ -540,7 +545,7 @@ impl ConcurrentTracker {
     /// bound range zapped, `change` stored and published.
     fn change_file(
         &self,
-        writer: &mut Writer<'_, State, OneCopyWriter>,
+        writer: &mut StateWriter<'_>,
         id: GmemId,
         pages: GfnRange,
         mut zap: impl FnMut(GfnRange),
@@ -559,7 +564,7 @@ impl ConcurrentTracker {
         for r in bound {
             zap(r);
         }
-        writer.apply(|s| {
+        apply(writer, |s| {
             let result = change(&mut s.tracker);
             commit(s, result)
         })
@@ -601,7 +606,7 @@ impl ConcurrentTracker {
 pub struct PendingUpdate<'a> {
     // Dropped first: the invalidation ends before the writers' lock is released.
     invalidation: crate::invalidate::Invalidation<'a>,
-    writer: Writer<'a, State, OneCopyWriter>,
+    writer: StateWriter<'a>,
 }
 
 impl PendingUpdate<'_> {
@@ -610,9 +615,9 @@ impl PendingUpdate<'_> {
     /// anything changed; on an error nothing did.
     pub fn commit_attributes(self, range: GfnRange, attributes: u64) -> Result<bool> {
         let mut this = self;
-        this.writer
-            .read(|s| s.tracker.check_attributes(attributes))?;
-        let changed = this.writer.data().set(range, attributes);
+        let writes = this.writer.data();
+        writes.check.attributes(attributes)?;
+        let changed = writes.attrs.set(range, attributes);
         drop(this.invalidation);
         changed
     }
@@ -622,7 +627,7 @@ impl PendingUpdate<'_> {
     /// the invalidated range; it returns whether it changed anything, and a value returned to
     /// the caller.
     pub fn commit<R>(mut self, mut change: impl FnMut(&mut SharedTracker) -> (bool, R)) -> R {
-        let r = self.writer.apply(|s| match change(&mut s.tracker) {
+        let r = apply(&mut self.writer, |s| match change(&mut s.tracker) {
             (true, r) => {
                 s.generation += 1;
                 Apply::Changed(r)
@@ -632,6 +637,26 @@ impl PendingUpdate<'_> {
         drop(self.invalidation);
         r
     }
+}
+
+/// What only writers use, under the writers' lock: the store's one writer, and the check of
+/// KVM_SET_MEMORY_ATTRIBUTES (fixed once the VM exists, refreshed after every published change),
+/// so that a conversion is checked without reading a copy.
+#[derive(Debug)]
+struct Writes {
+    attrs: OneCopyWriter,
+    check: AttrCheck,
+}
+
+/// The writers' lock on the front's state.
+type StateWriter<'a> = Writer<'a, State, Writes>;
+
+/// `change` applied to both copies and published ([`Writer::apply`]), and the writers' check of
+/// attributes read again from the result.
+fn apply<R>(writer: &mut StateWriter<'_>, change: impl FnMut(&mut State) -> Apply<R>) -> R {
+    let r = writer.apply(change);
+    writer.data().check = writer.read(|s| s.tracker.attribute_check());
+    r
 }
 
 /// Runs [`ConcurrentTracker::for_each_run`] reads from one state at a time.

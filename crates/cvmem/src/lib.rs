@@ -66,7 +66,9 @@ pub use guest_scope::GuestScope;
 pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};
 pub use snapshot::{TrackerSnapshot, SNAPSHOT_VERSION};
-pub use tracker::{Access, AttrRequest, Kind, MaxLevel, MemoryFault, SlotEligibility, Tracker};
+pub use tracker::{
+    Access, AttrCheck, AttrRequest, Kind, MaxLevel, MemoryFault, SlotEligibility, Tracker,
+};
 
 /// KVM_MEMORY_ATTRIBUTE_PRIVATE: the only attribute KVM defines.
 pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;

@@ -6,6 +6,7 @@
 //! MIXED counts and eligibility ask [`Tracker::probe_in`] and [`Tracker::mixed_in`] and never
 //! which mode holds PRIVATE: one place decides.
 
+use super::AttrCheck;
 use super::Tracker;
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT};
 use crate::attrs::{AttrBackend, AttrRun, Probe};
@@ -13,14 +14,12 @@ use crate::error::{Error, Result, Unsupported};
 use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use crate::memslot::{MemoryRegion, Memslot};
 use crate::tracker::Kind;
-use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 impl<A: AttrBackend> Tracker<A> {
     /// The same tracker keeping PRIVATE as `mode` says (`kvm.gmem_in_place_conversion`, a
     /// module parameter: chosen before the VM exists).
     pub const fn with_attr_mode(mut self, mode: AttrMode) -> Self {
-        self.mode = mode;
-        self.refused = refused_attributes(self.supported, mode);
+        self.check = AttrCheck::new(self.check.supported(), mode);
         self
     }
 
@@ -32,30 +31,14 @@ impl<A: AttrBackend> Tracker<A> {
 
     /// Where this VM keeps PRIVATE.
     pub const fn attr_mode(&self) -> AttrMode {
-        self.mode
+        self.check.mode()
     }
 
     /// The one check of the attributes KVM_SET_MEMORY_ATTRIBUTES asks for: only supported
     /// bits, and PRIVATE only where the VM keeps it (per guest_memfd it is set on the files).
     #[inline]
     pub fn check_attributes(&self, attributes: u64) -> Result<()> {
-        if attributes & self.refused == 0 {
-            return Ok(());
-        }
-        Err(self.attributes_refused(attributes))
-    }
-
-    #[cold]
-    fn attributes_refused(&self, attributes: u64) -> Error {
-        if self.mode == AttrMode::PerGmem && attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
-            return Error::Unsupported {
-                what: Unsupported::AttributesPerGmem,
-            };
-        }
-        Error::UnsupportedAttributes {
-            attributes,
-            supported: self.supported,
-        }
+        self.check.attributes(attributes)
     }
 
     /// `KVM_CREATE_GUEST_MEMFD`: a file of `size` bytes. `INIT_SHARED` is refused on a VM that
@@ -71,7 +54,8 @@ impl<A: AttrBackend> Tracker<A> {
         flags: GmemFlags,
         merge: MergePolicy,
     ) -> Result<GmemId> {
-        if flags.init_shared && self.mode == AttrMode::PerVm && self.supported != 0 {
+        if flags.init_shared && self.check.mode() == AttrMode::PerVm && self.check.supported() != 0
+        {
             return Err(Error::Unsupported {
                 what: Unsupported::InitSharedWithPrivateMemory,
             });
@@ -143,7 +127,7 @@ impl<A: AttrBackend> Tracker<A> {
         flags: u64,
     ) -> Result<Option<GfnRange>> {
         let gmem = self.gmem(id).ok_or(Error::UnknownGmem { gmem: id.0 })?;
-        if self.mode == AttrMode::PerVm {
+        if self.check.mode() == AttrMode::PerVm {
             return Err(Error::Unsupported {
                 what: Unsupported::AttributesPerVm,
             });
@@ -296,7 +280,7 @@ impl<A: AttrBackend> Tracker<A> {
     /// slot names its file.
     pub(super) fn check_binding(&self, r: &MemoryRegion) -> Result<()> {
         let Some(b) = r.gmem else {
-            if r.flags.guest_memfd && self.mode == AttrMode::PerGmem {
+            if r.flags.guest_memfd && self.check.mode() == AttrMode::PerGmem {
                 return Err(Error::GmemBinding {
                     slot: r.slot,
                     given: false,
@@ -341,7 +325,7 @@ impl<A: AttrBackend> Tracker<A> {
     /// reported either way: the slot's geometry rules them out.
     #[inline(always)]
     pub(crate) fn probe_in(&self, slot: &Memslot, gfn: Gfn) -> Probe {
-        if self.mode == AttrMode::PerVm {
+        if self.check.mode() == AttrMode::PerVm {
             return self.attrs.probe(gfn);
         }
         self.probe_in_file(slot, gfn)
@@ -395,7 +379,7 @@ impl<A: AttrBackend> Tracker<A> {
     /// kept. Per guest_memfd: one range check per memslot the range crosses, gfns outside
     /// memslots or files being shared.
     pub fn uniform_kind(&self, range: GfnRange) -> Option<Kind> {
-        if self.mode == AttrMode::PerVm {
+        if self.check.mode() == AttrMode::PerVm {
             return self.attrs.uniform(range).map(Kind::from_attributes);
         }
         let mut kind = None;
@@ -418,7 +402,7 @@ impl<A: AttrBackend> Tracker<A> {
     /// Calls `f` on each run of one kind in `range`, in address order (runs that meet at a
     /// memslot boundary may come as two), read from wherever PRIVATE is kept.
     pub fn for_each_kind_run(&self, range: GfnRange, mut f: impl FnMut(GfnRange, Kind)) {
-        if self.mode == AttrMode::PerVm {
+        if self.check.mode() == AttrMode::PerVm {
             for r in self.attrs.runs(range) {
                 f(r.range(), Kind::from_attributes(r.attributes));
             }
@@ -478,8 +462,8 @@ impl<A: AttrBackend> Tracker<A> {
     /// guest_memfd: each memslot's file pages seen through its binding, runs that meet at a
     /// memslot boundary joined).
     pub fn private_runs(&self) -> impl Iterator<Item = AttrRun> + '_ {
-        let per_vm = (self.mode == AttrMode::PerVm).then(|| self.nonzero_runs());
-        let per_gmem = (self.mode == AttrMode::PerGmem).then(|| {
+        let per_vm = (self.check.mode() == AttrMode::PerVm).then(|| self.nonzero_runs());
+        let per_gmem = (self.check.mode() == AttrMode::PerGmem).then(|| {
             self.slots.iter().flat_map(move |s| {
                 let bound = self.bound(s);
                 bound.into_iter().flat_map(move |(gmem, first)| {
@@ -508,7 +492,7 @@ impl<A: AttrBackend> Tracker<A> {
         if level == Level::K4 {
             return 0;
         }
-        if self.mode == AttrMode::PerVm {
+        if self.check.mode() == AttrMode::PerVm {
             return self.attrs.mixed_pages(slot.range(), level);
         }
         let Some((gmem, first)) = self.bound(slot) else {
@@ -549,14 +533,5 @@ impl<I: Iterator<Item = AttrRun>> Iterator for Joined<I> {
             run.end = next.end;
         }
         Some(run)
-    }
-}
-
-/// The attribute bits a VM refuses in KVM_SET_MEMORY_ATTRIBUTES: those it does not support, and
-/// PRIVATE when each guest_memfd keeps it.
-pub(super) const fn refused_attributes(supported: u64, mode: AttrMode) -> u64 {
-    match mode {
-        AttrMode::PerVm => !supported,
-        AttrMode::PerGmem => !supported | KVM_MEMORY_ATTRIBUTE_PRIVATE,
     }
 }

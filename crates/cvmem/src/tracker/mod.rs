@@ -1,8 +1,9 @@
 //! The tracker: attributes of every gfn, memslots, and per-slot large-page info, kept in step.
 
+mod check;
 mod gmem;
 
-use gmem::refused_attributes;
+pub use check::AttrCheck;
 
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -214,7 +215,8 @@ fn room_for_one<T>(
 /// the copies of a concurrent front (cvmem-sync's one copy).
 #[derive(Clone, Debug)]
 pub struct Tracker<A = AttrStore> {
-    supported: u64,
+    /// What KVM_SET_MEMORY_ATTRIBUTES accepts: the supported attributes, where PRIVATE is kept.
+    check: AttrCheck,
     /// Guest-physical address width: memslots must end at or below 2^bits (64: no limit).
     gpa_bits: u32,
     attrs: A,
@@ -222,11 +224,6 @@ pub struct Tracker<A = AttrStore> {
     slots: Vec<Memslot>,
     /// (slot id, base gfn), sorted by id.
     ids: Vec<(u32, u64)>,
-    /// Where PRIVATE is kept: `attrs` (per VM) or each guest_memfd.
-    mode: AttrMode,
-    /// The attribute bits KVM_SET_MEMORY_ATTRIBUTES refuses here (`refused_attributes`): one
-    /// test on the conversion path, the error worked out only when it fails.
-    refused: u64,
     /// When the files' split folios merge.
     merge: MergePolicy,
     /// guest_memfds by id.
@@ -250,13 +247,11 @@ impl Tracker {
     pub const fn with_supported_attributes(supported: u64) -> Self {
         let supported = supported & KVM_MEMORY_ATTRIBUTE_PRIVATE;
         Tracker {
-            supported,
+            check: AttrCheck::new(supported, AttrMode::PerVm),
             gpa_bits: 64,
             attrs: AttrStore::new(),
             slots: Vec::new(),
             ids: Vec::new(),
-            mode: AttrMode::PerVm,
-            refused: refused_attributes(supported, AttrMode::PerVm),
             merge: MergePolicy::OnPunchHole,
             gmems: Vec::new(),
         }
@@ -279,40 +274,19 @@ impl<A: AttrBackend> Tracker<A> {
 
     /// The supported attribute mask.
     pub fn supported_attributes(&self) -> u64 {
-        self.supported
+        self.check.supported()
     }
 
-    /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range.
+    /// Checks a KVM_SET_MEMORY_ATTRIBUTES request and returns its gfn range
+    /// ([`AttrCheck::request`]).
     pub fn validate_attributes(&self, gpa: Gpa, size: u64, attributes: u64) -> Result<AttrRequest> {
-        self.check_attributes(attributes)?;
-        if size == 0 {
-            return Err(Error::ZeroSize {
-                what: crate::Arg::Size,
-            });
-        }
-        if !gpa.is_aligned(Level::K4) {
-            return Err(Error::Unaligned {
-                what: crate::Arg::Gpa,
-                value: gpa.0,
-                align: PAGE_SIZE,
-            });
-        }
-        if size % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned {
-                what: crate::Arg::Size,
-                value: size,
-                align: PAGE_SIZE,
-            });
-        }
-        gpa.checked_add(size).ok_or(Error::Overflow {
-            what: crate::Arg::Range,
-            start: gpa.0,
-            size,
-        })?;
-        Ok(AttrRequest {
-            range: GfnRange::covering(gpa, size),
-            attributes,
-        })
+        self.check.request(gpa, size, attributes)
+    }
+
+    /// What KVM_SET_MEMORY_ATTRIBUTES accepts on this VM, as a value a writer can keep: it is
+    /// fixed once the VM exists.
+    pub const fn attribute_check(&self) -> AttrCheck {
+        self.check
     }
 
     /// KVM_SET_MEMORY_ATTRIBUTES: sets `[gpa, gpa + size)` to `attributes`, whether or not
@@ -341,7 +315,7 @@ impl<A: AttrBackend> Tracker<A> {
     /// Whether `gfn` is private: by the VM's attributes, or where each guest_memfd keeps
     /// PRIVATE, by its memslot's file page (a gfn outside memslots or files is shared).
     pub fn is_private(&self, gfn: Gfn) -> bool {
-        match self.mode {
+        match self.check.mode() {
             AttrMode::PerVm => self.attrs.is_private(gfn),
             AttrMode::PerGmem => self
                 .slot_for_gfn(gfn)
@@ -380,13 +354,11 @@ impl<A: AttrBackend> Tracker<A> {
         f: impl FnOnce(A) -> Result<B>,
     ) -> Result<Tracker<B>> {
         Ok(Tracker {
-            supported: self.supported,
+            check: self.check,
             gpa_bits: self.gpa_bits,
             attrs: f(self.attrs)?,
             slots: self.slots,
             ids: self.ids,
-            mode: self.mode,
-            refused: self.refused,
             merge: self.merge,
             gmems: self.gmems,
         })
