@@ -270,25 +270,31 @@ fn writes(c: &mut Criterion) {
             vm.set_memory_attributes(Gpa(gpa), K4, attrs)
         })
     });
-    // Fresh random pages, half of them changing: the stores grow with every fragment.
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    let mut flip = 0u64;
-    let mut next = move || {
-        flip ^= PRIVATE;
-        (rng.page(), flip)
+    // Fresh random pages, half of them changing: the stores grow with every fragment. Each
+    // gets the same sequence.
+    let random = || {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut flip = 0u64;
+        move || {
+            flip ^= PRIVATE;
+            (rng.page(), flip)
+        }
     };
+    let mut next = random();
     g.bench_function("core set_memory_attributes 4K", |b| {
         b.iter(|| {
             let (gpa, attrs) = next();
             tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
         })
     });
+    let mut next = random();
     g.bench_function("bare one-copy store set 4K", |b| {
         b.iter(|| {
             let (gpa, attrs) = next();
             bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
         })
     });
+    let mut next = random();
     g.bench_function("concurrent set_memory_attributes 4K", |b| {
         b.iter(|| {
             let (gpa, attrs) = next();

@@ -86,33 +86,36 @@
 //!
 //! ## Measured (`cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`)
 //!
-//! Fault-path lookups on a 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000
-//! runs), at random 4K addresses; CPU time of the reading thread per lookup (criterion mean),
-//! 2026-12-07, three runs on a nested 2-vCPU host whose other vCPU runs the writer.
+//! A 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000 runs); lookups at
+//! random 4K addresses (CPU time of the reading thread); conversions of a working set of 2,000
+//! pages flipped back and forth, and of fresh random pages (the stores fragmenting past the
+//! caches). Criterion means, 2026-12-07, on a nested 2-vCPU host (six runs of the lookups,
+//! three of each conversion):
 //!
-//! | | core `Tracker` (unsynchronised) | `ConcurrentTracker` |
-//! |---|---|---|
-//! | `max_mapping_level`, no writer | 17.0-21.4 ns | 34.0-39.9 ns |
-//! | `fault`, no writer | — | 32.4-37.6 ns |
-//! | a random 4K conversion | 169-202 ns | 367-434 ns |
+//! | | core `Tracker` | the front's tracker, bare (no synchronisation) | `ConcurrentTracker` |
+//! |---|---|---|---|
+//! | `max_mapping_level`, no writer | 17.1-18.2 ns | 16.8-17.1 ns | 20.5-21.3 ns |
+//! | `fault`, no writer | — | — | 30.7-31.9 ns |
+//! | a 4K conversion, working set | 60-62 ns | 68-70 ns (the store alone) | 80-84 ns |
+//! | a 4K conversion, fresh pages | 158-172 ns | 174-233 ns (the store alone) | 311-315 ns |
 //!
-//! With a writer at 100k conversions/s a `fault` took 55-102 ns (0.9-1.6% `Retry`); with one
-//! converting flat out, 155-285 ns (42% `Retry`: a conversion being stored is an invalidation in
-//! progress). The one store's own costs are the core store's (the `one_copy` bench: a lookup
+//! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
-//! memslots a read still takes (two atomic read-modify-writes on its lock word), the sequence
-//! checks, and on a write the writers' lock and the invalidation sequence. Live bytes, the
-//! worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a flat bitmap
-//! (left-right for everything held 268,592). DESIGN.md, "One copy of the attributes", has the
-//! protocol and the schemes weighed before it.
+//! memslots a read try-locks (two atomic read-modify-writes on its lock word) and, on a write,
+//! the writers' lock and the invalidation sequence. With a writer converting flat out, a `fault`
+//! is answered `Retry` while a conversion is being stored (an invalidation in progress). Live
+//! bytes, the worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a
+//! flat bitmap (left-right for everything held 268,592). DESIGN.md, "One copy of the
+//! attributes", has the protocol and the schemes weighed before it.
 //!
 //! ## Testing
 //! `tests/one_copy.rs` checks the one store against the core's (kinds, levels, runs, uniform
 //! ranges, mixed-page counts under random conversions), readers against a racing writer, and the
 //! worst case in bytes. `tests/stress.rs` runs reader threads against a writer and checks every
 //! answer against the recorded state of the generation it reports, and every mapping a fault
-//! installs against the live state. `tests/loom.rs` model-checks left-right's publication (its
-//! scenarios over the one store are too large for loom here and run on real threads only):
+//! installs against the live state. `tests/loom.rs` model-checks left-right's publication, a
+//! fault racing a conversion, and a read racing a conversion in the one store (its directories
+//! have 4 entries under loom):
 //! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`; without loom the
 //! same scenarios run a few hundred times on real threads.
 #![cfg_attr(docsrs, feature(doc_cfg))]
