@@ -216,6 +216,48 @@ fn reads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The core tracker, the bare one-copy store and the front, converting the same sequence.
+struct Conversions<'a> {
+    tracker: &'a mut Tracker,
+    bare: &'a mut OneCopyWriter,
+    vm: &'a ConcurrentTracker,
+}
+
+impl Conversions<'_> {
+    /// Benchmarks a 4K conversion of each, each given its own `sequence()` of (gpa, attributes).
+    fn bench<S: FnMut() -> (u64, u64)>(
+        &mut self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        prefix: &str,
+        sequence: impl Fn() -> S,
+    ) {
+        let mut next = sequence();
+        g.bench_function(format!("{prefix}core set_memory_attributes 4K"), |b| {
+            b.iter(|| {
+                let (gpa, attrs) = next();
+                self.tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
+            })
+        });
+        let mut next = sequence();
+        g.bench_function(format!("{prefix}bare one-copy store set 4K"), |b| {
+            b.iter(|| {
+                let (gpa, attrs) = next();
+                self.bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
+            })
+        });
+        let mut next = sequence();
+        g.bench_function(
+            format!("{prefix}concurrent set_memory_attributes 4K"),
+            |b| {
+                b.iter(|| {
+                    let (gpa, attrs) = next();
+                    self.vm.set_memory_attributes(Gpa(gpa), K4, attrs)
+                })
+            },
+        );
+    }
+}
+
 fn writes(c: &mut Criterion) {
     let mut tracker = fragmented_guest();
     let vm = ConcurrentTracker::new(tracker.clone());
@@ -249,27 +291,12 @@ fn writes(c: &mut Criterion) {
             (gpa, attrs)
         }
     };
-    let mut next = pooled();
-    g.bench_function("pool: core set_memory_attributes 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
-        })
-    });
-    let mut next = pooled();
-    g.bench_function("pool: bare one-copy store set 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
-        })
-    });
-    let mut next = pooled();
-    g.bench_function("pool: concurrent set_memory_attributes 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            vm.set_memory_attributes(Gpa(gpa), K4, attrs)
-        })
-    });
+    let mut three = Conversions {
+        tracker: &mut tracker,
+        bare: &mut bare,
+        vm: &vm,
+    };
+    three.bench(&mut g, "pool: ", pooled);
     // Fresh random pages, half of them changing: the stores grow with every fragment. Each
     // gets the same sequence.
     let random = || {
@@ -280,27 +307,7 @@ fn writes(c: &mut Criterion) {
             (rng.page(), flip)
         }
     };
-    let mut next = random();
-    g.bench_function("core set_memory_attributes 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            tracker.set_memory_attributes(Gpa(gpa), K4, attrs)
-        })
-    });
-    let mut next = random();
-    g.bench_function("bare one-copy store set 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
-        })
-    });
-    let mut next = random();
-    g.bench_function("concurrent set_memory_attributes 4K", |b| {
-        b.iter(|| {
-            let (gpa, attrs) = next();
-            vm.set_memory_attributes(Gpa(gpa), K4, attrs)
-        })
-    });
+    three.bench(&mut g, "", random);
     let snapshot = fragmented_guest();
     g.bench_function("Tracker::clone (RCU-style write, 1 TiB, ~4k runs)", |b| {
         b.iter(|| snapshot.clone())
