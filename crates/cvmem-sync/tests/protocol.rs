@@ -330,3 +330,52 @@ fn a_conversion_through_a_copy_is_refused_and_changes_nothing() {
     assert_eq!(vm.generation(), generation);
     assert_eq!(vm.attributes(Gfn(0)), PRIVATE);
 }
+
+/// Conversions are checked by the VM's rule kept with the writer, not read from a copy: the rule
+/// refuses what the tracker refuses, on every conversion path, and follows the tracker when a
+/// published change gives it another rule.
+#[test]
+fn conversions_are_checked_by_the_vms_rule_on_every_path() {
+    use cvmem::{AttrMode, Error, MapGpaRange, Unsupported};
+    let vm = private_guest();
+    let range = GfnRange::new(Gfn(0), Gfn(1));
+    let unsupported = |r: Result<bool, Error>| {
+        matches!(r, Err(Error::UnsupportedAttributes { attributes: 2, .. }))
+    };
+    assert!(unsupported(vm.set_memory_attributes(Gpa(0), K4, 2)));
+    assert!(unsupported(
+        vm.begin_update(range).commit_attributes(range, 2)
+    ));
+    assert_eq!(vm.attributes(Gfn(0)), PRIVATE);
+
+    // The VM now keeps PRIVATE per guest_memfd: KVM_SET_MEMORY_ATTRIBUTES refuses it.
+    vm.update(
+        GfnRange::new(Gfn(0), Gfn(0)),
+        |_| {},
+        |t| {
+            *t = t.clone().with_attr_mode(AttrMode::PerGmem);
+            (true, ())
+        },
+    );
+    let generation = vm.generation();
+    let per_gmem = |r: Result<bool, Error>| {
+        matches!(
+            r,
+            Err(Error::Unsupported {
+                what: Unsupported::AttributesPerGmem
+            })
+        )
+    };
+    assert!(per_gmem(vm.set_memory_attributes(Gpa(0), K4, PRIVATE)));
+    assert!(per_gmem(
+        vm.begin_update(range).commit_attributes(range, PRIVATE)
+    ));
+    let request = MapGpaRange::decode(0, 1, 1 << 4).unwrap();
+    assert!(per_gmem(vm.guest_map_gpa_range(&request, |_| {})));
+    assert!(per_gmem(vm.map_gpa_range(&request, |_| {})));
+    assert_eq!(
+        vm.generation(),
+        generation,
+        "a refused conversion changed nothing"
+    );
+}
