@@ -191,14 +191,25 @@ impl OneCopyStore {
     /// The node of the mixed 1G page holding all of `[lo, hi)`, and its first gfn.
     #[inline]
     fn node_of(&self, lo: u64, hi: u64) -> Option<(&Node, u64)> {
+        self.node_path(lo, hi).map(|p| (p.node, p.base))
+    }
+
+    /// The descent to the node of the mixed 1G page holding all of `[lo, hi)`: `None` when the
+    /// range leaves one 1G page, lies past `Low`, or its 1G page is uniform.
+    #[inline]
+    fn node_path(&self, lo: u64, hi: u64) -> Option<NodePath<'_>> {
         if hi > LOW_END || lo >> Node::SPAN_SHIFT != (hi - 1) >> Node::SPAN_SHIFT {
             return None;
         }
-        let top = self.low();
-        let mid = top.active(Low::index(lo))?;
+        let mid = self.low().active(Low::index(lo))?;
         let units = mid.active(Mid::index(lo))?;
         let node = units.active(Units::index(lo))?;
-        Some((node, lo & !((1 << Node::SPAN_SHIFT) - 1)))
+        Some(NodePath {
+            mid,
+            units,
+            node,
+            base: lo & !((1 << Node::SPAN_SHIFT) - 1),
+        })
     }
 
     /// Whether every gfn of `range` has `attributes` under `mask` (true for an empty range).
@@ -280,6 +291,15 @@ impl OneCopyStore {
             Some(runs)
         })
     }
+}
+
+/// The directories and node above a gfn range inside one mixed 1G page.
+struct NodePath<'a> {
+    mid: &'a Mid,
+    units: &'a Units,
+    node: &'a Node,
+    /// The 1G page's first gfn.
+    base: u64,
 }
 
 /// What [`OneCopyWriter::set_in_node`] did: the whole conversion, or nothing (the range is
@@ -376,21 +396,16 @@ impl OneCopyWriter {
         before: B,
     ) -> Stored<G, B> {
         let (lo, hi) = (range.start.0, range.end.0);
-        if hi > LOW_END || lo >> Node::SPAN_SHIFT != (hi - 1) >> Node::SPAN_SHIFT {
-            return Stored::Elsewhere(before);
-        }
         let s = &*self.store;
-        let top = s.low();
-        let e3 = Low::index(lo);
-        let e2 = Mid::index(lo);
-        let e1 = Units::index(lo);
-        let Some((mid, units, node)) = top.active(e3).and_then(|mid| {
-            let units = mid.active(e2)?;
-            Some((mid, units, units.active(e1)?))
-        }) else {
+        let Some(NodePath {
+            mid,
+            units,
+            node,
+            base,
+        }) = s.node_path(lo, hi)
+        else {
             return Stored::Elsewhere(before);
         };
-        let base = lo & !((1 << Node::SPAN_SHIFT) - 1);
         let (a, b) = (lo - base, hi - base);
         // The one writer reads without the count: nothing changes under it.
         if node.all(a, b, v) {
@@ -404,9 +419,9 @@ impl OneCopyWriter {
         s.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         if let Some(u) = node.set(a, b, v) {
-            if let Some(u) = units.settle(e1, u) {
-                if let Some(u) = mid.settle(e2, u) {
-                    let _ = top.settle(e3, u);
+            if let Some(u) = units.settle(Units::index(lo), u) {
+                if let Some(u) = mid.settle(Mid::index(lo), u) {
+                    let _ = s.low().settle(Low::index(lo), u);
                 }
             }
         }
