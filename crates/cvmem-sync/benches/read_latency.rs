@@ -1,7 +1,9 @@
 //! Fault-path read latency through the concurrent front, without and with a writer converting
-//! 4K pages in a loop on another thread, against the core tracker read directly; and the cost
-//! of a write (two applications) against the core's, and of the clone an RCU-style design
-//! would need per write.
+//! 4K pages in a loop on another thread, against the core tracker and the front's own tracker
+//! read directly; and the cost of a 4K conversion through the front against the core's and the
+//! bare one-copy store's (a working set, and a store fragmented past the caches), and of the
+//! clone an RCU-style design would need per write. `front_ratio` measures the front's ratios
+//! with each baseline interleaved in one run.
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,58 +12,12 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use cvmem::{
-    Access, GfnRange, Gpa, MemoryRegion, SlotFlags, Tracker,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
-};
+use cvmem::{Access, GfnRange, Gpa, Tracker};
 use cvmem_sync::one_copy::OneCopyWriter;
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
 
-const K4: u64 = 4096;
-const T1: u64 = 1 << 40;
-/// Shared 4K pages sprinkled over the private guest: 2 boundaries each, ~4,000 runs.
-const SHARED_PAGES: usize = 2000;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn page(&mut self) -> u64 {
-        (self.next() % (T1 / K4)) * K4
-    }
-}
-
-/// A 1 TiB guest_memfd guest, private, with `SHARED_PAGES` random shared 4K pages.
-fn fragmented_guest() -> Tracker {
-    let mut t = Tracker::new();
-    t.set_user_memory_region(&MemoryRegion {
-        slot: 0,
-        gpa: Gpa(0),
-        size: T1,
-        flags: SlotFlags {
-            guest_memfd: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
-    t.set_memory_attributes(Gpa(0), T1, PRIVATE).unwrap();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..SHARED_PAGES {
-        t.set_memory_attributes(Gpa(rng.page()), K4, 0).unwrap();
-    }
-    t
-}
-
-/// Random probe addresses, precomputed so the loop measures the lookup only.
-fn probes() -> Vec<u64> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    (0..1 << 16).map(|_| rng.page()).collect()
-}
+mod common;
+use common::{bare_store, flips, fragmented_guest, pool, probes, FRAGMENT_PAGES, K4, SHARED_PAGES};
 
 /// Runs `f` while a thread flips 4K pages between private and shared, one every `pace`
 /// (busy-waiting in between), or as fast as it can. The pages come from a fixed pool of
@@ -77,10 +33,9 @@ fn with_writer<R>(
     let writes = AtomicU64::new(0);
     let r = thread::scope(|s| {
         s.spawn(|| {
-            let mut rng = Rng(0xdead_beef_cafe_f00d);
-            let pool: Vec<u64> = (0..SHARED_PAGES).map(|_| rng.page()).collect();
+            let pool = pool(SHARED_PAGES);
+            let mut next = flips(&pool, 0);
             let mut due = Instant::now();
-            let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(pace) = pace {
                     due += pace;
@@ -88,14 +43,8 @@ fn with_writer<R>(
                         std::hint::spin_loop();
                     }
                 }
-                let attrs = if (n / SHARED_PAGES) % 2 == 0 {
-                    0
-                } else {
-                    PRIVATE
-                };
-                vm.set_memory_attributes(Gpa(pool[n % SHARED_PAGES]), K4, attrs)
-                    .unwrap();
-                n += 1;
+                let (gpa, attrs) = next();
+                vm.set_memory_attributes(Gpa(gpa), K4, attrs).unwrap();
                 writes.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -224,6 +173,17 @@ struct Conversions<'a> {
 }
 
 impl Conversions<'_> {
+    /// Makes every page of `pool` shared in each store (setup, not measured).
+    fn flip_all(&mut self, pool: &[u64]) {
+        for &gpa in pool {
+            self.tracker.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
+            self.bare
+                .set(GfnRange::from_len(Gpa(gpa).gfn(), 1), 0)
+                .unwrap();
+            self.vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
+        }
+    }
+
     /// Benchmarks a 4K conversion of each, each given its own `sequence()` of (gpa, attributes).
     fn bench<S: FnMut() -> (u64, u64)>(
         &mut self,
@@ -261,53 +221,27 @@ impl Conversions<'_> {
 fn writes(c: &mut Criterion) {
     let mut tracker = fragmented_guest();
     let vm = ConcurrentTracker::new(tracker.clone());
-    // The one-copy store written directly (no validation, lock or invalidation), with the same
-    // contents: what the front adds to a conversion is the difference.
-    let mut bare = OneCopyWriter::new().unwrap();
-    for run in tracker.nonzero_runs() {
-        bare.set(run.range(), run.attributes).unwrap();
-    }
+    let mut bare = bare_store(&tracker);
     let mut g = c.benchmark_group("write");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    // A working set: the same `SHARED_PAGES` pages converted back and forth (each pass flips
-    // every page), as a guest's bounce buffers are; the stores stay as small as they start.
-    let pool: Vec<u64> = {
-        let mut rng = Rng(0xdead_beef_cafe_f00d);
-        (0..SHARED_PAGES).map(|_| rng.page()).collect()
-    };
-    let pool = &pool;
-    let pooled = || {
-        let mut n = 0usize;
-        move || {
-            let attrs = if (n / SHARED_PAGES) % 2 == 0 {
-                0
-            } else {
-                PRIVATE
-            };
-            let gpa = pool[n % SHARED_PAGES];
-            n += 1;
-            (gpa, attrs)
-        }
-    };
     let mut three = Conversions {
         tracker: &mut tracker,
         bare: &mut bare,
         vm: &vm,
     };
-    three.bench(&mut g, "pool: ", pooled);
-    // Fresh random pages, half of them changing: the stores grow with every fragment. Each
-    // gets the same sequence.
-    let random = || {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        let mut flip = 0u64;
-        move || {
-            flip ^= PRIVATE;
-            (rng.page(), flip)
-        }
-    };
-    three.bench(&mut g, "", random);
+    // A working set: the same `SHARED_PAGES` pages converted back and forth, as a guest's
+    // bounce buffers are; the stores stay as small as they start.
+    let working = pool(SHARED_PAGES);
+    three.bench(&mut g, "pool: ", || flips(&working, 0));
+    // Fragmented: `FRAGMENT_PAGES` pages, all made shared first (not measured), then flipped
+    // back and forth: every store holds tens of MB, past the caches, and the same whatever
+    // number of conversions criterion runs on it (fresh pages would grow each store by its
+    // own count).
+    let fragments = pool(FRAGMENT_PAGES);
+    three.flip_all(&fragments);
+    three.bench(&mut g, "fragmented: ", || flips(&fragments, FRAGMENT_PAGES));
     let snapshot = fragmented_guest();
     g.bench_function("Tracker::clone (RCU-style write, 1 TiB, ~4k runs)", |b| {
         b.iter(|| snapshot.clone())

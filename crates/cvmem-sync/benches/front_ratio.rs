@@ -1,0 +1,167 @@
+//! What the concurrent front adds, as ratios against its baselines, each measured in one run
+//! with its baseline interleaved: blocks of the front's operation and of the baseline's
+//! alternate (which goes first alternates too), so a host whose speed drifts — a nested VM,
+//! other tenants — slows both alike, and both run the same number of operations on stores of
+//! the same size. Issue 21's targets: a query ≤ 1.2× the bare tracker's (the same tracker code
+//! over the same one-copy store, unsynchronised), a conversion ≤ 1.3× the bare store's. Each
+//! ratio is reported as its median over the rounds, with the lowest and highest.
+//!
+//! `cargo bench -p cvmem-sync --bench front_ratio`
+#![allow(missing_docs)] // a benchmark binary
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cvmem::{Access, GfnRange, Gpa};
+use cvmem_sync::ConcurrentTracker;
+
+mod common;
+use common::{bare_store, flips, fragmented_guest, pool, probes, FRAGMENT_PAGES, K4, SHARED_PAGES};
+
+/// Rounds per comparison: the spread is the spread of their ratios.
+const ROUNDS: usize = 15;
+
+/// One comparison's rounds: (baseline, front) nanoseconds per operation.
+struct Rounds(Vec<(f64, f64)>);
+
+impl Rounds {
+    /// `ROUNDS` rounds of `blocks` blocks of each side; each call of a side runs `ops`
+    /// operations.
+    fn measure(blocks: usize, ops: usize, mut base: impl FnMut(), mut front: impl FnMut()) -> Self {
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let (mut tb, mut tf) = (0u128, 0u128);
+            for block in 0..blocks {
+                for side in 0..2 {
+                    let start = Instant::now();
+                    if (side + block + round) % 2 == 0 {
+                        base();
+                        tb += start.elapsed().as_nanos();
+                    } else {
+                        front();
+                        tf += start.elapsed().as_nanos();
+                    }
+                }
+            }
+            let n = (blocks * ops) as f64;
+            rounds.push((tb as f64 / n, tf as f64 / n));
+        }
+        Rounds(rounds)
+    }
+
+    fn report(&self, what: &str, baseline: &str, target: Option<f64>) {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let (b, _, _) = median(self.0.iter().map(|r| r.0).collect());
+        let (f, _, _) = median(self.0.iter().map(|r| r.1).collect());
+        let (ratio, lo, hi) = median(self.0.iter().map(|r| r.1 / r.0).collect());
+        let verdict = target.map_or(String::new(), |t| {
+            let mark = if ratio <= t { "met" } else { "NOT met" };
+            format!("; target ≤ {t}×: {mark}")
+        });
+        println!(
+            "{what}: {f:.1} ns against {baseline} {b:.1} ns: {ratio:.3}× \
+             (rounds {lo:.3}-{hi:.3}){verdict}"
+        );
+    }
+}
+
+fn main() {
+    let guest = fragmented_guest();
+    let vm = ConcurrentTracker::new(guest.clone());
+    let bare = vm.read(|s| s.tracker().clone());
+    let probes = probes();
+    let block = &probes[..8192];
+    let query = Rounds::measure(
+        40,
+        block.len(),
+        || {
+            for &gpa in block {
+                black_box(bare.max_mapping_level(Gpa(gpa), Access::Private));
+            }
+        },
+        || {
+            for &gpa in block {
+                black_box(vm.max_mapping_level(Gpa(gpa), Access::Private));
+            }
+        },
+    );
+    query.report(
+        "max_mapping_level through the front",
+        "the bare tracker",
+        Some(1.2),
+    );
+    let fault = Rounds::measure(
+        40,
+        block.len(),
+        || {
+            for &gpa in block {
+                black_box(bare.max_mapping_level(Gpa(gpa), Access::Private));
+            }
+        },
+        || {
+            for &gpa in block {
+                black_box(vm.fault(Gpa(gpa), Access::Private));
+            }
+        },
+    );
+    fault.report(
+        "fault (with its ticket) through the front",
+        "the bare tracker's query",
+        None,
+    );
+
+    for (regime, pages) in [
+        ("working set", SHARED_PAGES),
+        ("fragmented", FRAGMENT_PAGES),
+    ] {
+        let pool = pool(pages);
+        let vm = ConcurrentTracker::new(guest.clone());
+        let mut store = bare_store(&guest);
+        // The fragmented regime's pages made shared first (not measured): every later
+        // conversion flips one back or forth.
+        let from = if pages == FRAGMENT_PAGES {
+            for &gpa in &pool {
+                vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
+                store.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), 0).unwrap();
+            }
+            pages
+        } else {
+            0
+        };
+        let (mut next_bare, mut next_front) = (flips(&pool, from), flips(&pool, from));
+        const OPS: usize = 1000;
+        let conversions = Rounds::measure(
+            50,
+            OPS,
+            || {
+                for _ in 0..OPS {
+                    let (gpa, attrs) = next_bare();
+                    black_box(
+                        store
+                            .set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
+                            .unwrap(),
+                    );
+                }
+            },
+            || {
+                for _ in 0..OPS {
+                    let (gpa, attrs) = next_front();
+                    black_box(vm.set_memory_attributes(Gpa(gpa), K4, attrs).unwrap());
+                }
+            },
+        );
+        conversions.report(
+            &format!("a 4K conversion through the front, {regime} ({pages} pages)"),
+            "the bare store",
+            Some(1.3),
+        );
+        println!(
+            "  (at the end the bare store holds {:.1} MB, the front {:.1} MB)",
+            store.heap_bytes() as f64 / 1e6,
+            vm.heap_bytes() as f64 / 1e6
+        );
+    }
+}
