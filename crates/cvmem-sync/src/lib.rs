@@ -84,20 +84,24 @@
 //! stays `no_std`; a hypervisor without `std` can reuse the same protocol with its own locks
 //! (the one-copy store itself needs only atomics and `once_cell`'s `OnceBox`).
 //!
-//! ## Measured (`cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`)
+//! ## Measured
 //!
 //! A 1 TiB guest_memfd guest, private, with 2,000 shared 4K pages (~4,000 runs); lookups at
-//! random 4K addresses (CPU time of the reading thread); conversions of a working set of 2,000
-//! pages flipped back and forth, and of fresh random pages (the stores fragmenting past the
-//! caches). Criterion means, 2026-12-07, on a nested 2-vCPU host (six runs of the lookups,
-//! three of each conversion):
+//! random 4K addresses; conversions of a working set of 2,000 pages flipped back and forth, and
+//! of 4 M pages flipped back and forth (stores fragmented to 35.5 MB, past the caches). What the
+//! front adds, as ratios with each baseline interleaved in one run (`cargo bench -p cvmem-sync
+//! --bench front_ratio`; medians of five runs, 2026-12-07, on a nested 2-vCPU host):
 //!
-//! | | core `Tracker` | the front's tracker, bare (no synchronisation) | `ConcurrentTracker` |
-//! |---|---|---|---|
-//! | `max_mapping_level`, no writer | 17.1-18.2 ns | 16.8-17.1 ns | 20.5-21.3 ns |
-//! | `fault`, no writer | — | — | 30.7-31.9 ns |
-//! | a 4K conversion, working set | 60-62 ns | 68-70 ns (the store alone) | 80-84 ns |
-//! | a 4K conversion, fresh pages | 158-172 ns | 174-233 ns (the store alone) | 311-315 ns |
+//! | | against | ratio |
+//! |---|---|---|
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.20-1.25× |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.49-1.56× |
+//! | a 4K conversion, working set | the one-copy store alone | 1.17-1.22× |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.04-1.06× |
+//!
+//! Absolute figures, against the core tracker too and with a writer on the other vCPU:
+//! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`
+//! (a `max_mapping_level` 17-30 ns as the host drifts; the bare tracker's 16-21).
 //!
 //! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
