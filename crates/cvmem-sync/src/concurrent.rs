@@ -143,6 +143,16 @@ impl ConcurrentTracker {
         self.state.read(|s| f(&s.tracker))
     }
 
+    /// The writers' lock. If the last change did not return (it panicked after publishing),
+    /// the writers' check is read again from the published state it never refreshed.
+    fn writer(&self) -> StateWriter<'_> {
+        let mut writer = self.state.writer();
+        if writer.repaired() {
+            writer.data().check = writer.read(|s| s.tracker.attribute_check());
+        }
+        writer
+    }
+
     /// `attempt` until it answers: a few times at once, then under the writers' lock.
     #[inline]
     fn retry<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
@@ -159,7 +169,7 @@ impl ConcurrentTracker {
     /// while they store attributes, so no write overlaps it.
     #[cold]
     fn read_waiting<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
-        let _writer = self.state.writer();
+        let _writer = self.writer();
         loop {
             if let Some(r) = attempt() {
                 return r;
@@ -342,7 +352,7 @@ impl ConcurrentTracker {
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         // Validated under the writers' lock: nothing changes it meanwhile.
         let request = writer.data().check.request(gpa, size, attributes)?;
         self.store_range(&mut writer, request.range(), request.attributes(), zap)
@@ -351,7 +361,7 @@ impl ConcurrentTracker {
     /// A checked attribute change (see [`AttrRequest`]) in KVM's order, as
     /// [`set_memory_attributes_with`](Self::set_memory_attributes_with).
     pub fn convert_with(&self, request: AttrRequest, zap: impl FnOnce(GfnRange)) -> Result<bool> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         writer.data().check.attributes(request.attributes())?;
         self.store_range(&mut writer, request.range(), request.attributes(), zap)
     }
@@ -393,7 +403,7 @@ impl ConcurrentTracker {
         mut zap: impl FnMut(GfnRange),
     ) -> Result<bool> {
         let request = req.request()?;
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         writer.data().check.attributes(request.attributes())?;
         let scope = writer.read(|s| s.tracker.guest_scope(request.range(), request.to()))?;
         let mut changed = false;
@@ -415,7 +425,7 @@ impl ConcurrentTracker {
         r: &MemoryRegion,
         zap: impl FnOnce(GfnRange),
     ) -> Result<SlotChange> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         let old = writer.read(|s| s.tracker.memslot(r.slot).map(|m| m.range()));
         let range = slot_change_range(old, r);
         let _invalidation = self.invalidate.begin(range);
@@ -444,7 +454,7 @@ impl ConcurrentTracker {
         level: Level,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         let range = Level::G1.page_of(Gfn(gfn.0.min(GFN_END - 1)));
         let _invalidation = self.invalidate.begin(range);
         zap(range);
@@ -457,7 +467,7 @@ impl ConcurrentTracker {
     /// `KVM_CREATE_GUEST_MEMFD` in the model (see [`Tracker::create_guest_memfd`]): no gfn's
     /// answer changes until a memslot binds the file.
     pub fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GmemId> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         apply(&mut writer, |s| {
             match s.tracker.create_guest_memfd(size, flags) {
                 Ok(id) => {
@@ -482,7 +492,7 @@ impl ConcurrentTracker {
         attributes: u64,
         zap: impl FnMut(GfnRange),
     ) -> Result<bool> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         let check = |s: &State| {
             s.tracker
                 .check_gmem_attributes(id, offset, size, attributes, 0)
@@ -505,7 +515,7 @@ impl ConcurrentTracker {
         size: u64,
         zap: impl FnMut(GfnRange),
     ) -> Result<()> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         let pages = writer.read(|s| {
             let gmem = s
                 .tracker
@@ -523,7 +533,7 @@ impl ConcurrentTracker {
     /// [`Tracker::gmem_get_page`]): no answer changes, only whether a later change to private
     /// is refused.
     pub fn gmem_reference(&self, id: GmemId, offset: GmemOffset, get: bool) -> Result<()> {
-        let mut writer = self.state.writer();
+        let mut writer = self.writer();
         apply(&mut writer, |s| {
             let result = if get {
                 s.tracker.gmem_get_page(id, offset)
@@ -577,7 +587,7 @@ impl ConcurrentTracker {
     /// [`PendingUpdate::commit`] any other change (and publishes it); dropping it without a
     /// commit ends the invalidation with nothing changed.
     pub fn begin_update(&self, range: GfnRange) -> PendingUpdate<'_> {
-        let writer = self.state.writer();
+        let writer = self.writer();
         PendingUpdate {
             invalidation: self.invalidate.begin(range),
             writer,
@@ -652,7 +662,8 @@ struct Writes {
 type StateWriter<'a> = Writer<'a, State, Writes>;
 
 /// `change` applied to both copies and published ([`Writer::apply`]), and the writers' check of
-/// attributes read again from the result.
+/// attributes read again from the result (if `change` panics, the next writer reads it again:
+/// [`ConcurrentTracker::writer`]).
 fn apply<R>(writer: &mut StateWriter<'_>, change: impl FnMut(&mut State) -> Apply<R>) -> R {
     let r = writer.apply(change);
     writer.data().check = writer.read(|s| s.tracker.attribute_check());

@@ -99,7 +99,8 @@ impl<T: Clone, W> LeftRight<T, W> {
     /// on the same value, nor twice in one thread: the writer would wait for itself.
     pub fn writer(&self) -> Writer<'_, T, W> {
         let mut needs_sync = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        if needs_sync.0 {
+        let repaired = needs_sync.0;
+        if repaired {
             let published = self.published.load(Ordering::Relaxed);
             let mut stale = self.write_copy(1 - published);
             *stale = self.read_guard().clone();
@@ -110,6 +111,7 @@ impl<T: Clone, W> LeftRight<T, W> {
         Writer {
             lr: self,
             needs_sync,
+            repaired,
         }
     }
 
@@ -137,12 +139,19 @@ impl<T: Clone, W> LeftRight<T, W> {
 pub struct Writer<'a, T, W = ()> {
     lr: &'a LeftRight<T, W>,
     needs_sync: MutexGuard<'a, (bool, W)>,
+    repaired: bool,
 }
 
 impl<T: Clone, W> Writer<'_, T, W> {
     /// The writers' own data.
     pub fn data(&mut self) -> &mut W {
         &mut self.needs_sync.1
+    }
+
+    /// Whether this writer began by repairing the unpublished copy: the last change did not
+    /// return (it panicked), so writers' data derived from the value may be stale.
+    pub fn repaired(&self) -> bool {
+        self.repaired
     }
 
     /// Runs `f` on the current value (the published one; no change is in flight).

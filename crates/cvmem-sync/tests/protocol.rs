@@ -379,3 +379,42 @@ fn conversions_are_checked_by_the_vms_rule_on_every_path() {
         "a refused conversion changed nothing"
     );
 }
+
+#[test]
+fn the_writers_check_follows_a_change_whose_second_copy_panicked() {
+    use cvmem::{AttrMode, Error, Unsupported};
+    let vm = private_guest();
+    // The VM's rule changes (PRIVATE now per guest_memfd) and is published; the change then
+    // panics on the other copy, so it never returns to the writer.
+    let mut calls = 0;
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        vm.update(
+            GfnRange::new(Gfn(0), Gfn(0)),
+            |_| {},
+            |t| {
+                calls += 1;
+                *t = t.clone().with_attr_mode(AttrMode::PerGmem);
+                assert!(calls < 2, "injected");
+                (true, ())
+            },
+        )
+    }));
+    assert!(r.is_err());
+    assert_eq!(
+        vm.read(|s| s.tracker().attribute_check().mode()),
+        AttrMode::PerGmem
+    );
+    let generation = vm.generation();
+    // The next conversion is checked by the published rule, not the one the writers kept.
+    assert!(matches!(
+        vm.set_memory_attributes(Gpa(0), K4, PRIVATE),
+        Err(Error::Unsupported {
+            what: Unsupported::AttributesPerGmem
+        })
+    ));
+    assert_eq!(
+        vm.generation(),
+        generation,
+        "the refused conversion changed nothing"
+    );
+}
