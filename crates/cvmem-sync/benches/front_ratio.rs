@@ -68,25 +68,31 @@ impl Rounds {
     }
 }
 
+/// One block of lookups, `f` at each of `block`'s addresses.
+fn lookups<'a>(block: &'a [u64], f: impl Fn(Gpa) + 'a) -> impl FnMut() + 'a {
+    move || {
+        for &gpa in block {
+            f(Gpa(gpa));
+        }
+    }
+}
+
 fn main() {
     let guest = fragmented_guest();
     let vm = ConcurrentTracker::new(guest.clone());
     let bare = vm.read(|s| s.tracker().clone());
     let probes = probes();
     let block = &probes[..8192];
+    let bare_query = |gpa| {
+        black_box(bare.max_mapping_level(gpa, Access::Private));
+    };
     let query = Rounds::measure(
         40,
         block.len(),
-        || {
-            for &gpa in block {
-                black_box(bare.max_mapping_level(Gpa(gpa), Access::Private));
-            }
-        },
-        || {
-            for &gpa in block {
-                black_box(vm.max_mapping_level(Gpa(gpa), Access::Private));
-            }
-        },
+        lookups(block, &bare_query),
+        lookups(block, |gpa| {
+            black_box(vm.max_mapping_level(gpa, Access::Private));
+        }),
     );
     query.report(
         "max_mapping_level through the front",
@@ -96,16 +102,10 @@ fn main() {
     let fault = Rounds::measure(
         40,
         block.len(),
-        || {
-            for &gpa in block {
-                black_box(bare.max_mapping_level(Gpa(gpa), Access::Private));
-            }
-        },
-        || {
-            for &gpa in block {
-                black_box(vm.fault(Gpa(gpa), Access::Private));
-            }
-        },
+        lookups(block, &bare_query),
+        lookups(block, |gpa| {
+            black_box(vm.fault(gpa, Access::Private));
+        }),
     );
     fault.report(
         "fault (with its ticket) through the front",
