@@ -94,10 +94,10 @@
 //!
 //! | | against | ratio |
 //! |---|---|---|
-//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.20-1.25× |
-//! | `fault` (with its ticket), no writer | the same bare query | 1.49-1.56× |
-//! | a 4K conversion, working set | the one-copy store alone | 1.17-1.22× |
-//! | a 4K conversion, fragmented | the one-copy store alone | 1.04-1.06× |
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.27-1.30× |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.44-1.50× |
+//! | a 4K conversion, working set | the one-copy store alone | 1.27-1.31× (1.17-1.22× earlier) |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.05-1.08× |
 //!
 //! Absolute figures, against the core tracker too and with a writer on the other vCPU:
 //! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`
