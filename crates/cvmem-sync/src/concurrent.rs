@@ -192,8 +192,9 @@ impl ConcurrentTracker {
         }
     }
 
-    /// [`try_read`](Self::try_read) of a single lookup (no panic guard: one lookup cannot
-    /// combine two states).
+    /// [`try_read`](Self::try_read) of a single lookup (no panic guard: one lookup of the
+    /// store, validated or not, cannot combine two states that tracker code would trip over —
+    /// an unvalidated one gives some answer for any contents).
     #[inline]
     fn try_read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
         let seq = self.attrs.read_begin()?;
@@ -305,10 +306,15 @@ impl ConcurrentTracker {
     /// that its zap callbacks take (KVM's `mmu_lock`).
     pub fn fault(&self, gpa: Gpa, access: Access) -> FaultAnswer {
         let seq = self.invalidate.snapshot();
-        // A conversion storing now means an invalidation is in progress: retry, as KVM does.
-        let Some((answer, generation)) =
-            self.try_read_one(|s| (s.tracker.max_mapping_level(gpa, access), s.generation))
-        else {
+        // One validation, the front's count around the whole read (it gives the answer's
+        // generation): the store's lookup inside it is not validated again. A conversion
+        // storing now means an invalidation is in progress: retry at once, as KVM does.
+        let Some((answer, generation)) = self.try_read_one(|s| {
+            (
+                s.tracker.max_mapping_level_unchecked(gpa, access),
+                s.generation,
+            )
+        }) else {
             return FaultAnswer::Retry;
         };
         let ticket = FaultTicket {

@@ -128,8 +128,10 @@ impl OneCopyStore {
         self.try_read(|s| Some(s.probe_racy(gfn)))
     }
 
+    /// [`OneCopyStore::probe`]'s descent with no validation: any contents give some answer
+    /// and end; the caller checks the count around it.
     #[inline]
-    fn probe_racy(&self, gfn: Gfn) -> (bool, Level) {
+    pub(crate) fn probe_racy(&self, gfn: Gfn) -> (bool, Level) {
         if gfn.0 < LOW_END {
             self.low().probe(gfn.0)
         } else if gfn.0 < GFN_END {

@@ -59,6 +59,14 @@ impl AttrBackend for SharedAttrs {
         Probe::new(private, level)
     }
 
+    /// One descent with no count of its own: the caller's read is validated by the store's
+    /// count around it ([`ConcurrentTracker::fault`](crate::ConcurrentTracker::fault)).
+    #[inline]
+    fn probe_unchecked(&self, gfn: Gfn) -> Probe {
+        let (private, level) = self.0.probe_racy(gfn);
+        Probe::new(private, level)
+    }
+
     fn range_has(&self, range: GfnRange, attributes: u64, mask: u64) -> bool {
         self.0.range_has(range, attributes, mask)
     }

@@ -17,6 +17,15 @@ pub trait AttrBackend {
     /// [`AttrStore::probe`].
     fn probe(&self, gfn: Gfn) -> Probe;
 
+    /// [`probe`](Self::probe) for a caller that checks, around its whole read, that no write
+    /// overlapped it (a store shared with a writer, read under a sequence count): a store that
+    /// validates each lookup itself may skip that here. If a write overlapped, the answer may
+    /// be any probe (the caller throws it away); it is never a panic.
+    #[inline]
+    fn probe_unchecked(&self, gfn: Gfn) -> Probe {
+        self.probe(gfn)
+    }
+
     /// [`AttrStore::is_private`].
     fn is_private(&self, gfn: Gfn) -> bool {
         self.probe(gfn).private

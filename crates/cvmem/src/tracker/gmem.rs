@@ -325,8 +325,19 @@ impl<A: AttrBackend> Tracker<A> {
     /// reported either way: the slot's geometry rules them out.
     #[inline(always)]
     pub(crate) fn probe_in(&self, slot: &Memslot, gfn: Gfn) -> Probe {
+        self.probe_in_by(slot, gfn, A::probe)
+    }
+
+    /// [`Tracker::probe_in`], with the VM's attribute store looked up by `probe`.
+    #[inline(always)]
+    pub(crate) fn probe_in_by(
+        &self,
+        slot: &Memslot,
+        gfn: Gfn,
+        probe: impl Fn(&A, Gfn) -> Probe,
+    ) -> Probe {
         if self.check.mode() == AttrMode::PerVm {
-            return self.attrs.probe(gfn);
+            return probe(&self.attrs, gfn);
         }
         self.probe_in_file(slot, gfn)
     }

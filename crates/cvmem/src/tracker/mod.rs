@@ -559,6 +559,22 @@ impl<A: AttrBackend> Tracker<A> {
     /// page around it ([`AttrStore::probe`]), then the slot's geometry and GUEST_INHIBIT.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
+        self.max_level_by(gpa, access, A::probe)
+    }
+
+    /// [`max_mapping_level`](Self::max_mapping_level) with the VM's attribute store looked up
+    /// by [`AttrBackend::probe_unchecked`]: for a caller that validates its whole read against
+    /// the store's writer itself (a concurrent front's fault path), so that the lookup is not
+    /// validated twice. If a write overlapped the read the answer may be wrong; the caller
+    /// throws it away.
+    #[inline]
+    pub fn max_mapping_level_unchecked(&self, gpa: Gpa, access: Access) -> MaxLevel {
+        self.max_level_by(gpa, access, A::probe_unchecked)
+    }
+
+    /// The fault path's rule, with the VM's attribute store looked up by `probe`.
+    #[inline(always)]
+    fn max_level_by(&self, gpa: Gpa, access: Access, probe: impl Fn(&A, Gfn) -> Probe) -> MaxLevel {
         let gfn = gpa.gfn();
         let Some(slot) = self.slot_for_gfn(gfn) else {
             return MaxLevel::NoSlot;
@@ -571,7 +587,7 @@ impl<A: AttrBackend> Tracker<A> {
         if access.is_private() && !slot.flags.guest_memfd {
             return fault;
         }
-        let probe = self.probe_in(slot, gfn);
+        let probe = self.probe_in_by(slot, gfn, probe);
         if probe.private != access.is_private() {
             return fault;
         }
