@@ -145,12 +145,10 @@ impl ConcurrentTracker {
 
     /// The writers' lock. If the last change did not return (it panicked after publishing),
     /// the writers' check is read again from the published state it never refreshed.
+    #[inline]
     fn writer(&self) -> StateWriter<'_> {
-        let mut writer = self.state.writer();
-        if writer.repaired() {
-            writer.data().check = writer.read(|s| s.tracker.attribute_check());
-        }
-        writer
+        self.state
+            .writer_repairing(|s, w| w.check = s.tracker.attribute_check())
     }
 
     /// `attempt` until it answers: a few times at once, then under the writers' lock.

@@ -98,21 +98,36 @@ impl<T: Clone, W> LeftRight<T, W> {
     /// Takes the writer's lock (blocking other writers only). Not from inside [`read`](Self::read)
     /// on the same value, nor twice in one thread: the writer would wait for itself.
     pub fn writer(&self) -> Writer<'_, T, W> {
+        self.writer_repairing(|_, _| ())
+    }
+
+    /// [`writer`](Self::writer), with `repair` run on the published value and the writers' data
+    /// when the last change did not return (it panicked) and the unpublished copy is repaired
+    /// first: writers' data derived from the value may be stale then. Off the common path.
+    #[inline]
+    pub fn writer_repairing(&self, repair: impl FnOnce(&T, &mut W)) -> Writer<'_, T, W> {
         let mut needs_sync = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let repaired = needs_sync.0;
-        if repaired {
-            let published = self.published.load(Ordering::Relaxed);
-            let mut stale = self.write_copy(1 - published);
-            *stale = self.read_guard().clone();
-            drop(stale);
-            clear_poison(&self.copies[1 - published]);
-            needs_sync.0 = false;
+        if needs_sync.0 {
+            self.repair(&mut needs_sync, repair);
         }
         Writer {
             lr: self,
             needs_sync,
-            repaired,
         }
+    }
+
+    /// Copies the published value over the other copy, which a change left half done.
+    #[cold]
+    fn repair(&self, needs_sync: &mut (bool, W), repair: impl FnOnce(&T, &mut W)) {
+        let published = self.published.load(Ordering::Relaxed);
+        let mut stale = self.write_copy(1 - published);
+        let current = self.read_guard();
+        *stale = current.clone();
+        repair(&current, &mut needs_sync.1);
+        drop(current);
+        drop(stale);
+        clear_poison(&self.copies[1 - published]);
+        needs_sync.0 = false;
     }
 
     /// Write-locks copy `i`, waiting for the readers still on it. The writer polls rather than
@@ -139,19 +154,12 @@ impl<T: Clone, W> LeftRight<T, W> {
 pub struct Writer<'a, T, W = ()> {
     lr: &'a LeftRight<T, W>,
     needs_sync: MutexGuard<'a, (bool, W)>,
-    repaired: bool,
 }
 
 impl<T: Clone, W> Writer<'_, T, W> {
     /// The writers' own data.
     pub fn data(&mut self) -> &mut W {
         &mut self.needs_sync.1
-    }
-
-    /// Whether this writer began by repairing the unpublished copy: the last change did not
-    /// return (it panicked), so writers' data derived from the value may be stale.
-    pub fn repaired(&self) -> bool {
-        self.repaired
     }
 
     /// Runs `f` on the current value (the published one; no change is in flight).
