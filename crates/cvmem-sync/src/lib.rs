@@ -94,10 +94,10 @@
 //!
 //! | | against | ratio |
 //! |---|---|---|
-//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.27-1.30× |
-//! | `fault` (with its ticket), no writer | the same bare query | 1.44-1.50× |
-//! | a 4K conversion, working set | the one-copy store alone | 1.27-1.31× (1.17-1.22× earlier) |
-//! | a 4K conversion, fragmented | the one-copy store alone | 1.05-1.08× |
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.21-1.23× |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.38-1.43× |
+//! | a 4K conversion, working set | the one-copy store alone | 1.10-1.11× |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.03-1.04× |
 //!
 //! Absolute figures, against the core tracker too and with a writer on the other vCPU:
 //! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`
