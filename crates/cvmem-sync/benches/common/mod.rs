@@ -10,8 +10,9 @@ pub(crate) const T1: u64 = 1 << 40;
 /// Shared 4K pages sprinkled over the private guest: 2 boundaries each, ~4,000 runs. Also the
 /// size of the working set a guest's bounce buffers flip back and forth.
 pub(crate) const SHARED_PAGES: usize = 2000;
-/// Pages of the fragmented regime: as many mixed 2M pages, a store of tens of MB, past the
-/// caches, that stays that size while they flip back and forth.
+/// Pages of the fragmented regime: about 8 in each 2M page of the 1 TiB guest, a store of tens
+/// of MB past the caches (35.5 MB after `front_ratio`'s conversions), shrinking and growing
+/// again as they flip back and forth.
 pub(crate) const FRAGMENT_PAGES: usize = 4_000_000;
 
 /// xorshift64: the same sequences in every run and every benchmark.
