@@ -12,8 +12,8 @@
 //! is not yet published.
 
 use crate::sync::{
-    clear_poison, retry_hint, wait_hint, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError,
-    RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+    retry_hint, wait_hint, AtomicUsize, CopyLock, CopyReadGuard, CopyWriteGuard, Mutex, MutexGuard,
+    Ordering, PoisonError, TryLockError,
 };
 
 /// What one application of a change did to a copy.
@@ -38,7 +38,7 @@ impl<R> Apply<R> {
 /// data only writers use, kept under the writers' lock (one lock for both).
 #[derive(Debug)]
 pub struct LeftRight<T, W = ()> {
-    copies: [RwLock<T>; 2],
+    copies: [CopyLock<T>; 2],
     /// Index of the copy readers are sent to.
     published: AtomicUsize,
     /// Serialises writers. `true` while the unpublished copy may differ from the published one
@@ -58,7 +58,7 @@ impl<T: Clone, W> LeftRight<T, W> {
     /// Shares `value` (cloned once for the second copy), with `data` for writers only.
     pub fn with_writer_data(value: T, data: W) -> Self {
         LeftRight {
-            copies: [RwLock::new(value.clone()), RwLock::new(value)],
+            copies: [CopyLock::new(value.clone()), CopyLock::new(value)],
             published: AtomicUsize::new(0),
             writer: Mutex::new((false, data)),
         }
@@ -73,20 +73,23 @@ impl<T: Clone, W> LeftRight<T, W> {
     }
 
     #[inline]
-    fn read_guard(&self) -> RwLockReadGuard<'_, T> {
+    fn read_guard(&self) -> CopyReadGuard<'_, T> {
         loop {
             let i = self.published.load(Ordering::Acquire);
             let guard = match self.copies[i & 1].try_read() {
+                // A lock's poison means a writer once panicked in that copy; the writers' flag
+                // (`needs_sync`) says whether it is still to be repaired, and a copy a change
+                // left half done is never the published one, which the check below asks.
                 Ok(guard) => guard,
-                // A writer holds or waits for this copy, or panicked in it: it has published
-                // the other one.
-                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                // A writer holds or waits for this copy: it has published the other one.
+                Err(TryLockError::WouldBlock) => {
                     retry_hint();
                     continue;
                 }
             };
-            // The copy may have been filled but not yet published, or be about to be replaced:
-            // only the published copy may be read.
+            // The copy may have been filled but not yet published, or be about to be replaced
+            // (or be a half-done copy awaiting repair): only the published copy may be read.
             if self.published.load(Ordering::Acquire) == i {
                 return guard;
             }
@@ -126,14 +129,13 @@ impl<T: Clone, W> LeftRight<T, W> {
         repair(&current, &mut needs_sync.1);
         drop(current);
         drop(stale);
-        clear_poison(&self.copies[1 - published]);
         needs_sync.0 = false;
     }
 
     /// Write-locks copy `i`, waiting for the readers still on it. The writer polls rather than
     /// sleeps in the lock: a sleeping writer would make the last reader out pay a wake-up
     /// system call, about a microsecond, on the fault path.
-    fn write_copy(&self, i: usize) -> RwLockWriteGuard<'_, T> {
+    fn write_copy(&self, i: usize) -> CopyWriteGuard<'_, T> {
         let mut polls = 0u32;
         loop {
             match self.copies[i].try_write() {

@@ -57,7 +57,9 @@
 //! DESIGN.md, "One copy of the attributes".
 //!
 //! **Memslots, files, large-page info** ([`LeftRight`]). Two copies of the rest of the
-//! tracker, each behind an `RwLock`, and an atomic index of the published one. A reader loads
+//! tracker, each behind a sharded reader-writer lock (crossbeam's `ShardedLock`: a reader locks
+//! its own thread's shard, so vCPUs reading at once do not share a lock word; a writer locks
+//! every shard), and an atomic index of the published one. A reader loads
 //! the index, *try*-read-locks that copy and re-checks the index; if either fails, a writer has
 //! published the other copy meanwhile, and the reader starts again there. The writer applies a
 //! change to the unpublished copy, publishes it, waits for the readers still on the old copy,
@@ -94,10 +96,11 @@
 //!
 //! | | against | ratio |
 //! |---|---|---|
-//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.21-1.23× |
-//! | `fault` (with its ticket), no writer | the same bare query | 1.38-1.43× |
-//! | a 4K conversion, working set | the one-copy store alone | 1.10-1.11× |
-//! | a 4K conversion, fragmented | the one-copy store alone | 1.03-1.04× |
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.28-1.33× |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.54-1.61× |
+//! | `max_mapping_level` on two threads at once | the bare tracker on two threads | 1.23-1.32× (2.2-3.6× with one lock word) |
+//! | a 4K conversion, working set | the one-copy store alone | 1.10-1.20× |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.01-1.04× |
 //!
 //! Absolute figures, against the core tracker too and with a writer on the other vCPU:
 //! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`
@@ -105,7 +108,7 @@
 //!
 //! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
-//! memslots a read try-locks (two atomic read-modify-writes on its lock word) and, on a write,
+//! memslots a read try-locks (two atomic read-modify-writes on its shard's lock word) and, on a write,
 //! the writers' lock and the invalidation sequence. With a writer converting flat out, a `fault`
 //! is answered `Retry` while a conversion is being stored (an invalidation in progress). Live
 //! bytes, the worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a
