@@ -12,11 +12,14 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cvmem::{Access, GfnRange, Gpa, MaxLevel};
+use cvmem::{Access, Gpa, MaxLevel};
 use cvmem_sync::{ConcurrentTracker, FaultAnswer, SharedTracker};
 
 mod common;
-use common::{bare_store, flips, fragmented_guest, pool, probes, FRAGMENT_PAGES, K4, SHARED_PAGES};
+use common::{
+    bare_store, flips, fragmented_guest, make_shared, pool, probes, set_page, FRAGMENT_PAGES, K4,
+    SHARED_PAGES,
+};
 
 /// Rounds per comparison: the spread is the spread of their ratios.
 const ROUNDS: usize = 15;
@@ -69,12 +72,22 @@ impl Rounds {
 }
 
 /// One block of lookups, `f` at each of `block`'s addresses.
-fn lookups<'a, R>(block: &'a [u64], f: impl Fn(Gpa) -> R + 'a) -> impl FnMut() + 'a {
+fn lookups<'a, R>(block: &'a [u64], f: impl Fn(Gpa) -> R + Sync + 'a) -> impl Fn() + Sync + 'a {
     move || {
         for &gpa in block {
             black_box(f(Gpa(gpa)));
         }
     }
+}
+
+/// `passes` runs of `block` on this thread and, at the same time, on one more: two vCPUs
+/// faulting at once.
+fn on_two(passes: usize, block: &(impl Fn() + Sync)) {
+    let run = || (0..passes).for_each(|_| block());
+    std::thread::scope(|s| {
+        s.spawn(run);
+        run();
+    })
 }
 
 // Each lookup is one call, as a fault handler's is: neither side's code is merged into the
@@ -102,12 +115,11 @@ fn main() {
     let bare = vm.read(|s| s.tracker().clone());
     let probes = probes();
     let block = &probes[..8192];
-    let query = Rounds::measure(
-        40,
-        block.len(),
+    let (bare_block, front_block) = (
         lookups(block, |gpa| bare_query(&bare, gpa)),
         lookups(block, |gpa| front_query(&vm, gpa)),
     );
+    let query = Rounds::measure(40, block.len(), &bare_block, &front_block);
     query.report(
         "max_mapping_level through the front",
         "the bare tracker",
@@ -116,7 +128,7 @@ fn main() {
     let fault = Rounds::measure(
         40,
         block.len(),
-        lookups(block, |gpa| bare_query(&bare, gpa)),
+        &bare_block,
         lookups(block, |gpa| front_fault(&vm, gpa)),
     );
     fault.report(
@@ -124,34 +136,13 @@ fn main() {
         "the bare tracker's query",
         None,
     );
-    // Two vCPUs faulting at once: each side's block runs on this thread and one more, 8 passes
-    // over the addresses each (a thread's start, ~20 µs, is then a few % of a block).
-    let on_two = |f: &(dyn Fn(Gpa) + Sync)| {
-        std::thread::scope(|s| {
-            let pass = || {
-                for _ in 0..8 {
-                    for &gpa in block {
-                        f(Gpa(gpa));
-                    }
-                }
-            };
-            s.spawn(pass);
-            pass();
-        })
-    };
+    // Two vCPUs faulting at once, 8 passes over the addresses each per block (a thread's
+    // start, ~20 µs, is then a few % of a block).
     let two = Rounds::measure(
         4,
         8 * block.len(),
-        || {
-            on_two(&|gpa| {
-                black_box(bare_query(&bare, gpa));
-            })
-        },
-        || {
-            on_two(&|gpa| {
-                black_box(front_query(&vm, gpa));
-            })
-        },
+        || on_two(8, &bare_block),
+        || on_two(8, &front_block),
     );
     two.report(
         "max_mapping_level on two threads at once, per read per thread",
@@ -159,20 +150,17 @@ fn main() {
         None,
     );
 
-    for (regime, pages) in [
-        ("working set", SHARED_PAGES),
-        ("fragmented", FRAGMENT_PAGES),
+    // The fragmented regime's pages are made shared first (not measured), so that its stores
+    // are large from the first conversion.
+    for (regime, pages, shared_first) in [
+        ("working set", SHARED_PAGES, false),
+        ("fragmented", FRAGMENT_PAGES, true),
     ] {
         let pool = pool(pages);
         let vm = ConcurrentTracker::new(guest.clone());
         let mut store = bare_store(&guest);
-        // The fragmented regime's pages made shared first (not measured): every later
-        // conversion flips one back or forth.
-        let from = if pages == FRAGMENT_PAGES {
-            for &gpa in &pool {
-                vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
-                store.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), 0).unwrap();
-            }
+        let from = if shared_first {
+            make_shared(&pool, &vm, &mut store);
             pages
         } else {
             0
@@ -185,11 +173,7 @@ fn main() {
             || {
                 for _ in 0..OPS {
                     let (gpa, attrs) = next_bare();
-                    black_box(
-                        store
-                            .set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
-                            .unwrap(),
-                    );
+                    black_box(set_page(&mut store, gpa, attrs));
                 }
             },
             || {

@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use cvmem::{Access, GfnRange, Gpa, Tracker};
+use cvmem::{Access, Gpa, Tracker};
 use cvmem_sync::one_copy::OneCopyWriter;
 use cvmem_sync::{ConcurrentTracker, FaultAnswer};
 
 mod common;
-use common::{bare_store, flips, fragmented_guest, pool, probes, FRAGMENT_PAGES, K4, SHARED_PAGES};
+use common::{
+    bare_store, flips, fragmented_guest, make_shared, pool, probes, set_page, FRAGMENT_PAGES, K4,
+    SHARED_PAGES,
+};
 
 /// Runs `f` while a thread flips 4K pages between private and shared, one every `pace`
 /// (busy-waiting in between), or as fast as it can. The pages come from a fixed pool of
@@ -177,11 +180,8 @@ impl Conversions<'_> {
     fn flip_all(&mut self, pool: &[u64]) {
         for &gpa in pool {
             self.tracker.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
-            self.bare
-                .set(GfnRange::from_len(Gpa(gpa).gfn(), 1), 0)
-                .unwrap();
-            self.vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
         }
+        make_shared(pool, self.vm, self.bare);
     }
 
     /// Benchmarks a 4K conversion of each, each given its own `sequence()` of (gpa, attributes).
@@ -202,7 +202,7 @@ impl Conversions<'_> {
         g.bench_function(format!("{prefix}bare one-copy store set 4K"), |b| {
             b.iter(|| {
                 let (gpa, attrs) = next();
-                self.bare.set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attrs)
+                set_page(self.bare, gpa, attrs)
             })
         });
         let mut next = sequence();

@@ -92,19 +92,18 @@
 //! random 4K addresses; conversions of a working set of 2,000 pages flipped back and forth, and
 //! of 4 M pages flipped back and forth (stores fragmented to 35.5 MB, past the caches). What the
 //! front adds, as ratios with each baseline interleaved in one run (`cargo bench -p cvmem-sync
-//! --bench front_ratio`; medians of five runs, 2026-12-07, on a nested 2-vCPU host):
+//! --bench front_ratio`; medians of four runs, 2026-12-07, on a nested 2-vCPU host):
 //!
 //! | | against | ratio |
 //! |---|---|---|
-//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.28-1.33× |
-//! | `fault` (with its ticket), no writer | the same bare query | 1.54-1.61× |
-//! | `max_mapping_level` on two threads at once | the bare tracker on two threads | 1.23-1.32× (2.2-3.6× with one lock word) |
-//! | a 4K conversion, working set | the one-copy store alone | 1.10-1.20× |
-//! | a 4K conversion, fragmented | the one-copy store alone | 1.01-1.04× |
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.28-1.30× |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.56-1.58× |
+//! | `max_mapping_level` on two threads at once | the bare tracker on two threads | 1.25-1.29× (2.3-4.3× with one lock word) |
+//! | a 4K conversion, working set | the one-copy store alone | 1.11-1.13× |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.02-1.05× |
 //!
 //! Absolute figures, against the core tracker too and with a writer on the other vCPU:
-//! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`
-//! (a `max_mapping_level` 17-30 ns as the host drifts; the bare tracker's 16-21).
+//! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`.
 //!
 //! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the

@@ -11,9 +11,9 @@ pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Atomic
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
 /// The lock of each left-right copy: crossbeam's sharded reader-writer lock, so that readers on
-/// different threads lock different words (with one word shared, two vCPUs reading at once
-/// paid 83-96 ns a read for the cache line moving between them, against 20-25 ns alone); a
-/// writer locks every shard. Under loom, loom's `RwLock` (crossbeam's is not modelled).
+/// different threads lock different words (with one word shared, two threads reading at once
+/// paid 2.3-4.3× the bare tracker's read for the cache line moving between them: the
+/// `front_ratio` bench); a writer locks every shard. Under loom, loom's `RwLock` (crossbeam's is not modelled).
 #[cfg(not(loom))]
 pub(crate) use crossbeam_utils::sync::{
     ShardedLock as CopyLock, ShardedLockReadGuard as CopyReadGuard,

@@ -380,6 +380,8 @@ fn conversions_are_checked_by_the_vms_rule_on_every_path() {
     );
 }
 
+/// A change that publishes a new rule and then panics on the other copy never returns to the
+/// writer that would refresh the kept check: the next writer, repairing the copy, refreshes it.
 #[test]
 fn the_writers_check_follows_a_change_whose_second_copy_panicked() {
     use cvmem::{AttrMode, Error, Unsupported};

@@ -2,8 +2,11 @@
 //! sequences, so that every store and every benchmark is given the same ones.
 
 use cvmem_sync::one_copy::OneCopyWriter;
+use cvmem_sync::ConcurrentTracker;
 
-use cvmem::{Gpa, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE};
+use cvmem::{
+    GfnRange, Gpa, MemoryRegion, SlotFlags, Tracker, KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
+};
 
 pub(crate) const K4: u64 = 4096;
 pub(crate) const T1: u64 = 1 << 40;
@@ -92,4 +95,19 @@ pub(crate) fn bare_store(tracker: &Tracker) -> OneCopyWriter {
         bare.set(run.range(), run.attributes).unwrap();
     }
     bare
+}
+
+/// A 4K conversion of the bare store: the page at `gpa` gets `attributes`.
+pub(crate) fn set_page(store: &mut OneCopyWriter, gpa: u64, attributes: u64) -> bool {
+    store
+        .set(GfnRange::from_len(Gpa(gpa).gfn(), 1), attributes)
+        .unwrap()
+}
+
+/// Makes every page of `pool` shared in the front and the bare store (setup, not measured).
+pub(crate) fn make_shared(pool: &[u64], vm: &ConcurrentTracker, store: &mut OneCopyWriter) {
+    for &gpa in pool {
+        vm.set_memory_attributes(Gpa(gpa), K4, 0).unwrap();
+        set_page(store, gpa, 0);
+    }
 }
