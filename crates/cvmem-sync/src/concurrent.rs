@@ -6,18 +6,19 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cvmem::{
-    Access, AttrCheck, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange, GmemFlags, GmemId,
-    GmemOffset, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange, Tracker,
-    GFN_END,
+    Access, AttrBackend, AttrCheck, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange, GmemFlags,
+    GmemId, GmemOffset, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, Result, SlotChange,
+    Tracker, GFN_END,
 };
 
 use core::ops::ControlFlow;
 
 use crate::fault::{FaultAnswer, FaultTicket};
+use crate::file_seq::FileSeq;
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
 use crate::one_copy::{OneCopyStore, OneCopyWriter, SharedAttrs};
-use crate::sync::retry_hint;
+use crate::sync::{retry_hint, wait_hint};
 
 /// The tracker of a [`ConcurrentTracker`]: the core's, with its VM attributes in the front's
 /// one shared store.
@@ -51,16 +52,16 @@ impl Snapshot<'_> {
     }
 }
 
-/// Reads that found a write in progress this many times take the writers' lock (waiting for
-/// the write to end) rather than try again: a reader is never starved.
+/// Reads that found a write in progress this many times go on under the writers' lock, taken
+/// whenever it is free between two writes, so that a stream of writes cannot starve them.
 const READ_ATTEMPTS: u32 = 64;
 
 /// A [`Tracker`] shared by any number of reading threads and serialised writers.
 ///
-/// The VM's attributes are kept once, in a [`OneCopyStore`] every reader reads without a lock
-/// (a sequence count tells it to retry if a conversion overlapped it); memslots, guest_memfd
-/// files and large-page info are published by left-right (two copies, written twice, small and
-/// not a guest's to grow). A conversion is stored once, at the store's cost. Readers
+/// The VM's attributes and each guest_memfd's are kept once, each in a [`OneCopyStore`] every
+/// reader reads without a lock (the VM store's sequence count tells it to retry if a
+/// conversion overlapped it); memslots, the files' folios and references and large-page info
+/// are published by left-right (two copies, written twice, small and not a guest's to grow). A conversion is stored once, at the store's cost. Readers
 /// (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
 /// do not wait for writers (the published copy is try-locked, the store read without a lock;
 /// only a read that conversions overlapped 64 times running takes the writers' lock) and
@@ -75,6 +76,8 @@ pub struct ConcurrentTracker {
     /// The store's count once the tracker's attributes were moved in: generations count the
     /// writes after it.
     attrs_base: u64,
+    /// Odd while a file's conversion changes its folios and attributes.
+    files: FileSeq,
     invalidate: InvalidateSeq,
 }
 
@@ -85,8 +88,8 @@ impl Default for ConcurrentTracker {
 }
 
 impl ConcurrentTracker {
-    /// Shares `tracker`: its VM attributes move into the one shared store, the rest is copied
-    /// once (the second left-right copy). Aborts, as an allocation in `std` does, if memory
+    /// Shares `tracker`: its attribute stores (the VM's, each file's) move into shared
+    /// stores, the rest is copied once (the second left-right copy). Aborts, as an allocation in `std` does, if memory
     /// runs out ([`try_new`](Self::try_new) returns the error instead).
     pub fn new(tracker: Tracker) -> Self {
         Self::try_new(tracker).unwrap_or_else(|_| handle_alloc_error(Layout::new::<Self>()))
@@ -95,16 +98,18 @@ impl ConcurrentTracker {
     /// [`new`](Self::new), with `NoMemory` returned rather than an abort.
     pub fn try_new(tracker: Tracker) -> Result<Self> {
         let check = tracker.attribute_check();
-        let mut writer = OneCopyWriter::new()?;
-        let attrs = Arc::clone(writer.store());
-        let tracker = tracker.map_attribute_store(|store: AttrStore| {
-            for run in store.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
-                if run.attributes != 0 {
-                    writer.set(run.range(), run.attributes)?;
-                }
-            }
-            Ok(SharedAttrs(Arc::clone(&attrs)))
+        // The VM's writer first, then each file's in id order, as the stores are handed over.
+        let mut writers = Vec::new();
+        let tracker = tracker.map_attribute_store(|_, store: AttrStore| {
+            let (writer, shared) = share(&store)?;
+            writers.push(writer);
+            Ok(shared)
         })?;
+        let mut writers = writers.into_iter();
+        let Some(writer) = writers.next() else {
+            unreachable!("the VM's store is handed over first");
+        };
+        let attrs = Arc::clone(writer.store());
         let attrs_base = attrs.read_begin().unwrap_or(0);
         Ok(ConcurrentTracker {
             state: LeftRight::with_writer_data(
@@ -114,33 +119,33 @@ impl ConcurrentTracker {
                 },
                 Writes {
                     attrs: writer,
+                    files: writers.collect(),
                     check,
                 },
             ),
             attrs,
             attrs_base,
+            files: FileSeq::default(),
             invalidate: InvalidateSeq::default(),
         })
     }
 
-    /// Runs `f` on one committed state. Never waits for a memslot change; a conversion that
-    /// overlaps the read makes it run `f` again (so `f` may run more than once, and its
-    /// answers from an overlapped run are thrown away), and after a few such overlaps the read
-    /// waits for the conversion to end. `f` must not change the tracker through `self`.
+    /// Runs `f` on one committed state. Never waits for a writer; a conversion that overlaps
+    /// the read makes it run `f` again (so `f` may run more than once, and its answers from an
+    /// overlapped run are thrown away), and after a few such overlaps the read runs under the
+    /// writers' lock once that is free between two writes. So it may be called holding a lock
+    /// that the writers' `zap` callbacks take (KVM's `mmu_lock`). `f` must not change the
+    /// tracker through `self`.
     #[inline]
     pub fn read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> R {
         self.retry(|| self.try_read(&mut f))
     }
 
-    /// [`read`](Self::read) for this front's own reads that look the store up once: the store
-    /// validates that lookup itself (its own count), so the read needs no count of its own.
-    /// Still one committed state: the copy read was published when the read began, and a
-    /// memslot change that publishes the other copy meanwhile holds the writers' lock until
-    /// this read leaves, so no conversion can follow it — the lookup sees the store as it was
-    /// either with this copy published or just before the other was.
+    /// [`read`](Self::read) for this front's own single lookups: no panic guard
+    /// ([`try_read_one`](Self::try_read_one)).
     #[inline]
-    fn read_lookup<R>(&self, f: impl FnOnce(&SharedTracker) -> R) -> R {
-        self.state.read(|s| f(&s.tracker))
+    fn read_lookup<R>(&self, mut f: impl FnMut(&SharedTracker) -> R) -> R {
+        self.retry(|| self.try_read_one(|s| f(s.tracker)))
     }
 
     /// The writers' lock. If the last change did not return (it panicked after publishing),
@@ -163,26 +168,33 @@ impl ConcurrentTracker {
         self.read_waiting(attempt)
     }
 
-    /// A read that conversions kept overlapping: under the writers' lock, which writers hold
-    /// while they store attributes, so no write overlaps it.
+    /// A read that conversions kept overlapping: under the writers' lock, taken when it is
+    /// free, so that no write overlaps it; else again as before. Never waits for the lock: a
+    /// writer holding it may be zapping, waiting for a lock this reader's caller holds (a
+    /// fault handler's `mmu_lock`), as the stress storm's readers do.
     #[cold]
     fn read_waiting<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
-        let _writer = self.writer();
+        let mut polls = 0u32;
         loop {
+            if let Some(Some(r)) = self.state.if_writers_idle(&mut attempt) {
+                return r;
+            }
             if let Some(r) = attempt() {
                 return r;
             }
+            polls = polls.saturating_add(1);
+            wait_hint(polls);
         }
     }
 
     /// One attempt of [`read`](Self::read): `None` if a conversion was in progress or began.
     fn try_read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
-        let seq = self.attrs.read_begin()?;
+        let (seq, files) = self.read_begin()?;
         // A run that a conversion overlapped may combine answers of two states that no
         // tracker code expects together (and trip an overflow check): its panic is a torn
         // read's, thrown away with its answer. A run nothing overlapped panics as it would.
         let r = catch_unwind(AssertUnwindSafe(|| self.run(seq, &mut f)));
-        let valid = self.attrs.read_valid(seq);
+        let valid = self.read_valid(seq, files);
         match r {
             Ok(r) => valid.then_some(r),
             Err(panic) if valid => resume_unwind(panic),
@@ -195,9 +207,22 @@ impl ConcurrentTracker {
     /// an unvalidated one gives some answer for any contents).
     #[inline]
     fn try_read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
-        let seq = self.attrs.read_begin()?;
+        let (seq, files) = self.read_begin()?;
         let r = self.run(seq, &mut f);
-        self.attrs.read_valid(seq).then_some(r)
+        self.read_valid(seq, files).then_some(r)
+    }
+
+    /// The counts of a read about to start (the VM store's, the files'); `None` while a
+    /// conversion is in progress.
+    #[inline]
+    fn read_begin(&self) -> Option<(u64, u64)> {
+        Some((self.attrs.read_begin()?, self.files.read_begin()?))
+    }
+
+    /// Whether a read that began at these counts overlapped no conversion.
+    #[inline]
+    fn read_valid(&self, seq: u64, files: u64) -> bool {
+        self.attrs.read_valid(seq) && self.files.read_valid(files)
     }
 
     /// `f` on the published copy, as the state after the writes that `seq` counts.
@@ -216,27 +241,34 @@ impl ConcurrentTracker {
         self.read(|s| s.generation())
     }
 
-    /// A tracker of its own in the current state, with its attributes in an [`AttrStore`]
-    /// (O(R)).
+    /// A tracker of its own in the current state, with its attribute stores (the VM's, each
+    /// file's) in [`AttrStore`]s (O(R)).
     pub fn to_tracker(&self) -> Result<Tracker> {
         self.read(|s| {
-            let runs: Vec<AttrRun> = s.tracker.nonzero_runs().collect();
-            s.tracker.clone().map_attribute_store(|_| {
+            s.tracker.clone().map_attribute_store(|_, shared| {
                 let mut store = AttrStore::new();
-                for run in &runs {
-                    store.set(run.range(), run.attributes)?;
+                for run in shared.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
+                    if run.attributes != 0 {
+                        store.set(run.range(), run.attributes)?;
+                    }
                 }
                 Ok(store)
             })
         })
     }
 
-    /// Heap bytes held: the attribute store once, the rest of the tracker twice (its two
-    /// left-right copies). What a guest can make the front hold is bounded by the store's.
+    /// Heap bytes held: the attribute stores once (the VM's, each file's), the rest of the
+    /// tracker twice (its two left-right copies). What a guest can make the front hold is
+    /// bounded by the stores'.
     pub fn heap_bytes(&self) -> usize {
-        let store = self.attrs.heap_bytes();
-        let copy = self.read(|s| s.tracker.heap_bytes()) - store;
-        store + 2 * copy
+        self.read(|s| {
+            let t = &s.tracker;
+            let stores = t.attribute_store().heap_bytes()
+                + t.gmems()
+                    .map(|(_, g)| g.attrs().heap_bytes())
+                    .sum::<usize>();
+            stores + 2 * (t.heap_bytes() - stores)
+        })
     }
 
     /// The attributes of `gfn`.
@@ -293,7 +325,8 @@ impl ConcurrentTracker {
     /// mapping will be installed from the answer.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        self.read_lookup(|t| t.max_mapping_level(gpa, access))
+        // Validated by the read's count: the store's lookup inside it need not be again.
+        self.read_lookup(|t| t.max_mapping_level_unchecked(gpa, access))
     }
 
     /// The fault path with KVM's retry protocol: records the invalidation sequence, reads the
@@ -472,22 +505,34 @@ impl ConcurrentTracker {
     /// answer changes until a memslot binds the file.
     pub fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GmemId> {
         let mut writer = self.writer();
-        apply(&mut writer, |s| {
-            match s.tracker.create_guest_memfd(size, flags) {
-                Ok(id) => {
-                    s.generation += 1;
-                    Apply::Changed(Ok(id))
-                }
-                Err(e) => Apply::Unchanged(Err(e)),
+        let gmem = writer.read(|s| s.tracker.new_gmem(size, flags, s.tracker.merge_policy()))?;
+        // The file's attributes move into a store of their own, shared by both copies.
+        let mut file = None;
+        let gmem = gmem.map_store(|store| {
+            let (w, shared) = share(&store)?;
+            file = Some(w);
+            Ok(shared)
+        })?;
+        let id = apply(&mut writer, |s| match s.tracker.add_gmem(gmem.clone()) {
+            Ok(id) => {
+                s.generation += 1;
+                Apply::Changed(Ok(id))
             }
-        })
+            Err(e) => Apply::Unchanged(Err(e)),
+        })?;
+        writer.data().files.extend(file);
+        Ok(id)
     }
 
     /// `KVM_SET_MEMORY_ATTRIBUTES2` on guest_memfd `id` (see
     /// [`Tracker::set_gmem_attributes`]) in KVM's order: check (refusals, `EAGAIN` while a
     /// shared page is referenced, `Ok(false)` when nothing changes); then invalidate the gfns of
     /// every memslot bound to the changing pages (one invalidation of their hull), call `zap`
-    /// on each bound gfn range, store, publish, end the invalidation.
+    /// on each bound gfn range, store, end the invalidation. The store is the core's three
+    /// steps ([`cvmem::Gmem::split_for_store`]): the folios the change cuts split on both
+    /// copies, the attributes stored once in the file's shared store, split folios merged on
+    /// both copies (under [`cvmem::MergePolicy::Eager`]); readers retry across all three (the
+    /// files' count is held odd), so none sees folios and attributes of different states.
     pub fn set_gmem_attributes_with(
         &self,
         id: GmemId,
@@ -504,9 +549,25 @@ impl ConcurrentTracker {
         let Some(pages) = writer.read(check)? else {
             return Ok(false);
         };
-        self.change_file(&mut writer, id, pages, zap, |t| {
-            t.set_gmem_attributes(id, offset, size, attributes, 0)
-        })
+        let _invalidation = self.invalidate_file(&mut writer, id, pages, zap);
+        let _conversion = self.files.write();
+        // Both copies split alike: each reads the file's attributes before the store.
+        apply(&mut writer, |s| {
+            Apply::Changed(s.tracker.gmem_split_for_store(id, pages, attributes))
+        })?;
+        let file = writer
+            .data()
+            .files
+            .get_mut(id.0 as usize)
+            .ok_or(cvmem::Error::UnknownGmem { gmem: id.0 })?;
+        let changed = file.set(pages, attributes)?;
+        // And merge alike: each reads them after. The change's generation.
+        apply(&mut writer, |s| {
+            let merged = s.tracker.gmem_merge_after_store(id, pages);
+            s.generation += u64::from(changed);
+            Apply::Changed(merged)
+        })?;
+        Ok(changed)
     }
 
     /// `fallocate(PUNCH_HOLE)` on guest_memfd `id` (see [`Tracker::gmem_punch_hole`]): the
@@ -555,16 +616,32 @@ impl ConcurrentTracker {
     }
 
     /// A change to file pages `pages` of guest_memfd `id`: the gfns bound to them invalidated
-    /// (their hull; nothing bound: no gfn's answer changes, the sequence still moves), each
-    /// bound range zapped, `change` stored and published.
+    /// ([`invalidate_file`](Self::invalidate_file)), `change` stored and published.
     fn change_file(
         &self,
         writer: &mut StateWriter<'_>,
         id: GmemId,
         pages: GfnRange,
-        mut zap: impl FnMut(GfnRange),
+        zap: impl FnMut(GfnRange),
         mut change: impl FnMut(&mut SharedTracker) -> Result<bool>,
     ) -> Result<bool> {
+        let _invalidation = self.invalidate_file(writer, id, pages, zap);
+        apply(writer, |s| {
+            let result = change(&mut s.tracker);
+            commit(s, result)
+        })
+    }
+
+    /// Begins the invalidation of the gfns bound to pages `pages` of guest_memfd `id` (their
+    /// hull; nothing bound: no gfn's answer changes, the sequence still moves) and zaps each
+    /// bound range.
+    fn invalidate_file(
+        &self,
+        writer: &mut StateWriter<'_>,
+        id: GmemId,
+        pages: GfnRange,
+        mut zap: impl FnMut(GfnRange),
+    ) -> crate::invalidate::Invalidation<'_> {
         let bound: Vec<GfnRange> =
             writer.read(|s| s.tracker.gmem_gfns(id, pages).map(|(r, _)| r).collect());
         let hull = bound.iter().fold(None, |h: Option<GfnRange>, r| {
@@ -572,16 +649,13 @@ impl ConcurrentTracker {
                 GfnRange::new(h.start.min(r.start), h.end.max(r.end))
             }))
         });
-        let _invalidation = self
+        let invalidation = self
             .invalidate
             .begin(hull.unwrap_or(GfnRange::new(Gfn(0), Gfn(0))));
         for r in bound {
             zap(r);
         }
-        apply(writer, |s| {
-            let result = change(&mut s.tracker);
-            commit(s, result)
-        })
+        invalidation
     }
 
     /// The first half of [`update`](Self::update), for a writer with steps of its own between
@@ -653,13 +727,28 @@ impl PendingUpdate<'_> {
     }
 }
 
-/// What only writers use, under the writers' lock: the store's one writer, and the check of
-/// KVM_SET_MEMORY_ATTRIBUTES (fixed once the VM exists, refreshed after every published change),
-/// so that a conversion is checked without reading a copy.
+/// What only writers use, under the writers' lock: the stores' one writers (the VM's, each
+/// file's by id), and the check of KVM_SET_MEMORY_ATTRIBUTES (fixed once the VM exists,
+/// refreshed after every published change), so that a conversion is checked without reading a
+/// copy.
 #[derive(Debug)]
 struct Writes {
     attrs: OneCopyWriter,
+    files: Vec<OneCopyWriter>,
     check: AttrCheck,
+}
+
+/// A store's attributes moved into a one-copy store: its writer, and the view every copy of
+/// the tracker holds.
+fn share(store: &AttrStore) -> Result<(OneCopyWriter, SharedAttrs)> {
+    let mut writer = OneCopyWriter::new()?;
+    for run in store.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
+        if run.attributes != 0 {
+            writer.set(run.range(), run.attributes)?;
+        }
+    }
+    let shared = SharedAttrs(Arc::clone(writer.store()));
+    Ok((writer, shared))
 }
 
 /// The writers' lock on the front's state.

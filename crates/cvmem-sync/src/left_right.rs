@@ -98,6 +98,17 @@ impl<T: Clone, W> LeftRight<T, W> {
         }
     }
 
+    /// Runs `f` holding the writers' lock if no writer holds it now (no writer can begin
+    /// meanwhile); `None`, without running `f`, if one does. Never waits for a writer.
+    pub fn if_writers_idle<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let _idle = match self.writer.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(f())
+    }
+
     /// Takes the writer's lock (blocking other writers only). Not from inside [`read`](Self::read)
     /// on the same value, nor twice in one thread: the writer would wait for itself.
     pub fn writer(&self) -> Writer<'_, T, W> {

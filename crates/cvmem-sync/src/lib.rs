@@ -49,8 +49,9 @@
 //! reader reads the count, reads, and keeps its answer only if the count is even and
 //! unchanged. Readers write nothing shared, so they do not slow one another; a read that a
 //! conversion overlaps runs again (so closures given to [`ConcurrentTracker::read`] may run
-//! more than once), and after 64 overlaps it waits for the conversion to end rather than
-//! starve. [`ConcurrentTracker::fault`] does not wait: a conversion being stored is an
+//! more than once), and after 64 overlaps it reads under the writers' lock once that is free
+//! between two writes rather than starve (never waiting for it: a writer may be zapping,
+//! waiting for a lock the reader's caller holds, as KVM's `mmu_lock`). [`ConcurrentTracker::fault`] does not wait: a conversion being stored is an
 //! invalidation in progress, and the answer is [`FaultAnswer::Retry`], as KVM's. A conversion
 //! is stored once; memory is one store (the worst a guest can force, every other page private:
 //! 1.09× a flat bitmap). What the store costs against the core's (the one_copy bench):
@@ -65,8 +66,10 @@
 //! change to the unpublished copy, publishes it, waits for the readers still on the old copy,
 //! and applies the same change to it. These are the VMM's changes (memslots, guest_memfd
 //! files, TDX accept levels), rare and bounded by what the VMM creates. A VM that keeps PRIVATE
-//! in its guest_memfd files (Linux 7.4's in-place conversion) keeps the files' attributes in
-//! both copies still: moving them into the one store is the next step.
+//! in its guest_memfd files (Linux 7.4's in-place conversion) keeps each file's attributes once
+//! too, in a store of the file's own; a file's conversion splits and merges its folios on both
+//! copies around the one store, with the VM store's count held so that no reader sees folios
+//! and attributes of two states (DESIGN.md, "A file's conversion").
 //!
 //! Alternatives measured or costed (DESIGN.md has the table): left-right for everything (two
 //! stores, every conversion applied twice: 2.0× a bitmap, 2.3-2.6× a conversion); one copy
@@ -128,6 +131,7 @@
 
 mod concurrent;
 mod fault;
+mod file_seq;
 mod invalidate;
 pub mod left_right;
 pub mod one_copy;

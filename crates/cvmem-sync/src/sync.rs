@@ -38,8 +38,9 @@ pub(crate) fn retry_hint() {
     std::hint::spin_loop();
 }
 
-/// Called by a writer waiting for readers to leave a copy, for the `polls`-th time: spins a
-/// little, then yields the CPU (readers hold a copy for the length of one lookup).
+/// Called by a thread waiting for others, for the `polls`-th time — a writer for readers to
+/// leave a copy, a reader for writes to pause: spins a little, then yields the CPU (readers
+/// hold a copy for the length of one lookup, writers store for the length of one change).
 #[inline]
 pub(crate) fn wait_hint(polls: u32) {
     #[cfg(loom)]

@@ -211,3 +211,60 @@ fn the_concurrent_front_holds_one_copy_in_the_worst_case() {
     );
     assert!(live * 10 <= bitmap * 11, "{live} bytes");
 }
+
+#[test]
+fn the_concurrent_front_holds_one_copy_of_a_files_attributes_in_the_worst_case() {
+    // The same worst case where each guest_memfd keeps PRIVATE (in-place conversion): every
+    // other page of a 4 GiB file private, through the front. The file's attributes are in one
+    // store, not in both left-right copies: what the guest grows is one store and its split
+    // folios (twice, a bit per 2M folio). The file's own structure, made by the VMM, is fixed.
+    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset, Gpa, MemoryRegion, SlotFlags};
+    use cvmem::{MergePolicy, Tracker};
+    use cvmem_sync::ConcurrentTracker;
+    let size = 4u64 << 30;
+    for merge in [MergePolicy::OnPunchHole, MergePolicy::Eager] {
+        let tracker = Tracker::new()
+            .with_attr_mode(AttrMode::PerGmem)
+            .with_merge_policy(merge);
+        let vm = ConcurrentTracker::new(tracker);
+        let flags = GmemFlags {
+            mmap: true,
+            init_shared: true,
+            folio: Level::M2,
+        };
+        let file = vm.create_guest_memfd(size, flags).unwrap();
+        vm.set_user_memory_region(&MemoryRegion {
+            slot: 0,
+            gpa: Gpa(0),
+            size,
+            flags: SlotFlags {
+                guest_memfd: true,
+                ..Default::default()
+            },
+            gmem: Some(GmemBinding {
+                gmem: file,
+                offset: GmemOffset(0),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        // What the VMM set up: the file's structure and both copies of it, not the guest's.
+        let before = vm.heap_bytes() as u64;
+        for page in (0..size >> 12).step_by(2) {
+            let changed = vm
+                .set_gmem_attributes_with(file, GmemOffset(page << 12), 4096, P, |_| {})
+                .unwrap();
+            assert!(changed);
+        }
+        assert!(vm.attributes(Gfn(2)) == P && vm.attributes(Gfn(3)) == 0);
+        let bitmap = (size >> 12) / 8;
+        let live = vm.heap_bytes() as u64;
+        let grown = live - before;
+        println!(
+            "alternating pages of a 4 GiB file through the front ({merge:?}): {live} bytes \
+             live, {before} before the guest's conversions; grown by {:.3}x a bitmap",
+            grown as f64 / bitmap as f64
+        );
+        assert!(grown * 10 <= bitmap * 11, "{live} bytes, {before} before");
+    }
+}

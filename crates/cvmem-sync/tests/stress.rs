@@ -186,10 +186,10 @@ fn attrs(private: bool) -> u64 {
 const FILE: GmemId = GmemId(0);
 const FILE_BYTES: u64 = 6 * G1;
 
-fn per_gmem_start() -> Tracker {
+fn per_gmem_start(merge: MergePolicy) -> Tracker {
     let mut t = Tracker::new()
         .with_attr_mode(AttrMode::PerGmem)
-        .with_merge_policy(MergePolicy::OnPunchHole);
+        .with_merge_policy(merge);
     let flags = GmemFlags {
         mmap: true,
         init_shared: false,
@@ -295,7 +295,16 @@ fn readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
 fn per_gmem_readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
     let mut rng = Rng(0x5851_f42d_4c95_7f2d);
     let changes = gmem_changes(&mut rng);
-    storm(per_gmem_start(), &changes);
+    storm(per_gmem_start(MergePolicy::OnPunchHole), &changes);
+}
+
+/// The same with folios merging as soon as a conversion makes them whole in kind: the front's
+/// store of a file conversion then changes the copies after the attributes too.
+#[test]
+fn per_gmem_eager_readers_and_faults_see_committed_states_and_install_only_valid_mappings() {
+    let mut rng = Rng(0x1f83_d9ab_fb41_bd6b);
+    let changes = gmem_changes(&mut rng);
+    storm(per_gmem_start(MergePolicy::Eager), &changes);
 }
 
 fn storm(start: Tracker, changes: &[Change]) {

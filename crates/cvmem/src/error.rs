@@ -209,8 +209,8 @@ pub enum Unsupported {
     AttrModeNotFirst,
     /// guest_memfd files on an executor that does not model them.
     NoGmemModel,
-    /// A VM attribute write through a copy of a concurrent front's tracker: the front's one
-    /// attribute store is written by the front itself.
+    /// An attribute write (the VM's or a guest_memfd's) through a copy of a concurrent front's
+    /// tracker: the front's attribute stores are written by the front itself, once.
     SharedAttributeStore,
 }
 
@@ -579,7 +579,7 @@ impl fmt::Display for Unsupported {
             }
             Unsupported::NoGmemModel => "this executor does not model guest_memfd files",
             Unsupported::SharedAttributeStore => {
-                "the VM's attributes are shared by a concurrent front: convert through the front"
+                "the attributes are shared by a concurrent front: convert through the front"
             }
             Unsupported::AttrModeNotFirst => {
                 "where PRIVATE is kept is chosen before any memslot or guest_memfd exists"

@@ -8,9 +8,9 @@ use cvmem::{AttrBackend, AttrRun, Error, Gfn, GfnRange, Level, Probe, Result, Un
 use super::OneCopyStore;
 use crate::concurrent::RUN_BATCH;
 
-/// A tracker's view of a [`OneCopyStore`]: reads go to the shared store (each from one
-/// committed state); writes are refused, because the concurrent front writes the store itself,
-/// once, not once per copy.
+/// A tracker's view of a [`OneCopyStore`] (the VM's attributes or a guest_memfd's): reads go
+/// to the shared store (each from one committed state); writes are refused, because the
+/// concurrent front writes the store itself, once, not once per copy.
 #[derive(Clone, Debug)]
 pub struct SharedAttrs(pub(crate) Arc<OneCopyStore>);
 
@@ -89,6 +89,10 @@ impl AttrBackend for SharedAttrs {
     }
 
     fn set(&mut self, _range: GfnRange, _attributes: u64) -> Result<bool> {
+        self.check_writable().map(|()| false)
+    }
+
+    fn check_writable(&self) -> Result<()> {
         Err(Error::Unsupported {
             what: Unsupported::SharedAttributeStore,
         })

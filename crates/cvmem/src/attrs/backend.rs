@@ -6,8 +6,8 @@ use crate::error::Result;
 
 use super::{AttrRun, AttrStore, Probe, Runs};
 
-/// A VM's own attributes (KVM_SET_MEMORY_ATTRIBUTES'), as the [`crate::Tracker`] reads and
-/// writes them. Every method has [`AttrStore`]'s meaning.
+/// A VM's own attributes (KVM_SET_MEMORY_ATTRIBUTES') or a guest_memfd's, as the
+/// [`crate::Tracker`] reads and writes them. Every method has [`AttrStore`]'s meaning.
 pub trait AttrBackend {
     /// The runs of a range, in address order.
     type Runs<'a>: Iterator<Item = AttrRun>
@@ -45,6 +45,14 @@ pub trait AttrBackend {
 
     /// [`AttrStore::set`].
     fn set(&mut self, range: GfnRange, attributes: u64) -> Result<bool>;
+
+    /// Whether [`set`](Self::set) may be called at all: a store written elsewhere (a
+    /// concurrent front's, shared by copies of a tracker) refuses here, before a caller changes
+    /// anything that goes with the store (a file's folios).
+    #[inline]
+    fn check_writable(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// [`AttrStore::reserve_span`].
     fn reserve_span(&mut self, range: GfnRange) -> Result<()>;

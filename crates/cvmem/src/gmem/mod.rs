@@ -26,7 +26,7 @@ pub use folio::{FolioCounts, Folios, MergePolicy};
 pub use record::{FileRecord, IndexRun, PageRefs};
 
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT, PAGE_SIZE};
-use crate::attrs::AttrStore;
+use crate::attrs::{AttrBackend, AttrStore};
 use crate::error::{Arg, Error, Result};
 use crate::tracker::Kind;
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -94,12 +94,15 @@ pub struct GmemFlags {
 }
 
 /// One guest_memfd's PRIVATE attribute and the references the host holds on its pages.
+///
+/// PRIVATE is kept in `S`: the core's [`AttrStore`], or a store shared by the copies of a
+/// concurrent front (written by the front, once: see [`Gmem::split_for_store`]).
 #[derive(Clone, Debug)]
-pub struct Gmem {
+pub struct Gmem<S = AttrStore> {
     size: u64,
     flags: GmemFlags,
     /// PRIVATE per page index.
-    attrs: AttrStore,
+    attrs: S,
     /// References the host holds on a page (index → count), only while non-zero.
     refs: BTreeMap<u64, u32>,
     /// The backing folios.
@@ -138,6 +141,21 @@ impl Gmem {
             refs: BTreeMap::new(),
             folios: Folios::new(flags.folio),
             merge: MergePolicy::default(),
+        })
+    }
+}
+
+impl<S: AttrBackend> Gmem<S> {
+    /// The same file with its PRIVATE store made by `f` from this one (folios, references and
+    /// policy move as they are).
+    pub fn map_store<T>(self, f: impl FnOnce(S) -> Result<T>) -> Result<Gmem<T>> {
+        Ok(Gmem {
+            size: self.size,
+            flags: self.flags,
+            attrs: f(self.attrs)?,
+            refs: self.refs,
+            folios: self.folios,
+            merge: self.merge,
         })
     }
 
@@ -231,7 +249,7 @@ impl Gmem {
     }
 
     /// The PRIVATE store, by page index.
-    pub(crate) fn attrs(&self) -> &AttrStore {
+    pub fn attrs(&self) -> &S {
         &self.attrs
     }
 
@@ -295,21 +313,39 @@ impl Gmem {
         Ok(Some(range))
     }
 
-    /// Stores `attributes` on pages a [`Gmem::check_attributes2`] of this state returned:
-    /// the folios the change cuts split first; under [`MergePolicy::Eager`] those it made whole
-    /// in kind (and unreferenced) merge after.
+    /// Stores `attributes` on pages a [`Gmem::check_attributes2`] of this state returned, in
+    /// the three steps of the one rule: [`split_for_store`](Self::split_for_store), the store,
+    /// [`merge_after_store`](Self::merge_after_store).
     pub(crate) fn store(&mut self, pages: GfnRange, attributes: u64) -> Result<bool> {
+        self.attrs.check_writable()?;
+        self.split_for_store(pages, attributes)?;
+        let changed = self.attrs.set(pages, attributes)?;
+        self.merge_after_store(pages)?;
+        Ok(changed)
+    }
+
+    /// Before `attributes` are stored on `pages`: the folios the change cuts split (read from
+    /// the attributes as they are). A front that stores PRIVATE itself, once, for several
+    /// copies of the file calls this on each copy before the store — the copies then agree,
+    /// as every one reads the same attributes. On `NoMemory` a split already made stands (it
+    /// changes no page's kind).
+    pub fn split_for_store(&mut self, pages: GfnRange, attributes: u64) -> Result<()> {
         let attrs = &self.attrs;
         self.folios
-            .cut(pages, |r| attrs.uniform(r) != Some(attributes))?;
-        let changed = self.attrs.set(pages, attributes)?;
-        if self.merge == MergePolicy::Eager {
-            let (attrs, refs) = (&self.attrs, &self.refs);
-            self.folios.merge(pages, false, |r| {
-                attrs.uniform(r).is_some() && refs.range(r.gfns()).next().is_none()
-            })?;
+            .cut(pages, |r| attrs.uniform(r) != Some(attributes))
+    }
+
+    /// After attributes were stored on `pages`: under [`MergePolicy::Eager`] the split folios
+    /// the change made whole in kind (and unreferenced) merge (read from the attributes as
+    /// they now are). The other half of [`split_for_store`](Self::split_for_store).
+    pub fn merge_after_store(&mut self, pages: GfnRange) -> Result<()> {
+        if self.merge != MergePolicy::Eager {
+            return Ok(());
         }
-        Ok(changed)
+        let (attrs, refs) = (&self.attrs, &self.refs);
+        self.folios.merge(pages, false, |r| {
+            attrs.uniform(r).is_some() && refs.range(r.gfns()).next().is_none()
+        })
     }
 
     /// Takes a reference on the shared page at `offset` (the host maps or pins it). Refused

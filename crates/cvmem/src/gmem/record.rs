@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use super::folio::{Folios, SPLIT};
 use super::{Gmem, GmemFlags, MergePolicy};
 use crate::addr::{Gfn, GfnRange, Level};
-use crate::attrs::AttrStore;
+use crate::attrs::{AttrBackend, AttrStore};
 use crate::error::{Error, Result, SnapshotFault};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
@@ -55,7 +55,7 @@ pub struct FileRecord {
     pub references: Vec<PageRefs>,
 }
 
-fn marked(store: &AttrStore, end: u64) -> Vec<IndexRun> {
+fn marked(store: &impl AttrBackend, end: u64) -> Vec<IndexRun> {
     store
         .runs(GfnRange::new(Gfn(0), Gfn(end)))
         .filter(|r| r.attributes != 0)
@@ -83,7 +83,7 @@ fn restore_runs(runs: &[IndexRun], end: u64, mark: u64) -> Result<AttrStore> {
     Ok(store)
 }
 
-impl Gmem {
+impl<S: AttrBackend> Gmem<S> {
     /// The file's state as a record.
     pub fn record(&self) -> FileRecord {
         let pages = self.size / crate::PAGE_SIZE;
@@ -102,7 +102,9 @@ impl Gmem {
                 .collect(),
         }
     }
+}
 
+impl Gmem {
     /// The file `record` describes, checked: runs in order inside the file, split folios only
     /// of the file's folio size or inside split 1G folios, references only on shared pages.
     /// O(record) time and memory, whatever the file's size.

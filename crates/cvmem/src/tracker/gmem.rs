@@ -9,7 +9,7 @@
 use super::AttrCheck;
 use super::Tracker;
 use crate::addr::{Gfn, GfnRange, Level, PAGE_SHIFT};
-use crate::attrs::{AttrBackend, AttrRun, Probe};
+use crate::attrs::{AttrBackend, AttrRun, AttrStore, Probe};
 use crate::error::{Error, Result, Unsupported};
 use crate::gmem::{AttrMode, Gmem, GmemBinding, GmemFlags, GmemId, GmemOffset, MergePolicy};
 use crate::memslot::{MemoryRegion, Memslot};
@@ -43,7 +43,10 @@ impl<A: AttrBackend> Tracker<A> {
 
     /// `KVM_CREATE_GUEST_MEMFD`: a file of `size` bytes. `INIT_SHARED` is refused on a VM that
     /// keeps private memory per VM (`kvm_arch_supports_gmem_init_shared`).
-    pub fn create_guest_memfd(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId> {
+    pub fn create_guest_memfd(&mut self, size: u64, flags: GmemFlags) -> Result<GmemId>
+    where
+        A: From<AttrStore>,
+    {
         self.create_guest_memfd_merging(size, flags, self.merge)
     }
 
@@ -53,47 +56,64 @@ impl<A: AttrBackend> Tracker<A> {
         size: u64,
         flags: GmemFlags,
         merge: MergePolicy,
-    ) -> Result<GmemId> {
+    ) -> Result<GmemId>
+    where
+        A: From<AttrStore>,
+    {
+        let gmem = self.new_gmem(size, flags, merge)?;
+        self.add_gmem(gmem.map_store(|s| Ok(A::from(s)))?)
+    }
+
+    /// The file `KVM_CREATE_GUEST_MEMFD` would make on this VM, with its own [`AttrStore`],
+    /// not yet added: the one check of the request (a file's size, flags, and `INIT_SHARED`
+    /// refused on a VM that keeps private memory per VM, `kvm_arch_supports_gmem_init_shared`).
+    /// [`Tracker::add_gmem`] adds it, its store kept as the tracker keeps its own.
+    pub fn new_gmem(&self, size: u64, flags: GmemFlags, merge: MergePolicy) -> Result<Gmem> {
         if flags.init_shared && self.check.mode() == AttrMode::PerVm && self.check.supported() != 0
         {
             return Err(Error::Unsupported {
                 what: Unsupported::InitSharedWithPrivateMemory,
             });
         }
-        let id = u32::try_from(self.gmems.len()).map_err(|_| Error::NoMemory {
-            bytes: core::mem::size_of::<Gmem>(),
-        })?;
-        let gmem = Gmem::new(size, flags)?.with_merge_policy(merge);
-        self.gmems.try_reserve(1).map_err(|_| Error::NoMemory {
-            bytes: core::mem::size_of::<Gmem>(),
-        })?;
+        Ok(Gmem::new(size, flags)?.with_merge_policy(merge))
+    }
+
+    /// Adds a file [`Tracker::new_gmem`] made, as the next id. On `NoMemory` nothing changed.
+    pub fn add_gmem(&mut self, gmem: Gmem<A>) -> Result<GmemId> {
+        let no_memory = Error::NoMemory {
+            bytes: core::mem::size_of::<Gmem<A>>(),
+        };
+        let id = u32::try_from(self.gmems.len()).map_err(|_| no_memory.clone())?;
+        self.gmems.try_reserve(1).map_err(|_| no_memory)?;
         self.gmems.push(gmem);
         Ok(GmemId(id))
     }
 
     /// Adds a file restored from a snapshot (ids in order), under the rules
     /// [`Tracker::create_guest_memfd`] applies.
-    pub(crate) fn restore_gmem(&mut self, gmem: Gmem) -> Result<GmemId> {
+    pub(crate) fn restore_gmem(&mut self, gmem: Gmem) -> Result<GmemId>
+    where
+        A: From<AttrStore>,
+    {
         let flags = gmem.flags();
-        let id = self.create_guest_memfd_merging(gmem.size(), flags, gmem.merge_policy())?;
-        self.gmems[id.0 as usize] = gmem;
-        Ok(id)
+        self.new_gmem(gmem.size(), flags, gmem.merge_policy())?;
+        self.add_gmem(gmem.map_store(|s| Ok(A::from(s)))?)
     }
 
     /// The guest_memfd `id`.
-    pub fn gmem(&self, id: GmemId) -> Option<&Gmem> {
+    pub fn gmem(&self, id: GmemId) -> Option<&Gmem<A>> {
         self.gmems.get(id.0 as usize)
     }
 
     /// The guest_memfds, in id order.
-    pub fn gmems(&self) -> impl ExactSizeIterator<Item = (GmemId, &Gmem)> + '_ {
+    pub fn gmems(&self) -> impl ExactSizeIterator<Item = (GmemId, &Gmem<A>)> + '_ {
         self.gmems
             .iter()
             .enumerate()
             .map(|(i, g)| (GmemId(i as u32), g))
     }
 
-    fn gmem_mut(&mut self, id: GmemId) -> Result<&mut Gmem> {
+    fn gmem_mut(&mut self, id: GmemId) -> Result<&mut Gmem<A>> {
         self.gmems
             .get_mut(id.0 as usize)
             .ok_or(Error::UnknownGmem { gmem: id.0 })
@@ -143,6 +163,22 @@ impl<A: AttrBackend> Tracker<A> {
         attributes: u64,
     ) -> Result<bool> {
         self.gmem_mut(id)?.store(pages, attributes)
+    }
+
+    /// [`Gmem::split_for_store`] on file `id`: the first step of a store of PRIVATE that a
+    /// front makes once for several copies of this tracker.
+    pub fn gmem_split_for_store(
+        &mut self,
+        id: GmemId,
+        pages: GfnRange,
+        attributes: u64,
+    ) -> Result<()> {
+        self.gmem_mut(id)?.split_for_store(pages, attributes)
+    }
+
+    /// [`Gmem::merge_after_store`] on file `id`: the last step of that store.
+    pub fn gmem_merge_after_store(&mut self, id: GmemId, pages: GfnRange) -> Result<()> {
+        self.gmem_mut(id)?.merge_after_store(pages)
     }
 
     /// Where memslots see pages `pages` of file `id`: for each bound memslot that overlaps,
@@ -315,7 +351,7 @@ impl<A: AttrBackend> Tracker<A> {
 
     /// The file and the page of it that back `slot`'s first gfn, where the file holds PRIVATE.
     #[inline]
-    fn bound(&self, slot: &Memslot) -> Option<(&Gmem, u64)> {
+    fn bound(&self, slot: &Memslot) -> Option<(&Gmem<A>, u64)> {
         let b = slot.gmem?;
         Some((self.gmems.get(b.gmem.0 as usize)?, b.offset.page()))
     }
@@ -443,7 +479,7 @@ impl<A: AttrBackend> Tracker<A> {
     fn for_each_piece(
         &self,
         range: GfnRange,
-        mut f: impl FnMut(GfnRange, Option<(&Gmem, u64)>) -> bool,
+        mut f: impl FnMut(GfnRange, Option<(&Gmem<A>, u64)>) -> bool,
     ) {
         let range = range.gfns();
         let mut g = range.start;

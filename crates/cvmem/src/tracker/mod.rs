@@ -11,7 +11,7 @@ use core::mem::size_of;
 use crate::addr::{Gfn, GfnRange, Gpa, Level, GFN_END, PAGE_SIZE};
 use crate::attrs::{AttrBackend, AttrRun, AttrStore, Probe};
 use crate::error::{Error, Result};
-use crate::gmem::{AttrMode, Gmem, MergePolicy};
+use crate::gmem::{AttrMode, Gmem, GmemId, MergePolicy};
 use crate::lpage::LpageInfo;
 use crate::memslot::{self, MemoryRegion, Memslot, SlotChange, SlotFlags};
 use crate::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -206,6 +206,15 @@ fn room_for_one<T>(
     v.try_reserve_exact(v.len().max(1))
 }
 
+/// Whose attribute store [`Tracker::map_attribute_store`] hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOwner {
+    /// The VM's own (KVM_SET_MEMORY_ATTRIBUTES').
+    Vm,
+    /// A guest_memfd's (KVM_SET_MEMORY_ATTRIBUTES2', by file page).
+    Gmem(GmemId),
+}
+
 /// Private/shared state of a VM's memory, with hugepage eligibility per memslot.
 ///
 /// Mirrors KVM's per-VM memory attributes and per-memslot `lpage_info`, with the costs of
@@ -227,7 +236,7 @@ pub struct Tracker<A = AttrStore> {
     /// When the files' split folios merge.
     merge: MergePolicy,
     /// guest_memfds by id.
-    gmems: Vec<Gmem>,
+    gmems: Vec<Gmem<A>>,
 }
 
 impl Default for Tracker {
@@ -346,21 +355,33 @@ impl<A: AttrBackend> Tracker<A> {
         &self.attrs
     }
 
-    /// The same tracker with its VM attributes kept in the store `f` makes of its own (memslots,
-    /// files and large-page info move as they are). On an error nothing is lost: the error is
-    /// returned and this tracker dropped, as `f` decides.
+    /// The same tracker with each attribute store — the VM's, then each guest_memfd's in id
+    /// order — kept in the store `f` makes of it (`f` is told whose it is; memslots, folios,
+    /// references and large-page info move as they are). On an error the error is returned and
+    /// this tracker dropped.
     pub fn map_attribute_store<B: AttrBackend>(
         self,
-        f: impl FnOnce(A) -> Result<B>,
+        mut f: impl FnMut(StoreOwner, A) -> Result<B>,
     ) -> Result<Tracker<B>> {
+        let attrs = f(StoreOwner::Vm, self.attrs)?;
+        let mut gmems = Vec::new();
+        gmems
+            .try_reserve_exact(self.gmems.len())
+            .map_err(|_| Error::NoMemory {
+                bytes: self.gmems.len() * size_of::<Gmem<B>>(),
+            })?;
+        for (i, gmem) in self.gmems.into_iter().enumerate() {
+            let owner = StoreOwner::Gmem(GmemId(i as u32));
+            gmems.push(gmem.map_store(|s| f(owner, s))?);
+        }
         Ok(Tracker {
             check: self.check,
             gpa_bits: self.gpa_bits,
-            attrs: f(self.attrs)?,
+            attrs,
             slots: self.slots,
             ids: self.ids,
             merge: self.merge,
-            gmems: self.gmems,
+            gmems,
         })
     }
 
@@ -795,7 +816,7 @@ impl<A: AttrBackend> Tracker<A> {
             .map(|s| s.lpage.iter().map(LpageInfo::heap_bytes).sum::<usize>())
             .sum();
         let ids = self.ids.capacity() * size_of::<(u32, u64)>();
-        let gmems = self.gmems.capacity() * size_of::<Gmem>()
+        let gmems = self.gmems.capacity() * size_of::<Gmem<A>>()
             + self.gmems.iter().map(Gmem::heap_bytes).sum::<usize>();
         self.attrs.heap_bytes() + self.slots.capacity() * size_of::<Memslot>() + ids + lpage + gmems
     }
