@@ -14,10 +14,10 @@ use cvmem::{
 use core::ops::ControlFlow;
 
 use crate::fault::{FaultAnswer, FaultTicket};
-use crate::file_seq::FileSeq;
+use crate::front_seq::FrontSeq;
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
-use crate::one_copy::{OneCopyStore, OneCopyWriter, SharedAttrs};
+use crate::one_copy::{OneCopyWriter, SharedAttrs};
 use crate::sync::{retry_hint, wait_hint};
 
 /// The tracker of a [`ConcurrentTracker`]: the core's, with its VM attributes in the front's
@@ -58,26 +58,23 @@ const READ_ATTEMPTS: u32 = 64;
 
 /// A [`Tracker`] shared by any number of reading threads and serialised writers.
 ///
-/// The VM's attributes and each guest_memfd's are kept once, each in a [`OneCopyStore`] every
-/// reader reads without a lock (the VM store's sequence count tells it to retry if a
-/// conversion overlapped it); memslots, the files' folios and references and large-page info
-/// are published by left-right (two copies, written twice, small and not a guest's to grow). A conversion is stored once, at the store's cost. Readers
-/// (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read), [`fault`](Self::fault))
-/// do not wait for writers (the published copy is try-locked, the store read without a lock;
-/// only a read that conversions overlapped 64 times running takes the writers' lock) and
-/// always see one committed state. Every change runs inside an
-/// invalidation of the gfns it affects, so a fault racing with it is told to retry rather than
-/// map across them. See the crate docs for the design.
+/// The VM's attributes and each guest_memfd's are kept once, each in a
+/// [`OneCopyStore`](crate::one_copy::OneCopyStore) every reader reads without a lock (the
+/// front's sequence count tells it to retry if a conversion overlapped it); memslots, the
+/// files' folios and references and large-page info are published by left-right (two copies,
+/// written twice, small and not a guest's to grow). A conversion is stored once, at the
+/// store's cost. Readers (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read),
+/// [`fault`](Self::fault)) never wait for writers (the published copy is try-locked, the store
+/// read without a lock; a read that conversions overlapped 64 times running goes on under the
+/// writers' lock when that is free) and always see one committed state. Every change runs
+/// inside an invalidation of the gfns it affects, so a fault racing with it is told to retry
+/// rather than map across them. See the crate docs for the design.
 #[derive(Debug)]
 pub struct ConcurrentTracker {
-    /// The rest of the tracker, and the one writer of `attrs` under the writers' lock.
+    /// The rest of the tracker, and the stores' writers under the writers' lock.
     state: LeftRight<State, Writes>,
-    attrs: Arc<OneCopyStore>,
-    /// The store's count once the tracker's attributes were moved in: generations count the
-    /// writes after it.
-    attrs_base: u64,
-    /// Odd while a file's conversion changes its folios and attributes.
-    files: FileSeq,
+    /// Odd while a conversion is stored; half of it counts the conversions.
+    seq: FrontSeq,
     invalidate: InvalidateSeq,
 }
 
@@ -109,8 +106,6 @@ impl ConcurrentTracker {
         let Some(writer) = writers.next() else {
             unreachable!("the VM's store is handed over first");
         };
-        let attrs = Arc::clone(writer.store());
-        let attrs_base = attrs.read_begin().unwrap_or(0);
         Ok(ConcurrentTracker {
             state: LeftRight::with_writer_data(
                 State {
@@ -123,9 +118,7 @@ impl ConcurrentTracker {
                     check,
                 },
             ),
-            attrs,
-            attrs_base,
-            files: FileSeq::default(),
+            seq: FrontSeq::default(),
             invalidate: InvalidateSeq::default(),
         })
     }
@@ -189,12 +182,12 @@ impl ConcurrentTracker {
 
     /// One attempt of [`read`](Self::read): `None` if a conversion was in progress or began.
     fn try_read<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
-        let (seq, files) = self.read_begin()?;
+        let seq = self.seq.read_begin()?;
         // A run that a conversion overlapped may combine answers of two states that no
         // tracker code expects together (and trip an overflow check): its panic is a torn
         // read's, thrown away with its answer. A run nothing overlapped panics as it would.
         let r = catch_unwind(AssertUnwindSafe(|| self.run(seq, &mut f)));
-        let valid = self.read_valid(seq, files);
+        let valid = self.seq.read_valid(seq);
         match r {
             Ok(r) => valid.then_some(r),
             Err(panic) if valid => resume_unwind(panic),
@@ -207,22 +200,9 @@ impl ConcurrentTracker {
     /// an unvalidated one gives some answer for any contents).
     #[inline]
     fn try_read_one<R>(&self, mut f: impl FnMut(&Snapshot<'_>) -> R) -> Option<R> {
-        let (seq, files) = self.read_begin()?;
+        let seq = self.seq.read_begin()?;
         let r = self.run(seq, &mut f);
-        self.read_valid(seq, files).then_some(r)
-    }
-
-    /// The counts of a read about to start (the VM store's, the files'); `None` while a
-    /// conversion is in progress.
-    #[inline]
-    fn read_begin(&self) -> Option<(u64, u64)> {
-        Some((self.attrs.read_begin()?, self.files.read_begin()?))
-    }
-
-    /// Whether a read that began at these counts overlapped no conversion.
-    #[inline]
-    fn read_valid(&self, seq: u64, files: u64) -> bool {
-        self.attrs.read_valid(seq) && self.files.read_valid(files)
+        self.seq.read_valid(seq).then_some(r)
     }
 
     /// `f` on the published copy, as the state after the writes that `seq` counts.
@@ -231,7 +211,7 @@ impl ConcurrentTracker {
         self.state.read(|s| {
             f(&Snapshot {
                 tracker: &s.tracker,
-                generation: s.generation + (seq - self.attrs_base) / 2,
+                generation: s.generation + seq / 2,
             })
         })
     }
@@ -413,13 +393,14 @@ impl ConcurrentTracker {
         attributes: u64,
         zap: impl FnOnce(GfnRange),
     ) -> Result<bool> {
-        let invalidation = writer.data().attrs.set_with(range, attributes, || {
+        let stored = writer.data().attrs.set_with(range, attributes, || {
             let invalidation = self.invalidate.begin(range);
             zap(range);
-            invalidation
+            // The front's count odd for the store only, after the zap.
+            (self.seq.write(), invalidation)
         })?;
-        // Ends the invalidation, after the store.
-        Ok(invalidation.is_some())
+        // The count even again, then the invalidation ends: after the store.
+        Ok(stored.is_some())
     }
 
     /// KVM_HC_MAP_GPA_RANGE's attribute change with KVM's semantics (the range anywhere, as
@@ -550,7 +531,7 @@ impl ConcurrentTracker {
             return Ok(false);
         };
         let _invalidation = self.invalidate_file(&mut writer, id, pages, zap);
-        let _conversion = self.files.write();
+        let _conversion = self.seq.write();
         // Both copies split alike: each reads the file's attributes before the store.
         apply(&mut writer, |s| {
             Apply::Changed(s.tracker.gmem_split_for_store(id, pages, attributes))
@@ -561,11 +542,9 @@ impl ConcurrentTracker {
             .get_mut(id.0 as usize)
             .ok_or(cvmem::Error::UnknownGmem { gmem: id.0 })?;
         let changed = file.set(pages, attributes)?;
-        // And merge alike: each reads them after. The change's generation.
+        // And merge alike: each reads them after. The count, even again, counts the change.
         apply(&mut writer, |s| {
-            let merged = s.tracker.gmem_merge_after_store(id, pages);
-            s.generation += u64::from(changed);
-            Apply::Changed(merged)
+            Apply::Changed(s.tracker.gmem_merge_after_store(id, pages))
         })?;
         Ok(changed)
     }
@@ -669,6 +648,7 @@ impl ConcurrentTracker {
         PendingUpdate {
             invalidation: self.invalidate.begin(range),
             writer,
+            seq: &self.seq,
         }
     }
 
@@ -695,6 +675,7 @@ pub struct PendingUpdate<'a> {
     // Dropped first: the invalidation ends before the writers' lock is released.
     invalidation: crate::invalidate::Invalidation<'a>,
     writer: StateWriter<'a>,
+    seq: &'a FrontSeq,
 }
 
 impl PendingUpdate<'_> {
@@ -703,11 +684,12 @@ impl PendingUpdate<'_> {
     /// anything changed; on an error nothing did.
     pub fn commit_attributes(self, range: GfnRange, attributes: u64) -> Result<bool> {
         let mut this = self;
+        let seq = this.seq;
         let writes = this.writer.data();
         writes.check.attributes(attributes)?;
-        let changed = writes.attrs.set(range, attributes);
+        let stored = writes.attrs.set_with(range, attributes, || seq.write());
         drop(this.invalidation);
-        changed
+        stored.map(|s| s.is_some())
     }
 
     /// Applies `change` to the tracker and publishes it, then ends the invalidation. `change`

@@ -131,7 +131,7 @@
 
 mod concurrent;
 mod fault;
-mod file_seq;
+mod front_seq;
 mod invalidate;
 pub mod left_right;
 pub mod one_copy;

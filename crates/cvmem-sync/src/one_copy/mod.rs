@@ -257,19 +257,6 @@ impl OneCopyStore {
                 .map_or(0, |h| size_of::<High>() + h.heap_bytes())
     }
 
-    /// The count of a read about to start: even, and the number of writes committed before
-    /// it is half of it; `None` while a write is in progress.
-    pub(crate) fn read_begin(&self) -> Option<u64> {
-        let seq = self.seq.load(Ordering::Acquire);
-        (seq % 2 == 0).then_some(seq)
-    }
-
-    /// Whether a read that began at `seq` saw one committed state (no write began since).
-    pub(crate) fn read_valid(&self, seq: u64) -> bool {
-        fence(Ordering::Acquire);
-        self.seq.load(Ordering::Relaxed) == seq
-    }
-
     /// The runs covering `range`, clipped to it, in address order: at most `limit` of them,
     /// from one committed state.
     pub fn runs(&self, range: GfnRange, limit: usize) -> Vec<AttrRun> {
