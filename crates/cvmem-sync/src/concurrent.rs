@@ -534,7 +534,7 @@ impl ConcurrentTracker {
     /// steps ([`cvmem::Gmem::split_for_store`]): the folios the change cuts split on both
     /// copies, the attributes stored once in the file's shared store, split folios merged on
     /// both copies (under [`cvmem::MergePolicy::Eager`]); readers retry across all three (the
-    /// files' count is held odd), so none sees folios and attributes of different states.
+    /// front's count is held odd), so none sees folios and attributes of different states.
     pub fn set_gmem_attributes_with(
         &self,
         id: GmemId,

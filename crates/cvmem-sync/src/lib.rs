@@ -68,8 +68,8 @@
 //! files, TDX accept levels), rare and bounded by what the VMM creates. A VM that keeps PRIVATE
 //! in its guest_memfd files (Linux 7.4's in-place conversion) keeps each file's attributes once
 //! too, in a store of the file's own; a file's conversion splits and merges its folios on both
-//! copies around the one store, with the VM store's count held so that no reader sees folios
-//! and attributes of two states (DESIGN.md, "A file's conversion").
+//! copies around the one store, with the front's count held odd so that no reader sees
+//! folios and attributes of two states (DESIGN.md, "A file's conversion").
 //!
 //! Alternatives measured or costed (DESIGN.md has the table): left-right for everything (two
 //! stores, every conversion applied twice: 2.0× a bitmap, 2.3-2.6× a conversion); one copy

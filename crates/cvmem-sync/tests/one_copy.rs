@@ -185,21 +185,11 @@ fn readers_see_only_committed_states() {
 fn the_concurrent_front_holds_one_copy_in_the_worst_case() {
     // Issue 21's worst case: every other page of a 4 GiB guest private, through the front
     // cvmem-kvm and the C API use. Live bytes, both left-right copies included.
-    use cvmem::{Gpa, MemoryRegion, SlotFlags, Tracker};
+    use cvmem::{Gpa, Tracker};
     use cvmem_sync::ConcurrentTracker;
     let vm = ConcurrentTracker::new(Tracker::new());
     let size = 4u64 << 30;
-    vm.set_user_memory_region(&MemoryRegion {
-        slot: 0,
-        gpa: Gpa(0),
-        size,
-        flags: SlotFlags {
-            guest_memfd: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    vm.set_user_memory_region(&gmem_slot(size, None)).unwrap();
     for page in (0..size >> 12).step_by(2) {
         vm.set_memory_attributes(Gpa(page << 12), 4096, P).unwrap();
     }
@@ -218,7 +208,7 @@ fn the_concurrent_front_holds_one_copy_of_a_files_attributes_in_the_worst_case()
     // other page of a 4 GiB file private, through the front. The file's attributes are in one
     // store, not in both left-right copies: what the guest grows is one store and its split
     // folios (twice, a bit per 2M folio). The file's own structure, made by the VMM, is fixed.
-    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset, Gpa, MemoryRegion, SlotFlags};
+    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset, Gpa};
     use cvmem::{MergePolicy, Tracker};
     use cvmem_sync::ConcurrentTracker;
     let size = 4u64 << 30;
@@ -233,21 +223,12 @@ fn the_concurrent_front_holds_one_copy_of_a_files_attributes_in_the_worst_case()
             folio: Level::M2,
         };
         let file = vm.create_guest_memfd(size, flags).unwrap();
-        vm.set_user_memory_region(&MemoryRegion {
-            slot: 0,
-            gpa: Gpa(0),
-            size,
-            flags: SlotFlags {
-                guest_memfd: true,
-                ..Default::default()
-            },
-            gmem: Some(GmemBinding {
-                gmem: file,
-                offset: GmemOffset(0),
-            }),
-            ..Default::default()
-        })
-        .unwrap();
+        let binding = GmemBinding {
+            gmem: file,
+            offset: GmemOffset(0),
+        };
+        vm.set_user_memory_region(&gmem_slot(size, Some(binding)))
+            .unwrap();
         // What the VMM set up: the file's structure and both copies of it, not the guest's.
         let before = vm.heap_bytes() as u64;
         for page in (0..size >> 12).step_by(2) {
@@ -266,5 +247,20 @@ fn the_concurrent_front_holds_one_copy_of_a_files_attributes_in_the_worst_case()
             grown as f64 / bitmap as f64
         );
         assert!(grown * 10 <= bitmap * 11, "{live} bytes, {before} before");
+    }
+}
+
+/// Slot 0 of a guest_memfd VM: `size` bytes at gpa 0, bound to `file` if given.
+fn gmem_slot(size: u64, file: Option<cvmem::GmemBinding>) -> cvmem::MemoryRegion {
+    cvmem::MemoryRegion {
+        slot: 0,
+        gpa: cvmem::Gpa(0),
+        size,
+        flags: cvmem::SlotFlags {
+            guest_memfd: true,
+            ..Default::default()
+        },
+        gmem: file,
+        ..Default::default()
     }
 }
