@@ -208,7 +208,7 @@ fn the_concurrent_front_holds_one_copy_of_a_files_attributes_in_the_worst_case()
     // other page of a 4 GiB file private, through the front. The file's attributes are in one
     // store, not in both left-right copies: what the guest grows is one store and its split
     // folios (twice, a bit per 2M folio). The file's own structure, made by the VMM, is fixed.
-    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset, Gpa};
+    use cvmem::{AttrMode, GmemBinding, GmemFlags, GmemOffset};
     use cvmem::{MergePolicy, Tracker};
     use cvmem_sync::ConcurrentTracker;
     let size = 4u64 << 30;
