@@ -290,8 +290,9 @@ impl MemoryQuery {
     }
 
     /// Visits the attribute runs covering the pages of the bytes `[gpa, gpa + size)`
-    /// ([`pages_of`]), clipped to them, in address order, until `f` breaks; returns its value. Streams (see [`cvmem_sync::ConcurrentTracker::for_each_run`]):
-    /// no allocation per run, the read side held for one batch at a time.
+    /// ([`pages_of`]), clipped to them, in address order, until `f` breaks; returns its
+    /// value. Streams (see [`cvmem_sync::ConcurrentTracker::for_each_run`]): no allocation per
+    /// run, the read side held for one batch at a time.
     pub fn for_each_run<B>(
         &self,
         gpa: Gpa,

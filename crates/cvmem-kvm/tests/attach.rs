@@ -138,8 +138,9 @@ fn memfd(size: usize) -> File {
 #[test]
 fn an_attach_is_checked_against_what_it_is_told() {
     let memory = CvmMemory::detached();
-    let region = anonymous_region(); // placed at GPA by its owner
-                                     // At another gpa than the region's own: EINVAL, nothing attached.
+    // Placed at a GPA by its owner; attached at another gpa than the region's own: EINVAL,
+    // nothing attached.
+    let region = anonymous_region();
     let host = HostMemory::from_region(Arc::clone(&region), None).unwrap();
     let e = memory.attach_slot(1, Gpa(0), host, Level::M2).unwrap_err();
     assert_eq!(e.errno_name(), "EINVAL", "{e}");

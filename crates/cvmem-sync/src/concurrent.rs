@@ -86,8 +86,9 @@ impl Default for ConcurrentTracker {
 
 impl ConcurrentTracker {
     /// Shares `tracker`: its attribute stores (the VM's, each file's) move into shared
-    /// stores, the rest is copied once (the second left-right copy). Aborts, as an allocation in `std` does, if memory
-    /// runs out ([`try_new`](Self::try_new) returns the error instead).
+    /// stores, the rest is copied once (the second left-right copy). Aborts, as an allocation
+    /// in `std` does, if memory runs out ([`try_new`](Self::try_new) returns the error
+    /// instead).
     pub fn new(tracker: Tracker) -> Self {
         Self::try_new(tracker).unwrap_or_else(|_| handle_alloc_error(Layout::new::<Self>()))
     }
@@ -137,7 +138,7 @@ impl ConcurrentTracker {
     /// A read that looks one store up, for this front's own lookups: `checked` with the store
     /// validating that lookup itself, or `unchecked` under the front's count. Where the VM
     /// keeps PRIVATE (every kernel up to 7.3, and what cvmem-kvm and the C API keep) the
-    /// store's own count suffices, and the query costs 1.26-1.30× the bare tracker's, not
+    /// store's own count suffices, and the query costs ~1.3× the bare tracker's, not
     /// 1.47-1.53× (`front_ratio`): the copy read was published when the read began, a memslot
     /// change that publishes the other copy meanwhile holds the writers' lock until this read
     /// leaves, and a conversion touches no copy — so the lookup sees the store as it was with
@@ -245,11 +246,7 @@ impl ConcurrentTracker {
         self.read(|s| {
             s.tracker.clone().map_attribute_store(|_, shared| {
                 let mut store = AttrStore::new();
-                for run in shared.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
-                    if run.attributes != 0 {
-                        store.set(run.range(), run.attributes)?;
-                    }
-                }
+                copy_runs(&shared, |range, attributes| store.set(range, attributes))?;
                 Ok(store)
             })
         })
@@ -745,13 +742,22 @@ struct Writes {
 /// the tracker holds.
 fn share(store: &AttrStore) -> Result<(OneCopyWriter, SharedAttrs)> {
     let mut writer = OneCopyWriter::new()?;
-    for run in store.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
-        if run.attributes != 0 {
-            writer.set(run.range(), run.attributes)?;
-        }
-    }
+    copy_runs(store, |range, attributes| writer.set(range, attributes))?;
     let shared = SharedAttrs(Arc::clone(writer.store()));
     Ok((writer, shared))
+}
+
+/// Stores `from`'s runs of non-zero attributes with `set`, into a store that starts empty.
+fn copy_runs(
+    from: &impl AttrBackend,
+    mut set: impl FnMut(GfnRange, u64) -> Result<bool>,
+) -> Result<()> {
+    for run in from.runs(GfnRange::new(Gfn(0), Gfn(GFN_END))) {
+        if run.attributes != 0 {
+            set(run.range(), run.attributes)?;
+        }
+    }
+    Ok(())
 }
 
 /// The writers' lock on the front's state.

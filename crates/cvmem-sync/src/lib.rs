@@ -51,8 +51,9 @@
 //! conversion overlaps runs again (so closures given to [`ConcurrentTracker::read`] may run
 //! more than once), and after 64 overlaps it reads under the writers' lock once that is free
 //! between two writes rather than starve (never waiting for it: a writer may be zapping,
-//! waiting for a lock the reader's caller holds, as KVM's `mmu_lock`). [`ConcurrentTracker::fault`] does not wait: a conversion being stored is an
-//! invalidation in progress, and the answer is [`FaultAnswer::Retry`], as KVM's. A conversion
+//! waiting for a lock the reader's caller holds, as KVM's `mmu_lock`).
+//! [`ConcurrentTracker::fault`] does not wait: a conversion being stored is an invalidation in
+//! progress, and the answer is [`FaultAnswer::Retry`], as KVM's. A conversion
 //! is stored once; memory is one store (the worst a guest can force, every other page private:
 //! 1.09× a flat bitmap). What the store costs against the core's (the one_copy bench):
 //! DESIGN.md, "One copy of the attributes".
@@ -110,8 +111,8 @@
 //!
 //! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
-//! memslots a read try-locks (two atomic read-modify-writes on its shard's lock word) and, on a write,
-//! the writers' lock and the invalidation sequence. With a writer converting flat out, a `fault`
+//! memslots a read try-locks (two atomic read-modify-writes on its shard's lock word) and, on
+//! a write, the writers' lock and the invalidation sequence. With a writer converting flat out, a `fault`
 //! is answered `Retry` while a conversion is being stored (an invalidation in progress). Live
 //! bytes, the worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a
 //! flat bitmap (left-right for everything held 268,592). DESIGN.md, "One copy of the

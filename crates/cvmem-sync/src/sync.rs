@@ -13,7 +13,8 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 /// The lock of each left-right copy: crossbeam's sharded reader-writer lock, so that readers on
 /// different threads lock different words (with one word shared, two threads reading at once
 /// paid 2.3-4.3× the bare tracker's read for the cache line moving between them: the
-/// `front_ratio` bench); a writer locks every shard. Under loom, loom's `RwLock` (crossbeam's is not modelled).
+/// `front_ratio` bench); a writer locks every shard. Under loom, loom's `RwLock` (crossbeam's
+/// is not modelled).
 #[cfg(not(loom))]
 pub(crate) use crossbeam_utils::sync::{
     ShardedLock as CopyLock, ShardedLockReadGuard as CopyReadGuard,

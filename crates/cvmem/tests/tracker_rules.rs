@@ -201,9 +201,9 @@ fn attribute_and_map_gpa_errors_leave_state_unchanged() {
     assert!(!t.is_private(Gfn(u64::MAX >> 12)));
 }
 
-/// KVM's private_mem_conversions_test: per-vCPU regions of 2M + 4K at 4 GiB, one or several memslots.
-/// The ranges (0,4K) (0,2M) (4K,4K) (4K,2M) (2M,4K) are made private, odd pages back to shared, then
-/// everything shared, and the levels are those KVM computes.
+/// KVM's private_mem_conversions_test: per-vCPU regions of 2M + 4K at 4 GiB, one or several
+/// memslots. The ranges (0,4K) (0,2M) (4K,4K) (4K,2M) (2M,4K) are made private, odd pages back to
+/// shared, then everything shared, and the levels are those KVM computes.
 fn conversions_layout(nr_memslots: u64) {
     const BASE: u64 = 4 * G1;
     const PER_CPU: u64 = M2 + K4;

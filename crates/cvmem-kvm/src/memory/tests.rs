@@ -228,8 +228,9 @@ fn stats_count_conversions_refusals_and_rollbacks() {
     m.add_listener(rec.clone()).unwrap();
     m.convert(&req(0, 4, true)).unwrap();
     m.convert(&req(0, 4, true)).unwrap(); // nothing to change
-    assert!(m.set_attributes(Gpa(0x1001), 0x1000, P).is_err()); // unaligned: refused
-                                                                // The listener refuses the next event: the conversion is rolled back.
+                                          // Unaligned: refused.
+    assert!(m.set_attributes(Gpa(0x1001), 0x1000, P).is_err());
+    // The listener refuses the next event: the conversion is rolled back.
     let next = rec.events.lock().unwrap().len();
     rec.fail.lock().unwrap().push(next);
     assert!(m.convert(&req(0x10000, 2, true)).is_err());

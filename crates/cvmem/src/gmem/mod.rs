@@ -115,18 +115,7 @@ impl Gmem {
     /// A guest_memfd of `size` bytes (page aligned, non-zero), all shared with
     /// [`GmemFlags::init_shared`], else all private.
     pub fn new(size: u64, flags: GmemFlags) -> Result<Self> {
-        if size == 0 {
-            return Err(Error::ZeroSize {
-                what: Arg::GmemSize,
-            });
-        }
-        if size % flags.folio.size() != 0 {
-            return Err(Error::Unaligned {
-                what: Arg::GmemSize,
-                value: size,
-                align: flags.folio.size(),
-            });
-        }
+        Self::check(size, flags)?;
         let mut attrs = AttrStore::new();
         if !flags.init_shared {
             attrs.set(
@@ -142,6 +131,23 @@ impl Gmem {
             folios: Folios::new(flags.folio),
             merge: MergePolicy::default(),
         })
+    }
+
+    /// The checks [`Gmem::new`] makes of a file's size and flags, without making the file.
+    pub fn check(size: u64, flags: GmemFlags) -> Result<()> {
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: Arg::GmemSize,
+            });
+        }
+        if size % flags.folio.size() != 0 {
+            return Err(Error::Unaligned {
+                what: Arg::GmemSize,
+                value: size,
+                align: flags.folio.size(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -18,7 +18,8 @@
 //!   collapse into one leaf (only where the operation could have made one: the 2M pages of its
 //!   range and the 1G pages holding them); [`Vm::collapsible`] reports what recovery could
 //!   still gain;
-//! - [`Vm::accept`]: TDX accept with GUEST_INHIBIT (one-way, or [`AcceptPolicy::ClearWhenAccepted`]);
+//! - [`Vm::accept`]: TDX accept with GUEST_INHIBIT (one-way, or
+//!   [`AcceptPolicy::ClearWhenAccepted`]);
 //! - [`Vm::set_user_memory_region`]: delete and move zap, dirty logging splits to 4K;
 //! - [`Vm::stats`], [`Vm::coverage`]: leaves per level and kind, table pages, events, and
 //!   hugepage coverage and table memory against the optimum.

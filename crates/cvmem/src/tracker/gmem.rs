@@ -69,13 +69,20 @@ impl<A: AttrBackend> Tracker<A> {
     /// refused on a VM that keeps private memory per VM, `kvm_arch_supports_gmem_init_shared`).
     /// [`Tracker::add_gmem`] adds it, its store kept as the tracker keeps its own.
     pub fn new_gmem(&self, size: u64, flags: GmemFlags, merge: MergePolicy) -> Result<Gmem> {
+        self.check_gmem_flags(flags)?;
+        Ok(Gmem::new(size, flags)?.with_merge_policy(merge))
+    }
+
+    /// What this VM refuses of a file's flags: `INIT_SHARED` where it keeps private memory
+    /// per VM. [`Gmem::check`] is the rest of the check.
+    fn check_gmem_flags(&self, flags: GmemFlags) -> Result<()> {
         if flags.init_shared && self.check.mode() == AttrMode::PerVm && self.check.supported() != 0
         {
             return Err(Error::Unsupported {
                 what: Unsupported::InitSharedWithPrivateMemory,
             });
         }
-        Ok(Gmem::new(size, flags)?.with_merge_policy(merge))
+        Ok(())
     }
 
     /// Adds a file [`Tracker::new_gmem`] made, as the next id. On `NoMemory` nothing changed.
@@ -95,8 +102,8 @@ impl<A: AttrBackend> Tracker<A> {
     where
         A: From<AttrStore>,
     {
-        let flags = gmem.flags();
-        self.new_gmem(gmem.size(), flags, gmem.merge_policy())?;
+        self.check_gmem_flags(gmem.flags())?;
+        Gmem::check(gmem.size(), gmem.flags())?;
         self.add_gmem(gmem.map_store(|s| Ok(A::from(s)))?)
     }
 

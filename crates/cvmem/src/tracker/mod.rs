@@ -481,7 +481,8 @@ impl<A: AttrBackend> Tracker<A> {
                 self.set_id(r.slot, None);
             }
             (SlotChange::Moved { .. }, Some(idx)) => {
-                // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not follow).
+                // A move is a new slot in KVM: fresh large-page info (GUEST_INHIBIT does not
+                // follow).
                 let lpage = Self::new_lpage(new_range);
                 let mut slot = self.slots.remove(idx);
                 slot.base_gfn = base_gfn;
