@@ -124,8 +124,8 @@
 //! worst case in bytes. `tests/stress.rs` runs reader threads against a writer and checks every
 //! answer against the recorded state of the generation it reports, and every mapping a fault
 //! installs against the live state. `tests/loom.rs` model-checks left-right's publication, a
-//! fault racing a conversion, and a read racing a conversion in the one store (its directories
-//! have 4 entries under loom):
+//! fault racing a conversion, a fault racing a file's conversion, and a read racing a
+//! conversion in the one store (its directories have 4 entries under loom):
 //! `RUSTFLAGS="--cfg loom" cargo test -p cvmem-sync --test loom --release`; without loom the
 //! same scenarios run a few hundred times on real threads.
 #![cfg_attr(docsrs, feature(doc_cfg))]
