@@ -29,8 +29,7 @@ pub(crate) struct LpageInfo {
 impl LpageInfo {
     /// The info of a slot covering `slot`: no allocation.
     pub(crate) fn new(level: Level, slot: GfnRange) -> Self {
-        let first = slot.start.0.div_ceil(level.pages());
-        let count = (slot.end.0 >> level.page_shift()).saturating_sub(first);
+        let (first, count) = bounds(level, slot.start.0, slot.end.0);
         LpageInfo {
             level,
             first,
@@ -104,4 +103,20 @@ impl LpageInfo {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.inhibit.heap_bytes()
     }
+}
+
+/// The index (`gfn >> level shift`) of the first large page of `level` wholly inside the gfns
+/// `[start, end)`, and how many are.
+#[inline]
+const fn bounds(level: Level, start: u64, end: u64) -> (u64, u64) {
+    let first = start.div_ceil(level.pages());
+    (first, (end >> level.page_shift()).saturating_sub(first))
+}
+
+/// Whether the large page of `level` holding `gfn` lies wholly inside the `npages` gfns from
+/// `base_gfn` ([`LpageInfo::inside`] without the info; any values, wrapping).
+#[inline]
+pub(crate) const fn inside(base_gfn: u64, npages: u64, level: Level, gfn: u64) -> bool {
+    let (first, count) = bounds(level, base_gfn, base_gfn.wrapping_add(npages));
+    (gfn >> level.page_shift()).wrapping_sub(first) < count
 }

@@ -228,17 +228,23 @@ impl<A: AttrBackend> Tracker<A> {
     /// larger than the folio backing it when it is private in a file the tracker models.
     #[inline(always)]
     pub(crate) fn folio_cap(&self, slot: &Memslot, gfn: Gfn, probe: Probe) -> Level {
-        let level = Self::slot_level(slot, gfn.0, probe);
-        if !probe.private || level == Level::K4 || slot.gmem.is_none() {
+        super::fault::capped_level(slot, gfn.0, probe, |level| self.file_cap(slot, gfn, level))
+    }
+
+    /// `level` capped by the folio backing private `gfn` of `slot`, if it is in a file the
+    /// tracker models.
+    #[inline(always)]
+    pub(super) fn file_cap(&self, slot: &Memslot, gfn: Gfn, level: Level) -> Level {
+        if slot.gmem.is_none() {
             return level;
         }
         self.folio_cap_in_file(slot, gfn, level)
     }
 
-    /// [`Tracker::folio_cap`] of a private page in a file: out of line, off the path of slots
-    /// without a modelled file.
+    /// [`Tracker::file_cap`] in a file: out of line, off the path of slots without a
+    /// modelled file.
     #[inline(never)]
-    fn folio_cap_in_file(&self, slot: &Memslot, gfn: Gfn, level: Level) -> Level {
+    pub(super) fn folio_cap_in_file(&self, slot: &Memslot, gfn: Gfn, level: Level) -> Level {
         match self.bound(slot) {
             Some((gmem, first)) => level.min(gmem.folio_cap(first + (gfn.0 - slot.base_gfn), gfn)),
             None => level,
@@ -358,7 +364,7 @@ impl<A: AttrBackend> Tracker<A> {
 
     /// The file and the page of it that back `slot`'s first gfn, where the file holds PRIVATE.
     #[inline]
-    fn bound(&self, slot: &Memslot) -> Option<(&Gmem<A>, u64)> {
+    pub(super) fn bound(&self, slot: &Memslot) -> Option<(&Gmem<A>, u64)> {
         let b = slot.gmem?;
         Some((self.gmems.get(b.gmem.0 as usize)?, b.offset.page()))
     }

@@ -1,9 +1,11 @@
 //! The tracker: attributes of every gfn, memslots, and per-slot large-page info, kept in step.
 
 mod check;
+mod fault;
 mod gmem;
 
 pub use check::AttrCheck;
+pub use fault::FlatSlot;
 
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -601,35 +603,13 @@ impl<A: AttrBackend> Tracker<A> {
         let Some(slot) = self.slot_for_gfn(gfn) else {
             return MaxLevel::NoSlot;
         };
-        let fault = MaxLevel::MemoryFault(MemoryFault {
-            gpa: gfn.gpa(),
-            size: PAGE_SIZE,
-            private: access.is_private(),
-        });
-        if access.is_private() && !slot.flags.guest_memfd {
-            return fault;
-        }
-        let probe = self.probe_in_by(slot, gfn, probe);
-        if probe.private != access.is_private() {
-            return fault;
-        }
-        MaxLevel::Level(self.folio_cap(slot, gfn, probe))
-    }
-
-    /// The largest level the slot's state allows at `gfn`, ignoring the access kind.
-    #[inline]
-    pub(crate) fn slot_level(slot: &Memslot, gfn: u64, probe: Probe) -> Level {
-        let max = slot.max_level().min(probe.uniform);
-        for level in [Level::G1, Level::M2] {
-            if level <= max
-                && !slot.misaligned(level)
-                && slot.lpage(level).inside(gfn)
-                && !slot.lpage(level).is_inhibited(gfn)
-            {
-                return level;
-            }
-        }
-        Level::K4
+        fault::fault_level(
+            slot,
+            gfn,
+            access,
+            || self.probe_in_by(slot, gfn, probe),
+            |level| self.file_cap(slot, gfn, level),
+        )
     }
 
     /// The largest level the tracker allows at `gfn` for a page of its own kind, or `None`
