@@ -6,14 +6,15 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cvmem::{
-    Access, AttrBackend, AttrCheck, AttrMode, AttrRequest, AttrRun, AttrStore, Gfn, GfnRange,
-    GmemFlags, GmemId, GmemOffset, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion, Result,
-    SlotChange, Tracker, GFN_END,
+    Access, AttrBackend, AttrCheck, AttrMode, AttrRequest, AttrRun, AttrStore, FaultCode, Gfn,
+    GfnRange, GmemFlags, GmemId, GmemOffset, Gpa, Level, MapGpaRange, MaxLevel, MemoryRegion,
+    Result, SlotChange, Tracker, GFN_END,
 };
 
 use core::ops::ControlFlow;
 
 use crate::fault::{FaultAnswer, FaultTicket};
+use crate::fault_view::FaultView;
 use crate::front_seq::FrontSeq;
 use crate::invalidate::InvalidateSeq;
 use crate::left_right::{Apply, LeftRight, Writer};
@@ -62,11 +63,12 @@ const READ_ATTEMPTS: u32 = 64;
 /// [`OneCopyStore`](crate::one_copy::OneCopyStore) every reader reads without a lock (the
 /// front's sequence count tells it to retry if a conversion overlapped it); memslots, the
 /// files' folios and references and large-page info are published by left-right (two copies,
-/// written twice, small and not a guest's to grow). A conversion is stored once, at the
+/// written twice, small and not a guest's to grow), and each memslot's part of the fault rule
+/// is kept in atomic words besides, read without a lock. A conversion is stored once, at the
 /// store's cost. Readers (`attributes`, `runs`, `max_mapping_level`, [`read`](Self::read),
 /// [`fault`](Self::fault)) never wait for writers (the published copy is try-locked, the store
-/// read without a lock; a read that conversions overlapped 64 times running goes on under the
-/// writers' lock when that is free) and always see one committed state. Every change runs
+/// and the words read without a lock; a read that changes overlapped 64 times running goes on
+/// under the writers' lock when that is free) and always see one committed state. Every change runs
 /// inside an invalidation of the gfns it affects, so a fault racing with it is told to retry
 /// rather than map across them. See the crate docs for the design.
 #[derive(Debug)]
@@ -75,6 +77,10 @@ pub struct ConcurrentTracker {
     state: LeftRight<State, Writes>,
     /// Odd while a conversion is stored; half of it counts the conversions.
     seq: FrontSeq,
+    /// The memslots' part of the fault rule, read without a copy's lock.
+    view: FaultView,
+    /// The VM's attribute store, as the copies hold it: the fault path probes it directly.
+    attrs: SharedAttrs,
     invalidate: InvalidateSeq,
 }
 
@@ -107,6 +113,9 @@ impl ConcurrentTracker {
         let Some(writer) = writers.next() else {
             unreachable!("the VM's store is handed over first");
         };
+        let view = FaultView::new();
+        drop(view.refresh(&tracker, 0));
+        let attrs = tracker.attribute_store().clone();
         Ok(ConcurrentTracker {
             state: LeftRight::with_writer_data(
                 State {
@@ -120,6 +129,8 @@ impl ConcurrentTracker {
                 },
             ),
             seq: FrontSeq::default(),
+            view,
+            attrs,
             invalidate: InvalidateSeq::default(),
         })
     }
@@ -138,8 +149,9 @@ impl ConcurrentTracker {
     /// A read that looks one store up, for this front's own lookups: `checked` with the store
     /// validating that lookup itself, or `unchecked` under the front's count. Where the VM
     /// keeps PRIVATE (every kernel up to 7.3, and what cvmem-kvm and the C API keep) the
-    /// store's own count suffices, and the query costs ~1.3× the bare tracker's, not
-    /// 1.47-1.53× (`front_ratio`): the copy read was published when the read began, a memslot
+    /// store's own count suffices (validated by the front's count too, the query through the
+    /// copy cost 1.47-1.53× the bare tracker's, not 1.26-1.30×): the copy read was published
+    /// when the read began, a memslot
     /// change that publishes the other copy meanwhile holds the writers' lock until this read
     /// leaves, and a conversion touches no copy — so the lookup sees the store as it was with
     /// this copy published. Where files keep it, a file's conversion changes folios in the
@@ -158,6 +170,26 @@ impl ConcurrentTracker {
             Some(r) => r,
             None => self.retry(|| self.try_read_one(|s| unchecked(s.tracker))),
         }
+    }
+
+    /// The memslots' words and the store they are read with, for this crate's tests.
+    #[cfg(test)]
+    pub(crate) fn view(&self) -> (&FaultView, &SharedAttrs) {
+        (&self.view, &self.attrs)
+    }
+
+    /// `change` applied to both copies and published ([`Writer::apply_publishing`]), the
+    /// memslots' words rewritten from the changed copy as it is published, and the writers'
+    /// check of attributes read again from the result (if `change` panics, the next writer
+    /// reads it again: [`ConcurrentTracker::writer`]).
+    fn publish<R>(
+        &self,
+        writer: &mut StateWriter<'_>,
+        change: impl FnMut(&mut State) -> Apply<R>,
+    ) -> R {
+        let r = writer.apply_publishing(change, |s| self.view.refresh(&s.tracker, s.generation));
+        writer.data().check = writer.read(|s| s.tracker.attribute_check());
+        r
     }
 
     /// The writers' lock. If the last change did not return (it panicked after publishing),
@@ -253,8 +285,8 @@ impl ConcurrentTracker {
     }
 
     /// Heap bytes held: the attribute stores once (the VM's, each file's), the rest of the
-    /// tracker twice (its two left-right copies). What a guest can make the front hold is
-    /// bounded by the stores'.
+    /// tracker twice (its two left-right copies), and the memslots' words. What a guest can
+    /// make the front hold is bounded by the stores'.
     pub fn heap_bytes(&self) -> usize {
         self.read(|s| {
             let t = &s.tracker;
@@ -263,7 +295,7 @@ impl ConcurrentTracker {
                     .map(|(_, g)| g.attrs().heap_bytes())
                     .sum::<usize>();
             stores + 2 * (t.heap_bytes() - stores)
-        })
+        }) + self.view.heap_bytes()
     }
 
     /// The attributes of `gfn`.
@@ -321,10 +353,50 @@ impl ConcurrentTracker {
     /// mapping will be installed from the answer.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        self.read_lookup(
-            |t| t.max_mapping_level(gpa, access),
-            |t| t.max_mapping_level_unchecked(gpa, access),
-        )
+        // The memslots' words where they are complete (PRIVATE kept per VM), with the store's
+        // own validation: the words hold still while the view's count does, and the store's
+        // one lookup is of one state — together the state at the lookup's instant.
+        let gfn = gpa.gfn();
+        let words = self.retry(|| {
+            let view = self.view.read_begin()?;
+            let code = self.view.fault_code(gfn, access, || self.attrs.probe(gfn));
+            self.view.read_valid(view).then_some(code)
+        });
+        match words {
+            Some(code) => code.max_level(gfn, access),
+            None => self.read_lookup(
+                |t| t.max_mapping_level(gpa, access),
+                |t| t.max_mapping_level_unchecked(gpa, access),
+            ),
+        }
+    }
+
+    /// One attempt of the fault path's read, validated once by the front's count (it gives
+    /// the generation) and the view's, the store looked up unchecked inside: the answer and
+    /// its generation, or `None` if a conversion was being stored or a change published. The
+    /// memslots' words answer where they are complete — no copy's lock taken — and the copy
+    /// elsewhere.
+    #[inline]
+    fn try_fault(&self, gpa: Gpa, access: Access) -> Option<(FaultCode, u64)> {
+        let seq = self.seq.read_begin()?;
+        let view = self.view.read_begin()?;
+        let gfn = gpa.gfn();
+        let probe = || self.attrs.probe_unchecked(gfn);
+        let read = match self.view.fault_code(gfn, access, probe) {
+            Some(code) => (code, self.view.generation() + seq / 2),
+            None => self.copy_fault(seq, gpa, access),
+        };
+        (self.view.read_valid(view) && self.seq.read_valid(seq)).then_some(read)
+    }
+
+    /// [`try_fault`](Self::try_fault) from the copy, where the memslots' words are not
+    /// complete.
+    #[inline(never)]
+    fn copy_fault(&self, seq: u64, gpa: Gpa, access: Access) -> (FaultCode, u64) {
+        self.run(seq, &mut |s| {
+            let answer = s.tracker.max_mapping_level_unchecked(gpa, access);
+            (FaultCode::from(answer), s.generation)
+        })
     }
 
     /// The fault path with KVM's retry protocol: records the invalidation sequence, reads the
@@ -335,17 +407,12 @@ impl ConcurrentTracker {
     /// that its zap callbacks take (KVM's `mmu_lock`).
     pub fn fault(&self, gpa: Gpa, access: Access) -> FaultAnswer {
         let seq = self.invalidate.snapshot();
-        // One validation, the front's count around the whole read (it gives the answer's
-        // generation): the store's lookup inside it is not validated again. A conversion
-        // storing now means an invalidation is in progress: retry at once, as KVM does.
-        let Some((answer, generation)) = self.try_read_one(|s| {
-            (
-                s.tracker.max_mapping_level_unchecked(gpa, access),
-                s.generation,
-            )
-        }) else {
+        // A conversion being stored or a change published means an invalidation is in
+        // progress: retry at once, as KVM does.
+        let Some((code, generation)) = self.try_fault(gpa, access) else {
             return FaultAnswer::Retry;
         };
+        let answer = code.max_level(gpa.gfn(), access);
         let ticket = FaultTicket {
             gpa,
             access,
@@ -466,7 +533,7 @@ impl ConcurrentTracker {
         let range = slot_change_range(old, r);
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        apply(&mut writer, |s| match s.tracker.set_user_memory_region(r) {
+        self.publish(&mut writer, |s| match s.tracker.set_user_memory_region(r) {
             Ok(SlotChange::Unchanged) => Apply::Unchanged(Ok(SlotChange::Unchanged)),
             Ok(change) => {
                 s.generation += 1;
@@ -494,7 +561,7 @@ impl ConcurrentTracker {
         let range = Level::G1.page_of(Gfn(gfn.0.min(GFN_END - 1)));
         let _invalidation = self.invalidate.begin(range);
         zap(range);
-        apply(&mut writer, |s| {
+        self.publish(&mut writer, |s| {
             let result = s.tracker.set_guest_inhibit(gfn, level);
             commit(s, result)
         })
@@ -512,7 +579,7 @@ impl ConcurrentTracker {
             file = Some(w);
             Ok(shared)
         })?;
-        let id = apply(&mut writer, |s| match s.tracker.add_gmem(gmem.clone()) {
+        let id = self.publish(&mut writer, |s| match s.tracker.add_gmem(gmem.clone()) {
             Ok(id) => {
                 s.generation += 1;
                 Apply::Changed(Ok(id))
@@ -551,7 +618,7 @@ impl ConcurrentTracker {
         let _invalidation = self.invalidate_file(&mut writer, id, pages, zap);
         let _conversion = self.seq.write();
         // Both copies split alike: each reads the file's attributes before the store.
-        apply(&mut writer, |s| {
+        self.publish(&mut writer, |s| {
             Apply::Changed(s.tracker.gmem_split_for_store(id, pages, attributes))
         })?;
         let file = writer
@@ -561,7 +628,7 @@ impl ConcurrentTracker {
             .ok_or(cvmem::Error::UnknownGmem { gmem: id.0 })?;
         let changed = file.set(pages, attributes)?;
         // And merge alike: each reads them after. The count, even again, counts the change.
-        apply(&mut writer, |s| {
+        self.publish(&mut writer, |s| {
             Apply::Changed(s.tracker.gmem_merge_after_store(id, pages))
         })?;
         Ok(changed)
@@ -596,7 +663,7 @@ impl ConcurrentTracker {
     /// is refused.
     pub fn gmem_reference(&self, id: GmemId, offset: GmemOffset, get: bool) -> Result<()> {
         let mut writer = self.writer();
-        apply(&mut writer, |s| {
+        self.publish(&mut writer, |s| {
             let result = if get {
                 s.tracker.gmem_get_page(id, offset)
             } else {
@@ -623,7 +690,7 @@ impl ConcurrentTracker {
         mut change: impl FnMut(&mut SharedTracker) -> Result<bool>,
     ) -> Result<bool> {
         let _invalidation = self.invalidate_file(writer, id, pages, zap);
-        apply(writer, |s| {
+        self.publish(writer, |s| {
             let result = change(&mut s.tracker);
             commit(s, result)
         })
@@ -666,7 +733,7 @@ impl ConcurrentTracker {
         PendingUpdate {
             invalidation: self.invalidate.begin(range),
             writer,
-            seq: &self.seq,
+            front: self,
         }
     }
 
@@ -693,7 +760,7 @@ pub struct PendingUpdate<'a> {
     // Dropped first: the invalidation ends before the writers' lock is released.
     invalidation: crate::invalidate::Invalidation<'a>,
     writer: StateWriter<'a>,
-    seq: &'a FrontSeq,
+    front: &'a ConcurrentTracker,
 }
 
 impl PendingUpdate<'_> {
@@ -702,7 +769,7 @@ impl PendingUpdate<'_> {
     /// anything changed; on an error nothing did.
     pub fn commit_attributes(self, range: GfnRange, attributes: u64) -> Result<bool> {
         let mut this = self;
-        let seq = this.seq;
+        let seq = &this.front.seq;
         let writes = this.writer.data();
         writes.check.attributes(attributes)?;
         let stored = writes.attrs.set_with(range, attributes, || seq.write());
@@ -715,13 +782,15 @@ impl PendingUpdate<'_> {
     /// the invalidated range; it returns whether it changed anything, and a value returned to
     /// the caller.
     pub fn commit<R>(mut self, mut change: impl FnMut(&mut SharedTracker) -> (bool, R)) -> R {
-        let r = apply(&mut self.writer, |s| match change(&mut s.tracker) {
-            (true, r) => {
-                s.generation += 1;
-                Apply::Changed(r)
-            }
-            (false, r) => Apply::Unchanged(r),
-        });
+        let r = self
+            .front
+            .publish(&mut self.writer, |s| match change(&mut s.tracker) {
+                (true, r) => {
+                    s.generation += 1;
+                    Apply::Changed(r)
+                }
+                (false, r) => Apply::Unchanged(r),
+            });
         drop(self.invalidation);
         r
     }
@@ -762,15 +831,6 @@ fn copy_runs(
 
 /// The writers' lock on the front's state.
 type StateWriter<'a> = Writer<'a, State, Writes>;
-
-/// `change` applied to both copies and published ([`Writer::apply`]), and the writers' check of
-/// attributes read again from the result (if `change` panics, the next writer reads it again:
-/// [`ConcurrentTracker::writer`]).
-fn apply<R>(writer: &mut StateWriter<'_>, change: impl FnMut(&mut State) -> Apply<R>) -> R {
-    let r = writer.apply(change);
-    writer.data().check = writer.read(|s| s.tracker.attribute_check());
-    r
-}
 
 /// Runs [`ConcurrentTracker::for_each_run`] reads from one state at a time.
 pub const RUN_BATCH: usize = 256;

@@ -185,7 +185,17 @@ impl<T: Clone, W> Writer<'_, T, W> {
     /// too. `change` must do the same to equal copies; if the second application reports
     /// `Unchanged` (an allocation failed), the copy is replaced by a clone of the first.
     /// Returns what the first application returned.
-    pub fn apply<R>(&mut self, mut change: impl FnMut(&mut T) -> Apply<R>) -> R {
+    pub fn apply<R>(&mut self, change: impl FnMut(&mut T) -> Apply<R>) -> R {
+        self.apply_publishing(change, |_| ())
+    }
+
+    /// [`apply`](Self::apply), with `publish` run on the changed copy just before readers are
+    /// sent to it (not if nothing changed); what it returns is dropped just after.
+    pub fn apply_publishing<R, G>(
+        &mut self,
+        mut change: impl FnMut(&mut T) -> Apply<R>,
+        publish: impl FnOnce(&T) -> G,
+    ) -> R {
         let lr = self.lr;
         let next = 1 - lr.published.load(Ordering::Relaxed);
         let mut copy = lr.write_copy(next);
@@ -197,8 +207,10 @@ impl<T: Clone, W> Writer<'_, T, W> {
             }
             Apply::Changed(r) => r,
         };
+        let published = publish(&copy);
         drop(copy);
         lr.published.store(next, Ordering::Release);
+        drop(published);
         let mut old = lr.write_copy(1 - next);
         if let Apply::Unchanged(_) = change(&mut old) {
             *old = lr.read_guard().clone();

@@ -6,7 +6,8 @@
 //!
 //! - readers (`attributes`, `range_has_attributes`, `runs`, `max_mapping_level`, any closure
 //!   through [`ConcurrentTracker::read`]) do not wait for writers: they read the attributes
-//!   with no lock and take the published copy of the memslots with one non-blocking try-lock,
+//!   with no lock and take the published copy of the memslots with one non-blocking try-lock
+//!   (the fault path reads the memslots' part of its rule from atomic words, with no lock),
 //!   and every answer comes from one committed state — never from a half-applied conversion;
 //! - the VM's attributes are kept once ([`one_copy`]): a conversion is stored once, at about
 //!   the core store's cost, and what a guest can make the front hold is one store's worth;
@@ -72,6 +73,13 @@
 //! copies around the one store, with the front's count held odd so that no reader sees
 //! folios and attributes of two states (DESIGN.md, "A file's conversion").
 //!
+//! **The fault path's memslots** (`fault_view.rs`). The copy's try-lock is two atomic
+//! read-modify-writes; the fault path does without it: each memslot's part of the fault rule
+//! ([`cvmem::FlatSlot`], three words) sits in atomics rewritten from each changed copy with a
+//! count of their own held odd until that copy is published, and read under that count. Slots
+//! the words cannot decide alone (GUEST_INHIBIT set, a file of huge folios, PRIVATE kept per
+//! file) are answered from the copy.
+//!
 //! Alternatives measured or costed (DESIGN.md has the table): left-right for everything (two
 //! stores, every conversion applied twice: 2.0× a bitmap, 2.3-2.6× a conversion); one copy
 //! behind `arc-swap` with copy on write of the touched region and node (up to 30× a conversion
@@ -111,8 +119,9 @@
 //!
 //! The one store's own costs are about the core store's (the `one_copy` bench: a lookup
 //! 0.6-1.4×, a 4K conversion 1.0-1.3×); what the front adds is the left-right copy of the
-//! memslots a read try-locks (two atomic read-modify-writes on its shard's lock word) and, on
-//! a write, the writers' lock and the invalidation sequence. With a writer converting flat out, a `fault`
+//! memslots a read try-locks (two atomic read-modify-writes on its shard's lock word; the
+//! fault path reads the memslots' words instead) and, on a write, the writers' lock and the
+//! invalidation sequence. With a writer converting flat out, a `fault`
 //! is answered `Retry` while a conversion is being stored (an invalidation in progress). Live
 //! bytes, the worst a guest can force (every other page of 4 GiB private): 142,784, 1.089× a
 //! flat bitmap (left-right for everything held 268,592). DESIGN.md, "One copy of the
@@ -132,6 +141,7 @@
 
 mod concurrent;
 mod fault;
+mod fault_view;
 mod front_seq;
 mod invalidate;
 pub mod left_right;

@@ -67,8 +67,8 @@ pub use hypercall::{MapGpaRange, KVM_HC_MAP_GPA_RANGE};
 pub use memslot::{MemoryRegion, Memslot, SlotChange, SlotFlags, MAX_SLOT_ID, MAX_SLOT_PAGES};
 pub use snapshot::{TrackerSnapshot, SNAPSHOT_VERSION};
 pub use tracker::{
-    Access, AttrCheck, AttrRequest, FlatSlot, Kind, MaxLevel, MemoryFault, SlotEligibility,
-    StoreOwner, Tracker,
+    Access, AttrCheck, AttrRequest, FaultCode, FlatSlot, Kind, MaxLevel, MemoryFault,
+    SlotEligibility, StoreOwner, Tracker,
 };
 
 /// KVM_MEMORY_ATTRIBUTE_PRIVATE: the only attribute KVM defines.

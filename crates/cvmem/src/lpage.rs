@@ -114,9 +114,10 @@ const fn bounds(level: Level, start: u64, end: u64) -> (u64, u64) {
 }
 
 /// Whether the large page of `level` holding `gfn` lies wholly inside the `npages` gfns from
-/// `base_gfn` ([`LpageInfo::inside`] without the info; any values, wrapping).
+/// `base_gfn` ([`LpageInfo::inside`] without the info; any values, wrapping): it starts at or
+/// after the first gfn and ends at or before the end.
 #[inline]
 pub(crate) const fn inside(base_gfn: u64, npages: u64, level: Level, gfn: u64) -> bool {
-    let (first, count) = bounds(level, base_gfn, base_gfn.wrapping_add(npages));
-    (gfn >> level.page_shift()).wrapping_sub(first) < count
+    let start = gfn & !(level.pages() - 1);
+    start >= base_gfn && (start - base_gfn).wrapping_add(level.pages()) <= npages
 }

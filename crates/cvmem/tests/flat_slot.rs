@@ -171,7 +171,9 @@ fn apply(t: &mut Tracker, op: &Op) {
 fn flat_answer(t: &Tracker, gfn: Gfn, access: Access) -> Option<MaxLevel> {
     match t.flat_slots().find(|s| s.contains(gfn)) {
         None => Some(MaxLevel::NoSlot),
-        Some(s) => s.max_mapping_level(gfn, access, || t.attribute_store().probe(gfn)),
+        Some(s) => s
+            .fault_code(gfn, access, || t.attribute_store().probe(gfn))
+            .map(|code| code.max_level(gfn, access)),
     }
 }
 

@@ -5,7 +5,7 @@ mod fault;
 mod gmem;
 
 pub use check::AttrCheck;
-pub use fault::FlatSlot;
+pub use fault::{FaultCode, FlatSlot};
 
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -605,11 +605,12 @@ impl<A: AttrBackend> Tracker<A> {
         };
         fault::fault_level(
             slot,
-            gfn,
+            gfn.0,
             access,
             || self.probe_in_by(slot, gfn, probe),
             |level| self.file_cap(slot, gfn, level),
         )
+        .max_level(gfn, access)
     }
 
     /// The largest level the tracker allows at `gfn` for a page of its own kind, or `None`
