@@ -114,10 +114,9 @@ fn publication_is_atomic_monotonic_and_applied_once_per_copy() {
     });
 }
 
-/// A 4 MiB guest_memfd slot, all private (2M pages allowed).
-fn small_guest() -> ConcurrentTracker {
-    let mut t = Tracker::new();
-    t.set_user_memory_region(&MemoryRegion {
+/// Slot 0: 4 MiB of guest_memfd memory at gpa 0, bound to `gmem` if given.
+fn small_slot(gmem: Option<GmemBinding>) -> MemoryRegion {
+    MemoryRegion {
         slot: 0,
         gpa: Gpa(0),
         size: 4 << 20,
@@ -125,9 +124,15 @@ fn small_guest() -> ConcurrentTracker {
             guest_memfd: true,
             ..Default::default()
         },
+        gmem,
         ..Default::default()
-    })
-    .unwrap();
+    }
+}
+
+/// A 4 MiB guest_memfd slot, all private (2M pages allowed).
+fn small_guest() -> ConcurrentTracker {
+    let mut t = Tracker::new();
+    t.set_user_memory_region(&small_slot(None)).unwrap();
     t.set_memory_attributes(Gpa(0), 4 << 20, PRIVATE).unwrap();
     ConcurrentTracker::new(t)
 }
@@ -195,21 +200,12 @@ fn small_file_guest() -> ConcurrentTracker {
         ..Default::default()
     };
     let file = t.create_guest_memfd(4 << 20, flags).unwrap();
-    t.set_user_memory_region(&MemoryRegion {
-        slot: 0,
-        gpa: Gpa(0),
-        size: 4 << 20,
-        flags: SlotFlags {
-            guest_memfd: true,
-            ..Default::default()
-        },
-        gmem: Some(GmemBinding {
-            gmem: file,
-            offset: GmemOffset(0),
-        }),
-        ..Default::default()
-    })
-    .unwrap();
+    let binding = GmemBinding {
+        gmem: file,
+        offset: GmemOffset(0),
+    };
+    t.set_user_memory_region(&small_slot(Some(binding)))
+        .unwrap();
     ConcurrentTracker::new(t)
 }
 
