@@ -353,15 +353,36 @@ impl ConcurrentTracker {
     /// mapping will be installed from the answer.
     #[inline]
     pub fn max_mapping_level(&self, gpa: Gpa, access: Access) -> MaxLevel {
-        // The memslots' words where they are complete (PRIVATE kept per VM), with the store's
-        // own validation: the words hold still while the view's count does, and the store's
-        // one lookup is of one state — together the state at the lookup's instant.
         let gfn = gpa.gfn();
-        let words = self.retry(|| {
-            let view = self.view.read_begin()?;
-            let code = self.view.fault_code(gfn, access, || self.attrs.probe(gfn));
-            self.view.read_valid(view).then_some(code)
-        });
+        match self.try_words(gfn, access) {
+            Some(Some(code)) => code.max_level(gfn, access),
+            raced_or_copy => self.max_mapping_level_again(gpa, access, raced_or_copy.is_none()),
+        }
+    }
+
+    /// One attempt of [`max_mapping_level`](Self::max_mapping_level) from the memslots' words
+    /// where they are complete (PRIVATE kept per VM), with the store's own validation: the
+    /// words hold still while the view's count does, and the store's one lookup is of one
+    /// state — together the state at the lookup's instant. `None` if the words changed
+    /// meanwhile, `Some(None)` where the copy must answer.
+    #[inline]
+    fn try_words(&self, gfn: Gfn, access: Access) -> Option<Option<FaultCode>> {
+        let view = self.view.read_begin()?;
+        let code = self.view.fault_code(gfn, access, || self.attrs.probe(gfn));
+        self.view.read_valid(view).then_some(code)
+    }
+
+    /// [`max_mapping_level`](Self::max_mapping_level) after its first attempt: again while
+    /// the words change (`raced`), else from the copy. Out of line, so that the first
+    /// attempt's registers are not spent on it.
+    #[cold]
+    #[inline(never)]
+    fn max_mapping_level_again(&self, gpa: Gpa, access: Access, raced: bool) -> MaxLevel {
+        let gfn = gpa.gfn();
+        let words = match raced {
+            true => self.retry(|| self.try_words(gfn, access)),
+            false => None,
+        };
         match words {
             Some(code) => code.max_level(gfn, access),
             None => self.read_lookup(

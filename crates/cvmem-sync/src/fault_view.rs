@@ -119,19 +119,14 @@ impl FaultView {
         access: Access,
         probe: impl FnOnce() -> Probe,
     ) -> Option<FaultCode> {
-        // The last slot starting at or below `gfn` (the tracker's `slot_for_gfn`). With
-        // `len` UNUSABLE the search runs past the chunks made: `None`, ask the copy.
-        let (mut lo, mut hi) = (0, self.len.load(Ordering::Relaxed));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let start = self.words(mid)?[0].load(Ordering::Relaxed);
-            if start <= gfn.0 {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let slot = match lo.checked_sub(1) {
+        // The last slot starting at or below `gfn` (the tracker's `slot_for_gfn`): most VMs'
+        // slots all sit in the inline chunk.
+        let len = self.len.load(Ordering::Relaxed);
+        let after = match self.first.get(..len) {
+            Some(first) => first.partition_point(|w| w[0].load(Ordering::Relaxed) <= gfn.0),
+            None => self.search(gfn, len)?,
+        };
+        let slot = match after.checked_sub(1) {
             Some(i) => self.slot(i)?,
             None => return Some(FaultCode::NoSlot),
         };
@@ -139,6 +134,23 @@ impl FaultView {
             return Some(FaultCode::NoSlot);
         }
         slot.fault_code(gfn, access, probe)
+    }
+
+    /// The number of the first `len` slots that start at or below `gfn`, where they reach
+    /// past the inline chunk; `None` where a chunk is missing (`len` UNUSABLE, or torn).
+    #[cold]
+    #[inline(never)]
+    fn search(&self, gfn: Gfn, len: usize) -> Option<usize> {
+        let (mut lo, mut hi) = (0, len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.words(mid)?[0].load(Ordering::Relaxed) <= gfn.0 {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
     }
 
     /// Rewrites the words from `tracker`, a copy of generation `generation` about to be

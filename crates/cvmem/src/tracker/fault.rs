@@ -137,6 +137,8 @@ pub(crate) fn capped_level(
 /// A memslot's part of the fault rule in three words, for a reader that cannot hold the
 /// tracker: a concurrent front keeps them in atomics, read under its sequence count. Any three
 /// words decode to some slot (a torn read gives some answer, thrown away by its validation).
+/// The slot's largest level is kept already lowered below a misaligned level (misaligned at
+/// 2M is misaligned at 1G too), so the words' reader tests no misalignment.
 /// Complete where nothing else decides a fault in the slot: PRIVATE kept per VM, no
 /// GUEST_INHIBIT set in the slot, and its file (if the tracker models one) of order-0 folios,
 /// whose cap is the same for every page. Elsewhere [`FlatSlot::fault_code`] answers
@@ -150,19 +152,23 @@ pub struct FlatSlot {
 }
 
 const BIT_GUEST_MEMFD: u64 = 1 << 0;
-const BIT_MISALIGNED_2M: u64 = 1 << 1;
-const BIT_MISALIGNED_1G: u64 = 1 << 2;
-const BIT_COMPLETE: u64 = 1 << 3;
-const SHIFT_MAX_LEVEL: u32 = 4;
-const SHIFT_FILE_CAP: u32 = 6;
+const BIT_COMPLETE: u64 = 1 << 1;
+const SHIFT_MAX_LEVEL: u32 = 2;
+const SHIFT_FILE_CAP: u32 = 4;
 
 /// Two bits of a level; the fourth value decodes as 1G (only a torn read holds it).
 const fn level_bits(level: Level) -> u64 {
     level.index() as u64
 }
 
+#[inline(always)]
 const fn bits_level(bits: u64) -> Level {
-    [Level::K4, Level::M2, Level::G1, Level::G1][(bits & 3) as usize]
+    // A match, not a table: the compiler built the table on the stack at every decode.
+    match bits & 3 {
+        0 => Level::K4,
+        1 => Level::M2,
+        _ => Level::G1,
+    }
 }
 
 impl FlatSlot {
@@ -224,13 +230,9 @@ impl FaultSlot for FlatSlot {
         bits_level(self.bits >> SHIFT_MAX_LEVEL)
     }
     #[inline]
-    fn misaligned(&self, level: Level) -> bool {
-        let bit = match level {
-            Level::K4 => 0,
-            Level::M2 => BIT_MISALIGNED_2M,
-            Level::G1 => BIT_MISALIGNED_1G,
-        };
-        self.bits & bit != 0
+    fn misaligned(&self, _: Level) -> bool {
+        // Folded into `max_level`.
+        false
     }
     #[inline]
     fn lpage_inside(&self, level: Level, gfn: u64) -> bool {
@@ -264,15 +266,18 @@ impl<A: crate::attrs::AttrBackend> Tracker<A> {
                 .then(|| self.folio_cap_in_file(slot, Gfn(slot.base_gfn), Level::G1)),
         };
         let complete = per_vm && !inhibits && file_cap.is_some();
+        let aligned = Level::LARGE
+            .into_iter()
+            .take_while(|&l| !slot.misaligned(l))
+            .last()
+            .unwrap_or(Level::K4);
         let flag = |on: bool, bit: u64| if on { bit } else { 0 };
         FlatSlot {
             base_gfn: slot.base_gfn,
             npages: slot.npages,
             bits: flag(slot.flags.guest_memfd, BIT_GUEST_MEMFD)
-                | flag(slot.misaligned(Level::M2), BIT_MISALIGNED_2M)
-                | flag(slot.misaligned(Level::G1), BIT_MISALIGNED_1G)
                 | flag(complete, BIT_COMPLETE)
-                | level_bits(slot.max_level()) << SHIFT_MAX_LEVEL
+                | level_bits(slot.max_level().min(aligned)) << SHIFT_MAX_LEVEL
                 | level_bits(file_cap.unwrap_or(Level::K4)) << SHIFT_FILE_CAP,
         }
     }
