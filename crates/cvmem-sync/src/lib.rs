@@ -105,15 +105,15 @@
 //! of 4 M pages flipped back and forth (stores fragmented to 35.5 MB, past the caches). What the
 //! front adds, as ratios with each baseline interleaved in one run (`cargo bench -p cvmem-sync
 //! --bench front_ratio`; medians of four runs, 2026-12-07, on a nested 2-vCPU host; the
-//! fault path reading the memslots' words):
+//! fault path reading the memslots' words in one inline attempt):
 //!
 //! | | against | ratio |
 //! |---|---|---|
-//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.18-1.23× (1.28-1.33× through the copy's lock) |
-//! | `fault` (with its ticket), no writer | the same bare query | 1.26-1.33× (1.52-1.58×) |
-//! | `max_mapping_level` on two threads at once | the bare tracker on two threads | 1.19-1.22× (2.3-4.3× with one lock word) |
-//! | a 4K conversion, working set | the one-copy store alone | 1.13× |
-//! | a 4K conversion, fragmented | the one-copy store alone | 1.02-1.03× |
+//! | `max_mapping_level`, no writer | the front's tracker, bare (no synchronisation) | 1.10-1.15× (1.28-1.33× through the copy's lock) |
+//! | `fault` (with its ticket), no writer | the same bare query | 1.24-1.26× (1.52-1.58×) |
+//! | `max_mapping_level` on two threads at once | the bare tracker on two threads | 1.12-1.17× (2.3-4.3× with one lock word) |
+//! | a 4K conversion, working set | the one-copy store alone | 1.12-1.13× |
+//! | a 4K conversion, fragmented | the one-copy store alone | 1.02-1.05× |
 //!
 //! Absolute figures, against the core tracker too and with a writer on the other vCPU:
 //! `cargo bench -p cvmem-sync --bench read_latency -- --warm-up-time 1 --measurement-time 3`.
