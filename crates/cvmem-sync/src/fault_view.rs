@@ -2,9 +2,10 @@
 //! taking a left-right copy: each slot's [`FlatSlot`], in address order.
 //!
 //! A copy's read lock costs two atomic read-modify-writes per read: through it the query cost
-//! 1.28-1.33× the bare tracker's, through the words 1.10-1.15× (`front_ratio`). Readers validate the words with the view's own count, as a seqlock's: the
-//! writer holds it odd while it rewrites them from a changed copy and publishes that copy, so
-//! a reader never sees words and copies of two states. The count is the view's own, not the
+//! 1.28-1.33× the bare tracker's, through the words 1.10-1.15× (`front_ratio`). Readers
+//! validate the words with the view's own count, as a seqlock's: the writer holds it odd while
+//! it rewrites them from a changed copy and publishes that copy, so a reader never sees words
+//! and copies of two states. The count is the view's own, not the
 //! front's, so that a memslot change does not make [`read`](crate::ConcurrentTracker::read)s
 //! of a copy run again (left-right keeps those whole). The store beside the words is validated
 //! by its own count (the query) or by the front's (the fault, whose generation it gives). A
