@@ -154,10 +154,27 @@ impl Summary {
     }
 }
 
+/// What the store's internals can fail with: an allocation, refused before anything changed.
+/// One word, so that a result carrying it comes back in registers on the conversion path; the
+/// store's entry points turn it into [`Error::NoMemory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NoMemory {
+    bytes: usize,
+}
+
+impl From<NoMemory> for Error {
+    fn from(e: NoMemory) -> Self {
+        Error::NoMemory { bytes: e.bytes }
+    }
+}
+
+/// The result of the store's internals.
+type Alloc<T> = core::result::Result<T, NoMemory>;
+
 /// Makes room for `extra` more elements, growing by an eighth (not doubling) so that slack
 /// stays small, and never past `max`.
 #[inline]
-fn grow<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
+fn grow<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Alloc<()> {
     if v.capacity() - v.len() >= extra {
         return Ok(());
     }
@@ -166,9 +183,9 @@ fn grow<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
 
 /// [`grow`] when there is not room already (out of line: most calls have it).
 #[inline(never)]
-fn grow_by<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Result<()> {
+fn grow_by<T>(v: &mut Vec<T>, extra: usize, max: usize) -> Alloc<()> {
     let add = (v.len() / 8).min(max.saturating_sub(v.len())).max(extra);
-    v.try_reserve_exact(add).map_err(|_| Error::NoMemory {
+    v.try_reserve_exact(add).map_err(|_| NoMemory {
         bytes: add * size_of::<T>(),
     })
 }
@@ -430,7 +447,7 @@ impl AttrStore {
             let unit = start / NODE_GFNS;
             if let Ok(i) = self.node_at(unit) {
                 let base = unit * NODE_GFNS;
-                return self.set_in_entry(i, start - base, end - base, v);
+                return Ok(self.set_in_entry(i, start - base, end - base, v)?);
             }
         }
         self.set_range(range, v)
@@ -471,7 +488,7 @@ impl AttrStore {
     /// updated, or one made for it (a spare made ready first), then the node dropped if it may
     /// have become uniform and did. Allocates before it changes anything.
     #[inline]
-    fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
+    fn set_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Alloc<bool> {
         // A node turning all-private becomes a unit run.
         grow(&mut self.private, 1, usize::MAX)?;
         let node = &mut self.nodes[i];
@@ -489,7 +506,7 @@ impl AttrStore {
     /// [`AttrStore::set_in_entry`] where the entry has no region: its kind bit, or a region
     /// made for it (a spare made ready first).
     #[inline(never)]
-    fn create_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Result<bool> {
+    fn create_in_entry(&mut self, i: usize, lo: u64, hi: u64, v: bool) -> Alloc<bool> {
         let fresh = usize::from(self.nodes[i].needs_spare());
         self.ready_spares(0, fresh)?;
         match self.nodes[i].create_in_entry(lo, hi, v, &mut self.spare_regions)? {
@@ -502,7 +519,7 @@ impl AttrStore {
 
     /// Makes the spares that the next `vecs` node and `regions` region creations pop (from the
     /// end) present and able to take a fresh range without allocating.
-    fn ready_spares(&mut self, vecs: usize, regions: usize) -> Result<()> {
+    fn ready_spares(&mut self, vecs: usize, regions: usize) -> Alloc<()> {
         // Room for the spares still missing, not for `vecs` and `regions` more.
         let missing = vecs.saturating_sub(self.spare_vecs.len());
         grow(&mut self.spare_vecs, missing, SPARE)?;
@@ -562,12 +579,12 @@ impl AttrStore {
         // The unit runs a set may add (reserve() asks for three more than it holds then).
         grow(&mut self.private, 6, usize::MAX)?;
         // At most two fresh regions (the range's edge 1G pages): the spares.
-        self.ready_spares(fresh, SPARE)
+        Ok(self.ready_spares(fresh, SPARE)?)
     }
 
     /// Allocates everything `commit(range, v)` may need, and plans the regions it changes at
     /// the range's edges (per edge 512G unit, in `edges` order) for `commit` to carry out.
-    fn reserve(&mut self, range: GfnRange, v: bool) -> Result<[EdgePlans; 2]> {
+    fn reserve(&mut self, range: GfnRange, v: bool) -> Alloc<[EdgePlans; 2]> {
         let range = range.gfns();
         let (mut fresh_nodes, mut fresh_regions) = (0, 0);
         let mut plans = [[None, None], [None, None]];

@@ -12,9 +12,8 @@ use core::mem::size_of;
 
 use super::block::{self, Block};
 use super::region::{Plan, Region, Update, REGION_GFNS};
-use super::{edges, grow, recycle, Summary};
+use super::{edges, grow, recycle, Alloc, Summary};
 use crate::addr::Level;
-use crate::error::Result;
 
 /// The plans of a change's (at most two) edge entries that have regions: made while reserving,
 /// carried out by [`Node::set`].
@@ -106,7 +105,7 @@ impl Node {
     }
 
     /// Makes sure the index can take `fresh` more regions without allocating.
-    fn reserve_index(&mut self, fresh: usize) -> Result<()> {
+    fn reserve_index(&mut self, fresh: usize) -> Alloc<()> {
         if let Index::Small(entries) = &self.index {
             if self.regions.len() + fresh > SMALL {
                 let mut table = Vec::new();
@@ -129,7 +128,7 @@ impl Node {
     /// Makes sure [`Node::set`] of `[lo, hi)` to `v` completes without allocating; returns how
     /// many fresh regions it will take from the spares, and the plans of its edge regions for
     /// [`Node::set`] to carry out (a range is planned once).
-    pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Result<(usize, EdgePlans)> {
+    pub(super) fn reserve(&mut self, lo: u64, hi: u64, v: bool) -> Alloc<(usize, EdgePlans)> {
         let mut fresh = 0;
         let mut plans = [None, None];
         for (slot, (e, a, b)) in plans.iter_mut().zip(edges(lo, hi, ENTRY_GFNS)) {
@@ -252,7 +251,7 @@ impl Node {
         hi: u64,
         v: bool,
         spare: &mut Vec<Region>,
-    ) -> Result<Option<Update>> {
+    ) -> Alloc<Option<Update>> {
         let e = (lo / ENTRY_GFNS) as u32;
         if !self.present(e) {
             return Ok(None);
@@ -298,7 +297,7 @@ impl Node {
         hi: u64,
         v: bool,
         spare: &mut Vec<Region>,
-    ) -> Result<Option<Update>> {
+    ) -> Alloc<Option<Update>> {
         let e = (lo / ENTRY_GFNS) as u32;
         debug_assert!(!self.present(e) && e == ((hi - 1) / ENTRY_GFNS) as u32);
         if block::get(&self.private, e) == v {

@@ -53,7 +53,7 @@ impl Region {
 
     /// Room for the [`FRESH_SLOTS`] a fresh region gets when a range is set inside it, room
     /// that [`Region::reset`] keeps: a spare that was a big region gets small vectors first.
-    pub(in crate::attrs) fn reserve_fresh(&mut self) -> Result<()> {
+    pub(in crate::attrs) fn reserve_fresh(&mut self) -> Alloc<()> {
         if !self.keeps_leaves() {
             self.leaves = Leaves::Sparse {
                 slots: Vec::new(),

@@ -23,8 +23,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use super::block::{self, Block, BLOCK_REF, INLINE_BACK, PAGE_GFNS};
-use super::{grow, Summary};
-use crate::error::Result;
+use super::{grow, Alloc, Summary};
 
 mod form;
 mod plan;

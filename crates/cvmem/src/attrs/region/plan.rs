@@ -126,7 +126,7 @@ impl Region {
     }
 
     /// Makes `room` (and some headroom) in the sparse form.
-    pub(super) fn reserve_room(&mut self, room: Room) -> Result<()> {
+    pub(super) fn reserve_room(&mut self, room: Room) -> Alloc<()> {
         if let Leaves::Sparse { slots, blocks } = &mut self.leaves {
             if room.slots > 0 {
                 grow(slots, room.slots.max(SLOT_HEADROOM), PAGES as usize)?;
@@ -141,7 +141,7 @@ impl Region {
     /// Makes sure [`Region::apply`] of `plan` completes without allocating: exactly the slots
     /// and blocks its edge pages will need (and the headroom), so that no region carries room
     /// for blocks it never holds.
-    pub(in crate::attrs) fn reserve(&mut self, plan: &Plan) -> Result<()> {
+    pub(in crate::attrs) fn reserve(&mut self, plan: &Plan) -> Alloc<()> {
         let room = self.room(plan);
         if self.has(room) {
             return Ok(());

@@ -8,7 +8,7 @@ impl Region {
     /// Sets gfns `[lo, hi)` (offsets in the region) to `v`, allocating first what that needs
     /// (on `NoMemory` nothing changed).
     #[inline]
-    pub(in crate::attrs) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Result<Update> {
+    pub(in crate::attrs) fn update(&mut self, lo: u32, hi: u32, v: bool) -> Alloc<Update> {
         let (p, a, b) = (lo / PAGE_GFNS, lo % PAGE_GFNS, (hi - 1) % PAGE_GFNS + 1);
         if p == (hi - 1) / PAGE_GFNS && (a != 0 || b != PAGE_GFNS) {
             // The plan of a range inside one 2M page is that page's edit alone.
@@ -23,6 +23,13 @@ impl Region {
             let turned_uniform = self.store(at, content);
             return Ok(self.outcome(grew, turned_uniform));
         }
+        self.update_pages(lo, hi, v)
+    }
+
+    /// [`Region::update`] of a range over more than one 2M page, or one whole page: out of line,
+    /// so that a one-page edit (a guest's common conversion) keeps its registers.
+    #[inline(never)]
+    fn update_pages(&mut self, lo: u32, hi: u32, v: bool) -> Alloc<Update> {
         let plan = self.plan(lo, hi, v);
         if !plan.changes() {
             return Ok(Update::Unchanged);
