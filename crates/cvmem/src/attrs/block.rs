@@ -126,19 +126,13 @@ pub(super) fn boundaries(b: &Block) -> u32 {
     (0..8).map(|w| changes(b, w).count_ones()).sum()
 }
 
-/// How many boundaries flipping bit `i` adds to `b` (negative: removes): -2 to 2, from its two
-/// neighbours alone, so that a one-gfn change of a block needs no copy and no count.
+/// Whether setting bit `i` of `b` (now `!v`) to `v` leaves at least as many boundaries, from
+/// its two neighbours alone, so that a one-gfn change of a block needs no copy and no count: a
+/// neighbour of the old kind gains a boundary, and only one can be lost on the other side.
 #[inline]
-pub(super) fn flip_delta(b: &Block, i: u32) -> i32 {
-    let here = get(b, i);
-    let mut delta = 0;
-    if i > 0 {
-        delta += if get(b, i - 1) != here { -1 } else { 1 };
-    }
-    if i + 1 < PAGE_GFNS {
-        delta += if get(b, i + 1) != here { -1 } else { 1 };
-    }
-    delta
+pub(super) fn flip_keeps_boundaries(b: &Block, i: u32, v: bool) -> bool {
+    debug_assert!(get(b, i) != v, "the flip changes its gfn");
+    (i > 0 && get(b, i - 1) != v) || (i + 1 < PAGE_GFNS && get(b, i + 1) != v)
 }
 
 /// Whether `b` has more than `n` boundaries, counting only until it knows: a fragmented block

@@ -26,9 +26,9 @@ impl Region {
         self.update_pages(lo, hi, v)
     }
 
-    /// [`Region::update`] of a range over more than one 2M page, or one whole page: out of line,
-    /// so that a one-page edit (a guest's common conversion) keeps its registers.
-    #[inline(never)]
+    /// [`Region::update`] of a range over more than one 2M page, or of one whole page: the plan
+    /// of edge pages and whole pages, checked, given its room and carried out.
+    #[inline]
     fn update_pages(&mut self, lo: u32, hi: u32, v: bool) -> Alloc<Update> {
         let plan = self.plan(lo, hi, v);
         if !plan.changes() {
@@ -164,10 +164,10 @@ impl Region {
             }
             _ => unreachable!("a uniform page's edit is an inline code"),
         };
-        // One gfn whose flip adds boundaries (told from its two neighbours): the page keeps
+        // One gfn whose flip loses no boundary (told from its two neighbours): the page keeps
         // its form, with no count and no copy — the common change of a fragmented page.
         let keeps_form = if b == a + 1 {
-            let keeps = block::flip_delta(bits, a) >= 0;
+            let keeps = block::flip_keeps_boundaries(bits, a, v);
             block::set(bits, a, v);
             keeps
         } else {
