@@ -176,6 +176,13 @@ impl Memslot {
         misaligned(self.base_gfn, self.uaddr, level)
     }
 
+    /// Whether the large page of `level` holding `gfn` lies wholly inside the slot
+    /// ([`crate::lpage::inside`], the one formula).
+    #[inline]
+    pub(crate) fn lpage_inside(&self, level: Level, gfn: u64) -> bool {
+        crate::lpage::inside(self.base_gfn, self.npages, level, gfn)
+    }
+
     pub(crate) fn lpage(&self, level: Level) -> &LpageInfo {
         &self.lpage[level.index() - 1]
     }

@@ -38,7 +38,7 @@ impl FaultSlot for Memslot {
     }
     #[inline]
     fn lpage_inside(&self, level: Level, gfn: u64) -> bool {
-        self.lpage(level).inside(gfn)
+        Memslot::lpage_inside(self, level, gfn)
     }
     #[inline]
     fn inhibited(&self, level: Level, gfn: u64) -> bool {

@@ -625,7 +625,7 @@ impl<A: AttrBackend> Tracker<A> {
     pub fn is_mixed(&self, gfn: Gfn, level: Level) -> bool {
         level != Level::K4
             && self.slot_for_gfn(gfn).is_some_and(|s| {
-                s.lpage(level).inside(gfn.0) && self.probe_in(s, gfn).uniform < level
+                s.lpage_inside(level, gfn.0) && self.probe_in(s, gfn).uniform < level
             })
     }
 
@@ -651,7 +651,7 @@ impl<A: AttrBackend> Tracker<A> {
         }
         let above = Level::LARGE.into_iter().filter(|&l| l > level);
         for l in above.clone() {
-            if slot.lpage(l).inside(gfn) {
+            if slot.lpage_inside(l, gfn) {
                 slot.lpage_mut(l).reserve_inhibit()?;
             }
         }
@@ -685,14 +685,13 @@ impl<A: AttrBackend> Tracker<A> {
         level: Level,
     ) -> Result<bool> {
         let i = self.slots.partition_point(|s| s.base_gfn <= gfn.0);
-        let Some(info) = i
-            .checked_sub(1)
-            .and_then(|i| fresh.get_mut(i))
-            .map(|f| &mut f[level.index() - 1])
-        else {
+        let Some((slot, info)) = i.checked_sub(1).and_then(|i| {
+            let info = &mut fresh.get_mut(i)?[level.index() - 1];
+            Some((self.slots.get(i)?, info))
+        }) else {
             return Ok(false);
         };
-        if level.align_gfn(gfn.0) != gfn.0 || !info.inside(gfn.0) {
+        if level.align_gfn(gfn.0) != gfn.0 || !slot.lpage_inside(level, gfn.0) {
             return Ok(false);
         }
         info.reserve_inhibit()?;
