@@ -164,7 +164,7 @@ impl Region {
             }
             _ => unreachable!("a uniform page's edit is an inline code"),
         };
-        // One gfn whose flip loses no boundary (told from its two neighbours): the page keeps
+        // One gfn whose flip leaves no fewer boundaries (told from its neighbours): the page keeps
         // its form, with no count and no copy — the common change of a fragmented page.
         let keeps_form = if b == a + 1 {
             let keeps = block::flip_keeps_boundaries(bits, a, v);
