@@ -5,7 +5,8 @@
 //! make-private measure, without the rest of a compare run. Rounds interleave the designs.
 //!
 //! `cargo run --release -p cvmem-designs --example cold_conversions -- startup 64 cvmem,rangemap`
-//! (workload, guest GiB, designs, then optionally rounds and conversions: 200 and 3)
+//! (workload, guest GiB, designs, then optionally rounds, conversions and the sweep in MiB: 200,
+//! 3 and 32; a sweep of 0 times the same conversions warm)
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -15,8 +16,9 @@ use cvmem_designs::{vm, Action, Design};
 
 mod common;
 
-/// Bytes written before each conversion: past the last-level cache of this machine's vCPUs.
-const SWEEP_BYTES: usize = 32 << 20;
+/// MiB written before each conversion by default: past the last-level cache of this machine's
+/// vCPUs.
+const SWEEP_MIB: u64 = 32;
 
 /// Writes one word in every cache line of `junk`.
 fn sweep(junk: &mut [u64], round: u64) {
@@ -53,10 +55,11 @@ fn main() {
         .split(',')
         .collect();
     let (rounds, count) = (arg(4, 200), arg(5, 3) as usize);
+    let sweep_mib = arg(6, SWEEP_MIB).min(4096);
     let w = generate(name, &params).expect("a known workload");
     let mut actions = common::checked_conversions(&w.ops);
     actions.truncate(count);
-    let mut junk = vec![0u64; SWEEP_BYTES / 8];
+    let mut junk = vec![0u64; (sweep_mib << 20) as usize / 8];
     // Per design: per conversion, its time in every round.
     let mut times = vec![vec![Vec::new(); actions.len() + 1]; designs.len()];
     for round in 0..rounds {
@@ -79,7 +82,7 @@ fn main() {
         "{name} {}G, {} conversions, each after a {} MiB sweep; medians of {rounds} rounds:",
         params.guest_bytes >> 30,
         actions.len(),
-        SWEEP_BYTES >> 20
+        sweep_mib
     );
     for (design, per) in designs.iter().zip(&mut times) {
         let (sum, each) = per.split_last_mut().expect("a sum per design");
